@@ -59,7 +59,7 @@ class MSEQuantizer:
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         y = torch.where((norm > 0).unsqueeze(-1), z / safe.unsqueeze(-1), torch.zeros_like(z))
         _, bounds = self.codebook(x.device)
-        idx = torch.bucketize(y, bounds, right=False).to(torch.uint8)  # idx = #(boundaries < y)
+        idx = torch.bucketize(y.contiguous(), bounds, right=False).to(torch.uint8)  # idx = #(boundaries < y)
         return idx, norm, y
 
     def centroids(self, idx: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""Attention computed on a TurboQuantLayer's stored data, in pure torch (CPU, and GPU until kernels take over).
+
+The query is mapped once per codec segment (rotated, or rotated then QJL-projected); each stored block is scored
+against codebook values times per-row scales, softmax runs online over blocks in float32, values accumulate in
+each V segment's own (rotated) space, and the inverse maps run once per output row at the end. GQA shares each
+KV head across its query group without repeating K/V. Work and temporary memory are per block, never the whole
+history at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache.layer import TurboQuantLayer
+
+
+def _blocks(layer: TurboQuantLayer):
+    """Yield (kind, keys, values) in token order: ("dense", [B,H,n,D], [B,H,n,D]) or ("rows", uint8, uint8)."""
+    if layer.sink_k.shape[-2]:
+        yield "dense", layer.sink_k, layer.sink_v
+    for ck, cv in zip(layer.chunks_k, layer.chunks_v):
+        yield "rows", ck, cv
+    if layer.recent_k.shape[-2]:
+        yield "dense", layer.recent_k, layer.recent_v
+
+
+def _bias(mask: torch.Tensor | None, b: int, tq: int, tk: int, groups: int, device) -> torch.Tensor | None:
+    """Additive float32 bias [B or 1, 1, G*Tq, Tk] from a transformers mask (bool keep / float additive / None)."""
+    if mask is None:
+        if tq == 1:
+            return None
+        qpos = torch.arange(tq, device=device) + (tk - tq)
+        keep = torch.arange(tk, device=device)[None, :] <= qpos[:, None]
+        mask = keep[None, None]
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, float("-inf"))
+    else:
+        bias = mask.float()
+    bias = bias[..., -tq:, -tk:] if bias.shape[-1] >= tk else bias
+    if bias.shape[-1] != tk:
+        raise ValueError(f"attention mask covers {bias.shape[-1]} keys but the cache holds {tk}")
+    bias = bias.expand(bias.shape[0], 1, tq, tk)
+    return bias.unsqueeze(2).expand(-1, -1, groups, -1, -1).reshape(bias.shape[0], 1, groups * tq, tk)
+
+
+def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torch.Tensor | None,
+                         scaling: float, softcap: float | None = None) -> torch.Tensor:
+    """query: [B, Hq, Tq, D]; attends to everything `layer` stores. Returns [B, Tq, Hq, D] in query's dtype."""
+    b, hq, tq, d = query.shape
+    hkv = layer.sink_k.shape[1]
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
+    g = hq // hkv
+    q = query.float().reshape(b, hkv, g * tq, d)  # query head = kv_head * g + group member
+    tk = layer.stored_length()
+    bias = _bias(mask, b, tq, tk, g, query.device)
+    kc, vc = layer.k_codec, layer.v_codec
+    q_parts = [p * scaling for p in kc.query_parts(q)]
+    m = torch.full((b, hkv, g * tq, 1), float("-inf"), device=query.device)
+    l = torch.zeros_like(m)
+    dense_acc = torch.zeros(b, hkv, g * tq, d, device=query.device)
+    seg_acc = [torch.zeros(b, hkv, g * tq, s.width, device=query.device) for s in vc.segments()]
+    pos = 0
+    for kind, kb, vb in _blocks(layer):
+        n = kb.shape[-2]
+        if kind == "dense":
+            s = (q * scaling) @ kb.float().transpose(-1, -2)
+        else:
+            s = None
+            for qp, (vals, scale) in zip(q_parts, kc.key_parts(kb)):
+                part = qp @ vals.transpose(-1, -2)
+                part = part * scale.unsqueeze(-2) if scale is not None else part
+                s = part if s is None else s + part
+        if softcap:
+            s = torch.tanh(s / softcap) * softcap
+        if bias is not None:
+            s = s + bias[..., pos:pos + n]
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp(m - m_safe)
+        p = torch.exp(s - m_safe)
+        l = l * alpha + p.sum(-1, keepdim=True)
+        dense_acc = dense_acc * alpha
+        seg_acc = [a * alpha for a in seg_acc]
+        if kind == "dense":
+            dense_acc = dense_acc + p @ vb.float()
+        else:
+            for i, (vals, scale) in enumerate(vc.key_parts(vb)):
+                pw = p * scale.unsqueeze(-2) if scale is not None else p
+                seg_acc[i] = seg_acc[i] + pw @ vals
+        m = m_new
+        pos += n
+    out = dense_acc
+    if layer.n_compressed:
+        out = out + vc.combine(seg_acc)
+    out = out / torch.where(l > 0, l, torch.ones_like(l))
+    return out.reshape(b, hq, tq, d).transpose(1, 2).to(query.dtype)

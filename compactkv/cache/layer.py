@@ -1,0 +1,226 @@
+"""`TurboQuantLayer`: one layer's KV cache held as compressed rows, plus optional fp16 sink and recent windows.
+
+Tokens are kept in order as [sinks (fp16)] [compressed chunks (uint8 rows)] [recent (fp16)]. Each token is
+encoded once, when it leaves the recent window, and never re-quantized; rows are independent per token, so crop
+and batch selection are exact. `update` returns the new key/value tensors tagged with this layer so the
+registered "compactkv" attention function computes on the stored data; nothing else rebuilds the history.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers.cache_utils import CacheLayerMixin
+
+from ..core.codec import Codec
+
+STORE_DTYPE = torch.float16  # sinks and recent window
+TAG = "_compactkv_layer"
+
+
+class TurboQuantLayer(CacheLayerMixin):
+    """Compressed KV storage for one attention layer. K and V kinds may differ."""
+
+    is_compileable = False
+    is_croppable = True
+
+    def __init__(self, k_kind: str, v_kind: str, head_dim: int, sink_tokens: int = 0, residual_length: int = 0,
+                 block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
+                 sliding_window: int | None = None):
+        super().__init__()
+        self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
+        self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
+        self.head_dim = head_dim
+        self.is_sliding = sliding_window is not None
+        self.sliding_window = sliding_window
+        self.sink_tokens = 0 if self.is_sliding else sink_tokens
+        self.residual_length, self.block_size, self.chunk_tokens = residual_length, block_size, chunk_tokens
+        self._clear()
+
+    def _clear(self) -> None:
+        self.sink_k = self.sink_v = None  # [B, H, S, D] fp16
+        self.recent_k = self.recent_v = None  # [B, H, R, D] fp16
+        self.chunks_k: list[torch.Tensor] = []  # [B, H, c, row_bytes_k] uint8
+        self.chunks_v: list[torch.Tensor] = []
+        self.n_compressed = 0
+        self.dropped = 0  # tokens trimmed out of a sliding window
+        self.cumulative_length = 0
+        self.keys = self.values = None
+        self.is_initialized = False
+
+    def __repr__(self) -> str:
+        return f"TurboQuantLayer(k={self.k_codec.kind}, v={self.v_codec.kind}, tokens={self.cumulative_length})"
+
+    # -- CacheLayerMixin protocol --------------------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if key_states.shape[-1] != self.head_dim or value_states.shape[-1] != self.head_dim:
+            raise ValueError(f"this layer was configured for head_dim {self.head_dim}, got keys "
+                             f"{list(key_states.shape)} and values {list(value_states.shape)}")
+        self.device, self.dtype = key_states.device, key_states.dtype
+        b, h = key_states.shape[:2]
+        empty = torch.empty(b, h, 0, self.head_dim, dtype=STORE_DTYPE, device=self.device)
+        self.sink_k, self.sink_v, self.recent_k, self.recent_v = empty, empty.clone(), empty.clone(), empty.clone()
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Store new tokens [B, H, T, D]; returns them tagged with this layer for the compactkv attention."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        k, v = key_states, value_states
+        self.cumulative_length += k.shape[-2]
+        room = self.sink_tokens - self.sink_k.shape[-2]
+        if room > 0:
+            self.sink_k = torch.cat([self.sink_k, k[..., :room, :].to(STORE_DTYPE)], dim=-2)
+            self.sink_v = torch.cat([self.sink_v, v[..., :room, :].to(STORE_DTYPE)], dim=-2)
+            k, v = k[..., room:, :], v[..., room:, :]
+        if k.shape[-2]:
+            self._push_recent(k, v)
+        out_k, out_v = key_states, value_states
+        setattr(out_k, TAG, self)
+        setattr(out_v, TAG, self)
+        return out_k, out_v
+
+    def _push_recent(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.residual_length == 0 and self.recent_k.shape[-2] == 0 and k.shape[-2] >= self.block_size:
+            n = (k.shape[-2] // self.block_size) * self.block_size
+            self._compress(k[..., :n, :], v[..., :n, :])
+            k, v = k[..., n:, :], v[..., n:, :]
+        if k.shape[-2]:
+            self.recent_k = torch.cat([self.recent_k, k.to(STORE_DTYPE)], dim=-2)
+            self.recent_v = torch.cat([self.recent_v, v.to(STORE_DTYPE)], dim=-2)
+        over = self.recent_k.shape[-2] - self.residual_length
+        if over >= self.block_size:
+            n = (over // self.block_size) * self.block_size
+            self._compress(self.recent_k[..., :n, :], self.recent_v[..., :n, :])
+            self.recent_k, self.recent_v = self.recent_k[..., n:, :].clone(), self.recent_v[..., n:, :].clone()
+
+    def _compress(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Encode tokens [B, H, n, D] once and append them to the compressed chunks."""
+        for codec, x in ((self.k_codec, k), (self.v_codec, v)):
+            if codec.spec.family == "frac" and codec.outliers is None:
+                codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
+        rows_k = self.k_codec.encode(k)
+        rows_v = self.v_codec.encode(v)
+        pos = 0
+        while pos < rows_k.shape[-2]:
+            if not self.chunks_k or self.chunks_k[-1].shape[-2] >= self.chunk_tokens:
+                self.chunks_k.append(rows_k[..., pos:pos, :])
+                self.chunks_v.append(rows_v[..., pos:pos, :])
+            take = min(self.chunk_tokens - self.chunks_k[-1].shape[-2], rows_k.shape[-2] - pos)
+            self.chunks_k[-1] = torch.cat([self.chunks_k[-1], rows_k[..., pos:pos + take, :]], dim=-2)
+            self.chunks_v[-1] = torch.cat([self.chunks_v[-1], rows_v[..., pos:pos + take, :]], dim=-2)
+            pos += take
+        self.n_compressed += rows_k.shape[-2]
+
+    def stored_length(self) -> int:
+        """Tokens physically held (sinks + compressed + recent)."""
+        if not self.is_initialized:
+            return 0
+        return self.sink_k.shape[-2] + self.n_compressed + self.recent_k.shape[-2]
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        return self.sliding_window if self.is_sliding else -1
+
+    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
+        """(kv_length, kv_offset) of what attention will see: the stored tokens plus the incoming ones."""
+        if not isinstance(query_length, int):  # older transformers pass cache_position
+            query_length = query_length.shape[0]
+        return self.stored_length() + query_length, self.dropped
+
+    def trim_window(self) -> None:
+        """Sliding layers: drop whole compressed chunks that lie entirely outside the window."""
+        if not self.is_sliding:
+            return
+        keep = self.sliding_window - 1
+        while self.chunks_k and self.stored_length() - self.chunks_k[0].shape[-2] >= keep:
+            n = self.chunks_k[0].shape[-2]
+            del self.chunks_k[0], self.chunks_v[0]
+            self.n_compressed -= n
+            self.dropped += n
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first tokens: `max_length` >= 0 is the new length, < 0 the number of tokens to remove."""
+        new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
+        if new_len < 0:
+            raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
+        if not self.is_initialized or new_len == self.cumulative_length:
+            return
+        if new_len < self.dropped:
+            raise ValueError(f"cannot crop to {new_len} tokens: this sliding layer already dropped the first "
+                             f"{self.dropped}")
+        keep = new_len - self.dropped
+        s = min(keep, self.sink_k.shape[-2])
+        self.sink_k, self.sink_v = self.sink_k[..., :s, :], self.sink_v[..., :s, :]
+        keep -= s
+        c = min(keep, self.n_compressed)
+        self.chunks_k, self.chunks_v = _crop_chunks(self.chunks_k, c), _crop_chunks(self.chunks_v, c)
+        self.n_compressed = c
+        keep -= c
+        self.recent_k, self.recent_v = self.recent_k[..., :keep, :], self.recent_v[..., :keep, :]
+        self.cumulative_length = new_len
+
+    def reset(self) -> None:
+        self._clear()
+
+    def _map(self, fn) -> None:
+        if not self.is_initialized:
+            return
+        self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
+        self.recent_k, self.recent_v = fn(self.recent_k), fn(self.recent_v)
+        self.chunks_k = [fn(c) for c in self.chunks_k]
+        self.chunks_v = [fn(c) for c in self.chunks_v]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices, ...])
+
+    def offload(self):
+        self._map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self):
+        if self.is_initialized:
+            self._map(lambda t: t.to(self.device, non_blocking=True))
+
+    def __deepcopy__(self, memo):
+        new = copy.copy(self)
+        new.k_codec, new.v_codec = copy.copy(self.k_codec), copy.copy(self.v_codec)
+        new.chunks_k, new.chunks_v = [c.clone() for c in self.chunks_k], [c.clone() for c in self.chunks_v]
+        for name in ("sink_k", "sink_v", "recent_k", "recent_v"):
+            t = getattr(self, name)
+            setattr(new, name, None if t is None else t.clone())
+        return new
+
+    # -- accounting ----------------------------------------------------------------------------------------------
+    def memory(self) -> dict:
+        """Bytes really held: compressed rows, the fp16 windows, and the fp16 equivalent of the stored tokens."""
+        if not self.is_initialized:
+            return {"compressed_bytes": 0, "window_bytes": 0, "fp16_bytes": 0, "tokens": 0}
+        comp = sum(_storage_bytes(c) for c in self.chunks_k + self.chunks_v)
+        win = sum(_storage_bytes(t) for t in (self.sink_k, self.sink_v, self.recent_k, self.recent_v))
+        b, h = self.sink_k.shape[:2]
+        return {"compressed_bytes": comp, "window_bytes": win, "tokens": self.stored_length(),
+                "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.stored_length(),
+                "codec_bytes": b * h * (self.k_codec.nbytes(self.n_compressed) + self.v_codec.nbytes(self.n_compressed))}
+
+
+def _crop_chunks(chunks: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    out, left = [], n
+    for c in chunks:
+        if left <= 0:
+            break
+        out.append(c if c.shape[-2] <= left else c[..., :left, :].clone())
+        left -= c.shape[-2]
+    return out
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
