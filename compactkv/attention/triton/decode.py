@@ -1,0 +1,152 @@
+"""Launchers for split-K decode attention over packed rows: checks, codebook and chunk tables, grid, split choice.
+
+`attend_packed` is the whole compressed part of one attention call: it takes the query already mapped into the K
+segment space and returns the output still in the V segment space (the caller applies the inverse map once).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ...core.codebook import lloyd_max
+from ...core.codec import Codec
+from .kernels_decode import FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (32, 64, 128, 256)
+MAX_ROWS = 64  # query rows (GQA group x query tokens) one program holds; longer queries use more programs
+
+
+@dataclass(frozen=True)
+class PackedKind:
+    """What the kernels need to know about a codec: family code, index bits, head_dim, bytes per row."""
+
+    family: int
+    bits: int
+    head_dim: int
+    row_bytes: int
+    kind: str
+
+
+def packed_kind(codec: Codec) -> PackedKind | None:
+    """The kernel description of `codec`, or None when only the torch reference handles it (see unsupported)."""
+    return None if unsupported(codec) else PackedKind(
+        {"f16": FAMILY_F16, "q8_0": FAMILY_Q8_0, "mse": FAMILY_MSE}[codec.spec.family], codec.spec.bits,
+        codec.head_dim, codec.row_bytes, codec.kind)
+
+
+def unsupported(codec: Codec) -> str | None:
+    """Why the Triton kernels cannot read `codec`'s rows, or None if they can."""
+    if codec.spec.family not in ("f16", "q8_0", "mse"):
+        return f"{codec.kind}: fractional and +qjl kinds run on the torch reference"
+    if codec.head_dim not in HEAD_DIMS:
+        return f"head_dim {codec.head_dim}: the kernels take {HEAD_DIMS}"
+    return None
+
+
+def _i32(words: torch.Tensor) -> torch.Tensor:
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def codebook_table(kind: PackedKind, lut: bool, device: torch.device) -> torch.Tensor:
+    """fp16 centroids [2**bits], or with lut the int32 pair table [2**(2*bits)] (low half: even index)."""
+    if kind.family != FAMILY_MSE:
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    c16 = torch.tensor(lloyd_max(kind.head_dim, kind.bits).centroids, dtype=torch.float32).half()
+    if not lut:
+        return c16.to(device)
+    n = 2**kind.bits
+    u = c16.view(torch.int16).long() & 0xFFFF
+    i = torch.arange(n * n)
+    return _i32(u[i % n] | (u[i // n] << 16)).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def segment_maps(codec_key: tuple, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fwd, adj) as dense fp32 [D, D] matrices acting on row vectors (x @ fwd = segment fwd of x); None = identity."""
+    kind, head_dim, seed = codec_key
+    codec = Codec(kind, head_dim, seed=seed)
+    if codec.spec.family != "mse":
+        return None, None
+    seg = codec.segments()[0]
+    eye = torch.eye(head_dim, dtype=torch.float64)
+    return seg.fwd(eye).float().to(device), seg.adj(eye).float().to(device)
+
+
+def codec_maps(codec: Codec, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return segment_maps((codec.kind, codec.head_dim, codec.seed), torch.device(device))
+
+
+def chunk_table(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """int64 [n, 3] (address, batch stride, head stride in bytes) of row chunks uint8 [B, H, c, row_bytes]."""
+    rows = []
+    for c in chunks:
+        if c.dtype != torch.uint8 or c.dim() != 4 or c.stride(-1) != 1 or c.stride(-2) != c.shape[-1]:
+            raise ValueError(f"expected uint8 rows [B, H, T, row_bytes] with contiguous rows, got {c.dtype} "
+                             f"{list(c.shape)} strides {c.stride()}")
+        rows.append((c.data_ptr(), c.stride(0), c.stride(1)))
+    return torch.tensor(rows, dtype=torch.int64).to(chunks[0].device, non_blocking=True)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device) -> int:
+    """Splits per (b, head, query block) so that about four programs run per multiprocessor."""
+    want = math.ceil(4 * _sm_count(device) / max(programs, 1))
+    return max(1, min(want, math.ceil(max(max_len, 1) / block_n), 256))
+
+
+def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
+                  k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
+                  causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
+                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int = 64,
+                  lut: bool = True, num_warps: int = 4, num_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over packed rows.
+
+    q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
+    k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
+    lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
+    log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
+    j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]).
+    """
+    b, h, m, d = q.shape
+    if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
+        raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
+    if chunk % block_n:
+        raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
+    g = m // tq
+    tqb = max(1, min(tq, MAX_ROWS // g))
+    nqb = math.ceil(tq / tqb)
+    block_m = max(16, triton.next_power_of_2(g * tqb))
+    if num_splits is None:
+        num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device)
+    q = q.contiguous()
+    dev = q.device
+    o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
+    ml = torch.empty(b * h * nqb * num_splits * 2 * block_m, dtype=torch.float32, device=dev)
+    out = torch.empty(b, h, m, d, dtype=torch.float32, device=dev)
+    lse = torch.empty(b, h, m, dtype=torch.float32, device=dev)
+    dummy = lse
+    bias_t = bias if bias is not None else dummy
+    decode_split_kernel[(num_splits, b * h, nqb)](
+        q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
+        rowb.contiguous() if rowb is not None else dummy, bias_t,
+        bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
+        o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
+        K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
+        RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
+        HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    decode_reduce_kernel[(b * h * nqb * block_m,)](
+        o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
+        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)
+    return out, lse

@@ -1,0 +1,70 @@
+"""Launcher for the in-place encode kernel: turboB rows bit-identical to `Codec.encode`, written into a buffer."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ...core.codebook import lloyd_max
+from ...core.codec import Codec
+from ...core.rotation import get_rotation
+from .kernels_encode import encode_mse_kernel
+
+ENCODE_HEAD_DIMS = (32, 64, 128, 256)
+
+
+def encode_unsupported(codec: Codec) -> str | None:
+    """Why the encode kernel cannot produce `codec`'s rows, or None if it can."""
+    if codec.spec.family != "mse":
+        return f"{codec.kind}: only turbo2/3/4 rows are encoded by the kernel"
+    if codec.head_dim not in ENCODE_HEAD_DIMS:
+        return f"head_dim {codec.head_dim}: the encode kernel takes {ENCODE_HEAD_DIMS}"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(head_dim: int, bits: int, seed: int, device: torch.device):
+    """(signs, centroids, boundaries) float32 on `device`, the same values the CPU quantizer uses."""
+    cb = lloyd_max(head_dim, bits)
+    return (get_rotation(head_dim, seed).signs.to(device),
+            torch.tensor(cb.centroids, dtype=torch.float32).to(device),
+            torch.tensor(cb.boundaries, dtype=torch.float32).to(device))
+
+
+def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, block_rows: int = 16) -> torch.Tensor:
+    """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
+
+    out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
+    with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
+    No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
+    """
+    why = encode_unsupported(codec)
+    if why:
+        raise ValueError(why)
+    if x.dim() != 4 or x.shape[-1] != codec.head_dim or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"expected [B, H, T, {codec.head_dim}] fp16/bf16/fp32, got {x.dtype} {list(x.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    b, h, t, d = x.shape
+    if out is None:
+        out = torch.empty(b, h, t, codec.row_bytes, dtype=torch.uint8, device=x.device)
+    if out.dtype != torch.uint8 or out.dim() != 4 or out.shape[:2] != (b, h) or out.shape[-1] != codec.row_bytes \
+            or out.stride(-1) != 1:
+        raise ValueError(f"out must be uint8 [{b}, {h}, T, {codec.row_bytes}] with contiguous rows, got "
+                         f"{out.dtype} {list(out.shape)}")
+    if positions is None and out.shape[2] < t:
+        raise ValueError(f"out holds {out.shape[2]} tokens, {t} given")
+    n = b * h * t
+    if n == 0:
+        return out
+    signs, cents, bounds = _constants(d, codec.spec.bits, codec.seed, x.device)
+    dummy = positions if positions is not None else signs
+    encode_mse_kernel[(math.ceil(n / block_rows),)](
+        x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2), dummy,
+        signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d), D=d, LOG2D=int(math.log2(d)), BITS=codec.spec.bits,
+        NORM_CORR=codec.norm_correction, HAS_POS=positions is not None, BLOCK_R=block_rows, num_warps=4,
+        enable_fp_fusion=False)
+    return out

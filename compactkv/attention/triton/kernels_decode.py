@@ -1,0 +1,172 @@
+"""Triton kernels for split-K (flash-decoding) attention over packed KV rows. Launchers live in decode.py.
+
+A program owns one (batch row, KV head) and one split of its compressed tokens. It scores the rotated query rows
+of the whole GQA group (G * Tq rows, padded to BLOCK_M) against BLOCK_N decoded rows at a time with tl.dot,
+runs the online softmax in float32 (base 2), and accumulates values in the V segment's rotated space. Rows are
+found through a chunk table (base address, batch stride, head stride per chunk of CHUNK tokens), so the chunked
+TurboQuantLayer and the preallocated static storage share one kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FAMILY_F16, FAMILY_Q8_0, FAMILY_MSE = 0, 1, 2
+
+
+@triton.jit
+def _row_ptrs(tab_ptr, t0, b, h, offs, CHUNK, RB: tl.constexpr):
+    """uint8 pointers [BLOCK_N] to tokens t0 + offs of (b, h); the tile starting at t0 lies inside one chunk."""
+    c = t0 // CHUNK
+    base = tl.load(tab_ptr + 3 * c).to(tl.pointer_type(tl.uint8))
+    sb = tl.load(tab_ptr + 3 * c + 1)
+    sh = tl.load(tab_ptr + 3 * c + 2)
+    return base + (b * sb + h * sh) + (t0 - c * CHUNK + offs).to(tl.int64) * RB
+
+
+@triton.jit
+def _tile(rows, valid, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, LUT: tl.constexpr,
+          BLOCK_N: tl.constexpr):
+    """Decode BLOCK_N packed rows -> (vals float16 [BLOCK_N, D] in the segment space, row scale float32 [BLOCK_N]).
+
+    MSE rows: [fp16 norm][indices, little-endian]. Without LUT, cb_ptr holds the 2**BITS fp16 centroids; with LUT,
+    2**(2*BITS) int32 entries, each two fp16 centroids for a pair of neighbouring indices (one gather per pair).
+    """
+    if FAMILY == 0:
+        p = rows.to(tl.pointer_type(tl.float16))
+        vals = tl.load(p[:, None] + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+    elif FAMILY == 1:
+        NBLK: tl.constexpr = D // 32
+        blk = tl.arange(0, NBLK) * 34
+        sc = tl.load((rows[:, None] + blk[None, :]).to(tl.pointer_type(tl.float16)), mask=valid[:, None],
+                     other=0.0).to(tl.float32)
+        qp = (rows[:, None, None] + blk[None, :, None] + 2 + tl.arange(0, 32)[None, None, :])
+        q = tl.load(qp.to(tl.pointer_type(tl.int8)), mask=valid[:, None, None], other=0).to(tl.float32)
+        vals = tl.reshape(q * sc[:, :, None], (BLOCK_N, D)).to(tl.float16)
+        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+    else:
+        scale = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0).to(tl.float32)
+        codes = rows + 2
+        WBITS: tl.constexpr = 24 if BITS == 3 else 16
+        if BITS == 3:
+            g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]
+            w = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
+            w = w | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
+            w = w | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
+        else:
+            NH: tl.constexpr = D * BITS // 16
+            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, NH)[None, :]
+            w = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
+        if LUT:
+            PB: tl.constexpr = 2 * BITS
+            NP: tl.constexpr = WBITS // PB
+            pair = (w[:, :, None] >> (tl.arange(0, NP) * PB)[None, None, :]) & ((1 << PB) - 1)
+            two = tl.load(cb_ptr + pair)
+            lo = two.to(tl.int16).to(tl.float16, bitcast=True)
+            hi = (two >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+            vals = tl.reshape(tl.join(lo, hi), (BLOCK_N, D))
+        else:
+            NI: tl.constexpr = WBITS // BITS
+            idx = (w[:, :, None] >> (tl.arange(0, NI) * BITS)[None, None, :]) & ((1 << BITS) - 1)
+            vals = tl.reshape(tl.load(cb_ptr + idx), (BLOCK_N, D))
+    return vals, scale
+
+
+@triton.jit
+def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
+                        o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
+                        K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,
+                        V_BITS: tl.constexpr, D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
+                        LUT: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One split of one (b, kv head, block of TQB query tokens): partial acc, running max and sum per row.
+
+    q_ptr: fp32 [B*H, G*TQ, D], row g*TQ + t (rotated, times softmax scale * log2 e). len_ptr: int32 [B] tokens
+    per batch row. rowb_ptr: fp32 [B*H, G*TQ] added to every score of a row. bias_ptr: fp32 [B, TQ, >= L],
+    additive, log2 units. CAUSAL: key j is visible to query token t iff j <= L - TQ + qshift + t.
+    Local row r of this program is group member r // TQB, token qb*TQB + r % TQB.
+    o_ptr: fp32 [B*H, NQB, S, BLOCK_M, D]; ml_ptr: fp32 [B*H, NQB, S, 2, BLOCK_M].
+    """
+    sid = tl.program_id(0)
+    bh = tl.program_id(1)
+    qb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    L = tl.load(len_ptr + b)
+    split = tl.cdiv(tl.cdiv(L, num_splits), BLOCK_N) * BLOCK_N
+    lo = sid * split
+    hi = tl.minimum(lo + split, L)
+    rm = tl.arange(0, BLOCK_M)
+    t = qb * TQB + rm % TQB
+    mrow = (rm // TQB < G) & (rm % TQB < TQB) & (t < TQ)
+    grow = (rm // TQB) * TQ + t
+    rd = tl.arange(0, D)
+    M = G * TQ
+    q = tl.load(q_ptr + (bh * M + grow[:, None]) * D + rd[None, :], mask=mrow[:, None], other=0.0).to(tl.float16)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if HAS_ROWB:
+        rowb = tl.load(rowb_ptr + bh * M + grow, mask=mrow, other=0.0)
+    lim = L - TQ + qshift + t
+    if CAUSAL:
+        hi = tl.minimum(hi, L - TQ + qshift + tl.minimum(qb * TQB + TQB, TQ))
+    for t0 in range(lo, hi, BLOCK_N):
+        rn = tl.arange(0, BLOCK_N)
+        offs = t0 + rn
+        valid = offs < hi
+        kv, ks = _tile(_row_ptrs(k_tab, t0, b, h, rn, CHUNK, RBK), valid, k_cb, K_FAMILY, K_BITS, D, LUT, BLOCK_N)
+        s = tl.dot(q, tl.trans(kv)) * ks[None, :]
+        if HAS_ROWB:
+            s = s + rowb[:, None]
+        if HAS_BIAS:
+            bp = bias_ptr + b * bias_sb + t[:, None] * bias_sq + offs[None, :]
+            s = s + tl.load(bp, mask=mrow[:, None] & valid[None, :], other=0.0)
+        keep = valid[None, :]
+        if CAUSAL:
+            keep = keep & (offs[None, :] <= lim[:, None])
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vv, vs = _tile(_row_ptrs(v_tab, t0, b, h, rn, CHUNK, RBV), valid, v_cb, V_FAMILY, V_BITS, D, LUT, BLOCK_N)
+        acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(tl.float16), vv)
+        m_i = m_new
+    base = (bh * tl.num_programs(2) + qb) * num_splits + sid
+    tl.store(o_ptr + (base * BLOCK_M + rm[:, None]) * D + rd[None, :], acc)
+    tl.store(ml_ptr + base * 2 * BLOCK_M + rm, m_i)
+    tl.store(ml_ptr + base * 2 * BLOCK_M + BLOCK_M + rm, l_i)
+
+
+@triton.jit
+def decode_reduce_kernel(o_ptr, ml_ptr, out_ptr, lse_ptr, G, TQ, TQB, num_splits, D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Merge the splits of one local row into out fp32 [B*H, G*TQ, D] (normalised) and lse fp32 [B*H, G*TQ]."""
+    pid = tl.program_id(0)  # (bh * NQB + qb) * BLOCK_M + r
+    r = pid % BLOCK_M
+    grp = pid // BLOCK_M
+    nqb = tl.cdiv(TQ, TQB)
+    bh = grp // nqb
+    t = (grp % nqb) * TQB + r % TQB
+    if (r // TQB < G) & (r % TQB < TQB) & (t < TQ):
+        rs = tl.arange(0, BLOCK_S)
+        rd = tl.arange(0, D)
+        smask = rs < num_splits
+        base = grp * num_splits + rs
+        m = tl.load(ml_ptr + base * 2 * BLOCK_M + r, mask=smask, other=float("-inf"))
+        l = tl.load(ml_ptr + base * 2 * BLOCK_M + BLOCK_M + r, mask=smask, other=0.0)
+        mx = tl.max(m, axis=0)
+        mx = tl.where(mx == float("-inf"), 0.0, mx)
+        w = tl.exp2(m - mx)
+        total = tl.sum(l * w, axis=0)
+        o = tl.load(o_ptr + (base[:, None] * BLOCK_M + r) * D + rd[None, :], mask=smask[:, None], other=0.0)
+        acc = tl.sum(o * w[:, None], axis=0)
+        safe = tl.where(total > 0, total, 1.0)
+        row = bh * G * TQ + (r // TQB) * TQ + t
+        tl.store(out_ptr + row * D + rd, acc / safe)
+        lse = tl.where(total > 0, (mx + tl.log2(safe)) * 0.6931471805599453, float("-inf"))
+        tl.store(lse_ptr + row, lse)
