@@ -9,7 +9,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from ..cache.cache import ATTN_IMPLEMENTATION
 from ..cache.layer import TAG
-from .reference import compressed_attention
+from .dispatch import attend
 
 _UNSUPPORTED = ("s_aux", "sinks", "position_bias")
 
@@ -17,7 +17,10 @@ _UNSUPPORTED = ("s_aux", "sinks", "position_bias")
 def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                 value: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float = 0.0,
                                 scaling: float | None = None, **kwargs):
-    """transformers attention function: compressed path when `key` comes from a TurboQuantLayer, SDPA otherwise."""
+    """transformers attention function: compressed path when `key` comes from a TurboQuantLayer, SDPA otherwise.
+
+    The compressed path runs the Triton kernels on CUDA and the torch reference elsewhere (see dispatch.py).
+    """
     layer = getattr(key, TAG, None)
     if layer is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -27,7 +30,7 @@ def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
             raise ValueError(f"compactkv attention does not support the {name!r} argument of this model")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    out = compressed_attention(layer, query, attention_mask, scaling, softcap=kwargs.get("softcap"))
+    out = attend(layer, query, attention_mask, scaling, softcap=kwargs.get("softcap"))
     layer.trim_window()
     return out, None
 

@@ -68,3 +68,13 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
         NORM_CORR=codec.norm_correction, HAS_POS=positions is not None, BLOCK_R=block_rows, num_warps=4,
         enable_fp_fusion=False)
     return out
+
+
+def encode_into(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode."""
+    if x.is_cuda and encode_unsupported(codec) is None:
+        encode_rows(codec, x, rows, positions=positions)
+        return
+    enc = codec.encode(x)
+    for b, p in enumerate(positions.tolist()):
+        rows[b, :, p:p + x.shape[-2]] = enc[b]

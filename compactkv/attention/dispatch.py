@@ -1,0 +1,52 @@
+"""Backend choice for attention on the compressed cache: Triton kernels on CUDA, the torch reference elsewhere.
+
+The choice is an explicit argument, else the COMPACTKV_BACKEND setting (auto | torch | triton), else auto.
+`auto` uses the kernels when the query is on CUDA, Triton imports and the layer's kinds are supported; `torch`
+forces the reference (for debugging); `triton` raises ValueError where the kernels cannot run the call.
+Triton is imported only when a CUDA call asks for it, never by `import compactkv`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .reference import compressed_attention
+
+BACKENDS = ("auto", "torch", "triton")
+BACKEND_ENV = "COMPACTKV_BACKEND"
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The backend setting in force: the argument, else $COMPACTKV_BACKEND, else "auto"."""
+    choice = (backend or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown attention backend {choice!r}; accepted: {', '.join(BACKENDS)}")
+    return choice
+
+
+def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None) -> str | None:
+    """Why the Triton kernels cannot run this call, or None when they can."""
+    if not query.is_cuda:
+        return "the query is not on a CUDA device"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    from .triton.backend import why_not_triton
+    return why_not_triton(layer, query, mask, softcap)
+
+
+def attend(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None = None,
+           backend: str | None = None) -> torch.Tensor:
+    """Attention of query [B, Hq, Tq, D] over everything `layer` stores -> [B, Tq, Hq, D], on the chosen backend."""
+    choice = resolve_backend(backend)
+    if choice != "torch":
+        why = triton_unavailable(layer, query, mask, softcap)
+        if why is None:
+            from .triton.backend import triton_attention
+            return triton_attention(layer, query, mask, scaling, softcap=softcap)
+        if choice == "triton":
+            raise ValueError(f"{BACKEND_ENV}=triton cannot run this attention call: {why}")
+    return compressed_attention(layer, query, mask, scaling, softcap=softcap)

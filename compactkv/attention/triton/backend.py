@@ -1,0 +1,153 @@
+"""Attention over a layer's stored data with the Triton kernels (same contract as reference.compressed_attention).
+
+The compressed rows go through `attend_packed`; the fp16 sink and recent windows (a few tokens) are attended in
+torch and merged with the compressed part by log-sum-exp. Works for TurboQuantLayer (chunk list) and for layers
+exposing `packed_rows()` (the preallocated StaticTurboQuantLayer).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind, unsupported
+
+BLOCK_N = 64
+ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
+
+
+def why_not_triton(layer, query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None) -> str | None:
+    """Why this call must use the torch reference, or None when the kernels can run it."""
+    if not query.is_cuda:
+        return "the query is not on a CUDA device"
+    if softcap:
+        return "attention logit softcapping runs on the torch reference"
+    if mask is not None and mask.dim() == 4 and mask.shape[1] != 1:
+        return "per-head attention masks run on the torch reference"
+    for codec in (layer.k_codec, layer.v_codec):
+        why = unsupported(codec)
+        if why:
+            return why
+    return None
+
+
+def _packed_source(layer, b: int, device):
+    """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, tensors the tables point into).
+
+    The tables hold raw addresses: the caller keeps the returned tensors alive until the kernel is launched.
+    """
+    packed_rows = getattr(layer, "packed_rows", None)
+    if packed_rows is not None:  # preallocated buffers: tables cached by address, so graph capture sees no copy
+        k_rows, v_rows, lengths, max_len = packed_rows()
+        return _fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len, (k_rows, v_rows)
+    ck, cv, n = layer.chunks_k, layer.chunks_v, layer.n_compressed
+    chunk = layer.chunk_tokens if len(ck) > 1 else ONE_CHUNK
+    regular = chunk % BLOCK_N == 0 and all(c.shape[-2] == chunk for c in ck[:-1])
+    if not regular:
+        ck, cv, chunk = [torch.cat(ck, dim=-2)], [torch.cat(cv, dim=-2)], ONE_CHUNK
+    ck = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in ck]
+    cv = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in cv]
+    lengths = torch.full((b,), n, dtype=torch.int32, device=device)
+    return chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv)
+
+
+def _fixed_table(rows: torch.Tensor) -> torch.Tensor:
+    return _table_at(rows.data_ptr(), rows.stride(0), rows.stride(1), rows.shape[-1], rows.stride(-2), rows.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_at(ptr: int, stride_b: int, stride_h: int, row_bytes: int, stride_t: int, device) -> torch.Tensor:
+    if stride_t != row_bytes:
+        raise ValueError("static row buffers must hold contiguous rows")
+    return torch.tensor([[ptr, stride_b, stride_h]], dtype=torch.int64).to(device)
+
+
+def _mask_bias(mask: torch.Tensor | None, b: int, tq: int, tk: int) -> torch.Tensor | None:
+    """float32 additive bias [B or 1, Tq, Tk] from a transformers mask (bool keep / float additive / None)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
+    else:
+        bias = mask.float()
+    bias = bias[..., -tq:, -tk:]
+    if bias.shape[-1] != tk:
+        raise ValueError(f"attention mask covers {bias.shape[-1]} keys but the cache holds {tk}")
+    return bias.reshape(bias.shape[0], *bias.shape[-2:]).expand(-1, tq, -1)
+
+
+def _dense_part(qs, kd, vd, bias, tq: int, key_pos: torch.Tensor | None):
+    """Attention of scaled rows qs [B, H, M, D] over fp16 keys kd/vd [B, H, n, D] -> (out, lse) in float32.
+
+    bias: [B or 1, Tq, n] or None. key_pos: [n] key positions relative to the first query token; when given,
+    key i is visible to row r iff key_pos[i] <= r % tq (causal).
+    """
+    s = qs @ kd.float().transpose(-1, -2)
+    rows = torch.arange(qs.shape[-2], device=qs.device) % tq
+    if bias is not None:
+        s = s + bias[:, rows].unsqueeze(1)
+    if key_pos is not None:
+        s = s.masked_fill(~(key_pos[None, :] <= rows[:, None]), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse).unsqueeze(-1))
+    return p @ vd.float(), lse
+
+
+def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+                     softcap: float | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """query: [B, Hq, Tq, D]; attends to everything `layer` stores. Returns [B, Tq, Hq, D] in query's dtype."""
+    why = why_not_triton(layer, query, mask, softcap)
+    if why:
+        raise ValueError(why)
+    b, hq, tq, d = query.shape
+    hkv = layer.sink_k.shape[1]
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
+    g = hq // hkv
+    q = query.float().reshape(b, hkv, g * tq, d)
+    n_sink, n_comp, n_recent = layer.sink_k.shape[-2], layer.n_compressed, layer.recent_k.shape[-2]
+    tk = n_sink + n_comp + n_recent
+    bias = _mask_bias(mask, b, tq, tk)
+    causal = mask is None and tq > 1
+    kc, vc = layer.k_codec, layer.v_codec
+    parts = []
+    if n_comp:
+        fwd, _ = codec_maps(kc, query.device)
+        _, adj = codec_maps(vc, query.device)
+        qk = (q @ fwd if fwd is not None else q) * (scaling * LOG2E)
+        k_mean = getattr(layer, "k_mean", None)
+        rowb = ((q * (scaling * LOG2E)) @ k_mean.float().transpose(-1, -2)).squeeze(-1) if k_mean is not None else None
+        bias_c = None
+        if bias is not None:
+            bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
+        k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
+        out, lse = attend_packed(qk, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+                                 max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c, rowb=rowb,
+                                 num_splits=num_splits, block_n=BLOCK_N)
+        parts.append((out @ adj if adj is not None else out, lse))
+    if n_sink or n_recent:
+        kd = torch.cat([layer.sink_k, layer.recent_k], dim=-2)
+        vd = torch.cat([layer.sink_v, layer.recent_v], dim=-2)
+        bias_d = None if bias is None else torch.cat([bias[..., :n_sink], bias[..., n_sink + n_comp:]], dim=-1)
+        key_pos = None
+        if causal:  # dense key i sits at position i (sinks) or n_comp + i (recent); query t at tk - tq + t
+            pos = torch.cat([torch.arange(n_sink), n_comp + torch.arange(n_sink, n_sink + n_recent)])
+            key_pos = pos.to(query.device) - (tk - tq)
+        parts.append(_dense_part(q * scaling, kd, vd, bias_d, tq, key_pos))
+    out = _merge(parts, q)
+    return out.reshape(b, hq, tq, d).transpose(1, 2).to(query.dtype)
+
+
+def _merge(parts, q):
+    """Log-sum-exp merge of [(out [B, H, M, D], lse [B, H, M])] into normalised float32 rows."""
+    if not parts:
+        return torch.zeros_like(q)
+    if len(parts) == 1:
+        return parts[0][0]
+    lse = torch.logaddexp(parts[0][1], parts[1][1])
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    out = 0
+    for o, part_lse in parts:
+        out = out + o * torch.exp(part_lse - safe).unsqueeze(-1)
+    return out
