@@ -42,6 +42,14 @@ def _read_f16(rows: torch.Tensor, offset: int) -> torch.Tensor:
     return rows[..., offset:offset + 2].contiguous().view(torch.float16).squeeze(-1).float()
 
 
+def _expand(idx: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """Channel indices [*S, m] broadcast to [*lead, m]; ValueError when S does not broadcast to lead."""
+    if idx.dim() - 1 > len(lead) or any(s not in (1, t) for s, t in zip(reversed(idx.shape[:-1]), reversed(lead))):
+        raise ValueError(f"outlier channel set of shape {list(idx.shape)} does not broadcast to the leading dims "
+                         f"{list(lead)} of the input")
+    return idx.expand(*lead, idx.shape[-1])
+
+
 class Codec:
     """Encoder/decoder for one kind at one head_dim.
 
@@ -109,6 +117,8 @@ class Codec:
         dims = [i for i in range(x.dim() - 1) if i not in {k % x.dim() for k in keep_dims}]
         energy = (x * x).mean(dim=dims, keepdim=True) if dims else x * x
         hi = energy.topk(self.head_dim // 2, dim=-1).indices
+        while hi.dim() > 1 and hi.shape[0] == 1:  # [1, H, 1, d/2] -> [H, 1, d/2]: broadcasts to any rank
+            hi = hi[0]
         self.set_outliers(hi)
         return self._groups[0]
 
@@ -116,8 +126,7 @@ class Codec:
         idx = self._groups[g]
         if idx is None:
             return x
-        idx = idx.to(x.device)
-        return torch.gather(x, -1, idx.expand(*x.shape[:-1], idx.shape[-1]))
+        return torch.gather(x, -1, _expand(idx.to(x.device), x.shape[:-1]))
 
     # -- encode / decode -----------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor, check_finite: bool) -> None:
@@ -253,8 +262,8 @@ class Codec:
         hi, lo = (g.to(parts[0].device) for g in self._groups)
         lead = parts[0].shape[:-1]
         out = torch.zeros(*lead, self.head_dim, dtype=parts[0].dtype, device=parts[0].device)
-        out = out.scatter(-1, hi.expand(*lead, hi.shape[-1]), parts[0])
-        return out.scatter(-1, lo.expand(*lead, lo.shape[-1]), parts[1])
+        out = out.scatter(-1, _expand(hi, lead), parts[0])
+        return out.scatter(-1, _expand(lo, lead), parts[1])
 
     def combine(self, accs: list[torch.Tensor]) -> torch.Tensor:
         """Per-segment accumulators in the mapped spaces [..., width] -> [..., head_dim] (applies each adj once)."""
