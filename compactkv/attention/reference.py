@@ -56,6 +56,8 @@ def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torc
     bias = _bias(mask, b, tq, tk, g, query.device)
     kc, vc = layer.k_codec, layer.v_codec
     q_parts = [p * scaling for p in kc.query_parts(q)]
+    # Keys were stored as k - mean: add back q·mean, the same for every compressed key of a query row.
+    q_mean = (q * scaling) @ layer.k_mean.transpose(-1, -2) if layer.k_mean is not None else None
     m = torch.full((b, hkv, g * tq, 1), float("-inf"), device=query.device)
     l = torch.zeros_like(m)
     dense_acc = torch.zeros(b, hkv, g * tq, d, device=query.device)
@@ -71,6 +73,8 @@ def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torc
                 part = qp @ vals.transpose(-1, -2)
                 part = part * scale.unsqueeze(-2) if scale is not None else part
                 s = part if s is None else s + part
+            if q_mean is not None:
+                s = s + q_mean
         if softcap:
             s = torch.tanh(s / softcap) * softcap
         if bias is not None:

@@ -18,6 +18,8 @@ class CacheConfig:
     number / an explicit list of (k, v) pairs, one per KV-carrying layer. sink_tokens: the first tokens kept in
     fp16 forever. residual_length: the most recent tokens kept in fp16 until they are compressed, `block_size`
     at a time. seed: rotation seed. chunk_tokens: compressed rows are stored in chunks of this many tokens.
+    center_keys: subtract each head's mean key (from the first compressed tokens) before encoding; exact for
+    attention because q·mean is added back to every compressed key's score.
     """
 
     k: str = DEFAULT_KIND
@@ -29,6 +31,7 @@ class CacheConfig:
     seed: int = 0
     norm_correction: bool = True
     chunk_tokens: int = 1024
+    center_keys: bool = True
 
     def __post_init__(self):
         parse_kind(self.k)

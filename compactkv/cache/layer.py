@@ -27,8 +27,9 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, sink_tokens: int = 0, residual_length: int = 0,
                  block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
-                 sliding_window: int | None = None):
+                 sliding_window: int | None = None, center_keys: bool = False):
         super().__init__()
+        self.center_keys = center_keys
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
         self.head_dim = head_dim
@@ -43,6 +44,7 @@ class TurboQuantLayer(CacheLayerMixin):
         self.recent_k = self.recent_v = None  # [B, H, R, D] fp16
         self.chunks_k: list[torch.Tensor] = []  # [B, H, c, row_bytes_k] uint8
         self.chunks_v: list[torch.Tensor] = []
+        self.k_mean = None  # [B, H, 1, D] float32, subtracted from keys before encoding (see center_keys)
         self.n_compressed = 0
         self.dropped = 0  # tokens trimmed out of a sliding window
         self.cumulative_length = 0
@@ -100,6 +102,10 @@ class TurboQuantLayer(CacheLayerMixin):
         for codec, x in ((self.k_codec, k), (self.v_codec, v)):
             if codec.spec.family == "frac" and codec.outliers is None:
                 codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
+        if self.center_keys:
+            if self.k_mean is None:
+                self.k_mean = k.float().mean(dim=-2, keepdim=True)
+            k = k.float() - self.k_mean
         rows_k = self.k_codec.encode(k)
         rows_v = self.v_codec.encode(v)
         pos = 0
@@ -173,6 +179,8 @@ class TurboQuantLayer(CacheLayerMixin):
         self.recent_k, self.recent_v = fn(self.recent_k), fn(self.recent_v)
         self.chunks_k = [fn(c) for c in self.chunks_k]
         self.chunks_v = [fn(c) for c in self.chunks_v]
+        if self.k_mean is not None:
+            self.k_mean = fn(self.k_mean)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
