@@ -110,14 +110,16 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
                   rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int = 64,
-                  lut: bool = True, num_warps: int = 4, num_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                  lut: bool = True, num_warps: int = 4, num_stages: int = 2, out: torch.Tensor | None = None,
+                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
     k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
     lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
     log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
-    j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]).
+    j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
+    written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
     """
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
@@ -134,8 +136,14 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     dev = q.device
     o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
     ml = torch.empty(b * h * nqb * num_splits * 2 * block_m, dtype=torch.float32, device=dev)
-    out = torch.empty(b, h, m, d, dtype=torch.float32, device=dev)
-    lse = torch.empty(b, h, m, dtype=torch.float32, device=dev)
+    if out is None:
+        out = torch.empty(b, h, m, d, dtype=torch.float32, device=dev)
+    if lse is None:
+        lse = torch.empty(b, h, m, dtype=torch.float32, device=dev)
+    if out.shape != (b, h, m, d) or lse.shape != (b, h, m) or not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out / lse must be contiguous fp32 [B, H, G*Tq, D] / [B, H, G*Tq]")
+    if bias is not None and bias.stride(-1) != 1:
+        bias = bias.contiguous()
     dummy = lse
     bias_t = bias if bias is not None else dummy
     decode_split_kernel[(num_splits, b * h, nqb)](

@@ -1,0 +1,215 @@
+"""`compactkv bench kernels`: decode attention on packed rows vs fp16 SDPA, and the encode kernel, on one GPU.
+
+Shapes are one Llama-3.1-8B attention layer (32 query heads, 8 KV heads, head_dim 128), one query token, batch and
+context from the flags. Everything is measured in the same run on the same card: the device-to-device copy
+bandwidth, torch SDPA with fp16 K/V (enable_gqa), and per kind the compressed decode step (query rotation, split
+kernel, split merge, inverse rotation), as medians of triton.testing.do_bench (L2 flushed between repetitions)
+and of CUDA-graph replays. GB/s counts the compressed K+V bytes read once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import torch
+
+HQ, HKV, HEAD_DIM = 32, 8, 128
+KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("kernels", help="Triton decode attention and encode vs fp16 SDPA (CUDA)")
+    p.add_argument("--json", metavar="PATH", default=os.environ.get("COMPACTKV_BENCH_JSON"),
+                   help="write all figures here (env COMPACTKV_BENCH_JSON)")
+    p.add_argument("--batches", default=os.environ.get("COMPACTKV_BENCH_BATCHES", "1,8"))
+    p.add_argument("--contexts", default=os.environ.get("COMPACTKV_BENCH_CONTEXTS", "4096,16384,32768,131072"))
+    p.add_argument("--kinds", default=os.environ.get("COMPACTKV_BENCH_KINDS", ",".join(KINDS)))
+    p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay timings")
+    p.add_argument("--sweep", action="store_true", help="also time kernel variants (LUT/direct, block, warps)")
+    p.set_defaults(func=run)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def commit() -> str:
+    env = os.environ.get("COMPACTKV_COMMIT")
+    if env:
+        return env
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def random_rows(codec, b: int, h: int, t: int, device) -> torch.Tensor:
+    """Valid packed rows without encoding: random index bytes, finite positive fp16 norms / q8_0 scales."""
+    rows = torch.randint(0, 256, (b, h, t, codec.row_bytes), dtype=torch.uint8, device=device)
+    fam = codec.spec.family
+    if fam == "mse":
+        rows[..., :2] = (torch.rand(b, h, t, 1, device=device) + 0.5).half().view(torch.uint8)
+    elif fam == "q8_0":
+        blocks = rows.view(b, h, t, -1, 34)
+        blocks[..., :2] = (torch.rand(*blocks.shape[:-1], 1, device=device) * 0.02 + 0.001).half().view(torch.uint8)
+    elif fam == "f16":
+        rows.copy_(torch.randn(b, h, t, codec.head_dim, device=device).half().view(torch.uint8))
+    return rows
+
+
+def _bench(fn, graphs: bool) -> tuple[float, float | None]:
+    """(median µs with do_bench, median µs of CUDA-graph replays or None)."""
+    import triton.testing as tt
+    eager = tt.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+    graph = None
+    if graphs:
+        try:
+            graph = tt.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+        except RuntimeError:
+            graph = None
+    return eager, graph
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy of 2 GiB, GB/s counting bytes read plus written."""
+    import triton.testing as tt
+    n = 2 << 30
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    t = tt.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median") * 1e-3
+    del src, dst
+    return 2 * n / t / 1e9
+
+
+def decode_step(kind: str, b: int, t: int, device, **kernel):
+    """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes."""
+    from ..attention.triton.backend import ONE_CHUNK
+    from ..attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
+    from ..core.codec import Codec
+    kc, vc = Codec(kind, HEAD_DIM, seed=0), Codec(kind, HEAD_DIM, seed=1)
+    rk, rv = random_rows(kc, b, HKV, t, device), random_rows(vc, b, HKV, t, device)
+    kt, vt = chunk_table([rk]), chunk_table([rv])
+    lengths = torch.full((b,), t, dtype=torch.int32, device=device)
+    fwd, _ = codec_maps(kc, device)
+    _, adj = codec_maps(vc, device)
+    q = torch.randn(b, HQ, 1, HEAD_DIM, device=device, dtype=torch.float16)
+    pk, pv = packed_kind(kc), packed_kind(vc)
+    c = HEAD_DIM ** -0.5 * LOG2E
+
+    def step():
+        qf = q.float().reshape(b, HKV, HQ // HKV, HEAD_DIM)
+        qk = (qf @ fwd if fwd is not None else qf) * c
+        out, _ = attend_packed(qk, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
+        out = out @ adj if adj is not None else out
+        return out.reshape(b, HQ, 1, HEAD_DIM).transpose(1, 2).half()
+
+    step.keep = (rk, rv)
+    return step, rk.numel() + rv.numel()
+
+
+def encode_bench(device) -> list[dict]:
+    from ..attention.triton.encode import encode_rows
+    from ..core.codec import Codec
+    import triton.testing as tt
+    res = []
+    x = torch.randn(8, HKV, 8192, HEAD_DIM, device=device, dtype=torch.float16)
+    for kind in ("turbo4", "turbo3", "turbo2"):
+        codec = Codec(kind, HEAD_DIM)
+        out = torch.empty(8, HKV, 8192, codec.row_bytes, dtype=torch.uint8, device=device)
+        for rows in (16, 32):
+            ms = tt.do_bench(lambda: encode_rows(codec, x, out, block_rows=rows), warmup=25, rep=100,
+                             return_mode="median")
+            moved = x.numel() * 2 + out.numel()
+            res.append({"kind": kind, "tokens": 8 * 8192, "block_rows": rows, "us": ms * 1e3,
+                        "gbps": moved / ms / 1e6})
+    return res
+
+
+def run(args) -> int:
+    if not torch.cuda.is_available():
+        raise ValueError("bench kernels needs a CUDA GPU (torch.cuda.is_available() is False)")
+    import torch.nn.functional as F
+    dev = torch.device("cuda")
+    kinds = [k for k in args.kinds.split(",") if k]
+    info = {"card": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "commit": commit(),
+            "shape": {"hq": HQ, "hkv": HKV, "head_dim": HEAD_DIM, "tq": 1}}
+    info["copy_gbps"] = copy_bandwidth(dev)
+    print(f"card {info['card']}  copy bandwidth {info['copy_gbps']:.0f} GB/s  commit {info['commit']}", flush=True)
+    rows = []
+    for b in _ints(args.batches):
+        for t in _ints(args.contexts):
+            q = torch.randn(b, HQ, 1, HEAD_DIM, device=dev, dtype=torch.float16)
+            k = torch.randn(b, HKV, t, HEAD_DIM, device=dev, dtype=torch.float16)
+            v = torch.randn_like(k)
+            sdpa = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # noqa: E731
+            s_eager, s_graph = _bench(sdpa, not args.no_graphs)
+            fp16_bytes = 2 * k.numel() * 2
+            row = {"batch": b, "context": t, "sdpa_us": s_eager, "sdpa_graph_us": s_graph,
+                   "sdpa_gbps": fp16_bytes / s_eager / 1e3, "kinds": {}}
+            del k, v
+            for kind in kinds:
+                step, nbytes = decode_step(kind, b, t, dev)
+                e, gr = _bench(step, not args.no_graphs)
+                row["kinds"][kind] = {"us": e, "graph_us": gr, "bytes": nbytes, "gbps": nbytes / e / 1e3,
+                                      "speedup": s_eager / e,
+                                      "graph_speedup": (s_graph / gr) if (s_graph and gr) else None}
+                if args.sweep and kind == "turbo4" and (b, t) in ((8, 32768), (1, 131072), (8, 131072)):
+                    row["kinds"][kind]["sweep"] = _sweep(kind, b, t, dev)
+                del step
+            rows.append(row)
+            print(_line(row, kinds), flush=True)
+    info["decode"] = rows
+    info["encode"] = encode_bench(dev)
+    print(table(info, kinds))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
+    return 0
+
+
+def _sweep(kind: str, b: int, t: int, dev) -> list[dict]:
+    out = []
+    for lut in (True, False):
+        for block_n, warps, stages in ((64, 4, 2), (128, 4, 2), (64, 4, 3), (32, 4, 2), (128, 8, 2)):
+            step, nbytes = decode_step(kind, b, t, dev, lut=lut, block_n=block_n, num_warps=warps,
+                                       num_stages=stages)
+            e, _ = _bench(step, False)
+            out.append({"lut": lut, "block_n": block_n, "num_warps": warps, "num_stages": stages, "us": e,
+                        "gbps": nbytes / e / 1e3})
+    return out
+
+
+def _line(row: dict, kinds) -> str:
+    parts = [f"B={row['batch']} T={row['context']}: sdpa {row['sdpa_us']:.1f} us"]
+    for kind in kinds:
+        r = row["kinds"][kind]
+        parts.append(f"{kind} {r['us']:.1f} us ({r['speedup']:.2f}x, {r['gbps']:.0f} GB/s)")
+    return "  ".join(parts)
+
+
+def table(info: dict, kinds) -> str:
+    """The summary table: one line per (batch, context); µs, speedup over SDPA and GB/s per kind."""
+    head = f"{'B':>2} {'T':>7} {'sdpa us':>8} {'(graph)':>8}"
+    for kind in kinds:
+        head += f" | {kind + ' us':>10} {'x':>5} {'GB/s':>5} {'(graph x)':>9}"
+    lines = [f"card: {info['card']}; copy {info['copy_gbps']:.0f} GB/s; torch {info['torch']}, triton "
+             f"{info['triton']}; commit {info['commit']}", head]
+    for row in info["decode"]:
+        g = row["sdpa_graph_us"]
+        line = f"{row['batch']:>2} {row['context']:>7} {row['sdpa_us']:>8.1f} {g if g is None else round(g, 1)!s:>8}"
+        for kind in kinds:
+            r = row["kinds"][kind]
+            gx = "-" if r["graph_speedup"] is None else f"{r['graph_speedup']:.2f}"
+            line += f" | {r['us']:>10.1f} {r['speedup']:>5.2f} {r['gbps']:>5.0f} {gx:>9}"
+        lines.append(line)
+    for e in info.get("encode", []):
+        lines.append(f"encode {e['kind']} {e['tokens']} tokens x {HKV} heads, block_rows {e['block_rows']}: "
+                     f"{e['us']:.1f} us, {e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)")
+    return "\n".join(lines)

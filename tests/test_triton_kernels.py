@@ -1,0 +1,137 @@
+"""Triton kernels vs the torch reference and a float64 dense reference (CUDA only; skipped elsewhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compactkv.attention.reference import compressed_attention
+from compactkv.cache.layer import TurboQuantLayer
+from compactkv.core.codec import Codec
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernels run on CUDA only)"),
+]
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+TOL = 3e-3  # fp16 tensor-core operands; measured errors are near 3e-4
+DEV = "cuda"
+
+
+def _rel(a, b) -> float:
+    assert torch.isfinite(a).all(), "unwritten or non-finite output"
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("kind", ["turbo2", "turbo3", "turbo4"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_encode_bit_identical_to_cpu(kind, d):
+    from compactkv.attention.triton.encode import encode_rows
+    codec = Codec(kind, d, seed=5)
+    x = (torch.randn(2, 3, 301, d, device=DEV) * torch.rand(2, 3, 301, 1, device=DEV) * 3).half()
+    out = torch.full((2, 3, 320, codec.row_bytes), 0x5A, dtype=torch.uint8, device=DEV)
+    pos = torch.tensor([0, 19], dtype=torch.int32, device=DEV)
+    encode_rows(codec, x, out, positions=pos)
+    ref = codec.encode(x.cpu())
+    assert int((out[0, :, :301].cpu() != ref[0]).sum()) == 0
+    assert int((out[1, :, 19:320].cpu() != ref[1]).sum()) == 0
+    assert bool((out[1, :, :19] == 0x5A).all()) and bool((out[0, :, 301:] == 0x5A).all())
+
+
+def _dense64(kc, vc, rk, rv, q, scaling, lengths, tq):
+    k, v, q = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double(), q.cpu().double()
+    outs = []
+    for b, n in enumerate(lengths):
+        s = (q[b] * scaling) @ k[b, :, :n].transpose(-1, -2)
+        t = torch.arange(q.shape[-2]) % tq
+        s = s.masked_fill(~(torch.arange(n)[None, :] <= (n - tq + t)[:, None]), float("-inf"))
+        outs.append(torch.softmax(s, -1) @ v[b, :, :n])
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"),
+                                   ("q8_0", "q8_0"), ("f16", "f16"), ("q8_0", "turbo4")])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("g,tq", [(4, 1), (1, 3), (8, 1)])
+def test_decode_ragged_vs_float64(kk, vk, d, g, tq):
+    from compactkv.attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
+    kc, vc = Codec(kk, d, seed=3), Codec(vk, d, seed=4)
+    lengths, hkv, chunk = [777, 130, 3], 2, 192
+    b, t = len(lengths), max(lengths)
+    rk = kc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
+    rv = vc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
+    ck = [rk[:, :, i:i + chunk].contiguous() for i in range(0, t, chunk)]
+    cv = [rv[:, :, i:i + chunk].contiguous() for i in range(0, t, chunk)]
+    q = torch.randn(b, hkv, g * tq, d, device=DEV)
+    fwd, _ = codec_maps(kc, DEV)
+    _, adj = codec_maps(vc, DEV)
+    qk = (q @ fwd if fwd is not None else q) * (d ** -0.5 * LOG2E)
+    out = torch.full((b, hkv, g * tq, d), float("nan"), device=DEV)
+    lse = torch.full((b, hkv, g * tq), float("nan"), device=DEV)
+    attend_packed(qk, chunk_table(ck), chunk_table(cv), torch.tensor(lengths, dtype=torch.int32, device=DEV),
+                  packed_kind(kc), packed_kind(vc), chunk=chunk, max_len=t, tq=tq, causal=tq > 1, out=out, lse=lse)
+    got = out @ adj if adj is not None else out
+    assert torch.isfinite(lse).all()
+    assert _rel(got, _dense64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL
+
+
+@pytest.mark.parametrize("kk,vk,d,g,tq,sink,recent,mask,chunk", [
+    ("turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024),
+    ("turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256),
+    ("q8_0", "turbo2", 64, 8, 5, 3, 16, True, 100),
+    ("turbo2", "turbo4", 256, 1, 4, 0, 0, False, 512),
+])
+def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chunk):
+    from compactkv.attention.triton.backend import triton_attention
+    b, hkv = 2, 2
+    layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=recent, chunk_tokens=chunk)
+    for n in (1100, tq):
+        layer.update(torch.randn(b, hkv, n, d, device=DEV, dtype=torch.float16),
+                     torch.randn(b, hkv, n, d, device=DEV, dtype=torch.float16))
+    q = torch.randn(b, hkv * g, tq, d, device=DEV, dtype=torch.float16)
+    tk = layer.stored_length()
+    m = None
+    if mask:
+        m = torch.ones(b, 1, tq, tk, dtype=torch.bool, device=DEV)
+        m[1, :, :, :21] = False
+        m &= torch.arange(tk, device=DEV)[None, :] <= (tk - tq + torch.arange(tq, device=DEV))[:, None]
+    ref = compressed_attention(layer, q, m, d ** -0.5)
+    assert _rel(triton_attention(layer, q, m, d ** -0.5), ref) < TOL
+
+
+def test_static_layer_graph_replay():
+    from compactkv.attention.triton.backend import triton_attention
+    from compactkv.attention.triton.encode import encode_into
+    from compactkv.cache.static import StaticTurboQuantLayer
+    b, hkv, g, d = 2, 4, 4, 128
+    layer = StaticTurboQuantLayer("turbo4", "turbo3", d, b, hkv, 2048, device=DEV, encode=encode_into)
+    layer.update(torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16),
+                 torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16))
+    kn = torch.randn(b, hkv, 1, d, device=DEV, dtype=torch.float16)
+    vn, q = torch.randn_like(kn), torch.randn(b, hkv * g, 1, d, device=DEV, dtype=torch.float16)
+
+    def step():
+        encode_into(layer.k_codec, kn, layer.k_rows, layer.lengths)
+        encode_into(layer.v_codec, vn, layer.v_rows, layer.lengths)
+        layer.lengths += 1
+        return triton_attention(layer, q, None, d ** -0.5)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+        layer.lengths -= 1
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    for _ in range(3):
+        kn.normal_()
+        vn.normal_()
+        q.normal_()
+        graph.replay()
+        layer.cumulative_length += 1
+        assert _rel(out, compressed_attention(layer, q, None, d ** -0.5)) < TOL
+    n = layer.cumulative_length
+    assert bool((layer.k_rows[:, :, n - 1:n].cpu() == layer.k_codec.encode(kn.cpu())).all())
