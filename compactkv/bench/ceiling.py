@@ -1,0 +1,169 @@
+"""`compactkv bench ceiling`: measured peak memory against the planner's prediction, and the largest context that
+fits a memory limit, found by running until the limit is crossed (CPU, the default model unless --model).
+
+Each KV kind runs in its own process (compactkv.bench.ceiling_worker) that prefills in chunks and reads the kernel's
+peak RSS after each chunk; its ceiling is the last context whose peak stayed under the limit. Predictions use the
+planner with the overhead constants fitted on the *other* kinds' runs (leave-one-out), so no run predicts itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from compactkv.plan import OverheadModel, kv_bytes, load_overhead, load_shape, parse_config, parse_memory
+from compactkv.plan.overhead import PROVISIONAL
+from compactkv.plan.planner import plan_row
+from compactkv.plan.units import fmt_bytes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One worker's records: (context, peak RSS, RSS, KV bytes) after each chunk."""
+
+    kind: str
+    loaded: int
+    limit: int
+    records: tuple[tuple[int, int, int, int], ...]
+    hit_limit: bool
+    seconds: float
+    meta: dict
+
+    @property
+    def ceiling(self) -> int:
+        """Largest measured context whose peak stayed under the limit (the last one run if the limit was never hit)."""
+        ok = [c for c, hwm, _, _ in self.records if hwm <= self.limit]
+        return max(ok, default=0)
+
+
+def run_worker(kind: str, model: str | None, chunk: int, max_context: int, limit: int, headroom: int,
+               threads: int) -> Run:
+    cmd = [sys.executable, "-m", "compactkv.bench.ceiling_worker", "--kind", kind, "--chunk", str(chunk),
+           "--max-context", str(max_context), "--limit", str(limit), "--headroom", str(headroom),
+           "--threads", str(threads)] + (["--model", model] if model else [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"ceiling worker for {kind} failed:\n{proc.stderr[-3000:]}")
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    head = next(r for r in lines if r["event"] == "loaded")
+    recs = tuple((r["context"], r["hwm"], r["rss"], r["kv_bytes"]) for r in lines if r["event"] == "chunk")
+    return Run(kind, head["rss"], head["limit"], recs, any(r["event"] == "limit" for r in lines),
+               time.perf_counter() - start, head)
+
+
+def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str) -> OverheadModel:
+    """Overhead constants from measured peaks: peak - weights - KV = a + b * context, mapped onto the formula."""
+    xs, ys = [], []
+    for run in runs:
+        config = parse_config(run.kind)
+        for context, hwm, _, _ in run.records:
+            xs.append(context)
+            ys.append(hwm - weights - kv_bytes(shape, config, context))
+    b, a = np.polyfit(np.array(xs, float), np.array(ys, float), 1) if len(set(xs)) > 1 else (0.0, ys[0])
+    model = replace(PROVISIONAL["cpu"], prefill_chunk=chunk, score_bytes=0.0, base_bytes=0)
+    fixed = model.bytes(shape, chunk)  # activations + logits of one chunk under the provisional buffer counts
+    return replace(model, base_bytes=int(a - fixed), score_bytes=max(b, 0.0) / (shape.n_heads * chunk), source=source)
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+
+
+def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str) -> dict:
+    """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration."""
+    ceilings, peaks = [], []
+    for run in runs:
+        others = [r for r in runs if r is not run]
+        if others:
+            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}")
+        else:
+            model = load_overhead("cpu", prefill_chunk=chunk)
+        config = parse_config(run.kind)
+        row = plan_row(shape, config, run.limit, chunk, 1, weights, model)
+        predicted = (row.max_context // chunk) * chunk if row.max_context is not None else None
+        ceilings.append({"kind": run.kind, "limit": run.limit, "measured": run.ceiling, "hit_limit": run.hit_limit,
+                         "predicted_tokens": row.max_context, "predicted": predicted, "calibration": model.source,
+                         "error": predicted / run.ceiling - 1 if run.hit_limit and predicted and run.ceiling else None})
+        for context, hwm, rss, kv in run.records:
+            total = weights + kv_bytes(shape, config, context) + model.bytes(shape, context)
+            peaks.append({"kind": run.kind, "context": context, "measured_peak": hwm, "predicted": total,
+                          "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_bytes(shape, config, context),
+                          "growth_since_load": hwm - run.loaded})
+    fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
+                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}")
+    return {"ceilings": ceilings, "peaks": peaks, "calibration": asdict(fitted)}
+
+
+def print_tables(result: dict) -> None:
+    print(f"\nmachine {result['machine']}  model {result['model']}  chunk {result['chunk']}  commit {result['commit']}")
+    print(f"\n{'kind':8} {'limit':>10} {'measured ceiling':>17} {'predicted':>10} {'error':>7}  calibration")
+    for c in result["ceilings"]:
+        err = "n/a" if c["error"] is None else f"{c['error']:+.1%}"
+        measured = f"{c['measured']:,}" + ("" if c["hit_limit"] else "+")
+        print(f"{c['kind']:8} {fmt_bytes(c['limit']):>10} {measured:>17} {c['predicted'] or 0:>10,} {err:>7}  "
+              f"{c['calibration']}")
+    print(f"\n{'kind':8} {'context':>8} {'peak RSS':>10} {'predicted':>10} {'error':>7} {'KV held':>10} "
+          f"{'KV planned':>10} {'growth':>10}")
+    for p in result["peaks"]:
+        print(f"{p['kind']:8} {p['context']:>8,} {fmt_bytes(p['measured_peak']):>10} {fmt_bytes(p['predicted']):>10} "
+              f"{p['error']:>+7.1%} {fmt_bytes(p['kv_measured']):>10} {fmt_bytes(p['kv_predicted']):>10} "
+              f"{fmt_bytes(p['growth_since_load']):>10}")
+
+
+def run(args) -> int:
+    from compactkv.engine.model_files import ensure_default_model
+
+    model = args.model or str(ensure_default_model())
+    shape = load_shape(model)
+    weights = shape.params * 4  # the engine loads weights as float32 on CPU
+    limit = parse_memory(args.memory_limit) if args.memory_limit else 0
+    headroom = parse_memory(args.headroom)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for kind in kinds:
+        parse_config(kind)
+    runs = []
+    for kind in kinds:
+        print(f"ceiling: running {kind} (chunk {args.chunk}, up to {args.max_context:,} tokens)...", file=sys.stderr)
+        runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads))
+    machine = _cpu_name()
+    result = {"command": "compactkv " + " ".join(sys.argv[1:]),
+              "machine": machine, "commit": _commit(), "model": shape.name, "chunk": args.chunk,
+              "weights_bytes": weights, "runs": [asdict(r) for r in runs],
+              **evaluate(shape, runs, args.chunk, weights, machine)}
+    print_tables(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_calibration:
+        Path(args.write_calibration).write_text(json.dumps({"cpu": result["calibration"]}, indent=2) + "\n")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ceiling", help="peak memory and largest context vs the planner (CPU)",
+                              description=__doc__)
+    p.add_argument("--model", help="GGUF file or HF folder [the default model]")
+    p.add_argument("--kinds", default="f16,turbo4", help="comma-separated KV kinds, one run each [f16,turbo4]")
+    p.add_argument("--chunk", type=int, default=256, help="prefill chunk in tokens (ceiling granularity) [256]")
+    p.add_argument("--max-context", type=int, default=8192, help="stop a run here if the limit is not hit [8192]")
+    p.add_argument("--memory-limit", help="absolute peak-RSS limit, e.g. 1.2GiB [RSS after loading + headroom]")
+    p.add_argument("--headroom", default="160MiB", help="limit above each run's RSS after loading [160MiB]")
+    p.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
+    p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
+    p.add_argument("--write-calibration", metavar="PATH", help="write the fitted CPU overhead calibration JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,41 @@
+"""The ceiling benchmark's arithmetic: ceilings from records and the overhead fit, on synthetic runs."""
+
+import pytest
+
+from compactkv.bench.ceiling import Run, fit_overhead
+from compactkv.plan import kv_bytes, parse_config
+from compactkv.plan.shapes import KVLayer, ModelShape
+
+SHAPE = ModelShape("tiny", 4, 8, 256, 512, 1000, (KVLayer(2, 64, 64),) * 4, 10**6, "test")
+WEIGHTS = 4 * 10**6
+
+
+def _run(kind, a, b, contexts, limit=10**12):
+    cfg = parse_config(kind)
+    recs = tuple((t, WEIGHTS + kv_bytes(SHAPE, cfg, t) + a + b * t, 0, kv_bytes(SHAPE, cfg, t)) for t in contexts)
+    return Run(kind, WEIGHTS + a, limit, recs, any(r[1] > limit for r in recs), 0.0, {})
+
+
+def test_ceiling_is_the_last_context_under_the_limit():
+    run = _run("f16", 1000, 10, [128, 256, 384, 512], limit=WEIGHTS + 1000 + 384 * (10 + 4 * 2 * 2 * 128))
+    assert run.hit_limit and run.ceiling == 384
+    assert _run("f16", 1000, 10, [128]).ceiling == 128
+
+
+@pytest.mark.parametrize("kind", ["f16", "turbo4"])
+def test_fit_recovers_the_overhead_line(kind):
+    a, b, chunk = 5_000_000, 300, 128
+    model = fit_overhead(SHAPE, [_run(kind, a, b, [128, 256, 512, 1024])], chunk, WEIGHTS, "test")
+    for t in (128, 700, 4096):
+        assert model.bytes(SHAPE, t) == pytest.approx(a + b * t, rel=1e-6)
+    assert model.prefill_chunk == chunk and model.source == "test"
+
+
+def test_fit_predicts_the_other_kind():
+    a, b = 5_000_000, 300
+    model = fit_overhead(SHAPE, [_run("f16", a, b, [128, 256, 512])], 128, WEIGHTS, "test")
+    turbo = _run("turbo4", a, b, [1024])
+    context, peak = turbo.records[0][:2]
+    predicted = WEIGHTS + kv_bytes(SHAPE, parse_config("turbo4"), context) + model.bytes(SHAPE, context)
+    assert predicted == pytest.approx(peak, rel=1e-6)
+
