@@ -273,3 +273,17 @@ def test_fitted_outliers_serve_inputs_of_any_rank():
         per_head.encode(torch.randn(7, 64))
     with pytest.raises(ValueError, match="does not broadcast"):
         per_head.encode(torch.randn(2, 3, 7, 64))
+
+
+def test_bench_codec_cli_writes_json(tmp_path, capsys):
+    from compactkv.cli import main
+
+    out = tmp_path / "codec.json"
+    assert main(["bench", "codec", "--n", "300", "--chunk", "128", "--kinds", "q8_0,turbo3.5", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    report = __import__("json").loads(out.read_text())
+    assert [r["kind"] for r in report["results"]] == ["q8_0", "turbo3.5"]
+    assert all(r["encode_vectors_per_s"] > 0 and r["decode_gb_per_s"] > 0 for r in report["results"])
+    assert report["results"][0]["encode_vs_q8_0"] == 1.0
+    assert "| cpu | turbo3.5 | 60 |" in capsys.readouterr().out
+    assert main(["bench", "codec", "--kinds", "turbo9"]) == 2

@@ -94,3 +94,9 @@ def test_format_doc_names_every_kind_family():
     text = FORMAT_DOC.read_text()
     for name in ("`f16`", "`q8_0`", "`turboB`", "`turboB.5`", "`turboB+qjl`"):
         assert re.search(re.escape(name), text), name
+
+
+def test_format_doc_table_is_the_generated_one():
+    from compactkv.bench.codec import layout_table
+
+    assert layout_table() in FORMAT_DOC.read_text()
