@@ -27,7 +27,7 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, sink_tokens: int = 0, residual_length: int = 0,
                  block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
-                 sliding_window: int | None = None, center_keys: bool = False):
+                 sliding_window: int | None = None, center_keys: bool = True):
         super().__init__()
         self.center_keys = center_keys
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
@@ -69,7 +69,7 @@ class TurboQuantLayer(CacheLayerMixin):
         """Store new tokens [B, H, T, D]; returns them tagged with this layer for the compactkv attention."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        k, v = key_states, value_states
+        k, v = key_states.detach(), value_states.detach()  # the cache stores data, never autograd history
         self.cumulative_length += k.shape[-2]
         room = self.sink_tokens - self.sink_k.shape[-2]
         if room > 0:

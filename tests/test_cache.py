@@ -1,0 +1,146 @@
+"""TurboQuantCache / TurboQuantLayer: storage, accounting, crop, copies, policies and errors."""
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+import compactkv
+from compactkv.cache import CacheConfig, TurboQuantCache, TurboQuantLayer
+from compactkv.core import Codec
+
+
+def tiny_config(layers=6, heads=4, kv_heads=2, head_dim=64, **kw):
+    return LlamaConfig(vocab_size=128, hidden_size=heads * head_dim, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, **kw)
+
+
+def _kv(b=1, h=2, t=10, d=64):
+    return torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+
+
+def test_bytes_equal_storage_and_codec_nbytes():
+    layer = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, block_size=4, chunk_tokens=16)
+    for n in (17, 1, 1, 9, 30):
+        layer.update(*_kv(2, 3, n))
+    mem = layer.memory()
+    assert mem["tokens"] == 58 == layer.stored_length() == layer.get_seq_length()
+    expect = 2 * 3 * (Codec("turbo4", 64).nbytes(layer.n_compressed) + Codec("turbo3", 64).nbytes(layer.n_compressed))
+    assert mem["compressed_bytes"] == mem["codec_bytes"] == expect
+    assert mem["window_bytes"] == 2 * 2 * 2 * 3 * 64 * (2 + layer.recent_k.shape[-2])  # bytes x K,V x B x H x D
+    assert layer.recent_k.shape[-2] < 8 + 4 and layer.sink_k.shape[-2] == 2
+
+
+def test_recent_window_compresses_in_blocks_and_tokens_keep_order():
+    layer = TurboQuantLayer("f16", "f16", 64, residual_length=4, block_size=3, center_keys=False)
+    k, v = _kv(1, 1, 20)
+    for i in range(20):
+        layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
+        assert layer.recent_k.shape[-2] < 4 + 3
+        assert layer.n_compressed % 3 == 0
+    stored = torch.cat([layer.k_codec.decode(c) for c in layer.chunks_k] + [layer.recent_k.float()], dim=-2)
+    torch.testing.assert_close(stored, k.half().float())
+
+
+@pytest.mark.parametrize("how", ["negative", "absolute"])
+def test_crop_is_exact_for_both_conventions(how):
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, sink_tokens=2, residual_length=4, chunk_tokens=8)
+    k, v = _kv(1, 2, 30)
+    layer.update(k, v)
+    full = copy.deepcopy(layer)
+    layer.crop(-11 if how == "negative" else 19)
+    assert layer.get_seq_length() == 19 == layer.stored_length()
+    rows = torch.cat(layer.chunks_k, dim=-2)
+    ref = torch.cat(full.chunks_k, dim=-2)[..., : rows.shape[-2], :]
+    assert torch.equal(rows, ref)
+    layer.update(k[..., 19:, :], v[..., 19:, :])  # regrowing gives the same codes as the uncropped cache
+    assert torch.equal(torch.cat(layer.chunks_k, -2), torch.cat(full.chunks_k, -2))
+    with pytest.raises(ValueError):
+        layer.crop(-100)
+
+
+def test_deepcopy_is_independent():
+    layer = TurboQuantLayer("turbo3.5", "turbo4", 64)
+    layer.update(*_kv(1, 2, 12))
+    clone = copy.deepcopy(layer)
+    clone.update(*_kv(1, 2, 5))
+    assert layer.get_seq_length() == 12 and clone.get_seq_length() == 17
+    assert layer.memory()["compressed_bytes"] < clone.memory()["compressed_bytes"]
+
+
+def test_batch_select_and_repeat():
+    layer = TurboQuantLayer("turbo4", "q8_0", 64, residual_length=2)
+    layer.update(*_kv(3, 2, 9))
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    assert layer.chunks_k[0].shape[0] == 2 and layer.recent_k.shape[0] == 2 and layer.k_mean.shape[0] == 2
+    layer.batch_repeat_interleave(2)
+    assert layer.chunks_v[0].shape[0] == 4
+
+
+def test_sliding_layer_drops_old_chunks_and_reports_mask_sizes():
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, chunk_tokens=8, sliding_window=20)
+    for _ in range(50):
+        layer.update(*_kv(1, 1, 1))
+        layer.trim_window()
+    kept = layer.stored_length()
+    assert 19 <= kept < 19 + 8 and layer.dropped == 50 - kept
+    assert layer.get_mask_sizes(1) == (kept + 1, layer.dropped)
+    assert layer.get_seq_length() == 50
+
+
+def test_policies_presets_and_explicit_lists():
+    cfg = tiny_config(layers=10)
+    cache = TurboQuantCache(cfg, k="turbo3", v="turbo3", policy="1")
+    kinds = cache.layer_kinds
+    assert kinds[:4] == [("q8_0", "q8_0")] * 4 and kinds[-4:] == [("q8_0", "q8_0")] * 4
+    assert kinds[4:6] == [("turbo3", "turbo3")] * 2
+    assert TurboQuantCache(cfg, k="turbo4", policy=6).layer_kinds[0] == ("turbo4", "turbo2")
+    explicit = ["q8_0/turbo4"] * 9 + [("f16", "turbo2")]
+    assert TurboQuantCache(cfg, policy=explicit).layer_kinds[-1] == ("f16", "turbo2")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(k="turbo5"), "unknown KV kind"),
+    (dict(v="int4"), "unknown KV kind"),
+    (dict(policy="9"), "unknown layer policy preset"),
+    (dict(policy=["turbo4"] * 7), "policy lists 7 layers but the model has 6"),
+    (dict(policy=["turbo4/bogus"] * 6), "unknown KV kind"),
+    (dict(residual_length=-1), "residual_length"),
+    (dict(block_size=0), "block_size"),
+])
+def test_bad_configuration_fails_before_generation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TurboQuantCache(tiny_config(), **bad)
+
+
+def test_unsupported_head_dim_and_layer_types():
+    with pytest.raises(ValueError, match="head_dim 100"):
+        TurboQuantCache(tiny_config(head_dim=100, heads=2), k="turbo4")
+    cfg = tiny_config(layers=2)
+    cfg.layer_types = ["full_attention", "linear_attention"]
+    with pytest.raises(ValueError, match="linear_attention"):
+        TurboQuantCache(cfg)
+
+
+def test_cache_refuses_a_model_without_the_compactkv_attention():
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_config(layers=2)
+    model = LlamaForCausalLM(cfg).eval()
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="compactkv.attach"):
+        model(torch.randint(0, 128, (1, 5)), past_key_values=TurboQuantCache(model.config))
+    compactkv.attach(model)
+    model(torch.randint(0, 128, (1, 5)), past_key_values=TurboQuantCache(model.config))
+
+
+def test_memory_report_totals():
+    cfg = tiny_config(layers=3)
+    cache = TurboQuantCache(cfg, cache_config=CacheConfig(k="turbo4", v="turbo4", residual_length=4))
+    for i in range(3):
+        cache.layers[i].update(*_kv(1, 2, 10))
+    rep = cache.memory_report()
+    assert rep["kv_bytes"] == rep["compressed_bytes"] + rep["window_bytes"]
+    assert rep["fp16_bytes"] == 3 * 2 * 2 * 2 * 64 * 10
+    assert rep["ratio"] == pytest.approx(rep["fp16_bytes"] / rep["kv_bytes"])
