@@ -10,9 +10,10 @@ SHAPE = ModelShape("tiny", 4, 8, 256, 512, 1000, (KVLayer(2, 64, 64),) * 4, 10**
 WEIGHTS = 4 * 10**6
 
 
-def _run(kind, a, b, contexts, limit=10**12):
+def _run(kind, a, b, contexts, limit=10**12, s=0, block=1024):
     cfg = parse_config(kind)
-    recs = tuple((t, WEIGHTS + kv_bytes(SHAPE, cfg, t) + a + b * t, 0, kv_bytes(SHAPE, cfg, t)) for t in contexts)
+    recs = tuple((t, WEIGHTS + kv_bytes(SHAPE, cfg, t) + a + s * min(t, block) + b * t, 0, kv_bytes(SHAPE, cfg, t))
+                 for t in contexts)
     return Run(kind, WEIGHTS + a, limit, recs, any(r[1] > limit for r in recs), 0.0, {})
 
 
@@ -23,17 +24,18 @@ def test_ceiling_is_the_last_context_under_the_limit():
 
 
 @pytest.mark.parametrize("kind", ["f16", "turbo4"])
-def test_fit_recovers_the_overhead_line(kind):
-    a, b, chunk = 5_000_000, 300, 128
-    model = fit_overhead(SHAPE, [_run(kind, a, b, [128, 256, 512, 1024])], chunk, WEIGHTS, "test")
+def test_fit_recovers_the_overhead_curve(kind):
+    a, b, s, chunk = 5_000_000, 300, 20_000, 128
+    run = _run(kind, a, b, [128, 256, 512, 1024, 1536, 2048], s=s)
+    model = fit_overhead(SHAPE, [run], chunk, WEIGHTS, "test", 1024)
     for t in (128, 700, 4096):
-        assert model.bytes(SHAPE, t) == pytest.approx(a + b * t, rel=1e-6)
-    assert model.prefill_chunk == chunk and model.source == "test"
+        assert model.bytes(SHAPE, t) == pytest.approx(a + s * min(t, 1024) + b * t, rel=1e-6)
+    assert model.prefill_chunk == chunk and model.score_block == 1024 and model.source == "test"
 
 
 def test_fit_predicts_the_other_kind():
     a, b = 5_000_000, 300
-    model = fit_overhead(SHAPE, [_run("f16", a, b, [128, 256, 512])], 128, WEIGHTS, "test")
+    model = fit_overhead(SHAPE, [_run("f16", a, b, [128, 256, 512])], 128, WEIGHTS, "test", 1024)
     turbo = _run("turbo4", a, b, [1024])
     context, peak = turbo.records[0][:2]
     predicted = WEIGHTS + kv_bytes(SHAPE, parse_config("turbo4"), context) + model.bytes(SHAPE, context)

@@ -58,18 +58,21 @@ def run_worker(kind: str, model: str | None, chunk: int, max_context: int, limit
                time.perf_counter() - start, head)
 
 
-def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str) -> OverheadModel:
-    """Overhead constants from measured peaks: peak - weights - KV = a + b * context, mapped onto the formula."""
-    xs, ys = [], []
+def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, block: int) -> OverheadModel:
+    """Overhead constants from measured peaks: peak - weights - KV = a + s * min(context, block) + m * context, by least
+    squares, mapped onto the formula (s -> score_bytes over `block`-token key blocks, m -> mask_bytes)."""
+    rows, ys = [], []
     for run in runs:
         config = parse_config(run.kind)
         for context, hwm, _, _ in run.records:
-            xs.append(context)
+            rows.append((1.0, min(context, block), context))
             ys.append(hwm - weights - kv_bytes(shape, config, context))
-    b, a = np.polyfit(np.array(xs, float), np.array(ys, float), 1) if len(set(xs)) > 1 else (0.0, ys[0])
-    model = replace(PROVISIONAL["cpu"], prefill_chunk=chunk, score_bytes=0.0, base_bytes=0)
+    (a, s, m), *_ = np.linalg.lstsq(np.array(rows, float), np.array(ys, float), rcond=None)
+    model = replace(PROVISIONAL["cpu"], prefill_chunk=chunk, score_bytes=0.0, mask_bytes=0.0, base_bytes=0,
+                    score_block=block)
     fixed = model.bytes(shape, chunk)  # activations + logits of one chunk under the provisional buffer counts
-    return replace(model, base_bytes=int(a - fixed), score_bytes=max(b, 0.0) / (shape.n_heads * chunk), source=source)
+    return replace(model, base_bytes=int(a - fixed), score_bytes=float(s) / (shape.n_heads * chunk),
+                   mask_bytes=float(m) / chunk, source=source)
 
 
 def _cpu_name() -> str:
@@ -85,13 +88,13 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str) -> dict:
+def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int) -> dict:
     """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration."""
     ceilings, peaks = [], []
     for run in runs:
         others = [r for r in runs if r is not run]
         if others:
-            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}")
+            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}", block)
         else:
             model = load_overhead("cpu", prefill_chunk=chunk)
         config = parse_config(run.kind)
@@ -106,7 +109,7 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str) -> 
                           "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_bytes(shape, config, context),
                           "growth_since_load": hwm - run.loaded})
     fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
-                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}")
+                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block)
     return {"ceilings": ceilings, "peaks": peaks, "calibration": asdict(fitted)}
 
 
@@ -127,25 +130,28 @@ def print_tables(result: dict) -> None:
 
 
 def run(args) -> int:
+    from compactkv.cache.config import CacheConfig
     from compactkv.engine.model_files import ensure_default_model
 
     model = args.model or str(ensure_default_model())
     shape = load_shape(model)
     weights = shape.params * 4  # the engine loads weights as float32 on CPU
     limit = parse_memory(args.memory_limit) if args.memory_limit else 0
-    headroom = parse_memory(args.headroom)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     for kind in kinds:
         parse_config(kind)
+    headrooms = [parse_memory(h) for h in args.headroom.split(",")]
+    if len(headrooms) not in (1, len(kinds)):
+        raise ValueError(f"--headroom takes one size or one per kind ({len(kinds)}), got {len(headrooms)}")
     runs = []
-    for kind in kinds:
+    for kind, headroom in zip(kinds, headrooms * len(kinds) if len(headrooms) == 1 else headrooms):
         print(f"ceiling: running {kind} (chunk {args.chunk}, up to {args.max_context:,} tokens)...", file=sys.stderr)
         runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads))
     machine = _cpu_name()
     result = {"command": "compactkv " + " ".join(sys.argv[1:]),
               "machine": machine, "commit": _commit(), "model": shape.name, "chunk": args.chunk,
               "weights_bytes": weights, "runs": [asdict(r) for r in runs],
-              **evaluate(shape, runs, args.chunk, weights, machine)}
+              **evaluate(shape, runs, args.chunk, weights, machine, CacheConfig().chunk_tokens)}
     print_tables(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -162,7 +168,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk", type=int, default=256, help="prefill chunk in tokens (ceiling granularity) [256]")
     p.add_argument("--max-context", type=int, default=8192, help="stop a run here if the limit is not hit [8192]")
     p.add_argument("--memory-limit", help="absolute peak-RSS limit, e.g. 1.2GiB [RSS after loading + headroom]")
-    p.add_argument("--headroom", default="160MiB", help="limit above each run's RSS after loading [160MiB]")
+    p.add_argument("--headroom", default="160MiB", help="limit above each run's RSS after loading; one size or one "
+                   "per kind, comma-separated [160MiB]")
     p.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--write-calibration", metavar="PATH", help="write the fitted CPU overhead calibration JSON")

@@ -3,8 +3,10 @@
     overhead(T, B) = base
                    + B * c * (hidden_buffers * hidden + mlp_buffers * intermediate) * act_bytes    activations
                    + B * r * vocab * 4                                                           fp32 logits
-                   + B * n_heads * c * T * score_bytes                                           attention scores
-    c = min(T, prefill_chunk) tokens per forward (T when prefill_chunk is None), r = min(c, logits_rows).
+                   + B * n_heads * c * min(T, score_block) * score_bytes                         attention scores
+                   + B * c * T * mask_bytes                                                      attention masks
+    c = min(T, prefill_chunk) tokens per forward (T when prefill_chunk is None), r = min(c, logits_rows),
+    score_block None = no cap (scores over the whole history at once).
 
 The constants are provisional guesses until `compactkv bench ceiling` measures them: a calibration JSON
 (`compactkv/plan/calibration.json`, or `--calibration PATH`) with one object per device overrides them.
@@ -33,13 +35,16 @@ class OverheadModel:
     score_bytes: float
     prefill_chunk: int | None
     source: str
+    score_block: int | None = None  # attention processes keys in blocks of this many tokens (None = all at once)
+    mask_bytes: float = 0.0  # bytes per (query, key) pair of masks materialized for a forward
 
     def bytes(self, shape: ModelShape, context: int, batch: int = 1) -> int:
         """Overhead in bytes for `batch` sequences prefilled to `context` tokens."""
         c = context if self.prefill_chunk is None else min(context, self.prefill_chunk)
         rows = c if self.logits_rows is None else min(c, self.logits_rows)
         act = c * (self.hidden_buffers * shape.hidden + self.mlp_buffers * shape.intermediate) * self.act_bytes
-        scores = shape.n_heads * c * context * self.score_bytes
+        keys = context if self.score_block is None else min(context, self.score_block)
+        scores = shape.n_heads * c * keys * self.score_bytes + c * context * self.mask_bytes
         return int(self.base_bytes + batch * (act + rows * shape.vocab * 4 + scores))
 
 
