@@ -42,7 +42,7 @@ def record(check: str, ok: bool, **fields) -> None:
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     if not torch.isfinite(a).all():
         return math.inf
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -160,7 +160,7 @@ def run(args) -> int:
                 row["kinds"][kind] = {"us": e, "graph_us": gr, "bytes": nbytes, "gbps": nbytes / e / 1e3,
                                       "speedup": s_eager / e,
                                       "graph_speedup": (s_graph / gr) if (s_graph and gr) else None}
-                if args.sweep and kind == "turbo4" and (b, t) in ((8, 32768), (1, 131072), (8, 131072)):
+                if args.sweep and (b, t) in SWEEP_SHAPES:
                     row["kinds"][kind]["sweep"] = _sweep(kind, b, t, dev)
                 del step
             rows.append(row)
@@ -174,15 +174,29 @@ def run(args) -> int:
     return 0
 
 
+SWEEP_SHAPES = ((8, 32768), (1, 131072))
+
+
+def _variants(kind: str) -> list[dict]:
+    """Kernel settings tried by --sweep (the first is the default)."""
+    base = [{}, {"prefetch": False}, {"block_n": 32}, {"block_n": 64}, {"block_n": 32, "splits_x": 2}, {"splits_x": 2},
+            {"splits_x": 4}, {"block_n": 128, "num_warps": 8}, {"num_stages": 1}]
+    if kind == "turbo2":
+        base.append({"lut": True})
+    return base
+
+
 def _sweep(kind: str, b: int, t: int, dev) -> list[dict]:
+    from ..attention.triton.decode import choose_splits
     out = []
-    for lut in (True, False):
-        for block_n, warps, stages in ((64, 4, 2), (128, 4, 2), (64, 4, 3), (32, 4, 2), (128, 8, 2)):
-            step, nbytes = decode_step(kind, b, t, dev, lut=lut, block_n=block_n, num_warps=warps,
-                                       num_stages=stages)
-            e, _ = _bench(step, False)
-            out.append({"lut": lut, "block_n": block_n, "num_warps": warps, "num_stages": stages, "us": e,
-                        "gbps": nbytes / e / 1e3})
+    for var in _variants(kind):
+        kernel = dict(var)
+        block_n = kernel.get("block_n", 32 if kind == "q8_0" else 64)
+        if "splits_x" in kernel:
+            kernel["num_splits"] = kernel.pop("splits_x") * choose_splits(b * HKV, t, block_n, dev)
+        step, nbytes = decode_step(kind, b, t, dev, **kernel)
+        e, _ = _bench(step, False)
+        out.append({**var, "num_splits": kernel.get("num_splits"), "us": e, "gbps": nbytes / e / 1e3})
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind, unsupported
 
-BLOCK_N = 64
+BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
 
 
@@ -124,7 +124,7 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
         out, lse = attend_packed(qk, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
                                  max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c, rowb=rowb,
-                                 num_splits=num_splits, block_n=BLOCK_N)
+                                 num_splits=num_splits)
         parts.append((out @ adj if adj is not None else out, lse))
     if n_sink or n_recent:
         kd = torch.cat([layer.sink_k, layer.recent_k], dim=-2)

@@ -19,7 +19,8 @@ from .kernels_decode import FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_k
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128, 256)
-MAX_ROWS = 64  # query rows (GQA group x query tokens) one program holds; longer queries use more programs
+MAX_ROWS = 32  # query rows (GQA group x query tokens) per program; more use more programs (64 rows break
+#               Triton 3.6 on sm_90: "Illegal shared layout" in TritonGPUOptimizeDotOperands)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,13 @@ def chunk_table(chunks: list[torch.Tensor]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64).to(chunks[0].device, non_blocking=True)
 
 
+def kernel_config(k_kind: PackedKind, v_kind: PackedKind) -> tuple[int, int]:
+    """(block_n, num_warps): smaller tiles where a 64-row tile spills registers (q8_0, head_dim 256)."""
+    wide = max(k_kind.head_dim, v_kind.head_dim) >= 256
+    block_n = 32 if wide or FAMILY_Q8_0 in (k_kind.family, v_kind.family) else 64
+    return block_n, 8 if wide else 4
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
@@ -109,8 +117,9 @@ def choose_splits(programs: int, max_len: int, block_n: int, device: torch.devic
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
-                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int = 64,
-                  lut: bool = True, num_warps: int = 4, num_stages: int = 2, out: torch.Tensor | None = None,
+                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
+                  lut: bool = False, prefetch: bool = True, num_warps: int | None = None,
+                  num_stages: int = 2, out: torch.Tensor | None = None,
                   lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
@@ -124,6 +133,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
         raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
+    auto_n, auto_warps = kernel_config(k_kind, v_kind)
+    block_n, num_warps = block_n or auto_n, num_warps or auto_warps
     if chunk % block_n:
         raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
     g = m // tq
@@ -153,7 +164,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
         o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
         K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
         RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
-        HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+        HAS_ROWB=rowb is not None, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     decode_reduce_kernel[(b * h * nqb * block_m,)](
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)

@@ -16,9 +16,12 @@ FAMILY_F16, FAMILY_Q8_0, FAMILY_MSE = 0, 1, 2
 
 
 @triton.jit
-def _row_ptrs(tab_ptr, t0, b, h, offs, CHUNK, RB: tl.constexpr):
-    """uint8 pointers [BLOCK_N] to tokens t0 + offs of (b, h); the tile starting at t0 lies inside one chunk."""
-    c = t0 // CHUNK
+def _row_ptrs(tab_ptr, t0, last, b, h, offs, CHUNK, RB: tl.constexpr):
+    """uint8 pointers [BLOCK_N] to tokens t0 + offs of (b, h); the tile starting at t0 lies inside one chunk.
+
+    `last` (< number of stored tokens) bounds the chunk looked up, so a tile past the end reads no table entry.
+    """
+    c = tl.minimum(t0, last) // CHUNK
     base = tl.load(tab_ptr + 3 * c).to(tl.pointer_type(tl.uint8))
     sb = tl.load(tab_ptr + 3 * c + 1)
     sh = tl.load(tab_ptr + 3 * c + 2)
@@ -26,50 +29,64 @@ def _row_ptrs(tab_ptr, t0, b, h, offs, CHUNK, RB: tl.constexpr):
 
 
 @triton.jit
-def _tile(rows, valid, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, LUT: tl.constexpr,
-          BLOCK_N: tl.constexpr):
-    """Decode BLOCK_N packed rows -> (vals float16 [BLOCK_N, D] in the segment space, row scale float32 [BLOCK_N]).
+def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Raw bytes of BLOCK_N rows, as (scales, words); `_decode_tile` turns them into values.
 
-    MSE rows: [fp16 norm][indices, little-endian]. Without LUT, cb_ptr holds the 2**BITS fp16 centroids; with LUT,
-    2**(2*BITS) int32 entries, each two fp16 centroids for a pair of neighbouring indices (one gather per pair).
+    f16: (unused, fp16 [N, D]). q8_0: (fp16 block scales [N, D/32], int8 [N, D/32, 32]). MSE: (fp16 norms [N],
+    int32 words [N, W]: 16-bit words for 2/4 bits, 24-bit groups of 8 indices for 3 bits).
     """
     if FAMILY == 0:
         p = rows.to(tl.pointer_type(tl.float16))
-        vals = tl.load(p[:, None] + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
-        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+        words = tl.load(p[:, None] + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+        scales = tl.zeros([BLOCK_N], tl.float16)
     elif FAMILY == 1:
-        NBLK: tl.constexpr = D // 32
-        blk = tl.arange(0, NBLK) * 34
-        sc = tl.load((rows[:, None] + blk[None, :]).to(tl.pointer_type(tl.float16)), mask=valid[:, None],
-                     other=0.0).to(tl.float32)
-        qp = (rows[:, None, None] + blk[None, :, None] + 2 + tl.arange(0, 32)[None, None, :])
-        q = tl.load(qp.to(tl.pointer_type(tl.int8)), mask=valid[:, None, None], other=0).to(tl.float32)
-        vals = tl.reshape(q * sc[:, :, None], (BLOCK_N, D)).to(tl.float16)
-        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+        blk = tl.arange(0, D // 32) * 34
+        scales = tl.load((rows[:, None] + blk[None, :]).to(tl.pointer_type(tl.float16)), mask=valid[:, None],
+                         other=0.0)
+        qp = rows[:, None, None] + blk[None, :, None] + 2 + tl.arange(0, 32)[None, None, :]
+        words = tl.load(qp.to(tl.pointer_type(tl.int8)), mask=valid[:, None, None], other=0)
     else:
-        scale = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0).to(tl.float32)
+        scales = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0)
         codes = rows + 2
-        WBITS: tl.constexpr = 24 if BITS == 3 else 16
         if BITS == 3:
             g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]
-            w = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
-            w = w | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
-            w = w | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
+            words = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
+            words = words | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
+            words = words | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
         else:
-            NH: tl.constexpr = D * BITS // 16
-            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, NH)[None, :]
-            w = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
+            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, D * BITS // 16)[None, :]
+            words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
+    return scales, words
+
+
+@triton.jit
+def _decode_tile(scales, words, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr,
+                 LUT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(vals float16 [BLOCK_N, D] in the segment space, row scale float32 [BLOCK_N]) from `_load_tile` output.
+
+    MSE: without LUT, cb_ptr holds the 2**BITS fp16 centroids (32 bytes at most: one L1 wavefront per gather);
+    with LUT, 2**(2*BITS) int32 entries, two fp16 centroids for a pair of neighbouring indices.
+    """
+    if FAMILY == 0:
+        vals = words
+        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+    elif FAMILY == 1:
+        vals = tl.reshape(words.to(tl.float32) * scales.to(tl.float32)[:, :, None], (BLOCK_N, D)).to(tl.float16)
+        scale = tl.full([BLOCK_N], 1.0, tl.float32)
+    else:
+        scale = scales.to(tl.float32)
+        WBITS: tl.constexpr = 24 if BITS == 3 else 16
         if LUT:
             PB: tl.constexpr = 2 * BITS
             NP: tl.constexpr = WBITS // PB
-            pair = (w[:, :, None] >> (tl.arange(0, NP) * PB)[None, None, :]) & ((1 << PB) - 1)
+            pair = (words[:, :, None] >> (tl.arange(0, NP) * PB)[None, None, :]) & ((1 << PB) - 1)
             two = tl.load(cb_ptr + pair)
             lo = two.to(tl.int16).to(tl.float16, bitcast=True)
             hi = (two >> 16).to(tl.int16).to(tl.float16, bitcast=True)
             vals = tl.reshape(tl.join(lo, hi), (BLOCK_N, D))
         else:
             NI: tl.constexpr = WBITS // BITS
-            idx = (w[:, :, None] >> (tl.arange(0, NI) * BITS)[None, None, :]) & ((1 << BITS) - 1)
+            idx = (words[:, :, None] >> (tl.arange(0, NI) * BITS)[None, None, :]) & ((1 << BITS) - 1)
             vals = tl.reshape(tl.load(cb_ptr + idx), (BLOCK_N, D))
     return vals, scale
 
@@ -80,14 +97,15 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
                         K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,
                         V_BITS: tl.constexpr, D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
                         LUT: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One split of one (b, kv head, block of TQB query tokens): partial acc, running max and sum per row.
 
     q_ptr: fp32 [B*H, G*TQ, D], row g*TQ + t (rotated, times softmax scale * log2 e). len_ptr: int32 [B] tokens
     per batch row. rowb_ptr: fp32 [B*H, G*TQ] added to every score of a row. bias_ptr: fp32 [B, TQ, >= L],
     additive, log2 units. CAUSAL: key j is visible to query token t iff j <= L - TQ + qshift + t.
     Local row r of this program is group member r // TQB, token qb*TQB + r % TQB.
-    o_ptr: fp32 [B*H, NQB, S, BLOCK_M, D]; ml_ptr: fp32 [B*H, NQB, S, 2, BLOCK_M].
+    o_ptr: fp32 [B*H, NQB, S, BLOCK_M, D]; ml_ptr: fp32 [B*H, NQB, S, 2, BLOCK_M]. PREFETCH loads tile i+1 before
+    the math of tile i (the loop is latency-bound otherwise).
     """
     sid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -113,11 +131,23 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
     lim = L - TQ + qshift + t
     if CAUSAL:
         hi = tl.minimum(hi, L - TQ + qshift + tl.minimum(qb * TQB + TQB, TQ))
+    rn = tl.arange(0, BLOCK_N)
+    last = tl.maximum(L - 1, 0)
+    ks_raw, kw_raw = _load_tile(_row_ptrs(k_tab, lo, last, b, h, rn, CHUNK, RBK), lo + rn < hi, K_FAMILY, K_BITS,
+                                D, BLOCK_N)
+    vs_raw, vw_raw = _load_tile(_row_ptrs(v_tab, lo, last, b, h, rn, CHUNK, RBV), lo + rn < hi, V_FAMILY, V_BITS,
+                                D, BLOCK_N)
     for t0 in range(lo, hi, BLOCK_N):
-        rn = tl.arange(0, BLOCK_N)
         offs = t0 + rn
         valid = offs < hi
-        kv, ks = _tile(_row_ptrs(k_tab, t0, b, h, rn, CHUNK, RBK), valid, k_cb, K_FAMILY, K_BITS, D, LUT, BLOCK_N)
+        nxt = t0 + BLOCK_N
+        if PREFETCH:  # issue the next tile's loads before this tile's math
+            vnext = nxt + rn < hi
+            ks_nxt, kw_nxt = _load_tile(_row_ptrs(k_tab, nxt, last, b, h, rn, CHUNK, RBK), vnext, K_FAMILY, K_BITS,
+                                        D, BLOCK_N)
+            vs_nxt, vw_nxt = _load_tile(_row_ptrs(v_tab, nxt, last, b, h, rn, CHUNK, RBV), vnext, V_FAMILY, V_BITS,
+                                        D, BLOCK_N)
+        kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BLOCK_N)
         s = tl.dot(q, tl.trans(kv)) * ks[None, :]
         if HAS_ROWB:
             s = s + rowb[:, None]
@@ -133,9 +163,17 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv, vs = _tile(_row_ptrs(v_tab, t0, b, h, rn, CHUNK, RBV), valid, v_cb, V_FAMILY, V_BITS, D, LUT, BLOCK_N)
+        vv, vs = _decode_tile(vs_raw, vw_raw, v_cb, V_FAMILY, V_BITS, D, LUT, BLOCK_N)
         acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(tl.float16), vv)
         m_i = m_new
+        if PREFETCH:
+            ks_raw, kw_raw, vs_raw, vw_raw = ks_nxt, kw_nxt, vs_nxt, vw_nxt
+        else:
+            vnext = nxt + rn < hi
+            ks_raw, kw_raw = _load_tile(_row_ptrs(k_tab, nxt, last, b, h, rn, CHUNK, RBK), vnext, K_FAMILY, K_BITS,
+                                        D, BLOCK_N)
+            vs_raw, vw_raw = _load_tile(_row_ptrs(v_tab, nxt, last, b, h, rn, CHUNK, RBV), vnext, V_FAMILY, V_BITS,
+                                        D, BLOCK_N)
     base = (bh * tl.num_programs(2) + qb) * num_splits + sid
     tl.store(o_ptr + (base * BLOCK_M + rm[:, None]) * D + rd[None, :], acc)
     tl.store(ml_ptr + base * 2 * BLOCK_M + rm, m_i)
