@@ -183,6 +183,8 @@ def _variants(kind: str) -> list[dict]:
             {"splits_x": 4}, {"block_n": 128, "num_warps": 8}, {"num_stages": 1}]
     if kind == "turbo2":
         base.append({"lut": True})
+    if kind in ("turbo4", "turbo2"):
+        base.append({"bcast": True, "block_n": 32})
     return base
 
 

@@ -118,7 +118,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
                   rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
-                  lut: bool = False, prefetch: bool = True, num_warps: int | None = None,
+                  lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2, out: torch.Tensor | None = None,
                   lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
@@ -164,7 +164,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
         o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
         K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
         RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
-        HAS_ROWB=rowb is not None, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+        HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     decode_reduce_kernel[(b * h * nqb * block_m,)](
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)

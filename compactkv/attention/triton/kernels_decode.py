@@ -29,11 +29,13 @@ def _row_ptrs(tab_ptr, t0, last, b, h, offs, CHUNK, RB: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BCAST: tl.constexpr,
+               BLOCK_N: tl.constexpr):
     """Raw bytes of BLOCK_N rows, as (scales, words); `_decode_tile` turns them into values.
 
     f16: (unused, fp16 [N, D]). q8_0: (fp16 block scales [N, D/32], int8 [N, D/32, 32]). MSE: (fp16 norms [N],
-    int32 words [N, W]: 16-bit words for 2/4 bits, 24-bit groups of 8 indices for 3 bits).
+    int32 words [N, W]: 16-bit words for 2/4 bits, 24-bit groups of 8 indices for 3 bits). BCAST (2/4 bits):
+    words [N, D], each channel's own 16-bit word (loads repeat, the 3-D reshape and its layout change go away).
     """
     if FAMILY == 0:
         p = rows.to(tl.pointer_type(tl.float16))
@@ -53,6 +55,9 @@ def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.cons
             words = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
             words = words | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
             words = words | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
+        elif BCAST:
+            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + (tl.arange(0, D) * BITS // 16)[None, :]
+            words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
         else:
             hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, D * BITS // 16)[None, :]
             words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
@@ -61,7 +66,7 @@ def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.cons
 
 @triton.jit
 def _decode_tile(scales, words, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr,
-                 LUT: tl.constexpr, BLOCK_N: tl.constexpr):
+                 LUT: tl.constexpr, BCAST: tl.constexpr, BLOCK_N: tl.constexpr):
     """(vals float16 [BLOCK_N, D] in the segment space, row scale float32 [BLOCK_N]) from `_load_tile` output.
 
     MSE: without LUT, cb_ptr holds the 2**BITS fp16 centroids (32 bytes at most: one L1 wavefront per gather);
@@ -76,7 +81,10 @@ def _decode_tile(scales, words, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr
     else:
         scale = scales.to(tl.float32)
         WBITS: tl.constexpr = 24 if BITS == 3 else 16
-        if LUT:
+        if BCAST and BITS != 3:
+            idx = (words >> ((tl.arange(0, D) * BITS) % 16)[None, :]) & ((1 << BITS) - 1)
+            vals = tl.load(cb_ptr + idx)
+        elif LUT:
             PB: tl.constexpr = 2 * BITS
             NP: tl.constexpr = WBITS // PB
             pair = (words[:, :, None] >> (tl.arange(0, NP) * PB)[None, None, :]) & ((1 << PB) - 1)
@@ -97,7 +105,7 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
                         K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,
                         V_BITS: tl.constexpr, D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
                         LUT: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
-                        PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        PREFETCH: tl.constexpr, BCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One split of one (b, kv head, block of TQB query tokens): partial acc, running max and sum per row.
 
     q_ptr: fp32 [B*H, G*TQ, D], row g*TQ + t (rotated, times softmax scale * log2 e). len_ptr: int32 [B] tokens
@@ -134,9 +142,9 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
     rn = tl.arange(0, BLOCK_N)
     last = tl.maximum(L - 1, 0)
     ks_raw, kw_raw = _load_tile(_row_ptrs(k_tab, lo, last, b, h, rn, CHUNK, RBK), lo + rn < hi, K_FAMILY, K_BITS,
-                                D, BLOCK_N)
+                                D, BCAST, BLOCK_N)
     vs_raw, vw_raw = _load_tile(_row_ptrs(v_tab, lo, last, b, h, rn, CHUNK, RBV), lo + rn < hi, V_FAMILY, V_BITS,
-                                D, BLOCK_N)
+                                D, BCAST, BLOCK_N)
     for t0 in range(lo, hi, BLOCK_N):
         offs = t0 + rn
         valid = offs < hi
@@ -144,10 +152,10 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         if PREFETCH:  # issue the next tile's loads before this tile's math
             vnext = nxt + rn < hi
             ks_nxt, kw_nxt = _load_tile(_row_ptrs(k_tab, nxt, last, b, h, rn, CHUNK, RBK), vnext, K_FAMILY, K_BITS,
-                                        D, BLOCK_N)
+                                        D, BCAST, BLOCK_N)
             vs_nxt, vw_nxt = _load_tile(_row_ptrs(v_tab, nxt, last, b, h, rn, CHUNK, RBV), vnext, V_FAMILY, V_BITS,
-                                        D, BLOCK_N)
-        kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BLOCK_N)
+                                        D, BCAST, BLOCK_N)
+        kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BCAST, BLOCK_N)
         s = tl.dot(q, tl.trans(kv)) * ks[None, :]
         if HAS_ROWB:
             s = s + rowb[:, None]
@@ -163,7 +171,7 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv, vs = _decode_tile(vs_raw, vw_raw, v_cb, V_FAMILY, V_BITS, D, LUT, BLOCK_N)
+        vv, vs = _decode_tile(vs_raw, vw_raw, v_cb, V_FAMILY, V_BITS, D, LUT, BCAST, BLOCK_N)
         acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(tl.float16), vv)
         m_i = m_new
         if PREFETCH:
@@ -171,9 +179,9 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         else:
             vnext = nxt + rn < hi
             ks_raw, kw_raw = _load_tile(_row_ptrs(k_tab, nxt, last, b, h, rn, CHUNK, RBK), vnext, K_FAMILY, K_BITS,
-                                        D, BLOCK_N)
+                                        D, BCAST, BLOCK_N)
             vs_raw, vw_raw = _load_tile(_row_ptrs(v_tab, nxt, last, b, h, rn, CHUNK, RBV), vnext, V_FAMILY, V_BITS,
-                                        D, BLOCK_N)
+                                        D, BCAST, BLOCK_N)
     base = (bh * tl.num_programs(2) + qb) * num_splits + sid
     tl.store(o_ptr + (base * BLOCK_M + rm[:, None]) * D + rd[None, :], acc)
     tl.store(ml_ptr + base * 2 * BLOCK_M + rm, m_i)
