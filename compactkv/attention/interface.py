@@ -10,6 +10,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from ..cache.cache import ATTN_IMPLEMENTATION
 from ..cache.layer import TAG
 from .dispatch import attend
+from .reference import dense_attention
 
 _UNSUPPORTED = ("s_aux", "sinks", "position_bias")
 
@@ -22,6 +23,9 @@ def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     The compressed path runs the Triton kernels on CUDA and the torch reference elsewhere (see dispatch.py).
     """
     layer = getattr(key, TAG, None)
+    if layer is None and kwargs.get("softcap") is not None:  # SDPA has no softcap (Gemma 2): same math, dense
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return dense_attention(query, key, value, attention_mask, scale, softcap=kwargs["softcap"]), None
     if layer is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

@@ -46,24 +46,33 @@ def _bias(mask: torch.Tensor | None, b: int, tq: int, tk: int, groups: int, devi
 def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torch.Tensor | None,
                          scaling: float, softcap: float | None = None) -> torch.Tensor:
     """query: [B, Hq, Tq, D]; attends to everything `layer` stores. Returns [B, Tq, Hq, D] in query's dtype."""
+    return _attend(query, list(_blocks(layer)), layer.stored_length(), layer.k_codec, layer.v_codec,
+                   layer.k_mean, layer.n_compressed > 0, mask, scaling, softcap)
+
+
+def dense_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scaling: float, softcap: float | None = None) -> torch.Tensor:
+    """The same computation over plain K/V [B, Hkv, T, D] (used for models SDPA cannot serve, e.g. softcap)."""
+    return _attend(query, [("dense", key, value)], key.shape[-2], None, None, None, False, mask, scaling, softcap)
+
+
+def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap) -> torch.Tensor:
     b, hq, tq, d = query.shape
-    hkv = layer.sink_k.shape[1]
+    hkv = blocks[0][1].shape[1] if blocks else 1
     if hq % hkv:
         raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
     g = hq // hkv
     q = query.float().reshape(b, hkv, g * tq, d)  # query head = kv_head * g + group member
-    tk = layer.stored_length()
     bias = _bias(mask, b, tq, tk, g, query.device)
-    kc, vc = layer.k_codec, layer.v_codec
-    q_parts = [p * scaling for p in kc.query_parts(q)]
+    q_parts = [p * scaling for p in kc.query_parts(q)] if has_rows else []
     # Keys were stored as k - mean: add back q·mean, the same for every compressed key of a query row.
-    q_mean = (q * scaling) @ layer.k_mean.transpose(-1, -2) if layer.k_mean is not None else None
+    q_mean = (q * scaling) @ k_mean.transpose(-1, -2) if has_rows and k_mean is not None else None
     m = torch.full((b, hkv, g * tq, 1), float("-inf"), device=query.device)
     l = torch.zeros_like(m)
     dense_acc = torch.zeros(b, hkv, g * tq, d, device=query.device)
-    seg_acc = [torch.zeros(b, hkv, g * tq, s.width, device=query.device) for s in vc.segments()]
+    seg_acc = [torch.zeros(b, hkv, g * tq, s.width, device=query.device) for s in vc.segments()] if has_rows else []
     pos = 0
-    for kind, kb, vb in _blocks(layer):
+    for kind, kb, vb in blocks:
         n = kb.shape[-2]
         if kind == "dense":
             s = (q * scaling) @ kb.float().transpose(-1, -2)
@@ -95,7 +104,7 @@ def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torc
         m = m_new
         pos += n
     out = dense_acc
-    if layer.n_compressed:
+    if has_rows:
         out = out + vc.combine(seg_acc)
     out = out / torch.where(l > 0, l, torch.ones_like(l))
     return out.reshape(b, hq, tq, d).transpose(1, 2).to(query.dtype)
