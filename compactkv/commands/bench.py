@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("codec", "decode", "kernels", "ceiling")
+BENCHES = ("codec", "decode", "kernels", "ceiling", "serve")
 
 
 def register(subparsers) -> None:
