@@ -113,6 +113,8 @@ class Codec:
 
     def fit_outliers(self, x: torch.Tensor, keep_dims: tuple[int, ...] = ()) -> torch.Tensor:
         """Choose the d/2 channels of largest mean square, averaging over all dims but `keep_dims` and the last."""
+        if x.numel() == 0:
+            raise ValueError("cannot choose outlier channels from an empty tensor")
         x = x.float()
         dims = [i for i in range(x.dim() - 1) if i not in {k % x.dim() for k in keep_dims}]
         energy = (x * x).mean(dim=dims, keepdim=True) if dims else x * x
@@ -151,6 +153,8 @@ class Codec:
         if fam == "q8_0":
             return self._encode_q8(xf)
         if fam == "frac" and self._groups[0] is None:
+            if xf.numel() == 0:  # nothing to choose the outlier channels from: wait for real data
+                return torch.empty(*xf.shape[:-1], self.row_bytes, dtype=torch.uint8, device=xf.device)
             self.fit_outliers(xf)
         parts_hdr, parts_codes = [], []
         for g, q in enumerate(self._mse):
@@ -259,9 +263,13 @@ class Codec:
             for p in parts[1:]:
                 out = out + p
             return out
-        hi, lo = (g.to(parts[0].device) for g in self._groups)
         lead = parts[0].shape[:-1]
         out = torch.zeros(*lead, self.head_dim, dtype=parts[0].dtype, device=parts[0].device)
+        if self._groups[0] is None:
+            if out.numel() == 0:
+                return out
+            raise ValueError(f"{self.kind} rows need the outlier channel set: pass outliers= or encode first")
+        hi, lo = (g.to(parts[0].device) for g in self._groups)
         out = out.scatter(-1, _expand(hi, lead), parts[0])
         return out.scatter(-1, _expand(lo, lead), parts[1])
 
