@@ -287,3 +287,22 @@ def test_bench_codec_cli_writes_json(tmp_path, capsys):
     assert report["results"][0]["encode_vs_q8_0"] == 1.0
     assert "| cpu | turbo3.5 | 60 |" in capsys.readouterr().out
     assert main(["bench", "codec", "--kinds", "turbo9"]) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_and_one_dim_inputs(kind):
+    codec = Codec(kind, 64, seed=fresh_seed())
+    rows = codec.encode(torch.empty(0, 64))
+    assert rows.shape == (0, codec.row_bytes) and codec.decode(rows).shape == (0, 64)
+    assert codec.outliers is None  # an empty first batch does not fix the fractional kinds' channels
+    x = torch.randn(64)
+    assert torch.equal(codec.encode(x), codec.encode(x[None])[0])
+    if parse_kind(kind).family == "frac":
+        with pytest.raises(ValueError, match="empty"):
+            codec.fit_outliers(torch.empty(0, 3, 64))
+
+
+def test_fractional_decode_without_outliers_is_a_clear_error():
+    rows = Codec("turbo2.5", 64).encode(torch.randn(3, 64))
+    with pytest.raises(ValueError, match="outlier channel set"):
+        Codec("turbo2.5", 64).decode(rows)
