@@ -115,12 +115,14 @@ def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, h
            lut=lut, lengths=lengths, err_vs_torch=e_t, err_vs_f64=e_64, torch_vs_f64=e_ref64)
 
 
-def check_layer(kk: str, vk: str, d: int, g: int, tq: int, sink: int, resid: int, mask: bool, chunk: int) -> None:
+def check_layer(kk: str, vk: str, d: int, g: int, tq: int, sink: int, resid: int, mask: bool, chunk: int,
+                fresh: bool = False) -> None:
     """triton_attention vs compressed_attention on a TurboQuantLayer with windows, chunks and masks."""
     hkv, b = 2, 2
     layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=resid, chunk_tokens=chunk)
-    layer.update(torch.randn(b, hkv, 1500, d, device=DEV, dtype=torch.float16),
-                 torch.randn(b, hkv, 1500, d, device=DEV, dtype=torch.float16))
+    if not fresh:
+        layer.update(torch.randn(b, hkv, 1500, d, device=DEV, dtype=torch.float16),
+                     torch.randn(b, hkv, 1500, d, device=DEV, dtype=torch.float16))
     layer.update(torch.randn(b, hkv, tq, d, device=DEV, dtype=torch.float16),
                  torch.randn(b, hkv, tq, d, device=DEV, dtype=torch.float16))
     q = torch.randn(b, hkv * g, tq, d, device=DEV, dtype=torch.float16)
@@ -133,7 +135,7 @@ def check_layer(kk: str, vk: str, d: int, g: int, tq: int, sink: int, resid: int
     ref = compressed_attention(layer, q, m, d ** -0.5)
     got = triton_attention(layer, q, m, d ** -0.5)
     e = rel(got, ref)
-    record("layer", e < TOL, k=kk, v=vk, d=d, gqa=g, tq=tq, sink=sink, recent=resid, mask=mask, chunk=chunk,
+    record("layer", e < TOL, k=kk, v=vk, d=d, gqa=g, tq=tq, sink=sink, recent=resid, mask=mask, chunk=chunk, fresh=fresh,
            n_compressed=layer.n_compressed, err_vs_torch=e)
 
 
@@ -238,6 +240,10 @@ def main(argv=None) -> int:
     plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256)))
     plan.append(("layer", partial(check_layer, "q8_0", "turbo4", 64, 8, 5, 3, 16, True, 100)))
     plan.append(("layer", partial(check_layer, "turbo2", "turbo2", 64, 1, 4, 0, 0, False, 512)))
+    plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256)))  # prefill path
+    plan.append(("layer", partial(check_layer, "turbo3", "turbo4", 64, 8, 200, 0, 0, False, 1024)))
+    plan.append(("layer", partial(check_layer, "turbo4", "turbo4", 128, 4, 777, 0, 0, False, 256, True)))
+    plan.append(("layer", partial(check_layer, "q8_0", "turbo2", 128, 4, 333, 2, 16, True, 1024, True)))
     plan.append(("static_graph", partial(check_static_graph, "turbo4")))
     plan.append(("static_graph", partial(check_static_graph, "turbo3")))
     plan.append(("model", partial(check_model, "turbo4")))

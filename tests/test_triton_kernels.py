@@ -82,6 +82,8 @@ def test_decode_ragged_vs_float64(kk, vk, d, g, tq):
     ("turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256),
     ("q8_0", "turbo2", 64, 8, 5, 3, 16, True, 100),
     ("turbo2", "turbo4", 256, 1, 4, 0, 0, False, 512),
+    ("turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256),  # prefill: rows expanded once, SDPA
+    ("turbo3", "q8_0", 64, 8, 200, 0, 0, False, 1024),
 ])
 def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chunk):
     from compactkv.attention.triton.backend import triton_attention

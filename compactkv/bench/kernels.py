@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--kinds", default=os.environ.get("COMPACTKV_BENCH_KINDS", ",".join(KINDS)))
     p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay timings")
     p.add_argument("--sweep", action="store_true", help="also time kernel variants (LUT/direct, block, warps)")
+    p.add_argument("--prefill", default=os.environ.get("COMPACTKV_BENCH_PREFILL", "4096,32768"),
+                   help="prompt lengths for the batch-1 prefill attention comparison ('' skips it)")
     p.set_defaults(func=run)
 
 
@@ -113,6 +115,52 @@ def decode_step(kind: str, b: int, t: int, device, **kernel):
     return step, rk.numel() + rv.numel()
 
 
+def prefill_step(kind: str, t: int, device):
+    """One layer's prefill of a fresh t-token prompt: encode K/V in place, expand once, causal SDPA, inverse map."""
+    from ..attention.triton.backend import ONE_CHUNK
+    from ..attention.triton.decode import chunk_table, codec_maps, dequant_packed, packed_kind
+    from ..attention.triton.encode import encode_rows
+    from ..core.codec import Codec
+    import torch.nn.functional as F
+    kc, vc = Codec(kind, HEAD_DIM, seed=0), Codec(kind, HEAD_DIM, seed=1)
+    q = torch.randn(1, HQ, t, HEAD_DIM, device=device, dtype=torch.float16)
+    k = torch.randn(1, HKV, t, HEAD_DIM, device=device, dtype=torch.float16)
+    v = torch.randn_like(k)
+    rk = torch.empty(1, HKV, t, kc.row_bytes, dtype=torch.uint8, device=device)
+    rv = torch.empty(1, HKV, t, vc.row_bytes, dtype=torch.uint8, device=device)
+    kt, vt = chunk_table([rk]), chunk_table([rv])
+    fwd, _ = codec_maps(kc, device)
+    _, adj = codec_maps(vc, device)
+
+    def step():
+        encode_rows(kc, k, rk)
+        encode_rows(vc, v, rv)
+        kd = dequant_packed(kt, packed_kind(kc), 1, HKV, t, ONE_CHUNK)
+        vd = dequant_packed(vt, packed_kind(vc), 1, HKV, t, ONE_CHUNK)
+        qr = (q.float() @ fwd).half()
+        out = F.scaled_dot_product_attention(qr, kd, vd, is_causal=True, enable_gqa=True)
+        return (out.float() @ adj).half()
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    return step, sdpa
+
+
+def prefill_bench(lengths: list[int], kinds, device) -> list[dict]:
+    res = []
+    for t in lengths:
+        for kind in kinds:
+            if kind not in ("turbo4", "turbo3", "turbo2"):
+                continue
+            step, sdpa = prefill_step(kind, t, device)
+            s_us, _ = _bench(sdpa, False)
+            c_us, _ = _bench(step, False)
+            res.append({"kind": kind, "tokens": t, "sdpa_us": s_us, "compressed_us": c_us, "ratio": c_us / s_us})
+            del step, sdpa
+    return res
+
+
 def encode_bench(device) -> list[dict]:
     from ..attention.triton.encode import encode_rows
     from ..core.codec import Codec
@@ -167,6 +215,7 @@ def run(args) -> int:
             print(_line(row, kinds), flush=True)
     info["decode"] = rows
     info["encode"] = encode_bench(dev)
+    info["prefill"] = prefill_bench(_ints(args.prefill), kinds, dev) if args.prefill else []
     print(table(info, kinds))
     if args.json:
         with open(args.json, "w") as f:
@@ -228,4 +277,7 @@ def table(info: dict, kinds) -> str:
     for e in info.get("encode", []):
         lines.append(f"encode {e['kind']} {e['tokens']} tokens x {HKV} heads, block_rows {e['block_rows']}: "
                      f"{e['us']:.1f} us, {e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)")
+    for p in info.get("prefill", []):
+        lines.append(f"prefill B=1 T={p['tokens']} {p['kind']} (encode + expand + causal SDPA + inverse map): "
+                     f"{p['compressed_us']:.0f} us vs fp16 SDPA {p['sdpa_us']:.0f} us = {p['ratio']:.2f}x the time")
     return "\n".join(lines)

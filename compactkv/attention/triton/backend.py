@@ -1,7 +1,8 @@
 """Attention over a layer's stored data with the Triton kernels (same contract as reference.compressed_attention).
 
-The compressed rows go through `attend_packed`; the fp16 sink and recent windows (a few tokens) are attended in
-torch and merged with the compressed part by log-sum-exp. Works for TurboQuantLayer (chunk list) and for layers
+Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through `attend_packed`; the fp16 sink and
+recent windows (a few tokens) are attended in torch and merged with the compressed part by log-sum-exp. Prefill:
+prefill.py (rows expanded once to fp16, one SDPA call); the static layer (ragged lengths) always uses the kernel. Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer).
 """
 
@@ -12,6 +13,7 @@ import functools
 import torch
 
 from .decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind, unsupported
+from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
@@ -105,6 +107,9 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     if hq % hkv:
         raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
     g = hq // hkv
+    if tq >= PREFILL_MIN_TQ and getattr(layer, "packed_rows", None) is None:
+        source = _packed_source(layer, b, query.device) if layer.n_compressed else None
+        return prefill_attention(layer, query, mask, scaling, source)
     q = query.float().reshape(b, hkv, g * tq, d)
     n_sink, n_comp, n_recent = layer.sink_k.shape[-2], layer.n_compressed, layer.recent_k.shape[-2]
     tk = n_sink + n_comp + n_recent

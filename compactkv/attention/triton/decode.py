@@ -15,7 +15,8 @@ import triton
 
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
-from .kernels_decode import FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel
+from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
+                             dequant_kernel)
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128, 256)
@@ -169,3 +170,21 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)
     return out, lse
+
+
+def dequant_packed(table: torch.Tensor, kind: PackedKind, b: int, h: int, t: int, chunk: int,
+                   block_n: int = 64) -> torch.Tensor:
+    """The first t rows of every (b, h) as fp16 [B, H, T, D] in the segment space (row scales folded in).
+
+    For prefill: many query rows per key make attention compute-bound, so one pass writing fp16 values for SDPA
+    costs little next to it (decode reads the packed rows directly instead).
+    """
+    if chunk % block_n:
+        raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
+    dev = table.device
+    out = torch.empty(b, h, t, kind.head_dim, dtype=torch.float16, device=dev)
+    if t:
+        dequant_kernel[(math.ceil(t / block_n), b * h)](
+            table, codebook_table(kind, False, dev), out, h, t, chunk, FAMILY=kind.family, BITS=kind.bits,
+            D=kind.head_dim, RB=kind.row_bytes, BLOCK_N=block_n, num_warps=4)
+    return out

@@ -216,3 +216,19 @@ def decode_reduce_kernel(o_ptr, ml_ptr, out_ptr, lse_ptr, G, TQ, TQB, num_splits
         tl.store(out_ptr + row * D + rd, acc / safe)
         lse = tl.where(total > 0, (mx + tl.log2(safe)) * 0.6931471805599453, float("-inf"))
         tl.store(lse_ptr + row, lse)
+
+
+@triton.jit
+def dequant_kernel(tab, cb_ptr, out_ptr, H, T, CHUNK, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr,
+                   RB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows of T tokens -> fp16 [B*H, T, D] in the segment space (scale folded in), for prefill through SDPA."""
+    t0 = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    rn = tl.arange(0, BLOCK_N)
+    valid = t0 + rn < T
+    rows = _row_ptrs(tab, t0, T - 1, bh // H, bh % H, rn, CHUNK, RB)
+    scales, words = _load_tile(rows, valid, FAMILY, BITS, D, False, BLOCK_N)
+    vals, scale = _decode_tile(scales, words, cb_ptr, FAMILY, BITS, D, False, False, BLOCK_N)
+    out = (vals.to(tl.float32) * scale[:, None]).to(tl.float16)
+    dst = out_ptr + (bh.to(tl.int64) * T + t0 + rn[:, None]) * D + tl.arange(0, D)[None, :]
+    tl.store(dst, out, mask=valid[:, None])

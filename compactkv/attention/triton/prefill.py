@@ -1,0 +1,64 @@
+"""Prefill (many query tokens) over the compressed cache: expand the packed rows once to fp16, then one SDPA call.
+
+With many query rows per key, attention is compute-bound and the decode kernel (at most 32 query rows per
+program) would re-read every packed row once per block of query tokens. Here each packed row is expanded once by
+`dequant_packed` into its segment (rotated) space, the fp16 sink/recent windows are rotated into the same spaces,
+and torch SDPA (flash when no explicit mask is needed) attends the rotated query over all of it; the inverse V map
+runs once on the output. Same function as the reference: scores q·x̂, values x̂, with fp16 operands.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .decode import codec_maps, dequant_packed, packed_kind
+
+PREFILL_MIN_TQ = 16  # query tokens from which a call goes through here instead of the split-K decode kernel
+
+
+def _rotate(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    return x.half() if m is None else (x.float() @ m).half()
+
+
+def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, source) -> torch.Tensor:
+    """query: [B, Hq, Tq, D] -> [B, Tq, Hq, D] in query's dtype. source: backend._packed_source(layer, ...)."""
+    b, hq, tq, d = query.shape
+    hkv = layer.sink_k.shape[1]
+    g = hq // hkv
+    dev = query.device
+    kc, vc = layer.k_codec, layer.v_codec
+    fwd_k, _ = codec_maps(kc, dev)
+    fwd_v, adj_v = codec_maps(vc, dev)
+    n_sink, n_comp = layer.sink_k.shape[-2], layer.n_compressed
+    keys = [_rotate(layer.sink_k, fwd_k)]
+    values = [_rotate(layer.sink_v, fwd_v)]
+    if n_comp:
+        k_tab, v_tab, _, chunk, _, _alive = source
+        kd = dequant_packed(k_tab, packed_kind(kc), b, hkv, n_comp, chunk)
+        k_mean = getattr(layer, "k_mean", None)
+        if k_mean is not None:  # keys were stored as k - mean: add the (rotated) mean back
+            kd = (kd.float() + _rotate(k_mean, fwd_k).float()).half()
+        keys.append(kd)
+        values.append(dequant_packed(v_tab, packed_kind(vc), b, hkv, n_comp, chunk))
+    keys.append(_rotate(layer.recent_k, fwd_k))
+    values.append(_rotate(layer.recent_v, fwd_v))
+    k, v = torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
+    tk = k.shape[-2]
+    q = _rotate(query, fwd_k)
+    if mask is None and tq == tk:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, scale=scaling, enable_gqa=g > 1)
+    else:
+        if mask is None:  # queries are the last tq tokens: causal, aligned bottom-right
+            keep = torch.arange(tk, device=dev)[None, :] <= torch.arange(tk - tq, tk, device=dev)[:, None]
+            attn = keep[None, None]
+        else:
+            attn = mask[..., -tq:, -tk:]
+            if attn.dtype != torch.bool:
+                attn = attn.to(q.dtype)
+        if g > 1:  # the memory-efficient kernel (masks) takes no GQA: expand the KV heads
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=scaling)
+        out = torch.nan_to_num(out, nan=0.0)  # rows with every key masked (padding) give 0, as the reference
+    out = out.float() @ adj_v if adj_v is not None else out.float()
+    return out.transpose(1, 2).to(query.dtype)
