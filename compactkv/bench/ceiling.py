@@ -9,6 +9,7 @@ planner with the overhead constants fitted on the *other* kinds' runs (leave-one
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,13 +43,18 @@ class Run:
         return max(ok, default=0)
 
 
+MMAP_THRESHOLD = "65536"  # glibc: buffers above this are mmapped and go back to the kernel when freed
+
+
 def run_worker(kind: str, model: str | None, chunk: int, max_context: int, limit: int, headroom: int,
-               threads: int) -> Run:
+               threads: int, fixed_mmap: bool = True) -> Run:
+    """Run the worker for one kind; `fixed_mmap` pins glibc's mmap threshold so freed transients leave the RSS."""
     cmd = [sys.executable, "-m", "compactkv.bench.ceiling_worker", "--kind", kind, "--chunk", str(chunk),
            "--max-context", str(max_context), "--limit", str(limit), "--headroom", str(headroom),
            "--threads", str(threads)] + (["--model", model] if model else [])
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD) if fixed_mmap else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"ceiling worker for {kind} failed:\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -146,9 +152,11 @@ def run(args) -> int:
     runs = []
     for kind, headroom in zip(kinds, headrooms * len(kinds) if len(headrooms) == 1 else headrooms):
         print(f"ceiling: running {kind} (chunk {args.chunk}, up to {args.max_context:,} tokens)...", file=sys.stderr)
-        runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads))
+        runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads,
+                               not args.glibc_default))
     machine = _cpu_name()
-    result = {"command": "compactkv " + " ".join(sys.argv[1:]),
+    result = {"command": "compactkv " + " ".join(sys.argv[1:]), "glibc_mmap_threshold": None if args.glibc_default
+              else int(MMAP_THRESHOLD),
               "machine": machine, "commit": _commit(), "model": shape.name, "chunk": args.chunk,
               "weights_bytes": weights, "runs": [asdict(r) for r in runs],
               **evaluate(shape, runs, args.chunk, weights, machine, CacheConfig().chunk_tokens)}
@@ -171,6 +179,8 @@ def register(subparsers) -> None:
     p.add_argument("--headroom", default="160MiB", help="limit above each run's RSS after loading; one size or one "
                    "per kind, comma-separated [160MiB]")
     p.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
+    p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (freed buffers "
+                   "stay in the heap; peaks vary run to run) instead of MALLOC_MMAP_THRESHOLD_=65536")
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--write-calibration", metavar="PATH", help="write the fitted CPU overhead calibration JSON")
     p.set_defaults(func=run)
