@@ -18,7 +18,8 @@ PREFILL_MIN_TQ = 16  # query tokens from which a call goes through here instead 
 
 
 def _rotate(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-    return x.half() if m is None else (x.float() @ m).half()
+    """x @ m in fp16 (fp32 accumulation): the operands SDPA sees are fp16 anyway."""
+    return x.half() if m is None else x.half() @ m.half()
 
 
 def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, source) -> torch.Tensor:
@@ -59,6 +60,7 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
         if g > 1:  # the memory-efficient kernel (masks) takes no GQA: expand the KV heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=scaling)
-        out = torch.nan_to_num(out, nan=0.0)  # rows with every key masked (padding) give 0, as the reference
-    out = out.float() @ adj_v if adj_v is not None else out.float()
+        seen = attn.any(-1) if attn.dtype == torch.bool else (attn > float("-inf")).any(-1)
+        out = torch.where(seen.unsqueeze(-1), torch.nan_to_num(out), 0.0)  # no visible key: 0, as the reference
+    out = out @ adj_v.half() if adj_v is not None else out
     return out.transpose(1, 2).to(query.dtype)
