@@ -26,8 +26,8 @@ class CacheConfig:
     v: str = DEFAULT_KIND
     policy: object = None
     sink_tokens: int = 0
-    residual_length: int = 0
-    block_size: int = 1
+    residual_length: int = 128
+    block_size: int = 32
     seed: int = 0
     norm_correction: bool = True
     chunk_tokens: int = 1024
