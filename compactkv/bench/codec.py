@@ -53,8 +53,9 @@ def machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine skews timings
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "gpu": gpu, "commit": commit}
+            "torch": torch.__version__, "gpu": gpu, "commit": commit, "load_average_1min": load}
 
 
 def _devices(spec: str) -> list[str]:
@@ -80,23 +81,24 @@ def time_kind(kind: str, x: torch.Tensor, chunk: int, bar=None) -> dict:
     codec.decode(codec.encode(x[:chunk]), dtype=torch.float16)  # warm up: caches, outlier choice, allocator
     _sync(device)
     rows = torch.empty(n, codec.row_bytes, dtype=torch.uint8, device=x.device)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, n, chunk):
         rows[i:i + chunk] = codec.encode(x[i:i + chunk], check_finite=False)
         if bar is not None:
             bar.update(min(chunk, n - i))
     _sync(device)
-    t_enc = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_enc, c_enc = time.perf_counter() - t0, time.process_time() - c0
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, n, chunk):
         codec.decode(rows[i:i + chunk], dtype=torch.float16)
         if bar is not None:
             bar.update(min(chunk, n - i))
     _sync(device)
-    t_dec = time.perf_counter() - t0
+    t_dec, c_dec = time.perf_counter() - t0, time.process_time() - c0
     moved = n * (2 * d + codec.row_bytes)
     return {"kind": kind, "device": device, "n": n, "head_dim": d, "row_bytes": codec.row_bytes,
             "bits_per_value": codec.bits_per_value,
+            "encode_cpu_s": c_enc, "decode_cpu_s": c_dec,  # process CPU seconds, all threads
             "encode_s": t_enc, "encode_vectors_per_s": n / t_enc, "encode_gb_per_s": moved / t_enc / 1e9,
             "decode_s": t_dec, "decode_vectors_per_s": n / t_dec, "decode_gb_per_s": moved / t_dec / 1e9}
 
