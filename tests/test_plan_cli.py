@@ -72,7 +72,7 @@ def test_meminfo_and_auto(tmp_path, monkeypatch):
 def test_cli_plan_json_and_table(tmp_path, capsys):
     out = tmp_path / "plan.json"
     rc = main(["plan", "--model", "qwen3-14b", "--memory", "24GiB", "--context", "64K", "--weights", "q4_k_m",
-               "--k", "q8_0", "--v", "turbo4", "--json", str(out)])
+               "--k", "q8_0", "--v", "turbo4", "--fp16-tokens", "0", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "Qwen3-14B" in text and "q8_0/turbo4 *" in text and "recommended:" in text
@@ -82,6 +82,20 @@ def test_cli_plan_json_and_table(tmp_path, capsys):
     assert plan["memory_bytes"] == 24 * 2**30 and plan["context"] == 65_536
     assert all(r["total_bytes"] == r["weights_bytes"] + r["kv_bytes"] + r["overhead_bytes"] for r in plan["rows"])
     assert plan["recommendation"] in rows and rows[plan["recommendation"]]["fits"]
+
+
+def test_cli_counts_the_cache_default_fp16_window(tmp_path):
+    from compactkv.cache.config import CacheConfig
+
+    window = CacheConfig().sink_tokens + CacheConfig().residual_length
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", "qwen3-14b", "--memory", "24GiB", "--context", "64K", "--configs", "turbo4,f16",
+                 "--json", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["fp16_tokens"] == window
+    turbo4, f16 = (r["kv_bytes"] for r in plan["rows"])
+    assert f16 == 10_240 * 2**20  # f16 rows are f16 either way
+    assert turbo4 == 2_640 * 2**20 + window * 40 * 8 * 2 * (256 - 66)
 
 
 def test_cli_batch_and_configs(tmp_path):

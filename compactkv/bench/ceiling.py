@@ -64,7 +64,8 @@ def run_worker(kind: str, model: str | None, chunk: int, max_context: int, limit
                time.perf_counter() - start, head)
 
 
-def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, block: int) -> OverheadModel:
+def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, block: int,
+                 fp16_tokens: int = 0) -> OverheadModel:
     """Overhead constants from measured peaks: peak - weights - KV = a + s * min(context, block) + m * context, by least
     squares, mapped onto the formula (s -> score_bytes over `block`-token key blocks, m -> mask_bytes)."""
     rows, ys = [], []
@@ -72,7 +73,7 @@ def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, 
         config = parse_config(run.kind)
         for context, hwm, _, _ in run.records:
             rows.append((1.0, min(context, block), context))
-            ys.append(hwm - weights - kv_bytes(shape, config, context))
+            ys.append(hwm - weights - kv_bytes(shape, config, context, 1, fp16_tokens))
     (a, s, m), *_ = np.linalg.lstsq(np.array(rows, float), np.array(ys, float), rcond=None)
     model = replace(PROVISIONAL["cpu"], prefill_chunk=chunk, score_bytes=0.0, mask_bytes=0.0, base_bytes=0,
                     score_block=block)
@@ -94,28 +95,32 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int) -> dict:
-    """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration."""
+def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int, fp16_tokens: int) -> dict:
+    """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration; `fp16_tokens`
+    per layer are counted as the cache's uncompressed sink and recent window."""
     ceilings, peaks = [], []
     for run in runs:
         others = [r for r in runs if r is not run]
         if others:
-            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}", block)
+            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}", block,
+                                 fp16_tokens)
         else:
             model = load_overhead("cpu", prefill_chunk=chunk)
         config = parse_config(run.kind)
-        row = plan_row(shape, config, run.limit, chunk, 1, weights, model)
+        row = plan_row(shape, config, run.limit, chunk, 1, weights, model, fp16_tokens)
         predicted = (row.max_context // chunk) * chunk if row.max_context is not None else None
         ceilings.append({"kind": run.kind, "limit": run.limit, "measured": run.ceiling, "hit_limit": run.hit_limit,
                          "predicted_tokens": row.max_context, "predicted": predicted, "calibration": model.source,
                          "error": predicted / run.ceiling - 1 if run.hit_limit and predicted and run.ceiling else None})
         for context, hwm, rss, kv in run.records:
-            total = weights + kv_bytes(shape, config, context) + model.bytes(shape, context)
+            kv_plan = kv_bytes(shape, config, context, 1, fp16_tokens)
+            total = weights + kv_plan + model.bytes(shape, context)
             peaks.append({"kind": run.kind, "context": context, "measured_peak": hwm, "predicted": total,
-                          "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_bytes(shape, config, context),
+                          "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_plan,
                           "growth_since_load": hwm - run.loaded})
     fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
-                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block)
+                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block,
+                          fp16_tokens)
     return {"ceilings": ceilings, "peaks": peaks, "calibration": asdict(fitted)}
 
 
@@ -135,6 +140,23 @@ def print_tables(result: dict) -> None:
               f"{fmt_bytes(p['growth_since_load']):>10}")
 
 
+def measure(args, model: str) -> list[Run]:
+    """One worker run per kind in --kinds."""
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for kind in kinds:
+        parse_config(kind)
+    headrooms = [parse_memory(h) for h in args.headroom.split(",")]
+    if len(headrooms) not in (1, len(kinds)):
+        raise ValueError(f"--headroom takes one size or one per kind ({len(kinds)}), got {len(headrooms)}")
+    limit = parse_memory(args.memory_limit) if args.memory_limit else 0
+    runs = []
+    for kind, headroom in zip(kinds, headrooms * len(kinds) if len(headrooms) == 1 else headrooms):
+        print(f"ceiling: running {kind} (chunk {args.chunk}, up to {args.max_context:,} tokens)...", file=sys.stderr)
+        runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads,
+                               not args.glibc_default))
+    return runs
+
+
 def run(args) -> int:
     from compactkv.cache.config import CacheConfig
     from compactkv.engine.model_files import ensure_default_model
@@ -142,24 +164,20 @@ def run(args) -> int:
     model = args.model or str(ensure_default_model())
     shape = load_shape(model)
     weights = shape.params * 4  # the engine loads weights as float32 on CPU
-    limit = parse_memory(args.memory_limit) if args.memory_limit else 0
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    for kind in kinds:
-        parse_config(kind)
-    headrooms = [parse_memory(h) for h in args.headroom.split(",")]
-    if len(headrooms) not in (1, len(kinds)):
-        raise ValueError(f"--headroom takes one size or one per kind ({len(kinds)}), got {len(headrooms)}")
-    runs = []
-    for kind, headroom in zip(kinds, headrooms * len(kinds) if len(headrooms) == 1 else headrooms):
-        print(f"ceiling: running {kind} (chunk {args.chunk}, up to {args.max_context:,} tokens)...", file=sys.stderr)
-        runs.append(run_worker(kind, model, args.chunk, args.max_context, limit, headroom, args.threads,
-                               not args.glibc_default))
-    machine = _cpu_name()
-    result = {"command": "compactkv " + " ".join(sys.argv[1:]), "glibc_mmap_threshold": None if args.glibc_default
-              else int(MMAP_THRESHOLD),
-              "machine": machine, "commit": _commit(), "model": shape.name, "chunk": args.chunk,
-              "weights_bytes": weights, "runs": [asdict(r) for r in runs],
-              **evaluate(shape, runs, args.chunk, weights, machine, CacheConfig().chunk_tokens)}
+    cache = CacheConfig()
+    fp16_tokens = cache.sink_tokens + cache.residual_length
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        runs, chunk = [Run(**r) for r in saved["runs"]], saved["chunk"]
+        head = {k: saved[k] for k in ("command", "glibc_mmap_threshold", "machine", "commit")}
+        head["evaluated_by"] = "compactkv " + " ".join(sys.argv[1:])
+    else:
+        runs, chunk = measure(args, model), args.chunk
+        head = {"command": "compactkv " + " ".join(sys.argv[1:]), "machine": _cpu_name(), "commit": _commit(),
+                "glibc_mmap_threshold": None if args.glibc_default else int(MMAP_THRESHOLD)}
+    result = {**head, "model": shape.name, "chunk": chunk, "weights_bytes": weights, "fp16_tokens": fp16_tokens,
+              "runs": [asdict(r) for r in runs],
+              **evaluate(shape, runs, chunk, weights, head["machine"], cache.chunk_tokens, fp16_tokens)}
     print_tables(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -182,5 +200,7 @@ def register(subparsers) -> None:
     p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (freed buffers "
                    "stay in the heap; peaks vary run to run) instead of MALLOC_MMAP_THRESHOLD_=65536")
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
+    p.add_argument("--from-json", metavar="PATH", help="re-evaluate the runs saved in an earlier --json file "
+                   "instead of measuring")
     p.add_argument("--write-calibration", metavar="PATH", help="write the fitted CPU overhead calibration JSON")
     p.set_defaults(func=run)

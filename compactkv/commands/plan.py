@@ -29,6 +29,16 @@ def _chunk(text: str) -> int | None:
     return int(text)
 
 
+def _cache_fp16_tokens() -> int:
+    """Tokens per layer TurboQuantCache keeps in fp16 by default (sinks + recent window), 0 without the cache."""
+    try:
+        from compactkv.cache.config import CacheConfig
+    except ImportError:
+        return 0
+    config = CacheConfig()
+    return config.sink_tokens + config.residual_length
+
+
 def _default_model() -> str | None:
     try:
         from compactkv.engine.model_files import default_gguf_path
@@ -60,8 +70,8 @@ def register(subparsers) -> None:
                    "[$COMPACTKV_DEVICE; the device --memory auto found, else cpu]")
     p.add_argument("--prefill-chunk", type=_chunk, default=-1, help="tokens per prefill forward, or none for the "
                    "whole prompt at once [the calibration's: 512]")
-    p.add_argument("--fp16-tokens", type=int, default=_env("FP16_TOKENS", "0"), help="tokens per layer the "
-                   "cache keeps uncompressed (sinks + recent window) [$COMPACTKV_FP16_TOKENS; 0]")
+    p.add_argument("--fp16-tokens", type=int, default=_env("FP16_TOKENS"), help="tokens per layer the cache keeps "
+                   "uncompressed (sinks + recent window) [$COMPACTKV_FP16_TOKENS; TurboQuantCache's default]")
     p.add_argument("--calibration", default=_env("PLAN_CALIBRATION"), help="overhead calibration JSON "
                    "(written by `compactkv bench ceiling`) [$COMPACTKV_PLAN_CALIBRATION]")
     p.add_argument("--ranking", default=_env("PLAN_RANKING"), help="quality ranking JSON [$COMPACTKV_PLAN_RANKING; "
@@ -81,7 +91,8 @@ def run(args) -> int:
     settings = PlanSettings(model=model, memory=args.memory, context=args.context, k=args.k, v=args.v,
                             policy=args.policy, configs=configs, batch=args.batch, weights=args.weights,
                             device=args.device, calibration=args.calibration, prefill_chunk=args.prefill_chunk,
-                            fp16_tokens=args.fp16_tokens, ranking=args.ranking)
+                            fp16_tokens=_cache_fp16_tokens() if args.fp16_tokens is None else args.fp16_tokens,
+                            ranking=args.ranking)
     plan, chosen = build_plan(settings)
     print_plan(plan, selected=chosen.name)
     if args.json:
