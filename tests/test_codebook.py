@@ -10,6 +10,8 @@ from scipy import integrate, special
 from compactkv.core import gaussian_lloyd_max, lloyd_max
 from compactkv.core.codebook import SUPPORTED_BITS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Textbook Lloyd-Max quantizers of N(0, 1) (Max 1960), rounded to 4 decimals.
 GAUSSIAN_TABLE = {1: [0.7979], 2: [0.4528, 1.5104], 3: [0.2451, 0.7560, 1.3439, 2.1519]}
 

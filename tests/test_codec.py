@@ -14,6 +14,8 @@ import torch
 from compactkv.core import KINDS, Codec, Rotation, lloyd_max, parse_kind, unpack_bits
 from compactkv.core.quantizer import QJLSketch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DIMS = (32, 64, 128, 256, 512, 80, 96, 112, 160, 192)
 TIE = 1e-5  # a float32 rotation may put a coordinate this close to a boundary on the other side
 F16_REL = 2.0**-11 * (1 + 1e-3)  # half an fp16 ulp, relative

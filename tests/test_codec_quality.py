@@ -13,6 +13,8 @@ import torch
 from compactkv.core import Codec, Rotation, estimate_inner_product, lloyd_max
 from compactkv.core.quantizer import MSEQuantizer, QJLSketch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PAPER_DMSE = {1: 0.363, 2: 0.117, 3: 0.0345, 4: 0.0095}
 
 

@@ -9,6 +9,8 @@ import torch
 from compactkv.core import KINDS, Codec, pack_bits, row_bytes, unpack_bits
 from compactkv.core.packing import packed_nbytes
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BITS = (1, 2, 3, 4, 8)
 FORMAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

@@ -8,6 +8,8 @@ import torch
 from compactkv.core import Rotation, get_rotation, split_dim
 from compactkv.core.rotation import fwht
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Every head_dim in use, plus the halves the fractional kinds rotate (16, 40, 48, 56).
 DIMS = (32, 64, 128, 256, 512, 80, 96, 112, 160, 192, 16, 40, 48, 56)
 

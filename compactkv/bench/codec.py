@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk", type=int, default=65536, help="vectors per encode/decode call (default 65536)")
     p.add_argument("--device", default=os.environ.get("COMPACTKV_DEVICE", "auto"),
                    help="cpu, cuda or auto (= cpu, plus cuda when available; env COMPACTKV_DEVICE)")
+    p.add_argument("--threads", type=int, default=os.environ.get("COMPACTKV_THREADS"),
+                   help="torch intra-op CPU threads (default: torch's; env COMPACTKV_THREADS)")
     p.add_argument("--json", metavar="PATH", help="write the figures and the machine description as JSON")
     p.set_defaults(func=main)
 
@@ -160,6 +162,10 @@ def main(args) -> int:
     if args.n is None:
         args.n = 65536 if args.mode == "quality" else 1_000_000
     args.n = int(args.n)
+    if args.threads is not None:
+        if int(args.threads) < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(int(args.threads))
     if args.mode == "layout":
         print(layout_table())
         report = None
