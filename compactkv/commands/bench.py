@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("codec", "decode", "kernels", "ceiling", "serve")
+BENCHES = ("codec", "decode", "kernels", "ceiling", "serve", "ppl", "niah", "fidelity", "prompts", "session")
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,117 @@
+"""Quality benches: scoring math on hand-computed inputs, chunking, config tokens, NIAH placement, and smoke runs
+of ppl / niah / fidelity / prompts / session on a tiny random-weight Llama (no download)."""
+
+import math
+
+import pytest
+import torch
+
+from compactkv.bench import fidelity, niah, ppl, prompts, session
+from compactkv.bench.common import parse_kv_list, score
+
+
+class ByteTokenizer:
+    """Bytes as token ids: enough tokenizer for the benches."""
+
+    eos_token_id = None
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import compactkv
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=4096)
+    model = LlamaForCausalLM(cfg).eval()
+    compactkv.attach(model)
+    return model, ByteTokenizer()
+
+
+def test_score_matches_hand_computation():
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    ref = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    got = score(logits, ref, torch.tensor([1, 0]))
+    # p = [.25,.75], [.5,.5]; ref = [.5,.5], [.75,.25]
+    assert got["nll"] == pytest.approx(-math.log(0.75) - math.log(0.5))
+    kl1 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    kl2 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert got["kl"] == pytest.approx(kl1 + kl2, abs=1e-6)
+    assert got["top1"] == 1 and got["n"] == 2  # row 2: argmax ties pick index 0 on both sides
+
+
+def test_rows_and_gate():
+    acc = {"f16": {"nll": 2 * math.log(10), "kl": 0, "top1": 2, "n": 2},
+           "x": {"nll": 2 * math.log(12), "kl": 0.2, "top1": 1, "n": 2}}
+    rows = ppl.rows_from(acc, {"f16": (16.0, 100), "x": (4.25, 27)})
+    assert rows[1]["ppl"] == pytest.approx(12) and rows[1]["dppl_pct"] == pytest.approx(20)
+    assert rows[1]["kl"] == pytest.approx(0.1) and rows[1]["top1"] == 0.5 and rows[1]["gate"] == "KILL"
+    assert [ppl.gate(x) for x in (0.5, 0.7, 1.01)] == ["PASS", "WARN", "KILL"]
+
+
+def test_chunks_and_config_tokens():
+    ids = torch.arange(10)
+    assert [c.tolist() for c in ppl.chunks_of(ids, 4, 2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="fewer than --chunks"):
+        ppl.chunks_of(ids, 4, 3)
+    names = [c.name for c in parse_kv_list("turbo4,q8_0/turbo4,q8-edges:turbo3,turbo3+qjl,turbo4")]
+    assert names == ["f16", "turbo4", "q8_0/turbo4", "q8-edges:turbo3", "turbo3+qjl"]
+    for bad in ("turbo5", "q8_0/turbo4/f16", "nopreset:turbo4", "turbo4,,f16"):
+        with pytest.raises(ValueError, match="accepted|spell|empty"):
+            parse_kv_list(bad)
+
+
+def test_niah_needle_placed_where_it_says():
+    tok = ByteTokenizer()
+    filler = torch.tensor(tok.encode("a" * 2000))
+    for depth in (0, 50, 100):
+        ids, at = niah.haystack(tok, filler, 600, depth, "123456")
+        assert ids.numel() == 600
+        assert tok.decode(ids[at:at + 32].tolist()).startswith(" The secret passcode is 123456.")
+        n = 600 - len(tok.encode(" The secret passcode is 123456. ")) - len(tok.encode(niah.QUESTION))
+        assert at == round(depth / 100 * n)
+    with pytest.raises(ValueError, match="--depths"):
+        niah.int_list("0,120", "--depths", 0, 100)
+
+
+def test_ppl_smoke_f16_in_cache_equals_itself(tiny):
+    model, _ = tiny
+    chunks = ppl.chunks_of(torch.randint(0, 256, (256,), generator=torch.Generator().manual_seed(1)), 64, 2)
+    rows = ppl.evaluate(model, chunks, parse_kv_list("f16,turbo4,q8_0/turbo3"), bar=False)
+    assert rows[0]["kl"] == 0 and rows[0]["top1"] == 1 and rows[0]["dppl"] == 0
+    assert rows[0]["tokens"] == 2 * 31 and rows[0]["bits"] == 16
+    assert rows[1]["bits"] < 5 and rows[1]["kl"] > 0 and math.isfinite(rows[2]["ppl"])
+
+
+def test_f16_cache_matches_uncompressed_model(tiny):
+    model, _ = tiny
+    ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(2))
+    from compactkv.bench.common import forward, make_cache
+
+    got = forward(model, ids, make_cache(model, parse_kv_list("f16")[0]), 24).logits
+    with torch.inference_mode():
+        want = model(ids, use_cache=False).logits[:, -24:]
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)  # only fp16 storage rounding differs
+
+
+def test_niah_fidelity_prompts_session_smoke(tiny):
+    model, tok = tiny
+    filler = torch.tensor(tok.encode("lorem ipsum dolor sit amet " * 40))
+    cells = niah.run_grid(model, tok, filler, parse_kv_list("turbo4"), [200], [0, 100], strict=False, bar=False)
+    assert set(niah.verdicts(cells)) == {"f16", "turbo4"}
+    q, k, v = fidelity.capture_qkv(model, filler[:64].view(1, -1))[0]
+    row = fidelity.layer_fidelity("turbo4", q, k, v)
+    assert 0.8 < row["k_cos"] <= 1.0001 and 0.5 < row["attn_cos"] <= 1.0001
+    assert fidelity.layer_fidelity("f16", q, k, v)["attn_cos"] > 0.9999
+    out = prompts.run_prompts(model, tok, parse_kv_list("turbo4"), prompts.PROMPTS[:2], max_new=4, bar=False)
+    assert len(out) == 2 and {"f16", "turbo4"} <= set(out[0]["outputs"])
+    turns = session.run_session(model, tok, parse_kv_list("turbo4")[1], turns=2, max_new=4, bar=False)
+    assert len(turns) == 2 and "agree" in turns[0]
