@@ -24,23 +24,33 @@ def _blocks(layer: TurboQuantLayer):
         yield "dense", layer.recent_k, layer.recent_v
 
 
-def _bias(mask: torch.Tensor | None, b: int, tq: int, tk: int, groups: int, device) -> torch.Tensor | None:
-    """Additive float32 bias [B or 1, 1, G*Tq, Tk] from a transformers mask (bool keep / float additive / None)."""
-    if mask is None:
-        if tq == 1:
-            return None
-        qpos = torch.arange(tq, device=device) + (tk - tq)
-        keep = torch.arange(tk, device=device)[None, :] <= qpos[:, None]
-        mask = keep[None, None]
-    if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, float("-inf"))
-    else:
-        bias = mask.float()
-    bias = bias[..., -tq:, -tk:] if bias.shape[-1] >= tk else bias
-    if bias.shape[-1] != tk:
-        raise ValueError(f"attention mask covers {bias.shape[-1]} keys but the cache holds {tk}")
-    bias = bias.expand(bias.shape[0], 1, tq, tk)
-    return bias.unsqueeze(2).expand(-1, -1, groups, -1, -1).reshape(bias.shape[0], 1, groups * tq, tk)
+class _Mask:
+    """Per-block additive float32 bias [B or 1, 1, G*Tq, n] from a transformers mask (bool keep / float additive /
+    None = causal), built one key block at a time so no [Tq, history] float tensor is ever materialized."""
+
+    def __init__(self, mask: torch.Tensor | None, tq: int, tk: int, groups: int, device):
+        self.tq, self.tk, self.groups, self.device = tq, tk, groups, device
+        if mask is not None:
+            if mask.shape[-1] < tk:
+                raise ValueError(f"attention mask covers {mask.shape[-1]} keys but the cache holds {tk}")
+            mask = mask[..., -tq:, mask.shape[-1] - tk:]
+        self.mask = mask
+
+    def block(self, start: int, n: int) -> torch.Tensor | None:
+        tq, g = self.tq, self.groups
+        if self.mask is None:
+            if tq == 1:
+                return None
+            qpos = torch.arange(tq, device=self.device) + (self.tk - tq)
+            keep = (torch.arange(start, start + n, device=self.device)[None, :] <= qpos[:, None])[None, None]
+        else:
+            keep = self.mask[..., start:start + n]
+        if keep.dtype == torch.bool:
+            bias = torch.zeros(keep.shape, dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
+        else:
+            bias = keep.float()
+        bias = bias.expand(bias.shape[0], 1, tq, n)
+        return bias.unsqueeze(2).expand(-1, -1, g, -1, -1).reshape(bias.shape[0], 1, g * tq, n)
 
 
 def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torch.Tensor | None,
@@ -63,7 +73,7 @@ def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap)
         raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
     g = hq // hkv
     q = query.float().reshape(b, hkv, g * tq, d)  # query head = kv_head * g + group member
-    bias = _bias(mask, b, tq, tk, g, query.device)
+    bias = _Mask(mask, tq, tk, g, query.device)
     q_parts = [p * scaling for p in kc.query_parts(q)] if has_rows else []
     # Keys were stored as k - mean: add back q·mean, the same for every compressed key of a query row.
     q_mean = (q * scaling) @ k_mean.transpose(-1, -2) if has_rows and k_mean is not None else None
@@ -86,8 +96,9 @@ def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap)
                 s = s + q_mean
         if softcap:
             s = torch.tanh(s / softcap) * softcap
-        if bias is not None:
-            s = s + bias[..., pos:pos + n]
+        blk = bias.block(pos, n)
+        if blk is not None:
+            s = s + blk
         m_new = torch.maximum(m, s.amax(-1, keepdim=True))
         m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
         alpha = torch.exp(m - m_safe)
