@@ -47,11 +47,14 @@ def test_chunked_prefill_gives_the_same_tokens_on_exact_storage(lm):
 
 
 def test_turbo4_holds_fewer_bytes_than_f16(lm):
-    f16, _ = run(lm, PROMPT, "f16")
-    t4, _ = run(lm, PROMPT, "turbo4")
+    long_prompt = list(range(1, 96)) * 3  # longer than the fp16 recent window
+    f16, _ = run(lm, long_prompt, "f16")
+    t4, _ = run(lm, long_prompt, "turbo4")
     a, b = cache_memory(f16.cache), cache_memory(t4.cache)
-    assert a["tokens"] == b["tokens"] == len(PROMPT) + 11
-    assert b["fp16_bytes"] == a["fp16_bytes"] and b["kv_bytes"] < 0.5 * a["kv_bytes"]
+    assert a["tokens"] == b["tokens"] == len(long_prompt) + 11
+    assert b["fp16_bytes"] == a["fp16_bytes"] == a["kv_bytes"]
+    assert b["kv_bytes"] == b["compressed_bytes"] + b["window_bytes"] < a["kv_bytes"]
+    assert b["compressed_bytes"] > 0 and (b["fp16_bytes"] - b["window_bytes"]) / b["compressed_bytes"] > 3
 
 
 def test_stop_string_and_context_limit(lm):

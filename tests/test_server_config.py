@@ -73,3 +73,14 @@ def test_serve_rejects_bad_flags_with_one_line_and_status_2(args, match, capsys)
     lines = err.strip().splitlines()
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("compactkv serve: error:") and match in lines[0], err
+
+
+def test_the_cli_and_engine_do_not_import_the_web_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, compactkv.cli as c, compactkv.engine; c.build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'sse_starlette', 'prometheus_client') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--rounds", type=int, default=1, help="requests per client at each level")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, help="--threads for the started servers")
+    p.add_argument("--turns", type=int, default=0,
+                   help="also time a conversation of this many turns, with and without prefix reuse (OpenAI API)")
     p.add_argument("--json", help="write the figures to this path")
     p.set_defaults(func=main)
 
@@ -49,8 +51,11 @@ def _stream_once(url: str, api: str, model: str, max_tokens: int) -> dict:
     with httpx.stream("POST", url + path, json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
-            line = line[6:] if line.startswith("data: ") else line
-            if not line or line == "[DONE]":
+            if api == "openai":  # SSE: only `data:` lines carry chunks (others are comments, pings, event names)
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                line = line[6:]
+            elif not line.strip():
                 continue
             obj = json.loads(line)
             text = (obj.get("choices") or [{}])[0].get("delta", {}).get("content") if api == "openai" \
@@ -83,10 +88,40 @@ def measure(url: str, api: str, model: str, clients: int, rounds: int, max_token
     ttfts = sorted(r["ttft"] for r in results) or [0.0]
     tokens = sum(r["tokens"] for r in results)
     per_stream = [r["tokens"] / (r["seconds"] - r["ttft"]) for r in results if r["seconds"] > r["ttft"]]
+    if errors:
+        print(f"  {len(errors)} failed requests, first: {errors[0]}", file=sys.stderr)
     return {"clients": clients, "requests": len(results), "errors": len(errors), "wall_s": wall,
             "requests_per_s": len(results) / wall, "ttft_mean_s": statistics.fmean(ttfts),
             "ttft_p90_s": ttfts[math.ceil(0.9 * len(ttfts)) - 1], "output_tokens_per_s": tokens / wall,
             "stream_tokens_per_s": statistics.fmean(per_stream) if per_stream else 0.0}
+
+
+def conversation(url: str, model: str, turns: int, max_tokens: int, reuse: bool) -> list[dict]:
+    """A growing chat, one user turn at a time: TTFT and reused tokens of each turn."""
+    import httpx
+
+    messages = [{"role": "system", "content": "You are a concise assistant. Answer in one sentence."}]
+    out = []
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"Question {turn + 1}: name one thing about the number {turn}."})
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "cache_prompt": reuse, "stream_options": {"include_usage": True}}
+        start, first, text, usage, timings = time.perf_counter(), None, "", {}, {}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                obj = json.loads(line[6:])
+                delta = (obj.get("choices") or [{}])[0].get("delta", {}).get("content")
+                if delta:
+                    first = first or time.perf_counter()
+                    text += delta
+                usage, timings = obj.get("usage") or usage, obj.get("timings") or timings
+        messages.append({"role": "assistant", "content": text})
+        out.append({"turn": turn + 1, "reuse": reuse, "prompt_tokens": usage.get("prompt_tokens"),
+                    "cache_n": timings.get("cache_n"), "prompt_ms": timings.get("prompt_ms"),
+                    "ttft_s": (first or time.perf_counter()) - start})
+    return out
 
 
 def start_server(kind: str, args) -> tuple[subprocess.Popen, str, float]:
@@ -136,6 +171,13 @@ def main(args) -> int:
                       f"{row['ttft_mean_s']:6.2f} s p90 {row['ttft_p90_s']:6.2f} s  {row['output_tokens_per_s']:7.1f} "
                       f"tok/s total  {row['stream_tokens_per_s']:6.1f} tok/s per stream  errors {row['errors']}",
                       flush=True)
+            for reuse in (False, True) if args.turns else ():
+                turns = conversation(url, model, args.turns, args.max_tokens, reuse)
+                rows.extend({"target": name, "mode": "turns"} | t for t in turns)
+                first, last = turns[0], turns[-1]
+                print(f"{name:>9} {'with' if reuse else 'without'} prefix reuse: turn 1 TTFT {first['ttft_s']:.2f} s "
+                      f"({first['prompt_tokens']} prompt tok), turn {last['turn']} TTFT {last['ttft_s']:.2f} s "
+                      f"({last['prompt_tokens']} prompt tok, {last['cache_n']} reused)", flush=True)
         finally:
             if proc is not None:
                 proc.terminate()

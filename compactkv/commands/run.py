@@ -102,18 +102,21 @@ def main(args: argparse.Namespace) -> int:
 
 
 def report(gen, lm, k: str, v: str, policy, backend: str) -> str:
-    """The closing summary: prompt and decode speed, KV bytes held vs fp16, compression ratio."""
+    """The closing summary: prompt and decode speed, KV bytes held vs fp16, compression ratios (overall, and of the
+    compressed rows alone: the recent tokens stay in an fp16 window until they are compressed in blocks)."""
     t = gen.timings
     mem = gen.memory()
-    held, fp16 = mem["kv_bytes"], mem["fp16_bytes"]
-    ratio = f"{fp16 / held:.2f}x smaller, {100 * held / fp16:.1f}% of fp16" if held else "empty"
+    held, fp16, comp, win = mem["kv_bytes"], mem["fp16_bytes"], mem["compressed_bytes"], mem["window_bytes"]
+    overall = f"{fp16 / held:.2f}x smaller, {100 * held / fp16:.1f}% of fp16" if held else "empty"
+    rows = (f"compressed rows {comp / 1e6:.3f} MB vs {(fp16 - win) / 1e6:.3f} MB fp16 "
+            f"({(fp16 - win) / comp:.2f}x, {100 * comp / (fp16 - win):.1f}%)" if comp else "no compressed rows yet")
     kinds = f"K {k} / V {v}" + (f", policy {policy}" if policy else "")
-    decode_n = t.decode_steps
     return "\n".join([
         f"--- {lm.name} on {lm.device}, {kinds}, {backend} cache, finish: {gen.finish_reason}",
         f"prompt  {t.prompt_tokens:6d} tok  {t.prompt_seconds:7.2f} s  {_rate(t.prompt_tokens, t.prompt_seconds)}",
-        f"decode  {decode_n:6d} tok  {t.decode_seconds:7.2f} s  {_rate(decode_n, t.decode_seconds)}",
-        f"KV cache {mem['tokens']} tok: {held / 1e6:.3f} MB held vs {fp16 / 1e6:.3f} MB fp16 ({ratio})",
+        f"decode  {t.decode_steps:6d} tok  {t.decode_seconds:7.2f} s  {_rate(t.decode_steps, t.decode_seconds)}",
+        f"KV cache {mem['tokens']} tok: {held / 1e6:.3f} MB held vs {fp16 / 1e6:.3f} MB fp16 ({overall})",
+        f"         {rows}; fp16 window {win / 1e6:.3f} MB",
     ])
 
 

@@ -42,18 +42,21 @@ def make_cache(model: Any, k: str = "turbo4", v: str = "turbo4", policy: Any = N
 
 
 def cache_memory(cache: Any) -> dict:
-    """{'kv_bytes': bytes really held, 'fp16_bytes': fp16 equivalent of the same tokens, 'tokens': length}."""
+    """Bytes of one cache: `kv_bytes` really held = `compressed_bytes` + `window_bytes` (tokens kept in fp16: sinks,
+    the recent window, or everything in an uncompressed cache); `fp16_bytes` = the same tokens in fp16."""
     if hasattr(cache, "memory_report"):
-        report = cache.memory_report()
-        return {"kv_bytes": int(report["kv_bytes"]), "fp16_bytes": int(report["fp16_bytes"]),
-                "tokens": int(cache.get_seq_length())}
+        r = cache.memory_report()
+        return {"kv_bytes": int(r["kv_bytes"]), "fp16_bytes": int(r["fp16_bytes"]),
+                "compressed_bytes": int(r.get("compressed_bytes", r["kv_bytes"])),
+                "window_bytes": int(r.get("window_bytes", 0)), "tokens": int(cache.get_seq_length())}
     held = fp16 = 0
     for layer in getattr(cache, "layers", ()):
         for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if t is not None and t.numel():
                 held += t.numel() * t.element_size()
                 fp16 += t.numel() * 2
-    return {"kv_bytes": held, "fp16_bytes": fp16, "tokens": int(cache.get_seq_length())}
+    return {"kv_bytes": held, "fp16_bytes": fp16, "compressed_bytes": 0, "window_bytes": held,
+            "tokens": int(cache.get_seq_length())}
 
 
 @lru_cache(maxsize=None)

@@ -124,7 +124,8 @@ class Scheduler:
         """Refuse new requests; let active and queued ones finish, cutting them ('length') after `timeout` s."""
         with self._cond:
             self._draining = True
-            self._deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + timeout
+            self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
             self._cond.notify()
 
     def idle(self) -> bool:

@@ -212,6 +212,9 @@ class Service:
 
     def submit(self, prompt_ids: list[int], sampling: SamplingConfig, cache_prompt: bool = True) -> TokenStream:
         self.require_ready()
+        vocab = self.lm.model.config.vocab_size
+        if any(not 0 <= i < vocab for i in prompt_ids):
+            raise ApiError(400, f"token ids must be in [0, {vocab})", "prompt", "invalid_value")
         return TokenStream(self, prompt_ids, sampling, cache_prompt)
 
     async def run_to_end(self, stream: TokenStream, is_disconnected: Callable) -> Outcome | None:
