@@ -3,7 +3,8 @@
 Speed mode times `Codec.encode` (float16 [n, d] -> uint8 rows) and `Codec.decode` (rows -> float16) over n
 vectors in chunks, on the CPU and on CUDA when present. vectors/s counts head vectors; GB/s counts the bytes a
 call must move: float16 input read + rows written for encode, rows read + float16 output written for decode.
-`x q8_0` is the ratio to the q8_0 baseline timed in the same run.
+`x q8_0` is the ratio to the q8_0 baseline timed in the same run. Mvec/CPU-s divides by the process CPU time
+(all threads), which other load on the machine barely changes; the JSON records the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -133,14 +134,17 @@ def speed(args) -> dict:
 
 
 def speed_table(results: list[dict]) -> str:
-    """Markdown table of speed results."""
-    lines = ["| device | kind | bytes/vec | bits/value | encode Mvec/s | encode GB/s | x q8_0 | decode Mvec/s "
-             "| decode GB/s | x q8_0 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table of speed results; Mvec/CPU-s divides by process CPU time (robust on a busy machine)."""
+    lines = ["| device | kind | bytes/vec | bits/value | encode Mvec/s | encode GB/s | x q8_0 | encode Mvec/CPU-s "
+             "| decode Mvec/s | decode GB/s | x q8_0 | decode Mvec/CPU-s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratio = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in results:
+        per_cpu = [r["n"] / r[f"{k}_cpu_s"] / 1e6 if r[f"{k}_cpu_s"] > 0 else float("nan") for k in ("encode", "decode")]
         lines.append(f"| {r['device']} | {r['kind']} | {r['row_bytes']} | {r['bits_per_value']:.3f} "
                      f"| {r['encode_vectors_per_s'] / 1e6:.3f} | {r['encode_gb_per_s']:.3f} | {ratio(r['encode_vs_q8_0'])} "
-                     f"| {r['decode_vectors_per_s'] / 1e6:.3f} | {r['decode_gb_per_s']:.3f} | {ratio(r['decode_vs_q8_0'])} |")
+                     f"| {per_cpu[0]:.3f} | {r['decode_vectors_per_s'] / 1e6:.3f} | {r['decode_gb_per_s']:.3f} "
+                     f"| {ratio(r['decode_vs_q8_0'])} | {per_cpu[1]:.3f} |")
     return "\n".join(lines)
 
 
