@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .kinds import Q8_BLOCK, check_head_dim, parse_kind, row_bytes
-from .packing import pack_bits, packed_nbytes, unpack_bits
+from .packing import pack_bits, packed_nbytes
 from .quantizer import MSEQuantizer, QJLSketch, tree_norm
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -246,13 +246,12 @@ class Codec:
         off, out = n_hdr, []
         for g, q in enumerate(self._mse):
             nb = packed_nbytes(q.dim, q.bits)
-            idx = unpack_bits(rows[..., off:off + nb], q.bits, q.dim)
-            out.append((q.centroids(idx), _read_f16(rows, 2 * g)))
+            out.append((q.centroids_packed(rows[..., off:off + nb]), _read_f16(rows, 2 * g)))
             off += nb
         if fam == "prod":
             norm = _read_f16(rows, 0)
             gamma = _read_f16(rows, 2)
-            signs = unpack_bits(rows[..., off:off + d // 8], 1, d).float() * 2.0 - 1.0
+            signs = self._qjl.signs_packed(rows[..., off:off + d // 8])
             out.append((signs, norm * gamma * self._qjl.scale))
         return out
 

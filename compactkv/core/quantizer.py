@@ -28,8 +28,11 @@ def tree_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def tree_norm(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm over the last dim with `tree_sum` order. x: float32 [..., d] -> [...]."""
-    return torch.sqrt(tree_sum(x * x))
+    """Euclidean norm over the last dim with `tree_sum` order. x: float32 [..., d] -> [...].
+
+    The square root is taken in float64 and rounded once: torch's CPU float32 sqrt is not always correctly
+    rounded (sqrt(13.10014533996582f) gave 3.619412422180176, not 3.6194121837615967), GPU sqrt.rn is."""
+    return torch.sqrt(tree_sum(x * x).double()).float()
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,6 +70,36 @@ class MSEQuantizer:
         c, _ = self.codebook(idx.device)
         return c[idx.long()]
 
+    def centroids_packed(self, packed: torch.Tensor) -> torch.Tensor:
+        """c[idx] straight from packed bytes [..., dim*bits/8] through a lookup table, without unpacking indices
+        (a byte holds 8/bits indices; for 3 bits a 12-bit half of each 3-byte group holds 4). float32 [..., dim]."""
+        table, width = _packed_table(self.dim, self.bits, packed.device)
+        lead = packed.shape[:-1]
+        if self.bits == 3:
+            t = packed.reshape(*lead, packed.shape[-1] // 3, 3).to(torch.int32)
+            word = t[..., 0] | (t[..., 1] << 8) | (t[..., 2] << 16)
+            keys = torch.stack((word & 0xFFF, word >> 12), dim=-1)
+        else:
+            keys = packed.to(torch.int32)
+        return table.index_select(0, keys.reshape(-1)).reshape(*lead, self.dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _packed_table(dim: int, bits: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Table mapping a packing unit (a byte; 12 bits for 3-bit codes) to the centroids of the indices it holds."""
+    c, _ = _codebook_tensors(dim, bits, device)
+    unit_bits = 12 if bits == 3 else 8
+    per = unit_bits // bits
+    keys = torch.arange(2**unit_bits, device=device, dtype=torch.int64)
+    idx = torch.stack([(keys >> (bits * j)) & (2**bits - 1) for j in range(per)], dim=-1)
+    return c[idx], per
+
+
+@functools.lru_cache(maxsize=None)
+def _sign_table(device: torch.device) -> torch.Tensor:
+    keys = torch.arange(256, device=device)
+    return torch.stack([((keys >> j) & 1).float() * 2.0 - 1.0 for j in range(8)], dim=-1)
+
 
 @functools.lru_cache(maxsize=None)
 def _gaussian_matrix(dim: int, seed: int) -> torch.Tensor:
@@ -91,6 +124,11 @@ class QJLSketch:
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """S v over the last dim."""
         return v @ self.matrix(v.device, v.dtype).T
+
+    def signs_packed(self, packed: torch.Tensor) -> torch.Tensor:
+        """±1.0 float32 [..., dim] from sign bits packed 8 per byte (bit j of a byte = sign j, 1 meaning +)."""
+        table = _sign_table(packed.device)
+        return table.index_select(0, packed.reshape(-1).to(torch.int32)).reshape(*packed.shape[:-1], self.dim)
 
     def signs(self, r: torch.Tensor) -> torch.Tensor:
         """Bits of sign(S r) as uint8 {0, 1} (1 where S r >= 0)."""
