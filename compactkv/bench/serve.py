@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import socket
 import statistics
@@ -149,12 +150,20 @@ def start_server(kind: str, args) -> tuple[subprocess.Popen, str, float]:
         time.sleep(0.2)
 
 
+def _commit() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__))
+    return done.stdout.strip() or None
+
+
 def main(args) -> int:
     import httpx
 
     levels = [int(c) for c in args.clients.split(",")]
-    rows, meta = [], {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                      "max_tokens": args.max_tokens, "rounds": args.rounds, "api": args.api}
+    rows, meta = [], {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                      "python": platform.python_version(), "commit": _commit(), "loadavg_start": os.getloadavg(),
+                      "max_tokens": args.max_tokens, "rounds": args.rounds, "api": args.api,
+                      "server_threads": args.threads, "url": args.url}
     targets = [("external", args.url)] if args.url else [(kind, None) for kind in args.kinds.split(",")]
     for name, url in targets:
         proc, cold = None, None
@@ -184,6 +193,9 @@ def main(args) -> int:
                 proc.wait(60)
         if cold is not None:
             print(f"{name:>9} cold start (process start to /health 200): {cold:.1f} s")
+    meta["loadavg_end"] = os.getloadavg()
+    print(f"{meta['cpus']} CPUs, load average {meta['loadavg_start'][0]:.1f} -> {meta['loadavg_end'][0]:.1f}, "
+          f"commit {meta['commit']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
