@@ -115,3 +115,27 @@ def test_niah_fidelity_prompts_session_smoke(tiny):
     assert len(out) == 2 and {"f16", "turbo4"} <= set(out[0]["outputs"])
     turns = session.run_session(model, tok, parse_kv_list("turbo4")[1], turns=2, max_new=4, bar=False)
     assert len(turns) == 2 and "agree" in turns[0]
+
+
+def test_hqq_peer_round_trip(tiny):
+    pytest.importorskip("hqq", reason="HQQ peer needs `pip install hqq`")
+    from compactkv.bench.peers import make_runners
+
+    model, _ = tiny
+    chunks = ppl.chunks_of(torch.randint(0, 256, (128,), generator=torch.Generator().manual_seed(3)), 64, 1)
+    rows = ppl.evaluate(model, chunks, parse_kv_list("f16"), make_runners(model, "hqq4"), bar=False)
+    assert rows[1]["config"] == "hqq4" and rows[1]["bits"] == 4.5 and 0 < rows[1]["kl"] < 1
+    with pytest.raises(ValueError, match="accepted"):
+        make_runners(model, "quanto3")
+
+
+def test_report_from_json(tmp_path):
+    from compactkv.bench import report
+
+    acc = {"f16": {"nll": 2.0, "kl": 0, "top1": 2, "n": 2}, "turbo4": {"nll": 2.1, "kl": 0.1, "top1": 1, "n": 2}}
+    rows = ppl.rows_from(acc, {"f16": (16.0, 100), "turbo4": (4.25, 27)})
+    (tmp_path / "ppl.json").write_text(__import__("json").dumps(
+        {"model": "m", "ctx": 8, "chunks": 1, "corpus": "c.txt", "rows": rows, "command": "compactkv bench ppl"}))
+    report.main(["--dir", str(tmp_path), "--out", str(tmp_path / "q.md")])
+    text = (tmp_path / "q.md").read_text()
+    assert "turbo4" in text and "compactkv bench ppl" in text

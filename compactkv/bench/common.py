@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -100,10 +102,11 @@ def add_model_args(p) -> None:
 
 
 def write_json(path: str | None, report: dict) -> None:
-    """Write `report` (with `machine` added) to `path` when given."""
+    """Write `report` (with `machine` and the command line added) to `path` when given."""
     if not path:
         return
     report.setdefault("machine", machine())
+    report.setdefault("command", "compactkv " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=1) + "\n")
 

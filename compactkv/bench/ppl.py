@@ -56,8 +56,11 @@ def gate(dppl: float) -> str:
     return "PASS" if dppl <= PASS else ("KILL" if dppl > KILL else "WARN")
 
 
-def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool = True) -> list[dict]:
-    """Rows per config (f16 first) and per peer runner: ppl, ΔPPL, KL, top-1, bits/value, KV bytes."""
+def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool = True, on_chunk=None) -> list[dict]:
+    """Rows per config (f16 first) and per peer runner: ppl, ΔPPL, KL, top-1, bits/value, KV bytes.
+
+    on_chunk(rows, chunks_done), when given, receives the running results after every chunk.
+    """
     ctx = chunks[0].numel()
     first = ctx // 2
     keep = ctx - first
@@ -84,6 +87,8 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
             info[r.name] = (r.bits, None)
             progress.set_postfix_str(r.name)
             progress.update()
+        if on_chunk is not None:
+            on_chunk(rows_from(acc, info), acc[configs[0].name]["n"] // (ctx - first - 1))
     progress.close()
     return rows_from(acc, info)
 
@@ -139,14 +144,19 @@ def main(args) -> dict:
         from .peers import make_runners
 
         runners = make_runners(model, args.peers)
-    rows = evaluate(model, chunks, configs, runners)
     note = ("compressed configs store every token compressed (residual_length=0, sink_tokens=0): each scored "
             "token attends to the compressed K/V")
-    print(f"{name}, ctx {args.ctx}, {args.chunks} chunks, second halves scored; {note}")
-    print(table(rows, COLUMNS))
     report = {"bench": "ppl", "model": name, "corpus": args.corpus, "ctx": args.ctx, "chunks": args.chunks,
               "scoring": "llama-perplexity: second half of each non-overlapping chunk", "note": note,
-              "gate": {"pass_dppl": PASS, "kill_dppl": KILL}, "rows": rows}
+              "gate": {"pass_dppl": PASS, "kill_dppl": KILL}}
+
+    def save(rows, done):  # partial results survive a run cut short
+        write_json(args.json, {**report, "chunks_done": done, "rows": rows})
+
+    rows = evaluate(model, chunks, configs, runners, on_chunk=save)
+    report.update(chunks_done=len(chunks), rows=rows)
+    print(f"{name}, ctx {args.ctx}, {args.chunks} chunks, second halves scored; {note}")
+    print(table(rows, COLUMNS))
     write_json(args.json, report)
     if args.png:
         plot(rows, args.png, f"{name}: ctx {args.ctx}, {args.chunks} chunks")
