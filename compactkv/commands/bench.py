@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("codec", "decode", "kernels", "ceiling", "serve", "ppl", "niah", "fidelity", "prompts", "session")
+BENCHES = ("codec", "decode", "kernels", "ceiling", "serve", "ppl", "niah", "fidelity", "prompts", "session", "e2e")
 
 
 def register(subparsers) -> None:

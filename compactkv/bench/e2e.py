@@ -1,0 +1,385 @@
+"""`compactkv bench e2e`: whole-model greedy decode, fp16 DynamicCache + SDPA vs TurboQuantCache, on one GPU.
+
+The model is a random-weight Llama-3.1-8B-shaped LlamaForCausalLM in bf16 (32 layers, hidden 4096, 32 query heads,
+8 KV heads, head_dim 128, intermediate 14336, vocab 128256; default RoPE, no rope scaling), built from a LlamaConfig
+straight on the device: no download, nothing loaded. `--tiny` builds a 2-layer model with small dims instead (CPU
+check of the whole path).
+
+Each cell (batch B, context T, cache): fill the cache to T tokens, then time greedy decode steps one at a time
+(device synchronized before and after each step; median -> tokens/s = B / median step). Fill is either
+  prefill:   random token ids prefilled in chunks of --chunk-tokens / B tokens (logits of the last token only), or
+  synthetic: the cache built directly at T tokens (random bf16 K/V for DynamicCache; valid random packed rows plus
+             a full fp16 recent window for TurboQuantCache), with no model forward: for contexts whose prefill the
+             time budget cannot pay. Decode cost does not depend on the values.
+Peak memory is torch.cuda.max_memory_allocated over the cell (reset per cell, weights included). KV bytes are
+what the cache holds (`engine.caches.cache_memory`). An OutOfMemoryError is a result: recorded, memory freed, next
+cell. No CUDA graphs and no torch.compile on either side.
+
+`--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
+transients not included) for fp16 and turbo4.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from .kernels import commit, random_rows
+
+CONFIGS = {"f16": None, "turbo4": ("turbo4", "turbo4"), "turbo3": ("turbo3", "turbo3"),
+           "q8_0/turbo4": ("q8_0", "turbo4"), "turbo2": ("turbo2", "turbo2"), "q8_0": ("q8_0", "q8_0")}
+LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
+                tie_word_embeddings=False)
+TINY = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False)
+GIB = 1 << 30
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("e2e", help="whole-model decode tokens/s and memory: fp16 DynamicCache vs "
+                                          "TurboQuantCache (random Llama-3.1-8B-shaped model, GPU)")
+    p.add_argument("--json", metavar="PATH", default=os.environ.get("COMPACTKV_BENCH_JSON"),
+                   help="write all figures here (rewritten after every cell)")
+    p.add_argument("--batches", default="1,8", help="batch sizes, run in this order (default 1,8)")
+    p.add_argument("--contexts", default="32768", help="contexts filled by a real chunked prefill (default 32768)")
+    p.add_argument("--synthetic-contexts", default="",
+                   help="contexts filled synthetically (no forward), e.g. 131072 ('' = none)")
+    p.add_argument("--kinds", default="f16,turbo4,turbo3,q8_0/turbo4",
+                   help=f"caches to compare, in order; f16 = DynamicCache + SDPA ({', '.join(CONFIGS)})")
+    p.add_argument("--steps", type=int, default=32, help="timed decode steps per cell (default 32)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed decode steps first (default 3)")
+    p.add_argument("--chunk-tokens", type=int, default=16384,
+                   help="prefill chunk size in tokens over the whole batch (chunk length = this / B, >= 256)")
+    p.add_argument("--capacity", default="", help="contexts for the largest-batch search ('' = skip)")
+    p.add_argument("--capacity-kinds", default="f16,turbo4")
+    p.add_argument("--max-batch", type=int, default=512, help="upper bound of the capacity search")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no new cell or probe after this many seconds (they are reported as skipped)")
+    p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.set_defaults(func=run)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _free(dev: torch.device) -> None:
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def build_model(tiny: bool, dev: torch.device):
+    """Random-weight LlamaForCausalLM in bf16, initialized on `dev` (no CPU copy, no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = TINY if tiny else LLAMA_8B
+    cfg = LlamaConfig(max_position_embeddings=1 << 20, **shape)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with dev:
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.eval()
+    model.set_attn_implementation("sdpa")
+    return model, shape
+
+
+def make_cache(model, kind: str):
+    """A fresh DynamicCache (f16) or TurboQuantCache (default windows) for `model`, switching its attention."""
+    import compactkv
+    from transformers import DynamicCache
+
+    if kind not in CONFIGS:
+        raise ValueError(f"unknown cache {kind!r}; accepted: {', '.join(CONFIGS)}")
+    if CONFIGS[kind] is None:
+        model.set_attn_implementation("sdpa")
+        return DynamicCache(config=model.config)
+    compactkv.attach(model)
+    k, v = CONFIGS[kind]
+    return compactkv.TurboQuantCache(model.config, k=k, v=v)
+
+
+def synthetic_fill(cache, shape: dict, b: int, t: int, dev: torch.device) -> None:
+    """Put t tokens per batch row into `cache` without running the model."""
+    hkv, d, n_layers = shape["num_key_value_heads"], shape["head_dim"], shape["num_hidden_layers"]
+    if not hasattr(cache, "memory_report"):  # DynamicCache: random bf16 K/V through the public update
+        for i in range(n_layers):
+            k = torch.empty(b, hkv, t, d, dtype=torch.bfloat16, device=dev).normal_()
+            v = torch.empty_like(k).normal_()
+            cache.update(k, v, i)
+            del k, v
+        return
+    n_recent = min(cache.cache_config.residual_length, t)
+    n_comp = t - n_recent
+    for layer in cache.layers:
+        empty = torch.empty(b, hkv, 0, d, dtype=torch.bfloat16, device=dev)
+        layer.lazy_initialization(empty, empty)
+        for s in range(0, n_comp, layer.chunk_tokens):
+            n = min(layer.chunk_tokens, n_comp - s)
+            layer.chunks_k.append(random_rows(layer.k_codec, b, hkv, n, dev))
+            layer.chunks_v.append(random_rows(layer.v_codec, b, hkv, n, dev))
+        layer.n_compressed = n_comp
+        layer.recent_k = torch.randn(b, hkv, n_recent, d, dtype=torch.float16, device=dev)
+        layer.recent_v = torch.randn(b, hkv, n_recent, d, dtype=torch.float16, device=dev)
+        if layer.center_keys:
+            layer.k_mean = torch.zeros(b, hkv, 1, d, dtype=torch.float32, device=dev)
+        layer.cumulative_length = t
+
+
+@torch.no_grad()
+def prefill(model, cache, ids: torch.Tensor, chunk: int, kw: str) -> torch.Tensor:
+    """Chunked prefill of ids [B, T]; returns the greedy next token [B, 1]."""
+    out = None
+    for s in range(0, ids.shape[1], chunk):
+        out = model(input_ids=ids[:, s:s + chunk], use_cache=True, logits_to_keep=1, **{kw: cache})
+    return out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+@torch.no_grad()
+def decode(model, cache, tok: torch.Tensor, steps: int, kw: str, dev: torch.device) -> list[float]:
+    """Greedy decode steps one by one; seconds per step (device synchronized around each)."""
+    times = []
+    for _ in range(steps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = model(input_ids=tok, use_cache=True, **{kw: cache})
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+        del out
+    return times
+
+
+def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev: torch.device) -> dict:
+    from ..engine.caches import cache_kwarg, cache_memory
+
+    row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "ok", "stage": None}
+    kw = cache_kwarg(model)
+    cache = ids = tok = None
+    error = None
+    _free(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        row["stage"] = "fill"
+        cache = make_cache(model, kind)
+        t0 = time.perf_counter()
+        if fill == "prefill":
+            g = torch.Generator(device="cpu").manual_seed(1234 + b)
+            ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
+            chunk = max(256, min(t, args.chunk_tokens // b))
+            row["prefill_chunk"] = chunk
+            tok = prefill(model, cache, ids, chunk, kw)
+            _sync(dev)
+            row["prefill_s"] = time.perf_counter() - t0
+            row["prefill_tok_s"] = b * t / row["prefill_s"]
+            del ids
+            ids = None
+        else:
+            synthetic_fill(cache, shape, b, t, dev)
+            tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
+            _sync(dev)
+            row["fill_s"] = time.perf_counter() - t0
+        row["stage"] = "decode"
+        times = decode(model, cache, tok, args.warmup + args.steps, kw, dev)[args.warmup:]
+        med = statistics.median(times)
+        row.update(step_ms_median=med * 1e3, step_ms_mean=statistics.fmean(times) * 1e3,
+                   step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times))
+        mem = cache_memory(cache)
+        row.update(kv_bytes=mem["kv_bytes"], kv_fp16_bytes=mem["fp16_bytes"], kv_window_bytes=mem["window_bytes"],
+                   tokens_held=mem["tokens"])
+        row["stage"] = None
+    except torch.OutOfMemoryError as e:
+        row["status"], error = "OOM", str(e).split("\n")[0][:300]
+    except Exception as e:  # noqa: BLE001 - a broken cell is a result too; the run goes on
+        row["status"], error = "error", f"{type(e).__name__}: {str(e)[:300]}"
+    if error:
+        row["error"] = error
+    if dev.type == "cuda":
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(dev)
+    del cache, ids, tok
+    _free(dev)
+    return row
+
+
+def probe(model, shape: dict, kind: str, b: int, t: int, dev: torch.device) -> tuple[bool, str | None, float]:
+    """Does batch b at context t fit: synthetic fill + one decode step? (fits, error, peak GiB)."""
+    from ..engine.caches import cache_kwarg
+
+    kw = cache_kwarg(model)
+    cache = None
+    ok, err = True, None
+    _free(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        cache = make_cache(model, kind)
+        synthetic_fill(cache, shape, b, t, dev)
+        decode(model, cache, torch.zeros(b, 1, dtype=torch.long, device=dev), 1, kw, dev)
+    except torch.OutOfMemoryError:
+        ok, err = False, "OOM"
+    peak = torch.cuda.max_memory_allocated(dev) / GIB if dev.type == "cuda" else 0.0
+    del cache
+    _free(dev)
+    return ok, err, peak
+
+
+def capacity(model, shape, kind: str, t: int, args, dev, out_of_time) -> dict:
+    """Largest batch (<= --max-batch) that fits at context t: doubling, then bisection."""
+    tried = []
+    lo, hi = 0, None  # lo fits (0 = nothing), hi does not
+    b = 1
+    while True:
+        if out_of_time():
+            return {"kind": kind, "context": t, "max_batch": lo, "complete": False, "tried": tried}
+        if hi is None:
+            if b > args.max_batch:
+                break
+        elif hi - lo <= 1:
+            break
+        ok, _, peak = probe(model, shape, kind, b, t, dev)
+        tried.append({"batch": b, "fits": ok, "peak_gib": peak})
+        print(f"  capacity {kind} T={t} B={b}: {'fits' if ok else 'OOM'} (peak {peak:.1f} GiB)", flush=True)
+        if ok:
+            lo = b
+        else:
+            hi = b
+        b = b * 2 if hi is None else (lo + hi) // 2
+        if b == lo:
+            break
+    return {"kind": kind, "context": t, "max_batch": lo, "batch_x_context": lo * t, "complete": True,
+            "capped": hi is None, "tried": tried}
+
+
+def _gib(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x / GIB:.2f}" if x >= GIB / 100 or not x else f"{x / GIB:.2e}"
+
+
+def table(info: dict) -> str:
+    head = (f"{'B':>3} {'T':>7} {'fill':>9} {'cache':>12} {'tok/s':>8} {'x f16':>6} {'step ms':>8} "
+            f"{'peak GiB':>8} {'KV GiB':>7} {'prefill s':>9}  status")
+    m = info["machine"]
+    lines = [f"card {m['gpu'] or m['device']}; torch {m['torch']}, transformers {m['transformers']}, triton "
+             f"{m['triton']}; commit {info['commit']}; model {info['model']}; no CUDA graphs, no torch.compile "
+             f"on either side; weights {_gib(info.get('weights_bytes'))} GiB", head]
+    for r in info["cells"]:
+        tok = f"{r['tok_s']:.1f}" if r.get("tok_s") else "-"
+        x = f"{r['x_f16']:.2f}" if r.get("x_f16") else "-"
+        step = f"{r['step_ms_median']:.1f}" if r.get("step_ms_median") else "-"
+        pre = f"{r['prefill_s']:.1f}" if r.get("prefill_s") else "-"
+        status = r["status"] + (f" ({r['stage']})" if r["status"] != "ok" and r.get("stage") else "")
+        lines.append(f"{r['batch']:>3} {r['context']:>7} {r['fill']:>9} {r['kind']:>12} {tok:>8} {x:>6} {step:>8} "
+                     f"{_gib(r.get('peak_bytes')):>8} {_gib(r.get('kv_bytes')):>7} {pre:>9}  {status}")
+    for c in info.get("capacity", []):
+        note = "" if c.get("complete") else " (search cut short by the deadline)"
+        cap = " (the --max-batch cap)" if c.get("capped") else ""
+        lines.append(f"capacity {c['kind']:>7} T={c['context']}: largest batch that decodes = {c['max_batch']}{cap}, "
+                     f"batch x context = {c['max_batch'] * c['context']}{note}")
+    for t, ratio in info.get("capacity_ratio", {}).items():
+        where = "largest batch x context over the searched contexts" if t == "best" else f"T={t}"
+        lines.append(f"capacity ratio turbo4 / f16, {where}: {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for k in kinds + [k.strip() for k in args.capacity_kinds.split(",") if k.strip()]:
+        if k not in CONFIGS:
+            raise ValueError(f"unknown cache {k!r}; accepted: {', '.join(CONFIGS)}")
+    import transformers
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    info = {"commit": commit(), "model": "tiny random Llama (2 layers)" if args.tiny else
+            "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": False, "torch_compile": False,
+            "machine": {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                        "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton_version,
+                        "cpu": platform.processor() or platform.machine(),
+                        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
+            "args": {k: v for k, v in vars(args).items() if k != "func"}, "cells": [], "capacity": []}
+
+    def out_of_time() -> bool:
+        return args.deadline_s is not None and time.perf_counter() - start > args.deadline_s
+
+    def save() -> None:
+        info["elapsed_s"] = time.perf_counter() - start
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(info, f, indent=1)
+
+    model, shape = build_model(args.tiny, dev)
+    info["shape"] = shape
+    _sync(dev)
+    info["weights_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    info["build_s"] = time.perf_counter() - start
+    print(f"model built in {info['build_s']:.1f} s on {dev} ({info['machine']['gpu']}), weights "
+          f"{_gib(info['weights_bytes'])} GiB, commit {info['commit']}", flush=True)
+
+    plan = [(b, t, "prefill") for b in _ints(args.batches) for t in _ints(args.contexts)]
+    plan += [(b, t, "synthetic") for b in _ints(args.batches) for t in _ints(args.synthetic_contexts)]
+    for b, t, fill in plan:
+        base = None
+        for kind in kinds:
+            if out_of_time():
+                row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "skipped", "stage": "deadline"}
+            else:
+                row = run_cell(model, shape, kind, b, t, fill, args, dev)
+            if kind == "f16" and row.get("tok_s"):
+                base = row["tok_s"]
+            if base and row.get("tok_s") and kind != "f16":
+                row["x_f16"] = row["tok_s"] / base
+            info["cells"].append(row)
+            print(f"B={b} T={t} {fill} {kind}: {row['status']}"
+                  + (f" {row['tok_s']:.1f} tok/s, step {row['step_ms_median']:.1f} ms" if row.get("tok_s") else "")
+                  + (f", peak {_gib(row.get('peak_bytes'))} GiB, KV {_gib(row.get('kv_bytes'))} GiB")
+                  + (f", prefill {row['prefill_s']:.1f} s" if row.get("prefill_s") else "")
+                  + (f"  [{row['error']}]" if row.get("error") else "")
+                  + f"  t+{time.perf_counter() - start:.0f}s", flush=True)
+            save()
+
+    if dev.type == "cuda":
+        for t in _ints(args.capacity):
+            for kind in [k.strip() for k in args.capacity_kinds.split(",") if k.strip()]:
+                info["capacity"].append(capacity(model, shape, kind, t, args, dev, out_of_time))
+                save()
+            caps = {c["kind"]: c["max_batch"] for c in info["capacity"] if c["context"] == t}
+            if caps.get("f16") and caps.get("turbo4"):
+                info.setdefault("capacity_ratio", {})[str(t)] = caps["turbo4"] / caps["f16"]
+        best = {}
+        for c in info["capacity"]:
+            if c["max_batch"]:
+                best[c["kind"]] = max(best.get(c["kind"], 0), c["max_batch"] * c["context"])
+        if best.get("f16") and best.get("turbo4"):
+            info["capacity_ratio"]["best"] = best["turbo4"] / best["f16"]
+    elif args.capacity:
+        print("capacity search skipped: it measures GPU memory", flush=True)
+    info["table"] = table(info)
+    save()
+    print(info["table"], flush=True)
+    return 0
