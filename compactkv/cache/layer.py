@@ -138,8 +138,8 @@ class TurboQuantLayer(CacheLayerMixin):
         return self.stored_length() + query_length, self.dropped
 
     def trim_window(self) -> None:
-        """Sliding layers: drop whole compressed chunks that lie entirely outside the window."""
-        if not self.is_sliding:
+        """Sliding layers: drop whole compressed chunks, then fp16 recent tokens, that lie outside the window."""
+        if not self.is_sliding or not self.is_initialized:
             return
         keep = self.sliding_window - 1
         while self.chunks_k and self.stored_length() - self.chunks_k[0].shape[-2] >= keep:
@@ -147,6 +147,10 @@ class TurboQuantLayer(CacheLayerMixin):
             del self.chunks_k[0], self.chunks_v[0]
             self.n_compressed -= n
             self.dropped += n
+        extra = self.stored_length() - keep
+        if not self.chunks_k and extra > 0:
+            self.recent_k, self.recent_v = self.recent_k[..., extra:, :].clone(), self.recent_v[..., extra:, :].clone()
+            self.dropped += extra
 
     def crop(self, max_length: int) -> None:
         """Keep the first tokens: `max_length` >= 0 is the new length, < 0 the number of tokens to remove."""

@@ -42,11 +42,15 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-1]
     lead = x.shape[:-1]
+    x = x.contiguous()  # every reshape below must be a view, so the out= writes land in the buffers
+    out = torch.empty_like(x)
     h = 1
     while h < n:
         y = x.reshape(*lead, n // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        x = torch.stack((a + b, a - b), dim=-2).reshape(*lead, n)
+        o = out.reshape(*lead, n // (2 * h), 2, h)
+        torch.add(y[..., 0, :], y[..., 1, :], out=o[..., 0, :])
+        torch.sub(y[..., 0, :], y[..., 1, :], out=o[..., 1, :])
+        x, out = out, (x if h > 1 else torch.empty_like(x))
         h *= 2
     return x * (1.0 / math.sqrt(n))
 
