@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--residual-length", type=int, default=None, help="fp16 recent window (default: cache default)")
     p.add_argument("--corpus", default=os.environ.get("COMPACTKV_CORPUS", DEFAULT_CORPUS))
     p.add_argument("--device", default=os.environ.get("COMPACTKV_DEVICE", "cpu"))
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     p.set_defaults(func=main)
 
@@ -78,7 +79,14 @@ def main(args) -> int:
     from ..cache import TurboQuantCache
     from ..engine.loader import ModelSpec, load_model
 
-    contexts = [int(c) for c in args.contexts.split(",") if c]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c]
+    except ValueError:
+        raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
     kinds = [k for k in args.kinds.split(",") if k]
     if not contexts or min(contexts) < 1:
         raise ValueError(f"--contexts must be positive integers, got {args.contexts!r}")
@@ -109,6 +117,7 @@ def main(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"bench": "decode", "model": lm.name, "machine": machine(), "steps": args.steps,
+                       "load_average": os.getloadavg(),
                        "results": rows}, f, indent=2)
     return 0
 
