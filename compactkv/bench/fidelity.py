@@ -23,7 +23,7 @@ TARGET = 0.995
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("fidelity", help="per-layer cosine of attention outputs, scores and K/V vs f16")
-    p.add_argument("--kinds", default=DEFAULT_KINDS, help="comma-separated kinds (K and V alike)")
+    p.add_argument("--kinds", default=DEFAULT_KINDS, help="comma-separated kinds: KIND or K/V (e.g. f16/turbo4)")
     p.add_argument("--ctx", type=int, default=512, help="tokens of real text (default 512)")
     p.add_argument("--corpus", default=os.environ.get("COMPACTKV_CORPUS", DEFAULT_CORPUS))
     add_model_args(p)
@@ -68,13 +68,14 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def layer_fidelity(kind: str, q, k, v, seed: int = 0) -> dict:
-    """Cosines of one layer's attention output, causal score rows, K and V for `kind` vs exact float32."""
+    """Cosines of one layer's attention output, causal score rows, K and V for `kind` (KIND or K/V) vs float32."""
     from compactkv.attention.dispatch import attend
     from compactkv.cache.layer import TurboQuantLayer
 
     d, t = q.shape[-1], q.shape[-2]
     scale = d ** -0.5
-    layer = TurboQuantLayer(kind, kind, d, residual_length=0, block_size=1, seed=seed)
+    k_kind, _, v_kind = kind.partition("/")
+    layer = TurboQuantLayer(k_kind, v_kind or k_kind, d, residual_length=0, block_size=1, seed=seed)
     layer.update(k, v)
     out = attend(layer, q, None, scale, backend="torch").transpose(1, 2)
     g = q.shape[1] // k.shape[1]
@@ -127,7 +128,8 @@ def main(args) -> dict:
     from compactkv.core.kinds import parse_kind
 
     for kind in kinds:
-        parse_kind(kind)
+        for part in kind.split("/", 1):
+            parse_kind(part)
     model, tokenizer, name = load(args.model, args.gguf_file, args.device)
     ids = corpus_ids(tokenizer, args.corpus, args.ctx).view(1, -1)
     qkv = capture_qkv(model, ids)
@@ -142,4 +144,4 @@ def main(args) -> dict:
     report = {"bench": "fidelity", "model": name, "ctx": ids.shape[1], "target_attn_cos": TARGET,
               "summary": summary, "layers": rows}
     write_json(args.json, report)
-    return report
+    return 0

@@ -142,4 +142,4 @@ def main(args) -> dict:
     write_json(args.json, report)
     if args.png:
         plot(cells, args.png)
-    return report
+    return 0

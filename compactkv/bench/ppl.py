@@ -160,4 +160,4 @@ def main(args) -> dict:
     write_json(args.json, report)
     if args.png:
         plot(rows, args.png, f"{name}: ctx {args.ctx}, {args.chunks} chunks")
-    return report
+    return 0

@@ -2,8 +2,8 @@
 
     python -m compactkv.bench.report [--dir docs/quality] [--out docs/quality.md] [--ranking]
 
-Reads ppl.json, ppl_peers.json, fidelity.json, niah.json, prompts.json, session.json where present; each table
-is printed with the command and machine that produced it. --ranking rewrites compactkv/plan/quality_ranking.json:
+Reads ppl.json, ppl_peers.json, fidelity.json, niah.json, prompts.json, session.json where present (notes.md is
+appended as written); each table is printed with the command and machine that produced it. --ranking rewrites compactkv/plan/quality_ranking.json:
 measured configs by PPL (best first), then the configs not measured in their previous order.
 """
 
@@ -85,6 +85,9 @@ def main(argv=None) -> None:
                                                    ("first", "first differing turn", "{}")]),
                   "```", "", f"First differing turn: {se['first_differing_turn']}. Transcript in docs/transcripts/.",
                   "", _where(se)]
+    notes = folder / "notes.md"
+    if notes.is_file():
+        lines += [notes.read_text()]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     if args.ranking and rep:

@@ -102,4 +102,4 @@ def main(args) -> dict:
     report = {"bench": "session", "model": name, "config": config.name, "turns": args.turns,
               "max_new": args.max_new, "first_differing_turn": first, "summary": rows, "per_turn": turns}
     write_json(args.json, report)
-    return report
+    return 0
