@@ -29,7 +29,7 @@ class TurboQuantLayer(CacheLayerMixin):
                  block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
                  sliding_window: int | None = None, center_keys: bool = True):
         super().__init__()
-        self.center_keys = center_keys
+        self.center_keys = center_keys and k_kind != "f16"  # exact storage: centering would only add bytes
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
         self.head_dim = head_dim
@@ -213,13 +213,17 @@ class TurboQuantLayer(CacheLayerMixin):
 
     # -- accounting ----------------------------------------------------------------------------------------------
     def memory(self) -> dict:
-        """Bytes really held: compressed rows, the fp16 windows, and the fp16 equivalent of the stored tokens."""
+        """Bytes really held: compressed rows, the fp16 windows, per-head metadata (key means, outlier channel maps),
+        and the fp16 equivalent of the stored tokens."""
         if not self.is_initialized:
-            return {"compressed_bytes": 0, "window_bytes": 0, "fp16_bytes": 0, "tokens": 0}
+            return {"compressed_bytes": 0, "window_bytes": 0, "aux_bytes": 0, "fp16_bytes": 0, "tokens": 0,
+                    "codec_bytes": 0}
         comp = sum(_storage_bytes(c) for c in self.chunks_k + self.chunks_v)
         win = sum(_storage_bytes(t) for t in (self.sink_k, self.sink_v, self.recent_k, self.recent_v))
+        aux = [self.k_mean] + [c.outliers for c in (self.k_codec, self.v_codec)]  # per-head metadata
+        aux_bytes = sum(_storage_bytes(t) for t in aux if t is not None)
         b, h = self.sink_k.shape[:2]
-        return {"compressed_bytes": comp, "window_bytes": win, "tokens": self.stored_length(),
+        return {"compressed_bytes": comp, "window_bytes": win, "aux_bytes": aux_bytes, "tokens": self.stored_length(),
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.stored_length(),
                 "codec_bytes": b * h * (self.k_codec.nbytes(self.n_compressed) + self.v_codec.nbytes(self.n_compressed))}
 
