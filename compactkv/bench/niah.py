@@ -56,8 +56,9 @@ def haystack(tokenizer, filler: torch.Tensor, length: int, depth: int, code: str
     return ids, at
 
 
-def answer(model, tokenizer, ids: torch.Tensor, cache, max_new: int = 6) -> str:
-    """Greedy continuation of ids [T] through `cache`, as text."""
+def answer(model, tokenizer, ids: torch.Tensor, cache, max_new: int = 12) -> str:
+    """Greedy continuation of ids [T] through `cache`, as text (12 tokens: tokenizers that split digits one by
+    one need 7 for " NNNNNN")."""
     return tokenizer.decode(greedy(model, ids, cache, max_new))
 
 
