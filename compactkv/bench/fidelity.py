@@ -82,14 +82,11 @@ def layer_fidelity(kind: str, q, k, v, seed: int = 0) -> dict:
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), is_causal=True,
                                          scale=scale)
     rows_k, rows_v = torch.cat(layer.chunks_k, -2), torch.cat(layer.chunks_v, -2)
-    k_scale = getattr(layer, "k_scale", None)  # optional per-channel key scaling of the cache
-    k_hat = layer.k_codec.decode(rows_k) * (k_scale if k_scale is not None else 1)
-    k_hat = k_hat + (layer.k_mean if layer.k_mean is not None else 0)
+    k_hat = layer.k_codec.decode(rows_k) + (layer.k_mean if layer.k_mean is not None else 0)
     v_hat = layer.v_codec.decode(rows_v)
     qg = q.reshape(1, k.shape[1], g * t, d)
     s_hat = None
-    q_in = qg * k_scale if k_scale is not None else qg
-    for qp, (vals, sc) in zip(layer.k_codec.query_parts(q_in), layer.k_codec.key_parts(rows_k)):
+    for qp, (vals, sc) in zip(layer.k_codec.query_parts(qg), layer.k_codec.key_parts(rows_k)):
         part = qp @ vals.transpose(-1, -2)
         part = part * sc.unsqueeze(-2) if sc is not None else part
         s_hat = part if s_hat is None else s_hat + part
