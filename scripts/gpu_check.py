@@ -21,8 +21,8 @@ from functools import partial
 
 import torch
 
-from compactkv.attention.reference import compressed_attention
-from compactkv.attention.triton.backend import ONE_CHUNK, triton_attention
+from compactkv.attention.reference import compressed_attention, packed_dense_float64
+from compactkv.attention.triton.backend import triton_attention
 from compactkv.attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
 from compactkv.attention.triton.encode import encode_into, encode_rows
 from compactkv.cache.layer import TurboQuantLayer
@@ -63,19 +63,6 @@ def check_encode(kind: str, d: int, dtype) -> None:
            mismatched_bytes=bad, total_bytes=ref.numel(), untouched_ok=untouched)
 
 
-def dense64(kc, vc, rk, rv, q, scaling, lengths, tq):
-    """float64 attention over decoded rows, per batch row over its own length, causal for tq > 1."""
-    k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
-    q = q.cpu().double()
-    outs = []
-    for b, n in enumerate(lengths):
-        s = (q[b] * scaling) @ k[b, :, :n].transpose(-1, -2)
-        t = torch.arange(q.shape[-2]) % tq
-        s = s.masked_fill(~(torch.arange(n)[None, :] <= (n - tq + t)[:, None]), float("-inf"))
-        outs.append(torch.softmax(s, -1) @ v[b, :, :n])
-    return torch.stack(outs)
-
-
 def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, hkv: int = 2) -> None:
     """attend_packed on ragged lengths vs float64 dense, and vs the torch reference per batch row."""
     kc, vc = Codec(kk, d, seed=1), Codec(vk, d, seed=2)
@@ -98,7 +85,7 @@ def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, h
     attend_packed(qk, chunk_table(ck), chunk_table(cv), lens, packed_kind(kc), packed_kind(vc), chunk=chunk,
                   max_len=t, tq=tq, causal=tq > 1, lut=lut, out=out, lse=lse)
     got = out @ adj if adj is not None else out
-    ref64 = dense64(kc, vc, rk, rv, q, scaling, lengths, tq)
+    ref64 = packed_dense_float64(kc, vc, rk, rv, q, scaling, lengths, tq)
     ref_t = []
     for i, n in enumerate(lengths):  # torch reference on each batch row alone
         layer = StaticTurboQuantLayer(kk, vk, d, 1, hkv, n, device=DEV)

@@ -141,3 +141,16 @@ def test_work_is_blockwise_not_a_full_dequantized_copy():
     layer.k_codec.key_parts = spy
     compressed_attention(layer, torch.randn(1, 2, 1, 64), None, 0.125)
     assert seen and max(seen) <= 16 and sum(seen) == layer.n_compressed == 100
+
+
+def test_packed_dense_float64_reference_matches_the_layer_path():
+    """The float64 oracle the Triton checks use agrees with compressed attention on unragged causal decode."""
+    from compactkv.attention.reference import packed_dense_float64
+
+    layer = TurboQuantLayer("turbo4", "turbo3", 64, residual_length=0, center_keys=False, chunk_tokens=64)
+    _fill(layer, 2, 2, 20, 64)
+    q = torch.randn(2, 6, 1, 64)
+    ref = packed_dense_float64(layer.k_codec, layer.v_codec, layer.chunks_k[0], layer.chunks_v[0],
+                               q.reshape(2, 2, 3, 64), 0.125, [20, 20], 1)
+    out = compressed_attention(layer, q, None, 0.125)  # [B, 1, Hq, D]
+    assert _rel(out.reshape(2, 2, 3, 64), ref) < 2e-5

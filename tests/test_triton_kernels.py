@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compactkv.attention.reference import compressed_attention
+from compactkv.attention.reference import compressed_attention, packed_dense_float64
 from compactkv.cache.layer import TurboQuantLayer
 from compactkv.core.codec import Codec
 
@@ -40,17 +40,6 @@ def test_encode_bit_identical_to_cpu(kind, d):
     assert bool((out[1, :, :19] == 0x5A).all()) and bool((out[0, :, 301:] == 0x5A).all())
 
 
-def _dense64(kc, vc, rk, rv, q, scaling, lengths, tq):
-    k, v, q = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double(), q.cpu().double()
-    outs = []
-    for b, n in enumerate(lengths):
-        s = (q[b] * scaling) @ k[b, :, :n].transpose(-1, -2)
-        t = torch.arange(q.shape[-2]) % tq
-        s = s.masked_fill(~(torch.arange(n)[None, :] <= (n - tq + t)[:, None]), float("-inf"))
-        outs.append(torch.softmax(s, -1) @ v[b, :, :n])
-    return torch.stack(outs)
-
-
 @pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"),
                                    ("q8_0", "q8_0"), ("f16", "f16"), ("q8_0", "turbo4")])
 @pytest.mark.parametrize("d", [64, 128, 256])
@@ -74,7 +63,7 @@ def test_decode_ragged_vs_float64(kk, vk, d, g, tq):
                   packed_kind(kc), packed_kind(vc), chunk=chunk, max_len=t, tq=tq, causal=tq > 1, out=out, lse=lse)
     got = out @ adj if adj is not None else out
     assert torch.isfinite(lse).all()
-    assert _rel(got, _dense64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL
+    assert _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL
 
 
 @pytest.mark.parametrize("kk,vk,d,g,tq,sink,recent,mask,chunk", [
