@@ -41,3 +41,25 @@ def test_fit_predicts_the_other_kind():
     predicted = WEIGHTS + kv_bytes(SHAPE, parse_config("turbo4"), context) + model.bytes(SHAPE, context)
     assert predicted == pytest.approx(peak, rel=1e-6)
 
+
+
+def test_cuda_fit_subtracts_the_counted_copies():
+    """On CUDA the attention copies are counted from the code; the fit recovers base and mask terms around them."""
+    from compactkv.plan.overhead import PROVISIONAL
+    from compactkv.plan.planner import is_dense
+    cuda = PROVISIONAL["cuda"]
+    a, b, chunk = 7_000_000, 600, 64
+    runs = []
+    for kind in ("f16", "turbo4"):
+        cfg = parse_config(kind)
+        copies = [cuda.copies_bytes(SHAPE, t, is_dense(SHAPE, cfg)) for t in (64, 128, 256, 512)]
+        recs = tuple((t, WEIGHTS + kv_bytes(SHAPE, cfg, t) + a + b * t + c, 0, 0)
+                     for t, c in zip((64, 128, 256, 512), copies))
+        runs.append(Run(kind, WEIGHTS, 10**12, recs, False, 0.0, {}))
+    model = fit_overhead(SHAPE, runs[:1], chunk, WEIGHTS, "test", None, device="cuda")
+    for t in (64, 1000, 5000):
+        dense = model.bytes(SHAPE, t, dense=True) - cuda.copies_bytes(SHAPE, t, True)
+        assert dense == pytest.approx(a + b * t, rel=1e-6)
+    assert model.score_block is None and model.score_bytes == 0.0 and model.mask_bytes == pytest.approx(b / chunk)
+    both = fit_overhead(SHAPE, runs, chunk, WEIGHTS, "test", None, device="cuda")
+    assert both.base_bytes == pytest.approx(model.base_bytes, abs=2)

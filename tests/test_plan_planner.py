@@ -107,3 +107,28 @@ def test_weights_bytes():
         weights_bytes(shape, "q9_x")
     with pytest.raises(ValueError, match="no weights file"):
         weights_bytes(shape, "file")
+
+
+def test_attention_copies_by_path():
+    """CUDA defaults: one layer's K/V expanded to every query head (f16 / DynamicCache + SDPA), plus two fp16 copies
+    at the KV-head count on the compressed path; nothing on CPU."""
+    shape = preset_shape("Llama-3.1-8B")  # 32 query heads, 8 KV heads, head_dim 128
+    cuda = load_overhead("cuda", path=None)
+    t = 10_000
+    assert cuda.copies_bytes(shape, t, dense=True) == t * 32 * 256 * 2
+    assert cuda.copies_bytes(shape, t, dense=False) == t * (2 * 8 + 32) * 256 * 2
+    assert cuda.bytes(shape, t, dense=False) - cuda.bytes(shape, t, dense=True) == t * 2 * 8 * 256 * 2
+    cpu = load_overhead("cpu")
+    assert cpu.copies_bytes(shape, t, dense=True) == cpu.copies_bytes(shape, t, dense=False) == 0
+
+
+def test_plan_rows_use_the_dense_path_for_f16_only():
+    from compactkv.plan.planner import is_dense
+    shape = preset_shape("Llama-3.1-8B")
+    assert is_dense(shape, parse_config("f16"))
+    assert not any(is_dense(shape, parse_config(c)) for c in ("turbo4", "q8_0/turbo4", "q8-edges:f16", "f16/turbo4"))
+    cuda = load_overhead("cuda")
+    plan = _plan(shape, ["f16", "turbo4"], 80 * GiB, 8192, overhead=cuda)
+    f16, turbo = plan.rows
+    assert f16.overhead_bytes == cuda.bytes(shape, 8192, dense=True)
+    assert turbo.overhead_bytes == cuda.bytes(shape, 8192, dense=False)

@@ -1,9 +1,12 @@
 """`compactkv bench ceiling`: measured peak memory against the planner's prediction, and the largest context that
-fits a memory limit, found by running until the limit is crossed (CPU, the default model unless --model).
+fits a memory limit, found by running until the limit is crossed.
 
-Each KV kind runs in its own process (compactkv.bench.ceiling_worker) that prefills in chunks and reads the kernel's
-peak RSS after each chunk; its ceiling is the last context whose peak stayed under the limit. Predictions use the
-planner with the overhead constants fitted on the *other* kinds' runs (leave-one-out), so no run predicts itself.
+CPU (default; the default model unless --model): each KV kind runs in its own process
+(compactkv.bench.ceiling_worker) that prefills in chunks and reads the kernel's peak RSS after each chunk; its
+ceiling is the last context whose peak stayed under the limit. CUDA (--device cuda): a random-weight
+Llama-3.1-8B-shaped bf16 model under a --budget enforced by the CUDA allocator, prefilled in chunks until
+torch.cuda.OutOfMemoryError (compactkv.bench.ceiling_cuda). Predictions use the planner with the overhead constants
+fitted on the *other* kinds' runs (leave-one-out), so no run predicts itself; the fit on all kinds is shown beside.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from compactkv.plan import OverheadModel, kv_bytes, load_overhead, load_shape, parse_config, parse_memory
 from compactkv.plan.overhead import PROVISIONAL
-from compactkv.plan.planner import plan_row
+from compactkv.plan.planner import is_dense, plan_row
 from compactkv.plan.units import fmt_bytes
 
 
@@ -64,21 +67,28 @@ def run_worker(kind: str, model: str | None, chunk: int, max_context: int, limit
                time.perf_counter() - start, head)
 
 
-def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, block: int,
-                 fp16_tokens: int = 0) -> OverheadModel:
-    """Overhead constants from measured peaks: peak - weights - KV = a + s * min(context, block) + m * context, by least
-    squares, mapped onto the formula (s -> score_bytes over `block`-token key blocks, m -> mask_bytes)."""
+def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, block: int | None,
+                 fp16_tokens: int = 0, device: str = "cpu") -> OverheadModel:
+    """Overhead constants from measured peaks, by least squares over every record of `runs`:
+    peak - weights - KV - attention copies = a + s * min(context, block) + m * context, mapped onto the formula
+    (a -> base_bytes, s -> score_bytes over `block`-token key blocks, m -> mask_bytes). The attention-copy counts
+    are the device's documented ones (compactkv/plan/overhead.py), not fitted; `block` None fits no score term."""
+    model = replace(PROVISIONAL[device], prefill_chunk=chunk, score_bytes=0.0, mask_bytes=0.0, base_bytes=0,
+                    score_block=block)
     rows, ys = [], []
     for run in runs:
         config = parse_config(run.kind)
+        dense = is_dense(shape, config)
         for context, hwm, _, _ in run.records:
-            rows.append((1.0, min(context, block), context))
-            ys.append(hwm - weights - kv_bytes(shape, config, context, 1, fp16_tokens))
-    (a, s, m), *_ = np.linalg.lstsq(np.array(rows, float), np.array(ys, float), rcond=None)
-    model = replace(PROVISIONAL["cpu"], prefill_chunk=chunk, score_bytes=0.0, mask_bytes=0.0, base_bytes=0,
-                    score_block=block)
-    fixed = model.bytes(shape, chunk)  # activations + logits of one chunk under the provisional buffer counts
-    return replace(model, base_bytes=int(a - fixed), score_bytes=float(s) / (shape.n_heads * chunk),
+            rows.append((1.0, min(context, block), context) if block else (1.0, context))
+            ys.append(hwm - weights - kv_bytes(shape, config, context, 1, fp16_tokens)
+                      - model.copies_bytes(shape, context, dense))
+    coef, *_ = np.linalg.lstsq(np.array(rows, float), np.array(ys, float), rcond=None)
+    a, s, m = coef if block else (coef[0], 0.0, coef[1])
+    no_copies = replace(model, dense_kv_copies=0.0, dense_head_copies=0.0, packed_kv_copies=0.0,
+                        packed_head_copies=0.0)
+    fixed = no_copies.bytes(shape, chunk)  # activations + logits of one chunk under the default buffer counts
+    return replace(model, base_bytes=int(a - fixed), score_bytes=float(s) / (shape.n_heads * chunk) if block else 0.0,
                    mask_bytes=float(m) / chunk, source=source)
 
 
@@ -95,49 +105,73 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int, fp16_tokens: int) -> dict:
-    """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration; `fp16_tokens`
-    per layer are counted as the cache's uncompressed sink and recent window."""
+def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int | None, fp16_tokens: int,
+             device: str = "cpu") -> dict:
+    """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration (and, for
+    comparison, from the fit on all kinds); `fp16_tokens` per layer are counted as the cache's uncompressed sink
+    and recent window."""
+    fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
+                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block,
+                          fp16_tokens, device)
     ceilings, peaks = [], []
     for run in runs:
         others = [r for r in runs if r is not run]
         if others:
             model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}", block,
-                                 fp16_tokens)
+                                 fp16_tokens, device)
         else:
-            model = load_overhead("cpu", prefill_chunk=chunk)
+            model = load_overhead(device, prefill_chunk=chunk)
         config = parse_config(run.kind)
-        row = plan_row(shape, config, run.limit, chunk, 1, weights, model, fp16_tokens)
-        predicted = (row.max_context // chunk) * chunk if row.max_context is not None else None
+        dense = is_dense(shape, config)
+
+        def predicted_ceiling(m):
+            row = plan_row(shape, config, run.limit, chunk, 1, weights, m, fp16_tokens)
+            return row.max_context, (row.max_context // chunk) * chunk if row.max_context is not None else None
+
+        tokens, predicted = predicted_ceiling(model)
+        tokens_all, predicted_all = predicted_ceiling(fitted)
+        ok = run.hit_limit and run.ceiling
         ceilings.append({"kind": run.kind, "limit": run.limit, "measured": run.ceiling, "hit_limit": run.hit_limit,
-                         "predicted_tokens": row.max_context, "predicted": predicted, "calibration": model.source,
-                         "error": predicted / run.ceiling - 1 if run.hit_limit and predicted and run.ceiling else None})
+                         "predicted_tokens": tokens, "predicted": predicted, "calibration": model.source,
+                         "error": predicted / run.ceiling - 1 if ok and predicted else None,
+                         "error_tokens": tokens / run.ceiling - 1 if ok and tokens else None,
+                         "predicted_fit_all_tokens": tokens_all, "predicted_fit_all": predicted_all,
+                         "error_fit_all": predicted_all / run.ceiling - 1 if ok and predicted_all else None})
         for context, hwm, rss, kv in run.records:
             kv_plan = kv_bytes(shape, config, context, 1, fp16_tokens)
-            total = weights + kv_plan + model.bytes(shape, context)
+            total = weights + kv_plan + model.bytes(shape, context, 1, dense)
             peaks.append({"kind": run.kind, "context": context, "measured_peak": hwm, "predicted": total,
                           "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_plan,
-                          "growth_since_load": hwm - run.loaded})
-    fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
-                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block,
-                          fp16_tokens)
+                          "growth_since_load": hwm - run.loaded,
+                          "overhead_measured": hwm - weights - kv_plan,
+                          "overhead_predicted": model.bytes(shape, context, 1, dense)})
     return {"ceilings": ceilings, "peaks": peaks, "calibration": asdict(fitted)}
 
 
-def print_tables(result: dict) -> None:
+def print_tables(result: dict, max_rows: int = 24) -> None:
+    """Ceilings, then peaks (at most `max_rows` per kind: evenly spaced records plus the last)."""
     print(f"\nmachine {result['machine']}  model {result['model']}  chunk {result['chunk']}  commit {result['commit']}")
-    print(f"\n{'kind':8} {'limit':>10} {'measured ceiling':>17} {'predicted':>10} {'error':>7}  calibration")
+    print(f"\n{'kind':8} {'limit':>10} {'measured ceiling':>17} {'predicted':>10} {'error':>7} {'fit-all':>8} "
+          f"{'error':>7}  calibration")
     for c in result["ceilings"]:
         err = "n/a" if c["error"] is None else f"{c['error']:+.1%}"
+        err_all = "n/a" if c.get("error_fit_all") is None else f"{c['error_fit_all']:+.1%}"
         measured = f"{c['measured']:,}" + ("" if c["hit_limit"] else "+")
-        print(f"{c['kind']:8} {fmt_bytes(c['limit']):>10} {measured:>17} {c['predicted'] or 0:>10,} {err:>7}  "
-              f"{c['calibration']}")
-    print(f"\n{'kind':8} {'context':>8} {'peak RSS':>10} {'predicted':>10} {'error':>7} {'KV held':>10} "
+        print(f"{c['kind']:8} {fmt_bytes(c['limit']):>10} {measured:>17} {c['predicted'] or 0:>10,} {err:>7} "
+              f"{c.get('predicted_fit_all') or 0:>8,} {err_all:>7}  {c['calibration']}")
+    print(f"\n{'kind':8} {'context':>8} {'peak':>10} {'predicted':>10} {'error':>7} {'KV held':>10} "
           f"{'KV planned':>10} {'growth':>10}")
-    for p in result["peaks"]:
-        print(f"{p['kind']:8} {p['context']:>8,} {fmt_bytes(p['measured_peak']):>10} {fmt_bytes(p['predicted']):>10} "
-              f"{p['error']:>+7.1%} {fmt_bytes(p['kv_measured']):>10} {fmt_bytes(p['kv_predicted']):>10} "
-              f"{fmt_bytes(p['growth_since_load']):>10}")
+    for kind in dict.fromkeys(p["kind"] for p in result["peaks"]):
+        rows = [p for p in result["peaks"] if p["kind"] == kind]
+        step = max(1, -(-len(rows) // max_rows))
+        for i, p in enumerate(rows):
+            if i % step and i != len(rows) - 1:
+                continue
+            print(f"{p['kind']:8} {p['context']:>8,} {fmt_bytes(p['measured_peak']):>10} "
+                  f"{fmt_bytes(p['predicted']):>10} {p['error']:>+7.1%} {fmt_bytes(p['kv_measured']):>10} "
+                  f"{fmt_bytes(p['kv_predicted']):>10} {fmt_bytes(p['growth_since_load']):>10}")
+    worst = max((abs(p["error"]) for p in result["peaks"]), default=0.0)
+    print(f"largest peak error over all {len(result['peaks'])} records: {worst:.2%}")
 
 
 def measure(args, model: str) -> list[Run]:
@@ -158,6 +192,8 @@ def measure(args, model: str) -> list[Run]:
 
 
 def run(args) -> int:
+    if args.device == "cuda":
+        return run_cuda(args)
     from compactkv.cache.config import CacheConfig
     from compactkv.engine.model_files import ensure_default_model
 
@@ -178,17 +214,101 @@ def run(args) -> int:
     result = {**head, "model": shape.name, "chunk": chunk, "weights_bytes": weights, "fp16_tokens": fp16_tokens,
               "runs": [asdict(r) for r in runs],
               **evaluate(shape, runs, chunk, weights, head["machine"], cache.chunk_tokens, fp16_tokens)}
+    _finish(args, result, "cpu")
+    return 0
+
+
+def _finish(args, result: dict, device: str) -> None:
     print_tables(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_calibration:
-        Path(args.write_calibration).write_text(json.dumps({"cpu": result["calibration"]}, indent=2) + "\n")
+        Path(args.write_calibration).write_text(json.dumps({device: result["calibration"]}, indent=2) + "\n")
+
+
+def _llama_shape(tiny: bool):
+    """The planner's shape of bench e2e's model: the Llama-3.1-8B preset, or the --tiny model from its config."""
+    from compactkv.plan.shapes import ModelShape, estimate_params, kv_layers
+
+    from .e2e import TINY
+    if not tiny:
+        return load_shape("llama-3.1-8b")
+    c = TINY
+    return ModelShape("tiny random Llama", c["num_hidden_layers"], c["num_attention_heads"], c["hidden_size"],
+                      c["intermediate_size"], c["vocab_size"],
+                      kv_layers(c["num_hidden_layers"], c["num_key_value_heads"], c["head_dim"]),
+                      estimate_params(c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"],
+                                      c["num_key_value_heads"], c["head_dim"], c["intermediate_size"],
+                                      c["vocab_size"], tied=False), "bench e2e TINY")
+
+
+def run_cuda(args) -> int:
+    """GPU: random-weight Llama-3.1-8B-shaped bf16 model, budget enforced by the CUDA allocator, OOM caught."""
+    import platform
+
+    import torch
+
+    from compactkv.cache.config import CacheConfig
+
+    from .ceiling_cuda import measure_cuda
+
+    cache = CacheConfig()
+    fp16_tokens = cache.sink_tokens + cache.residual_length
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        runs, chunk = [Run(**r) for r in saved["runs"]], saved["chunk"]
+        head = {k: saved[k] for k in ("command", "machine", "commit", "versions", "alloc_conf")}
+        head["evaluated_by"] = "compactkv " + " ".join(sys.argv[1:])
+        shape = _llama_shape(saved.get("tiny", False))
+        weights, tiny = saved["weights_bytes"], saved.get("tiny", False)
+    else:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        for kind in kinds:
+            parse_config(kind)
+        budget = parse_memory(args.budget)
+        chunk, tiny = args.chunk, args.tiny
+        def save_partial(done, w):
+            if args.json:
+                Path(args.json + ".partial").write_text(json.dumps({"weights_bytes": w, "chunk": chunk,
+                                                                    "runs": [asdict(r) for r in done]}) + "\n")
+
+        runs, _, weights = measure_cuda(kinds, budget, chunk, args.max_context, tiny, args.torch_device,
+                                        args.deadline_s, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                        on_run=save_partial)
+        shape = _llama_shape(tiny)
+        import transformers
+        try:
+            import triton
+            tv = triton.__version__
+        except ImportError:
+            tv = None
+        head = {"command": "compactkv " + " ".join(sys.argv[1:]), "machine": runs[0].meta["card"] if runs else "?",
+                "commit": _commit(), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "triton": tv,
+                             "python": platform.python_version()}}
+    planned = shape.params * 2
+    if planned != weights:
+        print(f"note: the model holds {weights:,} B of weights, the planner's bf16 count is {planned:,} B",
+              file=sys.stderr)
+    result = {**head, "model": shape.name + " (random weights, bf16)", "tiny": tiny, "chunk": chunk,
+              "weights_bytes": weights, "planned_weights_bytes": planned, "fp16_tokens": fp16_tokens,
+              "runs": [asdict(r) for r in runs],
+              **evaluate(shape, runs, chunk, weights, head["machine"], None, fp16_tokens, "cuda")}
+    _finish(args, result, "cuda")
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("ceiling", help="peak memory and largest context vs the planner (CPU)",
+    p = subparsers.add_parser("ceiling", help="peak memory and largest context vs the planner (CPU or CUDA)",
                               description=__doc__)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: the default model, peak RSS against a limit; cuda: a random-weight Llama-3.1-8B-shaped "
+                        "bf16 model, torch.cuda.max_memory_allocated, OOM under --budget [cpu]")
+    p.add_argument("--budget", default="20GiB", help="cuda: memory the CUDA allocator may hold, weights included "
+                   "(set with torch.cuda.set_per_process_memory_fraction) [20GiB]")
+    p.add_argument("--tiny", action="store_true", help="cuda: bench e2e's 2-layer model (checks the path, CPU ok)")
+    p.add_argument("--torch-device", help="cuda: torch device [cuda when available, else cpu]")
+    p.add_argument("--deadline-s", type=float, help="cuda: start no chunk after this many seconds")
     p.add_argument("--model", help="GGUF file or HF folder [the default model]")
     p.add_argument("--kinds", default="f16,turbo4", help="comma-separated KV kinds, one run each [f16,turbo4]")
     p.add_argument("--chunk", type=int, default=256, help="prefill chunk in tokens (ceiling granularity) [256]")
@@ -202,5 +322,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="re-evaluate the runs saved in an earlier --json file "
                    "instead of measuring")
-    p.add_argument("--write-calibration", metavar="PATH", help="write the fitted CPU overhead calibration JSON")
+    p.add_argument("--write-calibration", metavar="PATH", help="write the fitted overhead calibration JSON (one "
+                   "object, keyed by the device)")
     p.set_defaults(func=run)

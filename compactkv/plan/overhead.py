@@ -5,8 +5,19 @@
                    + B * r * vocab * 4                                                           fp32 logits
                    + B * n_heads * c * min(T, score_block) * score_bytes                         attention scores
                    + B * c * T * mask_bytes                                                      attention masks
+                   + B * max over KV layers of T_l * (kv_copies * kv_heads_l + head_copies * n_heads)
+                         * (k_dim_l + v_dim_l) * copy_bytes                                     attention K/V copies
     c = min(T, prefill_chunk) tokens per forward (T when prefill_chunk is None), r = min(c, logits_rows),
-    score_block None = no cap (scores over the whole history at once).
+    score_block None = no cap (scores over the whole history at once), T_l = tokens layer l holds.
+
+The last term is one layer's history copied by the attention path while it runs (layers run one after another, so
+the largest layer counts): `kv_copies` copies at the KV-head count, `head_copies` copies expanded to every query
+head. It depends on the path, so each path has its own pair: `dense_*` for an uncompressed f16 cache (on CUDA:
+transformers' DynamicCache + SDPA, which expands K and V to all query heads when a mask is passed, i.e. every
+prefill chunk after the first) and `packed_*` for TurboQuantCache (on CUDA: the Triton prefill path, which holds
+the decoded fp16 K and V, their concatenation with the fp16 windows, and the query-head expansion for SDPA's
+masked kernel). These counts are read off the code, not fitted; on CPU both are 0 (the torch reference streams
+over key blocks of at most `score_block` tokens, counted by the scores term).
 
 The constants are provisional guesses until `compactkv bench ceiling` measures them: a calibration JSON
 (`compactkv/plan/calibration.json`, or `--calibration PATH`) with one object per device overrides them.
@@ -37,23 +48,45 @@ class OverheadModel:
     source: str
     score_block: int | None = None  # attention processes keys in blocks of this many tokens (None = all at once)
     mask_bytes: float = 0.0  # bytes per (query, key) pair of masks materialized for a forward
+    dense_kv_copies: float = 0.0  # f16 path: copies of one layer's K/V history at the KV-head count
+    dense_head_copies: float = 0.0  # f16 path: copies expanded to every query head
+    packed_kv_copies: float = 0.0  # compressed path: the same two counts
+    packed_head_copies: float = 0.0
+    copy_bytes: int = 2  # bytes per element of those copies (fp16 / bf16)
 
-    def bytes(self, shape: ModelShape, context: int, batch: int = 1) -> int:
-        """Overhead in bytes for `batch` sequences prefilled to `context` tokens."""
+    def copies_bytes(self, shape: ModelShape, context: int, dense: bool) -> int:
+        """Bytes of one layer's K/V history copied by attention (the largest layer), one sequence."""
+        kv, heads = ((self.dense_kv_copies, self.dense_head_copies) if dense
+                     else (self.packed_kv_copies, self.packed_head_copies))
+        if not (kv or heads):
+            return 0
+        return int(max((layer.tokens(context) * (kv * layer.kv_heads + heads * shape.n_heads)
+                        * (layer.k_dim + layer.v_dim) * self.copy_bytes for layer in shape.layers), default=0))
+
+    def bytes(self, shape: ModelShape, context: int, batch: int = 1, dense: bool = False) -> int:
+        """Overhead in bytes for `batch` sequences prefilled to `context` tokens; `dense` = an uncompressed f16
+        cache (see the module doc for the paths)."""
         c = context if self.prefill_chunk is None else min(context, self.prefill_chunk)
         rows = c if self.logits_rows is None else min(c, self.logits_rows)
         act = c * (self.hidden_buffers * shape.hidden + self.mlp_buffers * shape.intermediate) * self.act_bytes
         keys = context if self.score_block is None else min(context, self.score_block)
         scores = shape.n_heads * c * keys * self.score_bytes + c * context * self.mask_bytes
-        return int(self.base_bytes + batch * (act + rows * shape.vocab * 4 + scores))
+        copies = self.copies_bytes(shape, context, dense)
+        return int(self.base_bytes + batch * (act + rows * shape.vocab * 4 + scores + copies))
 
 
-# CALIBRATION: provisional constants, not yet measured. base: CPU = `import torch, transformers` peak RSS on the
-# dev box (236 MiB) rounded up; CUDA = typical context + cuBLAS workspace. Buffers: residual, norm, q/k/v/o and
-# attention output alive at once (8 x hidden), gate/up/act of the MLP (3 x intermediate). Fused SDPA keeps no scores.
+# Defaults before any measurement (the shipped calibration.json overrides the measured fields). base: CPU =
+# `import torch, transformers` peak RSS on the dev box (236 MiB) rounded up; CUDA = cuBLAS workspace and the like.
+# Buffers: residual, norm, q/k/v/o and attention output alive at once (8 x hidden), gate/up/act of the MLP
+# (3 x intermediate). Fused SDPA keeps no scores. CUDA copy counts, from the code (one layer, peak inside attention):
+#   dense:  transformers' sdpa_attention_forward passes a mask for every chunk after the first, so repeat_kv expands
+#           K and V to all query heads (1 head copy); DynamicCache's torch.cat transient ends before that.
+#   packed: compactkv/attention/triton/prefill.py holds dequantized K and V (fp16) and their concatenation with the
+#           fp16 windows (2 KV copies) while it expands both to all query heads for the masked SDPA (1 head copy).
 PROVISIONAL = {
     "cpu": OverheadModel(300 * 2**20, 8.0, 3.0, 4, 1, 0.0, 512, "provisional: not yet measured"),
-    "cuda": OverheadModel(512 * 2**20, 8.0, 3.0, 2, 1, 0.0, 512, "provisional: not yet measured"),
+    "cuda": OverheadModel(512 * 2**20, 8.0, 3.0, 2, 1, 0.0, 512, "provisional: not yet measured",
+                          dense_head_copies=1.0, packed_kv_copies=2.0, packed_head_copies=1.0),
 }
 
 
