@@ -53,6 +53,8 @@ def measure_cuda(kinds: list[str], budget: int, chunk: int, max_context: int, ti
 
     start = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None:  # the memory-fraction call wants an index
+        dev = torch.device("cuda", torch.cuda.current_device())
     model, shape = build_model(tiny, dev)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (path check only)"
