@@ -23,7 +23,8 @@ import torch
 
 from compactkv.attention.reference import compressed_attention, packed_dense_float64
 from compactkv.attention.triton.backend import triton_attention
-from compactkv.attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
+from compactkv.attention.triton.decode import (LOG2E, attend_packed, chunk_table, codec_maps, fast_unsupported,
+                                               packed_kind)
 from compactkv.attention.triton.encode import encode_into, encode_rows
 from compactkv.cache.layer import TurboQuantLayer
 from compactkv.cache.static import StaticTurboQuantLayer
@@ -63,8 +64,10 @@ def check_encode(kind: str, d: int, dtype) -> None:
            mismatched_bytes=bad, total_bytes=ref.numel(), untouched_ok=untouched)
 
 
-def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, hkv: int = 2) -> None:
-    """attend_packed on ragged lengths vs float64 dense, and vs the torch reference per batch row."""
+def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, hkv: int = 2,
+                 fast: bool | None = None) -> None:
+    """attend_packed on ragged lengths vs float64 dense, and vs the torch reference per batch row. fast: None =
+    the default kernel for the pair (decode_fast_kernel where supported), False = the split kernel."""
     kc, vc = Codec(kk, d, seed=1), Codec(vk, d, seed=2)
     lengths = [1037, 389, 3]
     b, t = len(lengths), max(lengths)
@@ -83,7 +86,8 @@ def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, h
     lse = torch.full((b, hkv, g * tq), float("nan"), device=DEV)
     lens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
     attend_packed(qk, chunk_table(ck), chunk_table(cv), lens, packed_kind(kc), packed_kind(vc), chunk=chunk,
-                  max_len=t, tq=tq, causal=tq > 1, lut=lut, out=out, lse=lse)
+                  max_len=t, tq=tq, causal=tq > 1, lut=lut, out=out, lse=lse, fast=fast)
+    kernel = "split" if (fast is False or lut or fast_unsupported(packed_kind(kc), packed_kind(vc))) else "fast"
     got = out @ adj if adj is not None else out
     ref64 = packed_dense_float64(kc, vc, rk, rv, q, scaling, lengths, tq)
     ref_t = []
@@ -99,7 +103,7 @@ def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, h
     e_t, e_64 = rel(got, ref_t), rel(got, ref64)
     e_ref64 = rel(ref_t, ref64)
     record("decode", e_t < TOL and e_64 < TOL and bool(torch.isfinite(lse).all()), k=kk, v=vk, d=d, gqa=g, tq=tq,
-           lut=lut, lengths=lengths, err_vs_torch=e_t, err_vs_f64=e_64, torch_vs_f64=e_ref64)
+           kernel=kernel, lut=lut, lengths=lengths, err_vs_torch=e_t, err_vs_f64=e_64, torch_vs_f64=e_ref64)
 
 
 def check_layer(kk: str, vk: str, d: int, g: int, tq: int, sink: int, resid: int, mask: bool, chunk: int,
@@ -223,6 +227,10 @@ def main(argv=None) -> int:
     plan.append(("decode", partial(check_decode, "q8_0", "turbo2", 256, g=8, tq=3)))
     for kind in ("turbo4", "turbo3", "turbo2"):
         plan.append(("decode", partial(check_decode, kind, kind, 128, g=4, tq=1, lut=True)))
+        for d in dims:  # the split kernel on the pairs that now default to the fast kernel
+            plan.append(("decode", partial(check_decode, kind, kind, d, g=4, tq=1, fast=False)))
+    plan.append(("decode", partial(check_decode, "turbo2", "turbo4", 256, g=8, tq=2)))
+    plan.append(("decode", partial(check_decode, "turbo4", "turbo3", 256, g=1, tq=5)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256)))
     plan.append(("layer", partial(check_layer, "q8_0", "turbo4", 64, 8, 5, 3, 16, True, 100)))

@@ -15,8 +15,10 @@ import triton
 
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
+from .fastasm import decode_asm, elem_kind, parts
 from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
                              dequant_kernel)
+from .kernels_fast import decode_fast_kernel
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128, 256)
@@ -103,15 +105,34 @@ def kernel_config(k_kind: PackedKind, v_kind: PackedKind) -> tuple[int, int]:
     return block_n, 8 if wide else 4
 
 
+def fast_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
+    """Why `decode_fast_kernel` cannot take this pair (the split kernel then runs), or None if it can."""
+    for kind in (k_kind, v_kind):
+        if kind.family != FAMILY_MSE:
+            return f"{kind.kind}: the fast kernel reads turbo2/3/4 rows only"
+        if kind.head_dim not in (64, 128, 256):
+            return f"head_dim {kind.head_dim}: the fast kernel takes 64/128/256"
+        if kind.bits == 3 and kind.head_dim < 128:
+            return "turbo3 at head_dim 64: parts of 8 dims are too narrow for tl.dot"
+        if decode_asm(kind.head_dim, kind.bits) is None:
+            return f"{kind.kind} d={kind.head_dim}: fp16 codebook not symmetric"
+    return None
+
+
+def fast_config(k_kind: PackedKind, v_kind: PackedKind) -> tuple[int, int]:
+    """(block_n, num_warps) of the fast kernel."""
+    return 64, 4
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device) -> int:
-    """Splits per (b, head, query block) so that about four programs run per multiprocessor."""
-    want = math.ceil(4 * _sm_count(device) / max(programs, 1))
+def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device, per_sm: float = 4.0) -> int:
+    """Splits per (b, head, query block) so that about `per_sm` programs run per multiprocessor."""
+    want = math.ceil(per_sm * _sm_count(device) / max(programs, 1))
     return max(1, min(want, math.ceil(max(max_len, 1) / block_n), 256))
 
 
@@ -121,7 +142,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
                   lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2, out: torch.Tensor | None = None,
-                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  lse: torch.Tensor | None = None, fast: bool | None = False,
+                  splits_per_sm: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -130,11 +152,18 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
     j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
     written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
+    fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
+    options and select the split kernel); True requires it; False forces the split kernel.
     """
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
         raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
-    auto_n, auto_warps = kernel_config(k_kind, v_kind)
+    why = fast_unsupported(k_kind, v_kind)
+    if fast and why:
+        raise ValueError(why)
+    if fast is None:
+        fast = why is None and not lut and not bcast
+    auto_n, auto_warps = fast_config(k_kind, v_kind) if fast else kernel_config(k_kind, v_kind)
     block_n, num_warps = block_n or auto_n, num_warps or auto_warps
     if chunk % block_n:
         raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
@@ -143,7 +172,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     nqb = math.ceil(tq / tqb)
     block_m = max(16, triton.next_power_of_2(g * tqb))
     if num_splits is None:
-        num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device)
+        num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm)
     q = q.contiguous()
     dev = q.device
     o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
@@ -158,14 +187,26 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
         bias = bias.contiguous()
     dummy = lse
     bias_t = bias if bias is not None else dummy
-    decode_split_kernel[(num_splits, b * h, nqb)](
-        q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
-        rowb.contiguous() if rowb is not None else dummy, bias_t,
-        bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
-        o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
-        K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
-        RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
-        HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    if fast:
+        decode_fast_kernel[(num_splits, b * h, nqb)](
+            q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
+            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
+            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
+            K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ELEM=elem_kind(d, k_kind.bits), V_ELEM=elem_kind(d, v_kind.bits), PK=parts(d, k_kind.bits),
+            PV=parts(d, v_kind.bits), K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
+            D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
+            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+            num_stages=num_stages)
+    else:
+        decode_split_kernel[(num_splits, b * h, nqb)](
+            q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
+            rowb.contiguous() if rowb is not None else dummy, bias_t,
+            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
+            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
+            K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
+            RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
+            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps, num_stages=num_stages)
     decode_reduce_kernel[(b * h * nqb * block_m,)](
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)

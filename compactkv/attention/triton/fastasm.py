@@ -1,0 +1,228 @@
+"""Inline PTX that turns packed turboB code bytes into fp16 centroids (used by kernels_fast.py).
+
+Pure Python (no Triton import): the strings are built from the codebook, and `emulate` runs them on the CPU with
+a small interpreter of the few PTX instructions they use, so the bit tricks are tested without a GPU
+(tests/test_fastasm.py). Conventions of `tl.inline_asm_elementwise(..., pack=4)`: outputs first, each fp16 output
+as two 32-bit registers (elements 0,1 then 2,3; lower half first), then the inputs, each 4 uint8 elements in one
+register (element k in byte k).
+
+Element and part layout (kernels_fast.py, `elem_kind`): an element is a code byte (4 bits: 2 codes, 2 bits: 4
+codes) or a 3-byte group of 8 codes (3 bits; three inputs: byte 0, 1, 2 of each group). Codes sit lowest bits first. Output p holds code p of each element. The 4-bit decoder needs the fp16 codebook
+to be symmetric (c[15-i] == -c[i], checked; true for every Lloyd-Max codebook here).
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+import torch
+
+from ...core.codebook import lloyd_max
+
+
+def fp16_bits(head_dim: int, bits: int) -> list[int]:
+    """The codebook's fp16 centroids as 16-bit patterns (ascending centroids)."""
+    c = torch.tensor(lloyd_max(head_dim, bits).centroids, dtype=torch.float32).half()
+    return [int(x) & 0xFFFF for x in c.view(torch.int16).tolist()]
+
+
+def _bytes32(vals: list[int]) -> int:
+    return sum((v & 0xFF) << (8 * i) for i, v in enumerate(vals))
+
+
+def symmetric(head_dim: int, bits: int) -> bool:
+    """c[n-1-i] == -c[i] in fp16 (needed by the 4-bit decoder)."""
+    u = fp16_bits(head_dim, bits)
+    n = len(u)
+    return all(u[n - 1 - i] == (u[i] ^ 0x8000) for i in range(n))
+
+
+def _asm4(u: list[int]) -> str:
+    """Byte elements (2 codes), pack=4: input $4 (element k in byte k); part 0 (low nibbles) in $0, $1, part 1
+    (high nibbles) in $2, $3. Uses c[i] = -c[15 - i]: 8-entry magnitude tables, index flipped for negative codes
+    (i < 8), sign bit set from the code's top bit through prmt's sign-replicate mode."""
+    pos = u[8:]  # magnitudes: c[8 + j] for j = 0..7 (positive); c[i] = -c[15 - i] for i < 8
+    ml0, ml1 = _bytes32(pos[:4]), _bytes32(pos[4:])
+    mh0, mh1 = _bytes32([x >> 8 for x in pos[:4]]), _bytes32([x >> 8 for x in pos[4:]])
+    return f"""{{
+.reg .b32 nb, fl, j, jh, l0, l1, h0, h1, y, m0, m1, tl0, tl1, th0, th1;
+mov.b32 tl0, {ml0:#x};
+mov.b32 tl1, {ml1:#x};
+mov.b32 th0, {mh0:#x};
+mov.b32 th1, {mh1:#x};
+not.b32 nb, $4;
+and.b32 nb, nb, 0x88888888;
+shr.u32 fl, nb, 3;
+sub.u32 fl, nb, fl;
+xor.b32 j, $4, fl;
+and.b32 j, j, 0x77777777;
+shr.u32 jh, j, 16;
+prmt.b32 l0, tl0, tl1, j;
+prmt.b32 h0, th0, th1, j;
+prmt.b32 l1, tl0, tl1, jh;
+prmt.b32 h1, th0, th1, jh;
+shl.b32 y, nb, 4;
+prmt.b32 m0, y, nb, 0xD9C8;
+prmt.b32 m1, y, nb, 0xFBEA;
+and.b32 m0, m0, 0x80808080;
+and.b32 m1, m1, 0x80808080;
+or.b32 h0, h0, m0;
+or.b32 h1, h1, m1;
+prmt.b32 $0, l0, h0, 0x6240;
+prmt.b32 $2, l0, h0, 0x7351;
+prmt.b32 $1, l1, h1, 0x6240;
+prmt.b32 $3, l1, h1, 0x7351;
+}}"""
+
+
+def _asm2(u: list[int]) -> str:
+    tlo, thi = _bytes32(u), _bytes32([x >> 8 for x in u])
+    lines = ["{", ".reg .b32 y, s, sh, tl, th;", f"mov.b32 tl, {tlo:#x};", f"mov.b32 th, {thi:#x};"]
+    for p in range(4):
+        if p:
+            lines.append(f"shr.u32 y, $8, {2 * p};")
+            lines.append("and.b32 y, y, 0x03030303;")
+        else:
+            lines.append("and.b32 y, $8, 0x03030303;")
+        lines += ["mul.lo.u32 s, y, 17;", "add.u32 s, s, 0x40404040;", f"prmt.b32 ${2 * p}, tl, th, s;",
+                  "shr.u32 sh, s, 16;", f"prmt.b32 ${2 * p + 1}, tl, th, sh;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+# code p of a 3-byte group: (input register, right shift, mask) pieces OR-ed together, per byte lane
+_P3 = [
+    [(0, 0, 0x07)], [(0, 3, 0x07)], [(0, 6, 0x03), (1, -2, 0x04)], [(1, 1, 0x07)], [(1, 4, 0x07)],
+    [(1, 7, 0x01), (2, -1, 0x06)], [(2, 2, 0x07)], [(2, 5, 0x07)],
+]
+
+
+def _asm3(u: list[int]) -> str:
+    tl0, tl1 = _bytes32(u[:4]), _bytes32(u[4:])
+    th0, th1 = _bytes32([x >> 8 for x in u[:4]]), _bytes32([x >> 8 for x in u[4:]])
+    lines = ["{", ".reg .b32 y, t, l, h, yh, tl0, tl1, th0, th1;", f"mov.b32 tl0, {tl0:#x};",
+             f"mov.b32 tl1, {tl1:#x};", f"mov.b32 th0, {th0:#x};", f"mov.b32 th1, {th1:#x};"]
+    for p, pieces in enumerate(_P3):
+        for n, (reg, sh, mask) in enumerate(pieces):
+            dst = "y" if n == 0 else "t"
+            src = f"${16 + reg}"
+            if sh > 0:
+                lines.append(f"shr.u32 {dst}, {src}, {sh};")
+                src = dst
+            elif sh < 0:
+                lines.append(f"shl.b32 {dst}, {src}, {-sh};")
+                src = dst
+            lines.append(f"and.b32 {dst}, {src}, {mask * 0x01010101:#x};")
+            if n:
+                lines.append("or.b32 y, y, t;")
+        lines += ["prmt.b32 l, tl0, tl1, y;", "prmt.b32 h, th0, th1, y;", f"prmt.b32 ${2 * p}, l, h, 0x6240;",
+                  "shr.u32 yh, y, 16;", "prmt.b32 l, tl0, tl1, yh;", "prmt.b32 h, th0, th1, yh;",
+                  f"prmt.b32 ${2 * p + 1}, l, h, 0x6240;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+ELEM_BYTE, ELEM_GROUP_3 = 0, 1  # element kinds (kernels_fast.py)
+
+
+def elem_kind(head_dim: int, bits: int) -> int:
+    """How codes are grouped into asm elements: bytes (2 or 4 codes) for 4 and 2 bits, 3-byte groups of 8 codes
+    for 3 bits."""
+    return ELEM_GROUP_3 if bits == 3 else ELEM_BYTE
+
+
+def parts(head_dim: int, bits: int) -> int:
+    """Codes per element = output tensors of one decoder; part p of element e is dimension parts * e + p."""
+    return 8 if bits == 3 else 8 // bits
+
+
+@functools.lru_cache(maxsize=None)
+def decode_asm(head_dim: int, bits: int) -> str | None:
+    """The PTX for `bits`-bit codes of `head_dim`, or None where the fast kernel cannot decode them."""
+    u = fp16_bits(head_dim, bits)
+    if bits == 4:
+        return _asm4(u) if symmetric(head_dim, bits) else None
+    if bits == 3:
+        return _asm3(u)
+    if bits == 2:
+        return _asm2(u)
+    return None
+
+
+# --- a CPU interpreter for the instructions above (tests) -------------------------------------------------------
+
+def _prmt(a: int, b: int, c: int) -> int:
+    src = (a & 0xFFFFFFFF) | ((b & 0xFFFFFFFF) << 32)
+    out = 0
+    for k in range(4):
+        sel = (c >> (4 * k)) & 0xF
+        byte = (src >> (8 * (sel & 7))) & 0xFF
+        if sel & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        out |= byte << (8 * k)
+    return out
+
+
+def run_asm(asm: str, regs: dict[str, int]) -> dict[str, int]:
+    """Execute the PTX subset used here on 32-bit values; regs maps '$0'.. and names to ints."""
+    r = dict(regs)
+    M = 0xFFFFFFFF
+
+    def val(x: str) -> int:
+        x = x.strip()
+        if x in r:
+            return r[x]
+        return int(x, 0) & M
+
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        args = [a.strip() for a in rest.split(",")]
+        d, s = args[0], [val(a) for a in args[1:]]
+        if op == "mov.b32":
+            v = s[0]
+        elif op == "not.b32":
+            v = ~s[0]
+        elif op == "and.b32":
+            v = s[0] & s[1]
+        elif op == "or.b32":
+            v = s[0] | s[1]
+        elif op == "xor.b32":
+            v = s[0] ^ s[1]
+        elif op == "shr.u32":
+            v = s[0] >> s[1]
+        elif op == "shl.b32":
+            v = s[0] << s[1]
+        elif op == "sub.u32":
+            v = s[0] - s[1]
+        elif op == "add.u32":
+            v = s[0] + s[1]
+        elif op == "mul.lo.u32":
+            v = s[0] * s[1]
+        elif op == "prmt.b32":
+            v = _prmt(*s)
+        else:
+            raise ValueError(f"unknown instruction {op}")
+        r[d] = v & M
+    return r
+
+
+def _half(x: int) -> float:
+    return struct.unpack("<e", struct.pack("<H", x & 0xFFFF))[0]
+
+
+def emulate(head_dim: int, bits: int, inputs: list[bytes]) -> list[list[float]]:
+    """Run the decoder on one pack of 4 elements: inputs are 4-byte strings (one register; 3 for 3 bits).
+    Returns outputs[p][k] = value of code p of element k."""
+    asm = decode_asm(head_dim, bits)
+    n_out = parts(head_dim, bits)
+    regs = {f"${2 * n_out + i}": int.from_bytes(x, "little") for i, x in enumerate(inputs)}
+    r = run_asm(asm, regs)
+    outs = []
+    for p in range(n_out):
+        w = [r[f"${2 * p}"], r[f"${2 * p + 1}"]]
+        outs.append([_half(w[0]), _half(w[0] >> 16), _half(w[1]), _half(w[1] >> 16)])
+    return outs
