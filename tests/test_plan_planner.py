@@ -130,5 +130,23 @@ def test_plan_rows_use_the_dense_path_for_f16_only():
     cuda = load_overhead("cuda")
     plan = _plan(shape, ["f16", "turbo4"], 80 * GiB, 8192, overhead=cuda)
     f16, turbo = plan.rows
-    assert f16.overhead_bytes == cuda.bytes(shape, 8192, dense=True)
-    assert turbo.overhead_bytes == cuda.bytes(shape, 8192, dense=False)
+    assert f16.overhead_bytes == cuda.bytes(shape, 8192, dense=True) + cuda.alloc_reserve_bytes
+    assert turbo.overhead_bytes == cuda.bytes(shape, 8192, dense=False) + cuda.slack_bytes(shape, parse_config("turbo4"),
+                                                                                           8192)
+
+
+def test_small_pool_packing_of_chunk_tensors():
+    """CUDA: a turbo4 chunk tensor of Llama-3.1-8B (1 x 8 heads x 1024 rows x 66 B = 540,672 B) shares a 2 MiB
+    block with two others, so each costs 2 MiB / 3; at batch 8 it is 4.3 MB (large pool, no packing loss)."""
+    from dataclasses import replace
+    shape = preset_shape("Llama-3.1-8B")
+    cuda = replace(load_overhead("cuda"), alloc_reserve_bytes=0)
+    full = 2 * 2**20 / 3 - 540_672
+    t = 128 + 5 * 1024  # 5 full chunks per layer and side past the 128 fp16 tokens
+    assert cuda.slack_bytes(shape, parse_config("turbo4"), t, 1, fp16_tokens=128) == int(32 * 2 * 5 * full)
+    assert cuda.slack_bytes(shape, parse_config("turbo4"), t, 8, fp16_tokens=128) == 0
+    assert cuda.slack_bytes(shape, parse_config("f16"), t, 1, fp16_tokens=128) == 0
+    q8 = 8 * 1024 * 136  # 1,114,112 B: over 1 MiB, so only the turbo4 V side loses
+    assert q8 > 2**20
+    assert cuda.slack_bytes(shape, parse_config("q8_0/turbo4"), t, 1, fp16_tokens=128) == int(32 * 5 * full)
+    assert load_overhead("cpu").slack_bytes(shape, parse_config("turbo4"), t) == 0

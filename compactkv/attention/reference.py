@@ -114,6 +114,7 @@ def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap)
                 seg_acc[i] = seg_acc[i] + pw @ vals
         m = m_new
         pos += n
+        s = p = blk = part = pw = None  # free this block's [G*Tq, n] temporaries before the next block makes its own
     out = dense_acc
     if has_rows:
         out = out + vc.combine(seg_acc)

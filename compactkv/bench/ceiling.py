@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,31 @@ class Run:
         return max(ok, default=0)
 
 
+def split_kind(spec: str) -> tuple[str, int | None]:
+    """A run's kind spec: `KIND` or `KIND@N` (TurboQuantCache with N-token row chunks) -> (config text, N or None)."""
+    kind, _, chunk = spec.partition("@")
+    return kind, int(chunk) if chunk else None
+
+
+def _run_config(run: "Run", model: OverheadModel):
+    """(KV config, the overhead model with the run's cache chunk) for one run."""
+    kind, chunk = split_kind(run.kind)
+    return parse_config(kind), replace(model, cache_chunk_tokens=chunk) if chunk else model
+
+
+def oom_hole(run: "Run") -> int | None:
+    """Bytes the CUDA allocator held reserved but unallocated when the run hit OOM (after its release-and-retry)."""
+    oom = run.meta.get("oom") if run.meta else None
+    if not oom:
+        return None
+    if "allocated_at_oom" in oom:
+        return oom["reserved_at_oom"] - oom["allocated_at_oom"]
+    m = re.search(r"and ([\d.]+) (KiB|MiB|GiB) is reserved by PyTorch but unallocated", oom.get("message", ""))
+    if not m:  # older records: torch's message, cut at 300 characters
+        m = re.search(r"and ([\d.]+) (KiB|MiB|GiB) is reserved by", oom.get("message", ""))
+    return int(float(m.group(1)) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[m.group(2)]) if m else None
+
+
 MMAP_THRESHOLD = "65536"  # glibc: buffers above this are mmapped and go back to the kernel when freed
 
 
@@ -77,7 +103,7 @@ def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, 
                     score_block=block)
     rows, ys = [], []
     for run in runs:
-        config = parse_config(run.kind)
+        config = parse_config(split_kind(run.kind)[0])
         dense = is_dense(shape, config)
         for context, hwm, _, _ in run.records:
             rows.append((1.0, min(context, block), context) if block else (1.0, context))
@@ -88,8 +114,17 @@ def fit_overhead(shape, runs: list[Run], chunk: int, weights: int, source: str, 
     no_copies = replace(model, dense_kv_copies=0.0, dense_head_copies=0.0, packed_kv_copies=0.0,
                         packed_head_copies=0.0)
     fixed = no_copies.bytes(shape, chunk)  # activations + logits of one chunk under the default buffer counts
+    reserve = model.alloc_reserve_bytes
+    if model.small_alloc_bytes:  # allocator slack: measured holes at OOM less the computed small-block packing loss
+        holes = []
+        for run in runs:
+            hole = oom_hole(run)
+            if hole is not None:
+                config, m_run = _run_config(run, replace(model, alloc_reserve_bytes=0))
+                holes.append(hole - m_run.slack_bytes(shape, config, run.ceiling, 1, fp16_tokens))
+        reserve = int(np.mean(holes)) if holes else reserve
     return replace(model, base_bytes=int(a - fixed), score_bytes=float(s) / (shape.n_heads * chunk) if block else 0.0,
-                   mask_bytes=float(m) / chunk, source=source)
+                   mask_bytes=float(m) / chunk, alloc_reserve_bytes=reserve, source=source)
 
 
 def _cpu_name() -> str:
@@ -100,18 +135,21 @@ def _cpu_name() -> str:
 
 
 def _commit() -> str:
+    """The tree's commit: $COMPACTKV_COMMIT when set (a copy of the tree without its git history), else git's."""
+    if os.environ.get("COMPACTKV_COMMIT"):
+        return os.environ["COMPACTKV_COMMIT"]
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent)
     return out.stdout.strip() or "unknown"
 
 
 def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int | None, fp16_tokens: int,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", commit: str | None = None, given: OverheadModel | None = None) -> dict:
     """Ceilings and peaks, measured vs predicted, each kind predicted from the others' calibration (and, for
     comparison, from the fit on all kinds); `fp16_tokens` per layer are counted as the cache's uncompressed sink
     and recent window."""
     fitted = fit_overhead(shape, runs, chunk, weights, f"measured: compactkv bench ceiling on {machine}, "
-                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {_commit()}", block,
+                          f"{shape.name}, kinds {', '.join(r.kind for r in runs)}, commit {commit or _commit()}", block,
                           fp16_tokens, device)
     ceilings, peaks = [], []
     for run in runs:
@@ -121,7 +159,7 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, blo
                                  fp16_tokens, device)
         else:
             model = load_overhead(device, prefill_chunk=chunk)
-        config = parse_config(run.kind)
+        config, model = _run_config(run, model)
         dense = is_dense(shape, config)
 
         def predicted_ceiling(m):
@@ -129,14 +167,23 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, blo
             return row.max_context, (row.max_context // chunk) * chunk if row.max_context is not None else None
 
         tokens, predicted = predicted_ceiling(model)
-        tokens_all, predicted_all = predicted_ceiling(fitted)
+        tokens_all, predicted_all = predicted_ceiling(_run_config(run, fitted)[1])
+        if given is not None:
+            given_run = _run_config(run, replace(given, prefill_chunk=chunk))[1]
+            tokens_given, predicted_given = predicted_ceiling(given_run)
         ok = run.hit_limit and run.ceiling
         ceilings.append({"kind": run.kind, "limit": run.limit, "measured": run.ceiling, "hit_limit": run.hit_limit,
                          "predicted_tokens": tokens, "predicted": predicted, "calibration": model.source,
                          "error": predicted / run.ceiling - 1 if ok and predicted else None,
                          "error_tokens": tokens / run.ceiling - 1 if ok and tokens else None,
                          "predicted_fit_all_tokens": tokens_all, "predicted_fit_all": predicted_all,
-                         "error_fit_all": predicted_all / run.ceiling - 1 if ok and predicted_all else None})
+                         "error_fit_all": predicted_all / run.ceiling - 1 if ok and predicted_all else None,
+                         "slack_predicted": model.slack_bytes(shape, config, run.ceiling, 1, fp16_tokens),
+                         "hole_at_oom": oom_hole(run)})
+        if given is not None:
+            ceilings[-1].update(predicted_given_tokens=tokens_given, predicted_given=predicted_given,
+                                given_source=given.source,
+                                error_given=predicted_given / run.ceiling - 1 if ok and predicted_given else None)
         for context, hwm, rss, kv in run.records:
             kv_plan = kv_bytes(shape, config, context, 1, fp16_tokens)
             total = weights + kv_plan + model.bytes(shape, context, 1, dense)
@@ -144,7 +191,11 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, blo
                           "error": total / hwm - 1, "kv_measured": kv, "kv_predicted": kv_plan,
                           "growth_since_load": hwm - run.loaded,
                           "overhead_measured": hwm - weights - kv_plan,
-                          "overhead_predicted": model.bytes(shape, context, 1, dense)})
+                          "overhead_predicted": model.bytes(shape, context, 1, dense),
+                          "slack_predicted": model.slack_bytes(shape, config, context, 1, fp16_tokens)})
+            if given is not None:
+                alloc = weights + kv_plan + given_run.bytes(shape, context, 1, dense)
+                peaks[-1].update(predicted_given=alloc, error_given=alloc / hwm - 1)
     return {"ceilings": ceilings, "peaks": peaks, "calibration": asdict(fitted)}
 
 
@@ -159,6 +210,10 @@ def print_tables(result: dict, max_rows: int = 24) -> None:
         measured = f"{c['measured']:,}" + ("" if c["hit_limit"] else "+")
         print(f"{c['kind']:8} {fmt_bytes(c['limit']):>10} {measured:>17} {c['predicted'] or 0:>10,} {err:>7} "
               f"{c.get('predicted_fit_all') or 0:>8,} {err_all:>7}  {c['calibration']}")
+    for c in result["ceilings"]:
+        if "predicted_given" in c:
+            err = "n/a" if c["error_given"] is None else f"{c['error_given']:+.1%}"
+            print(f"  {c['kind']:12} with {c['given_source']}: predicted {c['predicted_given'] or 0:,} ({err})")
     print(f"\n{'kind':8} {'context':>8} {'peak':>10} {'predicted':>10} {'error':>7} {'KV held':>10} "
           f"{'KV planned':>10} {'growth':>10}")
     for kind in dict.fromkeys(p["kind"] for p in result["peaks"]):
@@ -170,8 +225,16 @@ def print_tables(result: dict, max_rows: int = 24) -> None:
             print(f"{p['kind']:8} {p['context']:>8,} {fmt_bytes(p['measured_peak']):>10} "
                   f"{fmt_bytes(p['predicted']):>10} {p['error']:>+7.1%} {fmt_bytes(p['kv_measured']):>10} "
                   f"{fmt_bytes(p['kv_predicted']):>10} {fmt_bytes(p['growth_since_load']):>10}")
+    holes = [c for c in result["ceilings"] if c.get("hole_at_oom") is not None]
+    if holes:
+        print("\nallocator at OOM: reserved but unallocated (measured) vs slack the plan counts at the ceiling")
+        for c in holes:
+            print(f"{c['kind']:12} {fmt_bytes(c['hole_at_oom']):>10} {fmt_bytes(c['slack_predicted']):>10}")
     worst = max((abs(p["error"]) for p in result["peaks"]), default=0.0)
     print(f"largest peak error over all {len(result['peaks'])} records: {worst:.2%}")
+    if any("error_given" in p for p in result["peaks"]):
+        worst = max(abs(p["error_given"]) for p in result["peaks"])
+        print(f"largest peak error with the given calibration: {worst:.2%}")
 
 
 def measure(args, model: str) -> list[Run]:
@@ -213,9 +276,15 @@ def run(args) -> int:
                 "glibc_mmap_threshold": None if args.glibc_default else int(MMAP_THRESHOLD)}
     result = {**head, "model": shape.name, "chunk": chunk, "weights_bytes": weights, "fp16_tokens": fp16_tokens,
               "runs": [asdict(r) for r in runs],
-              **evaluate(shape, runs, chunk, weights, head["machine"], cache.chunk_tokens, fp16_tokens)}
+              **evaluate(shape, runs, chunk, weights, head["machine"], cache.chunk_tokens, fp16_tokens, "cpu",
+                         head["commit"], _given(args, "cpu"))}
     _finish(args, result, "cpu")
     return 0
+
+
+def _given(args, device: str) -> OverheadModel | None:
+    """--predict-with: a calibration file whose constants also predict every run (an out-of-sample check)."""
+    return load_overhead(device, args.predict_with) if args.predict_with else None
 
 
 def _finish(args, result: dict, device: str) -> None:
@@ -264,7 +333,7 @@ def run_cuda(args) -> int:
     else:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
         for kind in kinds:
-            parse_config(kind)
+            parse_config(split_kind(kind)[0])
         budget = parse_memory(args.budget)
         chunk, tiny = args.chunk, args.tiny
         def save_partial(done, w):
@@ -293,7 +362,8 @@ def run_cuda(args) -> int:
     result = {**head, "model": shape.name + " (random weights, bf16)", "tiny": tiny, "chunk": chunk,
               "weights_bytes": weights, "planned_weights_bytes": planned, "fp16_tokens": fp16_tokens,
               "runs": [asdict(r) for r in runs],
-              **evaluate(shape, runs, chunk, weights, head["machine"], None, fp16_tokens, "cuda")}
+              **evaluate(shape, runs, chunk, weights, head["machine"], None, fp16_tokens, "cuda", head["commit"],
+                         _given(args, "cuda"))}
     _finish(args, result, "cuda")
     return 0
 
@@ -322,6 +392,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="re-evaluate the runs saved in an earlier --json file "
                    "instead of measuring")
+    p.add_argument("--predict-with", metavar="PATH", help="also predict every run with this calibration file's "
+                   "constants (e.g. fitted on an earlier run)")
     p.add_argument("--write-calibration", metavar="PATH", help="write the fitted overhead calibration JSON (one "
                    "object, keyed by the device)")
     p.set_defaults(func=run)

@@ -43,6 +43,24 @@ def _free(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _make_cache(model, spec: str, make_cache):
+    """f16: DynamicCache + SDPA (bench e2e's); any other config: TurboQuantCache with the compactkv attention, its
+    default windows, and `KIND@N` -> N-token row chunks."""
+    import compactkv
+
+    from ..plan import parse_config
+    from .ceiling import split_kind
+
+    kind, chunk = split_kind(spec)
+    if kind == "f16":
+        return make_cache(model, "f16")
+    config = parse_config(kind)
+    compactkv.attach(model)
+    options = {"chunk_tokens": chunk} if chunk else {}
+    return compactkv.TurboQuantCache(model.config, k=config.k, v=config.v,
+                                     policy=None if config.policy == "uniform" else config.policy, **options)
+
+
 def measure_cuda(kinds: list[str], budget: int, chunk: int, max_context: int, tiny: bool = False,
                  device: str | None = None, deadline_s: float | None = None, log=print, on_run=None):
     """One Run per kind (see ceiling.Run); `budget` = bytes the allocator may hold (weights included).
@@ -75,7 +93,7 @@ def measure_cuda(kinds: list[str], budget: int, chunk: int, max_context: int, ti
         records, reserved, oom, stopped, over = [], [], None, None, None
         cache = out = None
         try:
-            cache = make_cache(model, kind)
+            cache = _make_cache(model, kind, make_cache)
             with torch.no_grad():
                 for s in range(0, max_context, chunk):
                     if deadline_s is not None and time.perf_counter() - start > deadline_s:
@@ -104,7 +122,8 @@ def measure_cuda(kinds: list[str], budget: int, chunk: int, max_context: int, ti
                    "message": str(e).split("\n")[0][:300]}
             if dev.type == "cuda":
                 oom.update(peak_at_oom=torch.cuda.max_memory_allocated(dev),
-                           reserved_at_oom=torch.cuda.memory_reserved(dev))
+                           reserved_at_oom=torch.cuda.memory_reserved(dev),
+                           allocated_at_oom=torch.cuda.memory_allocated(dev))
         seconds = time.perf_counter() - t0
         del cache, out
         _free(dev)

@@ -19,6 +19,10 @@ the decoded fp16 K and V, their concatenation with the fp16 windows, and the que
 masked kernel). These counts are read off the code, not fitted; on CPU both are 0 (the torch reference streams
 over key blocks of at most `score_block` tokens, counted by the scores term).
 
+Allocator slack (`slack_bytes`, in the plan's overhead column, CUDA only): what the caching allocator holds beyond
+live tensors when it runs out: a constant `alloc_reserve_bytes` (fitted from measured OOMs) plus the packing loss
+of the compressed cache's chunk tensors that fall in its small-block pool (requests <= 1 MiB share 2 MiB blocks).
+
 The constants are provisional guesses until `compactkv bench ceiling` measures them: a calibration JSON
 (`compactkv/plan/calibration.json`, or `--calibration PATH`) with one object per device overrides them.
 """
@@ -53,6 +57,39 @@ class OverheadModel:
     packed_kv_copies: float = 0.0  # compressed path: the same two counts
     packed_head_copies: float = 0.0
     copy_bytes: int = 2  # bytes per element of those copies (fp16 / bf16)
+    alloc_reserve_bytes: int = 0  # allocator: reserved but unallocated memory it cannot hand back (fitted at OOM)
+    small_alloc_bytes: int = 0  # allocator: requests up to this size share blocks of small_block_bytes (0 = off)
+    small_block_bytes: int = 0
+    alloc_round: int = 512  # allocator: request sizes are rounded up to a multiple of this
+    cache_chunk_tokens: int = 1024  # TurboQuantCache: compressed rows per chunk tensor (CacheConfig.chunk_tokens)
+
+    def slack_bytes(self, shape: ModelShape, config, context: int, batch: int = 1, fp16_tokens: int = 0) -> int:
+        """Memory the allocator holds beyond the live tensors: `alloc_reserve_bytes`, plus the small-block packing
+        loss of the compressed cache's chunk tensors [B, kv_heads, rows, row_bytes]. A tensor of s bytes (rounded
+        to `alloc_round`) no larger than `small_alloc_bytes` sits in a shared block of `small_block_bytes` that
+        holds floor(block / s) of them, so it costs block / floor(block / s). An all-f16 config is the dense
+        path (no chunk tensors)."""
+        from compactkv.core.kinds import row_bytes
+
+        out = self.alloc_reserve_bytes
+        kinds = config.layer_kinds(shape.n_kv_layers)
+        if not self.small_alloc_bytes or all(k == v == "f16" for k, v in kinds):
+            return int(out)
+        chunk, block, rnd = self.cache_chunk_tokens, self.small_block_bytes, self.alloc_round
+        for layer, (k, v) in zip(shape.layers, kinds):
+            n = layer.tokens(context) - min(layer.tokens(context), fp16_tokens)  # compressed rows
+            for kind, dim in ((k, layer.k_dim), (v, layer.v_dim)):
+                for rows, count in ((chunk, n // chunk), (n % chunk, 1 if n % chunk else 0)):
+                    raw = batch * layer.kv_heads * rows * row_bytes(kind, dim)
+                    size = -(-raw // rnd) * rnd
+                    if count and size <= self.small_alloc_bytes:
+                        out += count * (block / (block // size) - raw)
+        return int(out)
+
+    def config_bytes(self, shape: ModelShape, config, context: int, batch: int = 1, fp16_tokens: int = 0) -> int:
+        """Everything beyond weights and KV for `config`: bytes() on its path plus slack_bytes()."""
+        dense = all(k == v == "f16" for k, v in config.layer_kinds(shape.n_kv_layers))
+        return self.bytes(shape, context, batch, dense) + self.slack_bytes(shape, config, context, batch, fp16_tokens)
 
     def copies_bytes(self, shape: ModelShape, context: int, dense: bool) -> int:
         """Bytes of one layer's K/V history copied by attention (the largest layer), one sequence."""
@@ -86,7 +123,8 @@ class OverheadModel:
 PROVISIONAL = {
     "cpu": OverheadModel(300 * 2**20, 8.0, 3.0, 4, 1, 0.0, 512, "provisional: not yet measured"),
     "cuda": OverheadModel(512 * 2**20, 8.0, 3.0, 2, 1, 0.0, 512, "provisional: not yet measured",
-                          dense_head_copies=1.0, packed_kv_copies=2.0, packed_head_copies=1.0),
+                          dense_head_copies=1.0, packed_kv_copies=2.0, packed_head_copies=1.0,
+                          small_alloc_bytes=2**20, small_block_bytes=2 * 2**20),
 }
 
 

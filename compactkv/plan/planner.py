@@ -82,17 +82,16 @@ def is_dense(shape: ModelShape, config: KVConfig) -> bool:
 def plan_row(shape: ModelShape, config: KVConfig, memory: int, context: int, batch: int, weights: int,
              overhead: OverheadModel, fp16_tokens: int = 0) -> PlanRow:
     """Numbers for one config; the searches reuse the exact same total() as the fits column."""
-    dense = is_dense(shape, config)
-
     def total(t: int, b: int) -> int:
-        return weights + kv_bytes(shape, config, t, b, fp16_tokens) + overhead.bytes(shape, t, b, dense)
+        return weights + kv_bytes(shape, config, t, b, fp16_tokens) + overhead.config_bytes(shape, config, t, b,
+                                                                                                fp16_tokens)
 
     at = total(context, batch)
     max_ctx = _largest(lambda t: t == 0 or total(t, batch) <= memory, MAX_SEARCH_CONTEXT)
     max_batch = _largest(lambda b: b == 0 or total(context, b) <= memory, MAX_SEARCH_BATCH)
     return PlanRow(config.name, config.k, config.v, config.policy, round(bits_per_value(shape, config), 4),
                    kv_bytes_per_token(shape, config), kv_bytes(shape, config, context, batch, fp16_tokens), weights,
-                   overhead.bytes(shape, context, batch, dense), at, at <= memory, max_ctx,
+                   overhead.config_bytes(shape, config, context, batch, fp16_tokens), at, at <= memory, max_ctx,
                    MAX_SEARCH_BATCH if max_batch is None else max_batch)
 
 
