@@ -64,12 +64,14 @@ def oom_hole(run: "Run") -> int | None:
     oom = run.meta.get("oom") if run.meta else None
     if not oom:
         return None
-    if "allocated_at_oom" in oom:
-        return oom["reserved_at_oom"] - oom["allocated_at_oom"]
+    # torch's message gives the figure at the failed request; memory_allocated read in the handler is lower (the
+    # forward's temporaries are freed by then), so it is used only when the message lacks the figure
     m = re.search(r"and ([\d.]+) (KiB|MiB|GiB) is reserved by PyTorch but unallocated", oom.get("message", ""))
     if not m:  # older records: torch's message, cut at 300 characters
         m = re.search(r"and ([\d.]+) (KiB|MiB|GiB) is reserved by", oom.get("message", ""))
-    return int(float(m.group(1)) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[m.group(2)]) if m else None
+    if m:
+        return int(float(m.group(1)) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[m.group(2)])
+    return oom["reserved_at_oom"] - oom["allocated_at_oom"] if "allocated_at_oom" in oom else None
 
 
 MMAP_THRESHOLD = "65536"  # glibc: buffers above this are mmapped and go back to the kernel when freed

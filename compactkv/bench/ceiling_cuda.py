@@ -119,7 +119,7 @@ def measure_cuda(kinds: list[str], budget: int, chunk: int, max_context: int, ti
                             f"GiB, t+{time.perf_counter() - t0:.0f}s")
         except torch.OutOfMemoryError as e:
             oom = {"context_tried": (records[-1][0] if records else 0) + chunk,
-                   "message": str(e).split("\n")[0][:300]}
+                   "message": str(e).split("\n")[0][:600]}
             if dev.type == "cuda":
                 oom.update(peak_at_oom=torch.cuda.max_memory_allocated(dev),
                            reserved_at_oom=torch.cuda.memory_reserved(dev),
