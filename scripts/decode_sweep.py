@@ -17,15 +17,24 @@ import torch
 
 VARIANTS = [
     {"fast": False},
-    {"fast": True, "block_n": 64, "num_warps": 4, "prefetch": False},
-    {"fast": True, "block_n": 64, "num_warps": 4, "prefetch": True},
-    {"fast": True, "block_n": 64, "num_warps": 8, "prefetch": True},
-    {"fast": True, "block_n": 128, "num_warps": 8, "prefetch": False},
-    {"fast": True, "block_n": 32, "num_warps": 4, "prefetch": False},
-    {"fast": True, "block_n": 64, "num_warps": 4, "prefetch": False, "splits_per_sm": 8.0},
-    {"fast": True, "block_n": 64, "num_warps": 4, "prefetch": False, "splits_per_sm": 2.0},
-    {"fast": True, "block_n": 32, "num_warps": 4, "prefetch": False, "splits_per_sm": 8.0},
+    {},
+    {"block_n": 64, "num_warps": 8},
+    {"block_n": 128, "num_warps": 8},
+    {"block_n": 32, "num_warps": 4},
+    {"splits_x": 0.5},
+    {"splits_x": 2.0},
 ]
+
+
+def _kernel_args(var: dict, b: int, t: int, dev) -> dict:
+    """splits_x: that multiple of the fast kernel's default split count."""
+    from compactkv.attention.triton.decode import FAST_MIN_SPLIT, choose_splits
+    from compactkv.bench.kernels import HKV
+    var = dict(var)
+    x = var.pop("splits_x", None)
+    if x is not None:
+        var["num_splits"] = max(1, round(x * choose_splits(b * HKV, t, 64, dev, 8.0, FAST_MIN_SPLIT)))
+    return var
 
 
 def main(argv=None) -> int:
@@ -35,7 +44,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--shapes", default="8x32768,1x131072")
-    ap.add_argument("--kinds", default="turbo4,turbo3,turbo2")
+    ap.add_argument("--kinds", default="turbo4,turbo2")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
@@ -52,7 +61,7 @@ def main(argv=None) -> int:
         for kind in args.kinds.split(","):
             for var in VARIANTS:
                 try:
-                    step, nbytes = decode_step(kind, b, t, dev, **var)
+                    step, nbytes = decode_step(kind, b, t, dev, **_kernel_args(var, b, t, dev))
                     us = tt.do_bench_cudagraph(step, rep=100, return_mode="median") * 1e3
                 except Exception as e:  # a variant that does not compile must not hide the others
                     print(f"  {kind} {var}: FAILED {repr(e)[:200]}", flush=True)
@@ -60,7 +69,7 @@ def main(argv=None) -> int:
                 r = {"batch": b, "context": t, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
                      "x": sdpa / us, "gbps": nbytes / us / 1e3}
                 rows.append(r)
-                print(f"  {kind:7s} {str(var):90s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s",
+                print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s",
                       flush=True)
                 del step
     if args.json:

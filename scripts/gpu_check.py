@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         for d in dims:  # the split kernel on the pairs that now default to the fast kernel
             plan.append(("decode", partial(check_decode, kind, kind, d, g=4, tq=1, fast=False)))
     plan.append(("decode", partial(check_decode, "turbo2", "turbo4", 256, g=8, tq=2)))
-    plan.append(("decode", partial(check_decode, "turbo4", "turbo3", 256, g=1, tq=5)))
+    plan.append(("decode", partial(check_decode, "turbo4", "turbo2", 64, g=1, tq=3)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256)))
     plan.append(("layer", partial(check_layer, "q8_0", "turbo4", 64, 8, 5, 3, 16, True, 100)))

@@ -45,9 +45,23 @@ def test_encode_bit_identical_to_cpu(kind, d):
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("g,tq", [(4, 1), (1, 3), (8, 1)])
 def test_decode_ragged_vs_float64(kk, vk, d, g, tq):
+    _check_decode(kk, vk, d, g, tq, fast=None)
+
+
+@pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo2", "turbo2"), ("turbo4", "turbo2"),
+                                   ("turbo2", "turbo4")])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("g,tq", [(4, 1), (1, 3), (8, 1), (8, 2)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_and_split_kernels_vs_float64(kk, vk, d, g, tq, fast):
+    """decode_fast_kernel (required) and the split kernel on the same ragged inputs."""
+    _check_decode(kk, vk, d, g, tq, fast=fast, lengths=[777, 130, 3, 64])
+
+
+def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3)):
     from compactkv.attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
     kc, vc = Codec(kk, d, seed=3), Codec(vk, d, seed=4)
-    lengths, hkv, chunk = [777, 130, 3], 2, 192
+    lengths, hkv, chunk = list(lengths), 2, 192
     b, t = len(lengths), max(lengths)
     rk = kc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
     rv = vc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
@@ -60,7 +74,8 @@ def test_decode_ragged_vs_float64(kk, vk, d, g, tq):
     out = torch.full((b, hkv, g * tq, d), float("nan"), device=DEV)
     lse = torch.full((b, hkv, g * tq), float("nan"), device=DEV)
     attend_packed(qk, chunk_table(ck), chunk_table(cv), torch.tensor(lengths, dtype=torch.int32, device=DEV),
-                  packed_kind(kc), packed_kind(vc), chunk=chunk, max_len=t, tq=tq, causal=tq > 1, out=out, lse=lse)
+                  packed_kind(kc), packed_kind(vc), chunk=chunk, max_len=t, tq=tq, causal=tq > 1, out=out, lse=lse,
+                  fast=fast)
     got = out @ adj if adj is not None else out
     assert torch.isfinite(lse).all()
     assert _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL

@@ -115,6 +115,14 @@ def decode_step(kind: str, b: int, t: int, device, **kernel):
     return step, rk.numel() + rv.numel()
 
 
+def kernel_name(kind: str) -> str:
+    """'fast' where `attend_packed` runs decode_fast_kernel for kind/kind pairs at HEAD_DIM, else 'split'."""
+    from ..attention.triton.decode import fast_unsupported, packed_kind
+    from ..core.codec import Codec
+    pk = packed_kind(Codec(kind, HEAD_DIM))
+    return "split" if pk is None or fast_unsupported(pk, pk) else "fast"
+
+
 def prefill_step(kind: str, t: int, device):
     """One layer's prefill of a fresh t-token prompt: encode K/V in place, expand once, causal SDPA, inverse map."""
     from ..attention.triton.backend import ONE_CHUNK
@@ -206,8 +214,14 @@ def run(args) -> int:
                 step, nbytes = decode_step(kind, b, t, dev)
                 e, gr = _bench(step, not args.no_graphs)
                 row["kinds"][kind] = {"us": e, "graph_us": gr, "bytes": nbytes, "gbps": nbytes / e / 1e3,
-                                      "speedup": s_eager / e,
+                                      "kernel": kernel_name(kind), "speedup": s_eager / e,
                                       "graph_speedup": (s_graph / gr) if (s_graph and gr) else None}
+                if kernel_name(kind) == "fast":  # the split kernel (before issue 7's rewrite) in the same run
+                    del step
+                    step, _ = decode_step(kind, b, t, dev, fast=False)
+                    se, sg = _bench(step, not args.no_graphs)
+                    row["kinds"][kind].update({"split_us": se, "split_graph_us": sg, "split_speedup": s_eager / se,
+                                               "split_graph_speedup": (s_graph / sg) if (s_graph and sg) else None})
                 if args.sweep and (b, t) in SWEEP_SHAPES:
                     row["kinds"][kind]["sweep"] = _sweep(kind, b, t, dev)
                 del step
@@ -264,8 +278,9 @@ def table(info: dict, kinds) -> str:
     head = f"{'B':>2} {'T':>7} {'sdpa us':>8} {'(graph)':>8}"
     for kind in kinds:
         head += f" | {kind + ' us':>10} {'x':>5} {'GB/s':>5} {'(graph x)':>9}"
+    kern = ", ".join(f"{k}: {info['decode'][0]['kinds'][k].get('kernel', '?')}" for k in kinds) if info["decode"] else ""
     lines = [f"card: {info['card']}; copy {info['copy_gbps']:.0f} GB/s; torch {info['torch']}, triton "
-             f"{info['triton']}; commit {info['commit']}", head]
+             f"{info['triton']}; commit {info['commit']}; kernels {kern}", head]
     for row in info["decode"]:
         g = row["sdpa_graph_us"]
         line = f"{row['batch']:>2} {row['context']:>7} {row['sdpa_us']:>8.1f} {g if g is None else round(g, 1)!s:>8}"
@@ -274,6 +289,14 @@ def table(info: dict, kinds) -> str:
             gx = "-" if r["graph_speedup"] is None else f"{r['graph_speedup']:.2f}"
             line += f" | {r['us']:>10.1f} {r['speedup']:>5.2f} {r['gbps']:>5.0f} {gx:>9}"
         lines.append(line)
+    for row in info["decode"]:
+        for kind in kinds:
+            r = row["kinds"][kind]
+            if "split_us" in r:
+                g = "-" if r["split_graph_speedup"] is None else f"{r['split_graph_speedup']:.2f}"
+                lines.append(f"before (split kernel) B={row['batch']} T={row['context']} {kind}: {r['split_us']:.1f} us, "
+                             f"x {r['split_speedup']:.2f} (graph x {g}); fast kernel {r['us']:.1f} us "
+                             f"= {r['split_us'] / r['us']:.2f}x faster")
     for e in info.get("encode", []):
         lines.append(f"encode {e['kind']} {e['tokens']} tokens x {HKV} heads, block_rows {e['block_rows']}: "
                      f"{e['us']:.1f} us, {e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)")

@@ -15,7 +15,7 @@ import triton
 
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
-from .fastasm import decode_asm, elem_kind, parts
+from .fastasm import decode_asm
 from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
                              dequant_kernel)
 from .kernels_fast import decode_fast_kernel
@@ -112,8 +112,8 @@ def fast_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
             return f"{kind.kind}: the fast kernel reads turbo2/3/4 rows only"
         if kind.head_dim not in (64, 128, 256):
             return f"head_dim {kind.head_dim}: the fast kernel takes 64/128/256"
-        if kind.bits == 3 and kind.head_dim < 128:
-            return "turbo3 at head_dim 64: parts of 8 dims are too narrow for tl.dot"
+        if kind.bits == 3:
+            return "turbo3: 3-bit codes straddle bytes; the split kernel is faster for them (measured)"
         if decode_asm(kind.head_dim, kind.bits) is None:
             return f"{kind.kind} d={kind.head_dim}: fp16 codebook not symmetric"
     return None
@@ -124,16 +124,21 @@ def fast_config(k_kind: PackedKind, v_kind: PackedKind) -> tuple[int, int]:
     return 64, 4
 
 
+FAST_MIN_SPLIT = 2048  # tokens: fewer per split make the split-merge pass (and per-program setup) dominate
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device, per_sm: float = 4.0) -> int:
-    """Splits per (b, head, query block) so that about `per_sm` programs run per multiprocessor."""
+def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device, per_sm: float = 4.0,
+                  min_split: int | None = None) -> int:
+    """Splits per (b, head, query block) so that about `per_sm` programs run per multiprocessor, each split at
+    least one tile (`min_split` tokens when given)."""
     want = math.ceil(per_sm * _sm_count(device) / max(programs, 1))
-    return max(1, min(want, math.ceil(max(max_len, 1) / block_n), 256))
+    return max(1, min(want, math.ceil(max(max_len, 1) / max(block_n, min_split or 0)), 256))
 
 
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
@@ -142,8 +147,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
                   lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2, out: torch.Tensor | None = None,
-                  lse: torch.Tensor | None = None, fast: bool | None = False,
-                  splits_per_sm: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  lse: torch.Tensor | None = None, fast: bool | None = None,
+                  splits_per_sm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -153,7 +158,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
     written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
-    options and select the split kernel); True requires it; False forces the split kernel.
+    options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
+    8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel.
     """
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
@@ -172,7 +178,10 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     nqb = math.ceil(tq / tqb)
     block_m = max(16, triton.next_power_of_2(g * tqb))
     if num_splits is None:
-        num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm)
+        if fast:
+            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 8.0, FAST_MIN_SPLIT)
+        else:
+            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 4.0)
     q = q.contiguous()
     dev = q.device
     o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
@@ -192,11 +201,9 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
             bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
             o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
-            K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ELEM=elem_kind(d, k_kind.bits), V_ELEM=elem_kind(d, v_kind.bits), PK=parts(d, k_kind.bits),
-            PV=parts(d, v_kind.bits), K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
+            K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
             D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
-            num_stages=num_stages)
+            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
             q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
@@ -207,9 +214,10 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
             HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=num_warps, num_stages=num_stages)
+    block_s = max(2, triton.next_power_of_2(num_splits))
     decode_reduce_kernel[(b * h * nqb * block_m,)](
-        o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m,
-        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1)
+        o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m, BLOCK_S=block_s,
+        num_warps=4 if block_s * d >= 4096 else 1)
     return out, lse
 
 

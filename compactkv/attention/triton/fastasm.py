@@ -6,9 +6,9 @@ a small interpreter of the few PTX instructions they use, so the bit tricks are 
 as two 32-bit registers (elements 0,1 then 2,3; lower half first), then the inputs, each 4 uint8 elements in one
 register (element k in byte k).
 
-Element and part layout (kernels_fast.py, `elem_kind`): an element is a code byte (4 bits: 2 codes, 2 bits: 4
-codes) or a 3-byte group of 8 codes (3 bits; three inputs: byte 0, 1, 2 of each group). Codes sit lowest bits first. Output p holds code p of each element. The 4-bit decoder needs the fp16 codebook
-to be symmetric (c[15-i] == -c[i], checked; true for every Lloyd-Max codebook here).
+Element and part layout (kernels_fast.py): an element is a code byte (4 bits: 2 codes, 2 bits: 4 codes, lowest
+bits first); output p holds code p of each byte. The 4-bit decoder needs the fp16 codebook to be symmetric
+(c[15-i] == -c[i], checked; true for every Lloyd-Max codebook here).
 """
 
 from __future__ import annotations
@@ -91,50 +91,9 @@ def _asm2(u: list[int]) -> str:
     return "\n".join(lines)
 
 
-# code p of a 3-byte group: (input register, right shift, mask) pieces OR-ed together, per byte lane
-_P3 = [
-    [(0, 0, 0x07)], [(0, 3, 0x07)], [(0, 6, 0x03), (1, -2, 0x04)], [(1, 1, 0x07)], [(1, 4, 0x07)],
-    [(1, 7, 0x01), (2, -1, 0x06)], [(2, 2, 0x07)], [(2, 5, 0x07)],
-]
-
-
-def _asm3(u: list[int]) -> str:
-    tl0, tl1 = _bytes32(u[:4]), _bytes32(u[4:])
-    th0, th1 = _bytes32([x >> 8 for x in u[:4]]), _bytes32([x >> 8 for x in u[4:]])
-    lines = ["{", ".reg .b32 y, t, l, h, yh, tl0, tl1, th0, th1;", f"mov.b32 tl0, {tl0:#x};",
-             f"mov.b32 tl1, {tl1:#x};", f"mov.b32 th0, {th0:#x};", f"mov.b32 th1, {th1:#x};"]
-    for p, pieces in enumerate(_P3):
-        for n, (reg, sh, mask) in enumerate(pieces):
-            dst = "y" if n == 0 else "t"
-            src = f"${16 + reg}"
-            if sh > 0:
-                lines.append(f"shr.u32 {dst}, {src}, {sh};")
-                src = dst
-            elif sh < 0:
-                lines.append(f"shl.b32 {dst}, {src}, {-sh};")
-                src = dst
-            lines.append(f"and.b32 {dst}, {src}, {mask * 0x01010101:#x};")
-            if n:
-                lines.append("or.b32 y, y, t;")
-        lines += ["prmt.b32 l, tl0, tl1, y;", "prmt.b32 h, th0, th1, y;", f"prmt.b32 ${2 * p}, l, h, 0x6240;",
-                  "shr.u32 yh, y, 16;", "prmt.b32 l, tl0, tl1, yh;", "prmt.b32 h, th0, th1, yh;",
-                  f"prmt.b32 ${2 * p + 1}, l, h, 0x6240;"]
-    lines.append("}")
-    return "\n".join(lines)
-
-
-ELEM_BYTE, ELEM_GROUP_3 = 0, 1  # element kinds (kernels_fast.py)
-
-
-def elem_kind(head_dim: int, bits: int) -> int:
-    """How codes are grouped into asm elements: bytes (2 or 4 codes) for 4 and 2 bits, 3-byte groups of 8 codes
-    for 3 bits."""
-    return ELEM_GROUP_3 if bits == 3 else ELEM_BYTE
-
-
 def parts(head_dim: int, bits: int) -> int:
-    """Codes per element = output tensors of one decoder; part p of element e is dimension parts * e + p."""
-    return 8 if bits == 3 else 8 // bits
+    """Codes per byte = output tensors of one decoder; part p of byte e is dimension parts * e + p."""
+    return 8 // bits
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,11 +102,9 @@ def decode_asm(head_dim: int, bits: int) -> str | None:
     u = fp16_bits(head_dim, bits)
     if bits == 4:
         return _asm4(u) if symmetric(head_dim, bits) else None
-    if bits == 3:
-        return _asm3(u)
     if bits == 2:
         return _asm2(u)
-    return None
+    return None  # 3-bit codes straddle bytes: turbo3 stays on the split kernel
 
 
 # --- a CPU interpreter for the instructions above (tests) -------------------------------------------------------
@@ -215,8 +172,8 @@ def _half(x: int) -> float:
 
 
 def emulate(head_dim: int, bits: int, inputs: list[bytes]) -> list[list[float]]:
-    """Run the decoder on one pack of 4 elements: inputs are 4-byte strings (one register; 3 for 3 bits).
-    Returns outputs[p][k] = value of code p of element k."""
+    """Run the decoder on one pack of 4 code bytes (inputs: one 4-byte string, byte k = element k).
+    Returns outputs[p][k] = value of code p of byte k."""
     asm = decode_asm(head_dim, bits)
     n_out = parts(head_dim, bits)
     regs = {f"${2 * n_out + i}": int.from_bytes(x, "little") for i, x in enumerate(inputs)}
