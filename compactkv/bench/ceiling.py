@@ -156,8 +156,10 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, blo
     ceilings, peaks = [], []
     for run in runs:
         others = [r for r in runs if r is not run]
+        several = len({r.limit for r in runs}) > 1
+        names = [f"{r.kind} ({fmt_bytes(r.limit)})" if several else r.kind for r in others]
         if others:
-            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(r.kind for r in others)}", block,
+            model = fit_overhead(shape, others, chunk, weights, f"fitted on {', '.join(names)}", block,
                                  fp16_tokens, device)
         else:
             model = load_overhead(device, prefill_chunk=chunk)
@@ -181,7 +183,10 @@ def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, blo
                          "predicted_fit_all_tokens": tokens_all, "predicted_fit_all": predicted_all,
                          "error_fit_all": predicted_all / run.ceiling - 1 if ok and predicted_all else None,
                          "slack_predicted": model.slack_bytes(shape, config, run.ceiling, 1, fp16_tokens),
-                         "hole_at_oom": oom_hole(run)})
+                         "hole_at_oom": oom_hole(run),
+                         "stopped_by": ("OOM" if run.meta.get("oom") else "reserved over the budget, no OOM raised"
+                                        if run.meta.get("over_budget_without_oom") else
+                                        "the limit" if run.hit_limit else "not reached")})
         if given is not None:
             ceilings[-1].update(predicted_given_tokens=tokens_given, predicted_given=predicted_given,
                                 given_source=given.source,
@@ -209,9 +214,13 @@ def print_tables(result: dict, max_rows: int = 24) -> None:
     for c in result["ceilings"]:
         err = "n/a" if c["error"] is None else f"{c['error']:+.1%}"
         err_all = "n/a" if c.get("error_fit_all") is None else f"{c['error_fit_all']:+.1%}"
-        measured = f"{c['measured']:,}" + ("" if c["hit_limit"] else "+")
+        measured = f"{c['measured']:,}" + ("" if c["hit_limit"] else "+") + ("*" if "no OOM" in c.get(
+            "stopped_by", "") else "")
         print(f"{c['kind']:8} {fmt_bytes(c['limit']):>10} {measured:>17} {c['predicted'] or 0:>10,} {err:>7} "
               f"{c.get('predicted_fit_all') or 0:>8,} {err_all:>7}  {c['calibration']}")
+    if any("no OOM" in c.get("stopped_by", "") for c in result["ceilings"]):
+        print("  * stopped when the allocator's reserved peak passed the budget without raising OOM "
+              "(not an OOM ceiling)")
     for c in result["ceilings"]:
         if "predicted_given" in c:
             err = "n/a" if c["error_given"] is None else f"{c['error_given']:+.1%}"
