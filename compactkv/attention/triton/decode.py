@@ -136,9 +136,14 @@ def _sm_count(device: torch.device) -> int:
 def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device, per_sm: float = 4.0,
                   min_split: int | None = None) -> int:
     """Splits per (b, head, query block) so that about `per_sm` programs run per multiprocessor, each split at
-    least one tile (`min_split` tokens when given)."""
-    want = math.ceil(per_sm * _sm_count(device) / max(programs, 1))
-    return max(1, min(want, math.ceil(max(max_len, 1) / max(block_n, min_split or 0)), 256))
+    least one tile. With `min_split`, splits also hold at least that many tokens, unless that would leave fewer
+    than two programs per multiprocessor (short contexts)."""
+    sms = _sm_count(device)
+    want = math.ceil(per_sm * sms / max(programs, 1))
+    tiles = math.ceil(max(max_len, 1) / block_n)
+    if min_split:
+        want = min(want, max(math.ceil(max(max_len, 1) / min_split), math.ceil(2 * sms / max(programs, 1))))
+    return max(1, min(want, tiles, 256))
 
 
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
