@@ -140,8 +140,9 @@ def test_memory_report_totals():
     cache = TurboQuantCache(cfg, cache_config=CacheConfig(k="turbo4", v="turbo4", residual_length=4, block_size=2))
     for i in range(3):
         cache.layers[i].update(*_kv(1, 2, 10))
+        cache.layers[i].observe(torch.randn(1, 4, 10, 64))  # what the attention call does before reading
     rep = cache.memory_report()
     assert rep["kv_bytes"] == rep["compressed_bytes"] + rep["window_bytes"] + rep["aux_bytes"]
-    assert rep["aux_bytes"] == 3 * 2 * 64 * 4  # one float32 key mean per layer and head
+    assert rep["aux_bytes"] == 3 * 2 * 64 * 4 * 2  # a float32 key mean and key scale per layer and head
     assert rep["fp16_bytes"] == 3 * 2 * 2 * 2 * 64 * 10
     assert rep["ratio"] == pytest.approx(rep["fp16_bytes"] / rep["kv_bytes"])

@@ -81,22 +81,29 @@ def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3)):
     assert _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL
 
 
-@pytest.mark.parametrize("kk,vk,d,g,tq,sink,recent,mask,chunk", [
-    ("turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024),
-    ("turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256),
-    ("q8_0", "turbo2", 64, 8, 5, 3, 16, True, 100),
-    ("turbo2", "turbo4", 256, 1, 4, 0, 0, False, 512),
-    ("turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256),  # prefill: rows expanded once, SDPA
-    ("turbo3", "q8_0", 64, 8, 200, 0, 0, False, 1024),
+@pytest.mark.parametrize("kk,vk,d,g,tq,sink,recent,mask,chunk,scale", [
+    ("turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024, False),
+    ("turbo4", "turbo4", 128, 4, 1, 4, 0, False, 1024, True),  # query-aware key scale (scale_keys)
+    ("turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256, False),
+    ("q8_0", "turbo2", 64, 8, 5, 3, 16, True, 100, False),
+    ("turbo2", "turbo4", 256, 1, 4, 0, 0, False, 512, True),
+    ("turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256, False),  # prefill: rows expanded once, SDPA
+    ("turbo3", "turbo4", 128, 4, 300, 4, 64, True, 256, True),
+    ("turbo3", "q8_0", 64, 8, 200, 0, 0, False, 1024, False),
 ])
-def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chunk):
+def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chunk, scale):
     from compactkv.attention.triton.backend import triton_attention
     b, hkv = 2, 2
-    layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=recent, chunk_tokens=chunk)
+    layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=recent, chunk_tokens=chunk,
+                            scale_keys=scale)
+    # anisotropic keys and queries (outlier channels), so a fitted key scale is far from uniform
+    spread = torch.logspace(-1, 1, d, device=DEV, dtype=torch.float16)
     for n in (1100, tq):
-        layer.update(torch.randn(b, hkv, n, d, device=DEV, dtype=torch.float16),
+        layer.update(torch.randn(b, hkv, n, d, device=DEV, dtype=torch.float16) * spread,
                      torch.randn(b, hkv, n, d, device=DEV, dtype=torch.float16))
-    q = torch.randn(b, hkv * g, tq, d, device=DEV, dtype=torch.float16)
+        layer.observe(torch.randn(b, hkv * g, n, d, device=DEV, dtype=torch.float16) * spread.flip(0))
+    assert (layer.k_scale is not None) == scale
+    q = torch.randn(b, hkv * g, tq, d, device=DEV, dtype=torch.float16) * spread.flip(0)
     tk = layer.stored_length()
     m = None
     if mask:

@@ -34,14 +34,19 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    from .triton.backend import why_not_triton
-    return why_not_triton(layer, query, mask, softcap)
+    from .triton import backend
+    if getattr(layer, "k_scale", None) is not None and not getattr(backend, "SUPPORTS_KEY_SCALE", False):
+        return "the layer's keys are stored with a per-channel scale (scale_keys) the kernels do not apply"
+    return backend.why_not_triton(layer, query, mask, softcap)
 
 
 def attend(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None = None,
            backend: str | None = None) -> torch.Tensor:
     """Attention of query [B, Hq, Tq, D] over everything `layer` stores -> [B, Tq, Hq, D], on the chosen backend."""
     choice = resolve_backend(backend)
+    observe = getattr(layer, "observe", None)
+    if observe is not None:  # query statistics before the layer's first compression (TurboQuantLayer.scale_keys)
+        observe(query)
     if choice != "torch":
         why = triton_unavailable(layer, query, mask, softcap)
         if why is None:

@@ -57,7 +57,7 @@ def compressed_attention(layer: TurboQuantLayer, query: torch.Tensor, mask: torc
                          scaling: float, softcap: float | None = None) -> torch.Tensor:
     """query: [B, Hq, Tq, D]; attends to everything `layer` stores. Returns [B, Tq, Hq, D] in query's dtype."""
     return _attend(query, list(_blocks(layer)), layer.stored_length(), layer.k_codec, layer.v_codec,
-                   layer.k_mean, layer.n_compressed > 0, mask, scaling, softcap)
+                   layer.k_mean, layer.n_compressed > 0, mask, scaling, softcap, getattr(layer, "k_scale", None))
 
 
 def dense_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -66,7 +66,7 @@ def dense_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return _attend(query, [("dense", key, value)], key.shape[-2], None, None, None, False, mask, scaling, softcap)
 
 
-def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap) -> torch.Tensor:
+def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap, k_scale=None) -> torch.Tensor:
     b, hq, tq, d = query.shape
     hkv = blocks[0][1].shape[1] if blocks else 1
     if hq % hkv:
@@ -74,7 +74,9 @@ def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap)
     g = hq // hkv
     q = query.float().reshape(b, hkv, g * tq, d)  # query head = kv_head * g + group member
     bias = _Mask(mask, tq, tk, g, query.device)
-    q_parts = [p * scaling for p in kc.query_parts(q)] if has_rows else []
+    # Keys were stored scaled per channel (k * k_scale): the compressed part scores the query divided by it.
+    qc = q / k_scale[None, :, None, :] if has_rows and k_scale is not None else q
+    q_parts = [p * scaling for p in kc.query_parts(qc)] if has_rows else []
     # Keys were stored as k - mean: add back q·mean, the same for every compressed key of a query row.
     q_mean = (q * scaling) @ k_mean.transpose(-1, -2) if has_rows and k_mean is not None else None
     m = torch.full((b, hkv, g * tq, 1), float("-inf"), device=query.device)

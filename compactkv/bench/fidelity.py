@@ -67,7 +67,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(0, -2).double(), b.flatten(0, -2).double(), dim=-1).mean())
 
 
-def layer_fidelity(kind: str, q, k, v, seed: int = 0) -> dict:
+def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True) -> dict:
     """Cosines of one layer's attention output, causal score rows, K and V for `kind` (KIND or K/V) vs float32."""
     from compactkv.attention.dispatch import attend
     from compactkv.cache.layer import TurboQuantLayer
@@ -75,18 +75,20 @@ def layer_fidelity(kind: str, q, k, v, seed: int = 0) -> dict:
     d, t = q.shape[-1], q.shape[-2]
     scale = d ** -0.5
     k_kind, _, v_kind = kind.partition("/")
-    layer = TurboQuantLayer(k_kind, v_kind or k_kind, d, residual_length=0, block_size=1, seed=seed)
+    layer = TurboQuantLayer(k_kind, v_kind or k_kind, d, residual_length=0, block_size=1, seed=seed,
+                            scale_keys=scale_keys)
     layer.update(k, v)
     out = attend(layer, q, None, scale, backend="torch").transpose(1, 2)
     g = q.shape[1] // k.shape[1]
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), is_causal=True,
                                          scale=scale)
     rows_k, rows_v = torch.cat(layer.chunks_k, -2), torch.cat(layer.chunks_v, -2)
-    k_hat = layer.k_codec.decode(rows_k) + (layer.k_mean if layer.k_mean is not None else 0)
+    k_hat = layer.decode_keys(rows_k)
     v_hat = layer.v_codec.decode(rows_v)
     qg = q.reshape(1, k.shape[1], g * t, d)
     s_hat = None
-    for qp, (vals, sc) in zip(layer.k_codec.query_parts(qg), layer.k_codec.key_parts(rows_k)):
+    qs = qg / layer.k_scale[None, :, None, :] if layer.k_scale is not None else qg
+    for qp, (vals, sc) in zip(layer.k_codec.query_parts(qs), layer.k_codec.key_parts(rows_k)):
         part = qp @ vals.transpose(-1, -2)
         part = part * sc.unsqueeze(-2) if sc is not None else part
         s_hat = part if s_hat is None else s_hat + part

@@ -1,8 +1,9 @@
 """`compactkv bench ppl`: perplexity, KL divergence and top-1 agreement of KV configs vs f16, llama-perplexity style.
 
 The corpus is cut into non-overlapping chunks of --ctx tokens (the first --chunks of them). Each chunk is one
-forward through a fresh cache that stores every token compressed (residual_length=0, sink_tokens=0), so every
-scored token attends to the compressed K/V. Logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1
+forward through a fresh cache with no fp16 recent window (residual_length=0), so every scored token attends to the
+compressed K/V; the cache's default attention sinks (first 4 tokens in fp16) stay unless --sinks says otherwise.
+Logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1
 (the second half, as llama-perplexity scores). KL and top-1 compare each config with the f16 config's logits.
 Gate (the original plan): ΔPPL <= 0.5 PASS, > 1.0 KILL, between: WARN.
 """
@@ -14,6 +15,8 @@ import os
 
 import torch
 from tqdm import tqdm
+
+from compactkv.cache import CacheConfig
 
 from .common import (DEFAULT_CORPUS, add_model_args, bits_and_bytes, corpus_ids, forward, load, make_cache,
                      parse_kv_list, score, table, write_json)
@@ -31,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--ctx", type=int, default=1024, help="tokens per chunk (default 1024)")
     p.add_argument("--chunks", type=int, default=16, help="first N chunks of the corpus (default 16)")
     p.add_argument("--corpus", default=os.environ.get("COMPACTKV_CORPUS", DEFAULT_CORPUS))
-    p.add_argument("--peers", default="", help="also score peers: quanto4,quanto2,hqq4,hqq2 (see bench/peers.py)")
+    p.add_argument("--peers", default="", help="also score peers: quanto4,quanto2,hqq4,hqq2 (transformers backends), gq8_0,gq4_0,gq4_1 (llama.cpp block formats emulated; see bench/peers.py)")
+    p.add_argument("--sinks", type=int, default=None,
+                   help="fp16 sink tokens per chunk (default: the cache's, 4); 0 compresses every token")
     p.add_argument("--png", metavar="PATH", help="plot ΔPPL vs bits per value")
     add_model_args(p)
     p.set_defaults(func=main)
@@ -56,7 +61,8 @@ def gate(dppl: float) -> str:
     return "PASS" if dppl <= PASS else ("KILL" if dppl > KILL else "WARN")
 
 
-def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool = True, on_chunk=None) -> list[dict]:
+def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool = True, on_chunk=None,
+             **cache_options) -> list[dict]:
     """Rows per config (f16 first) and per peer runner: ppl, ΔPPL, KL, top-1, bits/value, KV bytes.
 
     on_chunk(rows, chunks_done), when given, receives the running results after every chunk.
@@ -72,7 +78,7 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
         ids, targets = chunk.view(1, -1), chunk[first + 1:]
         ref = None
         for c in configs:
-            cache = make_cache(model, c)
+            cache = make_cache(model, c, **cache_options)
             logits = scored_logits(forward(model, ids, cache, keep).logits, ctx)
             ref = logits if ref is None else ref
             for k, val in score(logits, ref, targets).items():
@@ -144,16 +150,20 @@ def main(args) -> dict:
         from .peers import make_runners
 
         runners = make_runners(model, args.peers)
-    note = ("compressed configs store every token compressed (residual_length=0, sink_tokens=0): each scored "
-            "token attends to the compressed K/V")
+    options = {} if args.sinks is None else {"sink_tokens": args.sinks}
+    sinks = CacheConfig(**options).sink_tokens
+    note = (f"no fp16 recent window (residual_length=0): each scored token attends to the compressed K/V; the first "
+            f"{sinks} tokens of each chunk are fp16 attention sinks" if sinks else
+            "every token stored compressed (residual_length=0, sink_tokens=0)")
     report = {"bench": "ppl", "model": name, "corpus": args.corpus, "ctx": args.ctx, "chunks": args.chunks,
+              "sink_tokens": sinks,
               "scoring": "llama-perplexity: second half of each non-overlapping chunk", "note": note,
               "gate": {"pass_dppl": PASS, "kill_dppl": KILL}}
 
     def save(rows, done):  # partial results survive a run cut short
         write_json(args.json, {**report, "chunks_done": done, "rows": rows})
 
-    rows = evaluate(model, chunks, configs, runners, on_chunk=save)
+    rows = evaluate(model, chunks, configs, runners, on_chunk=save, **options)
     report.update(chunks_done=len(chunks), rows=rows)
     print(f"{name}, ctx {args.ctx}, {args.chunks} chunks, second halves scored; {note}")
     print(table(rows, COLUMNS))

@@ -86,7 +86,7 @@ def main(args) -> dict:
     model, tokenizer, name = load(args.model, args.gguf_file, args.device)
     results = run_prompts(model, tokenizer, configs, max_new=args.max_new)
     rows = summary(results)
-    print(f"{name}, greedy, {args.max_new} new tokens max, every prompt and generated token stored compressed (residual_length=0, sink_tokens=0)")
+    print(f"{name}, greedy, {args.max_new} new tokens max, every prompt and generated token stored compressed (residual_length=0; the first 4 sink tokens stay fp16, the cache default)")
     print(table(rows, [("config", "config", "{}"), ("passed", "checks passed", "{}"), ("of", "of", "{}"),
                        ("agreement", "token agreement", "{:.1%}"), ("identical", "identical answers", "{}")]))
     path = Path(args.transcripts) / "prompts.txt"

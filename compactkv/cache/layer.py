@@ -27,10 +27,12 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, sink_tokens: int = 0, residual_length: int = 0,
                  block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
-                 sliding_window: int | None = None, center_keys: bool = True):
+                 sliding_window: int | None = None, center_keys: bool = True, scale_keys: bool = False):
         super().__init__()
         self.center_keys = center_keys and k_kind != "f16"  # exact storage: centering would only add bytes
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
+        # Query-aware channel scaling applies to the rotation codecs, whose error is isotropic after rotation.
+        self.scale_keys = scale_keys and self.k_codec.spec.family in ("mse", "frac", "prod")
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
         self.head_dim = head_dim
         self.is_sliding = sliding_window is not None
@@ -45,6 +47,10 @@ class TurboQuantLayer(CacheLayerMixin):
         self.chunks_k: list[torch.Tensor] = []  # [B, H, c, row_bytes_k] uint8
         self.chunks_v: list[torch.Tensor] = []
         self.k_mean = None  # [B, H, 1, D] float32, subtracted from keys before encoding (see center_keys)
+        self.k_scale = None  # [H, D] float32: keys are encoded as (k - k_mean) * k_scale (see scale_keys)
+        self.q_power = None  # [H, D] float64: sum of squared query coordinates seen so far, per KV head
+        self.q_count = 0
+        self.calibrated = not self.scale_keys  # True once the first compression fixed k_scale (or chose none)
         self.n_compressed = 0
         self.dropped = 0  # tokens trimmed out of a sliding window
         self.cumulative_length = 0
@@ -84,28 +90,81 @@ class TurboQuantLayer(CacheLayerMixin):
         return out_k, out_v
 
     def _push_recent(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        if self.residual_length == 0 and self.recent_k.shape[-2] == 0 and k.shape[-2] >= self.block_size:
+        if (self.calibrated and self.residual_length == 0 and self.recent_k.shape[-2] == 0
+                and k.shape[-2] >= self.block_size):
             n = (k.shape[-2] // self.block_size) * self.block_size
             self._compress(k[..., :n, :], v[..., :n, :])
             k, v = k[..., n:, :], v[..., n:, :]
         if k.shape[-2]:
             self.recent_k = torch.cat([self.recent_k, k.to(STORE_DTYPE)], dim=-2)
             self.recent_v = torch.cat([self.recent_v, v.to(STORE_DTYPE)], dim=-2)
+        if self.calibrated:  # otherwise the attention call's query statistics come first (see observe)
+            self.flush()
+
+    def flush(self) -> None:
+        """Compress the recent tokens beyond the fp16 window, `block_size` at a time.
+
+        Before the first compression of a `scale_keys` layer this is deferred to `observe`, which the attention
+        function calls with the query; calling flush() directly compresses with whatever statistics exist.
+        """
+        if not self.is_initialized:
+            return
         over = self.recent_k.shape[-2] - self.residual_length
         if over >= self.block_size:
             n = (over // self.block_size) * self.block_size
             self._compress(self.recent_k[..., :n, :], self.recent_v[..., :n, :])
             self.recent_k, self.recent_v = self.recent_k[..., n:, :].clone(), self.recent_v[..., n:, :].clone()
 
+    def observe(self, query: torch.Tensor) -> None:
+        """Called by the attention function with the (post-RoPE) query [B, Hq, Tq, D] before it reads the cache.
+
+        Until the first compression fixes `k_scale`, accumulates each KV head's per-channel query power (over its
+        query group, batch and positions), then compresses what the window no longer holds.
+        """
+        if self.calibrated or not self.is_initialized:
+            return
+        b, hq, tq, d = query.shape
+        h = self.recent_k.shape[1]
+        if d != self.head_dim or hq % h:
+            raise ValueError(f"query {list(query.shape)} does not fit this layer ({h} KV heads, head_dim "
+                             f"{self.head_dim})")
+        power = query.detach().double().pow(2).reshape(b, h, hq // h * tq, d).sum(dim=(0, 2))
+        self.q_power = power if self.q_power is None else self.q_power + power
+        self.q_count += b * (hq // h) * tq
+        self.flush()
+
+    def _fit_scale(self, k: torch.Tensor) -> torch.Tensor | None:
+        """Per-channel key scale s [H, D] from the query and (centered) key powers, or None without queries.
+
+        Rotation makes the codec's error isotropic, so the error of q·k scales like |q|·|k|. Storing k·s and
+        scoring q/s keeps q·k exact and changes the error to |q/s|·|k·s|, smallest (Cauchy-Schwarz) for
+        s_c² ∝ sqrt(E[q_c²] / E[k_c²]). Scales are normalized to keep E|k·s|² = E|k|², and clamped to
+        [1/16, 16] of that so a silent channel cannot blow up.
+        """
+        if self.q_power is None or self.q_count == 0:
+            return None
+        qp = self.q_power / self.q_count
+        kp = k.double().pow(2).mean(dim=(0, 2))  # [H, D]
+        qp = qp + 1e-3 * qp.mean(-1, keepdim=True)
+        kp = kp + 1e-3 * kp.mean(-1, keepdim=True)
+        s2 = (qp / kp).sqrt().clamp_min(1e-30)
+        s2 = s2 * (kp.sum(-1, keepdim=True) / (kp * s2).sum(-1, keepdim=True))
+        return s2.sqrt().clamp(1 / 16, 16).float()
+
     def _compress(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Encode tokens [B, H, n, D] once and append them to the compressed chunks."""
-        for codec, x in ((self.k_codec, k), (self.v_codec, v)):
-            if codec.spec.family == "frac" and codec.outliers is None:
-                codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
         if self.center_keys:
             if self.k_mean is None:
                 self.k_mean = k.float().mean(dim=-2, keepdim=True)
             k = k.float() - self.k_mean
+        if not self.calibrated:
+            self.k_scale = self._fit_scale(k)
+            self.calibrated = True
+        if self.k_scale is not None:
+            k = k.float() * self.k_scale[:, None, :]
+        for codec, x in ((self.k_codec, k), (self.v_codec, v)):
+            if codec.spec.family == "frac" and codec.outliers is None:
+                codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
         rows_k = self.k_codec.encode(k)
         rows_v = self.v_codec.encode(v)
         pos = 0
@@ -197,10 +256,22 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def offload(self):
         self._map(lambda t: t.to("cpu", non_blocking=True))
+        if self.k_scale is not None:  # per head, not per batch row: moved, never batch-indexed
+            self.k_scale = self.k_scale.to("cpu", non_blocking=True)
 
     def prefetch(self):
         if self.is_initialized:
             self._map(lambda t: t.to(self.device, non_blocking=True))
+            if self.k_scale is not None:
+                self.k_scale = self.k_scale.to(self.device, non_blocking=True)
+
+    def decode_keys(self, rows: torch.Tensor) -> torch.Tensor:
+        """Compressed key rows [..., row_bytes] back to keys in the model's space (float32), undoing the
+        channel scale and the centering."""
+        k = self.k_codec.decode(rows)
+        if self.k_scale is not None:
+            k = k / self.k_scale[:, None, :]
+        return k + self.k_mean if self.k_mean is not None else k
 
     def __deepcopy__(self, memo):
         new = copy.copy(self)
@@ -220,7 +291,7 @@ class TurboQuantLayer(CacheLayerMixin):
                     "codec_bytes": 0}
         comp = sum(_storage_bytes(c) for c in self.chunks_k + self.chunks_v)
         win = sum(_storage_bytes(t) for t in (self.sink_k, self.sink_v, self.recent_k, self.recent_v))
-        aux = [self.k_mean] + [c.outliers for c in (self.k_codec, self.v_codec)]  # per-head metadata
+        aux = [self.k_mean, self.k_scale] + [c.outliers for c in (self.k_codec, self.v_codec)]  # per-head metadata
         aux_bytes = sum(_storage_bytes(t) for t in aux if t is not None)
         b, h = self.sink_k.shape[:2]
         return {"compressed_bytes": comp, "window_bytes": win, "aux_bytes": aux_bytes, "tokens": self.stored_length(),

@@ -15,6 +15,7 @@ import torch
 from .decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind, unsupported
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
+SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
 BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
 
@@ -120,7 +121,9 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     if n_comp:
         fwd, _ = codec_maps(kc, query.device)
         _, adj = codec_maps(vc, query.device)
-        qk = (q @ fwd if fwd is not None else q) * (scaling * LOG2E)
+        k_scale = getattr(layer, "k_scale", None)  # keys stored as (k - mean) * k_scale: score q / k_scale
+        qs = q / k_scale[None, :, None, :] if k_scale is not None else q
+        qk = (qs @ fwd if fwd is not None else qs) * (scaling * LOG2E)
         k_mean = getattr(layer, "k_mean", None)
         rowb = ((q * (scaling * LOG2E)) @ k_mean.float().transpose(-1, -2)).squeeze(-1) if k_mean is not None else None
         bias_c = None

@@ -29,7 +29,7 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     g = hq // hkv
     dev = query.device
     kc, vc = layer.k_codec, layer.v_codec
-    fwd_k, _ = codec_maps(kc, dev)
+    fwd_k, adj_k = codec_maps(kc, dev)
     fwd_v, adj_v = codec_maps(vc, dev)
     n_sink, n_comp = layer.sink_k.shape[-2], layer.n_compressed
     keys = [_rotate(layer.sink_k, fwd_k)]
@@ -38,7 +38,12 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
         k_tab, v_tab, _, chunk, _, _alive = source
         kd = dequant_packed(k_tab, packed_kind(kc), b, hkv, n_comp, chunk)
         k_mean = getattr(layer, "k_mean", None)
-        if k_mean is not None:  # keys were stored as k - mean: add the (rotated) mean back
+        k_scale = getattr(layer, "k_scale", None)
+        if k_scale is not None:  # stored (k - mean) * k_scale: back to model space, then into the rotated one
+            kf = kd.float() @ adj_k if adj_k is not None else kd.float()
+            kf = kf / k_scale[None, :, None, :] + (k_mean.float() if k_mean is not None else 0.0)
+            kd = _rotate(kf, fwd_k)
+        elif k_mean is not None:  # keys were stored as k - mean: add the (rotated) mean back
             kd = (kd.float() + _rotate(k_mean, fwd_k).float()).half()
         keys.append(kd)
         values.append(dequant_packed(v_tab, packed_kind(vc), b, hkv, n_comp, chunk))
