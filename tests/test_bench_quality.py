@@ -88,7 +88,43 @@ def test_ppl_smoke_f16_in_cache_equals_itself(tiny):
     rows = ppl.evaluate(model, chunks, parse_kv_list("f16,turbo4,q8_0/turbo3"), bar=False)
     assert rows[0]["kl"] == 0 and rows[0]["top1"] == 1 and rows[0]["dppl"] == 0
     assert rows[0]["tokens"] == 2 * 31 and rows[0]["bits"] == 16
-    assert rows[1]["bits"] < 5 and rows[1]["kl"] > 0 and math.isfinite(rows[2]["ppl"])
+    # 64-token chunks: 4.25 bits of rows + 4 fp16 sinks + per-head key mean and scale (float32) = 5.48 bits
+    assert 4.25 < rows[1]["bits"] < 5.5 and rows[1]["kl"] > 0 and math.isfinite(rows[2]["ppl"])
+
+
+def test_batched_logits_equal_one_forward_for_f16(tiny):
+    model, _ = tiny
+    ids = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(4))
+    from compactkv.bench.common import make_cache
+
+    whole = ppl.batched_logits(model, ids, make_cache(model, parse_kv_list("f16")[0]), 32, 64)
+    for batch in (32, 20, 7):  # splits before, at and across the scored half
+        got = ppl.batched_logits(model, ids, make_cache(model, parse_kv_list("f16")[0]), 32, batch)
+        assert got.shape == whole.shape == (1, 32, whole.shape[-1])
+        torch.testing.assert_close(got, whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="--batch"):
+        ppl.batched_logits(model, ids, make_cache(model, parse_kv_list("f16")[0]), 32, 0)
+
+
+def test_llama_cpp_block_formats_by_hand():
+    from compactkv.bench.peers import ggml_roundtrip
+
+    x = torch.zeros(32)
+    x[:4] = torch.tensor([-4.0, 1.0, 2.5, 3.9])
+    # q4_0: d = (value of largest magnitude) / -8 = 0.5, q = trunc(x/d + 8.5) clamped to 15, x^ = (q - 8) d
+    want = torch.zeros(32)
+    want[:4] = torch.tensor([-4.0, 1.0, 2.5, 3.5])  # 3.9/0.5 + 8.5 = 16.3 -> 15 -> 3.5
+    torch.testing.assert_close(ggml_roundtrip(x, "gq4_0"), want)
+    # q4_1: min -4, max 3.9, d = 7.9/15; q = trunc((x - min)/d + 0.5); x^ = q d + min with fp16 d and min
+    d = torch.tensor(7.9 / 15).half().float()
+    q = torch.trunc((x + 4.0) / (7.9 / 15) + 0.5).clamp_max(15)
+    torch.testing.assert_close(ggml_roundtrip(x, "gq4_1"), q * d - 4.0)
+    # q8_0: d = amax / 127, q = roundf(x / d) (half away from zero)
+    y = torch.full((32,), 0.5)
+    y[0] = 127.0  # d = 1: 0.5 rounds away from zero to 1, not to even 0
+    assert ggml_roundtrip(y, "gq8_0")[1] == 1.0 and ggml_roundtrip(-y, "gq8_0")[1] == -1.0
+    with pytest.raises(ValueError, match="divisible by 32"):
+        ggml_roundtrip(torch.zeros(2, 48), "gq4_0")
 
 
 def test_f16_cache_matches_uncompressed_model(tiny):

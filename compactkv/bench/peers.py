@@ -97,10 +97,10 @@ class RoundTripRunner:
 
         return Cache(layers=[Layer() for _ in range(self.model.config.num_hidden_layers)])
 
-    def logits(self, ids: torch.Tensor, keep: int) -> torch.Tensor:
-        from .common import forward
+    def logits(self, ids: torch.Tensor, keep: int, batch: int | None = None) -> torch.Tensor:
+        from .ppl import batched_logits
 
-        return forward(self.model, ids, self._cache(), keep).logits
+        return batched_logits(self.model, ids, self._cache(), keep, batch or ids.shape[1])
 
 
 def make_runners(model, text: str) -> list[RoundTripRunner]:

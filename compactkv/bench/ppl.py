@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunks", type=int, default=16, help="first N chunks of the corpus (default 16)")
     p.add_argument("--corpus", default=os.environ.get("COMPACTKV_CORPUS", DEFAULT_CORPUS))
     p.add_argument("--peers", default="", help="also score peers: quanto4,quanto2,hqq4,hqq2 (transformers backends), gq8_0,gq4_0,gq4_1 (llama.cpp block formats emulated; see bench/peers.py)")
+    p.add_argument("--batch", type=int, default=512,
+                   help="tokens per forward within a chunk (llama-perplexity's n_batch, default 512)")
     p.add_argument("--sinks", type=int, default=None,
                    help="fp16 sink tokens per chunk (default: the cache's, 4); 0 compresses every token")
     p.add_argument("--png", metavar="PATH", help="plot ΔPPL vs bits per value")
@@ -61,9 +63,26 @@ def gate(dppl: float) -> str:
     return "PASS" if dppl <= PASS else ("KILL" if dppl > KILL else "WARN")
 
 
+def batched_logits(model, ids: torch.Tensor, cache, keep: int, batch: int) -> torch.Tensor:
+    """Feed ids [1, T] through `cache` `batch` tokens per forward; logits [1, keep, V] of the last `keep` positions."""
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    total, start, outs = ids.shape[1], ids.shape[1] - keep, []
+    for s in range(0, total, batch):
+        e = min(total, s + batch)
+        want = e - max(s, start)
+        out = forward(model, ids[:, s:e], cache, max(want, 1)).logits  # logits_to_keep=0 would mean all
+        if want > 0:
+            outs.append(out[:, -want:])
+    return torch.cat(outs, dim=1)
+
+
 def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool = True, on_chunk=None,
-             **cache_options) -> list[dict]:
+             batch: int = 512, **cache_options) -> list[dict]:
     """Rows per config (f16 first) and per peer runner: ppl, ΔPPL, KL, top-1, bits/value, KV bytes.
+
+    Each chunk is fed `batch` tokens per forward (llama-perplexity's n_batch; 512 of a 1024 chunk = two forwards),
+    so a cache calibrates and compresses the first half before the scored half's queries arrive.
 
     on_chunk(rows, chunks_done), when given, receives the running results after every chunk.
     """
@@ -79,7 +98,7 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
         ref = None
         for c in configs:
             cache = make_cache(model, c, **cache_options)
-            logits = scored_logits(forward(model, ids, cache, keep).logits, ctx)
+            logits = scored_logits(batched_logits(model, ids, cache, keep, batch), ctx)
             ref = logits if ref is None else ref
             for k, val in score(logits, ref, targets).items():
                 acc[c.name][k] += val
@@ -87,7 +106,7 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
             progress.set_postfix_str(c.name)
             progress.update()
         for r in runners:
-            logits = scored_logits(r.logits(ids, keep), ctx)
+            logits = scored_logits(r.logits(ids, keep, batch), ctx)
             for k, val in score(logits, ref, targets).items():
                 acc[r.name][k] += val
             info[r.name] = (r.bits, None)
@@ -156,14 +175,14 @@ def main(args) -> dict:
             f"{sinks} tokens of each chunk are fp16 attention sinks" if sinks else
             "every token stored compressed (residual_length=0, sink_tokens=0)")
     report = {"bench": "ppl", "model": name, "corpus": args.corpus, "ctx": args.ctx, "chunks": args.chunks,
-              "sink_tokens": sinks,
+              "batch": args.batch, "sink_tokens": sinks,
               "scoring": "llama-perplexity: second half of each non-overlapping chunk", "note": note,
               "gate": {"pass_dppl": PASS, "kill_dppl": KILL}}
 
     def save(rows, done):  # partial results survive a run cut short
         write_json(args.json, {**report, "chunks_done": done, "rows": rows})
 
-    rows = evaluate(model, chunks, configs, runners, on_chunk=save, **options)
+    rows = evaluate(model, chunks, configs, runners, on_chunk=save, batch=args.batch, **options)
     report.update(chunks_done=len(chunks), rows=rows)
     print(f"{name}, ctx {args.ctx}, {args.chunks} chunks, second halves scored; {note}")
     print(table(rows, COLUMNS))
