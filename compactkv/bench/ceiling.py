@@ -275,16 +275,17 @@ def run(args) -> int:
     shape = load_shape(model)
     weights = shape.params * 4  # the engine loads weights as float32 on CPU
     cache = CacheConfig()
-    fp16_tokens = cache.sink_tokens + cache.residual_length
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         runs, chunk = [Run(**r) for r in saved["runs"]], saved["chunk"]
         head = {k: saved[k] for k in ("command", "glibc_mmap_threshold", "machine", "commit")}
         head["evaluated_by"] = "compactkv " + " ".join(sys.argv[1:])
     else:
-        runs, chunk = measure(args, model), args.chunk
         head = {"command": "compactkv " + " ".join(sys.argv[1:]), "machine": _cpu_name(), "commit": _commit(),
-                "glibc_mmap_threshold": None if args.glibc_default else int(MMAP_THRESHOLD)}
+                "glibc_mmap_threshold": None if args.glibc_default else int(MMAP_THRESHOLD),
+                "tree_dirty": _dirty()}
+        runs, chunk = measure(args, model), args.chunk
+    fp16_tokens = _fp16_tokens(args, runs, cache)
     result = {**head, "model": shape.name, "chunk": chunk, "weights_bytes": weights, "fp16_tokens": fp16_tokens,
               "runs": [asdict(r) for r in runs],
               **evaluate(shape, runs, chunk, weights, head["machine"], cache.chunk_tokens, fp16_tokens, "cpu",
@@ -296,6 +297,25 @@ def run(args) -> int:
 def _given(args, device: str) -> OverheadModel | None:
     """--predict-with: a calibration file whose constants also predict every run (an out-of-sample check)."""
     return load_overhead(device, args.predict_with) if args.predict_with else None
+
+
+def _dirty() -> bool | None:
+    """Whether the package's files differ from the commit (others may be editing the shared tree)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent)
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _fp16_tokens(args, runs: list[Run], cache) -> int:
+    """Tokens per layer the caches kept in fp16: --fp16-tokens, else what the workers recorded, else the default."""
+    if args.fp16_tokens is not None:
+        return args.fp16_tokens
+    seen = {r.meta.get("fp16_tokens") for r in runs if r.meta and r.meta.get("fp16_tokens") is not None}
+    if len(seen) == 1:
+        return seen.pop()
+    if seen:
+        raise ValueError(f"the runs kept different fp16 windows {sorted(seen)}; pass --fp16-tokens")
+    return cache.sink_tokens + cache.residual_length
 
 
 def _finish(args, result: dict, device: str) -> None:
@@ -333,7 +353,7 @@ def run_cuda(args) -> int:
     from .ceiling_cuda import measure_cuda
 
     cache = CacheConfig()
-    fp16_tokens = cache.sink_tokens + cache.residual_length
+    fp16_tokens = args.fp16_tokens if args.fp16_tokens is not None else cache.sink_tokens + cache.residual_length
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         runs, chunk = [Run(**r) for r in saved["runs"]], saved["chunk"]
@@ -403,6 +423,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="re-evaluate the runs saved in an earlier --json file "
                    "instead of measuring")
+    p.add_argument("--fp16-tokens", type=int, help="tokens per layer the measured caches kept in fp16 (sinks + "
+                   "recent window) [recorded by the workers, else TurboQuantCache's default]")
     p.add_argument("--predict-with", metavar="PATH", help="also predict every run with this calibration file's "
                    "constants (e.g. fitted on an earlier run)")
     p.add_argument("--write-calibration", metavar="PATH", help="write the fitted overhead calibration JSON (one "

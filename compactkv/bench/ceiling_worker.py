@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     reset_peak()
     loaded = proc_status("VmRSS")
     limit = a.limit or loaded + a.headroom
-    _emit(event="loaded", rss=loaded, limit=limit, model=lm.source, dtype=lm.details.get("dtype"),
-          params=lm.details.get("parameter_count"), attn=lm.attn_implementation, threads=torch.get_num_threads())
     cache, kw = make_cache(lm.model, a.kind, a.kind), cache_kwarg(lm.model)
+    cc = getattr(cache, "cache_config", None)
+    _emit(event="loaded", rss=loaded, limit=limit, model=lm.source, dtype=lm.details.get("dtype"),
+          params=lm.details.get("parameter_count"), attn=lm.attn_implementation, threads=torch.get_num_threads(),
+          fp16_tokens=cc.sink_tokens + cc.residual_length if cc else None,
+          cache_config=repr(cc) if cc else None)
     vocab = lm.model.config.vocab_size
     ids = torch.randint(0, vocab, (1, a.max_context), generator=torch.Generator().manual_seed(a.seed))
     with torch.inference_mode():
