@@ -125,6 +125,11 @@ def test_llama_cpp_block_formats_by_hand():
     assert ggml_roundtrip(y, "gq8_0")[1] == 1.0 and ggml_roundtrip(-y, "gq8_0")[1] == -1.0
     with pytest.raises(ValueError, match="divisible by 32"):
         ggml_roundtrip(torch.zeros(2, 48), "gq4_0")
+    # keys in rotate-half order are blocked as llama.cpp's interleaved pairs: (i, i + 32) -> (2i, 2i + 1)
+    k = torch.randn(3, 64)
+    inter = torch.stack([k[:, :32], k[:, 32:]], -1).reshape(3, 64)
+    back = ggml_roundtrip(inter, "gq4_0").reshape(3, 32, 2)
+    torch.testing.assert_close(ggml_roundtrip(k, "gq4_0", interleaved=True), torch.cat([back[..., 0], back[..., 1]], -1))
 
 
 def test_f16_cache_matches_uncompressed_model(tiny):

@@ -91,6 +91,7 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
     keep = ctx - first
     acc = {c.name: {"nll": 0.0, "kl": 0.0, "top1": 0, "n": 0} for c in configs}
     acc.update({r.name: {"nll": 0.0, "kl": 0.0, "top1": 0, "n": 0} for r in runners})
+    refs = {r.name: r.reference for r in runners if getattr(r, "reference", None)}
     info = {}
     progress = tqdm(total=len(chunks) * (len(configs) + len(runners)), desc="ppl", disable=not bar)
     for chunk in chunks:
@@ -105,37 +106,43 @@ def evaluate(model, chunks: list[torch.Tensor], configs, runners=(), bar: bool =
             info[c.name] = bits_and_bytes(cache)
             progress.set_postfix_str(c.name)
             progress.update()
+        peer_logits = {}
         for r in runners:
             logits = scored_logits(r.logits(ids, keep, batch), ctx)
-            for k, val in score(logits, ref, targets).items():
+            peer_logits[r.name] = logits
+            against = peer_logits.get(getattr(r, "reference", None) or "", ref)
+            for k, val in score(logits, against, targets).items():
                 acc[r.name][k] += val
             info[r.name] = (r.bits, None)
             progress.set_postfix_str(r.name)
             progress.update()
         if on_chunk is not None:
-            on_chunk(rows_from(acc, info), acc[configs[0].name]["n"] // (ctx - first - 1))
+            on_chunk(rows_from(acc, info, refs), acc[configs[0].name]["n"] // (ctx - first - 1))
     progress.close()
-    return rows_from(acc, info)
+    return rows_from(acc, info, refs)
 
 
-def rows_from(acc: dict, info: dict) -> list[dict]:
-    """Final rows from accumulated sums; the first entry is the f16 reference."""
+def rows_from(acc: dict, info: dict, refs: dict | None = None) -> list[dict]:
+    """Final rows from accumulated sums; the first entry is the f16 reference. refs: name -> the row its ΔPPL
+    and KL are taken against (llama.cpp peers against llama-f16); others against the first row."""
     names = list(acc)
-    base = math.exp(acc[names[0]]["nll"] / acc[names[0]]["n"])
+    refs = refs or {}
     rows = []
     for name in names:
         a = acc[name]
+        ref_name = refs.get(name) or names[0]
+        base = math.exp(acc[ref_name]["nll"] / acc[ref_name]["n"])
         ppl = math.exp(a["nll"] / a["n"])
         bits, nbytes = info[name]
         rows.append({"config": name, "ppl": ppl, "dppl": ppl - base, "dppl_pct": 100 * (ppl - base) / base,
                      "kl": a["kl"] / a["n"], "top1": a["top1"] / a["n"], "bits": bits, "kv_bytes": nbytes,
-                     "gate": gate(ppl - base), "tokens": a["n"]})
+                     "gate": gate(ppl - base), "tokens": a["n"], "vs": ref_name})
     return rows
 
 
 COLUMNS = [("config", "config", "{}"), ("bits", "bits/val", "{:.2f}"), ("kv_bytes", "KV bytes", "{:,}"),
            ("ppl", "PPL", "{:.4f}"), ("dppl", "ΔPPL", "{:+.4f}"), ("dppl_pct", "Δ%", "{:+.2f}%"),
-           ("kl", "mean KL", "{:.5f}"), ("top1", "top-1", "{:.2%}"), ("gate", "gate", "{}")]
+           ("kl", "mean KL", "{:.5f}"), ("top1", "top-1", "{:.2%}"), ("gate", "gate", "{}"), ("vs", "vs", "{}")]
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
@@ -168,7 +175,11 @@ def main(args) -> dict:
     if args.peers:
         from .peers import make_runners
 
-        runners = make_runners(model, args.peers)
+        from compactkv.engine.model_files import default_gguf_path
+
+        gguf = (os.path.join(args.model, args.gguf_file) if args.model and args.gguf_file else
+                None if args.model else default_gguf_path())
+        runners = make_runners(model, args.peers, gguf=gguf)
     options = {} if args.sinks is None else {"sink_tokens": args.sinks}
     sinks = CacheConfig(**options).sink_tokens
     note = (f"no fp16 recent window (residual_length=0): each scored token attends to the compressed K/V; the first "
