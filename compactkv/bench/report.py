@@ -41,8 +41,10 @@ def ppl_section(rep: dict, peers: dict | None, folder: Path) -> list[str]:
            rep.get("note", ""), "", "Gate: ΔPPL <= 0.5 PASS, > 1.0 KILL, between WARN.", "",
            "```", table(rows, ppl.COLUMNS), "```", "", _where(rep)]
     if peers:
-        out += ["Peers (transformers QuantizedCache backends, K/V round-tripped through the backend's quantizer "
-                "before attention, see compactkv/bench/peers.py):", "", _where(peers)]
+        out += ["Peers from a second run on the same chunks (compactkv/bench/peers.py: llama-* rows are llama.cpp "
+                "itself through llama-cpp-python on the same GGUF, scored against llama-f16 (column vs); hqq/quanto "
+                "rows round-trip K/V through transformers' QuantizedCache backends; gq* rows emulate llama.cpp's "
+                "block formats in torch):", "", _where(peers)]
     out += ["![ΔPPL vs bits](quality/ppl.png)", ""]
     return out
 
