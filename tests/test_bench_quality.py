@@ -180,3 +180,28 @@ def test_report_from_json(tmp_path):
     report.main(["--dir", str(tmp_path), "--out", str(tmp_path / "q.md")])
     text = (tmp_path / "q.md").read_text()
     assert "turbo4" in text and "compactkv bench ppl" in text
+
+
+@pytest.mark.slow
+def test_llama_cpp_peer_scores_against_its_own_f16(tiny):
+    pytest.importorskip("llama_cpp", reason="llama.cpp peer needs `pip install llama-cpp-python`")
+    from compactkv.bench.peers import make_runners
+    from compactkv.engine.model_files import default_gguf_path
+
+    gguf = default_gguf_path()
+    if gguf is None:
+        pytest.skip("default model not installed")
+    model, _ = tiny  # the peers ignore the transformers model; rows compare llama-q8_0 with llama-f16
+    runners = make_runners(model, "llama-q8_0,llama-q4_0-norot", gguf=str(gguf))
+    assert [r.name for r in runners] == ["llama-f16", "llama-q8_0", "llama-q4_0-norot"]
+    assert runners[1].reference == "llama-f16" and runners[0].reference is None
+    ids = torch.randint(0, 4000, (1, 64), generator=torch.Generator().manual_seed(5))
+    f16 = runners[0].logits(ids, 32, 32)
+    q8 = runners[1].logits(ids, 32, 32)
+    q4 = runners[2].logits(ids, 32, 32)
+    assert f16.shape == q8.shape == (1, 32, 49152) and not torch.equal(f16, q8)
+    kl8 = score(q8[0], f16[0], ids[0, 32:])["kl"]
+    kl4 = score(q4[0], f16[0], ids[0, 32:])["kl"]
+    assert 0 < kl8 < kl4  # 8-bit K/V is closer to f16 than plain 4-bit
+    with pytest.raises(ValueError, match="GGUF"):
+        make_runners(model, "llama-q4_0", gguf=None)
