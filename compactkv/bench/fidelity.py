@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("fidelity", help="per-layer cosine of attention outputs, scores and K/V vs f16")
     p.add_argument("--kinds", default=DEFAULT_KINDS, help="comma-separated kinds: KIND or K/V (e.g. f16/turbo4)")
     p.add_argument("--ctx", type=int, default=512, help="tokens of real text (default 512)")
+    p.add_argument("--sinks", type=int, default=4, help="first tokens kept fp16, as the cache default (4)")
     p.add_argument("--corpus", default=os.environ.get("COMPACTKV_CORPUS", DEFAULT_CORPUS))
     add_model_args(p)
     p.set_defaults(func=main)
@@ -67,7 +68,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(0, -2).double(), b.flatten(0, -2).double(), dim=-1).mean())
 
 
-def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True) -> dict:
+def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True, sink_tokens: int = 0) -> dict:
     """Cosines of one layer's attention output, causal score rows, K and V for `kind` (KIND or K/V) vs float32."""
     from compactkv.attention.dispatch import attend
     from compactkv.cache.layer import TurboQuantLayer
@@ -76,15 +77,15 @@ def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True) -
     scale = d ** -0.5
     k_kind, _, v_kind = kind.partition("/")
     layer = TurboQuantLayer(k_kind, v_kind or k_kind, d, residual_length=0, block_size=1, seed=seed,
-                            scale_keys=scale_keys)
+                            scale_keys=scale_keys, sink_tokens=sink_tokens)
     layer.update(k, v)
     out = attend(layer, q, None, scale, backend="torch").transpose(1, 2)
     g = q.shape[1] // k.shape[1]
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), is_causal=True,
                                          scale=scale)
     rows_k, rows_v = torch.cat(layer.chunks_k, -2), torch.cat(layer.chunks_v, -2)
-    k_hat = layer.decode_keys(rows_k)
-    v_hat = layer.v_codec.decode(rows_v)
+    k_hat = torch.cat([layer.sink_k.float(), layer.decode_keys(rows_k)], -2)  # sinks stay fp16
+    v_hat = torch.cat([layer.sink_v.float(), layer.v_codec.decode(rows_v)], -2)
     qg = q.reshape(1, k.shape[1], g * t, d)
     s_hat = None
     qs = qg / layer.k_scale[None, :, None, :] if layer.k_scale is not None else qg
@@ -94,6 +95,7 @@ def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True) -
         s_hat = part if s_hat is None else s_hat + part
     if layer.k_mean is not None:
         s_hat = s_hat + qg @ layer.k_mean.transpose(-1, -2)
+    s_hat = torch.cat([qg @ layer.sink_k.float().transpose(-1, -2), s_hat], -1)
     s = qg @ k.transpose(-1, -2)
     causal = torch.ones(t, t, dtype=torch.bool).tril().repeat(g, 1)  # rows of s: group member * t + position
     keep = causal.sum(-1) > 1  # cosine of a 1-element row is trivially 1
@@ -135,12 +137,13 @@ def main(args) -> dict:
     rows = []
     for kind in tqdm(kinds, desc="fidelity"):
         for i, (q, k, v) in enumerate(qkv):
-            rows.append({"kind": kind, "layer": i, **layer_fidelity(kind, q, k, v)})
+            rows.append({"kind": kind, "layer": i, **layer_fidelity(kind, q, k, v, sink_tokens=args.sinks)})
     summary = summarize(rows)
     print(f"{name}, {ids.shape[1]} tokens of {os.path.basename(args.corpus)}, {len(qkv)} layers; "
           f"cosines vs float32, mean over layers (worst layer shown)")
     print(table(summary, COLUMNS))
     report = {"bench": "fidelity", "model": name, "ctx": ids.shape[1], "target_attn_cos": TARGET,
+              "sink_tokens": args.sinks,
               "summary": summary, "layers": rows}
     write_json(args.json, report)
     return 0

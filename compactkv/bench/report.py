@@ -2,7 +2,7 @@
 
     python -m compactkv.bench.report [--dir docs/quality] [--out docs/quality.md] [--ranking]
 
-Reads ppl.json, ppl_peers.json, fidelity.json, niah.json, prompts.json, session.json where present (notes.md is
+Reads ppl.json, ppl_peers.json, ppl_more.json, fidelity.json, niah.json, prompts.json, session.json where present (notes.md is
 appended as written); each table is printed with the command and machine that produced it. --ranking rewrites compactkv/plan/quality_ranking.json:
 measured configs the gate keeps by PPL (best first), then the configs not measured in their previous order, then
 the killed ones (ΔPPL > 1.0) by PPL.
@@ -61,6 +61,11 @@ def main(argv=None) -> None:
     rep = _load(folder, "ppl")
     if rep:
         lines += ppl_section(rep, _load(folder, "ppl_peers"), folder)
+    more = _load(folder, "ppl_more")
+    if more:
+        lines += [f"## Perplexity, the rest of the matrix ({more.get('chunks_done', more['chunks'])} chunks, same "
+                  "settings; fewer chunks, so ΔPPL is noisier than above)", "", "```",
+                  table(more["rows"], ppl.COLUMNS), "```", "", _where(more)]
     fid = _load(folder, "fidelity")
     if fid:
         lines += [f"## Attention fidelity ({fid['model']}, {fid['ctx']} tokens, per layer vs float32)", "",
