@@ -211,7 +211,10 @@ def test_second_turn_reuses_the_compressed_prefix(oai):
 
 
 def test_metrics_report_requests_tokens_and_kv_bytes(server, oai):
-    oai.chat.completions.create(model=MODEL, messages=chat("Hi"), **GREEDY)
+    # a prompt longer than the cache's fp16 tokens (4 sinks + 128 recent), so the prefix pool holds compressed rows
+    # whatever ran before this test
+    long = "Summarize: " + " ".join(f"item {i} is blue." for i in range(60))
+    oai.chat.completions.create(model=MODEL, messages=chat(long), **GREEDY)
     m = server.metrics()
     assert m['compactkv_requests_total{endpoint="/v1/chat/completions",status="200"}'] >= 1
     assert m["compactkv_prompt_tokens_total"] > 0 and m["compactkv_completion_tokens_total"] > 0

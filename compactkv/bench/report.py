@@ -102,27 +102,35 @@ def main(argv=None) -> None:
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     if args.ranking and rep:
-        write_ranking(rep)
+        write_ranking(rep, more)
 
 
-def write_ranking(rep: dict) -> None:
-    """Kept measured configs by PPL, then unmeasured ones in their old order, then killed ones by PPL."""
+def write_ranking(rep: dict, more: dict | None = None) -> None:
+    """Kept measured configs by ΔPPL %, then unmeasured ones in their old order, then killed ones by ΔPPL %.
+
+    `more` (ppl_more.json, a run on other chunks) adds the configs the main run lacks; ΔPPL % is taken against each
+    run's own f16, so runs over different chunks compare."""
     from compactkv.plan.kvconfig import parse_config
     from compactkv.plan.ranking import RANKING_FILE
 
     old = json.loads(RANKING_FILE.read_text())["ranking"]
     from .peers import PEERS
 
-    rows = [r for r in sorted(rep["rows"], key=lambda r: r["ppl"]) if r["config"] not in PEERS]
+    rows = list(rep["rows"])
+    if more:
+        rows += [r for r in more["rows"] if r["config"] not in {x["config"] for x in rows}]
+    rows = [r for r in sorted(rows, key=lambda r: r["dppl_pct"]) if r["config"] not in PEERS]
     kept = [r["config"] for r in rows if r["gate"] != "KILL"]
     killed = [r["config"] for r in rows if r["gate"] == "KILL"]
     names = {parse_config(r["config"]).name for r in rows}
     m = rep.get("machine", {})
     done = rep.get("chunks_done", rep["chunks"])
     data = {"source": f"measured: `{rep.get('command')}` ({done} chunk(s) done; commit {m.get('commit')}, "
-                      f"{m.get('cpu')}, {m.get('cpu_count')} CPUs); "
-                      f"{len(rows)} configs measured: those the gate keeps (dPPL <= 1.0) by PPL, then the unmeasured "
-                      f"ones in the provisional bits order, then the killed ones (dPPL > 1.0) by PPL",
+                      f"{m.get('cpu')}, {m.get('cpu_count')} CPUs)"
+                      + (f" and `{more.get('command')}` ({more.get('chunks_done', more['chunks'])} chunk(s)) for the "
+                         "configs the first lacks" if more else "") +
+                      f"; {len(rows)} configs measured: those the gate keeps (dPPL <= 1.0) by dPPL %, then the "
+                      f"unmeasured ones in the provisional bits order, then the killed ones (dPPL > 1.0) by dPPL %",
             "metric": f"perplexity on {Path(rep['corpus']).name}, {rep['model']}, ctx {rep['ctx']}, "
                       f"{done} chunk(s) (lower first); every scored token attends to the compressed K/V",
             "ranking": kept + [n for n in old if parse_config(n).name not in names] + killed}
