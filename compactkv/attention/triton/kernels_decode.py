@@ -100,6 +100,28 @@ def _decode_tile(scales, words, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr
 
 
 @triton.jit
+def _program_rows(len_ptr, H, G, TQ, TQB, num_splits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where a split-K decode program works: (split id, b*H + h, query block, b, h, length L of batch row b,
+    token range [lo, hi) of this split, local rows rm, token t of each, row mask, row within the G*TQ group rows,
+    G*TQ).
+    Local row r is group member r // TQB, token qb*TQB + r % TQB. Shared by the split and the fast kernels."""
+    sid = tl.program_id(0)
+    bh = tl.program_id(1)
+    qb = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    L = tl.load(len_ptr + b)
+    split = tl.cdiv(tl.cdiv(L, num_splits), BLOCK_N) * BLOCK_N
+    lo = sid * split
+    hi = tl.minimum(lo + split, L)
+    rm = tl.arange(0, BLOCK_M)
+    t = qb * TQB + rm % TQB
+    mrow = (rm // TQB < G) & (rm % TQB < TQB) & (t < TQ)
+    grow = (rm // TQB) * TQ + t
+    return sid, bh, qb, b, h, L, lo, hi, rm, t, mrow, grow, G * TQ
+
+
+@triton.jit
 def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
                         o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
                         K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,
@@ -115,21 +137,9 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
     o_ptr: fp32 [B*H, NQB, S, BLOCK_M, D]; ml_ptr: fp32 [B*H, NQB, S, 2, BLOCK_M]. PREFETCH loads tile i+1 before
     the math of tile i (the loop is latency-bound otherwise).
     """
-    sid = tl.program_id(0)
-    bh = tl.program_id(1)
-    qb = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    L = tl.load(len_ptr + b)
-    split = tl.cdiv(tl.cdiv(L, num_splits), BLOCK_N) * BLOCK_N
-    lo = sid * split
-    hi = tl.minimum(lo + split, L)
-    rm = tl.arange(0, BLOCK_M)
-    t = qb * TQB + rm % TQB
-    mrow = (rm // TQB < G) & (rm % TQB < TQB) & (t < TQ)
-    grow = (rm // TQB) * TQ + t
+    sid, bh, qb, b, h, L, lo, hi, rm, t, mrow, grow, M = _program_rows(len_ptr, H, G, TQ, TQB, num_splits,
+                                                                        BLOCK_M, BLOCK_N)
     rd = tl.arange(0, D)
-    M = G * TQ
     q = tl.load(q_ptr + (bh * M + grow[:, None]) * D + rd[None, :], mask=mrow[:, None], other=0.0).to(tl.float16)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .kernels_decode import _program_rows
+
 
 
 @triton.jit
@@ -138,20 +140,8 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     PV: tl.constexpr = 8 // V_BITS
     NBK: tl.constexpr = D * K_BITS // 8
     NBV: tl.constexpr = D * V_BITS // 8
-    sid = tl.program_id(0)
-    bh = tl.program_id(1)
-    qb = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    L = tl.load(len_ptr + b)
-    split = tl.cdiv(tl.cdiv(L, num_splits), BLOCK_N) * BLOCK_N
-    lo = sid * split
-    hi = tl.minimum(lo + split, L)
-    rm = tl.arange(0, BLOCK_M)
-    t = qb * TQB + rm % TQB
-    mrow = (rm // TQB < G) & (rm % TQB < TQB) & (t < TQ)
-    grow = (rm // TQB) * TQ + t
-    M = G * TQ
+    sid, bh, qb, b, h, L, lo, hi, rm, t, mrow, grow, M = _program_rows(len_ptr, H, G, TQ, TQB, num_splits,
+                                                                        BLOCK_M, BLOCK_N)
     qrow = bh * M + grow
     q0 = _q_part(q_ptr, qrow, mrow, 0, PK, D)
     q1 = _q_part(q_ptr, qrow, mrow, 1, PK, D)
