@@ -125,6 +125,8 @@ COLUMNS = [("kind", "kind", "{}"), ("attn_cos", "attn out cos", "{:.5f}"), ("att
 
 
 def main(args) -> dict:
+    if args.sinks < 0:
+        raise ValueError(f"--sinks must be >= 0, got {args.sinks}")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     from compactkv.core.kinds import parse_kind
 

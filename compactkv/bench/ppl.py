@@ -167,6 +167,10 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def main(args) -> dict:
+    if args.batch < 1:  # checked before the model loads
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.sinks is not None and args.sinks < 0:
+        raise ValueError(f"--sinks must be >= 0, got {args.sinks}")
     configs = parse_kv_list(args.kv)
     model, tokenizer, name = load(args.model, args.gguf_file, args.device)
     ids = corpus_ids(tokenizer, args.corpus, args.ctx * args.chunks)
