@@ -146,3 +146,21 @@ def test_memory_report_totals():
     assert rep["aux_bytes"] == 3 * 2 * 64 * 4 * 2  # a float32 key mean and key scale per layer and head
     assert rep["fp16_bytes"] == 3 * 2 * 2 * 2 * 64 * 10
     assert rep["ratio"] == pytest.approx(rep["fp16_bytes"] / rep["kv_bytes"])
+
+
+def test_rejected_update_leaves_the_layer_as_it_was():
+    from compactkv.cache.layer import TurboQuantLayer
+
+    torch.manual_seed(3)
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, sink_tokens=2, residual_length=0, block_size=1,
+                            scale_keys=False)
+    layer.update(torch.randn(1, 2, 10, 64), torch.randn(1, 2, 10, 64))
+    state = (layer.cumulative_length, layer.n_compressed, [c.clone() for c in layer.chunks_k])
+    bad = torch.randn(1, 2, 3, 64)
+    bad[0, 0, 1, 7] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer.update(bad, torch.randn(1, 2, 3, 64))
+    assert (layer.cumulative_length, layer.n_compressed) == state[:2]
+    assert all(torch.equal(a, b) for a, b in zip(layer.chunks_k, state[2]))
+    layer.update(torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64))  # and it keeps serving
+    assert layer.cumulative_length == 13 and layer.n_compressed == 11

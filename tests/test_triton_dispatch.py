@@ -48,3 +48,87 @@ def test_forcing_triton_off_cuda_raises():
     layer = _layer()
     with pytest.raises(ValueError, match="not on a CUDA device"):
         attend(layer, torch.randn(1, 8, 1, 64), None, 0.125, backend="triton")
+
+
+def _calls_encoder(layer, answer):
+    """Install an encoder on `layer` that records (kind, shape) and returns answer(codec, x)."""
+    seen = []
+
+    def enc(codec, x):
+        seen.append((codec.kind, tuple(x.shape)))
+        return answer(codec, x)
+
+    layer.encoder = enc
+    return seen
+
+
+def test_layer_encoder_hook_is_used_and_a_none_answer_falls_back_to_codec_encode():
+    torch.manual_seed(1)
+    k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
+    plain = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, scale_keys=False)
+    plain.update(k, v)
+    hooked = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, scale_keys=False)
+    # an encoder that takes only the keys' kind (as the Triton one declines kinds it lacks)
+    seen = _calls_encoder(hooked, lambda codec, x: codec.encode(x) if codec.kind == "turbo4" else None)
+    hooked.update(k, v)
+    assert seen == [("turbo4", (1, 2, 30, 64)), ("turbo3", (1, 2, 30, 64))]
+    for a, b in zip(plain.chunks_k + plain.chunks_v, hooked.chunks_k + hooked.chunks_v):
+        assert torch.equal(a, b)
+    # a wrong encoder is visible: its rows are what the layer stores
+    wrong = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, scale_keys=False)
+    _calls_encoder(wrong, lambda codec, x: torch.zeros(*x.shape[:-1], codec.row_bytes, dtype=torch.uint8))
+    wrong.update(k, v)
+    assert not torch.equal(wrong.chunks_k[0], plain.chunks_k[0])
+
+
+def test_cpu_attention_installs_no_encoder():
+    layer = _layer()
+    attend(layer, torch.randn(1, 4, 1, 64), None, 0.125)
+    assert layer.encoder is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kinds", [("turbo4", "turbo2"), ("turbo3", "turbo3.5"), ("q8_0", "turbo4")])
+def test_cuda_attention_installs_the_triton_encoder_with_identical_rows(monkeypatch, kinds):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    torch.manual_seed(2)
+    k, v = torch.randn(2, 2, 100, 128, dtype=torch.float16), torch.randn(2, 2, 100, 128, dtype=torch.float16)
+    q = torch.randn(2, 8, 100, 128, dtype=torch.float16)
+    layers = []
+    for dev, backend in (("cpu", "torch"), ("cuda", "auto")):
+        layer = TurboQuantLayer(*kinds, 128, sink_tokens=4, residual_length=16)
+        layer.update(k[..., :60, :].to(dev), v[..., :60, :].to(dev))
+        attend(layer, q[..., :60, :].to(dev).float() if dev == "cpu" else q[..., :60, :].to(dev), None, 0.1,
+               backend=backend)
+        layer.update(k[..., 60:, :].to(dev), v[..., 60:, :].to(dev))
+        attend(layer, q[..., 60:, :].to(dev).float() if dev == "cpu" else q[..., 60:, :].to(dev), None, 0.1,
+               backend=backend)
+        layers.append(layer)
+    cpu, gpu = layers
+    assert cpu.encoder is None and gpu.encoder is not None
+    assert gpu.n_compressed == cpu.n_compressed > 0
+    # keys are centered/scaled in float32 on each device: compare the rows the GPU stores with the CPU codec's
+    # encoding of the same float32 inputs (bit-identical codes: one format on CPU and GPU)
+    kin = (k[..., 4:4 + gpu.n_compressed, :].float().cuda() - gpu.k_mean)
+    if gpu.k_scale is not None:
+        kin = kin * gpu.k_scale[:, None, :]
+    assert torch.equal(torch.cat(gpu.chunks_k, -2).cpu(), gpu.k_codec.encode(kin.cpu()))
+    vin = v[..., 4:4 + gpu.n_compressed, :]
+    assert torch.equal(torch.cat(gpu.chunks_v, -2).cpu(), gpu.v_codec.encode(vin))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_layer_encoder_rejects_non_finite_input_and_keeps_the_cache():
+    from compactkv.attention.triton.encode import layer_encoder
+
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, residual_length=0, block_size=1, scale_keys=False)
+    layer.encoder = layer_encoder
+    layer.update(torch.randn(1, 2, 8, 64, device="cuda"), torch.randn(1, 2, 8, 64, device="cuda"))
+    before = [c.clone() for c in layer.chunks_k]
+    bad = torch.randn(1, 2, 4, 64, device="cuda")
+    bad[0, 1, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer.update(bad, torch.randn(1, 2, 4, 64, device="cuda"))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.chunks_k))

@@ -40,10 +40,23 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
     return backend.why_not_triton(layer, query, mask, softcap)
 
 
+def _install_encoder(layer) -> None:
+    """Give a CUDA layer the Triton encode kernel (rows bit-identical to Codec.encode) for what it compresses
+    next; the layer keeps using Codec.encode for kinds the kernel does not take, and when Triton is missing."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    from .triton.encode import layer_encoder
+    layer.encoder = layer_encoder
+
+
 def attend(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None = None,
            backend: str | None = None) -> torch.Tensor:
     """Attention of query [B, Hq, Tq, D] over everything `layer` stores -> [B, Tq, Hq, D], on the chosen backend."""
     choice = resolve_backend(backend)
+    if choice != "torch" and query.is_cuda and getattr(layer, "encoder", False) is None:
+        _install_encoder(layer)
     observe = getattr(layer, "observe", None)
     if observe is not None:  # query statistics before the layer's first compression (TurboQuantLayer.scale_keys)
         observe(query)

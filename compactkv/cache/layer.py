@@ -39,6 +39,9 @@ class TurboQuantLayer(CacheLayerMixin):
         self.sliding_window = sliding_window
         self.sink_tokens = 0 if self.is_sliding else sink_tokens
         self.residual_length, self.block_size, self.chunk_tokens = residual_length, block_size, chunk_tokens
+        # encoder(codec, x) -> rows or None: a faster encoder producing rows bit-identical to codec.encode(x)
+        # (the attention layer installs the Triton one on CUDA); None, or a None result, means codec.encode.
+        self.encoder = None
         self._clear()
 
     def _clear(self) -> None:
@@ -75,7 +78,18 @@ class TurboQuantLayer(CacheLayerMixin):
         """Store new tokens [B, H, T, D]; returns them tagged with this layer for the compactkv attention."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        k, v = key_states.detach(), value_states.detach()  # the cache stores data, never autograd history
+        before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v))
+        try:
+            self._store(key_states.detach(), value_states.detach())  # data only, never autograd history
+        except Exception:  # e.g. non-finite input: the cache stays as it was (stored tensors are never mutated)
+            self.__dict__.update(before)
+            raise
+        out_k, out_v = key_states, value_states
+        setattr(out_k, TAG, self)
+        setattr(out_v, TAG, self)
+        return out_k, out_v
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.cumulative_length += k.shape[-2]
         room = self.sink_tokens - self.sink_k.shape[-2]
         if room > 0:
@@ -84,10 +98,6 @@ class TurboQuantLayer(CacheLayerMixin):
             k, v = k[..., room:, :], v[..., room:, :]
         if k.shape[-2]:
             self._push_recent(k, v)
-        out_k, out_v = key_states, value_states
-        setattr(out_k, TAG, self)
-        setattr(out_v, TAG, self)
-        return out_k, out_v
 
     def _push_recent(self, k: torch.Tensor, v: torch.Tensor) -> None:
         if (self.calibrated and self.residual_length == 0 and self.recent_k.shape[-2] == 0
@@ -165,8 +175,8 @@ class TurboQuantLayer(CacheLayerMixin):
         for codec, x in ((self.k_codec, k), (self.v_codec, v)):
             if codec.spec.family == "frac" and codec.outliers is None:
                 codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
-        rows_k = self.k_codec.encode(k)
-        rows_v = self.v_codec.encode(v)
+        rows_k = self._encode(self.k_codec, k)
+        rows_v = self._encode(self.v_codec, v)
         pos = 0
         while pos < rows_k.shape[-2]:
             if not self.chunks_k or self.chunks_k[-1].shape[-2] >= self.chunk_tokens:
@@ -177,6 +187,10 @@ class TurboQuantLayer(CacheLayerMixin):
             self.chunks_v[-1] = torch.cat([self.chunks_v[-1], rows_v[..., pos:pos + take, :]], dim=-2)
             pos += take
         self.n_compressed += rows_k.shape[-2]
+
+    def _encode(self, codec: Codec, x: torch.Tensor) -> torch.Tensor:
+        rows = self.encoder(codec, x) if self.encoder is not None else None
+        return codec.encode(x) if rows is None else rows
 
     def stored_length(self) -> int:
         """Tokens physically held (sinks + compressed + recent)."""

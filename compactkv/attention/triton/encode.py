@@ -70,6 +70,19 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     return out
 
 
+def layer_encoder(codec: Codec, x: torch.Tensor) -> torch.Tensor | None:
+    """`TurboQuantLayer.encoder` on CUDA: the kernel's rows for x [B, H, T, D] where it applies, else None (the
+    layer then calls `codec.encode`). Raises ValueError, as `codec.encode` does, for non-finite input or a norm
+    beyond the float16 range (one device sync, like the checks it replaces)."""
+    if not x.is_cuda or x.dim() != 4 or x.dtype == torch.float64 or encode_unsupported(codec) is not None:
+        return None
+    rows = encode_rows(codec, x)
+    if rows.numel() and not bool(torch.isfinite(rows[..., :2].contiguous().view(torch.float16)).all()):
+        raise ValueError("input contains NaN or Inf, or a vector norm beyond the float16 range (±65504); only "
+                         "finite values whose norms fit float16 can be encoded")
+    return rows
+
+
 def encode_into(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
     """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode."""
     if x.is_cuda and encode_unsupported(codec) is None:
