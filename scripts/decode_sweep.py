@@ -3,7 +3,9 @@
     python scripts/decode_sweep.py [--json PATH] [--shapes 8x32768,1x131072] [--kinds turbo4,turbo3,turbo2]
 
 Prints one line per (shape, kind, variant): median µs of CUDA-graph replays of the whole decode step (query
-rotation, kernel, split merge, inverse rotation), x = SDPA / ours, GB/s on the compressed K+V bytes.
+rotation, kernel, split merge, inverse rotation), x = SDPA / ours, GB/s on the compressed K+V bytes, and the
+relative error of the variant's output against the first variant's on the same rows and query.
+--variants takes a JSON list of attend_packed keyword sets (e.g. '[{"fast": false}, {}, {"maxnreg": 128}]').
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--shapes", default="8x32768,1x131072")
     ap.add_argument("--kinds", default="turbo4,turbo2")
+    ap.add_argument("--variants", help="JSON list of attend_packed keyword sets (default: VARIANTS)")
     args = ap.parse_args(argv)
+    variants = json.loads(args.variants) if args.variants else VARIANTS
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
     rows = []
@@ -59,18 +63,24 @@ def main(argv=None) -> int:
         del k, v
         print(f"{card} B={b} T={t}: SDPA fp16 {sdpa:.1f} us (graph)", flush=True)
         for kind in args.kinds.split(","):
-            for var in VARIANTS:
+            ref = None  # output of the first variant (the split kernel by default)
+            for var in variants:
                 try:
+                    torch.manual_seed(1234)  # same rows and query for every variant: outputs are compared
                     step, nbytes = decode_step(kind, b, t, dev, **_kernel_args(var, b, t, dev))
+                    out = step().float()
+                    if ref is None:
+                        ref = out
+                    err = ((out - ref).norm() / ref.norm()).item() if torch.isfinite(out).all() else float("inf")
                     us = tt.do_bench_cudagraph(step, rep=100, return_mode="median") * 1e3
                 except Exception as e:  # a variant that does not compile must not hide the others
                     print(f"  {kind} {var}: FAILED {repr(e)[:200]}", flush=True)
                     continue
                 r = {"batch": b, "context": t, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
-                     "x": sdpa / us, "gbps": nbytes / us / 1e3}
+                     "x": sdpa / us, "gbps": nbytes / us / 1e3, "rel_err_vs_first": err}
                 rows.append(r)
-                print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s",
-                      flush=True)
+                print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s"
+                      f"  err {err:.1e}", flush=True)
                 del step
     if args.json:
         with open(args.json, "w") as f:

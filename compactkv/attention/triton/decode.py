@@ -15,7 +15,7 @@ import triton
 
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
-from .fastasm import decode_asm
+from .fastasm import decode_asm, table_words
 from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
                              dequant_kernel)
 from .kernels_fast import decode_fast_kernel
@@ -124,6 +124,17 @@ def fast_config(k_kind: PackedKind, v_kind: PackedKind) -> tuple[int, int]:
     return 64, 4
 
 
+def fast_maxnreg(k_kind: PackedKind, v_kind: PackedKind, block_m: int, has_bias: bool) -> int | None:
+    """Register cap of the fast kernel. 128 for head_dim 128 with one 16-row query block and no additive mask:
+    4 programs of 4 warps per multiprocessor instead of 2-3 at the 165-196 registers ptxas picks on its own (the
+    loop is latency-bound, so the extra programs pay; measured on an H200, docs/kernels.md), no spills inside the
+    loop. None (no cap) elsewhere: 32-row blocks, the bias loads and head_dim 256 would spill under 128, head_dim 64
+    mostly fits without a cap (scripts/sass_decode.py)."""
+    if k_kind.head_dim == v_kind.head_dim == 128 and block_m == 16 and not has_bias:
+        return 128
+    return None
+
+
 FAST_MIN_SPLIT = 2048  # tokens: fewer per split make the split-merge pass (and per-program setup) dominate
 
 
@@ -153,7 +164,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2, out: torch.Tensor | None = None,
                   lse: torch.Tensor | None = None, fast: bool | None = None,
-                  splits_per_sm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  splits_per_sm: float | None = None,
+                  maxnreg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -164,7 +176,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
     options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
-    8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel.
+    8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
+    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap).
     """
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
@@ -182,6 +195,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     tqb = max(1, min(tq, MAX_ROWS // g))
     nqb = math.ceil(tq / tqb)
     block_m = max(16, triton.next_power_of_2(g * tqb))
+    if fast and maxnreg is None:
+        maxnreg = fast_maxnreg(k_kind, v_kind, block_m, bias is not None)
     if num_splits is None:
         if fast:
             num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 8.0, FAST_MIN_SPLIT)
@@ -208,7 +223,10 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
             K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
             D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
+            K_TW0=table_words(d, k_kind.bits)[0], K_TW1=table_words(d, k_kind.bits)[1],
+            V_TW0=table_words(d, v_kind.bits)[0], V_TW1=table_words(d, v_kind.bits)[1],
+            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
             q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,

@@ -6,6 +6,10 @@ a small interpreter of the few PTX instructions they use, so the bit tricks are 
 as two 32-bit registers (elements 0,1 then 2,3; lower half first), then the inputs, each 4 uint8 elements in one
 register (element k in byte k).
 
+Table operands: each decoder also takes two int32 inputs (with pack=4 each is 4 operands, all equal), the words of
+`table_words`, used as prmt's register source; the rest of each table is immediate. The kernel makes them once per
+program, in ordinary registers (as immediates or uniform values, ptxas re-materialized them before every prmt).
+
 Element and part layout (kernels_fast.py): an element is a code byte (4 bits: 2 codes, 2 bits: 4 codes, lowest
 bits first); output p holds code p of each byte. The 4-bit decoder needs the fp16 codebook to be symmetric
 (c[15-i] == -c[i], checked; true for every Lloyd-Max codebook here).
@@ -41,16 +45,13 @@ def symmetric(head_dim: int, bits: int) -> bool:
 def _asm4(u: list[int]) -> str:
     """Byte elements (2 codes), pack=4: input $4 (element k in byte k); part 0 (low nibbles) in $0, $1, part 1
     (high nibbles) in $2, $3. Uses c[i] = -c[15 - i]: 8-entry magnitude tables, index flipped for negative codes
-    (i < 8), sign bit set from the code's top bit through prmt's sign-replicate mode."""
+    (i < 8), sign bit set from the code's top bit through prmt's sign-replicate mode. The first words of the low-
+    and high-byte tables come in registers ($5 and $9, see `table_words`), the second words are immediates."""
     pos = u[8:]  # magnitudes: c[8 + j] for j = 0..7 (positive); c[i] = -c[15 - i] for i < 8
-    ml0, ml1 = _bytes32(pos[:4]), _bytes32(pos[4:])
-    mh0, mh1 = _bytes32([x >> 8 for x in pos[:4]]), _bytes32([x >> 8 for x in pos[4:]])
+    ml1 = _bytes32(pos[4:])
+    mh1 = _bytes32([x >> 8 for x in pos[4:]])
     return f"""{{
-.reg .b32 nb, fl, j, jh, l0, l1, h0, h1, y, m0, m1, tl0, tl1, th0, th1;
-mov.b32 tl0, {ml0:#x};
-mov.b32 tl1, {ml1:#x};
-mov.b32 th0, {mh0:#x};
-mov.b32 th1, {mh1:#x};
+.reg .b32 nb, fl, j, jh, l0, l1, h0, h1, y, m0, m1;
 not.b32 nb, $4;
 and.b32 nb, nb, 0x88888888;
 shr.u32 fl, nb, 3;
@@ -58,10 +59,10 @@ sub.u32 fl, nb, fl;
 xor.b32 j, $4, fl;
 and.b32 j, j, 0x77777777;
 shr.u32 jh, j, 16;
-prmt.b32 l0, tl0, tl1, j;
-prmt.b32 h0, th0, th1, j;
-prmt.b32 l1, tl0, tl1, jh;
-prmt.b32 h1, th0, th1, jh;
+prmt.b32 l0, $5, {ml1:#x}, j;
+prmt.b32 h0, $9, {mh1:#x}, j;
+prmt.b32 l1, $5, {ml1:#x}, jh;
+prmt.b32 h1, $9, {mh1:#x}, jh;
 shl.b32 y, nb, 4;
 prmt.b32 m0, y, nb, 0xD9C8;
 prmt.b32 m1, y, nb, 0xFBEA;
@@ -77,18 +78,31 @@ prmt.b32 $3, l1, h1, 0x7351;
 
 
 def _asm2(u: list[int]) -> str:
-    tlo, thi = _bytes32(u), _bytes32([x >> 8 for x in u])
-    lines = ["{", ".reg .b32 y, s, sh, tl, th;", f"mov.b32 tl, {tlo:#x};", f"mov.b32 th, {thi:#x};"]
+    """Byte elements (4 codes), pack=4: input $8; part p in $2p, $2p+1. Low-byte table in a register ($9, see
+    `table_words`), high-byte table immediate."""
+    thi = _bytes32([x >> 8 for x in u])
+    lines = ["{", ".reg .b32 y, s, sh;"]
     for p in range(4):
         if p:
             lines.append(f"shr.u32 y, $8, {2 * p};")
             lines.append("and.b32 y, y, 0x03030303;")
         else:
             lines.append("and.b32 y, $8, 0x03030303;")
-        lines += ["mul.lo.u32 s, y, 17;", "add.u32 s, s, 0x40404040;", f"prmt.b32 ${2 * p}, tl, th, s;",
-                  "shr.u32 sh, s, 16;", f"prmt.b32 ${2 * p + 1}, tl, th, sh;"]
+        lines += ["mul.lo.u32 s, y, 17;", "add.u32 s, s, 0x40404040;", f"prmt.b32 ${2 * p}, $9, {thi:#x}, s;",
+                  "shr.u32 sh, s, 16;", f"prmt.b32 ${2 * p + 1}, $9, {thi:#x}, sh;"]
     lines.append("}")
     return "\n".join(lines)
+
+
+def table_words(head_dim: int, bits: int) -> tuple[int, int]:
+    """The table words a decoder takes in registers, as int32: 4 bits: the first words of the low- and high-byte
+    magnitude tables ($5, $9); 2 bits: the low-byte table ($9) and 0 (unused)."""
+    u = fp16_bits(head_dim, bits)
+    if bits == 4:
+        w = (_bytes32(u[8:12]), _bytes32([x >> 8 for x in u[8:12]]))
+    else:
+        w = (_bytes32(u), 0)
+    return tuple(x - (1 << 32) if x >= 1 << 31 else x for x in w)
 
 
 def parts(head_dim: int, bits: int) -> int:
@@ -177,6 +191,8 @@ def emulate(head_dim: int, bits: int, inputs: list[bytes]) -> list[list[float]]:
     asm = decode_asm(head_dim, bits)
     n_out = parts(head_dim, bits)
     regs = {f"${2 * n_out + i}": int.from_bytes(x, "little") for i, x in enumerate(inputs)}
+    w0, w1 = (w & 0xFFFFFFFF for w in table_words(head_dim, bits))  # the kernel's two table operands
+    regs.update({"$5": w0, "$9": w1} if bits == 4 else {"$9": w0})
     r = run_asm(asm, regs)
     outs = []
     for p in range(n_out):

@@ -14,14 +14,24 @@ changes is how a tile of packed rows becomes tensor-core operands:
   head_dim is split into P dots over those dims (the query parts are loaded with the same mapping), and V is
   accumulated in P part accumulators stored back to dims P*e + p.
 - Full tiles are loaded without masks at affine addresses, so every load of a tile shares one 64-bit base
-  register with immediate offsets; only the last partial tile of a split takes masked loads.
+  register with immediate offsets; only the last partial tile of a split takes masked loads. With ONE_CHUNK (all
+  rows in the tables' first chunk: the static layer, a single-chunk layer, the benchmarks) the (b, h) row base is
+  computed once per program, not looked up per tile (that lookup's division and 64-bit row offsets made ptxas
+  compute every load's address separately: 72 IADD3 per tile). The norms are loaded as [N, 2] fp16 (norm and
+  first code pair) for the same reason.
 - Norms stay a per-token scale on the scores (K) and on the probabilities (V), as in the split kernel.
+- The query is loaded as whole rows and split into its parts in registers (strided per-part loads made Triton
+  keep it in a layout that cost 22 more registers).
+- The decoders' register table words come in as operands made once per program (`_table_reg`), instead of
+  immediates that ptxas re-materialized before every prmt.
+- At head_dim 128 with one 16-row query block the launcher caps registers at 128 (`decode.fast_maxnreg`): 4
+  programs per multiprocessor instead of 2-3; the loop is latency-bound, so that was the largest gain measured.
 
 turbo3 (3-byte groups of 8 codes) is not handled: decoded through three strided byte loads it came out slower
 than the split kernel (the parts end up one value per thread and row, and the shared-memory stores before the
 tensor cores go 2 bytes at a time), so turbo3 stays on `decode_split_kernel`.
 
-The asm strings (tables baked in as immediates) come from `decode_asm` in fastdecode.py; they are constexpr
+The asm strings (tables baked in as immediates) come from `decode_asm` in fastasm.py; they are constexpr
 arguments, so each codebook gets its own compiled kernel.
 """
 
@@ -35,14 +45,21 @@ from .kernels_decode import _program_rows
 
 
 @triton.jit
-def _tile_rows(tab_ptr, t0, last, b, h, rn, CHUNK, RB: tl.constexpr):
-    """uint8 pointers [BLOCK_N] to rows t0 + rn of (b, h); the tile starting at t0 lies inside one chunk (see
-    `_row_ptrs` in kernels_decode.py). Affine in rn (int64), so the loads fold into base + immediate."""
-    c = tl.minimum(t0, last) // CHUNK
+def _head_base(tab_ptr, c, b, h):
+    """uint8 pointer to the first row of chunk c of (b, h)."""
     base = tl.load(tab_ptr + 3 * c).to(tl.pointer_type(tl.uint8))
-    sb = tl.load(tab_ptr + 3 * c + 1)
-    sh = tl.load(tab_ptr + 3 * c + 2)
-    return (base + (b * sb + h * sh + (t0 - c * CHUNK).to(tl.int64) * RB)) + rn.to(tl.int64) * RB
+    return base + (b * tl.load(tab_ptr + 3 * c + 1) + h * tl.load(tab_ptr + 3 * c + 2))
+
+
+@triton.jit
+def _tile_rows(tab_ptr, hb, t0, last, b, h, rn, CHUNK, RB: tl.constexpr, ONE: tl.constexpr):
+    """uint8 pointers [BLOCK_N] to rows t0 + rn of (b, h); the tile starting at t0 lies inside one chunk (see
+    `_row_ptrs` in kernels_decode.py). Affine in rn (int64), so the loads fold into base + immediate.
+    ONE: every row is in chunk 0, whose (b, h) base `hb` the caller computed once (no table loads per tile)."""
+    if ONE:
+        return (hb + t0.to(tl.int64) * RB) + rn.to(tl.int64) * RB
+    c = tl.minimum(t0, last) // CHUNK
+    return (_head_base(tab_ptr, c, b, h) + (t0 - c * CHUNK).to(tl.int64) * RB) + rn.to(tl.int64) * RB
 
 
 @triton.jit
@@ -55,28 +72,53 @@ def _load_codes(rows, valid, NB: tl.constexpr, MASKED: tl.constexpr):
         norms = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0)
         codes = tl.load(p, mask=valid[:, None])
     else:
-        norms = tl.load(rows.to(tl.pointer_type(tl.float16)))
+        # as a [N, 1] tensor: a 2-D blocked layout like the codes', so the loads fold into one base + immediates
+        nf = tl.load(rows.to(tl.pointer_type(tl.float16))[:, None] + tl.arange(0, 2)[None, :])
+        norms, _ = tl.split(nf)
         codes = tl.load(p)
     return norms, codes
 
 
 @triton.jit
-def _unpack(codes, P: tl.constexpr, ASM: tl.constexpr):
-    """P part tensors fp16 [N, NB] (4 returned; parts >= P repeat part 0 and are dead code)."""
-    if P == 2:
-        x0, x1 = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r", [codes], dtype=(tl.float16,) * 2, is_pure=True,
-                                           pack=4)
-        return x0, x1, x0, x0
-    else:
-        return tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [codes], dtype=(tl.float16,) * 4,
-                                         is_pure=True, pack=4)
+def _table_reg(word: tl.constexpr, like):
+    """int32 `word` broadcast over `like`'s shape, in an ordinary (per-thread) register: xor-ed with
+    (lane id * grid z size) >> 31, which is 0 (fewer than 2**26 query blocks) but neither constant nor warp-uniform
+    to ptxas, so it can neither re-materialize the word as an immediate nor keep it in a uniform register (either
+    way it re-created the value before every prmt of the decoders: about 60 moves per tile)."""
+    w = tl.zeros([1], tl.int32) + word
+    w = tl.inline_asm_elementwise("{ .reg .b32 t, n; mov.u32 t, %laneid; mov.u32 n, %nctaid.z; mul.lo.u32 t, t, n; "
+                                  "shr.u32 t, t, 31; xor.b32 $0, $1, t; }", "=r,r", [w], dtype=tl.int32,
+                                  is_pure=True, pack=1)
+    return tl.broadcast_to(tl.reshape(w, [1, 1]), like.shape)
 
 
 @triton.jit
-def _q_part(q_ptr, qrow, mrow, p: tl.constexpr, P: tl.constexpr, D: tl.constexpr):
-    """Query columns P*e + p (e < D/P) as fp16 [BLOCK_M, D/P]."""
-    e = tl.arange(0, D // P)
-    return tl.load(q_ptr + qrow[:, None] * D + (P * e + p)[None, :], mask=mrow[:, None], other=0.0).to(tl.float16)
+def _unpack(codes, t0, t1, P: tl.constexpr, ASM: tl.constexpr):
+    """P part tensors fp16 [N, NB] (4 returned; parts >= P repeat part 0 and are dead code). t0, t1: the table
+    words (`_table_reg` of fastasm.table_words). With pack=4 each int32 input is 4 operands (the byte input one):
+    $4 / $5-$8 / $9-$12 for 4 bits, $8 / $9-$12 / $13-$16 for 2 bits."""
+    if P == 2:
+        x0, x1 = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 9, [codes, t0, t1],
+                                           dtype=(tl.float16,) * 2, is_pure=True, pack=4)
+        return x0, x1, x0, x0
+    else:
+        return tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 9, [codes, t0, t1],
+                                         dtype=(tl.float16,) * 4, is_pure=True, pack=4)
+
+
+@triton.jit
+def _q_parts(q_ptr, qrow, mrow, P: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Query columns P*e + p (e < D/P) as fp16 [BLOCK_M, D/P] for p < P (4 returned; parts >= P repeat part 0).
+    Loaded as whole contiguous rows and split in registers."""
+    q = tl.load(q_ptr + qrow[:, None] * D + tl.arange(0, D)[None, :], mask=mrow[:, None], other=0.0).to(tl.float16)
+    if P == 2:
+        q0, q1 = tl.split(tl.reshape(q, (BLOCK_M, D // 2, 2)))
+        return q0, q1, q0, q0
+    else:
+        qa, qb = tl.split(tl.reshape(q, (BLOCK_M, D // 4, 2, 2)))  # qa: p in {0, 2}; qb: p in {1, 3}
+        q0, q2 = tl.split(qa)
+        q1, q3 = tl.split(qb)
+        return q0, q1, q2, q3
 
 
 @triton.jit
@@ -86,16 +128,17 @@ def _store_part(o_ptr, orow, acc, p: tl.constexpr, P: tl.constexpr, D: tl.conste
 
 
 @triton.jit
-def _tile(k_tab, v_tab, t0, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, rowb, bias_ptr,
-          bias_sb, bias_sq, t, mrow, lim, PK: tl.constexpr, PV: tl.constexpr, K_ASM: tl.constexpr,
-          V_ASM: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr, NBK: tl.constexpr, NBV: tl.constexpr,
-          CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr, MASKED: tl.constexpr):
+def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1, a2,
+          a3, m_i, l_i, rowb, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK: tl.constexpr, PV: tl.constexpr,
+          K_ASM: tl.constexpr, V_ASM: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr, NBK: tl.constexpr,
+          NBV: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr, MASKED: tl.constexpr,
+          ONE: tl.constexpr):
     """One tile of BLOCK_N tokens from t0: scores, online softmax (base 2), V parts accumulated."""
     offs = t0 + rn
     valid = offs < hi
-    kn, kc = _load_codes(_tile_rows(k_tab, t0, last, b, h, rn, CHUNK, RBK), valid, NBK, MASKED)
-    vn, vc = _load_codes(_tile_rows(v_tab, t0, last, b, h, rn, CHUNK, RBV), valid, NBV, MASKED)
-    k0, k1, k2, k3 = _unpack(kc, PK, K_ASM)
+    kn, kc = _load_codes(_tile_rows(k_tab, kb, t0, last, b, h, rn, CHUNK, RBK, ONE), valid, NBK, MASKED)
+    vn, vc = _load_codes(_tile_rows(v_tab, vb, t0, last, b, h, rn, CHUNK, RBV, ONE), valid, NBV, MASKED)
+    k0, k1, k2, k3 = _unpack(kc, kt0, kt1, PK, K_ASM)
     s = tl.dot(q0, tl.trans(k0))
     s = tl.dot(q1, tl.trans(k1), s)
     if PK > 2:
@@ -118,7 +161,7 @@ def _tile(k_tab, v_tab, t0, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1, a
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     pv = (p * vn.to(tl.float32)[None, :]).to(tl.float16)
-    v0, v1, v2, v3 = _unpack(vc, PV, V_ASM)
+    v0, v1, v2, v3 = _unpack(vc, vt0, vt1, PV, V_ASM)
     a0 = tl.dot(pv, v0, a0 * alpha[:, None])
     a1 = tl.dot(pv, v1, a1 * alpha[:, None])
     if PV > 2:
@@ -133,9 +176,12 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
                        K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_ASM: tl.constexpr, V_ASM: tl.constexpr,
                        D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
+                       K_TW0: tl.constexpr, K_TW1: tl.constexpr, V_TW0: tl.constexpr, V_TW1: tl.constexpr):
     """One split of one (b, kv head, block of TQB query tokens). Arguments as in `decode_split_kernel`
-    (K_BITS / V_BITS 2 or 4; K_ASM / V_ASM: fastasm.decode_asm for them)."""
+    (K_BITS / V_BITS 2 or 4; K_ASM / V_ASM: fastasm.decode_asm for them). ONE_CHUNK: CHUNK >= every length, so
+    all rows are in the tables' first chunk (its row bases are computed once, not per tile). K_TW0.. V_TW1: the
+    decoders' register table words (fastasm.table_words)."""
     PK: tl.constexpr = 8 // K_BITS
     PV: tl.constexpr = 8 // V_BITS
     NBK: tl.constexpr = D * K_BITS // 8
@@ -143,13 +189,7 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     sid, bh, qb, b, h, L, lo, hi, rm, t, mrow, grow, M = _program_rows(len_ptr, H, G, TQ, TQB, num_splits,
                                                                         BLOCK_M, BLOCK_N)
     qrow = bh * M + grow
-    q0 = _q_part(q_ptr, qrow, mrow, 0, PK, D)
-    q1 = _q_part(q_ptr, qrow, mrow, 1, PK, D)
-    q2 = q0
-    q3 = q0
-    if PK > 2:
-        q2 = _q_part(q_ptr, qrow, mrow, 2, PK, D)
-        q3 = _q_part(q_ptr, qrow, mrow, 3, PK, D)
+    q0, q1, q2, q3 = _q_parts(q_ptr, qrow, mrow, PK, D, BLOCK_M)
     a0 = tl.zeros([BLOCK_M, NBV], tl.float32)
     a1 = tl.zeros([BLOCK_M, NBV], tl.float32)
     a2 = a0
@@ -165,14 +205,25 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     rn = tl.arange(0, BLOCK_N)
     last = tl.maximum(L - 1, 0)
     hi_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    kt0 = _table_reg(K_TW0, rn[:, None] + tl.zeros([1, NBK], tl.int32))
+    kt1 = _table_reg(K_TW1, kt0)
+    vt0 = kt0
+    vt1 = kt1
+    if V_TW0 != K_TW0 or V_TW1 != K_TW1:
+        vt0 = _table_reg(V_TW0, rn[:, None] + tl.zeros([1, NBV], tl.int32))
+        vt1 = _table_reg(V_TW1, vt0)
+    kb = _head_base(k_tab, 0, b, h)
+    vb = _head_base(v_tab, 0, b, h)
     for t0 in range(lo, hi_full, BLOCK_N):
-        a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, t0, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1, a2,
-                                         a3, m_i, l_i, rowb, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK, PV,
-                                         K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL, HAS_BIAS, HAS_ROWB, False)
+        a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUNK,
+                                         q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, rowb, bias_ptr, bias_sb,
+                                         bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL,
+                                         HAS_BIAS, HAS_ROWB, False, ONE_CHUNK)
     if hi_full < hi:
-        a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, hi_full, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1,
-                                         a2, a3, m_i, l_i, rowb, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK, PV,
-                                         K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL, HAS_BIAS, HAS_ROWB, True)
+        a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, hi_full, hi, last, b, h, rn,
+                                         CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, rowb, bias_ptr,
+                                         bias_sb, bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV,
+                                         CAUSAL, HAS_BIAS, HAS_ROWB, True, ONE_CHUNK)
     base = (bh * tl.num_programs(2) + qb) * num_splits + sid
     orow = base * BLOCK_M + rm
     _store_part(o_ptr, orow, a0, 0, PV, D)

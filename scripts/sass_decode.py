@@ -1,0 +1,149 @@
+"""SASS of the fast decode kernel for sm_90, compiled on any machine (no GPU needed): registers and the
+instructions of the main (full-tile) loop, by opcode.
+
+    python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--dump DIR]
+
+Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
+chunk): pointers 16-byte aligned, ints divisible by 16 marked so, ints equal to 1 constexpr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+
+import torch
+import triton
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from compactkv.attention.triton import kernels_fast  # noqa: E402
+from compactkv.attention.triton.decode import packed_kind  # noqa: E402
+from compactkv.attention.triton.fastasm import decode_asm, table_words  # noqa: E402
+from compactkv.core.codec import Codec  # noqa: E402
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+NVDISASM, CUOBJDUMP = os.path.join(BIN, "nvdisasm"), os.path.join(BIN, "cuobjdump")
+
+
+def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+                 g: int = 4, h: int = 8, extra: dict | None = None, maxnreg: int | None = None):
+    pk = packed_kind(Codec(kind, d))
+    fn = kernels_fast.decode_fast_kernel
+    dummy = torch.empty(64, dtype=torch.float32)
+    tab = torch.empty(3, dtype=torch.int64)
+    lens = torch.empty(8, dtype=torch.int32)
+    args = dict(q_ptr=dummy, k_tab=tab, v_tab=tab, len_ptr=lens, rowb_ptr=dummy, bias_ptr=dummy, bias_sb=0,
+                bias_sq=0, o_ptr=dummy, ml_ptr=dummy, H=h, G=g, TQ=1, TQB=1, CHUNK=1 << 30, qshift=0,
+                num_splits=16)
+    const = dict(K_BITS=pk.bits, V_BITS=pk.bits, K_ASM=decode_asm(d, pk.bits), V_ASM=decode_asm(d, pk.bits), D=d,
+                 RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, HAS_ROWB=False, BLOCK_M=16,
+                 BLOCK_N=block_n, ONE_CHUNK=True,
+                 K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
+                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1])
+    const.update(extra or {})
+    sig, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in const:
+            sig[name] = "constexpr"
+            constexprs[(i,)] = const[name]
+            continue
+        ty, spec = native_specialize_impl(BaseBackend, args[name], False, True, True)
+        sig[name] = ty
+        if ty == "constexpr":
+            constexprs[(i,)] = spec
+        elif spec:
+            attrs[(i,)] = BaseBackend.parse_attr(spec)
+    src = triton.compiler.ASTSource(fn, sig, constexprs, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages,
+                                       **({"maxnreg": maxnreg} if maxnreg else {})))
+
+
+def sass(kernel) -> tuple[str, int, int]:
+    """(disassembly, registers, stack bytes)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        text = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", res).group(1))
+    stack = int(re.search(r"STACK:(\d+)", res).group(1))
+    return text, regs, stack
+
+
+def instrs(text: str) -> tuple[list[tuple[int, str, str]], dict[str, int]]:
+    """(address, opcode, line) of each instruction, and the address of each label."""
+    out, labels, pending = [], {}, []
+    for line in text.splitlines():
+        lm = re.match(r"\s*(\.L_x_\d+):", line)
+        if lm:
+            pending.append(lm.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m:
+            addr = int(m.group(1), 16)
+            for name in pending:
+                labels[name] = addr
+            pending = []
+            out.append((addr, m.group(3), line.strip()))
+    return out, labels
+
+
+def main_loop(ins: list[tuple[int, str, str]], labels: dict[str, int]) -> list[tuple[int, str, str]]:
+    """Instructions of the loop (backward branch) holding the most HMMAs."""
+    best = []
+    for addr, op, line in ins:
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if not m or labels.get(m.group(1), addr) >= addr:
+            continue
+        body = [x for x in ins if labels[m.group(1)] <= x[0] <= addr]
+        if sum(x[1].startswith("HMMA") for x in body) > sum(x[1].startswith("HMMA") for x in best):
+            best = body
+    return best
+
+
+def summary(kind: str, **kw) -> dict:
+    k = compile_fast(kind, **kw)
+    text, regs, stack = sass(k)
+    loop = main_loop(*instrs(text))
+    ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
+    return {"kind": kind, **kw, "regs": regs, "spills": stack, "loop": len(loop), "ops": ops, "sass": text,
+            "ptx": k.asm["ptx"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kinds", default="turbo4,turbo2")
+    ap.add_argument("--block-n", type=int, default=64)
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--maxnreg", type=int)
+    ap.add_argument("--dump")
+    args = ap.parse_args(argv)
+    for kind in args.kinds.split(","):
+        s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
+                    maxnreg=args.maxnreg)
+        vals = args.d * args.block_n * 2  # K+V values per tile
+        top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
+        print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages}: regs {s['regs']} stack "
+              f"{s['spills']} loop {s['loop']} instr/warp/tile ({s['loop'] * args.warps / args.block_n:.1f}/token, "
+              f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value)\n  {top}")
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
+            for ext in ("sass", "ptx"):
+                with open(os.path.join(args.dump, f"{kind}.{ext}"), "w") as f:
+                    f.write(s[ext])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
