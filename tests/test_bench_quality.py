@@ -177,9 +177,19 @@ def test_report_from_json(tmp_path):
     rows = ppl.rows_from(acc, {"f16": (16.0, 100), "turbo4": (4.25, 27)})
     (tmp_path / "ppl.json").write_text(__import__("json").dumps(
         {"model": "m", "ctx": 8, "chunks": 1, "corpus": "c.txt", "rows": rows, "command": "compactkv bench ppl"}))
+    peers = ppl.rows_from({"f16": acc["f16"], "hqq4": {"nll": 2.4, "kl": 0.3, "top1": 1, "n": 2}},
+                          {"f16": (16.0, 100), "hqq4": (4.5, None)})
+    (tmp_path / "ppl_quantized_cache.json").write_text(__import__("json").dumps(
+        {"model": "m", "rows": peers, "command": "compactkv bench ppl --peers hqq4"}))
+    cell = {"hits": 1, "cells": 2, "missed_where_f16_hits": [[8192, 50]], "verdict": "FAIL"}
+    (tmp_path / "niah_8k.json").write_text(__import__("json").dumps(
+        {"model": "m", "lengths": [8192], "depths": [0, 50], "mode": "defaults", "verdicts": {"turbo4": cell},
+         "command": "compactkv bench niah --lengths 8192"}))
     report.main(["--dir", str(tmp_path), "--out", str(tmp_path / "q.md")])
     text = (tmp_path / "q.md").read_text()
     assert "turbo4" in text and "compactkv bench ppl" in text
+    assert "hqq4" in text and "--peers hqq4" in text  # the peer run's rows and its command
+    assert "8192@50%" in text and "quality/niah_8k.png" in text
 
 
 @pytest.mark.slow
