@@ -132,3 +132,93 @@ def test_triton_layer_encoder_rejects_non_finite_input_and_keeps_the_cache():
     with pytest.raises(ValueError, match="NaN or Inf"):
         layer.update(bad, torch.randn(1, 2, 4, 64, device="cuda"))
     assert all(torch.equal(a, b) for a, b in zip(before, layer.chunks_k))
+
+
+def _backend():
+    pytest.importorskip("triton")
+    from compactkv.attention.triton import backend
+    return backend
+
+
+def test_merge_matches_log_sum_exp_and_gives_zero_where_nothing_is_seen():
+    backend = _backend()
+    torch.manual_seed(4)
+    o0, o1 = torch.randn(2, 3, 5, 8, dtype=torch.float64), torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    l0, l1 = torch.randn(2, 3, 5, dtype=torch.float64) * 3, torch.randn(2, 3, 5, dtype=torch.float64) * 3
+    l0[0, 0, 0] = float("-inf")  # part 0 sees nothing in this row
+    l1[0, 0, 1] = float("-inf")
+    l0[1, 2, 4] = l1[1, 2, 4] = float("-inf")  # neither part sees anything
+    o0[1, 2, 4] = o1[1, 2, 4] = 0.0  # (parts report 0 where they see nothing)
+    got = backend._merge([(o0, l0), (o1, l1)], o0)
+    lse = torch.logaddexp(l0, l1)
+    w0 = torch.nan_to_num(torch.exp(l0 - lse)).unsqueeze(-1)
+    w1 = torch.nan_to_num(torch.exp(l1 - lse)).unsqueeze(-1)
+    assert torch.allclose(got, o0 * w0 + o1 * w1, atol=1e-12)
+    assert torch.equal(got[0, 0, 0], o1[0, 0, 0]) and torch.equal(got[1, 2, 4], torch.zeros(8, dtype=torch.float64))
+
+
+def test_dense_part_matches_softmax_and_masks_whole_rows_to_zero():
+    backend = _backend()
+    torch.manual_seed(5)
+    qs = torch.randn(1, 2, 6, 16)  # G = 3 query heads per KV head x Tq = 2
+    kd, vd = torch.randn(1, 2, 7, 16).half(), torch.randn(1, 2, 7, 16).half()
+    out, lse = backend._dense_part(qs, kd, vd, None, 2, None)
+    s = qs.double() @ kd.double().transpose(-1, -2)
+    assert torch.allclose(out.double(), torch.softmax(s, -1) @ vd.double(), atol=1e-5)
+    assert torch.allclose(lse.double(), torch.logsumexp(s, -1), atol=1e-5)
+    bias = torch.zeros(1, 2, 7)
+    bias[0, 1] = float("-inf")  # query token 1 sees no key at all
+    out, lse = backend._dense_part(qs, kd, vd, bias, 2, None)
+    rows_t1 = torch.arange(6) % 2 == 1
+    assert torch.equal(out[:, :, rows_t1], torch.zeros_like(out[:, :, rows_t1]))
+    assert torch.isinf(lse[:, :, rows_t1]).all() and torch.isfinite(lse[:, :, ~rows_t1]).all()
+
+
+def test_query_map_and_chunk_tables_are_kept_per_layer_until_the_layer_changes():
+    backend = _backend()
+    torch.manual_seed(6)
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, sink_tokens=2, residual_length=0, block_size=8,
+                            chunk_tokens=64, scale_keys=True)
+    layer.update(torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64))
+    layer.observe(torch.randn(1, 4, 40, 64))  # fits the key scale, compresses
+    assert layer.n_compressed == 32 and layer.k_scale is not None
+    q = torch.randn(1, 2, 4, 64)
+    w, kmt = backend._query_maps(layer, 0.125, q.device)
+    fwd, _ = backend.codec_maps(layer.k_codec, q.device)
+    want = (q / layer.k_scale[None, :, None, :]) @ fwd * (0.125 * backend.LOG2E)
+    assert torch.allclose(q @ w, want, atol=1e-5)
+    want_rowb = ((q * 0.125 * backend.LOG2E) * layer.k_mean).sum(-1)  # q·k_mean, the same for every key
+    assert torch.allclose((q @ kmt).squeeze(-1), want_rowb, atol=1e-5)
+    assert backend._query_maps(layer, 0.125, q.device)[0] is w  # kept
+    assert backend._query_maps(layer, 0.5, q.device)[0] is not w  # another scaling: rebuilt
+    src = backend._packed_source(layer, 1, q.device)
+    assert backend._packed_source(layer, 1, q.device) is src
+    layer.update(torch.randn(1, 2, 16, 64), torch.randn(1, 2, 16, 64))  # a new compression replaces the chunk
+    src2 = backend._packed_source(layer, 1, q.device)
+    assert src2 is not src and int(src2[2][0]) == layer.n_compressed == 48
+    layer.batch_select_indices(torch.tensor([0]))  # replaced tensors: nothing derived from the old ones is kept
+    assert layer.backend_state == {}
+    layer.reset()
+    assert layer.backend_state == {}
+
+
+@pytest.mark.parametrize("g", [1, 3])
+def test_prefill_after_history_is_bottom_right_causal(g):
+    """A prompt chunk after earlier tokens (tq < tk, no mask) attends causally aligned to the end, with GQA; here
+    over fp16 windows only, so it runs without a GPU (the compressed part is covered by the CUDA tests)."""
+    pytest.importorskip("triton")
+    from compactkv.attention.triton.prefill import prefill_attention
+
+    torch.manual_seed(7)
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, sink_tokens=4, residual_length=512)
+    layer.update(torch.randn(1, 2, 100, 64), torch.randn(1, 2, 100, 64))
+    layer.update(torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64))
+    assert layer.n_compressed == 0
+    q = torch.randn(1, 2 * g, 40, 64)
+    got = prefill_attention(layer, q, None, 0.125, None).double()
+    k = torch.cat([layer.sink_k, layer.recent_k], -2).double().repeat_interleave(g, 1)
+    v = torch.cat([layer.sink_v, layer.recent_v], -2).double().repeat_interleave(g, 1)
+    s = (q.double() @ k.transpose(-1, -2)) * 0.125
+    keep = torch.arange(140)[None, :] <= torch.arange(100, 140)[:, None]
+    want = (torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v).transpose(1, 2)
+    assert torch.allclose(got, want, atol=2e-3)

@@ -59,6 +59,7 @@ class TurboQuantLayer(CacheLayerMixin):
         self.cumulative_length = 0
         self.keys = self.values = None
         self.is_initialized = False
+        self.backend_state = {}  # attention backends' per-layer derived tensors (e.g. kernel tables); dropped here
 
     def __repr__(self) -> str:
         return f"TurboQuantLayer(k={self.k_codec.kind}, v={self.v_codec.kind}, tokens={self.cumulative_length})"
@@ -215,6 +216,7 @@ class TurboQuantLayer(CacheLayerMixin):
         if not self.is_sliding or not self.is_initialized:
             return
         keep = self.sliding_window - 1
+        self.backend_state = {}
         while self.chunks_k and self.stored_length() - self.chunks_k[0].shape[-2] >= keep:
             n = self.chunks_k[0].shape[-2]
             del self.chunks_k[0], self.chunks_v[0]
@@ -236,6 +238,7 @@ class TurboQuantLayer(CacheLayerMixin):
             raise ValueError(f"cannot crop to {new_len} tokens: this sliding layer already dropped the first "
                              f"{self.dropped}")
         keep = new_len - self.dropped
+        self.backend_state = {}
         s = min(keep, self.sink_k.shape[-2])
         self.sink_k, self.sink_v = self.sink_k[..., :s, :], self.sink_v[..., :s, :]
         keep -= s
@@ -252,6 +255,7 @@ class TurboQuantLayer(CacheLayerMixin):
     def _map(self, fn) -> None:
         if not self.is_initialized:
             return
+        self.backend_state = {}  # derived from the tensors being replaced (and would keep them alive)
         self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
         self.recent_k, self.recent_v = fn(self.recent_k), fn(self.recent_v)
         self.chunks_k = [fn(c) for c in self.chunks_k]
@@ -291,6 +295,7 @@ class TurboQuantLayer(CacheLayerMixin):
         new = copy.copy(self)
         new.k_codec, new.v_codec = copy.copy(self.k_codec), copy.copy(self.v_codec)
         new.chunks_k, new.chunks_v = [c.clone() for c in self.chunks_k], [c.clone() for c in self.chunks_v]
+        new.backend_state = {}
         for name in ("sink_k", "sink_v", "recent_k", "recent_v"):
             t = getattr(self, name)
             setattr(new, name, None if t is None else t.clone())

@@ -3,7 +3,8 @@
 Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through `attend_packed`; the fp16 sink and
 recent windows (a few tokens) are attended in torch and merged with the compressed part by log-sum-exp. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call); the static layer (ragged lengths) always uses the kernel. Works for TurboQuantLayer (chunk list) and for layers
-exposing `packed_rows()` (the preallocated StaticTurboQuantLayer).
+exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). Per-layer derived tensors (chunk tables, the
+query map) are kept in the layer's `backend_state` dict, which the layer empties on reset.
 """
 
 from __future__ import annotations
@@ -38,13 +39,20 @@ def why_not_triton(layer, query: torch.Tensor, mask: torch.Tensor | None, softca
 def _packed_source(layer, b: int, device):
     """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, tensors the tables point into).
 
-    The tables hold raw addresses: the caller keeps the returned tensors alive until the kernel is launched.
+    The tables hold raw addresses: the caller keeps the returned tensors alive until the kernel is launched. For a
+    chunk-list layer the result is kept in `layer.backend_state` (with the chunk tensors themselves in its key) and
+    reused while its chunks are the same objects, so a decode step between two compressions builds no table.
     """
     packed_rows = getattr(layer, "packed_rows", None)
     if packed_rows is not None:  # preallocated buffers: tables cached by address, so graph capture sees no copy
         k_rows, v_rows, lengths, max_len = packed_rows()
         return _fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len, (k_rows, v_rows)
     ck, cv, n = layer.chunks_k, layer.chunks_v, layer.n_compressed
+    key = (b, n, device, tuple(ck), tuple(cv))
+    state = getattr(layer, "backend_state", None)
+    cached = state.get("triton_source") if state is not None else None
+    if cached is not None and _same(cached[0], key):
+        return cached[1]
     chunk = layer.chunk_tokens if len(ck) > 1 else ONE_CHUNK
     regular = chunk % BLOCK_N == 0 and all(c.shape[-2] == chunk for c in ck[:-1])
     if not regular:
@@ -52,7 +60,49 @@ def _packed_source(layer, b: int, device):
     ck = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in ck]
     cv = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in cv]
     lengths = torch.full((b,), n, dtype=torch.int32, device=device)
-    return chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv)
+    source = chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv)
+    if state is not None:
+        state["triton_source"] = (key, source)
+    return source
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Cache keys equal, comparing tensors by identity (a tensor held in the key cannot be freed and replaced)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, tuple):
+            if not (isinstance(y, tuple) and len(x) == len(y) and all(u is w for u, w in zip(x, y))):
+                return False
+        elif isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if x is not y:
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _query_maps(layer, scaling: float, device):
+    """(w, kmt): `q @ w` is the query in the K segment space, divided by the key scale (keys are stored as
+    (k - mean) * k_scale) and multiplied by scaling * log2 e; `q @ kmt` [.., 1] is q·k_mean at the same scale, the
+    score offset shared by every compressed key of a row. w: fp32 [D, D] or [H, D, D]; kmt: [B, H, D, 1] or None.
+    Kept in `layer.backend_state` while k_scale, k_mean and scaling are unchanged."""
+    k_scale, k_mean = getattr(layer, "k_scale", None), getattr(layer, "k_mean", None)
+    key = (scaling, device, k_scale, k_mean, None if k_mean is None else k_mean._version)
+    state = getattr(layer, "backend_state", None)
+    cached = state.get("triton_maps") if state is not None else None
+    if cached is not None and _same(cached[0], key):
+        return cached[1]
+    c = scaling * LOG2E
+    fwd, _ = codec_maps(layer.k_codec, device)
+    w = fwd if fwd is not None else torch.eye(layer.k_codec.head_dim, device=device)
+    if k_scale is not None:  # (q / s) @ fwd = q @ (diag(1 / s) fwd)
+        w = w[None] / k_scale.float()[:, :, None]
+    w = w * c
+    kmt = (k_mean.float() * c).transpose(-1, -2).contiguous() if k_mean is not None else None
+    if state is not None:
+        state["triton_maps"] = (key, (w, kmt))
+    return w, kmt
 
 
 def _fixed_table(rows: torch.Tensor) -> torch.Tensor:
@@ -84,17 +134,18 @@ def _dense_part(qs, kd, vd, bias, tq: int, key_pos: torch.Tensor | None):
     """Attention of scaled rows qs [B, H, M, D] over fp16 keys kd/vd [B, H, n, D] -> (out, lse) in float32.
 
     bias: [B or 1, Tq, n] or None. key_pos: [n] key positions relative to the first query token; when given,
-    key i is visible to row r iff key_pos[i] <= r % tq (causal).
+    key i is visible to row r iff key_pos[i] <= r % tq (causal). A row that sees no key gets out 0, lse -inf.
     """
     s = qs @ kd.float().transpose(-1, -2)
-    rows = torch.arange(qs.shape[-2], device=qs.device) % tq
-    if bias is not None:
-        s = s + bias[:, rows].unsqueeze(1)
-    if key_pos is not None:
-        s = s.masked_fill(~(key_pos[None, :] <= rows[:, None]), float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse).unsqueeze(-1))
-    return p @ vd.float(), lse
+    masked = bias is not None or key_pos is not None
+    if masked:
+        rows = torch.arange(qs.shape[-2], device=qs.device) % tq
+        if bias is not None:
+            s = s + bias[:, rows].unsqueeze(1)
+        if key_pos is not None:
+            s = s.masked_fill(~(key_pos[None, :] <= rows[:, None]), float("-inf"))
+    out = torch.softmax(s, dim=-1) @ vd.float()
+    return (torch.nan_to_num(out) if masked else out), torch.logsumexp(s, dim=-1)
 
 
 def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
@@ -119,13 +170,10 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     kc, vc = layer.k_codec, layer.v_codec
     parts = []
     if n_comp:
-        fwd, _ = codec_maps(kc, query.device)
         _, adj = codec_maps(vc, query.device)
-        k_scale = getattr(layer, "k_scale", None)  # keys stored as (k - mean) * k_scale: score q / k_scale
-        qs = q / k_scale[None, :, None, :] if k_scale is not None else q
-        qk = (qs @ fwd if fwd is not None else qs) * (scaling * LOG2E)
-        k_mean = getattr(layer, "k_mean", None)
-        rowb = ((q * (scaling * LOG2E)) @ k_mean.float().transpose(-1, -2)).squeeze(-1) if k_mean is not None else None
+        w, kmt = _query_maps(layer, scaling, query.device)
+        qk = q @ w
+        rowb = (q @ kmt).squeeze(-1) if kmt is not None else None
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
@@ -148,14 +196,12 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
 
 
 def _merge(parts, q):
-    """Log-sum-exp merge of [(out [B, H, M, D], lse [B, H, M])] into normalised float32 rows."""
+    """Log-sum-exp merge of [(out [B, H, M, D], lse [B, H, M])] into normalised float32 rows (0 where no part sees
+    a key). Two parts: out = lerp(out_0, out_1, w_1) with w = softmax of the two lse."""
     if not parts:
         return torch.zeros_like(q)
     if len(parts) == 1:
         return parts[0][0]
-    lse = torch.logaddexp(parts[0][1], parts[1][1])
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    out = 0
-    for o, part_lse in parts:
-        out = out + o * torch.exp(part_lse - safe).unsqueeze(-1)
-    return out
+    (o0, l0), (o1, l1) = parts
+    w1 = torch.sigmoid(l1 - l0)  # = exp(l1) / (exp(l0) + exp(l1)); NaN only when both are -inf
+    return torch.lerp(o0, o1, torch.nan_to_num(w1).unsqueeze(-1))

@@ -3,7 +3,8 @@
 With many query rows per key, attention is compute-bound and the decode kernel (at most 32 query rows per
 program) would re-read every packed row once per block of query tokens. Here each packed row is expanded once by
 `dequant_packed` into its segment (rotated) space, the fp16 sink/recent windows are rotated into the same spaces,
-and torch SDPA (flash when no explicit mask is needed) attends the rotated query over all of it; the inverse V map
+and torch SDPA (flash when no explicit mask is needed; a chunk after compressed history uses
+torch's bottom-right causal bias, also flash with GQA) attends the rotated query over all of it; the inverse V map
 runs once on the output. Same function as the reference: scores q·x̂, values x̂, with fp16 operands.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from .decode import codec_maps, dequant_packed, packed_kind
 
@@ -54,14 +56,14 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     q = _rotate(query, fwd_k)
     if mask is None and tq == tk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, scale=scaling, enable_gqa=g > 1)
+    elif mask is None:  # queries are the last tq tokens: causal aligned bottom-right, every row sees a key
+        # (a CausalBias: flash attention with GQA where it applies, no [tq, tk] mask in memory)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(tq, tk), scale=scaling,
+                                             enable_gqa=g > 1)
     else:
-        if mask is None:  # queries are the last tq tokens: causal, aligned bottom-right
-            keep = torch.arange(tk, device=dev)[None, :] <= torch.arange(tk - tq, tk, device=dev)[:, None]
-            attn = keep[None, None]
-        else:
-            attn = mask[..., -tq:, -tk:]
-            if attn.dtype != torch.bool:
-                attn = attn.to(q.dtype)
+        attn = mask[..., -tq:, -tk:]
+        if attn.dtype != torch.bool:
+            attn = attn.to(q.dtype)
         if g > 1:  # the memory-efficient kernel (masks) takes no GQA: expand the KV heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=scaling)

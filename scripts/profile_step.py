@@ -1,0 +1,72 @@
+"""Where a decode step's time goes (issue 7): torch.profiler over greedy decode steps of a random-weight
+Llama-3.1-8B-shaped model after a real prefill, for DynamicCache+SDPA (f16) and TurboQuantCache kinds.
+
+    PYTHONPATH=. python scripts/profile_step.py --batch 1 --context 32768 --kinds f16,turbo4 --json out.json
+
+Prints, per kind: the median step time without the profiler, the profiled step's CPU and GPU busy time, and the
+operators with the largest self CPU time (host cost) and self CUDA time (device cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from compactkv.bench.e2e import build_model, decode, make_cache, prefill
+from compactkv.engine.caches import cache_kwarg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--context", type=int, default=32768)
+    p.add_argument("--chunk", type=int, default=16384)
+    p.add_argument("--kinds", default="f16,turbo4")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=14)
+    p.add_argument("--json")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    model, shape = build_model(False, dev)
+    kw = cache_kwarg(model)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, shape["vocab_size"], (args.batch, args.context), generator=g).to(dev)
+    report = {"card": torch.cuda.get_device_name(), "args": vars(args), "kinds": {}}
+    for kind in args.kinds.split(","):
+        cache = make_cache(model, kind)
+        tok = prefill(model, cache, ids, max(256, args.chunk // args.batch), kw)
+        plain = decode(model, cache, tok, 10, kw, dev)[2:]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            decode(model, cache, tok, args.steps, kw, dev)
+        ev = prof.key_averages()
+        cpu_rows = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]
+        gpu_rows = sorted(ev, key=lambda e: e.self_device_time_total, reverse=True)[:args.top]
+        gpu_total = sum(e.self_device_time_total for e in ev) / args.steps / 1e3
+        cpu_total = sum(e.self_cpu_time_total for e in ev) / args.steps / 1e3
+        info = {"step_ms_median": statistics.median(plain) * 1e3, "profiled_cpu_ms_per_step": cpu_total,
+                "profiled_gpu_ms_per_step": gpu_total,
+                "top_cpu": [(e.key, e.count // args.steps, e.self_cpu_time_total / args.steps / 1e3) for e in cpu_rows],
+                "top_gpu": [(e.key, e.count // args.steps, e.self_device_time_total / args.steps / 1e3)
+                            for e in gpu_rows]}
+        report["kinds"][kind] = info
+        print(f"== {kind}: step {info['step_ms_median']:.2f} ms (median, no profiler); profiled per step: "
+              f"self CPU {cpu_total:.1f} ms, GPU busy {gpu_total:.1f} ms")
+        print("  host (self CPU ms/step, calls/step):")
+        for k, n, t in info["top_cpu"]:
+            print(f"    {t:7.2f} {n:6d}  {k[:70]}")
+        print("  device (self CUDA ms/step, calls/step):")
+        for k, n, t in info["top_gpu"]:
+            print(f"    {t:7.2f} {n:6d}  {k[:70]}")
+        del cache
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
