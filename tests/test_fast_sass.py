@@ -32,4 +32,4 @@ def test_loop_fits_128_registers(kind, limit):
     assert regs <= 128
     assert not [op for _, op, _ in loop if op.startswith(("LDL", "STL"))]  # no spills inside the tile loop
     assert sum(op.startswith("HMMA") for _, op, _ in loop) == 32
-    assert len(loop) <= limit, f"{len(loop)} instructions per warp per 64-token tile (measured 803 / 635)"
+    assert len(loop) <= limit, f"{len(loop)} instructions per warp per 64-token tile (measured 797 / 688)"

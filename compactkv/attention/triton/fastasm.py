@@ -94,6 +94,7 @@ def _asm2(u: list[int]) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)
 def table_words(head_dim: int, bits: int) -> tuple[int, int]:
     """The table words a decoder takes in registers, as int32: 4 bits: the first words of the low- and high-byte
     magnitude tables ($5, $9); 2 bits: the low-byte table ($9) and 0 (unused)."""

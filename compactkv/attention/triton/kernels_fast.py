@@ -17,8 +17,7 @@ changes is how a tile of packed rows becomes tensor-core operands:
   register with immediate offsets; only the last partial tile of a split takes masked loads. With ONE_CHUNK (all
   rows in the tables' first chunk: the static layer, a single-chunk layer, the benchmarks) the (b, h) row base is
   computed once per program, not looked up per tile (that lookup's division and 64-bit row offsets made ptxas
-  compute every load's address separately: 72 IADD3 per tile). The norms are loaded as [N, 2] fp16 (norm and
-  first code pair) for the same reason.
+  compute every load's address separately: 72 IADD3 per tile).
 - Norms stay a per-token scale on the scores (K) and on the probabilities (V), as in the split kernel.
 - The query is loaded as whole rows and split into its parts in registers (strided per-part loads made Triton
   keep it in a layout that cost 22 more registers).
@@ -72,9 +71,7 @@ def _load_codes(rows, valid, NB: tl.constexpr, MASKED: tl.constexpr):
         norms = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0)
         codes = tl.load(p, mask=valid[:, None])
     else:
-        # as a [N, 1] tensor: a 2-D blocked layout like the codes', so the loads fold into one base + immediates
-        nf = tl.load(rows.to(tl.pointer_type(tl.float16))[:, None] + tl.arange(0, 2)[None, :])
-        norms, _ = tl.split(nf)
+        norms = tl.load(rows.to(tl.pointer_type(tl.float16)))
         codes = tl.load(p)
     return norms, codes
 
