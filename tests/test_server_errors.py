@@ -135,7 +135,7 @@ def test_wrong_method_and_then_a_real_generation(server):
 
 def test_sigterm_ends_in_flight_streams_cleanly_and_exits(server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200,
-            "temperature": 0.7, "stream": True}
+            "temperature": 0.7, "seed": 1234, "stream": True}  # seeded: an unseeded sample once ended (EOS) first
     lines, first = [], threading.Event()
 
     def read():
