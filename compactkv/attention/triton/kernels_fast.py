@@ -30,8 +30,8 @@ turbo3 (3-byte groups of 8 codes) is not handled: decoded through three strided 
 than the split kernel (the parts end up one value per thread and row, and the shared-memory stores before the
 tensor cores go 2 bytes at a time), so turbo3 stays on `decode_split_kernel`.
 
-The asm strings (tables baked in as immediates) come from `decode_asm` in fastasm.py; they are constexpr
-arguments, so each codebook gets its own compiled kernel.
+The asm strings (most of each table baked in as immediates) come from `decode_asm` in fastasm.py; they and the
+register table words (`table_words`) are constexpr arguments, so each codebook gets its own compiled kernel.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     kt1 = _table_reg(K_TW1, kt0)
     vt0 = kt0
     vt1 = kt1
-    if V_TW0 != K_TW0 or V_TW1 != K_TW1:
+    if V_TW0 != K_TW0 or V_TW1 != K_TW1 or NBV != NBK:
         vt0 = _table_reg(V_TW0, rn[:, None] + tl.zeros([1, NBV], tl.int32))
         vt1 = _table_reg(V_TW1, vt0)
     kb = _head_base(k_tab, 0, b, h)
