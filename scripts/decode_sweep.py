@@ -29,13 +29,14 @@ VARIANTS = [
 
 
 def _kernel_args(var: dict, b: int, t: int, dev) -> dict:
-    """splits_x: that multiple of the fast kernel's default split count."""
+    """splits_x: that multiple of the fast kernel's default split count (head_dim 128, register cap: at least 4
+    programs per SM)."""
     from compactkv.attention.triton.decode import FAST_MIN_SPLIT, choose_splits
     from compactkv.bench.kernels import HKV
     var = dict(var)
     x = var.pop("splits_x", None)
     if x is not None:
-        var["num_splits"] = max(1, round(x * choose_splits(b * HKV, t, 64, dev, 8.0, FAST_MIN_SPLIT)))
+        var["num_splits"] = max(1, round(x * choose_splits(b * HKV, t, 64, dev, 8.0, FAST_MIN_SPLIT, 4)))
     return var
 
 
