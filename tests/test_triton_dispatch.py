@@ -196,6 +196,11 @@ def test_query_map_and_chunk_tables_are_kept_per_layer_until_the_layer_changes()
     layer.update(torch.randn(1, 2, 16, 64), torch.randn(1, 2, 16, 64))  # a new compression replaces the chunk
     src2 = backend._packed_source(layer, 1, q.device)
     assert src2 is not src and int(src2[2][0]) == layer.n_compressed == 48
+    odd = TurboQuantLayer("turbo4", "turbo4", 64, residual_length=0, block_size=8, chunk_tokens=40,
+                          scale_keys=False)  # 40-token chunks are not a multiple of the kernel tile: one copy
+    odd.update(torch.randn(1, 2, 96, 64), torch.randn(1, 2, 96, 64))
+    assert len(odd.chunks_k) == 3 and backend._packed_source(odd, 1, q.device)[3] == backend.ONE_CHUNK
+    assert "triton_source" not in odd.backend_state  # the concatenated copy is not held beside the cache
     layer.batch_select_indices(torch.tensor([0]))  # replaced tensors: nothing derived from the old ones is kept
     assert layer.backend_state == {}
     layer.reset()

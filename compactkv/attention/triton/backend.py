@@ -61,7 +61,9 @@ def _packed_source(layer, b: int, device):
     cv = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in cv]
     lengths = torch.full((b,), n, dtype=torch.int32, device=device)
     source = chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv)
-    if state is not None:
+    # kept only when the tables point into the layer's own chunks: a concatenated or contiguous copy of the
+    # history is rebuilt per call rather than held beside the cache (it would double the compressed bytes)
+    if state is not None and all(x is y for x, y in zip(ck + cv, key[3] + key[4])) and len(ck) == len(key[3]):
         state["triton_source"] = (key, source)
     return source
 
