@@ -8,6 +8,7 @@ Triton is imported only when a CUDA call asks for it, never by `import compactkv
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,13 +27,22 @@ def resolve_backend(backend: str | None = None) -> str:
     return choice
 
 
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    """Whether triton imports (asked once per process: a failed import is not cached by Python and would search
+    the file system again on every attention call)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None) -> str | None:
     """Why the Triton kernels cannot run this call, or None when they can."""
     if not query.is_cuda:
         return "the query is not on a CUDA device"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if not _has_triton():
         return "triton is not installed"
     from .triton import backend
     if getattr(layer, "k_scale", None) is not None and not getattr(backend, "SUPPORTS_KEY_SCALE", False):
@@ -43,9 +53,7 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
 def _install_encoder(layer) -> None:
     """Give a CUDA layer the Triton encode kernel (rows bit-identical to Codec.encode) for what it compresses
     next; the layer keeps using Codec.encode for kinds the kernel does not take, and when Triton is missing."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if not _has_triton():
         return
     from .triton.encode import layer_encoder
     layer.encoder = layer_encoder
