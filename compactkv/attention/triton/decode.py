@@ -220,6 +220,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     dummy = lse
     bias_t = bias if bias is not None else dummy
     if fast:
+        k_words, v_words = table_words(d, k_kind.bits), table_words(d, v_kind.bits)
         decode_fast_kernel[(num_splits, b * h, nqb)](
             q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
             bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
@@ -227,8 +228,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
             D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
             HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
-            K_TW0=table_words(d, k_kind.bits)[0], K_TW1=table_words(d, k_kind.bits)[1],
-            V_TW0=table_words(d, v_kind.bits)[0], V_TW1=table_words(d, v_kind.bits)[1],
+            K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
