@@ -11,6 +11,7 @@ fitted on the *other* kinds' runs (leave-one-out), so no run predicts itself; th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -306,6 +307,17 @@ def _dirty() -> bool | None:
     return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _token_count(text: str) -> int:
+    """argparse type: an integer >= 0 (rejected before anything is measured)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a token count >= 0, got {text!r}")
+    return n
+
+
 def _fp16_tokens(args, runs: list[Run], cache) -> int:
     """Tokens per layer the caches kept in fp16: --fp16-tokens, else what the workers recorded, else the default."""
     if args.fp16_tokens is not None:
@@ -353,7 +365,7 @@ def run_cuda(args) -> int:
     from .ceiling_cuda import measure_cuda
 
     cache = CacheConfig()
-    fp16_tokens = args.fp16_tokens if args.fp16_tokens is not None else cache.sink_tokens + cache.residual_length
+    fp16_tokens = _fp16_tokens(args, [], cache)  # the CUDA runs record no window: --fp16-tokens, else the default
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         runs, chunk = [Run(**r) for r in saved["runs"]], saved["chunk"]
@@ -423,7 +435,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="PATH", help="write all records and results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="re-evaluate the runs saved in an earlier --json file "
                    "instead of measuring")
-    p.add_argument("--fp16-tokens", type=int, help="tokens per layer the measured caches kept in fp16 (sinks + "
+    p.add_argument("--fp16-tokens", type=_token_count, help="tokens per layer the measured caches kept in fp16 (sinks + "
                    "recent window) [recorded by the workers, else TurboQuantCache's default]")
     p.add_argument("--predict-with", metavar="PATH", help="also predict every run with this calibration file's "
                    "constants (e.g. fitted on an earlier run)")
