@@ -140,40 +140,6 @@ def _backend():
     return backend
 
 
-def test_merge_matches_log_sum_exp_and_gives_zero_where_nothing_is_seen():
-    backend = _backend()
-    torch.manual_seed(4)
-    o0, o1 = torch.randn(2, 3, 5, 8, dtype=torch.float64), torch.randn(2, 3, 5, 8, dtype=torch.float64)
-    l0, l1 = torch.randn(2, 3, 5, dtype=torch.float64) * 3, torch.randn(2, 3, 5, dtype=torch.float64) * 3
-    l0[0, 0, 0] = float("-inf")  # part 0 sees nothing in this row
-    l1[0, 0, 1] = float("-inf")
-    l0[1, 2, 4] = l1[1, 2, 4] = float("-inf")  # neither part sees anything
-    o0[1, 2, 4] = o1[1, 2, 4] = 0.0  # (parts report 0 where they see nothing)
-    got = backend._merge([(o0, l0), (o1, l1)], o0)
-    lse = torch.logaddexp(l0, l1)
-    w0 = torch.nan_to_num(torch.exp(l0 - lse)).unsqueeze(-1)
-    w1 = torch.nan_to_num(torch.exp(l1 - lse)).unsqueeze(-1)
-    assert torch.allclose(got, o0 * w0 + o1 * w1, atol=1e-12)
-    assert torch.equal(got[0, 0, 0], o1[0, 0, 0]) and torch.equal(got[1, 2, 4], torch.zeros(8, dtype=torch.float64))
-
-
-def test_dense_part_matches_softmax_and_masks_whole_rows_to_zero():
-    backend = _backend()
-    torch.manual_seed(5)
-    qs = torch.randn(1, 2, 6, 16)  # G = 3 query heads per KV head x Tq = 2
-    kd, vd = torch.randn(1, 2, 7, 16).half(), torch.randn(1, 2, 7, 16).half()
-    out, lse = backend._dense_part(qs, kd, vd, None, 2, None)
-    s = qs.double() @ kd.double().transpose(-1, -2)
-    assert torch.allclose(out.double(), torch.softmax(s, -1) @ vd.double(), atol=1e-5)
-    assert torch.allclose(lse.double(), torch.logsumexp(s, -1), atol=1e-5)
-    bias = torch.zeros(1, 2, 7)
-    bias[0, 1] = float("-inf")  # query token 1 sees no key at all
-    out, lse = backend._dense_part(qs, kd, vd, bias, 2, None)
-    rows_t1 = torch.arange(6) % 2 == 1
-    assert torch.equal(out[:, :, rows_t1], torch.zeros_like(out[:, :, rows_t1]))
-    assert torch.isinf(lse[:, :, rows_t1]).all() and torch.isfinite(lse[:, :, ~rows_t1]).all()
-
-
 def test_query_map_and_chunk_tables_are_kept_per_layer_until_the_layer_changes():
     backend = _backend()
     torch.manual_seed(6)

@@ -1,7 +1,8 @@
 """Attention over a layer's stored data with the Triton kernels (same contract as reference.compressed_attention).
 
-Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through `attend_packed`; the fp16 sink and
-recent windows (a few tokens) are attended in torch and merged with the compressed part by log-sum-exp. Prefill:
+Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through the split kernel
+(`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
+them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call); the static layer (ragged lengths) always uses the kernel. Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). Per-layer derived tensors (chunk tables, the
 query map) are kept in the layer's `backend_state` dict, which the layer empties on reset.
@@ -13,7 +14,7 @@ import functools
 
 import torch
 
-from .decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind, unsupported
+from .decode import LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, unsupported
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -132,24 +133,6 @@ def _mask_bias(mask: torch.Tensor | None, b: int, tq: int, tk: int) -> torch.Ten
     return bias.reshape(bias.shape[0], *bias.shape[-2:]).expand(-1, tq, -1)
 
 
-def _dense_part(qs, kd, vd, bias, tq: int, key_pos: torch.Tensor | None):
-    """Attention of scaled rows qs [B, H, M, D] over fp16 keys kd/vd [B, H, n, D] -> (out, lse) in float32.
-
-    bias: [B or 1, Tq, n] or None. key_pos: [n] key positions relative to the first query token; when given,
-    key i is visible to row r iff key_pos[i] <= r % tq (causal). A row that sees no key gets out 0, lse -inf.
-    """
-    s = qs @ kd.float().transpose(-1, -2)
-    masked = bias is not None or key_pos is not None
-    if masked:
-        rows = torch.arange(qs.shape[-2], device=qs.device) % tq
-        if bias is not None:
-            s = s + bias[:, rows].unsqueeze(1)
-        if key_pos is not None:
-            s = s.masked_fill(~(key_pos[None, :] <= rows[:, None]), float("-inf"))
-    out = torch.softmax(s, dim=-1) @ vd.float()
-    return (torch.nan_to_num(out) if masked else out), torch.logsumexp(s, dim=-1)
-
-
 def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
                      softcap: float | None = None, num_splits: int | None = None) -> torch.Tensor:
     """query: [B, Hq, Tq, D]; attends to everything `layer` stores. Returns [B, Tq, Hq, D] in query's dtype."""
@@ -166,44 +149,22 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         return prefill_attention(layer, query, mask, scaling, source)
     q = query.float().reshape(b, hkv, g * tq, d)
     n_sink, n_comp, n_recent = layer.sink_k.shape[-2], layer.n_compressed, layer.recent_k.shape[-2]
-    tk = n_sink + n_comp + n_recent
-    bias = _mask_bias(mask, b, tq, tk)
+    bias = _mask_bias(mask, b, tq, n_sink + n_comp + n_recent)
     causal = mask is None and tq > 1
     kc, vc = layer.k_codec, layer.v_codec
-    parts = []
+    parts = adj = None
     if n_comp:
         _, adj = codec_maps(vc, query.device)
         w, kmt = _query_maps(layer, scaling, query.device)
-        qk = q @ w
         rowb = (q @ kmt).squeeze(-1) if kmt is not None else None
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
         k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
-        out, lse = attend_packed(qk, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
-                                 max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c, rowb=rowb,
-                                 num_splits=num_splits)
-        parts.append((out @ adj if adj is not None else out, lse))
-    if n_sink or n_recent:
-        kd = torch.cat([layer.sink_k, layer.recent_k], dim=-2)
-        vd = torch.cat([layer.sink_v, layer.recent_v], dim=-2)
-        bias_d = None if bias is None else torch.cat([bias[..., :n_sink], bias[..., n_sink + n_comp:]], dim=-1)
-        key_pos = None
-        if causal:  # dense key i sits at position i (sinks) or n_comp + i (recent); query t at tk - tq + t
-            pos = torch.cat([torch.arange(n_sink), n_comp + torch.arange(n_sink, n_sink + n_recent)])
-            key_pos = pos.to(query.device) - (tk - tq)
-        parts.append(_dense_part(q * scaling, kd, vd, bias_d, tq, key_pos))
-    out = _merge(parts, q)
-    return out.reshape(b, hq, tq, d).transpose(1, 2).to(query.dtype)
-
-
-def _merge(parts, q):
-    """Log-sum-exp merge of [(out [B, H, M, D], lse [B, H, M])] into normalised float32 rows (0 where no part sees
-    a key). Two parts: out = lerp(out_0, out_1, w_1) with w = softmax of the two lse."""
-    if not parts:
-        return torch.zeros_like(q)
-    if len(parts) == 1:
-        return parts[0][0]
-    (o0, l0), (o1, l1) = parts
-    w1 = torch.sigmoid(l1 - l0)  # = exp(l1) / (exp(l0) + exp(l1)); NaN only when both are -inf
-    return torch.lerp(o0, o1, torch.nan_to_num(w1).unsqueeze(-1))
+        parts = launch_splits(q @ w, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+                              max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c, rowb=rowb,
+                              num_splits=num_splits)
+    # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
+    return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
+                         windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,
+                         adj=adj, bias=bias, causal=causal, out_dtype=query.dtype)

@@ -19,11 +19,27 @@ from .fastasm import decode_asm, table_words
 from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
                              dequant_kernel)
 from .kernels_fast import decode_fast_kernel
+from .kernels_finish import decode_finish_kernel
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128, 256)
 MAX_ROWS = 32  # query rows (GQA group x query tokens) per program; more use more programs (64 rows break
 #               Triton 3.6 on sm_90: "Illegal shared layout" in TritonGPUOptimizeDotOperands)
+
+
+@dataclass(frozen=True)
+class SplitPartials:
+    """What the split kernels leave for a merge: o fp32 [B*H*NQB, S, BLOCK_M, D] unnormalised accumulators (V
+    segment space), ml fp32 [B*H*NQB, S, 2, BLOCK_M] running max and sum (log2 units), S = num_splits."""
+
+    o: torch.Tensor
+    ml: torch.Tensor
+    num_splits: int
+    block_m: int
+    g: int
+    tq: int
+    tqb: int
+    nqb: int
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,83 @@ def choose_splits(programs: int, max_len: int, block_n: int, device: torch.devic
     return max(1, min(want, tiles, 256))
 
 
+def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
+                  k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
+                  causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
+                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
+                  lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
+                  num_stages: int = 2,
+                  fast: bool | None = None,
+                  splits_per_sm: float | None = None,
+                  maxnreg: int | None = None) -> SplitPartials:
+    """Run the split kernel of a decode call and return its per-split partials (see attend_packed).
+
+    q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
+    k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
+    lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
+    log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
+    j <= length - Tq + qshift + t. Returns the split partials; `attend_packed` or `finish_decode` merges them.
+    fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
+    options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
+    8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
+    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap).
+    """
+    b, h, m, d = q.shape
+    if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
+        raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
+    why = fast_unsupported(k_kind, v_kind)
+    if fast and why:
+        raise ValueError(why)
+    if fast is None:
+        fast = why is None and not lut and not bcast
+    auto_n, auto_warps = fast_config(k_kind, v_kind) if fast else kernel_config(k_kind, v_kind)
+    block_n, num_warps = block_n or auto_n, num_warps or auto_warps
+    if chunk % block_n:
+        raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
+    g = m // tq
+    tqb, nqb, block_m = query_blocks(g, tq)
+    if fast and maxnreg is None:
+        maxnreg = fast_maxnreg(k_kind, v_kind, block_m, bias is not None)
+    if num_splits is None:
+        if fast:
+            # 4 programs per SM fit under the 128-register cap: short contexts split until they fill them (B=1
+            # T=32K on an H200, graphs: turbo4 59.0 -> 56.9 us, turbo2 53.5 -> 48.4 us against 2 per SM)
+            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 8.0, FAST_MIN_SPLIT,
+                                       4 if maxnreg == 128 else 2)
+        else:
+            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 4.0)
+    q = q.contiguous()
+    dev = q.device
+    o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
+    ml = torch.empty(b * h * nqb * num_splits * 2 * block_m, dtype=torch.float32, device=dev)
+    if bias is not None and bias.stride(-1) != 1:
+        bias = bias.contiguous()
+    dummy = ml
+    bias_t = bias if bias is not None else dummy
+    if fast:
+        k_words, v_words = table_words(d, k_kind.bits), table_words(d, v_kind.bits)
+        decode_fast_kernel[(num_splits, b * h, nqb)](
+            q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
+            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
+            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
+            K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
+            D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
+            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
+            K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
+            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+    else:
+        decode_split_kernel[(num_splits, b * h, nqb)](
+            q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
+            rowb.contiguous() if rowb is not None else dummy, bias_t,
+            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
+            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
+            K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
+            RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
+            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps, num_stages=num_stages)
+    return SplitPartials(o, ml, num_splits, block_m, g, tq, tqb, nqb)
+
+
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
@@ -180,71 +273,66 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     cap of the fast kernel (None: `fast_maxnreg`; 0: no cap).
     """
     b, h, m, d = q.shape
-    if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
-        raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
-    why = fast_unsupported(k_kind, v_kind)
-    if fast and why:
-        raise ValueError(why)
-    if fast is None:
-        fast = why is None and not lut and not bcast
-    auto_n, auto_warps = fast_config(k_kind, v_kind) if fast else kernel_config(k_kind, v_kind)
-    block_n, num_warps = block_n or auto_n, num_warps or auto_warps
-    if chunk % block_n:
-        raise ValueError(f"chunk of {chunk} tokens is not a multiple of the block of {block_n}")
-    g = m // tq
-    tqb = max(1, min(tq, MAX_ROWS // g))
-    nqb = math.ceil(tq / tqb)
-    block_m = max(16, triton.next_power_of_2(g * tqb))
-    if fast and maxnreg is None:
-        maxnreg = fast_maxnreg(k_kind, v_kind, block_m, bias is not None)
-    if num_splits is None:
-        if fast:
-            # 4 programs per SM fit under the 128-register cap: short contexts split until they fill them (B=1
-            # T=32K on an H200, graphs: turbo4 59.0 -> 56.9 us, turbo2 53.5 -> 48.4 us against 2 per SM)
-            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 8.0, FAST_MIN_SPLIT,
-                                       4 if maxnreg == 128 else 2)
-        else:
-            num_splits = choose_splits(b * h * nqb, max_len, block_n, q.device, splits_per_sm or 4.0)
-    q = q.contiguous()
-    dev = q.device
-    o = torch.empty(b * h * nqb * num_splits * block_m * d, dtype=torch.float32, device=dev)
-    ml = torch.empty(b * h * nqb * num_splits * 2 * block_m, dtype=torch.float32, device=dev)
+    parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, chunk=chunk, max_len=max_len, tq=tq,
+                          causal=causal, qshift=qshift, bias=bias, rowb=rowb, num_splits=num_splits,
+                          block_n=block_n, lut=lut, prefetch=prefetch, bcast=bcast, num_warps=num_warps,
+                          num_stages=num_stages, fast=fast, splits_per_sm=splits_per_sm, maxnreg=maxnreg)
     if out is None:
-        out = torch.empty(b, h, m, d, dtype=torch.float32, device=dev)
+        out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
     if lse is None:
-        lse = torch.empty(b, h, m, dtype=torch.float32, device=dev)
+        lse = torch.empty(b, h, m, dtype=torch.float32, device=q.device)
     if out.shape != (b, h, m, d) or lse.shape != (b, h, m) or not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out / lse must be contiguous fp32 [B, H, G*Tq, D] / [B, H, G*Tq]")
-    if bias is not None and bias.stride(-1) != 1:
-        bias = bias.contiguous()
-    dummy = lse
-    bias_t = bias if bias is not None else dummy
-    if fast:
-        k_words, v_words = table_words(d, k_kind.bits), table_words(d, v_kind.bits)
-        decode_fast_kernel[(num_splits, b * h, nqb)](
-            q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
-            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
-            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
-            K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
-            D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
-            K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
-            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
-    else:
-        decode_split_kernel[(num_splits, b * h, nqb)](
-            q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
-            rowb.contiguous() if rowb is not None else dummy, bias_t,
-            bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
-            o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
-            K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
-            RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
-            num_warps=num_warps, num_stages=num_stages)
+    o, ml, num_splits, block_m, g, tqb, nqb = (parts.o, parts.ml, parts.num_splits, parts.block_m, parts.g,
+                                               parts.tqb, parts.nqb)
     block_s = max(2, triton.next_power_of_2(num_splits))
     decode_reduce_kernel[(b * h * nqb * block_m,)](
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m, BLOCK_S=block_s,
         num_warps=4 if block_s * d >= 4096 else 1)
     return out, lse
+
+
+def query_blocks(g: int, tq: int) -> tuple[int, int, int]:
+    """(tqb, nqb, block_m): query tokens per program, programs per (b, head), padded rows per program."""
+    tqb = max(1, min(tq, MAX_ROWS // g))
+    return tqb, math.ceil(tq / tqb), max(16, triton.next_power_of_2(g * tqb))
+
+
+def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qscale: float,
+                  windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], n_comp: int,
+                  adj: torch.Tensor | None, bias: torch.Tensor | None, causal: bool,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """The whole output of a decode call, in one launch: split partials (or None without compressed tokens)
+    merged with the attention over the fp16 windows, mapped back by `adj`, as [B, Tq, H*G, D] in `out_dtype`.
+
+    q: fp32 [B, H, G*Tq, D] in the original space, unscaled (row g*Tq + t); qscale = softmax scale * log2 e.
+    windows: (sink_k, sink_v, recent_k, recent_v), each [B, H, n, D] fp16/bf16 (sinks at positions 0.., recent
+    tokens after the n_comp compressed ones). adj: fp32 [D, D] inverse V map on row vectors, or None. bias: fp32
+    [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query token t
+    sees keys at positions <= tk - Tq + t. A row that sees no key gets zeros.
+    """
+    b, h, m, d = q.shape
+    g = m // tq
+    tqb, nqb, block_m = query_blocks(g, tq)
+    if parts is not None and (parts.tqb, parts.nqb, parts.block_m) != (tqb, nqb, block_m):
+        raise ValueError("split partials were made for another query blocking")
+    sk, sv, rk, rv = (w.contiguous() for w in windows)
+    n_sink, n_recent = sk.shape[-2], rk.shape[-2]
+    if sv.shape != sk.shape or rv.shape != rk.shape or any(w.shape[:2] != (b, h) or w.shape[-1] != d
+                                                          for w in (sk, rk)):
+        raise ValueError("window K/V must be [B, H, n, D] pairs matching the query")
+    q = q.contiguous()
+    out = torch.empty(b, tq, h * g, d, dtype=out_dtype, device=q.device)
+    if bias is not None and bias.stride(-1) != 1:
+        bias = bias.contiguous()
+    o, ml, splits = (parts.o, parts.ml, parts.num_splits) if parts is not None else (q, q, 0)
+    decode_finish_kernel[(b * h * nqb,)](
+        o, ml, splits, q, qscale, sk, sv, n_sink, rk, rv, n_recent, n_comp,
+        adj.contiguous() if adj is not None else q, bias if bias is not None else q,
+        bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
+        out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_W=16 if d >= 256 else 32, BLOCK_D=min(d, 64),
+        HAS_ADJ=adj is not None and splits > 0, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
+    return out
 
 
 def dequant_packed(table: torch.Tensor, kind: PackedKind, b: int, h: int, t: int, chunk: int,
