@@ -94,12 +94,15 @@ LAYER_CASES = [  # k kind, v kind, d, g, tq, sinks, recent window, mask, scale_k
     ("turbo4", "turbo3", 64, 3, 2, 2, 8, True, False),
     ("q8_0", "turbo2", 64, 2, 1, 0, 0, False, False),
     ("turbo4", "turbo4", 64, 4, 1, 4, 200, False, True),  # window larger than BLOCK_W tiles
+    ("turbo4", "turbo3", 64, 4, 40, 4, 16, False, True),  # prefill path (expanded rows + SDPA), key scale
+    ("turbo4", "turbo4", 64, 2, 24, 2, 8, True, True),  # prefill with a mask
 ]
 
 
 def _layer_check(case) -> float:
-    """Whole decode call (split kernel + finishing kernel) on a TurboQuantLayer vs the torch reference. The
-    interpreter runs no inline PTX, so the split kernel stands in for the fast one (same partials contract)."""
+    """Whole attention call on a TurboQuantLayer vs the torch reference: decode (split kernel + finishing kernel;
+    the interpreter runs no inline PTX, so the split kernel stands in for the fast one, same partials contract)
+    or prefill (rows expanded by the dequant kernel, SDPA)."""
     from compactkv.attention.reference import compressed_attention
     from compactkv.attention.triton import backend, decode
     from compactkv.cache.layer import TurboQuantLayer

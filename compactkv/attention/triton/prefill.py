@@ -2,8 +2,8 @@
 
 With many query rows per key, attention is compute-bound and the decode kernel (at most 32 query rows per
 program) would re-read every packed row once per block of query tokens. Here each packed row is expanded once by
-`dequant_packed` into its segment (rotated) space, the fp16 sink/recent windows are rotated into the same spaces,
-and torch SDPA (flash when no explicit mask is needed; a chunk after compressed history uses
+`dequant_packed` into its stored space (rotated; keys centered and scaled), the fp16 sink/recent windows are mapped
+into the same spaces and the query into the keys' dual space (see prefill_attention), and torch SDPA (flash when no explicit mask is needed; a chunk after compressed history uses
 torch's bottom-right causal bias, also flash with GQA) attends the rotated query over all of it; the inverse V map
 runs once on the output. Same function as the reference: scores q·x̂, values x̂, with fp16 operands.
 """
@@ -31,29 +31,36 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     g = hq // hkv
     dev = query.device
     kc, vc = layer.k_codec, layer.v_codec
-    fwd_k, adj_k = codec_maps(kc, dev)
+    fwd_k, _ = codec_maps(kc, dev)
     fwd_v, adj_v = codec_maps(vc, dev)
-    n_sink, n_comp = layer.sink_k.shape[-2], layer.n_compressed
-    keys = [_rotate(layer.sink_k, fwd_k)]
+    n_comp = layer.n_compressed
+    k_mean = getattr(layer, "k_mean", None)
+    k_scale = getattr(layer, "k_scale", None)
+    # Scores are taken in the space the keys are stored in: compressed keys are rows of (k - mean) * k_scale
+    # rotated by fwd_k, so they are used as expanded, the fp16 windows are mapped into that space (a few
+    # tokens) and the query is mapped by (q / k_scale) @ fwd_k. Every score is then q·k - q·mean: the same
+    # offset for all keys of a query row, which the softmax removes.
+    q = query.float() if k_scale is not None else query
+    if k_scale is not None:
+        q = q / k_scale.float().repeat_interleave(g, dim=0)[None, :, None, :]
+    q = _rotate(q, fwd_k)
+
+    def to_key_space(x: torch.Tensor) -> torch.Tensor:
+        if k_mean is None and k_scale is None:
+            return _rotate(x, fwd_k)
+        x = x.float() - k_mean.float() if k_mean is not None else x.float()
+        return _rotate(x * k_scale.float()[None, :, None, :] if k_scale is not None else x, fwd_k)
+
+    keys = [to_key_space(layer.sink_k)]
     values = [_rotate(layer.sink_v, fwd_v)]
     if n_comp:
         k_tab, v_tab, _, chunk, _, _alive = source
-        kd = dequant_packed(k_tab, packed_kind(kc), b, hkv, n_comp, chunk)
-        k_mean = getattr(layer, "k_mean", None)
-        k_scale = getattr(layer, "k_scale", None)
-        if k_scale is not None:  # stored (k - mean) * k_scale: back to model space, then into the rotated one
-            kf = kd.float() @ adj_k if adj_k is not None else kd.float()
-            kf = kf / k_scale[None, :, None, :] + (k_mean.float() if k_mean is not None else 0.0)
-            kd = _rotate(kf, fwd_k)
-        elif k_mean is not None:  # keys were stored as k - mean: add the (rotated) mean back
-            kd = (kd.float() + _rotate(k_mean, fwd_k).float()).half()
-        keys.append(kd)
+        keys.append(dequant_packed(k_tab, packed_kind(kc), b, hkv, n_comp, chunk))
         values.append(dequant_packed(v_tab, packed_kind(vc), b, hkv, n_comp, chunk))
-    keys.append(_rotate(layer.recent_k, fwd_k))
+    keys.append(to_key_space(layer.recent_k))
     values.append(_rotate(layer.recent_v, fwd_v))
     k, v = torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
     tk = k.shape[-2]
-    q = _rotate(query, fwd_k)
     if mask is None and tq == tk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, scale=scaling, enable_gqa=g > 1)
     elif mask is None:  # queries are the last tq tokens: causal aligned bottom-right, every row sees a key
