@@ -16,8 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LN2 = 0.6931471805599453
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # (a global a kernel reads must be a constexpr)
 
 
 @triton.jit
