@@ -3,6 +3,9 @@ Llama-3.1-8B-shaped model after a real prefill, for DynamicCache+SDPA (f16) and 
 
     PYTHONPATH=. python scripts/profile_step.py --batch 1 --context 32768 --kinds f16,turbo4 --json out.json
 
+With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled one
+that pays the kernels' compilation): per-prefill totals.
+
 Prints, per kind: the median step time without the profiler, the profiled step's CPU and GPU busy time, and the
 operators with the largest self CPU time (host cost) and self CUDA time (device cost).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,6 +32,7 @@ def main() -> None:
     p.add_argument("--kinds", default="f16,turbo4")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=14)
+    p.add_argument("--prefill", action="store_true", help="profile the prefill, not decode steps")
     p.add_argument("--json")
     args = p.parse_args()
     dev = torch.device("cuda")
@@ -37,11 +42,29 @@ def main() -> None:
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.context), generator=g).to(dev)
     report = {"card": torch.cuda.get_device_name(), "args": vars(args), "kinds": {}}
     for kind in args.kinds.split(","):
+        chunk = max(256, args.chunk // args.batch)
         cache = make_cache(model, kind)
-        tok = prefill(model, cache, ids, max(256, args.chunk // args.batch), kw)
-        plain = decode(model, cache, tok, 10, kw, dev)[2:]
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            decode(model, cache, tok, args.steps, kw, dev)
+        tok = prefill(model, cache, ids, chunk, kw)
+        if args.prefill:
+            del cache
+            torch.cuda.empty_cache()
+            cache = make_cache(model, kind)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            prefill(model, cache, ids, chunk, kw)
+            torch.cuda.synchronize()
+            plain = [time.perf_counter() - t0]
+            del cache
+            torch.cuda.empty_cache()
+            cache = make_cache(model, kind)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                prefill(model, cache, ids, chunk, kw)
+                torch.cuda.synchronize()
+            args.steps = 1
+        else:
+            plain = decode(model, cache, tok, 10, kw, dev)[2:]
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                decode(model, cache, tok, args.steps, kw, dev)
         ev = prof.key_averages()
         cpu_rows = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]
         gpu_rows = sorted(ev, key=lambda e: e.self_device_time_total, reverse=True)[:args.top]
@@ -53,7 +76,8 @@ def main() -> None:
                 "top_gpu": [(e.key, e.count // args.steps, e.self_device_time_total / args.steps / 1e3)
                             for e in gpu_rows]}
         report["kinds"][kind] = info
-        print(f"== {kind}: step {info['step_ms_median']:.2f} ms (median, no profiler); profiled per step: "
+        what = "prefill" if args.prefill else "step"
+        print(f"== {kind}: {what} {info['step_ms_median']:.2f} ms (median, no profiler); profiled per {what}: "
               f"self CPU {cpu_total:.1f} ms, GPU busy {gpu_total:.1f} ms")
         print("  host (self CPU ms/step, calls/step):")
         for k, n, t in info["top_cpu"]:
