@@ -326,12 +326,14 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
     o, ml, splits = (parts.o, parts.ml, parts.num_splits) if parts is not None else (q, q, 0)
-    decode_finish_kernel[(b * h * nqb,)](
+    block_s = max(2, triton.next_power_of_2(splits))
+    decode_finish_kernel[(b * h * nqb * block_m,)](
         o, ml, splits, q, qscale, sk, sv, n_sink, rk, rv, n_recent, n_comp,
         adj.contiguous() if adj is not None else q, bias if bias is not None else q,
         bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
-        out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_W=16 if d >= 256 else 32, BLOCK_D=min(d, 64),
-        HAS_ADJ=adj is not None and splits > 0, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
+        out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_W=16 if d >= 256 else 32,
+        BLOCK_D=min(d, max(16, 4096 // block_s), max(16, 8192 // d)), HAS_ADJ=adj is not None and splits > 0,
+        HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
     return out
 
 
