@@ -157,7 +157,13 @@ FAST_MIN_SPLIT = 2048  # tokens: fewer per split make the split-merge pass (and 
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _cuda_sm_count(index: int) -> int:
+    """Multiprocessors of CUDA device `index` (asked once: every decode call chooses its splits from it)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def choose_splits(programs: int, max_len: int, block_n: int, device: torch.device, per_sm: float = 4.0,
