@@ -80,13 +80,18 @@ def main() -> None:
     for name, fn in (("compressed", compressed), ("fp16", fp16)):
         for _ in range(20):
             fn()
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-            fn()
-        _sync(dev)
-        res[f"{name}_us_per_call"] = (time.perf_counter() - t0) / args.calls * 1e6
-        print(f"{name}: {res[f'{name}_us_per_call']:.1f} us per call (update + attention, wall, B={b} T={t})")
+        blocks = []  # per-call wall time of each block of calls (a compilation in one block shows as an outlier)
+        for _ in range(4):
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(args.calls // 4):
+                fn()
+            _sync(dev)
+            blocks.append((time.perf_counter() - t0) / (args.calls // 4) * 1e6)
+        res[f"{name}_us_per_call"] = min(blocks)
+        res[f"{name}_us_per_call_blocks"] = blocks
+        print(f"{name}: {min(blocks):.1f} us per call (update + attention, wall, B={b} T={t}; best of 4 blocks of "
+              f"{args.calls // 4}: {', '.join(f'{x:.0f}' for x in blocks)})")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.calls):

@@ -121,7 +121,7 @@ def _program_rows(len_ptr, H, G, TQ, TQB, num_splits, BLOCK_M: tl.constexpr, BLO
     return sid, bh, qb, b, h, L, lo, hi, rm, t, mrow, grow, G * TQ
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["qshift"])  # the fp16 window length: changes every decode step
 def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
                         o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
                         K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,

@@ -167,7 +167,7 @@ def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUN
     return a0, a1, a2, a3, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["qshift"])  # the fp16 window length: changes every decode step
 def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
                        o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
                        K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_ASM: tl.constexpr, V_ASM: tl.constexpr,

@@ -49,7 +49,8 @@ def _window_tile(q, k_base, v_base, n, t0, key_abs0, qpos, bias_at, HAS_BIAS: tl
     return m_new, l_w, acc_w
 
 
-@triton.jit
+# the window and history lengths change every decode step: not specialized (no compilation per value class)
+@triton.jit(do_not_specialize=["num_splits", "n_sink", "n_recent", "n_comp"])
 def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
                          sk_ptr, sv_ptr, n_sink, rk_ptr, rv_ptr, n_recent, n_comp,
                          adj_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
