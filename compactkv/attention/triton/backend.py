@@ -85,27 +85,25 @@ def _same(a: tuple, b: tuple) -> bool:
     return True
 
 
-def _query_maps(layer, scaling: float, device):
-    """(w, kmt): `q @ w` is the query in the K segment space, divided by the key scale (keys are stored as
-    (k - mean) * k_scale) and multiplied by scaling * log2 e; `q @ kmt` [.., 1] is q·k_mean at the same scale, the
-    score offset shared by every compressed key of a row. w: fp32 [D, D] or [H, D, D]; kmt: [B, H, D, 1] or None.
-    Kept in `layer.backend_state` while k_scale, k_mean and scaling are unchanged."""
-    k_scale, k_mean = getattr(layer, "k_scale", None), getattr(layer, "k_mean", None)
-    key = (scaling, device, k_scale, k_mean, None if k_mean is None else k_mean._version)
+def _query_maps(layer, scaling: float, device) -> torch.Tensor:
+    """w: `q @ w` is the query in the K segment space, divided by the key scale (keys are stored as
+    (k - mean) * k_scale) and multiplied by scaling * log2 e; fp32 [D, D] or [H, D, D]. The mean's share of the
+    scores (q·k_mean, the same for every compressed key of a row) is added by the finishing kernel. Kept in
+    `layer.backend_state` while k_scale and scaling are unchanged."""
+    k_scale = getattr(layer, "k_scale", None)
+    key = (scaling, device, k_scale)
     state = getattr(layer, "backend_state", None)
     cached = state.get("triton_maps") if state is not None else None
     if cached is not None and _same(cached[0], key):
         return cached[1]
-    c = scaling * LOG2E
     fwd, _ = codec_maps(layer.k_codec, device)
     w = fwd if fwd is not None else torch.eye(layer.k_codec.head_dim, device=device)
     if k_scale is not None:  # (q / s) @ fwd = q @ (diag(1 / s) fwd)
         w = w[None] / k_scale.float()[:, :, None]
-    w = w * c
-    kmt = (k_mean.float() * c).transpose(-1, -2).contiguous() if k_mean is not None else None
+    w = w * (scaling * LOG2E)
     if state is not None:
-        state["triton_maps"] = (key, (w, kmt))
-    return w, kmt
+        state["triton_maps"] = (key, w)
+    return w
 
 
 def _fixed_table(rows: torch.Tensor) -> torch.Tensor:
@@ -155,16 +153,16 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     parts = adj = None
     if n_comp:
         _, adj = codec_maps(vc, query.device)
-        w, kmt = _query_maps(layer, scaling, query.device)
-        rowb = (q @ kmt).squeeze(-1) if kmt is not None else None
+        w = _query_maps(layer, scaling, query.device)
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
         k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
         parts = launch_splits(q @ w, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
-                              max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c, rowb=rowb,
+                              max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
                               num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
                          windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,
-                         adj=adj, bias=bias, causal=causal, out_dtype=query.dtype)
+                         adj=adj, bias=bias, causal=causal, out_dtype=query.dtype,
+                         k_mean=getattr(layer, "k_mean", None))

@@ -307,7 +307,7 @@ def query_blocks(g: int, tq: int) -> tuple[int, int, int]:
 def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qscale: float,
                   windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], n_comp: int,
                   adj: torch.Tensor | None, bias: torch.Tensor | None, causal: bool,
-                  out_dtype: torch.dtype) -> torch.Tensor:
+                  out_dtype: torch.dtype, k_mean: torch.Tensor | None = None) -> torch.Tensor:
     """The whole output of a decode call, in one launch: split partials (or None without compressed tokens)
     merged with the attention over the fp16 windows, mapped back by `adj`, as [B, Tq, H*G, D] in `out_dtype`.
 
@@ -315,7 +315,8 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     windows: (sink_k, sink_v, recent_k, recent_v), each [B, H, n, D] fp16/bf16 (sinks at positions 0.., recent
     tokens after the n_comp compressed ones). adj: fp32 [D, D] inverse V map on row vectors, or None. bias: fp32
     [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query token t
-    sees keys at positions <= tk - Tq + t. A row that sees no key gets zeros.
+    sees keys at positions <= tk - Tq + t. k_mean: [B, H, 1, D] mean subtracted from the compressed keys (their
+    split scores, made without it, get q·k_mean here), or None. A row that sees no key gets zeros.
     """
     b, h, m, d = q.shape
     g = m // tq
@@ -332,14 +333,16 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
     o, ml, splits = (parts.o, parts.ml, parts.num_splits) if parts is not None else (q, q, 0)
+    kmean = k_mean.float().reshape(b * h, d) if k_mean is not None and splits else None
     block_s = max(2, triton.next_power_of_2(splits))
     decode_finish_kernel[(b * h * nqb * block_m,)](
         o, ml, splits, q, qscale, sk, sv, n_sink, rk, rv, n_recent, n_comp,
-        adj.contiguous() if adj is not None else q, bias if bias is not None else q,
+        adj.contiguous() if adj is not None else q, kmean.contiguous() if kmean is not None else q,
+        bias if bias is not None else q,
         bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
         out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_W=16 if d >= 256 else 32,
         BLOCK_D=min(d, max(16, 4096 // block_s), max(16, 8192 // d)), HAS_ADJ=adj is not None and splits > 0,
-        HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
+        HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
     return out
 
 

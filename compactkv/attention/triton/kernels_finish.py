@@ -53,16 +53,18 @@ def _window_tile(q, k_base, v_base, n, t0, key_abs0, qpos, bias_at, HAS_BIAS: tl
 @triton.jit(do_not_specialize=["num_splits", "n_sink", "n_recent", "n_comp"])
 def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
                          sk_ptr, sv_ptr, n_sink, rk_ptr, rv_ptr, n_recent, n_comp,
-                         adj_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
+                         adj_ptr, kmean_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
                          H, G, TQ, TQB, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ADJ: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr):
+                         HAS_KMEAN: tl.constexpr, HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr):
     """One query row: merge its compressed splits and its fp16 windows, write its output row.
 
     o_ptr/ml_ptr: split partials [B*H*NQB, num_splits, BLOCK_M, D] and [.., 2, BLOCK_M] (num_splits may be 0;
     BLOCK_S >= num_splits). q_ptr: fp32 [B*H, G*TQ, D], rows g*TQ + t, in the original (unrotated) space,
     unscaled; qscale = softmax scale * log2 e. sk/sv, rk/rv: contiguous [B, H, n, D] fp16/bf16 sink and recent
-    windows. adj_ptr: fp32 [D, D], the V inverse map acting on row vectors (when HAS_ADJ). bias_ptr: fp32
+    windows. adj_ptr: fp32 [D, D], the V inverse map acting on row vectors (when HAS_ADJ). kmean_ptr: fp32
+    [B*H, D], the key mean subtracted before compression (when HAS_KMEAN): the split scores lack q·k_mean, added
+    here to the compressed part's max. bias_ptr: fp32
     [B or 1, TQ, tk] additive mask (strides bias_sb, bias_st; last stride 1; tk = n_sink + n_comp + n_recent).
     out_ptr: [B, TQ, H*G, D] in its dtype.
     """
@@ -90,8 +92,11 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
         w_s = tl.exp2(m_s - tl.where(m_c == float("-inf"), 0.0, m_c))
         l_c = tl.sum(l_s * w_s, axis=0)
 
-        # fp16 windows: sinks (absolute positions 0..), then recent tokens (after the compressed ones)
         q = tl.load(q_ptr + (bh.to(tl.int64) * G * TQ + g * TQ + t) * D + rd) * qscale
+        if HAS_KMEAN:  # compressed keys are stored centered: their scores are short of q·k_mean (log2 units)
+            m_c = m_c + tl.sum(q * tl.load(kmean_ptr + bh.to(tl.int64) * D + rd), axis=0)
+
+        # fp16 windows: sinks (absolute positions 0..), then recent tokens (after the compressed ones)
         m_w = tl.full([], float("-inf"), tl.float32)
         l_w = tl.zeros([], tl.float32)
         acc_w = tl.zeros([D], tl.float32)
