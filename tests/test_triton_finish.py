@@ -96,6 +96,11 @@ LAYER_CASES = [  # k kind, v kind, d, g, tq, sinks, recent window, mask, scale_k
     ("turbo4", "turbo4", 64, 4, 1, 4, 200, False, True),  # window larger than BLOCK_W tiles
     ("turbo4", "turbo3", 64, 4, 40, 4, 16, False, True),  # prefill path (expanded rows + SDPA), key scale
     ("turbo4", "turbo4", 64, 2, 24, 2, 8, True, True),  # prefill with a mask
+    ("turbo3.5", "turbo3.5", 64, 4, 1, 4, 16, False, True),  # fractional kinds: per-head maps, two codebooks
+    ("turbo4", "turbo2.5", 64, 3, 2, 2, 8, True, False),
+    ("turbo2.5", "turbo3.5", 128, 4, 1, 0, 0, False, True),
+    ("turbo3.5", "turbo2.5", 64, 4, 40, 4, 16, False, True),  # fractional prefill (dequant kernel + SDPA)
+    ("turbo3.5", "q8_0", 32, 2, 20, 2, 8, True, False),
 ]
 
 

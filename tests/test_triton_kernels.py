@@ -90,6 +90,10 @@ def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3)):
     ("turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256, False),  # prefill: rows expanded once, SDPA
     ("turbo3", "turbo4", 128, 4, 300, 4, 64, True, 256, True),
     ("turbo3", "q8_0", 64, 8, 200, 0, 0, False, 1024, False),
+    ("turbo3.5", "turbo3.5", 128, 4, 1, 4, 64, False, 1024, True),  # fractional kinds: split kernel, per-head maps
+    ("turbo4", "turbo2.5", 64, 8, 5, 3, 16, True, 256, False),
+    ("turbo2.5", "turbo3.5", 256, 2, 1, 0, 0, False, 512, True),
+    ("turbo3.5", "turbo2.5", 128, 4, 300, 4, 64, True, 256, True),  # fractional prefill
 ])
 def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chunk, scale):
     from compactkv.attention.triton.backend import triton_attention

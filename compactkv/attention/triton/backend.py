@@ -88,10 +88,11 @@ def _same(a: tuple, b: tuple) -> bool:
 def _query_maps(layer, scaling: float, device) -> torch.Tensor:
     """w: `q @ w` is the query in the K segment space, divided by the key scale (keys are stored as
     (k - mean) * k_scale) and multiplied by scaling * log2 e; fp32 [D, D] or [H, D, D]. The mean's share of the
-    scores (q·k_mean, the same for every compressed key of a row) is added by the finishing kernel. Kept in
-    `layer.backend_state` while k_scale and scaling are unchanged."""
+    scores (q·k_mean, the same for every compressed key of a row) is added by the finishing kernel. Fractional
+    kinds have one map per head ([1, H, D, D] with a key scale). Kept in `layer.backend_state` while k_scale,
+    scaling and the outlier channels are unchanged."""
     k_scale = getattr(layer, "k_scale", None)
-    key = (scaling, device, k_scale)
+    key = (scaling, device, k_scale, layer.k_codec.outliers)
     state = getattr(layer, "backend_state", None)
     cached = state.get("triton_maps") if state is not None else None
     if cached is not None and _same(cached[0], key):

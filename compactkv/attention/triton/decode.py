@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ import triton
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
 from .fastasm import decode_asm, table_words
-from .kernels_decode import (FAMILY_F16, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
+from .kernels_decode import (FAMILY_F16, FAMILY_FRAC, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
                              dequant_kernel)
 from .kernels_fast import decode_fast_kernel
 from .kernels_finish import decode_finish_kernel
@@ -56,16 +57,20 @@ class PackedKind:
 def packed_kind(codec: Codec) -> PackedKind | None:
     """The kernel description of `codec`, or None when only the torch reference handles it (see unsupported)."""
     return None if unsupported(codec) else PackedKind(
-        {"f16": FAMILY_F16, "q8_0": FAMILY_Q8_0, "mse": FAMILY_MSE}[codec.spec.family], codec.spec.bits,
+        {"f16": FAMILY_F16, "q8_0": FAMILY_Q8_0, "mse": FAMILY_MSE, "frac": FAMILY_FRAC}[codec.spec.family],
+        codec.spec.bits,
         codec.head_dim, codec.row_bytes, codec.kind)
 
 
 def unsupported(codec: Codec) -> str | None:
     """Why the Triton kernels cannot read `codec`'s rows, or None if they can."""
-    if codec.spec.family not in ("f16", "q8_0", "mse"):
-        return f"{codec.kind}: fractional and +qjl kinds run on the torch reference"
+    if codec.spec.family not in ("f16", "q8_0", "mse", "frac"):
+        return f"{codec.kind}: +qjl kinds run on the torch reference"
     if codec.head_dim not in HEAD_DIMS:
         return f"head_dim {codec.head_dim}: the kernels take {HEAD_DIMS}"
+    hi = codec.outliers
+    if hi is not None and not (hi.dim() == 1 or (hi.dim() == 3 and hi.shape[1] == 1)):
+        return f"{codec.kind}: outlier channel sets of shape {list(hi.shape)} (the kernels take [d/2] or [H, 1, d/2])"
     return None
 
 
@@ -76,6 +81,9 @@ def _i32(words: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def codebook_table(kind: PackedKind, lut: bool, device: torch.device) -> torch.Tensor:
     """fp16 centroids [2**bits], or with lut the int32 pair table [2**(2*bits)] (low half: even index)."""
+    if kind.family == FAMILY_FRAC:  # the B+1-bit group's centroids, then the B-bit group's (both of d/2 dims)
+        return torch.cat([torch.tensor(lloyd_max(kind.head_dim // 2, b).centroids, dtype=torch.float32).half()
+                          for b in (kind.bits + 1, kind.bits)]).to(device)
     if kind.family != FAMILY_MSE:
         return torch.zeros(1, dtype=torch.int32, device=device)
     c16 = torch.tensor(lloyd_max(kind.head_dim, kind.bits).centroids, dtype=torch.float32).half()
@@ -100,7 +108,35 @@ def segment_maps(codec_key: tuple, device: torch.device) -> tuple[torch.Tensor |
 
 
 def codec_maps(codec: Codec, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fwd, adj): dense fp32 maps on row vectors into and out of the space the kernels read `codec`'s rows in;
+    [D, D], or [H, D, D] for fractional kinds with per-head outlier channels; None = identity."""
+    if codec.spec.family == "frac":
+        return _frac_maps(codec, torch.device(device))
     return segment_maps((codec.kind, codec.head_dim, codec.seed), torch.device(device))
+
+
+_FRAC_MAPS: "weakref.WeakKeyDictionary[Codec, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _frac_maps(codec: Codec, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A turboB.5 codec's maps: x @ fwd puts the high-bit group's rotated channels at even dims and the low
+    group's at odd dims (the order `_frac_tile` decodes rows in); adj = fwd^T (gather + rotations: orthogonal).
+    Per codec (its outlier channels are fitted per layer), rebuilt if they change."""
+    hi = codec.outliers
+    if hi is None:  # nothing encoded yet, so no row to read: any orthogonal map serves the fp16 windows
+        return None, None
+    cached = _FRAC_MAPS.get(codec)
+    if cached is not None and cached[0] is hi and cached[1] == device:
+        return cached[2]
+    d = codec.head_dim
+    eye = torch.eye(d, dtype=torch.float64)
+    if hi.dim() == 3:  # [H, 1, d/2]: one map per head
+        eye = eye.expand(hi.shape[0], d, d)
+    parts = codec.query_parts(eye.double())
+    fwd = torch.stack(parts, dim=-1).reshape(*eye.shape[:-1], d)
+    maps = fwd.float().to(device), fwd.transpose(-1, -2).float().contiguous().to(device)
+    _FRAC_MAPS[codec] = (hi, device, maps)
+    return maps
 
 
 def chunk_table(chunks: list[torch.Tensor]) -> torch.Tensor:
@@ -125,7 +161,7 @@ def fast_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
     """Why `decode_fast_kernel` cannot take this pair (the split kernel then runs), or None if it can."""
     for kind in (k_kind, v_kind):
         if kind.family != FAMILY_MSE:
-            return f"{kind.kind}: the fast kernel reads turbo2/3/4 rows only"
+            return f"{kind.kind}: the fast kernel reads turbo2/3/4 rows only (the split kernel reads the rest)"
         if kind.head_dim not in (64, 128, 256):
             return f"head_dim {kind.head_dim}: the fast kernel takes 64/128/256"
         if kind.bits == 3:
@@ -313,7 +349,7 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
 
     q: fp32 [B, H, G*Tq, D] in the original space, unscaled (row g*Tq + t); qscale = softmax scale * log2 e.
     windows: (sink_k, sink_v, recent_k, recent_v), each [B, H, n, D] fp16/bf16 (sinks at positions 0.., recent
-    tokens after the n_comp compressed ones). adj: fp32 [D, D] inverse V map on row vectors, or None. bias: fp32
+    tokens after the n_comp compressed ones). adj: fp32 [D, D] or [H, D, D] inverse V map on row vectors, or None. bias: fp32
     [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query token t
     sees keys at positions <= tk - Tq + t. k_mean: [B, H, 1, D] mean subtracted from the compressed keys (their
     split scores, made without it, get q·k_mean here), or None. A row that sees no key gets zeros.
@@ -342,7 +378,7 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
         bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
         out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_W=16 if d >= 256 else 32,
         BLOCK_D=min(d, max(16, 4096 // block_s), max(16, 8192 // d)), HAS_ADJ=adj is not None and splits > 0,
-        HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
+        ADJ_PER_HEAD=adj is not None and adj.dim() == 3, HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
     return out
 
 

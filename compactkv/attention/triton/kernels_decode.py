@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FAMILY_F16, FAMILY_Q8_0, FAMILY_MSE = 0, 1, 2
+FAMILY_F16, FAMILY_Q8_0, FAMILY_MSE, FAMILY_FRAC = 0, 1, 2, 3
 
 
 @triton.jit
@@ -47,21 +47,57 @@ def _load_tile(rows, valid, FAMILY: tl.constexpr, BITS: tl.constexpr, D: tl.cons
                          other=0.0)
         qp = rows[:, None, None] + blk[None, :, None] + 2 + tl.arange(0, 32)[None, None, :]
         words = tl.load(qp.to(tl.pointer_type(tl.int8)), mask=valid[:, None, None], other=0)
-    else:
+    elif FAMILY == 2:
         scales = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0)
-        codes = rows + 2
-        if BITS == 3:
-            g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]
-            words = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
-            words = words | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
-            words = words | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
-        elif BCAST:
-            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + (tl.arange(0, D) * BITS // 16)[None, :]
+        if BCAST and BITS != 3:
+            hp = (rows + 2).to(tl.pointer_type(tl.uint16))[:, None] + (tl.arange(0, D) * BITS // 16)[None, :]
             words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
         else:
-            hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, D * BITS // 16)[None, :]
-            words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
+            words = _code_words(rows + 2, valid, BITS, D)
+    else:  # fractional kinds are loaded and decoded together in the loop (`_frac_tile`): placeholders here
+        scales = tl.zeros([BLOCK_N], tl.float16)
+        words = tl.zeros([BLOCK_N, 1], tl.int32)
     return scales, words
+
+
+@triton.jit
+def _code_words(codes, valid, BITS: tl.constexpr, D: tl.constexpr):
+    """int32 words [N, W] of D packed indices per row at byte pointers `codes` [N]: 16-bit words for 2/4 bits,
+    24-bit groups of 8 indices for 3 bits."""
+    if BITS == 3:
+        g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]
+        words = tl.load(g, mask=valid[:, None], other=0).to(tl.int32)
+        words = words | (tl.load(g + 1, mask=valid[:, None], other=0).to(tl.int32) << 8)
+        words = words | (tl.load(g + 2, mask=valid[:, None], other=0).to(tl.int32) << 16)
+    else:
+        hp = codes.to(tl.pointer_type(tl.uint16))[:, None] + tl.arange(0, D * BITS // 16)[None, :]
+        words = tl.load(hp, mask=valid[:, None], other=0).to(tl.int32)
+    return words
+
+
+@triton.jit
+def _code_vals(words, cb_ptr, BITS: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """fp16 centroids [N, D] of `_code_words` output (cb_ptr: the 2**BITS fp16 centroids)."""
+    WBITS: tl.constexpr = 24 if BITS == 3 else 16
+    NI: tl.constexpr = WBITS // BITS
+    idx = (words[:, :, None] >> (tl.arange(0, NI) * BITS)[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(tl.load(cb_ptr + idx), (BLOCK_N, D))
+
+
+@triton.jit
+def _frac_tile(rows, valid, cb_ptr, BITS: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(vals fp16 [N, D], ones [N]) of turboB.5 rows ([fp16 norm_hi][fp16 norm_lo][D/2 indices of B+1 bits]
+    [D/2 indices of B bits]): each half's centroids times its norm, interleaved (dim 2j = high-bit group's j,
+    2j + 1 = low group's j), the order `decode.codec_maps` builds the fractional maps in. cb_ptr: the 2**(B+1)
+    high-group centroids, then the 2**B low-group ones (fp16)."""
+    HB: tl.constexpr = BITS + 1
+    HN: tl.constexpr = (D // 2) * HB // 8
+    nh = tl.load(rows.to(tl.pointer_type(tl.float16)), mask=valid, other=0.0).to(tl.float32)
+    nl = tl.load((rows + 2).to(tl.pointer_type(tl.float16)), mask=valid, other=0.0).to(tl.float32)
+    vh = _code_vals(_code_words(rows + 4, valid, HB, D // 2), cb_ptr, HB, D // 2, BLOCK_N)
+    vl = _code_vals(_code_words(rows + 4 + HN, valid, BITS, D // 2), cb_ptr + (1 << HB), BITS, D // 2, BLOCK_N)
+    vals = tl.reshape(tl.join(vh.to(tl.float32) * nh[:, None], vl.to(tl.float32) * nl[:, None]), (BLOCK_N, D))
+    return vals.to(tl.float16), tl.full([BLOCK_N], 1.0, tl.float32)
 
 
 @triton.jit
@@ -93,9 +129,7 @@ def _decode_tile(scales, words, cb_ptr, FAMILY: tl.constexpr, BITS: tl.constexpr
             hi = (two >> 16).to(tl.int16).to(tl.float16, bitcast=True)
             vals = tl.reshape(tl.join(lo, hi), (BLOCK_N, D))
         else:
-            NI: tl.constexpr = WBITS // BITS
-            idx = (words[:, :, None] >> (tl.arange(0, NI) * BITS)[None, None, :]) & ((1 << BITS) - 1)
-            vals = tl.reshape(tl.load(cb_ptr + idx), (BLOCK_N, D))
+            vals = _code_vals(words, cb_ptr, BITS, D, BLOCK_N)
     return vals, scale
 
 
@@ -165,7 +199,10 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
                                         D, BCAST, BLOCK_N)
             vs_nxt, vw_nxt = _load_tile(_row_ptrs(v_tab, nxt, last, b, h, rn, CHUNK, RBV), vnext, V_FAMILY, V_BITS,
                                         D, BCAST, BLOCK_N)
-        kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BCAST, BLOCK_N)
+        if K_FAMILY == 3:
+            kv, ks = _frac_tile(_row_ptrs(k_tab, t0, last, b, h, rn, CHUNK, RBK), valid, k_cb, K_BITS, D, BLOCK_N)
+        else:
+            kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BCAST, BLOCK_N)
         s = tl.dot(q, tl.trans(kv)) * ks[None, :]
         if HAS_ROWB:
             s = s + rowb[:, None]
@@ -181,7 +218,10 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv, vs = _decode_tile(vs_raw, vw_raw, v_cb, V_FAMILY, V_BITS, D, LUT, BCAST, BLOCK_N)
+        if V_FAMILY == 3:
+            vv, vs = _frac_tile(_row_ptrs(v_tab, t0, last, b, h, rn, CHUNK, RBV), valid, v_cb, V_BITS, D, BLOCK_N)
+        else:
+            vv, vs = _decode_tile(vs_raw, vw_raw, v_cb, V_FAMILY, V_BITS, D, LUT, BCAST, BLOCK_N)
         acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(tl.float16), vv)
         m_i = m_new
         if PREFETCH:
@@ -237,8 +277,11 @@ def dequant_kernel(tab, cb_ptr, out_ptr, H, T, CHUNK, FAMILY: tl.constexpr, BITS
     rn = tl.arange(0, BLOCK_N)
     valid = t0 + rn < T
     rows = _row_ptrs(tab, t0, T - 1, bh // H, bh % H, rn, CHUNK, RB)
-    scales, words = _load_tile(rows, valid, FAMILY, BITS, D, False, BLOCK_N)
-    vals, scale = _decode_tile(scales, words, cb_ptr, FAMILY, BITS, D, False, False, BLOCK_N)
+    if FAMILY == 3:
+        vals, scale = _frac_tile(rows, valid, cb_ptr, BITS, D, BLOCK_N)
+    else:
+        scales, words = _load_tile(rows, valid, FAMILY, BITS, D, False, BLOCK_N)
+        vals, scale = _decode_tile(scales, words, cb_ptr, FAMILY, BITS, D, False, False, BLOCK_N)
     out = (vals.to(tl.float32) * scale[:, None]).to(tl.float16)
     dst = out_ptr + (bh.to(tl.int64) * T + t0 + rn[:, None]) * D + tl.arange(0, D)[None, :]
     tl.store(dst, out, mask=valid[:, None])

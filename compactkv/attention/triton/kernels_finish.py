@@ -56,13 +56,14 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
                          adj_ptr, kmean_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
                          H, G, TQ, TQB, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ADJ: tl.constexpr,
-                         HAS_KMEAN: tl.constexpr, HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr):
+                         ADJ_PER_HEAD: tl.constexpr, HAS_KMEAN: tl.constexpr, HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr):
     """One query row: merge its compressed splits and its fp16 windows, write its output row.
 
     o_ptr/ml_ptr: split partials [B*H*NQB, num_splits, BLOCK_M, D] and [.., 2, BLOCK_M] (num_splits may be 0;
     BLOCK_S >= num_splits). q_ptr: fp32 [B*H, G*TQ, D], rows g*TQ + t, in the original (unrotated) space,
     unscaled; qscale = softmax scale * log2 e. sk/sv, rk/rv: contiguous [B, H, n, D] fp16/bf16 sink and recent
-    windows. adj_ptr: fp32 [D, D], the V inverse map acting on row vectors (when HAS_ADJ). kmean_ptr: fp32
+    windows. adj_ptr: fp32 [D, D] (or [H, D, D] with ADJ_PER_HEAD), the V inverse map acting on row vectors
+    (when HAS_ADJ). kmean_ptr: fp32
     [B*H, D], the key mean subtracted before compression (when HAS_KMEAN): the split scores lack q·k_mean, added
     here to the compressed part's max. bias_ptr: fp32
     [B or 1, TQ, tk] additive mask (strides bias_sb, bias_st; last stride 1; tk = n_sink + n_comp + n_recent).
@@ -123,6 +124,8 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
         o_row = o_ptr + (srow[:, None] * BLOCK_M + r) * D
         if HAS_ADJ:  # the merged compressed row through the inverse map, BLOCK_D input dims at a time
             rk = tl.arange(0, BLOCK_D)
+            if ADJ_PER_HEAD:
+                adj_ptr += h.to(tl.int64) * D * D
             for kb in tl.static_range(D // BLOCK_D):
                 part = tl.sum(tl.load(o_row + kb * BLOCK_D + rk[None, :], mask=smask[:, None], other=0.0)
                               * w_s[:, None], axis=0)

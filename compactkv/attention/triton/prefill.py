@@ -33,6 +33,10 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     kc, vc = layer.k_codec, layer.v_codec
     fwd_k, _ = codec_maps(kc, dev)
     fwd_v, adj_v = codec_maps(vc, dev)
+
+    def per_query_head(m: torch.Tensor | None) -> torch.Tensor | None:  # [H, D, D] maps (fractional kinds)
+        return m.repeat_interleave(g, dim=0) if m is not None and m.dim() == 3 and g > 1 else m
+
     n_comp = layer.n_compressed
     k_mean = getattr(layer, "k_mean", None)
     k_scale = getattr(layer, "k_scale", None)
@@ -43,7 +47,7 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     q = query.float() if k_scale is not None else query
     if k_scale is not None:
         q = q / k_scale.float().repeat_interleave(g, dim=0)[None, :, None, :]
-    q = _rotate(q, fwd_k)
+    q = _rotate(q, per_query_head(fwd_k))
 
     def to_key_space(x: torch.Tensor) -> torch.Tensor:
         if k_mean is None and k_scale is None:
@@ -76,5 +80,5 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=scaling)
         seen = attn.any(-1) if attn.dtype == torch.bool else (attn > float("-inf")).any(-1)
         out = torch.where(seen.unsqueeze(-1), torch.nan_to_num(out), 0.0)  # no visible key: 0, as the reference
-    out = out @ adj_v.half() if adj_v is not None else out
+    out = out @ per_query_head(adj_v).half() if adj_v is not None else out
     return out.transpose(1, 2).to(query.dtype)
