@@ -1,4 +1,5 @@
-"""The decode finishing kernel (split merge + fp16 windows + inverse V map + output layout) vs float64 attention.
+"""The decode finishing kernel (split merge + fp16 windows + inverse V map + output layout) vs float64 attention,
+whole decode/prefill calls vs the torch reference, and the fractional kinds' encode vs Codec.encode (bit-identical).
 
 Runs on CUDA when there is one, else in Triton's interpreter on the CPU (in a subprocess: the interpreter is chosen
 when the kernels are defined). Skipped without Triton.
@@ -134,6 +135,22 @@ def _layer_check(case) -> float:
     return ((got.double() - ref).norm() / ref.norm()).item()
 
 
+def _encode_frac_mismatches(device: str) -> int:
+    """Bytes where encode_frac's turboB.5 rows differ from Codec.encode's (per-head and global outlier sets)."""
+    from compactkv.attention.triton.encode import encode_frac
+    from compactkv.core.codec import Codec
+
+    bad = 0
+    for kind, d, per_head in (("turbo3.5", 64, True), ("turbo2.5", 128, False), ("turbo3.5", 256, True)):
+        gen = torch.Generator().manual_seed(d)
+        x = (torch.randn(2, 3, 37, d, generator=gen) * torch.rand(1, 1, 1, d, generator=gen) * 4).half()
+        codec = Codec(kind, d, seed=3)
+        codec.fit_outliers(x, keep_dims=(1,) if per_head else ())
+        ref = codec.encode(x)
+        bad += int((encode_frac(codec, x.to(device)).cpu() != ref).sum())
+    return bad
+
+
 def _interpreter_main() -> None:
     import numpy as np
     import triton.runtime.interpreter as interp
@@ -154,6 +171,9 @@ def _interpreter_main() -> None:
     rel = max(_layer_check(case) for case in LAYER_CASES)
     print(f"layer worst relative {rel:.3e}")
     assert rel < 3e-3, rel  # fp16 tensor-core operands in the split kernel, as in test_triton_kernels.py
+    bad = _encode_frac_mismatches("cpu")
+    print(f"fractional encode mismatched bytes {bad}")
+    assert bad == 0, bad
 
 
 def test_finish_kernel_vs_float64():
@@ -161,11 +181,12 @@ def test_finish_kernel_vs_float64():
     if torch.cuda.is_available():
         worst = max(_check(case, "cuda") for case in CASES)
         assert worst < 1e-4, worst
+        assert _encode_frac_mismatches("cuda") == 0
         return
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "layer worst" in run.stdout
+    assert "fractional encode mismatched bytes 0" in run.stdout
 
 
 if __name__ == "__main__":

@@ -124,6 +124,11 @@ class Codec:
         self.set_outliers(hi)
         return self._groups[0]
 
+    def group_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [..., head_dim] split into the channel groups its segments quantize (turboB.5: the B+1-bit outlier
+        channels, then the rest, each [..., head_dim/2]; other kinds: [x])."""
+        return [self._gather(x, g) for g in range(len(self._groups))]
+
     def _gather(self, x: torch.Tensor, g: int) -> torch.Tensor:
         idx = self._groups[g]
         if idx is None:

@@ -16,12 +16,44 @@ ENCODE_HEAD_DIMS = (32, 64, 128, 256)
 
 
 def encode_unsupported(codec: Codec) -> str | None:
-    """Why the encode kernel cannot produce `codec`'s rows, or None if it can."""
+    """Why the encode kernel cannot produce `codec`'s rows in place (encode_rows), or None if it can."""
     if codec.spec.family != "mse":
-        return f"{codec.kind}: only turbo2/3/4 rows are encoded by the kernel"
+        return f"{codec.kind}: only turbo2/3/4 rows are encoded in place by the kernel"
     if codec.head_dim not in ENCODE_HEAD_DIMS:
         return f"head_dim {codec.head_dim}: the encode kernel takes {ENCODE_HEAD_DIMS}"
     return None
+
+
+def frac_unsupported(codec: Codec) -> str | None:
+    """Why `encode_frac` cannot produce `codec`'s turboB.5 rows, or None if it can."""
+    if codec.spec.family != "frac":
+        return f"{codec.kind}: not a fractional kind"
+    if codec.head_dim // 2 not in ENCODE_HEAD_DIMS:
+        return f"head_dim {codec.head_dim}: the encode kernel takes halves of {ENCODE_HEAD_DIMS}"
+    if codec.outliers is None:
+        return f"{codec.kind}: no outlier channel set yet (Codec.encode or fit_outliers picks it)"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _group_codecs(kind: str, head_dim: int, seed: int, norm_correction: bool) -> tuple[Codec, Codec]:
+    """A turboB.5 codec's two groups as turboB+1 and turboB codecs of head_dim/2 (the same quantizers: bits,
+    rotation seeds seed and seed + 1, codebooks of dimension head_dim/2), whose rows the kernel encodes."""
+    b = int(kind[len("turbo")])
+    return (Codec(f"turbo{b + 1}", head_dim // 2, seed=seed, norm_correction=norm_correction),
+            Codec(f"turbo{b}", head_dim // 2, seed=seed + 1, norm_correction=norm_correction))
+
+
+def encode_frac(codec: Codec, x: torch.Tensor) -> torch.Tensor:
+    """turboB.5 rows of x [B, H, T, D], bit-identical to `codec.encode(x)`: each channel group gathered and
+    encoded by the kernel as a turbo row of D/2 values, then laid out as [norm_hi][norm_lo][codes_hi][codes_lo]."""
+    why = frac_unsupported(codec)
+    if why:
+        raise ValueError(why)
+    hi_codec, lo_codec = _group_codecs(codec.kind, codec.head_dim, codec.seed, codec.norm_correction)
+    x_hi, x_lo = codec.group_parts(x)
+    hi, lo = encode_rows(hi_codec, x_hi), encode_rows(lo_codec, x_lo)
+    return torch.cat([hi[..., :2], lo[..., :2], hi[..., 2:], lo[..., 2:]], dim=-1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -74,10 +106,15 @@ def layer_encoder(codec: Codec, x: torch.Tensor) -> torch.Tensor | None:
     """`TurboQuantLayer.encoder` on CUDA: the kernel's rows for x [B, H, T, D] where it applies, else None (the
     layer then calls `codec.encode`). Raises ValueError, as `codec.encode` does, for non-finite input or a norm
     beyond the float16 range (one device sync, like the checks it replaces)."""
-    if not x.is_cuda or x.dim() != 4 or x.dtype == torch.float64 or encode_unsupported(codec) is not None:
+    if not x.is_cuda or x.dim() != 4 or x.dtype == torch.float64:
         return None
-    rows = encode_rows(codec, x)
-    if rows.numel() and not bool(torch.isfinite(rows[..., :2].contiguous().view(torch.float16)).all()):
+    if encode_unsupported(codec) is None:
+        rows, norm_bytes = encode_rows(codec, x), 2
+    elif frac_unsupported(codec) is None:
+        rows, norm_bytes = encode_frac(codec, x), 4
+    else:
+        return None
+    if rows.numel() and not bool(torch.isfinite(rows[..., :norm_bytes].contiguous().view(torch.float16)).all()):
         raise ValueError("input contains NaN or Inf, or a vector norm beyond the float16 range (±65504); only "
                          "finite values whose norms fit float16 can be encoded")
     return rows
