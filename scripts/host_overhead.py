@@ -52,7 +52,8 @@ def main() -> None:
 
     cfg = CacheConfig(k=args.kind, v=args.kind)  # the cache defaults: 4 sinks, 128-token window, blocks of 32
     layer = TurboQuantLayer(args.kind, args.kind, d, sink_tokens=cfg.sink_tokens, residual_length=cfg.residual_length,
-                            block_size=cfg.block_size, chunk_tokens=cfg.chunk_tokens)
+                            block_size=cfg.block_size, chunk_tokens=cfg.chunk_tokens,
+                            unbiased_keys=cfg.unbiased_keys)
     layer.update(torch.randn(b, hkv, 4 + 128, d, dtype=bf, device=dev), torch.randn(b, hkv, 4 + 128, d, dtype=bf,
                                                                                     device=dev))
     layer.observe(torch.randn(b, hq, 1, d, dtype=bf, device=dev))

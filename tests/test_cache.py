@@ -164,3 +164,10 @@ def test_rejected_update_leaves_the_layer_as_it_was():
     assert all(torch.equal(a, b) for a, b in zip(layer.chunks_k, state[2]))
     layer.update(torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64))  # and it keeps serving
     assert layer.cumulative_length == 13 and layer.n_compressed == 11
+
+
+def test_cache_defaults_store_unbiased_keys_and_plain_values():
+    assert CacheConfig().unbiased_keys
+    cache = TurboQuantCache(tiny_config())
+    assert all(layer.k_codec.unbiased and not layer.v_codec.unbiased for layer in cache.layers)
+    assert not any(layer.k_codec.unbiased for layer in TurboQuantCache(tiny_config(), unbiased_keys=False).layers)

@@ -308,3 +308,34 @@ def test_fractional_decode_without_outliers_is_a_clear_error():
     rows = Codec("turbo2.5", 64).encode(torch.randn(3, 64))
     with pytest.raises(ValueError, match="outlier channel set"):
         Codec("turbo2.5", 64).decode(rows)
+
+
+# -- unbiased keys ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,d", [("turbo2", 64), ("turbo3", 128), ("turbo4", 64), ("turbo3.5", 64)])
+@pytest.mark.parametrize("norm_correction", [True, False])
+def test_unbiased_codec_scores_are_unbiased(kind, d, norm_correction):
+    """E[x̂·x] = |x|² with unbiased=True; shrunk (by about sqrt(1 - D), or 1 - D without norm correction) without."""
+    from compactkv.core.codebook import lloyd_max
+    from compactkv.core.codec import norm_scale
+
+    gen = torch.Generator().manual_seed(d + len(kind))
+    x = torch.randn(8000, d, generator=gen)
+    plain = Codec(kind, d, norm_correction=norm_correction)
+    unb = Codec(kind, d, norm_correction=norm_correction, unbiased=True)
+    if kind.endswith(".5"):
+        plain.fit_outliers(x)
+        unb.set_outliers(plain.outliers)
+    ratio = {c.unbiased: float(((c.decode(c.encode(x)) * x).sum(-1) / (x * x).sum(-1)).mean()) for c in (plain, unb)}
+    assert abs(ratio[True] - 1.0) < 3e-3
+    if kind in ("turbo2", "turbo3", "turbo4"):
+        dist = lloyd_max(d, unb.spec.bits).mse_per_vector
+        want = (1 - dist) ** 0.5 if norm_correction else 1 - dist
+        assert abs(ratio[False] - want) < 3e-3
+        f = norm_scale(d, unb.spec.bits, norm_correction)
+        rp, ru = plain.encode(x[:50]), unb.encode(x[:50])  # same codes, the norm field scaled
+        assert torch.equal(rp[..., 2:], ru[..., 2:])
+        np_, nu = rp[..., :2].contiguous().view(torch.float16).float(), ru[..., :2].contiguous().view(torch.float16).float()
+        assert torch.allclose(nu, (np_ * f), rtol=2e-3)
+    else:
+        assert ratio[False] < 1 - 1e-3
+

@@ -136,18 +136,26 @@ def _layer_check(case) -> float:
 
 
 def _encode_frac_mismatches(device: str) -> int:
-    """Bytes where encode_frac's turboB.5 rows differ from Codec.encode's (per-head and global outlier sets)."""
+    """Bytes where the kernel's rows differ from Codec.encode's: encode_frac's turboB.5 rows (per-head and global
+    outlier sets) and unbiased (key) turbo rows."""
     from compactkv.attention.triton.encode import encode_frac
     from compactkv.core.codec import Codec
 
+    from compactkv.attention.triton.encode import encode_rows
+
     bad = 0
-    for kind, d, per_head in (("turbo3.5", 64, True), ("turbo2.5", 128, False), ("turbo3.5", 256, True)):
+    for kind, d, per_head, unbiased in (("turbo3.5", 64, True, False), ("turbo2.5", 128, False, True),
+                                        ("turbo3.5", 256, True, True)):
         gen = torch.Generator().manual_seed(d)
         x = (torch.randn(2, 3, 37, d, generator=gen) * torch.rand(1, 1, 1, d, generator=gen) * 4).half()
-        codec = Codec(kind, d, seed=3)
+        codec = Codec(kind, d, seed=3, unbiased=unbiased)
         codec.fit_outliers(x, keep_dims=(1,) if per_head else ())
         ref = codec.encode(x)
         bad += int((encode_frac(codec, x.to(device)).cpu() != ref).sum())
+    for kind, d in (("turbo4", 64), ("turbo3", 128), ("turbo2", 32)):  # unbiased keys: the norm field scaled
+        codec = Codec(kind, d, seed=4, unbiased=True)
+        x = (torch.randn(2, 3, 37, d, generator=torch.Generator().manual_seed(d)) * 2).to(torch.bfloat16)
+        bad += int((encode_rows(codec, x.to(device)).cpu() != codec.encode(x)).sum())
     return bad
 
 

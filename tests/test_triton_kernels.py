@@ -27,9 +27,10 @@ def _rel(a, b) -> float:
 
 @pytest.mark.parametrize("kind", ["turbo2", "turbo3", "turbo4"])
 @pytest.mark.parametrize("d", [64, 128, 256])
-def test_encode_bit_identical_to_cpu(kind, d):
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_encode_bit_identical_to_cpu(kind, d, unbiased):
     from compactkv.attention.triton.encode import encode_rows
-    codec = Codec(kind, d, seed=5)
+    codec = Codec(kind, d, seed=5, unbiased=unbiased)
     x = (torch.randn(2, 3, 301, d, device=DEV) * torch.rand(2, 3, 301, 1, device=DEV) * 3).half()
     out = torch.full((2, 3, 320, codec.row_bytes), 0x5A, dtype=torch.uint8, device=DEV)
     pos = torch.tensor([0, 19], dtype=torch.int32, device=DEV)

@@ -68,7 +68,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(0, -2).double(), b.flatten(0, -2).double(), dim=-1).mean())
 
 
-def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True, sink_tokens: int = 0) -> dict:
+def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True, sink_tokens: int = 0,
+                   unbiased_keys: bool = True) -> dict:
     """Cosines of one layer's attention output, causal score rows, K and V for `kind` (KIND or K/V) vs float32."""
     from compactkv.attention.dispatch import attend
     from compactkv.cache.layer import TurboQuantLayer
@@ -77,7 +78,7 @@ def layer_fidelity(kind: str, q, k, v, seed: int = 0, scale_keys: bool = True, s
     scale = d ** -0.5
     k_kind, _, v_kind = kind.partition("/")
     layer = TurboQuantLayer(k_kind, v_kind or k_kind, d, residual_length=0, block_size=1, seed=seed,
-                            scale_keys=scale_keys, sink_tokens=sink_tokens)
+                            scale_keys=scale_keys, sink_tokens=sink_tokens, unbiased_keys=unbiased_keys)
     layer.update(k, v)
     out = attend(layer, q, None, scale, backend="torch").transpose(1, 2)
     g = q.shape[1] // k.shape[1]

@@ -65,7 +65,7 @@ class TurboQuantCache(Cache):
             TurboQuantLayer(kk, vk, head_dim, sink_tokens=cc.sink_tokens, residual_length=cc.residual_length,
                             block_size=cc.block_size, seed=cc.seed, norm_correction=cc.norm_correction,
                             chunk_tokens=cc.chunk_tokens, center_keys=cc.center_keys,
-                            scale_keys=cc.scale_keys,
+                            scale_keys=cc.scale_keys, unbiased_keys=cc.unbiased_keys,
                             sliding_window=window if t == "sliding_attention" else None)
             for t, (kk, vk) in zip(types, kinds)
         ]

@@ -27,10 +27,11 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, sink_tokens: int = 0, residual_length: int = 0,
                  block_size: int = 1, seed: int = 0, norm_correction: bool = True, chunk_tokens: int = 1024,
-                 sliding_window: int | None = None, center_keys: bool = True, scale_keys: bool = False):
+                 sliding_window: int | None = None, center_keys: bool = True, scale_keys: bool = False,
+                 unbiased_keys: bool = False):
         super().__init__()
         self.center_keys = center_keys and k_kind != "f16"  # exact storage: centering would only add bytes
-        self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
+        self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         # Query-aware channel scaling applies to the rotation codecs, whose error is isotropic after rotation.
         self.scale_keys = scale_keys and self.k_codec.spec.family in ("mse", "frac", "prod")
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)

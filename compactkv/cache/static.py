@@ -30,9 +30,9 @@ class StaticTurboQuantLayer(CacheLayerMixin):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
-                 encode: Encoder | None = None):
+                 encode: Encoder | None = None, unbiased_keys: bool = False):
         super().__init__()
-        self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction)
+        self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
         for codec in (self.k_codec, self.v_codec):
             if codec.spec.family == "frac":

@@ -8,12 +8,14 @@ softmax-weighted sum of x̂ is Σ_s scatter(A_sᵀ Σ_t p_t scale_s,t v_s,t): at
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .codebook import lloyd_max
 from .kinds import Q8_BLOCK, check_head_dim, parse_kind, row_bytes
 from .packing import pack_bits, packed_nbytes
 from .quantizer import MSEQuantizer, QJLSketch, tree_norm
@@ -50,22 +52,36 @@ def _expand(idx: torch.Tensor, lead: torch.Size) -> torch.Tensor:
     return idx.expand(*lead, idx.shape[-1])
 
 
+@functools.lru_cache(maxsize=None)
+def norm_scale(dim: int, bits: int, norm_correction: bool) -> float:
+    """Factor on the stored norm that makes a turbo reconstruction unbiased along x (E[x̂·x] = ‖x‖²): with norm
+    correction x̂ has x's norm and cosine sqrt(1 - D) with it, without it ‖x̂‖ ≈ sqrt(1 - D)‖x‖ as well, so
+    1/sqrt(1 - D) resp. 1/(1 - D); D = the codebook's mean squared error per unit vector (exact density)."""
+    d = lloyd_max(dim, bits).mse_per_vector
+    f = (1.0 - d) ** -0.5 if norm_correction else 1.0 / (1.0 - d)
+    return float(torch.tensor(f, dtype=torch.float32))  # a float32 value: the same product on every device
+
+
 class Codec:
     """Encoder/decoder for one kind at one head_dim.
 
     kind: one of compactkv.KINDS. seed: rotation / QJL seed (same seed, same codes on any device).
     norm_correction: for turboB kinds, store ‖x‖/‖c[idx]‖ instead of ‖x‖ so x̂ keeps x's exact norm.
+    unbiased: also multiply the stored norm by 1/sqrt(1 - D) (1/(1 - D) without norm correction), D the codebook's
+    distortion per unit vector, so that E[x̂·x] = ‖x‖²: scores q·k̂ are then unbiased instead of shrunk by
+    sqrt(1 - D) (the cache uses it for keys; docs/codec.md). Same row format, the norm field scaled.
     outliers: for turboB.5 kinds, long tensor [*S, head_dim/2] of the channels given B+1 bits, S broadcastable
     to the leading dims of the inputs (e.g. [H, 1, d/2] for per-head sets on [B, H, T, d]); when None, the
     first `encode` picks the d/2 channels of largest mean square over everything it sees and keeps them.
     """
 
     def __init__(self, kind: str, head_dim: int, seed: int = 0, norm_correction: bool = True,
-                 outliers: torch.Tensor | None = None):
+                 outliers: torch.Tensor | None = None, unbiased: bool = False):
         check_head_dim(kind, head_dim)
         self.spec = parse_kind(kind)
         self.kind, self.head_dim, self.seed = kind, head_dim, int(seed)
         self.norm_correction = bool(norm_correction)
+        self.unbiased = bool(unbiased)
         self.row_bytes = row_bytes(kind, head_dim)
         d, fam, b = head_dim, self.spec.family, self.spec.bits
         self._groups = [None]  # channel index tensors; None = all channels
@@ -171,6 +187,8 @@ class Codec:
             elif self.norm_correction:
                 cn = tree_norm(q.centroids(idx))
                 stored = torch.where(cn > 0, norm / torch.where(cn > 0, cn, torch.ones_like(cn)), norm)
+            if fam != "prod" and self.unbiased:
+                stored = stored * norm_scale(q.dim, q.bits, self.norm_correction)
             self._check_norm(stored)
             parts_hdr.append(_f16_bytes(stored))
             parts_codes.append(pack_bits(idx, q.bits))

@@ -8,7 +8,7 @@ import math
 import torch
 
 from ...core.codebook import lloyd_max
-from ...core.codec import Codec
+from ...core.codec import Codec, norm_scale
 from ...core.rotation import get_rotation
 from .kernels_encode import encode_mse_kernel
 
@@ -36,12 +36,13 @@ def frac_unsupported(codec: Codec) -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _group_codecs(kind: str, head_dim: int, seed: int, norm_correction: bool) -> tuple[Codec, Codec]:
+def _group_codecs(kind: str, head_dim: int, seed: int, norm_correction: bool,
+                  unbiased: bool) -> tuple[Codec, Codec]:
     """A turboB.5 codec's two groups as turboB+1 and turboB codecs of head_dim/2 (the same quantizers: bits,
     rotation seeds seed and seed + 1, codebooks of dimension head_dim/2), whose rows the kernel encodes."""
     b = int(kind[len("turbo")])
-    return (Codec(f"turbo{b + 1}", head_dim // 2, seed=seed, norm_correction=norm_correction),
-            Codec(f"turbo{b}", head_dim // 2, seed=seed + 1, norm_correction=norm_correction))
+    return (Codec(f"turbo{b + 1}", head_dim // 2, seed=seed, norm_correction=norm_correction, unbiased=unbiased),
+            Codec(f"turbo{b}", head_dim // 2, seed=seed + 1, norm_correction=norm_correction, unbiased=unbiased))
 
 
 def encode_frac(codec: Codec, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,8 @@ def encode_frac(codec: Codec, x: torch.Tensor) -> torch.Tensor:
     why = frac_unsupported(codec)
     if why:
         raise ValueError(why)
-    hi_codec, lo_codec = _group_codecs(codec.kind, codec.head_dim, codec.seed, codec.norm_correction)
+    hi_codec, lo_codec = _group_codecs(codec.kind, codec.head_dim, codec.seed, codec.norm_correction,
+                                       codec.unbiased)
     x_hi, x_lo = codec.group_parts(x)
     hi, lo = encode_rows(hi_codec, x_hi), encode_rows(lo_codec, x_lo)
     return torch.cat([hi[..., :2], lo[..., :2], hi[..., 2:], lo[..., 2:]], dim=-1)
@@ -96,8 +98,10 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     dummy = positions if positions is not None else signs
     encode_mse_kernel[(math.ceil(n / block_rows),)](
         x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2), dummy,
-        signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d), D=d, LOG2D=int(math.log2(d)), BITS=codec.spec.bits,
-        NORM_CORR=codec.norm_correction, HAS_POS=positions is not None, BLOCK_R=block_rows, num_warps=4,
+        signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d),
+        norm_scale(d, codec.spec.bits, codec.norm_correction) if codec.unbiased else 1.0, D=d,
+        LOG2D=int(math.log2(d)), BITS=codec.spec.bits, NORM_CORR=codec.norm_correction, UNBIASED=codec.unbiased,
+        HAS_POS=positions is not None, BLOCK_R=block_rows, num_warps=4,
         enable_fp_fusion=False)
     return out
 

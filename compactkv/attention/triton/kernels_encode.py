@@ -30,8 +30,9 @@ def _butterfly(z, R: tl.constexpr, D: tl.constexpr, HS: tl.constexpr):
 
 @triton.jit
 def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr,
-                      n_rows, H, T, inv_sqrt, D: tl.constexpr, LOG2D: tl.constexpr, BITS: tl.constexpr,
-                      NORM_CORR: tl.constexpr, HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr):
+                      n_rows, H, T, inv_sqrt, norm_scale, D: tl.constexpr, LOG2D: tl.constexpr, BITS: tl.constexpr,
+                      NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
+                      BLOCK_R: tl.constexpr):
     """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t]."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < n_rows
@@ -57,6 +58,8 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
         c = tl.load(cb_ptr + idx)
         cn = tl.sqrt_rn(_tree_sum(c * c, BLOCK_R, D, LOG2D))
         stored = tl.where(cn > 0, tl.div_rn(norm, tl.where(cn > 0, cn, 1.0)), norm)
+    if UNBIASED:  # Codec(unbiased=True): the stored norm times a float32 constant, as the CPU multiplies it
+        stored = stored * norm_scale
     if HAS_POS:
         t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
     row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot

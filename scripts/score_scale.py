@@ -1,0 +1,81 @@
+"""Does an unbiased reconstruction help? (issue 4 experiment)
+
+With norm correction a turboB vector x_hat keeps |x| but its direction error leaves E[x_hat . x] = sqrt(1 - D)|x|^2
+(D: the codebook's distortion per unit variance), so scores q . k_hat are shrunk by sqrt(1 - D) on average and
+attention outputs likewise. This runs `compactkv bench ppl` with the decoded MSE-kind values of keys and/or values
+multiplied by a factor (1 / sqrt(1 - D) removes the shrinkage; printed for the kinds asked), through the torch
+reference path, everything else as shipped.
+
+    python scripts/score_scale.py --k-factor auto --v-factor 1 --chunks 16 --kv f16,turbo4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from compactkv.cache import layer as layer_mod
+from compactkv.core import codec as codec_mod
+
+
+def distortion(head_dim: int, bits: int, n: int = 200_000) -> float:
+    """The codebook's mean squared error per unit variance, measured on rotated random unit vectors."""
+    c = codec_mod.Codec(f"turbo{bits}", head_dim)
+    x = torch.randn(n // head_dim + 1, head_dim, generator=torch.Generator().manual_seed(0))
+    x = x / x.norm(dim=-1, keepdim=True)
+    q = c._mse[0]
+    idx, _, y = q.quantize(x)
+    cn = q.centroids(idx)
+    return float(((y - cn) ** 2).sum(-1).mean())
+
+
+def main() -> None:
+    from compactkv.bench import ppl
+
+    argv = sys.argv[1:]
+    factors = {"k": "1", "v": "1"}
+    for role in ("k", "v"):
+        flag = f"--{role}-factor"
+        if flag in argv:
+            i = argv.index(flag)
+            factors[role] = argv[i + 1]
+            del argv[i:i + 2]
+    p = argparse.ArgumentParser()
+    ppl.register(p.add_subparsers())
+    args = p.parse_args(["ppl", *argv])
+
+    Codec, Layer = codec_mod.Codec, layer_mod.TurboQuantLayer
+    init, key_parts = Layer.__init__, Codec.key_parts
+    cache: dict = {}
+
+    def factor(codec) -> float:
+        role = getattr(codec, "_score_role", None)
+        spec = factors.get(role, "1")
+        if spec != "auto":
+            return float(spec)
+        key = (codec.head_dim, codec.spec.bits)
+        if key not in cache:
+            cache[key] = (1.0 - distortion(*key)) ** -0.5
+            print(f"turbo{key[1]} at head_dim {key[0]}: D = {1 - cache[key] ** -2:.5f}, factor {cache[key]:.5f}")
+        return cache[key]
+
+    def __init__(self, *a, **k):
+        init(self, *a, **k)
+        self.k_codec._score_role, self.v_codec._score_role = "k", "v"
+
+    def _key_parts(self, rows):
+        parts = key_parts(self, rows)
+        if self.spec.family != "mse":
+            return parts
+        f = factor(self)
+        return [(vals, scale * f if scale is not None else scale) for vals, scale in parts]
+
+    Layer.__init__, Codec.key_parts = __init__, _key_parts
+    print(f"EXPERIMENT: decoded MSE-kind keys x {factors['k']}, values x {factors['v']} (see scripts/score_scale.py)")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
