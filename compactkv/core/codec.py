@@ -9,7 +9,6 @@ softmax-weighted sum of x̂ is Σ_s scatter(A_sᵀ Σ_t p_t scale_s,t v_s,t): at
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Callable
 
