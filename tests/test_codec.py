@@ -334,8 +334,8 @@ def test_unbiased_codec_scores_are_unbiased(kind, d, norm_correction):
         f = norm_scale(d, unb.spec.bits, norm_correction)
         rp, ru = plain.encode(x[:50]), unb.encode(x[:50])  # same codes, the norm field scaled
         assert torch.equal(rp[..., 2:], ru[..., 2:])
-        np_, nu = rp[..., :2].contiguous().view(torch.float16).float(), ru[..., :2].contiguous().view(torch.float16).float()
-        assert torch.allclose(nu, (np_ * f), rtol=2e-3)
+        norms = [r[..., :2].contiguous().view(torch.float16).float() for r in (rp, ru)]
+        assert torch.allclose(norms[1], norms[0] * f, rtol=2e-3)
     else:
         assert ratio[False] < 1 - 1e-3
 

@@ -17,7 +17,8 @@ import triton
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec
 from .fastasm import decode_asm, table_words
-from .kernels_decode import (FAMILY_F16, FAMILY_FRAC, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel, decode_split_kernel,
+from .kernels_decode import (FAMILY_F16, FAMILY_FRAC, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel,
+                             decode_split_kernel,
                              dequant_kernel)
 from .kernels_fast import decode_fast_kernel
 from .kernels_finish import decode_finish_kernel
@@ -349,10 +350,10 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
 
     q: fp32 [B, H, G*Tq, D] in the original space, unscaled (row g*Tq + t); qscale = softmax scale * log2 e.
     windows: (sink_k, sink_v, recent_k, recent_v), each [B, H, n, D] fp16/bf16 (sinks at positions 0.., recent
-    tokens after the n_comp compressed ones). adj: fp32 [D, D] or [H, D, D] inverse V map on row vectors, or None. bias: fp32
-    [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query token t
-    sees keys at positions <= tk - Tq + t. k_mean: [B, H, 1, D] mean subtracted from the compressed keys (their
-    split scores, made without it, get q·k_mean here), or None. A row that sees no key gets zeros.
+    tokens after the n_comp compressed ones). adj: fp32 [D, D] or [H, D, D] inverse V map on row vectors, or None.
+    bias: fp32 [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query
+    token t sees keys at positions <= tk - Tq + t. k_mean: [B, H, 1, D] mean subtracted from the compressed keys
+    (their split scores, made without it, get q·k_mean here), or None. A row that sees no key gets zeros.
     """
     b, h, m, d = q.shape
     g = m // tq
@@ -378,7 +379,8 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
         bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
         out, h, g, tq, tqb, D=d, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_W=16 if d >= 256 else 32,
         BLOCK_D=min(d, max(16, 4096 // block_s), max(16, 8192 // d)), HAS_ADJ=adj is not None and splits > 0,
-        ADJ_PER_HEAD=adj is not None and adj.dim() == 3, HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None, CAUSAL=causal, num_warps=4)
+        ADJ_PER_HEAD=adj is not None and adj.dim() == 3, HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None,
+        CAUSAL=causal, num_warps=4)
     return out
 
 

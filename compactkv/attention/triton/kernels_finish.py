@@ -56,7 +56,8 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
                          adj_ptr, kmean_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
                          H, G, TQ, TQB, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ADJ: tl.constexpr,
-                         ADJ_PER_HEAD: tl.constexpr, HAS_KMEAN: tl.constexpr, HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr):
+                         ADJ_PER_HEAD: tl.constexpr, HAS_KMEAN: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         CAUSAL: tl.constexpr):
     """One query row: merge its compressed splits and its fp16 windows, write its output row.
 
     o_ptr/ml_ptr: split partials [B*H*NQB, num_splits, BLOCK_M, D] and [.., 2, BLOCK_M] (num_splits may be 0;

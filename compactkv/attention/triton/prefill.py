@@ -3,9 +3,10 @@
 With many query rows per key, attention is compute-bound and the decode kernel (at most 32 query rows per
 program) would re-read every packed row once per block of query tokens. Here each packed row is expanded once by
 `dequant_packed` into its stored space (rotated; keys centered and scaled), the fp16 sink/recent windows are mapped
-into the same spaces and the query into the keys' dual space (see prefill_attention), and torch SDPA (flash when no explicit mask is needed; a chunk after compressed history uses
-torch's bottom-right causal bias, also flash with GQA) attends the rotated query over all of it; the inverse V map
-runs once on the output. Same function as the reference: scores q·x̂, values x̂, with fp16 operands.
+into the same spaces and the query into the keys' dual space (see prefill_attention), and torch SDPA (flash when
+no explicit mask is needed; a chunk after compressed history uses torch's bottom-right causal bias, also flash with
+GQA) attends the mapped query over all of it; the inverse V map runs once on the output. Same function as the
+reference: scores q·x̂, values x̂, with fp16 operands.
 """
 
 from __future__ import annotations
