@@ -39,11 +39,11 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
     dummy = torch.empty(64, dtype=torch.float32)
     tab = torch.empty(3, dtype=torch.int64)
     lens = torch.empty(8, dtype=torch.int32)
-    args = dict(q_ptr=dummy, k_tab=tab, v_tab=tab, len_ptr=lens, rowb_ptr=dummy, bias_ptr=dummy, bias_sb=0,
+    args = dict(q_ptr=dummy, k_tab=tab, v_tab=tab, len_ptr=lens, bias_ptr=dummy, bias_sb=0,
                 bias_sq=0, o_ptr=dummy, ml_ptr=dummy, H=h, G=g, TQ=1, TQB=1, CHUNK=1 << 30, qshift=0,
                 num_splits=16)
     const = dict(K_BITS=pk.bits, V_BITS=pk.bits, K_ASM=decode_asm(d, pk.bits), V_ASM=decode_asm(d, pk.bits), D=d,
-                 RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, HAS_ROWB=False, BLOCK_M=16,
+                 RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, BLOCK_M=16,
                  BLOCK_N=block_n, ONE_CHUNK=True,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
                  V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1])

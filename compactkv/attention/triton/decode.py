@@ -219,7 +219,7 @@ def choose_splits(programs: int, max_len: int, block_n: int, device: torch.devic
 def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
-                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
+                  num_splits: int | None = None, block_n: int | None = None,
                   lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2,
                   fast: bool | None = None,
@@ -230,8 +230,8 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
     k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
     lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
-    log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
-    j <= length - Tq + qshift + t. Returns the split partials; `attend_packed` or `finish_decode` merges them.
+    log2 units. causal: key j visible to token t iff j <= length - Tq + qshift + t. Returns the split partials;
+    `attend_packed` or `finish_decode` merges them.
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
     options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
     8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
@@ -267,28 +267,27 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     ml = torch.empty(b * h * nqb * num_splits * 2 * block_m, dtype=torch.float32, device=dev)
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
-    dummy = ml
-    bias_t = bias if bias is not None else dummy
+    bias_t = bias if bias is not None else ml  # (any tensor: not read without a bias)
     if fast:
         k_words, v_words = table_words(d, k_kind.bits), table_words(d, v_kind.bits)
         decode_fast_kernel[(num_splits, b * h, nqb)](
-            q, k_table, v_table, lengths, rowb.contiguous() if rowb is not None else dummy, bias_t,
+            q, k_table, v_table, lengths, bias_t,
             bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
             o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
             K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits), V_ASM=decode_asm(d, v_kind.bits),
             D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
+            BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
             K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
             q, k_table, v_table, codebook_table(k_kind, lut, dev), codebook_table(v_kind, lut, dev), lengths,
-            rowb.contiguous() if rowb is not None else dummy, bias_t,
+            bias_t,
             bias_t.stride(0) if bias is not None else 0, bias_t.stride(1) if bias is not None else 0,
             o, ml, h, g, tq, tqb, chunk, qshift, num_splits,
             K_FAMILY=k_kind.family, K_BITS=k_kind.bits, V_FAMILY=v_kind.family, V_BITS=v_kind.bits, D=d,
             RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, LUT=lut, CAUSAL=causal, HAS_BIAS=bias is not None,
-            HAS_ROWB=rowb is not None, PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
+            PREFETCH=prefetch, BCAST=bcast, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=num_warps, num_stages=num_stages)
     return SplitPartials(o, ml, num_splits, block_m, g, tq, tqb, nqb)
 
@@ -296,7 +295,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                   k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
                   causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
-                  rowb: torch.Tensor | None = None, num_splits: int | None = None, block_n: int | None = None,
+                  num_splits: int | None = None, block_n: int | None = None,
                   lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
                   num_stages: int = 2, out: torch.Tensor | None = None,
                   lse: torch.Tensor | None = None, fast: bool | None = None,
@@ -307,8 +306,8 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
     k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
     lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
-    log2 units. rowb: fp32 [B, H, G*Tq] added to every score of a row. causal: key j visible to token t iff
-    j <= length - Tq + qshift + t. Returns (out fp32 [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
+    log2 units. causal: key j visible to token t iff j <= length - Tq + qshift + t. Returns (out fp32
+    [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
     written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
     options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
@@ -317,7 +316,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     """
     b, h, m, d = q.shape
     parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, chunk=chunk, max_len=max_len, tq=tq,
-                          causal=causal, qshift=qshift, bias=bias, rowb=rowb, num_splits=num_splits,
+                          causal=causal, qshift=qshift, bias=bias, num_splits=num_splits,
                           block_n=block_n, lut=lut, prefetch=prefetch, bcast=bcast, num_warps=num_warps,
                           num_stages=num_stages, fast=fast, splits_per_sm=splits_per_sm, maxnreg=maxnreg)
     if out is None:

@@ -156,16 +156,16 @@ def _program_rows(len_ptr, H, G, TQ, TQB, num_splits, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit(do_not_specialize=["qshift"])  # the fp16 window length: changes every decode step
-def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
+def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, bias_ptr, bias_sb, bias_sq,
                         o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
                         K_FAMILY: tl.constexpr, K_BITS: tl.constexpr, V_FAMILY: tl.constexpr,
                         V_BITS: tl.constexpr, D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
-                        LUT: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
+                        LUT: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                         PREFETCH: tl.constexpr, BCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One split of one (b, kv head, block of TQB query tokens): partial acc, running max and sum per row.
 
     q_ptr: fp32 [B*H, G*TQ, D], row g*TQ + t (rotated, times softmax scale * log2 e). len_ptr: int32 [B] tokens
-    per batch row. rowb_ptr: fp32 [B*H, G*TQ] added to every score of a row. bias_ptr: fp32 [B, TQ, >= L],
+    per batch row. bias_ptr: fp32 [B, TQ, >= L],
     additive, log2 units. CAUSAL: key j is visible to query token t iff j <= L - TQ + qshift + t.
     Local row r of this program is group member r // TQB, token qb*TQB + r % TQB.
     o_ptr: fp32 [B*H, NQB, S, BLOCK_M, D]; ml_ptr: fp32 [B*H, NQB, S, 2, BLOCK_M]. PREFETCH loads tile i+1 before
@@ -178,8 +178,6 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    if HAS_ROWB:
-        rowb = tl.load(rowb_ptr + bh * M + grow, mask=mrow, other=0.0)
     lim = L - TQ + qshift + t
     if CAUSAL:
         hi = tl.minimum(hi, L - TQ + qshift + tl.minimum(qb * TQB + TQB, TQ))
@@ -204,8 +202,6 @@ def decode_split_kernel(q_ptr, k_tab, v_tab, k_cb, v_cb, len_ptr, rowb_ptr, bias
         else:
             kv, ks = _decode_tile(ks_raw, kw_raw, k_cb, K_FAMILY, K_BITS, D, LUT, BCAST, BLOCK_N)
         s = tl.dot(q, tl.trans(kv)) * ks[None, :]
-        if HAS_ROWB:
-            s = s + rowb[:, None]
         if HAS_BIAS:
             bp = bias_ptr + b * bias_sb + t[:, None] * bias_sq + offs[None, :]
             s = s + tl.load(bp, mask=mrow[:, None] & valid[None, :], other=0.0)

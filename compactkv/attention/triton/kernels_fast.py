@@ -126,10 +126,9 @@ def _store_part(o_ptr, orow, acc, p: tl.constexpr, P: tl.constexpr, D: tl.conste
 
 @triton.jit
 def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUNK, q0, q1, q2, q3, a0, a1, a2,
-          a3, m_i, l_i, rowb, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK: tl.constexpr, PV: tl.constexpr,
+          a3, m_i, l_i, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK: tl.constexpr, PV: tl.constexpr,
           K_ASM: tl.constexpr, V_ASM: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr, NBK: tl.constexpr,
-          NBV: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr, MASKED: tl.constexpr,
-          ONE: tl.constexpr):
+          NBV: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, MASKED: tl.constexpr, ONE: tl.constexpr):
     """One tile of BLOCK_N tokens from t0: scores, online softmax (base 2), V parts accumulated."""
     offs = t0 + rn
     valid = offs < hi
@@ -142,8 +141,6 @@ def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUN
         s = tl.dot(q2, tl.trans(k2), s)
         s = tl.dot(q3, tl.trans(k3), s)
     s = s * kn.to(tl.float32)[None, :]
-    if HAS_ROWB:
-        s = s + rowb[:, None]
     if HAS_BIAS:
         bp = bias_ptr + b * bias_sb + t[:, None] * bias_sq + offs[None, :]
         s = s + tl.load(bp, mask=mrow[:, None] & valid[None, :], other=0.0)
@@ -168,11 +165,11 @@ def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUN
 
 
 @triton.jit(do_not_specialize=["qshift"])  # the fp16 window length: changes every decode step
-def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb, bias_sq,
+def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, bias_ptr, bias_sb, bias_sq,
                        o_ptr, ml_ptr, H, G, TQ, TQB, CHUNK, qshift, num_splits,
                        K_BITS: tl.constexpr, V_BITS: tl.constexpr, K_ASM: tl.constexpr, V_ASM: tl.constexpr,
                        D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
-                       CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROWB: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
                        K_TW0: tl.constexpr, K_TW1: tl.constexpr, V_TW0: tl.constexpr, V_TW1: tl.constexpr):
     """One split of one (b, kv head, block of TQB query tokens). Arguments as in `decode_split_kernel`
@@ -193,9 +190,6 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     a3 = a0
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    rowb = l_i
-    if HAS_ROWB:
-        rowb = tl.load(rowb_ptr + qrow, mask=mrow, other=0.0)
     lim = L - TQ + qshift + t
     if CAUSAL:
         hi = tl.minimum(hi, L - TQ + qshift + tl.minimum(qb * TQB + TQB, TQ))
@@ -213,14 +207,14 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, rowb_ptr, bias_ptr, bias_sb
     vb = _head_base(v_tab, 0, b, h)
     for t0 in range(lo, hi_full, BLOCK_N):
         a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUNK,
-                                         q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, rowb, bias_ptr, bias_sb,
+                                         q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr, bias_sb,
                                          bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL,
-                                         HAS_BIAS, HAS_ROWB, False, ONE_CHUNK)
+                                         HAS_BIAS, False, ONE_CHUNK)
     if hi_full < hi:
         a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, hi_full, hi, last, b, h, rn,
-                                         CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, rowb, bias_ptr,
+                                         CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr,
                                          bias_sb, bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV,
-                                         CAUSAL, HAS_BIAS, HAS_ROWB, True, ONE_CHUNK)
+                                         CAUSAL, HAS_BIAS, True, ONE_CHUNK)
     base = (bh * tl.num_programs(2) + qb) * num_splits + sid
     orow = base * BLOCK_M + rm
     _store_part(o_ptr, orow, a0, 0, PV, D)
