@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 import torch
 
@@ -78,24 +77,17 @@ def _patch() -> None:
 def main() -> None:
     from compactkv.bench import ppl
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers()
-    ppl.register(sub)
-    argv = sys.argv[1:]
-    global EXTRA_BITS
-    if "--extra-bits" in argv:
-        i = argv.index("--extra-bits")
-        EXTRA_BITS = int(argv[i + 1])
-        del argv[i:i + 2]
-    global RENORM
-    if "--renorm" in argv:
-        RENORM = True
-        argv.remove("--renorm")
-    args = p.parse_args(["ppl", *argv])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                                epilog="every other argument goes to `compactkv bench ppl`")
+    p.add_argument("--extra-bits", type=int, default=0, help="add this many bits to the emulated rate")
+    p.add_argument("--renorm", action="store_true", help="rescale each reconstruction to unit length")
+    own, rest = p.parse_known_args()
+    global EXTRA_BITS, RENORM
+    EXTRA_BITS, RENORM = own.extra_bits, own.renorm
     _patch()
     print("EMULATION: MSE kinds use the Gaussian rate-distortion test channel at their index rate (see "
           "scripts/rd_bound.py); f16 is real")
-    args.func(args)
+    ppl.run_argv(rest)
 
 
 if __name__ == "__main__":

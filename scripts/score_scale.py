@@ -4,7 +4,8 @@ With norm correction a turboB vector x_hat keeps |x| but its direction error lea
 (D: the codebook's distortion per unit variance), so scores q . k_hat are shrunk by sqrt(1 - D) on average and
 attention outputs likewise. This runs `compactkv bench ppl` with the decoded MSE-kind values of keys and/or values
 multiplied by a factor (1 / sqrt(1 - D) removes the shrinkage; printed for the kinds asked), through the torch
-reference path, everything else as shipped.
+reference path, everything else as shipped. Its figures in docs/codec.md were measured before unbiased keys became
+the cache default (3df0a07); with the default on, the key factor multiplies the already unbiased keys.
 
     python scripts/score_scale.py --k-factor auto --v-factor 1 --chunks 16 --kv f16,turbo4 --json out.json
 """
@@ -12,7 +13,6 @@ reference path, everything else as shipped.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -34,17 +34,13 @@ def distortion(head_dim: int, bits: int, n: int = 200_000) -> float:
 def main() -> None:
     from compactkv.bench import ppl
 
-    argv = sys.argv[1:]
-    factors = {"k": "1", "v": "1"}
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                                epilog="every other argument goes to `compactkv bench ppl`")
     for role in ("k", "v"):
-        flag = f"--{role}-factor"
-        if flag in argv:
-            i = argv.index(flag)
-            factors[role] = argv[i + 1]
-            del argv[i:i + 2]
-    p = argparse.ArgumentParser()
-    ppl.register(p.add_subparsers())
-    args = p.parse_args(["ppl", *argv])
+        p.add_argument(f"--{role}-factor", default="1", help=f"factor on decoded MSE-kind {role.upper()} values, "
+                       "or 'auto' for 1/sqrt(1 - D)")
+    own, rest = p.parse_known_args()
+    factors = {"k": own.k_factor, "v": own.v_factor}
 
     Codec, Layer = codec_mod.Codec, layer_mod.TurboQuantLayer
     init, key_parts = Layer.__init__, Codec.key_parts
@@ -74,7 +70,7 @@ def main() -> None:
 
     Layer.__init__, Codec.key_parts = __init__, _key_parts
     print(f"EXPERIMENT: decoded MSE-kind keys x {factors['k']}, values x {factors['v']} (see scripts/score_scale.py)")
-    args.func(args)
+    ppl.run_argv(rest)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,8 @@ def main() -> None:
         init(self, *a, **k)
 
     layer_mod.TurboQuantLayer.__init__ = __init__
-    bp = argparse.ArgumentParser()
-    ppl.register(bp.add_subparsers())
-    bench = bp.parse_args(["ppl", *rest])
     print(f"seed {args.seed}, unbiased_keys {bool(args.unbiased_keys)}")
-    bench.func(bench)
+    ppl.run_argv(rest)
 
 
 if __name__ == "__main__":

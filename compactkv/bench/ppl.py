@@ -10,6 +10,8 @@ Gate (the original plan): ΔPPL <= 0.5 PASS, > 1.0 KILL, between: WARN.
 
 from __future__ import annotations
 
+import argparse
+
 import math
 import os
 
@@ -42,6 +44,14 @@ def register(subparsers) -> None:
     p.add_argument("--png", metavar="PATH", help="plot ΔPPL vs bits per value")
     add_model_args(p)
     p.set_defaults(func=main)
+
+
+def run_argv(argv: list[str]) -> int:
+    """Run the bench from its command-line arguments (as after `compactkv bench ppl`); for scripts that patch the
+    cache first (scripts/rd_bound.py, score_scale.py, seed_spread.py)."""
+    parser = argparse.ArgumentParser(prog="ppl")
+    register(parser.add_subparsers())
+    return main(parser.parse_args(["ppl", *argv]))
 
 
 def chunks_of(ids: torch.Tensor, ctx: int, n: int) -> list[torch.Tensor]:
