@@ -36,11 +36,9 @@ def frac_unsupported(codec: Codec) -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _group_codecs(kind: str, head_dim: int, seed: int, norm_correction: bool,
-                  unbiased: bool) -> tuple[Codec, Codec]:
+def _group_codecs(b: int, head_dim: int, seed: int, norm_correction: bool, unbiased: bool) -> tuple[Codec, Codec]:
     """A turboB.5 codec's two groups as turboB+1 and turboB codecs of head_dim/2 (the same quantizers: bits,
     rotation seeds seed and seed + 1, codebooks of dimension head_dim/2), whose rows the kernel encodes."""
-    b = int(kind[len("turbo")])
     return (Codec(f"turbo{b + 1}", head_dim // 2, seed=seed, norm_correction=norm_correction, unbiased=unbiased),
             Codec(f"turbo{b}", head_dim // 2, seed=seed + 1, norm_correction=norm_correction, unbiased=unbiased))
 
@@ -51,7 +49,7 @@ def encode_frac(codec: Codec, x: torch.Tensor) -> torch.Tensor:
     why = frac_unsupported(codec)
     if why:
         raise ValueError(why)
-    hi_codec, lo_codec = _group_codecs(codec.kind, codec.head_dim, codec.seed, codec.norm_correction,
+    hi_codec, lo_codec = _group_codecs(codec.spec.bits, codec.head_dim, codec.seed, codec.norm_correction,
                                        codec.unbiased)
     x_hi, x_lo = codec.group_parts(x)
     hi, lo = encode_rows(hi_codec, x_hi), encode_rows(lo_codec, x_lo)
