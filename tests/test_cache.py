@@ -108,6 +108,8 @@ def test_policies_presets_and_explicit_lists():
     (dict(policy=["turbo4/bogus"] * 6), "unknown KV kind"),
     (dict(residual_length=-1), "residual_length"),
     (dict(block_size=0), "block_size"),
+    (dict(unbiased_keys="no"), "unbiased_keys must be True or False"),
+    (dict(scale_keys=1), "scale_keys must be True or False"),
 ])
 def test_bad_configuration_fails_before_generation(bad, match):
     with pytest.raises(ValueError, match=match):

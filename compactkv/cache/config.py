@@ -48,6 +48,10 @@ class CacheConfig:
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {val!r}")
+        for name in ("norm_correction", "unbiased_keys", "center_keys", "scale_keys"):
+            val = getattr(self, name)
+            if not isinstance(val, bool):
+                raise ValueError(f"{name} must be True or False, got {val!r}")
         for name in ("block_size", "chunk_tokens"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
