@@ -65,8 +65,15 @@ def test_meminfo_and_auto(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # /proc/meminfo changes between two reads: point detect_memory at a fixed file instead of comparing live values.
+    fake.write_text("MemTotal:       32000000 kB\nMemAvailable:   12345678 kB\n")
+    read = units.meminfo_available
+    monkeypatch.setattr(units, "meminfo_available", lambda path=fake: read(path))
     memory, device, how = units.detect_memory()
-    assert device == "cpu" and "MemAvailable" in how and memory == units.meminfo_available()
+    assert device == "cpu" and "MemAvailable" in how and memory == 12345678 * 1024
+    monkeypatch.setattr(units, "meminfo_available", lambda path=tmp_path / "missing": read(path))
+    with pytest.raises(ValueError, match="--memory SIZE"):
+        units.detect_memory()
 
 
 def test_cli_plan_json_and_table(tmp_path, capsys):
