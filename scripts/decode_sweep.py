@@ -80,12 +80,12 @@ def main(argv=None) -> int:
                 r = {"batch": b, "context": t, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
                      "x": sdpa / us, "gbps": nbytes / us / 1e3, "rel_err_vs_first": err}
                 rows.append(r)
+                if args.json:  # after every row: a run cut short by a time limit keeps what it measured
+                    with open(args.json, "w") as f:
+                        json.dump({"card": card, "rows": rows}, f, indent=1)
                 print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s"
                       f"  err {err:.1e}", flush=True)
                 del step
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"card": card, "rows": rows}, f, indent=1)
     return 0
 
 

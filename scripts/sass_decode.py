@@ -24,7 +24,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from compactkv.attention.triton import kernels_fast  # noqa: E402
-from compactkv.attention.triton.decode import packed_kind  # noqa: E402
+from compactkv.attention.triton.decode import FAST_PREFETCH, packed_kind  # noqa: E402
 from compactkv.attention.triton.fastasm import decode_asm, table_words  # noqa: E402
 from compactkv.core.codec import Codec  # noqa: E402
 
@@ -46,7 +46,7 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
                  RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, BLOCK_M=16,
                  BLOCK_N=block_n, ONE_CHUNK=True,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
-                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1])
+                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH)
     const.update(extra or {})
     sig, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):

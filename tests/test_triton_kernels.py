@@ -59,10 +59,22 @@ def test_fast_and_split_kernels_vs_float64(kk, vk, d, g, tq, fast):
     _check_decode(kk, vk, d, g, tq, fast=fast, lengths=[777, 130, 3, 64])
 
 
-def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3)):
+@pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo2", "turbo4")])
+@pytest.mark.parametrize("g,tq", [(4, 1), (8, 2)])
+@pytest.mark.parametrize("chunk", [192, 1024])  # chunk table lookups per tile / ONE_CHUNK
+@pytest.mark.parametrize("config", [
+    {"row_prefetch": 1}, {"row_prefetch": 2}, {"block_n": 16, "num_warps": 1, "row_prefetch": 1},
+    {"block_n": 32, "num_warps": 1}, {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0}])
+def test_fast_kernel_configurations_vs_float64(kk, vk, g, tq, chunk, config, d=128):
+    """The fast kernel's tile sizes, warps, register caps and row prefetch (launch_splits options) on ragged
+    lengths, none a multiple of the tile."""
+    _check_decode(kk, vk, d, g, tq, fast=True, lengths=[777, 130, 3, 64], chunk=chunk, **config)
+
+
+def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3), chunk=192, **kernel):
     from compactkv.attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
     kc, vc = Codec(kk, d, seed=3), Codec(vk, d, seed=4)
-    lengths, hkv, chunk = list(lengths), 2, 192
+    lengths, hkv = list(lengths), 2
     b, t = len(lengths), max(lengths)
     rk = kc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
     rv = vc.encode(torch.randn(b, hkv, t, d, device=DEV, dtype=torch.float16))
@@ -76,7 +88,7 @@ def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3)):
     lse = torch.full((b, hkv, g * tq), float("nan"), device=DEV)
     attend_packed(qk, chunk_table(ck), chunk_table(cv), torch.tensor(lengths, dtype=torch.int32, device=DEV),
                   packed_kind(kc), packed_kind(vc), chunk=chunk, max_len=t, tq=tq, causal=tq > 1, out=out, lse=lse,
-                  fast=fast)
+                  fast=fast, **kernel)
     got = out @ adj if adj is not None else out
     assert torch.isfinite(lse).all()
     assert _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, tq)) < TOL

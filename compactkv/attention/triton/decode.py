@@ -188,6 +188,7 @@ def fast_maxnreg(k_kind: PackedKind, v_kind: PackedKind, block_m: int, has_bias:
     return None
 
 
+FAST_PREFETCH = 0  # decode_fast_kernel's PREFETCH (launch_splits' row_prefetch)
 FAST_MIN_SPLIT = 2048  # tokens: fewer per split make the split-merge pass (and per-program setup) dominate
 
 
@@ -224,7 +225,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   num_stages: int = 2,
                   fast: bool | None = None,
                   splits_per_sm: float | None = None,
-                  maxnreg: int | None = None) -> SplitPartials:
+                  maxnreg: int | None = None, row_prefetch: int | None = None) -> SplitPartials:
     """Run the split kernel of a decode call and return its per-split partials (see attend_packed).
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -235,7 +236,8 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
     options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
     8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
-    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap).
+    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap). row_prefetch: the fast kernel's PREFETCH (0: rows
+    loaded where a tile's math starts, 1: the next tile's K rows one tile ahead, 2: K and V; None: FAST_PREFETCH).
     """
     b, h, m, d = q.shape
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
@@ -278,6 +280,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             D=d, RBK=k_kind.row_bytes, RBV=v_kind.row_bytes, CAUSAL=causal, HAS_BIAS=bias is not None,
             BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
             K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
+            PREFETCH=FAST_PREFETCH if row_prefetch is None else row_prefetch,
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
@@ -300,7 +303,7 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   num_stages: int = 2, out: torch.Tensor | None = None,
                   lse: torch.Tensor | None = None, fast: bool | None = None,
                   splits_per_sm: float | None = None,
-                  maxnreg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  maxnreg: int | None = None, row_prefetch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over packed rows.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -312,13 +315,14 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
     options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
     8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
-    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap).
+    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap). row_prefetch: see launch_splits.
     """
     b, h, m, d = q.shape
     parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, chunk=chunk, max_len=max_len, tq=tq,
                           causal=causal, qshift=qshift, bias=bias, num_splits=num_splits,
                           block_n=block_n, lut=lut, prefetch=prefetch, bcast=bcast, num_warps=num_warps,
-                          num_stages=num_stages, fast=fast, splits_per_sm=splits_per_sm, maxnreg=maxnreg)
+                          num_stages=num_stages, fast=fast, splits_per_sm=splits_per_sm, maxnreg=maxnreg,
+                          row_prefetch=row_prefetch)
     if out is None:
         out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
     if lse is None:

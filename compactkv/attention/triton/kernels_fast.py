@@ -134,6 +134,15 @@ def _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUN
     valid = offs < hi
     kn, kc = _load_codes(_tile_rows(k_tab, kb, t0, last, b, h, rn, CHUNK, RBK, ONE), valid, NBK, MASKED)
     vn, vc = _load_codes(_tile_rows(v_tab, vb, t0, last, b, h, rn, CHUNK, RBV, ONE), valid, NBV, MASKED)
+    return _tile_math(kn, kc, vn, vc, kt0, kt1, vt0, vt1, offs, valid, b, q0, q1, q2, q3, a0, a1, a2, a3, m_i,
+                      l_i, bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, CAUSAL, HAS_BIAS, MASKED)
+
+
+@triton.jit
+def _tile_math(kn, kc, vn, vc, kt0, kt1, vt0, vt1, offs, valid, b, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i,
+               bias_ptr, bias_sb, bias_sq, t, mrow, lim, PK: tl.constexpr, PV: tl.constexpr, K_ASM: tl.constexpr,
+               V_ASM: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, MASKED: tl.constexpr):
+    """The tile's work once its norms and code bytes are in registers."""
     k0, k1, k2, k3 = _unpack(kc, kt0, kt1, PK, K_ASM)
     s = tl.dot(q0, tl.trans(k0))
     s = tl.dot(q1, tl.trans(k1), s)
@@ -171,11 +180,13 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, bias_ptr, bias_sb, bias_sq,
                        D: tl.constexpr, RBK: tl.constexpr, RBV: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
-                       K_TW0: tl.constexpr, K_TW1: tl.constexpr, V_TW0: tl.constexpr, V_TW1: tl.constexpr):
+                       K_TW0: tl.constexpr, K_TW1: tl.constexpr, V_TW0: tl.constexpr, V_TW1: tl.constexpr,
+                       PREFETCH: tl.constexpr = 0):
     """One split of one (b, kv head, block of TQB query tokens). Arguments as in `decode_split_kernel`
     (K_BITS / V_BITS 2 or 4; K_ASM / V_ASM: fastasm.decode_asm for them). ONE_CHUNK: CHUNK >= every length, so
     all rows are in the tables' first chunk (its row bases are computed once, not per tile). K_TW0.. V_TW1: the
-    decoders' register table words (fastasm.table_words)."""
+    decoders' register table words (fastasm.table_words). PREFETCH: 0 loads a tile's rows where its math starts;
+    1 loads the next tile's K rows (2: K and V) one tile ahead."""
     PK: tl.constexpr = 8 // K_BITS
     PV: tl.constexpr = 8 // V_BITS
     NBK: tl.constexpr = D * K_BITS // 8
@@ -205,11 +216,39 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, bias_ptr, bias_sb, bias_sq,
         vt1 = _table_reg(V_TW1, vt0)
     kb = _head_base(k_tab, 0, b, h)
     vb = _head_base(v_tab, 0, b, h)
-    for t0 in range(lo, hi_full, BLOCK_N):
-        a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn, CHUNK,
-                                         q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr, bias_sb,
-                                         bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL,
-                                         HAS_BIAS, False, ONE_CHUNK)
+    if PREFETCH == 0:
+        for t0 in range(lo, hi_full, BLOCK_N):
+            a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, t0, hi, last, b, h, rn,
+                                             CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr, bias_sb,
+                                             bias_sq, t, mrow, lim, PK, PV, K_ASM, V_ASM, RBK, RBV, NBK, NBV, CAUSAL,
+                                             HAS_BIAS, False, ONE_CHUNK)
+    else:
+        # software pipelining in registers: the next full tile's K (PREFETCH 1) or K and V (2) rows are loaded
+        # before this tile's math, so their latency overlaps it (the 2-byte loads are too narrow for Triton's
+        # cp.async pipeliner). The prologue is masked (no full tile: nothing read); the last iteration re-loads
+        # its own tile instead of reading past hi_full.
+        first = lo + rn < hi_full
+        kn, kc = _load_codes(_tile_rows(k_tab, kb, lo, last, b, h, rn, CHUNK, RBK, ONE_CHUNK), first, NBK, True)
+        if PREFETCH > 1:
+            vn, vc = _load_codes(_tile_rows(v_tab, vb, lo, last, b, h, rn, CHUNK, RBV, ONE_CHUNK), first, NBV,
+                                 True)
+        for t0 in range(lo, hi_full, BLOCK_N):
+            tn = tl.minimum(t0 + BLOCK_N, hi_full - BLOCK_N)
+            nkn, nkc = _load_codes(_tile_rows(k_tab, kb, tn, last, b, h, rn, CHUNK, RBK, ONE_CHUNK), first, NBK,
+                                   False)
+            if PREFETCH > 1:
+                nvn, nvc = _load_codes(_tile_rows(v_tab, vb, tn, last, b, h, rn, CHUNK, RBV, ONE_CHUNK), first,
+                                       NBV, False)
+            else:
+                vn, vc = _load_codes(_tile_rows(v_tab, vb, t0, last, b, h, rn, CHUNK, RBV, ONE_CHUNK), first,
+                                     NBV, False)
+            offs = t0 + rn
+            a0, a1, a2, a3, m_i, l_i = _tile_math(kn, kc, vn, vc, kt0, kt1, vt0, vt1, offs, offs < hi, b, q0, q1,
+                                                  q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr, bias_sb, bias_sq, t,
+                                                  mrow, lim, PK, PV, K_ASM, V_ASM, CAUSAL, HAS_BIAS, False)
+            kn, kc = nkn, nkc
+            if PREFETCH > 1:
+                vn, vc = nvn, nvc
     if hi_full < hi:
         a0, a1, a2, a3, m_i, l_i = _tile(k_tab, v_tab, kb, vb, kt0, kt1, vt0, vt1, hi_full, hi, last, b, h, rn,
                                          CHUNK, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, bias_ptr,
