@@ -8,6 +8,13 @@ synchronize at the end (wall time per call; the device work per call is far shor
 then the compressed path under cProfile (top functions by own time).
 
     PYTHONPATH=. python scripts/host_overhead.py --json out.json
+    PYTHONPATH=. python scripts/host_overhead.py --device cpu --stub-launches   # glue only, any machine
+
+--stub-launches (for a CPU run): the compressed path goes through the Triton backend's host code (query map,
+chunk tables, split choice, buffers, window handling) with every Triton launch replaced by a no-op and the encode
+kernel by a stand-in returning zero rows: what is timed is the Python and torch-op work around the kernels,
+without Triton's launcher (~2 launches per call) or a GPU. A proxy for comparing versions of the glue code on a
+CPU, not a GPU figure.
 """
 
 from __future__ import annotations
@@ -28,6 +35,23 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+class _NoLaunch:
+    """Stands in for a Triton kernel: kernel[grid](...) does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _stub_launches() -> None:
+    from compactkv.attention import dispatch
+    from compactkv.attention.triton import backend, decode
+    for name in ("decode_fast_kernel", "decode_split_kernel", "decode_finish_kernel", "decode_reduce_kernel"):
+        if hasattr(decode, name):
+            setattr(decode, name, _NoLaunch())
+    backend.why_not_triton = lambda *a, **k: None
+    dispatch.triton_unavailable = lambda *a, **k: None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=1)
@@ -35,8 +59,12 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--kind", default="turbo4")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only checks the script (torch reference)")
+    p.add_argument("--stub-launches", action="store_true",
+                   help="time the Triton backend's host code with no-op launches (see the module docstring)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.stub_launches:
+        _stub_launches()
     from transformers.cache_utils import DynamicLayer
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -54,6 +82,9 @@ def main() -> None:
     layer = TurboQuantLayer(args.kind, args.kind, d, sink_tokens=cfg.sink_tokens, residual_length=cfg.residual_length,
                             block_size=cfg.block_size, chunk_tokens=cfg.chunk_tokens,
                             unbiased_keys=cfg.unbiased_keys)
+    if args.stub_launches:
+        layer.encoder = lambda codec, x: torch.zeros(*x.shape[:-1], codec.row_bytes, dtype=torch.uint8,
+                                                     device=x.device)
     layer.update(torch.randn(b, hkv, 4 + 128, d, dtype=bf, device=dev), torch.randn(b, hkv, 4 + 128, d, dtype=bf,
                                                                                     device=dev))
     layer.observe(torch.randn(b, hq, 1, d, dtype=bf, device=dev))
@@ -78,7 +109,8 @@ def main() -> None:
             return sdpa_attention_forward(module, q, k, v, None, scaling=d ** -0.5, is_causal=False)[0]
 
     res = {"card": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "args": vars(args)}
-    for name, fn in (("compressed", compressed), ("fp16", fp16)):
+    # (with --stub-launches the fp16 path would time real CPU attention over the context: not a host figure)
+    for name, fn in (("compressed", compressed),) + ((("fp16", fp16),) if not args.stub_launches else ()):
         for _ in range(20):
             fn()
         blocks = []  # per-call wall time of each block of calls (a compilation in one block shows as an outlier)

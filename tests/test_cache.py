@@ -30,6 +30,43 @@ def test_bytes_equal_storage_and_codec_nbytes():
     assert mem["compressed_bytes"] == mem["codec_bytes"] == expect
     assert mem["window_bytes"] == 2 * 2 * 2 * 3 * 64 * (2 + layer.recent_k.shape[-2])  # bytes x K,V x B x H x D
     assert layer.recent_k.shape[-2] < 8 + 4 and layer.sink_k.shape[-2] == 2
+    assert mem["compressed_fp16_bytes"] == 2 * 2 * 2 * 3 * 64 * layer.n_compressed
+    layer.update(*_kv(2, 3, 1))  # a decode step past a chunk: the window lives in a buffer of residual + block slots
+    assert layer._owned_window() is not None
+    assert layer.memory()["window_bytes"] == 2 * 2 * 2 * 3 * 64 * (2 + 8 + 4)
+
+
+def test_window_buffers_are_never_shared_between_copies_and_survive_a_failed_update():
+    layer = TurboQuantLayer("f16", "turbo4", 64, residual_length=4, block_size=4, center_keys=False, chunk_tokens=4)
+    k, v = _kv(1, 2, 40)
+    layer.update(k[..., :9, :], v[..., :9, :])
+    for i in range(9, 14):
+        layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
+    assert layer._owned_window() is not None  # decode steps after a chunk: the window is a buffer view
+    clone = copy.deepcopy(layer)
+    cropped = copy.deepcopy(layer)
+    cropped.crop(12)
+    for i in range(14, 30):  # the three continue from the same state with different tokens
+        layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
+        clone.update(-k[..., i:i + 1, :], v[..., i:i + 1, :])
+        cropped.update(2 * k[..., i:i + 1, :], v[..., i:i + 1, :])
+
+    def keys(lay):
+        return torch.cat([lay.k_codec.decode(c) for c in lay.chunks_k] + [lay.recent_k.float()], dim=-2)
+    torch.testing.assert_close(keys(layer), k[..., :30, :].half().float())
+    torch.testing.assert_close(keys(clone), torch.cat([k[..., :14, :], -k[..., 14:30, :]], -2).half().float())
+    torch.testing.assert_close(keys(cropped), torch.cat([k[..., :12, :], 2 * k[..., 14:30, :]], -2).half().float())
+    # a token that cannot be encoded fails the update that compresses it; that update leaves no trace
+    bad = v[..., 30:31, :].clone()
+    bad[..., 0] = float("nan")
+    layer.update(k[..., 30:31, :], bad)
+    with pytest.raises(ValueError):
+        for i in range(31, 40):
+            before = (layer.recent_k.clone(), layer.recent_v.clone(), layer.n_compressed, layer.get_seq_length())
+            layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
+    torch.testing.assert_close(layer.recent_k, before[0], rtol=0, atol=0)
+    torch.testing.assert_close(layer.recent_v, before[1], rtol=0, atol=0, equal_nan=True)  # (the bad token)
+    assert (layer.n_compressed, layer.get_seq_length()) == before[2:]
 
 
 def test_recent_window_compresses_in_blocks_and_tokens_keep_order():

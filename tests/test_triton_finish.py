@@ -40,7 +40,8 @@ def _check(case, device: str) -> float:
     q = torch.randn(b, h, g * tq, d, generator=gen)
     kc, vc = torch.randn(b, h, nc, d, generator=gen, dtype=f64), torch.randn(b, h, nc, d, generator=gen, dtype=f64)
     sk, sv = (torch.randn(b, h, ns, d, generator=gen).to(wdt) for _ in range(2))
-    rk, rv = (torch.randn(b, h, nr, d, generator=gen).to(wdt) for _ in range(2))
+    # the recent window as the layer holds it: views into buffers with free slots (row stride d, head stride not)
+    rk, rv = (torch.randn(b, h, nr + 9, d, generator=gen).to(wdt)[:, :, 3:3 + nr] for _ in range(2))
     adj = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=f64))[0] if has_adj else torch.eye(d, dtype=f64)
     tk = ns + nc + nr
     bias = torch.randn(b, tq, tk, generator=gen) if has_bias else None
@@ -118,8 +119,10 @@ def _layer_check(case) -> float:
     decode.fast_unsupported = lambda k, v: "the interpreter runs no inline PTX"
     torch.manual_seed(hash(case) % 2**31)
     b, hkv = 2, 2
-    layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=recent, chunk_tokens=128, scale_keys=scale)
-    for n in (300, tq):
+    layer = TurboQuantLayer(kk, vk, d, sink_tokens=sink, residual_length=recent, chunk_tokens=128, scale_keys=scale,
+                            block_size=8)  # (decode steps then append to the window in place: a strided view)
+    # decode cases: 70 one-token steps first, so the recent window moves along its buffer and is re-made once
+    for n in (300,) + ((1,) * 70 if tq < 16 else ()) + (tq,):
         layer.update(torch.randn(b, hkv, n, d).half(), torch.randn(b, hkv, n, d).half())
         layer.observe(torch.randn(b, hkv * g, n, d).half())
     q = torch.randn(b, hkv * g, tq, d).half()

@@ -85,12 +85,14 @@ class TurboQuantCache(Cache):
     def memory_report(self) -> dict:
         """Bytes held: `kv_bytes` (compressed rows + fp16 windows + per-head metadata), `compressed_bytes`,
         `window_bytes`, `aux_bytes`,
-        `fp16_bytes` (the same tokens in fp16), `ratio` (fp16 / held) and `per_layer`."""
+        `fp16_bytes` (the same tokens in fp16), `compressed_fp16_bytes` (the compressed tokens alone in fp16), `ratio` (fp16 / held) and `per_layer`."""
         per_layer = [layer.memory() for layer in self.layers]
         comp = sum(m["compressed_bytes"] for m in per_layer)
         win = sum(m["window_bytes"] for m in per_layer)
         aux = sum(m["aux_bytes"] for m in per_layer)
         fp16 = sum(m["fp16_bytes"] for m in per_layer)
+        comp16 = sum(m.get("compressed_fp16_bytes", 0) for m in per_layer)
         held = comp + win + aux
         return {"kv_bytes": held, "compressed_bytes": comp, "window_bytes": win, "aux_bytes": aux, "fp16_bytes": fp16,
+                "compressed_fp16_bytes": comp16,
                 "ratio": (fp16 / held) if held else 0.0, "per_layer": per_layer}

@@ -48,6 +48,7 @@ class TurboQuantLayer(CacheLayerMixin):
     def _clear(self) -> None:
         self.sink_k = self.sink_v = None  # [B, H, S, D] fp16
         self.recent_k = self.recent_v = None  # [B, H, R, D] fp16
+        self._window = None  # (buf_k, buf_v, recent_k, recent_v): the buffers the recent windows are views of
         self.chunks_k: list[torch.Tensor] = []  # [B, H, c, row_bytes_k] uint8
         self.chunks_v: list[torch.Tensor] = []
         self.k_mean = None  # [B, H, 1, D] float32, subtracted from keys before encoding (see center_keys)
@@ -107,11 +108,47 @@ class TurboQuantLayer(CacheLayerMixin):
             n = (k.shape[-2] // self.block_size) * self.block_size
             self._compress(k[..., :n, :], v[..., :n, :])
             k, v = k[..., n:, :], v[..., n:, :]
-        if k.shape[-2]:
+        if 0 < k.shape[-2] <= self.block_size and self.block_size >= 4 and self.n_compressed >= self.chunk_tokens:
+            self._append_recent(k, v)  # decode at long context: in place (see there)
+        elif k.shape[-2]:  # prompts (mostly compressed by the flush below) and short contexts: exact-size windows
             self.recent_k = torch.cat([self.recent_k, k.to(STORE_DTYPE)], dim=-2)
             self.recent_v = torch.cat([self.recent_v, v.to(STORE_DTYPE)], dim=-2)
         if self.calibrated:  # otherwise the attention call's query statistics come first (see observe)
             self.flush()
+
+    def _owned_window(self) -> tuple | None:
+        """The window buffer record if recent_k / recent_v are still the views this layer made of it (anything
+        that replaced them, e.g. crop, a batch map or a deep copy, gives up the buffer: never written again)."""
+        w = self._window
+        return w if w is not None and w[2] is self.recent_k and w[3] is self.recent_v else None
+
+    def _append_recent(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Decode-sized pushes once a chunk of tokens is compressed: the new tokens are written (with the fp16
+        conversion) after the window inside a buffer of residual_length + block_size token slots (the largest
+        window), and the window is a view of its first tokens: one copy per tensor per step instead of a
+        conversion plus a concatenation of the whole window and a new allocation. `flush` moves what stays to
+        the front after each compression (two copies per tensor: worth it for blocks of >= 4 tokens). The at
+        most block_size free slots are counted as held bytes; at short contexts, where they would be a visible
+        share, windows keep their exact size. Writes land after the current views, so an update that fails and
+        is rolled back leaves them intact."""
+        n, t = self.recent_k.shape[-2], k.shape[-2]
+        w = self._owned_window()
+        if w is not None and n + t <= w[0].shape[-2]:
+            buf_k, buf_v = w[0], w[1]
+        else:  # a new buffer holding the window at its start (never shared, never written in place before)
+            b, h, _, d = self.recent_k.shape
+            cap = max(n + t, self.residual_length + self.block_size)
+            buf_k = torch.empty(b, h, cap, d, dtype=STORE_DTYPE, device=self.recent_k.device)
+            buf_v = torch.empty_like(buf_k)
+            buf_k[:, :, :n].copy_(self.recent_k)
+            buf_v[:, :, :n].copy_(self.recent_v)
+        buf_k[:, :, n:n + t].copy_(k)
+        buf_v[:, :, n:n + t].copy_(v)
+        self._set_window(buf_k, buf_v, n + t)
+
+    def _set_window(self, buf_k: torch.Tensor, buf_v: torch.Tensor, n: int) -> None:
+        self.recent_k, self.recent_v = buf_k[:, :, :n], buf_v[:, :, :n]
+        self._window = (buf_k, buf_v, self.recent_k, self.recent_v)
 
     def flush(self) -> None:
         """Compress the recent tokens beyond the fp16 window, `block_size` at a time.
@@ -125,7 +162,14 @@ class TurboQuantLayer(CacheLayerMixin):
         if over >= self.block_size:
             n = (over // self.block_size) * self.block_size
             self._compress(self.recent_k[..., :n, :], self.recent_v[..., :n, :])
-            self.recent_k, self.recent_v = self.recent_k[..., n:, :].clone(), self.recent_v[..., n:, :].clone()
+            w = self._owned_window()
+            if w is not None:  # what stays moves to the buffer's front (after a successful compression only)
+                r = self.recent_k.shape[-2] - n
+                w[0][:, :, :r].copy_(w[0][:, :, n:n + r].clone())  # (overlapping ranges: through a copy)
+                w[1][:, :, :r].copy_(w[1][:, :, n:n + r].clone())
+                self._set_window(w[0], w[1], r)
+            else:
+                self.recent_k, self.recent_v = self.recent_k[..., n:, :].clone(), self.recent_v[..., n:, :].clone()
 
     def observe(self, query: torch.Tensor) -> None:
         """Called by the attention function with the (post-RoPE) query [B, Hq, Tq, D] before it reads the cache.
@@ -304,11 +348,12 @@ class TurboQuantLayer(CacheLayerMixin):
 
     # -- accounting ----------------------------------------------------------------------------------------------
     def memory(self) -> dict:
-        """Bytes really held: compressed rows, the fp16 windows, per-head metadata (key means, outlier channel maps),
-        and the fp16 equivalent of the stored tokens."""
+        """Bytes really held: compressed rows, the fp16 windows (their buffers' free slots included), per-head
+        metadata (key means, outlier channel maps), and the fp16 equivalent of the stored tokens (all of them, and
+        the compressed ones alone)."""
         if not self.is_initialized:
             return {"compressed_bytes": 0, "window_bytes": 0, "aux_bytes": 0, "fp16_bytes": 0, "tokens": 0,
-                    "codec_bytes": 0}
+                    "codec_bytes": 0, "compressed_fp16_bytes": 0}
         comp = sum(_storage_bytes(c) for c in self.chunks_k + self.chunks_v)
         win = sum(_storage_bytes(t) for t in (self.sink_k, self.sink_v, self.recent_k, self.recent_v))
         aux = [self.k_mean, self.k_scale] + [c.outliers for c in (self.k_codec, self.v_codec)]  # per-head metadata
@@ -316,6 +361,7 @@ class TurboQuantLayer(CacheLayerMixin):
         b, h = self.sink_k.shape[:2]
         return {"compressed_bytes": comp, "window_bytes": win, "aux_bytes": aux_bytes, "tokens": self.stored_length(),
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.stored_length(),
+                "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * self.n_compressed,
                 "codec_bytes": b * h * (self.k_codec.nbytes(self.n_compressed) + self.v_codec.nbytes(self.n_compressed))}
 
 

@@ -132,6 +132,7 @@ class StaticTurboQuantLayer(CacheLayerMixin):
         b, h = self.k_rows.shape[:2]
         return {"compressed_bytes": comp, "window_bytes": 0, "tokens": self.cumulative_length,
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
+                "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
                 "codec_bytes": b * h * (self.k_codec.nbytes(self.cumulative_length)
                                         + self.v_codec.nbytes(self.cumulative_length))}
 

@@ -107,9 +107,10 @@ def report(gen, lm, k: str, v: str, policy, backend: str) -> str:
     t = gen.timings
     mem = gen.memory()
     held, fp16, comp, win = mem["kv_bytes"], mem["fp16_bytes"], mem["compressed_bytes"], mem["window_bytes"]
+    comp16 = mem.get("compressed_fp16_bytes", 0)
     overall = f"{fp16 / held:.2f}x smaller, {100 * held / fp16:.1f}% of fp16" if held else "empty"
-    rows = (f"compressed rows {comp / 1e6:.3f} MB vs {(fp16 - win) / 1e6:.3f} MB fp16 "
-            f"({(fp16 - win) / comp:.2f}x, {100 * comp / (fp16 - win):.1f}%)" if comp else "no compressed rows yet")
+    rows = (f"compressed rows {comp / 1e6:.3f} MB vs {comp16 / 1e6:.3f} MB fp16 "
+            f"({comp16 / comp:.2f}x, {100 * comp / comp16:.1f}%)" if comp and comp16 else "no compressed rows yet")
     kinds = f"K {k} / V {v}" + (f", policy {policy}" if policy else "")
     return "\n".join([
         f"--- {lm.name} on {lm.device}, {kinds}, {backend} cache, finish: {gen.finish_reason}",

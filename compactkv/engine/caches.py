@@ -44,12 +44,13 @@ def make_cache(model: Any, k: str = "turbo4", v: str = "turbo4", policy: Any = N
 def cache_memory(cache: Any) -> dict:
     """Bytes of one cache: `kv_bytes` really held = `compressed_bytes` + `window_bytes` (tokens kept in fp16: sinks,
     the recent window, or everything in an uncompressed cache) + `aux_bytes` (per-head key means and outlier
-    maps); `fp16_bytes` = the same tokens in fp16."""
+    maps); `fp16_bytes` = the same tokens in fp16, `compressed_fp16_bytes` = the compressed ones in fp16."""
     if hasattr(cache, "memory_report"):
         r = cache.memory_report()
         return {"kv_bytes": int(r["kv_bytes"]), "fp16_bytes": int(r["fp16_bytes"]),
                 "compressed_bytes": int(r.get("compressed_bytes", r["kv_bytes"])),
                 "window_bytes": int(r.get("window_bytes", 0)), "aux_bytes": int(r.get("aux_bytes", 0)),
+                "compressed_fp16_bytes": int(r.get("compressed_fp16_bytes", 0)),
                 "tokens": int(cache.get_seq_length())}
     held = fp16 = 0
     for layer in getattr(cache, "layers", ()):
@@ -58,7 +59,7 @@ def cache_memory(cache: Any) -> dict:
                 held += t.numel() * t.element_size()
                 fp16 += t.numel() * 2
     return {"kv_bytes": held, "fp16_bytes": fp16, "compressed_bytes": 0, "window_bytes": held, "aux_bytes": 0,
-            "tokens": int(cache.get_seq_length())}
+            "compressed_fp16_bytes": 0, "tokens": int(cache.get_seq_length())}
 
 
 @lru_cache(maxsize=None)

@@ -360,14 +360,19 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     """
     b, h, m, d = q.shape
     g = m // tq
-    tqb, nqb, block_m = query_blocks(g, tq)
-    if parts is not None and (parts.tqb, parts.nqb, parts.block_m) != (tqb, nqb, block_m):
-        raise ValueError("split partials were made for another query blocking")
-    sk, sv, rk, rv = (w.contiguous() for w in windows)
-    n_sink, n_recent = sk.shape[-2], rk.shape[-2]
+    if parts is not None:  # the split launch chose the blocking for this very query shape
+        if (parts.g, parts.tq) != (g, tq):
+            raise ValueError("split partials were made for another query shape")
+        tqb, nqb, block_m = parts.tqb, parts.nqb, parts.block_m
+    else:
+        tqb, nqb, block_m = query_blocks(g, tq)
+    sk, sv, rk, rv = windows
     if sv.shape != sk.shape or rv.shape != rk.shape or any(w.shape[:2] != (b, h) or w.shape[-1] != d
                                                           for w in (sk, rk)):
         raise ValueError("window K/V must be [B, H, n, D] pairs matching the query")
+    sk, sv = _window_pair(sk, sv)
+    rk, rv = _window_pair(rk, rv)
+    n_sink, n_recent = sk.shape[-2], rk.shape[-2]
     q = q.contiguous()
     out = torch.empty(b, tq, h * g, d, dtype=out_dtype, device=q.device)
     if bias is not None and bias.stride(-1) != 1:
@@ -376,7 +381,8 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     kmean = k_mean.float().reshape(b * h, d) if k_mean is not None and splits else None
     block_s = max(2, triton.next_power_of_2(splits))
     decode_finish_kernel[(b * h * nqb * block_m,)](
-        o, ml, splits, q, qscale, sk, sv, n_sink, rk, rv, n_recent, n_comp,
+        o, ml, splits, q, qscale, sk, sv, n_sink, sk.stride(0), sk.stride(1), rk, rv, n_recent, rk.stride(0),
+        rk.stride(1), n_comp,
         adj.contiguous() if adj is not None else q, kmean.contiguous() if kmean is not None else q,
         bias if bias is not None else q,
         bias.stride(0) if bias is not None and bias.shape[0] > 1 else 0, bias.stride(1) if bias is not None else 0,
@@ -385,6 +391,15 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
         ADJ_PER_HEAD=adj is not None and adj.dim() == 3, HAS_KMEAN=kmean is not None, HAS_BIAS=bias is not None,
         CAUSAL=causal, num_warps=4)
     return out
+
+
+def _window_pair(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A K/V window pair as the finishing kernel reads it: rows of D contiguous values, both tensors with the
+    same strides (views into the layer's window buffers pass as they are; anything else is made contiguous)."""
+    d = k.shape[-1]
+    if k.stride()[-2:] == (d, 1) and v.stride() == k.stride():
+        return k, v
+    return k.contiguous(), v.contiguous()
 
 
 def dequant_packed(table: torch.Tensor, kind: PackedKind, b: int, h: int, t: int, chunk: int,

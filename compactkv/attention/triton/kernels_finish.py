@@ -52,7 +52,7 @@ def _window_tile(q, k_base, v_base, n, t0, key_abs0, qpos, bias_at, HAS_BIAS: tl
 # the window and history lengths change every decode step: not specialized (no compilation per value class)
 @triton.jit(do_not_specialize=["num_splits", "n_sink", "n_recent", "n_comp"])
 def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
-                         sk_ptr, sv_ptr, n_sink, rk_ptr, rv_ptr, n_recent, n_comp,
+                         sk_ptr, sv_ptr, n_sink, s_sb, s_sh, rk_ptr, rv_ptr, n_recent, r_sb, r_sh, n_comp,
                          adj_ptr, kmean_ptr, bias_ptr, bias_sb, bias_st, out_ptr,
                          H, G, TQ, TQB, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ADJ: tl.constexpr,
@@ -62,13 +62,13 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
 
     o_ptr/ml_ptr: split partials [B*H*NQB, num_splits, BLOCK_M, D] and [.., 2, BLOCK_M] (num_splits may be 0;
     BLOCK_S >= num_splits). q_ptr: fp32 [B*H, G*TQ, D], rows g*TQ + t, in the original (unrotated) space,
-    unscaled; qscale = softmax scale * log2 e. sk/sv, rk/rv: contiguous [B, H, n, D] fp16/bf16 sink and recent
-    windows. adj_ptr: fp32 [D, D] (or [H, D, D] with ADJ_PER_HEAD), the V inverse map acting on row vectors
-    (when HAS_ADJ). kmean_ptr: fp32
-    [B*H, D], the key mean subtracted before compression (when HAS_KMEAN): the split scores lack q·k_mean, added
-    here to the compressed part's max. bias_ptr: fp32
-    [B or 1, TQ, tk] additive mask (strides bias_sb, bias_st; last stride 1; tk = n_sink + n_comp + n_recent).
-    out_ptr: [B, TQ, H*G, D] in its dtype.
+    unscaled; qscale = softmax scale * log2 e. sk/sv, rk/rv: [B, H, n, D] fp16/bf16 sink and recent windows
+    with contiguous rows; batch and head strides (in elements) s_sb, s_sh for the sink pair, r_sb, r_sh for the
+    recent pair (the recent window may be a view into a larger buffer, see TurboQuantLayer). adj_ptr: fp32
+    [D, D] (or [H, D, D] with ADJ_PER_HEAD), the V inverse map acting on row vectors (when HAS_ADJ). kmean_ptr:
+    fp32 [B*H, D], the key mean subtracted before compression (when HAS_KMEAN): the split scores lack q·k_mean,
+    added here to the compressed part's max. bias_ptr: fp32 [B or 1, TQ, tk] additive mask (strides bias_sb,
+    bias_st; last stride 1; tk = n_sink + n_comp + n_recent). out_ptr: [B, TQ, H*G, D] in its dtype.
     """
     pid = tl.program_id(0)  # (bh * NQB + qb) * BLOCK_M + r
     r = pid % BLOCK_M
@@ -103,11 +103,11 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
         l_w = tl.zeros([], tl.float32)
         acc_w = tl.zeros([D], tl.float32)
         bias_at = bias_ptr + b * bias_sb + t * bias_st
-        win = bh.to(tl.int64) * n_sink * D
+        win = b.to(tl.int64) * s_sb + h.to(tl.int64) * s_sh
         for t0 in range(0, n_sink, BLOCK_W):
             m_w, l_w, acc_w = _window_tile(q, sk_ptr + win, sv_ptr + win, n_sink, t0, 0, qpos, bias_at, HAS_BIAS,
                                            CAUSAL, m_w, l_w, acc_w, D, BLOCK_W)
-        win = bh.to(tl.int64) * n_recent * D
+        win = b.to(tl.int64) * r_sb + h.to(tl.int64) * r_sh
         for t0 in range(0, n_recent, BLOCK_W):
             m_w, l_w, acc_w = _window_tile(q, rk_ptr + win, rv_ptr + win, n_recent, t0, n_sink + n_comp, qpos,
                                            bias_at + n_sink + n_comp, HAS_BIAS, CAUSAL, m_w, l_w, acc_w, D,

@@ -45,10 +45,13 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     # rotated by fwd_k, so they are used as expanded, the fp16 windows are mapped into that space (a few
     # tokens) and the query is mapped by (q / k_scale) @ fwd_k. Every score is then q·k - q·mean: the same
     # offset for all keys of a query row, which the softmax removes.
-    q = query.float() if k_scale is not None else query
+    # (q / k_scale) @ fwd_k = q @ (diag(1 / k_scale) fwd_k): the scale is folded into the map, per KV head, so
+    # the [B, Hq, Tq, D] query goes through one fp16 matmul (no fp32 copy and division of the whole prompt's queries)
+    q_map = fwd_k
     if k_scale is not None:
-        q = q / k_scale.float().repeat_interleave(g, dim=0)[None, :, None, :]
-    q = _rotate(q, per_query_head(fwd_k))
+        base = fwd_k if fwd_k is not None else torch.eye(d, device=dev)
+        q_map = base / k_scale.float()[:, :, None].to(dev)  # [H, D, D]
+    q = _rotate(query, per_query_head(q_map))
 
     def to_key_space(x: torch.Tensor) -> torch.Tensor:
         if k_mean is None and k_scale is None:

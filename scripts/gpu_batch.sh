@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU work, in three parts that each fit a 10-minute call (results under $OUT, or ./out).
+#
+#   bash scripts/gpu_batch.sh tests   # every Triton GPU test, three pytest processes at once (compiles in parallel)
+#   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: row prefetch, tiles/warps, register caps, splits
+#   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
+#
+# The sweep's variants are attend_packed keyword sets (scripts/decode_sweep.py); the first one is the default,
+# every other variant's output is compared with it (err column) and timed as CUDA-graph medians next to SDPA.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=.
+nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader
+case "${1:-}" in
+tests)
+    python -m pytest -q -k "fast_kernel_configurations" tests/test_triton_kernels.py > "$OUT/pytest_a.txt" 2>&1 &
+    python -m pytest -q -k "not fast_kernel_configurations" tests/test_triton_kernels.py > "$OUT/pytest_b.txt" 2>&1 &
+    python -m pytest -q tests/test_triton_finish.py tests/test_triton_dispatch.py tests/test_fast_sass.py \
+        > "$OUT/pytest_c.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20; done
+    ;;
+sweep)
+    python scripts/decode_sweep.py --json "$OUT/sweep.json" --shapes "${SHAPES:-8x32768,1x131072}" \
+        --kinds "${KINDS:-turbo4,turbo2}" --variants '[{},
+         {"row_prefetch": 1}, {"row_prefetch": 1, "maxnreg": 168}, {"row_prefetch": 2, "maxnreg": 0},
+         {"block_n": 16, "num_warps": 1, "maxnreg": 0}, {"block_n": 16, "num_warps": 1, "maxnreg": 0, "splits_x": 4},
+         {"block_n": 16, "num_warps": 1, "maxnreg": 128, "splits_x": 4},
+         {"block_n": 16, "num_warps": 1, "maxnreg": 128, "row_prefetch": 1, "splits_x": 4},
+         {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2},
+         {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0}]' > "$OUT/sweep.txt" 2>&1
+    tail -50 "$OUT/sweep.txt"
+    ;;
+ncu)
+    timeout 300 ncu --clock-control none --kernel-name regex:decode_fast --launch-skip 3 --launch-count 1 \
+        --section WarpStateStats --section SchedulerStats --section Occupancy --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis python scripts/profile_decode.py turbo4 8 32768 > "$OUT/ncu.txt" 2>&1
+    tail -90 "$OUT/ncu.txt"
+    ;;
+*)
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu" >&2
+    exit 2
+    ;;
+esac
