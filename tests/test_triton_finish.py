@@ -159,6 +159,16 @@ def _encode_frac_mismatches(device: str) -> int:
         codec = Codec(kind, d, seed=4, unbiased=True)
         x = (torch.randn(2, 3, 37, d, generator=torch.Generator().manual_seed(d)) * 2).to(torch.bfloat16)
         bad += int((encode_rows(codec, x.to(device)).cpu() != codec.encode(x)).sum())
+    # every bit width and head_dim of the kernel, with and without norm correction (the codebook search is a
+    # binary search over the boundaries: it must give the CPU's count of boundaries below each value); a zero row
+    for kind in ("turbo2", "turbo3", "turbo4"):
+        for d in (32, 64, 128, 256):
+            for nc in (True, False):
+                gen = torch.Generator().manual_seed(d + len(kind))
+                x = (torch.randn(1, 2, 19, d, generator=gen) * torch.rand(1, 2, 19, 1, generator=gen) * 8).half()
+                x[0, 1, 3] = 0
+                codec = Codec(kind, d, seed=7, norm_correction=nc)
+                bad += int((encode_rows(codec, x.to(device)).cpu() != codec.encode(x)).sum())
     return bad
 
 
