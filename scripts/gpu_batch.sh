@@ -4,6 +4,7 @@
 #   bash scripts/gpu_batch.sh tests   # every Triton GPU test, three pytest processes at once (compiles in parallel)
 #   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: row prefetch, tiles/warps, register caps, splits
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
+#   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
 #
 # The sweep's variants are attend_packed keyword sets (scripts/decode_sweep.py); the first one is the default,
 # every other variant's output is compared with it (err column) and timed as CUDA-graph medians next to SDPA.
@@ -38,8 +39,13 @@ ncu)
         --section MemoryWorkloadAnalysis python scripts/profile_decode.py turbo4 8 32768 > "$OUT/ncu.txt" 2>&1
     tail -90 "$OUT/ncu.txt"
     ;;
+bench)
+    python -m compactkv.cli bench kernels --json "$OUT/kernels.json" --prefill '' --batches 1,8 \
+        --contexts 32768,131072 --kinds turbo4,turbo3,turbo2 > "$OUT/kernels.txt" 2>&1
+    tail -40 "$OUT/kernels.txt"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench" >&2
     exit 2
     ;;
 esac

@@ -178,7 +178,7 @@ def encode_bench(device) -> list[dict]:
     for kind in ("turbo4", "turbo3", "turbo2"):
         codec = Codec(kind, HEAD_DIM)
         out = torch.empty(8, HKV, 8192, codec.row_bytes, dtype=torch.uint8, device=device)
-        for rows in (4, 8, 16):
+        for rows in (4, 8, 16, 32):
             ms = tt.do_bench(lambda: encode_rows(codec, x, out, block_rows=rows), warmup=25, rep=100,
                              return_mode="median")
             moved = x.numel() * 2 + out.numel()
