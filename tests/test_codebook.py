@@ -1,4 +1,4 @@
-"""Lloyd-Max codebooks: Gaussian limit, brute-force k-means on exact samples, symmetry, exact MSE, speed."""
+"""Lloyd-Max codebooks: Gaussian limit, brute-force k-means on exact samples, symmetry, exact MSE."""
 
 import math
 
