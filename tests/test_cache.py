@@ -44,6 +44,7 @@ def test_window_buffers_are_never_shared_between_copies_and_survive_a_failed_upd
         layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
     assert layer._owned_window() is not None  # decode steps after a chunk: the window is a buffer view
     clone = copy.deepcopy(layer)
+    assert clone._window is None  # a copy holds no reference to this layer's window buffers
     cropped = copy.deepcopy(layer)
     cropped.crop(12)
     for i in range(14, 30):  # the three continue from the same state with different tokens

@@ -120,7 +120,9 @@ class TurboQuantLayer(CacheLayerMixin):
         """The window buffer record if recent_k / recent_v are still the views this layer made of it (anything
         that replaced them, e.g. crop, a batch map or a deep copy, gives up the buffer: never written again)."""
         w = self._window
-        return w if w is not None and w[2] is self.recent_k and w[3] is self.recent_v else None
+        if w is not None and not (w[2] is self.recent_k and w[3] is self.recent_v):
+            self._window = w = None  # let the buffers go with the views that still use them (none are counted twice)
+        return w
 
     def _append_recent(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Decode-sized pushes once a chunk of tokens is compressed: the new tokens are written (with the fp16
@@ -301,6 +303,7 @@ class TurboQuantLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         self.backend_state = {}  # derived from the tensors being replaced (and would keep them alive)
+        self._window = None  # (the windows are replaced below: their buffers are not this layer's any more)
         self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
         self.recent_k, self.recent_v = fn(self.recent_k), fn(self.recent_v)
         self.chunks_k = [fn(c) for c in self.chunks_k]
@@ -341,6 +344,7 @@ class TurboQuantLayer(CacheLayerMixin):
         new.k_codec, new.v_codec = copy.copy(self.k_codec), copy.copy(self.v_codec)
         new.chunks_k, new.chunks_v = [c.clone() for c in self.chunks_k], [c.clone() for c in self.chunks_v]
         new.backend_state = {}
+        new._window = None  # the copy's windows are clones: it must not hold (or write) this layer's buffers
         for name in ("sink_k", "sink_v", "recent_k", "recent_v"):
             t = getattr(self, name)
             setattr(new, name, None if t is None else t.clone())
