@@ -84,8 +84,8 @@ class TurboQuantCache(Cache):
 
     def memory_report(self) -> dict:
         """Bytes held: `kv_bytes` (compressed rows + fp16 windows + per-head metadata), `compressed_bytes`,
-        `window_bytes`, `aux_bytes`,
-        `fp16_bytes` (the same tokens in fp16), `compressed_fp16_bytes` (the compressed tokens alone in fp16), `ratio` (fp16 / held) and `per_layer`."""
+        `window_bytes`, `aux_bytes`, `fp16_bytes` (the same tokens in fp16), `compressed_fp16_bytes` (the
+        compressed tokens alone in fp16), `ratio` (fp16 / held) and `per_layer`."""
         per_layer = [layer.memory() for layer in self.layers]
         comp = sum(m["compressed_bytes"] for m in per_layer)
         win = sum(m["window_bytes"] for m in per_layer)
