@@ -191,3 +191,17 @@ def test_prefill_after_history_is_bottom_right_causal(g):
     keep = torch.arange(140)[None, :] <= torch.arange(100, 140)[:, None]
     want = (torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v).transpose(1, 2)
     assert torch.allclose(got, want, atol=2e-3)
+
+
+def test_launch_options_out_of_range_are_refused_before_any_launch():
+    pytest.importorskip("triton")
+    from compactkv.attention.triton.decode import chunk_table, launch_splits, packed_kind
+    from compactkv.core.codec import Codec
+    pk = packed_kind(Codec("turbo4", 64))
+    rows = torch.zeros(1, 2, 64, pk.row_bytes, dtype=torch.uint8)
+    tab = chunk_table([rows])
+    q, lengths = torch.zeros(1, 2, 4, 64), torch.full((1,), 64, dtype=torch.int32)
+    with pytest.raises(ValueError, match="row_prefetch must be 0, 1 or 2"):
+        launch_splits(q, tab, tab, lengths, pk, pk, chunk=64, max_len=64, tq=1, row_prefetch=3)
+    with pytest.raises(ValueError, match="not a multiple of the block"):
+        launch_splits(q, tab, tab, lengths, pk, pk, chunk=100, max_len=64, tq=1)

@@ -14,7 +14,8 @@ import functools
 
 import torch
 
-from .decode import LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, unsupported
+from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, query_key_map,
+                     unsupported)
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -92,21 +93,17 @@ def _same(a: tuple, b: tuple) -> bool:
 
 def _query_maps(layer, scaling: float, device) -> torch.Tensor:
     """w: `q @ w` is the query in the K segment space, divided by the key scale (keys are stored as
-    (k - mean) * k_scale) and multiplied by scaling * log2 e; fp32 [D, D] or [H, D, D]. The mean's share of the
-    scores (q·k_mean, the same for every compressed key of a row) is added by the finishing kernel. Fractional
-    kinds have one map per head ([1, H, D, D] with a key scale). Kept in `layer.backend_state` while k_scale,
-    scaling and the outlier channels are unchanged."""
+    (k - mean) * k_scale; `query_key_map`) and multiplied by scaling * log2 e; fp32 [D, D] or [H, D, D]. The
+    mean's share of the scores (q·k_mean, the same for every compressed key of a row) is added by the finishing
+    kernel. Kept in `layer.backend_state` while k_scale, scaling and the outlier channels are unchanged."""
     k_scale = getattr(layer, "k_scale", None)
     key = (scaling, device, k_scale, layer.k_codec.outliers)
     state = getattr(layer, "backend_state", None)
     cached = state.get("triton_maps") if state is not None else None
     if cached is not None and _same(cached[0], key):
         return cached[1]
-    fwd, _ = codec_maps(layer.k_codec, device)
-    w = fwd if fwd is not None else torch.eye(layer.k_codec.head_dim, device=device)
-    if k_scale is not None:  # (q / s) @ fwd = q @ (diag(1 / s) fwd)
-        w = w[None] / k_scale.float()[:, :, None]
-    w = w * (scaling * LOG2E)
+    w = query_key_map(layer.k_codec, k_scale, device)
+    w = (w if w is not None else torch.eye(layer.k_codec.head_dim, device=device)) * (scaling * LOG2E)
     if state is not None:
         state["triton_maps"] = (key, w)
     return w

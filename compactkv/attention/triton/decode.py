@@ -18,8 +18,7 @@ from ...core.codebook import lloyd_max
 from ...core.codec import Codec
 from .fastasm import decode_asm, table_words
 from .kernels_decode import (FAMILY_F16, FAMILY_FRAC, FAMILY_MSE, FAMILY_Q8_0, decode_reduce_kernel,
-                             decode_split_kernel,
-                             dequant_kernel)
+                             decode_split_kernel, dequant_kernel)
 from .kernels_fast import decode_fast_kernel
 from .kernels_finish import decode_finish_kernel
 
@@ -59,8 +58,7 @@ def packed_kind(codec: Codec) -> PackedKind | None:
     """The kernel description of `codec`, or None when only the torch reference handles it (see unsupported)."""
     return None if unsupported(codec) else PackedKind(
         {"f16": FAMILY_F16, "q8_0": FAMILY_Q8_0, "mse": FAMILY_MSE, "frac": FAMILY_FRAC}[codec.spec.family],
-        codec.spec.bits,
-        codec.head_dim, codec.row_bytes, codec.kind)
+        codec.spec.bits, codec.head_dim, codec.row_bytes, codec.kind)
 
 
 def unsupported(codec: Codec) -> str | None:
@@ -138,6 +136,17 @@ def _frac_maps(codec: Codec, device: torch.device) -> tuple[torch.Tensor | None,
     maps = fwd.float().to(device), fwd.transpose(-1, -2).float().contiguous().to(device)
     _FRAC_MAPS[codec] = (hi, device, maps)
     return maps
+
+
+def query_key_map(k_codec: Codec, k_scale: torch.Tensor | None, device) -> torch.Tensor | None:
+    """The map taking a query into the space `k_codec`'s rows are read in, for keys stored scaled by k_scale
+    [H, D] (TurboQuantLayer.scale_keys): (q / k_scale) @ fwd = q @ (diag(1 / k_scale) fwd), fp32 [D, D] or
+    [H, D, D] on row vectors; None = identity. Decode and prefill both score the query through it."""
+    fwd, _ = codec_maps(k_codec, device)
+    if k_scale is None:
+        return fwd
+    base = fwd if fwd is not None else torch.eye(k_codec.head_dim, device=device)
+    return base / k_scale.float().to(device)[:, :, None]
 
 
 def chunk_table(chunks: list[torch.Tensor]) -> torch.Tensor:
@@ -226,7 +235,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   fast: bool | None = None,
                   splits_per_sm: float | None = None,
                   maxnreg: int | None = None, row_prefetch: int | None = None) -> SplitPartials:
-    """Run the split kernel of a decode call and return its per-split partials (see attend_packed).
+    """Run the split kernel of a decode call and return its per-split partials.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
     k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
@@ -240,6 +249,8 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     loaded where a tile's math starts, 1: the next tile's K rows one tile ahead, 2: K and V; None: FAST_PREFETCH).
     """
     b, h, m, d = q.shape
+    if row_prefetch not in (None, 0, 1, 2):
+        raise ValueError(f"row_prefetch must be 0, 1 or 2 (None: FAST_PREFETCH), got {row_prefetch!r}")
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
         raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
     why = fast_unsupported(k_kind, v_kind)
@@ -296,41 +307,23 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
 
 
 def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
-                  k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, tq: int,
-                  causal: bool = False, qshift: int = 0, bias: torch.Tensor | None = None,
-                  num_splits: int | None = None, block_n: int | None = None,
-                  lut: bool = False, prefetch: bool = True, bcast: bool = False, num_warps: int | None = None,
-                  num_stages: int = 2, out: torch.Tensor | None = None,
-                  lse: torch.Tensor | None = None, fast: bool | None = None,
-                  splits_per_sm: float | None = None,
-                  maxnreg: int | None = None, row_prefetch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q over packed rows.
-
-    q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
-    k_table, v_table: `chunk_table`s of chunks holding `chunk` tokens each (the last may hold fewer).
-    lengths: int32 [B] compressed tokens per batch row (<= max_len). bias: fp32 [B, Tq, >= max_len] additive, in
-    log2 units. causal: key j visible to token t iff j <= length - Tq + qshift + t. Returns (out fp32
-    [B, H, G*Tq, D] in the V segment space, lse fp32 [B, H, G*Tq]),
-    written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass poisoned buffers).
-    fast: None picks `decode_fast_kernel` wherever `fast_unsupported` allows it (lut/bcast are split-kernel
-    options and select the split kernel); True requires it; False forces the split kernel. splits_per_sm: None =
-    8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
-    cap of the fast kernel (None: `fast_maxnreg`; 0: no cap). row_prefetch: see launch_splits.
+                  k_kind: PackedKind, v_kind: PackedKind, *, out: torch.Tensor | None = None,
+                  lse: torch.Tensor | None = None, **split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over packed rows: `launch_splits` (its arguments and keyword options: chunk, max_len, tq,
+    causal, ..., row_prefetch) and one merge launch. Returns (out fp32 [B, H, G*Tq, D] in the V segment space,
+    lse fp32 [B, H, G*Tq]), written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass
+    poisoned buffers).
     """
     b, h, m, d = q.shape
-    parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, chunk=chunk, max_len=max_len, tq=tq,
-                          causal=causal, qshift=qshift, bias=bias, num_splits=num_splits,
-                          block_n=block_n, lut=lut, prefetch=prefetch, bcast=bcast, num_warps=num_warps,
-                          num_stages=num_stages, fast=fast, splits_per_sm=splits_per_sm, maxnreg=maxnreg,
-                          row_prefetch=row_prefetch)
+    parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, **split)
     if out is None:
         out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
     if lse is None:
         lse = torch.empty(b, h, m, dtype=torch.float32, device=q.device)
     if out.shape != (b, h, m, d) or lse.shape != (b, h, m) or not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out / lse must be contiguous fp32 [B, H, G*Tq, D] / [B, H, G*Tq]")
-    o, ml, num_splits, block_m, g, tqb, nqb = (parts.o, parts.ml, parts.num_splits, parts.block_m, parts.g,
-                                               parts.tqb, parts.nqb)
+    o, ml, num_splits, block_m, g, tq, tqb, nqb = (parts.o, parts.ml, parts.num_splits, parts.block_m, parts.g,
+                                                   parts.tq, parts.tqb, parts.nqb)
     block_s = max(2, triton.next_power_of_2(num_splits))
     decode_reduce_kernel[(b * h * nqb * block_m,)](
         o, ml, out, lse, g, tq, tqb, num_splits, D=d, BLOCK_M=block_m, BLOCK_S=block_s,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from .decode import codec_maps, dequant_packed, packed_kind
+from .decode import codec_maps, dequant_packed, packed_kind, query_key_map
 
 PREFILL_MIN_TQ = 16  # query tokens from which a call goes through here instead of the split-K decode kernel
 
@@ -43,15 +43,10 @@ def prefill_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, sca
     k_scale = getattr(layer, "k_scale", None)
     # Scores are taken in the space the keys are stored in: compressed keys are rows of (k - mean) * k_scale
     # rotated by fwd_k, so they are used as expanded, the fp16 windows are mapped into that space (a few
-    # tokens) and the query is mapped by (q / k_scale) @ fwd_k. Every score is then q·k - q·mean: the same
-    # offset for all keys of a query row, which the softmax removes.
-    # (q / k_scale) @ fwd_k = q @ (diag(1 / k_scale) fwd_k): the scale is folded into the map, per KV head, so
-    # the [B, Hq, Tq, D] query goes through one fp16 matmul (no fp32 copy and division of the whole prompt's queries)
-    q_map = fwd_k
-    if k_scale is not None:
-        base = fwd_k if fwd_k is not None else torch.eye(d, device=dev)
-        q_map = base / k_scale.float()[:, :, None].to(dev)  # [H, D, D]
-    q = _rotate(query, per_query_head(q_map))
+    # tokens) and the query by (q / k_scale) @ fwd_k, the key scale folded into the map (one fp16 matmul of the
+    # whole prompt's queries). Every score is then q·k - q·mean: the same offset for all keys of a query row,
+    # which the softmax removes.
+    q = _rotate(query, per_query_head(query_key_map(kc, k_scale, dev)))
 
     def to_key_space(x: torch.Tensor) -> torch.Tensor:
         if k_mean is None and k_scale is None:
