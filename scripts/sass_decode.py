@@ -1,7 +1,9 @@
 """SASS of the fast decode kernel for sm_90, compiled on any machine (no GPU needed): registers and the
 instructions of the main (full-tile) loop, by opcode.
 
-    python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--dump DIR]
+    python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--maxnreg N]
+                                  [--prefetch 0|1|2] [--dump DIR]
+    python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernel
 
 Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
 chunk): pointers 16-byte aligned, ints divisible by 16 marked so, ints equal to 1 constexpr.
@@ -48,6 +50,30 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
                  V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH)
     const.update(extra or {})
+    return _compile(fn, args, const, dict(num_warps=num_warps, num_stages=num_stages,
+                                          **({"maxnreg": maxnreg} if maxnreg else {})))
+
+
+def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int = 4, norm_correction: bool = True):
+    """encode_mse_kernel as encode.encode_rows launches it (fp16 input, rows of 8 heads x 4096 tokens)."""
+    from compactkv.attention.triton.kernels_encode import encode_mse_kernel
+    codec = Codec(kind, d)
+    x = torch.empty(64, dtype=torch.float16)
+    out = torch.empty(64, dtype=torch.uint8)
+    f32 = torch.empty(64, dtype=torch.float32)
+    rows = 8 * 4096
+    args = dict(x_ptr=x, sxb=rows * d, sxh=4096 * d, sxt=d, out_ptr=out, sob=rows * codec.row_bytes,
+                soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
+                signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5,
+                norm_scale=1.01)
+    const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
+                 HAS_POS=False, BLOCK_R=block_rows)
+    return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
+
+
+def _compile(fn, args: dict, const: dict, options: dict):
+    """Compile `fn` for sm_90 with `const` as constexprs and the other arguments specialized as Triton's launcher
+    would specialize `args` (alignment, divisibility by 16, ints equal to 1)."""
     sig, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in const:
@@ -61,9 +87,7 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
         elif spec:
             attrs[(i,)] = BaseBackend.parse_attr(spec)
     src = triton.compiler.ASTSource(fn, sig, constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages,
-                                       **({"maxnreg": maxnreg} if maxnreg else {})))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def sass(kernel) -> tuple[str, int, int]:
@@ -127,16 +151,30 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--maxnreg", type=int)
+    ap.add_argument("--prefetch", type=int, choices=(0, 1, 2), default=FAST_PREFETCH,
+                    help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V)")
+    ap.add_argument("--encode", action="store_true",
+                    help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
+                         "and instructions per value (the kernel has no loop)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     for kind in args.kinds.split(","):
+        if args.encode:
+            text, regs, _ = sass(compile_encode(kind, args.d, num_warps=args.warps))
+            per_lane = 16 * args.d / (32 * args.warps)  # values per lane of a 16-row program
+            print(f"encode {kind} d={args.d} w={args.warps}: regs {regs}, "
+                  f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
+            continue
         s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
-                    maxnreg=args.maxnreg)
+                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch})
         vals = args.d * args.block_n * 2  # K+V values per tile
         top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
-        print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages}: regs {s['regs']} stack "
-              f"{s['spills']} loop {s['loop']} instr/warp/tile ({s['loop'] * args.warps / args.block_n:.1f}/token, "
-              f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value)\n  {top}")
+        ops = s["ops"]
+        print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages} prefetch={args.prefetch}: regs "
+              f"{s['regs']} stack {s['spills']} loop {s['loop']} instr/warp/tile "
+              f"({s['loop'] * args.warps / args.block_n:.1f}/token, "
+              f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value; in the loop LDL+STL "
+              f"{ops['LDL'] + ops['STL']}, BAR {ops['BAR']}, LDS {ops['LDS']})\n  {top}")
         if args.dump:
             os.makedirs(args.dump, exist_ok=True)
             for ext in ("sass", "ptx"):
