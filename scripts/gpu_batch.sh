@@ -6,8 +6,9 @@
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
 #   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
 #
-# The sweep's variants are attend_packed keyword sets (scripts/decode_sweep.py); the first one is the default,
-# every other variant's output is compared with it (err column) and timed as CUDA-graph medians next to SDPA.
+# The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
+# (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
+# column) and timed as CUDA-graph medians next to SDPA.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -23,14 +24,17 @@ tests)
     for f in "$OUT"/pytest_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20; done
     ;;
 sweep)
+    default='[{},
+        {"table_regs": false}, {"table_regs": false, "maxnreg": 0}, {"table_regs": false, "maxnreg": 168},
+        {"table_regs": false, "row_prefetch": 1},
+        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2},
+        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2, "table_regs": false},
+        {"block_n": 32, "num_warps": 2, "maxnreg": 0, "table_regs": false},
+        {"block_n": 32, "num_warps": 4, "table_regs": false},
+        {"block_n": 16, "num_warps": 1, "maxnreg": 0, "table_regs": false},
+        {"block_n": 128, "num_warps": 8, "maxnreg": 0, "table_regs": false}]'
     python scripts/decode_sweep.py --json "$OUT/sweep.json" --shapes "${SHAPES:-8x32768,1x131072}" \
-        --kinds "${KINDS:-turbo4,turbo2}" --variants '[{},
-         {"row_prefetch": 1}, {"row_prefetch": 1, "maxnreg": 168}, {"row_prefetch": 2, "maxnreg": 0},
-         {"block_n": 16, "num_warps": 1, "maxnreg": 0}, {"block_n": 16, "num_warps": 1, "maxnreg": 0, "splits_x": 4},
-         {"block_n": 16, "num_warps": 1, "maxnreg": 128, "splits_x": 4},
-         {"block_n": 16, "num_warps": 1, "maxnreg": 128, "row_prefetch": 1, "splits_x": 4},
-         {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2},
-         {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0}]' > "$OUT/sweep.txt" 2>&1
+        --kinds "${KINDS:-turbo4,turbo2}" --variants "${VARIANTS:-$default}" > "$OUT/sweep.txt" 2>&1
     tail -50 "$OUT/sweep.txt"
     ;;
 ncu)

@@ -2,7 +2,7 @@
 instructions of the main (full-tile) loop, by opcode.
 
     python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--maxnreg N]
-                                  [--prefetch 0|1|2] [--dump DIR]
+                                  [--prefetch 0|1|2] [--table-regs 0|1] [--dump DIR]
     python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernel
 
 Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
@@ -26,7 +26,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from compactkv.attention.triton import kernels_fast  # noqa: E402
-from compactkv.attention.triton.decode import FAST_PREFETCH, packed_kind  # noqa: E402
+from compactkv.attention.triton.decode import FAST_PREFETCH, FAST_TABLE_REGS, packed_kind  # noqa: E402
 from compactkv.attention.triton.fastasm import decode_asm, table_words  # noqa: E402
 from compactkv.core.codec import Codec  # noqa: E402
 
@@ -48,7 +48,8 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
                  RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, BLOCK_M=16,
                  BLOCK_N=block_n, ONE_CHUNK=True,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
-                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH)
+                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH,
+                 TABLE_REGS=FAST_TABLE_REGS)
     const.update(extra or {})
     return _compile(fn, args, const, dict(num_warps=num_warps, num_stages=num_stages,
                                           **({"maxnreg": maxnreg} if maxnreg else {})))
@@ -134,13 +135,26 @@ def main_loop(ins: list[tuple[int, str, str]], labels: dict[str, int]) -> list[t
     return best
 
 
+def smem_cycles(op: str) -> int:
+    """Shared-memory cycles of one warp-wide instruction without bank conflicts: 128 bytes per cycle, at least 1
+    (LDS/STS by access width, LDSM/STSM by their 8x8 fp16 matrices); 0 for anything else."""
+    parts = op.split(".")
+    if parts[0] in ("LDSM", "STSM"):
+        return int(parts[-1]) if parts[-1].isdigit() else 1  # .x4: four 128-byte matrices
+    if parts[0] in ("LDS", "STS"):
+        width = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+        size = next((width[p] for p in parts[1:] if p in width), 4)
+        return max(1, 32 * size // 128)
+    return 0
+
+
 def summary(kind: str, **kw) -> dict:
     k = compile_fast(kind, **kw)
     text, regs, stack = sass(k)
     loop = main_loop(*instrs(text))
     ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
-    return {"kind": kind, **kw, "regs": regs, "spills": stack, "loop": len(loop), "ops": ops, "sass": text,
-            "ptx": k.asm["ptx"]}
+    return {"kind": kind, **kw, "regs": regs, "spills": stack, "loop": len(loop), "ops": ops,
+            "smem_cycles": sum(smem_cycles(op) for _, op, _ in loop), "sass": text, "ptx": k.asm["ptx"]}
 
 
 def main(argv=None) -> int:
@@ -153,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--maxnreg", type=int)
     ap.add_argument("--prefetch", type=int, choices=(0, 1, 2), default=FAST_PREFETCH,
                     help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V)")
+    ap.add_argument("--table-regs", type=int, choices=(0, 1), default=int(FAST_TABLE_REGS),
+                    help="the fast kernel's TABLE_REGS (1: decoder tables in opaque registers, 0: constants)")
     ap.add_argument("--encode", action="store_true",
                     help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
                          "and instructions per value (the kernel has no loop)")
@@ -166,15 +182,18 @@ def main(argv=None) -> int:
                   f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
             continue
         s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
-                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch})
+                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch,
+                                                            "TABLE_REGS": bool(args.table_regs)})
         vals = args.d * args.block_n * 2  # K+V values per tile
         top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
         ops = s["ops"]
-        print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages} prefetch={args.prefetch}: regs "
+        print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages} prefetch={args.prefetch} "
+              f"table_regs={args.table_regs}: regs "
               f"{s['regs']} stack {s['spills']} loop {s['loop']} instr/warp/tile "
               f"({s['loop'] * args.warps / args.block_n:.1f}/token, "
               f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value; in the loop LDL+STL "
-              f"{ops['LDL'] + ops['STL']}, BAR {ops['BAR']}, LDS {ops['LDS']})\n  {top}")
+              f"{ops['LDL'] + ops['STL']}, BAR {ops['BAR']}, LDS {ops['LDS']}; shared-memory cycles per token "
+              f"{s['smem_cycles'] * args.warps / args.block_n:.2f})\n  {top}")
         if args.dump:
             os.makedirs(args.dump, exist_ok=True)
             for ext in ("sass", "ptx"):

@@ -19,8 +19,8 @@ if not (os.path.exists(sass_decode.NVDISASM) and os.path.exists(sass_decode.CUOB
     pytest.skip("Triton's bundled nvdisasm/cuobjdump not found", allow_module_level=True)
 
 
-@pytest.mark.parametrize("kind,limit", [("turbo4", 880), ("turbo2", 720)])
-def test_loop_fits_128_registers(kind, limit):
+@pytest.mark.parametrize("kind,limit,smem", [("turbo4", 880, 8.0), ("turbo2", 720, 6.0)])
+def test_loop_fits_128_registers(kind, limit, smem):
     from compactkv.attention.triton.decode import fast_maxnreg, packed_kind
     from compactkv.core.codec import Codec
     pk = packed_kind(Codec(kind, 128))
@@ -32,4 +32,8 @@ def test_loop_fits_128_registers(kind, limit):
     assert regs <= 128
     assert not [op for _, op, _ in loop if op.startswith(("LDL", "STL"))]  # no spills inside the tile loop
     assert sum(op.startswith("HMMA") for _, op, _ in loop) == 32
-    assert len(loop) <= limit, f"{len(loop)} instructions per warp per 64-token tile (measured 797 / 688)"
+    assert len(loop) <= limit, f"{len(loop)} instructions per warp per 64-token tile (measured 833 / 698)"
+    # code bytes, not decoded fp16 tiles, go through shared memory to the tensor-core layout (TABLE_REGS False;
+    # opaque table registers pinned the decoders to the load layout: 12.0 cycles per token for both kinds)
+    per_token = sum(sass_decode.smem_cycles(op) for _, op, _ in loop) * 4 / 64
+    assert per_token <= smem, f"{per_token:.2f} shared-memory cycles per token (measured 8.00 / 6.00)"

@@ -64,7 +64,9 @@ def test_fast_and_split_kernels_vs_float64(kk, vk, d, g, tq, fast):
 @pytest.mark.parametrize("chunk", [192, 1024])  # chunk table lookups per tile / ONE_CHUNK
 @pytest.mark.parametrize("config", [
     {"row_prefetch": 1}, {"row_prefetch": 2}, {"block_n": 16, "num_warps": 1, "row_prefetch": 1},
-    {"block_n": 32, "num_warps": 1}, {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0}])
+    {"block_n": 32, "num_warps": 1}, {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0},
+    {"table_regs": False}, {"table_regs": True}, {"block_n": 32, "num_warps": 1, "maxnreg": 0, "table_regs": False},
+    {"table_regs": False, "row_prefetch": 1}])
 def test_fast_kernel_configurations_vs_float64(kk, vk, g, tq, chunk, config, d=128):
     """The fast kernel's tile sizes, warps, register caps and row prefetch (launch_splits options) on ragged
     lengths, none a multiple of the tile."""

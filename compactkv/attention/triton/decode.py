@@ -198,6 +198,7 @@ def fast_maxnreg(k_kind: PackedKind, v_kind: PackedKind, block_m: int, has_bias:
 
 
 FAST_PREFETCH = 0  # decode_fast_kernel's PREFETCH (launch_splits' row_prefetch)
+FAST_TABLE_REGS = False  # decode_fast_kernel's TABLE_REGS (launch_splits' table_regs): constants, see kernels_fast
 FAST_MIN_SPLIT = 2048  # tokens: fewer per split make the split-merge pass (and per-program setup) dominate
 
 
@@ -234,7 +235,8 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   num_stages: int = 2,
                   fast: bool | None = None,
                   splits_per_sm: float | None = None,
-                  maxnreg: int | None = None, row_prefetch: int | None = None) -> SplitPartials:
+                  maxnreg: int | None = None, row_prefetch: int | None = None,
+                  table_regs: bool | None = None) -> SplitPartials:
     """Run the split kernel of a decode call and return its per-split partials.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -247,6 +249,8 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
     cap of the fast kernel (None: `fast_maxnreg`; 0: no cap). row_prefetch: the fast kernel's PREFETCH (0: rows
     loaded where a tile's math starts, 1: the next tile's K rows one tile ahead, 2: K and V; None: FAST_PREFETCH).
+    table_regs: the fast kernel's TABLE_REGS (True: decoder tables in opaque registers, False: constants, which lets
+    Triton decode the code bytes in the tensor-core operand layout; None: FAST_TABLE_REGS).
     """
     b, h, m, d = q.shape
     if row_prefetch not in (None, 0, 1, 2):
@@ -292,6 +296,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
             K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
             PREFETCH=FAST_PREFETCH if row_prefetch is None else row_prefetch,
+            TABLE_REGS=FAST_TABLE_REGS if table_regs is None else bool(table_regs),
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](
