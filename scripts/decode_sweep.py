@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="8x32768,1x131072")
     ap.add_argument("--kinds", default="turbo4,turbo2")
     ap.add_argument("--variants", help="JSON list of attend_packed keyword sets (default: VARIANTS)")
+    ap.add_argument("--head-dim", type=int, default=HEAD_DIM, help="head_dim of queries and rows (default 128)")
     args = ap.parse_args(argv)
     variants = json.loads(args.variants) if args.variants else VARIANTS
     dev = torch.device("cuda")
@@ -56,19 +57,20 @@ def main(argv=None) -> int:
     rows = []
     for shape in args.shapes.split(","):
         b, t = (int(x) for x in shape.split("x"))
-        q = torch.randn(b, HQ, 1, HEAD_DIM, device=dev, dtype=torch.float16)
-        k = torch.randn(b, HKV, t, HEAD_DIM, device=dev, dtype=torch.float16)
+        d = args.head_dim
+        q = torch.randn(b, HQ, 1, d, device=dev, dtype=torch.float16)
+        k = torch.randn(b, HKV, t, d, device=dev, dtype=torch.float16)
         v = torch.randn_like(k)
         sdpa = tt.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), rep=100,
                                      return_mode="median") * 1e3
         del k, v
-        print(f"{card} B={b} T={t}: SDPA fp16 {sdpa:.1f} us (graph)", flush=True)
+        print(f"{card} B={b} T={t} d={d}: SDPA fp16 {sdpa:.1f} us (graph)", flush=True)
         for kind in args.kinds.split(","):
             ref = None  # output of the first variant (the split kernel by default)
             for var in variants:
                 try:
                     torch.manual_seed(1234)  # same rows and query for every variant: outputs are compared
-                    step, nbytes = decode_step(kind, b, t, dev, **_kernel_args(var, b, t, dev))
+                    step, nbytes = decode_step(kind, b, t, dev, head_dim=d, **_kernel_args(var, b, t, dev))
                     out = step().float()
                     if ref is None:
                         ref = out
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # a variant that does not compile must not hide the others
                     print(f"  {kind} {var}: FAILED {repr(e)[:200]}", flush=True)
                     continue
-                r = {"batch": b, "context": t, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
+                r = {"batch": b, "context": t, "head_dim": d, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
                      "x": sdpa / us, "gbps": nbytes / us / 1e3, "rel_err_vs_first": err}
                 rows.append(r)
                 if args.json:  # after every row: a run cut short by a time limit keeps what it measured

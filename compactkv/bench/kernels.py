@@ -89,27 +89,27 @@ def copy_bandwidth(device) -> float:
     return 2 * n / t / 1e9
 
 
-def decode_step(kind: str, b: int, t: int, device, **kernel):
+def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
     from ..core.codec import Codec
-    kc, vc = Codec(kind, HEAD_DIM, seed=0), Codec(kind, HEAD_DIM, seed=1)
+    kc, vc = Codec(kind, head_dim, seed=0), Codec(kind, head_dim, seed=1)
     rk, rv = random_rows(kc, b, HKV, t, device), random_rows(vc, b, HKV, t, device)
     kt, vt = chunk_table([rk]), chunk_table([rv])
     lengths = torch.full((b,), t, dtype=torch.int32, device=device)
     fwd, _ = codec_maps(kc, device)
     _, adj = codec_maps(vc, device)
-    q = torch.randn(b, HQ, 1, HEAD_DIM, device=device, dtype=torch.float16)
+    q = torch.randn(b, HQ, 1, head_dim, device=device, dtype=torch.float16)
     pk, pv = packed_kind(kc), packed_kind(vc)
-    c = HEAD_DIM ** -0.5 * LOG2E
+    c = head_dim ** -0.5 * LOG2E
 
     def step():
-        qf = q.float().reshape(b, HKV, HQ // HKV, HEAD_DIM)
+        qf = q.float().reshape(b, HKV, HQ // HKV, head_dim)
         qk = (qf @ fwd if fwd is not None else qf) * c
         out, _ = attend_packed(qk, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
         out = out @ adj if adj is not None else out
-        return out.reshape(b, HQ, 1, HEAD_DIM).transpose(1, 2).half()
+        return out.reshape(b, HQ, 1, head_dim).transpose(1, 2).half()
 
     step.keep = (rk, rv)
     return step, rk.numel() + rv.numel()
