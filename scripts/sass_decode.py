@@ -26,7 +26,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from compactkv.attention.triton import kernels_fast  # noqa: E402
-from compactkv.attention.triton.decode import FAST_PREFETCH, FAST_TABLE_REGS, packed_kind  # noqa: E402
+from compactkv.attention.triton.decode import FAST_PREFETCH, fast_table_regs, packed_kind  # noqa: E402
 from compactkv.attention.triton.fastasm import decode_asm, table_words  # noqa: E402
 from compactkv.core.codec import Codec  # noqa: E402
 
@@ -49,7 +49,7 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
                  BLOCK_N=block_n, ONE_CHUNK=True,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
                  V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH,
-                 TABLE_REGS=FAST_TABLE_REGS)
+                 TABLE_REGS=fast_table_regs(pk, pk))
     const.update(extra or {})
     return _compile(fn, args, const, dict(num_warps=num_warps, num_stages=num_stages,
                                           **({"maxnreg": maxnreg} if maxnreg else {})))
@@ -167,8 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--maxnreg", type=int)
     ap.add_argument("--prefetch", type=int, choices=(0, 1, 2), default=FAST_PREFETCH,
                     help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V)")
-    ap.add_argument("--table-regs", type=int, choices=(0, 1), default=int(FAST_TABLE_REGS),
-                    help="the fast kernel's TABLE_REGS (1: decoder tables in opaque registers, 0: constants)")
+    ap.add_argument("--table-regs", type=int, choices=(0, 1), default=None,
+                    help="the fast kernel's TABLE_REGS (1: decoder tables in opaque registers, 0: constants; "
+                         "default: decode.fast_table_regs for the kind)")
     ap.add_argument("--encode", action="store_true",
                     help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
                          "and instructions per value (the kernel has no loop)")
@@ -181,14 +182,15 @@ def main(argv=None) -> int:
             print(f"encode {kind} d={args.d} w={args.warps}: regs {regs}, "
                   f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
             continue
+        pk = packed_kind(Codec(kind, args.d))
+        table_regs = fast_table_regs(pk, pk) if args.table_regs is None else bool(args.table_regs)
         s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
-                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch,
-                                                            "TABLE_REGS": bool(args.table_regs)})
+                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})
         vals = args.d * args.block_n * 2  # K+V values per tile
         top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
         ops = s["ops"]
         print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages} prefetch={args.prefetch} "
-              f"table_regs={args.table_regs}: regs "
+              f"table_regs={int(table_regs)}: regs "
               f"{s['regs']} stack {s['spills']} loop {s['loop']} instr/warp/tile "
               f"({s['loop'] * args.warps / args.block_n:.1f}/token, "
               f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value; in the loop LDL+STL "
