@@ -61,6 +61,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only checks the script (torch reference)")
     p.add_argument("--stub-launches", action="store_true",
                    help="time the Triton backend's host code with no-op launches (see the module docstring)")
+    p.add_argument("--ops", action="store_true",
+                   help="also count the torch operators per compressed call (torch.profiler; on a GPU each is a "
+                        "launch or an allocation the host pays for)")
     p.add_argument("--json")
     args = p.parse_args()
     if args.stub_launches:
@@ -125,6 +128,19 @@ def main() -> None:
         res[f"{name}_us_per_call_blocks"] = blocks
         print(f"{name}: {min(blocks):.1f} us per call (update + attention, wall, B={b} T={t}; best of 4 blocks of "
               f"{args.calls // 4}: {', '.join(f'{x:.0f}' for x in blocks)})")
+    if args.ops:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as tp:
+            for _ in range(args.calls):
+                compressed()
+        # top-level operators only (those called from Python, not from inside another operator)
+        ops = {}
+        for ev in tp.events():
+            if ev.name.startswith("aten::") and ev.cpu_parent is None:
+                ops[ev.name] = ops.get(ev.name, 0) + 1
+        res["ops_per_call"] = {k: v / args.calls for k, v in sorted(ops.items(), key=lambda x: -x[1])}
+        print(f"torch operators per compressed call: {sum(ops.values()) / args.calls:.2f}  "
+              + ", ".join(f"{k[6:]} {v:.2f}" for k, v in res["ops_per_call"].items()))
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.calls):
