@@ -2,7 +2,8 @@
 # One device call's worth of GPU work, in three parts that each fit a 10-minute call (results under $OUT, or ./out).
 #
 #   bash scripts/gpu_batch.sh tests   # every Triton GPU test, three pytest processes at once (compiles in parallel)
-#   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: row prefetch, tiles/warps, register caps, splits
+#   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: decoder tables, tiles/warps, register caps, splits
+#                                     # (SHAPES, KINDS, HEAD_DIM, VARIANTS override the defaults)
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
 #   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
 #
@@ -24,17 +25,11 @@ tests)
     for f in "$OUT"/pytest_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20; done
     ;;
 sweep)
-    default='[{},
-        {"table_regs": false}, {"table_regs": false, "maxnreg": 0}, {"table_regs": false, "maxnreg": 168},
-        {"table_regs": false, "row_prefetch": 1},
-        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2},
-        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2, "table_regs": false},
-        {"block_n": 32, "num_warps": 2, "maxnreg": 0, "table_regs": false},
-        {"block_n": 32, "num_warps": 4, "table_regs": false},
-        {"block_n": 16, "num_warps": 1, "maxnreg": 0, "table_regs": false},
-        {"block_n": 128, "num_warps": 8, "maxnreg": 0, "table_regs": false}]'
+    default='[{}, {"table_regs": false}, {"table_regs": true}, {"table_regs": "k"}, {"table_regs": "v"},
+        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2}, {"maxnreg": 96}, {"splits_x": 2}]'
     python scripts/decode_sweep.py --json "$OUT/sweep.json" --shapes "${SHAPES:-8x32768,1x131072}" \
-        --kinds "${KINDS:-turbo4,turbo2}" --variants "${VARIANTS:-$default}" > "$OUT/sweep.txt" 2>&1
+        --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
+        > "$OUT/sweep.txt" 2>&1
     tail -50 "$OUT/sweep.txt"
     ;;
 ncu)

@@ -2,7 +2,7 @@
 instructions of the main (full-tile) loop, by opcode.
 
     python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--maxnreg N]
-                                  [--prefetch 0|1|2] [--table-regs 0|1] [--dump DIR]
+                                  [--prefetch 0|1|2] [--table-regs 0-3] [--dump DIR]
     python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernel
 
 Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
@@ -167,9 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--maxnreg", type=int)
     ap.add_argument("--prefetch", type=int, choices=(0, 1, 2), default=FAST_PREFETCH,
                     help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V)")
-    ap.add_argument("--table-regs", type=int, choices=(0, 1), default=None,
-                    help="the fast kernel's TABLE_REGS (1: decoder tables in opaque registers, 0: constants; "
-                         "default: decode.fast_table_regs for the kind)")
+    ap.add_argument("--table-regs", type=int, choices=(0, 1, 2, 3), default=None,
+                    help="the fast kernel's TABLE_REGS: decoder tables in opaque registers for K (bit 0) and V "
+                         "(bit 1), constants otherwise (default: decode.fast_table_regs for the kind)")
     ap.add_argument("--encode", action="store_true",
                     help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
                          "and instructions per value (the kernel has no loop)")
@@ -183,14 +183,14 @@ def main(argv=None) -> int:
                   f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
             continue
         pk = packed_kind(Codec(kind, args.d))
-        table_regs = fast_table_regs(pk, pk) if args.table_regs is None else bool(args.table_regs)
+        table_regs = fast_table_regs(pk, pk) if args.table_regs is None else args.table_regs
         s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
                     maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})
         vals = args.d * args.block_n * 2  # K+V values per tile
         top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
         ops = s["ops"]
         print(f"{kind} d={args.d} N={args.block_n} w={args.warps} s={args.stages} prefetch={args.prefetch} "
-              f"table_regs={int(table_regs)}: regs "
+              f"table_regs={table_regs}: regs "
               f"{s['regs']} stack {s['spills']} loop {s['loop']} instr/warp/tile "
               f"({s['loop'] * args.warps / args.block_n:.1f}/token, "
               f"{s['loop'] * 32 * args.warps / vals:.2f} lane-instructions per K/V value; in the loop LDL+STL "

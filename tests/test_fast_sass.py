@@ -33,7 +33,7 @@ def test_loop_fits_128_registers(kind, limit, smem):
     assert not [op for _, op, _ in loop if op.startswith(("LDL", "STL"))]  # no spills inside the tile loop
     assert sum(op.startswith("HMMA") for _, op, _ in loop) == 32
     assert len(loop) <= limit, f"{len(loop)} instructions per warp per 64-token tile (measured 833 / 698)"
-    # code bytes, not decoded fp16 tiles, go through shared memory to the tensor-core layout (TABLE_REGS False;
+    # code bytes, not decoded fp16 tiles, go through shared memory to the tensor-core layout (TABLE_REGS 0;
     # opaque table registers pinned the decoders to the load layout: 12.0 cycles per token for both kinds)
     per_token = sum(sass_decode.smem_cycles(op) for _, op, _ in loop) * 4 / 64
     assert per_token <= smem, f"{per_token:.2f} shared-memory cycles per token (measured 8.00 / 6.00)"

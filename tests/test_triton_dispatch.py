@@ -203,5 +203,8 @@ def test_launch_options_out_of_range_are_refused_before_any_launch():
     q, lengths = torch.zeros(1, 2, 4, 64), torch.full((1,), 64, dtype=torch.int32)
     with pytest.raises(ValueError, match="row_prefetch must be 0, 1 or 2"):
         launch_splits(q, tab, tab, lengths, pk, pk, chunk=64, max_len=64, tq=1, row_prefetch=3)
+    for bad in (1, "kv", "K"):
+        with pytest.raises(ValueError, match="table_regs must be None, False, True, 'k' or 'v'"):
+            launch_splits(q, tab, tab, lengths, pk, pk, chunk=64, max_len=64, tq=1, table_regs=bad)
     with pytest.raises(ValueError, match="not a multiple of the block"):
         launch_splits(q, tab, tab, lengths, pk, pk, chunk=100, max_len=64, tq=1)

@@ -66,11 +66,20 @@ def test_fast_and_split_kernels_vs_float64(kk, vk, d, g, tq, fast):
     {"row_prefetch": 1}, {"row_prefetch": 2}, {"block_n": 16, "num_warps": 1, "row_prefetch": 1},
     {"block_n": 32, "num_warps": 1}, {"block_n": 32, "num_warps": 2, "row_prefetch": 1, "maxnreg": 0},
     {"table_regs": False}, {"table_regs": True}, {"block_n": 32, "num_warps": 1, "maxnreg": 0, "table_regs": False},
-    {"table_regs": False, "row_prefetch": 1}])
+    {"table_regs": False, "row_prefetch": 1}, {"table_regs": "k"}, {"table_regs": "v"}])
 def test_fast_kernel_configurations_vs_float64(kk, vk, g, tq, chunk, config, d=128):
     """The fast kernel's tile sizes, warps, register caps and row prefetch (launch_splits options) on ragged
     lengths, none a multiple of the tile."""
     _check_decode(kk, vk, d, g, tq, fast=True, lengths=[777, 130, 3, 64], chunk=chunk, **config)
+
+
+@pytest.mark.parametrize("kk,vk", [("turbo2", "turbo2"), ("turbo4", "turbo2"), ("turbo2", "turbo4")])
+@pytest.mark.parametrize("d", [64, 256])
+@pytest.mark.parametrize("table_regs", [False, True, "k", "v"])
+def test_fast_kernel_table_modes_vs_float64(kk, vk, d, table_regs):
+    """Decoder tables as constants or opaque registers, per operand, at the head_dims where the default differs
+    (decode.fast_table_regs) or was timed apart from 128."""
+    _check_decode(kk, vk, d, 4, 1, fast=True, lengths=[777, 130, 3, 64], table_regs=table_regs)
 
 
 def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3), chunk=192, **kernel):

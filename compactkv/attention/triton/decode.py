@@ -197,15 +197,18 @@ def fast_maxnreg(k_kind: PackedKind, v_kind: PackedKind, block_m: int, has_bias:
     return None
 
 
-def fast_table_regs(k_kind: PackedKind, v_kind: PackedKind) -> bool:
-    """decode_fast_kernel's TABLE_REGS (launch_splits' table_regs). Constant decoder tables (False) let Triton
-    decode the code bytes in the tensor-core operand layout (kernels_fast). Opaque table registers (True) where
-    that layout costs more than it saves: 2-bit V at head_dim 64, whose 16-byte V parts take ~43% more loop
-    instructions in it (sm_90 SASS: 1182 vs 839 per tile for turbo2, 1265 vs 882 for turbo4 K / turbo2 V). H200,
-    B=8 T=32K, CUDA graphs (docs/kernels.md): turbo2 d=64 295.7 us with registers vs 340.9 with constants; with
-    constants turbo4 d=64 191.8 -> 164.7 us, d=128 259.9 -> 244.9 us (turbo2 234.1 -> 208.6), d=256 turbo2
-    436.5 -> 420.9 us, turbo4 equal."""
-    return v_kind.head_dim == 64 and v_kind.bits == 2
+def fast_table_regs(k_kind: PackedKind, v_kind: PackedKind) -> int:
+    """decode_fast_kernel's TABLE_REGS (launch_splits' table_regs): bit 0 set = the K decoder's tables in opaque
+    registers, bit 1 = V's. Constant tables (0) let Triton decode the code bytes in the tensor-core operand layout
+    (kernels_fast). Registers (3) where that layout costs more than it saves: 2-bit V at head_dim 64, whose
+    16-byte V parts take ~43% more loop instructions in it (sm_90 SASS: 1182 vs 839 per tile for turbo2, 1265 vs
+    882 for turbo4 K / turbo2 V). H200, B=8 T=32K, CUDA graphs (docs/kernels.md): turbo2 d=64 295.7 us with
+    registers vs 340.9 with constants; with constants turbo4 d=64 191.8 -> 164.7 us, d=128 259.9 -> 244.9 us
+    (turbo2 234.1 -> 208.6), d=256 turbo2 436.5 -> 420.9 us, turbo4 equal. Mixed settings (1, 2) are untimed."""
+    return 3 if v_kind.head_dim == 64 and v_kind.bits == 2 else 0
+
+
+TABLE_REGS = {False: 0, True: 3, "k": 1, "v": 2}  # launch_splits' table_regs -> the kernel's TABLE_REGS
 
 
 FAST_PREFETCH = 0  # decode_fast_kernel's PREFETCH (launch_splits' row_prefetch)
@@ -246,7 +249,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
                   fast: bool | None = None,
                   splits_per_sm: float | None = None,
                   maxnreg: int | None = None, row_prefetch: int | None = None,
-                  table_regs: bool | None = None) -> SplitPartials:
+                  table_regs: bool | str | None = None) -> SplitPartials:
     """Run the split kernel of a decode call and return its per-split partials.
 
     q: fp32 [B, H, G*Tq, D], row g*Tq + t, already mapped by the K segment map and scaled by softmax scale * log2 e.
@@ -259,12 +262,15 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     8 for the fast kernel (splits of at least FAST_MIN_SPLIT tokens), 4 for the split kernel. maxnreg: register
     cap of the fast kernel (None: `fast_maxnreg`; 0: no cap). row_prefetch: the fast kernel's PREFETCH (0: rows
     loaded where a tile's math starts, 1: the next tile's K rows one tile ahead, 2: K and V; None: FAST_PREFETCH).
-    table_regs: the fast kernel's TABLE_REGS (True: decoder tables in opaque registers, False: constants, which lets
-    Triton decode the code bytes in the tensor-core operand layout; None: `fast_table_regs`).
+    table_regs: the fast kernel's decoder tables (True: opaque registers, False: constants, which lets Triton decode
+    the code bytes in the tensor-core operand layout; "k" / "v": registers for that operand only; None:
+    `fast_table_regs`).
     """
     b, h, m, d = q.shape
     if row_prefetch not in (None, 0, 1, 2):
         raise ValueError(f"row_prefetch must be 0, 1 or 2 (None: FAST_PREFETCH), got {row_prefetch!r}")
+    if table_regs is not None and not isinstance(table_regs, bool) and table_regs not in ("k", "v"):
+        raise ValueError(f"table_regs must be None, False, True, 'k' or 'v', got {table_regs!r}")
     if d != k_kind.head_dim or d != v_kind.head_dim or m % tq:
         raise ValueError(f"query [.., {m}, {d}] does not fit head_dim {k_kind.head_dim}/{v_kind.head_dim}, tq {tq}")
     why = fast_unsupported(k_kind, v_kind)
@@ -306,7 +312,7 @@ def launch_splits(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
             BLOCK_M=block_m, BLOCK_N=block_n, ONE_CHUNK=chunk >= max_len,
             K_TW0=k_words[0], K_TW1=k_words[1], V_TW0=v_words[0], V_TW1=v_words[1],
             PREFETCH=FAST_PREFETCH if row_prefetch is None else row_prefetch,
-            TABLE_REGS=fast_table_regs(k_kind, v_kind) if table_regs is None else bool(table_regs),
+            TABLE_REGS=fast_table_regs(k_kind, v_kind) if table_regs is None else TABLE_REGS[table_regs],
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         decode_split_kernel[(num_splits, b * h, nqb)](

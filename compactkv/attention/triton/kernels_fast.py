@@ -21,10 +21,10 @@ changes is how a tile of packed rows becomes tensor-core operands:
 - Norms stay a per-token scale on the scores (K) and on the probabilities (V), as in the split kernel.
 - The query is loaded as whole rows and split into its parts in registers (strided per-part loads made Triton
   keep it in a layout that cost 22 more registers).
-- The decoders' table words are plain constants (TABLE_REGS False; `decode.fast_table_regs` picks it except for a
-  2-bit V at head_dim 64). Triton can then run the decoders in the tensor cores' operand layout: the code bytes go
+- The decoders' table words are plain constants (TABLE_REGS 0; `decode.fast_table_regs` picks it except for a
+  2-bit V at head_dim 64, where both take registers; K and V can also be chosen apart, bits 0 and 1). Triton can then run the decoders in the tensor cores' operand layout: the code bytes go
   through shared memory to that layout (a quarter to an eighth of the decoded fp16 tile), and no decoded tile is
-  stored and reloaded. With TABLE_REGS True the words are opaque per-thread registers (`_table_reg`: ptxas cannot
+  stored and reloaded. With TABLE_REGS 3 the words are opaque per-thread registers (`_table_reg`: ptxas cannot
   re-materialize them before every prmt), but they pin the decoders to the load layout and every decoded K and V
   part makes that round trip: 12 instead of 8 (turbo4) / 6 (turbo2) shared-memory cycles per token in the sm_90
   SASS, and on an H200 (B=8 T=32K, graphs) turbo4 259.9 -> 244.9 us, turbo2 234.1 -> 208.6 us (docs/kernels.md,
@@ -189,13 +189,13 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, bias_ptr, bias_sb, bias_sq,
                        CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_CHUNK: tl.constexpr,
                        K_TW0: tl.constexpr, K_TW1: tl.constexpr, V_TW0: tl.constexpr, V_TW1: tl.constexpr,
-                       PREFETCH: tl.constexpr = 0, TABLE_REGS: tl.constexpr = True):
+                       PREFETCH: tl.constexpr = 0, TABLE_REGS: tl.constexpr = 3):
     """One split of one (b, kv head, block of TQB query tokens). Arguments as in `decode_split_kernel`
     (K_BITS / V_BITS 2 or 4; K_ASM / V_ASM: fastasm.decode_asm for them). ONE_CHUNK: CHUNK >= every length, so
     all rows are in the tables' first chunk (its row bases are computed once, not per tile). K_TW0.. V_TW1: the
     decoders' register table words (fastasm.table_words). PREFETCH: 0 loads a tile's rows where its math starts;
-    1 loads the next tile's K rows (2: K and V) one tile ahead. TABLE_REGS: the decoder tables as opaque registers
-    (True) or constants (False; see the module docstring)."""
+    1 loads the next tile's K rows (2: K and V) one tile ahead. TABLE_REGS: which decoders take their tables as
+    opaque registers, bit 0 K, bit 1 V (0: both constants, 3: both registers; see the module docstring)."""
     PK: tl.constexpr = 8 // K_BITS
     PV: tl.constexpr = 8 // V_BITS
     NBK: tl.constexpr = D * K_BITS // 8
@@ -216,13 +216,15 @@ def decode_fast_kernel(q_ptr, k_tab, v_tab, len_ptr, bias_ptr, bias_sb, bias_sq,
     rn = tl.arange(0, BLOCK_N)
     last = tl.maximum(L - 1, 0)
     hi_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
-    kt0 = _table_reg(K_TW0, rn[:, None] + tl.zeros([1, NBK], tl.int32), TABLE_REGS)
-    kt1 = _table_reg(K_TW1, kt0, TABLE_REGS)
+    KREG: tl.constexpr = (TABLE_REGS & 1) != 0
+    VREG: tl.constexpr = (TABLE_REGS & 2) != 0
+    kt0 = _table_reg(K_TW0, rn[:, None] + tl.zeros([1, NBK], tl.int32), KREG)
+    kt1 = _table_reg(K_TW1, kt0, KREG)
     vt0 = kt0
     vt1 = kt1
-    if V_TW0 != K_TW0 or V_TW1 != K_TW1 or NBV != NBK:
-        vt0 = _table_reg(V_TW0, rn[:, None] + tl.zeros([1, NBV], tl.int32), TABLE_REGS)
-        vt1 = _table_reg(V_TW1, vt0, TABLE_REGS)
+    if V_TW0 != K_TW0 or V_TW1 != K_TW1 or NBV != NBK or KREG != VREG:
+        vt0 = _table_reg(V_TW0, rn[:, None] + tl.zeros([1, NBV], tl.int32), VREG)
+        vt1 = _table_reg(V_TW1, vt0, VREG)
     kb = _head_base(k_tab, 0, b, h)
     vb = _head_base(v_tab, 0, b, h)
     if PREFETCH == 0:
