@@ -26,7 +26,8 @@ tests)
     ;;
 sweep)
     default='[{}, {"table_regs": false}, {"table_regs": true}, {"table_regs": "k"}, {"table_regs": "v"},
-        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2}, {"maxnreg": 96}, {"splits_x": 2}]'
+        {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2}, {"maxnreg": 96}, {"splits_x": 2},
+        {"block_n": 128, "maxnreg": 168}, {"block_n": 128, "maxnreg": 0}, {"block_n": 128, "maxnreg": 168, "table_regs": "v"}]'
     python scripts/decode_sweep.py --json "$OUT/sweep.json" --shapes "${SHAPES:-8x32768,1x131072}" \
         --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
         > "$OUT/sweep.txt" 2>&1
