@@ -22,13 +22,13 @@ changes is how a tile of packed rows becomes tensor-core operands:
 - The query is loaded as whole rows and split into its parts in registers (strided per-part loads made Triton
   keep it in a layout that cost 22 more registers).
 - The decoders' table words are plain constants (TABLE_REGS 0; `decode.fast_table_regs` picks it except for a
-  2-bit V at head_dim 64, where both take registers; K and V can also be chosen apart, bits 0 and 1). Triton can then run the decoders in the tensor cores' operand layout: the code bytes go
-  through shared memory to that layout (a quarter to an eighth of the decoded fp16 tile), and no decoded tile is
-  stored and reloaded. With TABLE_REGS 3 the words are opaque per-thread registers (`_table_reg`: ptxas cannot
-  re-materialize them before every prmt), but they pin the decoders to the load layout and every decoded K and V
-  part makes that round trip: 12 instead of 8 (turbo4) / 6 (turbo2) shared-memory cycles per token in the sm_90
-  SASS, and on an H200 (B=8 T=32K, graphs) turbo4 259.9 -> 244.9 us, turbo2 234.1 -> 208.6 us (docs/kernels.md,
-  session 6).
+  2-bit V at head_dim 64, where both take registers; K and V can also be chosen apart, bits 0 and 1). Triton can
+  then run the decoders in the tensor cores' operand layout: the code bytes go through shared memory to that
+  layout (a quarter to an eighth of the decoded fp16 tile), and no decoded tile is stored and reloaded. With
+  TABLE_REGS 3 the words are opaque per-thread registers (`_table_reg`: ptxas cannot re-materialize them before
+  every prmt), but they pin the decoders to the load layout and every decoded K and V part makes that round trip:
+  12 instead of 8 (turbo4) / 6 (turbo2) shared-memory cycles per token in the sm_90 SASS, and on an H200 (B=8
+  T=32K, graphs) turbo4 259.9 -> 244.9 us, turbo2 234.1 -> 208.6 us (docs/kernels.md, session 6).
 - At head_dim 128 with one 16-row query block the launcher caps registers at 128 (`decode.fast_maxnreg`): 4
   programs per multiprocessor instead of 2-3; the loop is latency-bound, so that was the largest gain measured.
 
