@@ -1,8 +1,8 @@
 """SASS of the fast decode kernel for sm_90, compiled on any machine (no GPU needed): registers and the
 instructions of the main (full-tile) loop, by opcode.
 
-    python scripts/sass_decode.py [--kinds turbo4,turbo2] [--block-n 64] [--warps 4] [--stages 2] [--maxnreg N]
-                                  [--prefetch 0|1|2] [--table-regs 0-3] [--dump DIR]
+    python scripts/sass_decode.py [--kinds turbo4,turbo2,turbo4/turbo2] [--block-n 64] [--warps 4] [--stages 2]
+                                  [--maxnreg N] [--prefetch 0|1|2] [--table-regs 0-3] [--dump DIR]
     python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernel
 
 Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
@@ -35,8 +35,11 @@ NVDISASM, CUOBJDUMP = os.path.join(BIN, "nvdisasm"), os.path.join(BIN, "cuobjdum
 
 
 def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-                 g: int = 4, h: int = 8, extra: dict | None = None, maxnreg: int | None = None):
+                 g: int = 4, h: int = 8, extra: dict | None = None, maxnreg: int | None = None,
+                 v_kind: str | None = None):
+    """decode_fast_kernel for K rows of `kind` and V rows of `v_kind` (default: the same kind)."""
     pk = packed_kind(Codec(kind, d))
+    pv = packed_kind(Codec(v_kind or kind, d))
     fn = kernels_fast.decode_fast_kernel
     dummy = torch.empty(64, dtype=torch.float32)
     tab = torch.empty(3, dtype=torch.int64)
@@ -44,12 +47,12 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
     args = dict(q_ptr=dummy, k_tab=tab, v_tab=tab, len_ptr=lens, bias_ptr=dummy, bias_sb=0,
                 bias_sq=0, o_ptr=dummy, ml_ptr=dummy, H=h, G=g, TQ=1, TQB=1, CHUNK=1 << 30, qshift=0,
                 num_splits=16)
-    const = dict(K_BITS=pk.bits, V_BITS=pk.bits, K_ASM=decode_asm(d, pk.bits), V_ASM=decode_asm(d, pk.bits), D=d,
-                 RBK=pk.row_bytes, RBV=pk.row_bytes, CAUSAL=False, HAS_BIAS=False, BLOCK_M=16,
+    const = dict(K_BITS=pk.bits, V_BITS=pv.bits, K_ASM=decode_asm(d, pk.bits), V_ASM=decode_asm(d, pv.bits), D=d,
+                 RBK=pk.row_bytes, RBV=pv.row_bytes, CAUSAL=False, HAS_BIAS=False, BLOCK_M=16,
                  BLOCK_N=block_n, ONE_CHUNK=True,
                  K_TW0=table_words(d, pk.bits)[0], K_TW1=table_words(d, pk.bits)[1],
-                 V_TW0=table_words(d, pk.bits)[0], V_TW1=table_words(d, pk.bits)[1], PREFETCH=FAST_PREFETCH,
-                 TABLE_REGS=fast_table_regs(pk, pk))
+                 V_TW0=table_words(d, pv.bits)[0], V_TW1=table_words(d, pv.bits)[1], PREFETCH=FAST_PREFETCH,
+                 TABLE_REGS=fast_table_regs(pk, pv))
     const.update(extra or {})
     return _compile(fn, args, const, dict(num_warps=num_warps, num_stages=num_stages,
                                           **({"maxnreg": maxnreg} if maxnreg else {})))
@@ -149,7 +152,9 @@ def smem_cycles(op: str) -> int:
 
 
 def summary(kind: str, **kw) -> dict:
-    k = compile_fast(kind, **kw)
+    """kind: "turbo4", or a K/V pair "turbo4/turbo2"."""
+    k_kind, _, v_kind = kind.partition("/")
+    k = compile_fast(k_kind, v_kind=v_kind or None, **kw)
     text, regs, stack = sass(k)
     loop = main_loop(*instrs(text))
     ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
@@ -159,7 +164,7 @@ def summary(kind: str, **kw) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kinds", default="turbo4,turbo2")
+    ap.add_argument("--kinds", default="turbo4,turbo2", help="kinds, or K/V pairs such as turbo4/turbo2")
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=2)
@@ -182,8 +187,9 @@ def main(argv=None) -> int:
             print(f"encode {kind} d={args.d} w={args.warps}: regs {regs}, "
                   f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
             continue
-        pk = packed_kind(Codec(kind, args.d))
-        table_regs = fast_table_regs(pk, pk) if args.table_regs is None else args.table_regs
+        k_kind, _, v_kind = kind.partition("/")
+        pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))
+        table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
         s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
                     maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})
         vals = args.d * args.block_n * 2  # K+V values per tile
@@ -199,7 +205,7 @@ def main(argv=None) -> int:
         if args.dump:
             os.makedirs(args.dump, exist_ok=True)
             for ext in ("sass", "ptx"):
-                with open(os.path.join(args.dump, f"{kind}.{ext}"), "w") as f:
+                with open(os.path.join(args.dump, f"{kind.replace('/', '-')}.{ext}"), "w") as f:
                     f.write(s[ext])
     return 0
 
