@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", help="JSON list of attend_packed keyword sets (default: VARIANTS)")
     ap.add_argument("--head-dim", type=int, default=HEAD_DIM, help="head_dim of queries and rows (default 128)")
     args = ap.parse_args(argv)
+    from compactkv.attention.triton.decode import HEAD_DIMS
+    if args.head_dim not in HEAD_DIMS:
+        ap.error(f"--head-dim {args.head_dim}: the kernels take {', '.join(map(str, HEAD_DIMS))}")
     variants = json.loads(args.variants) if args.variants else VARIANTS
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
