@@ -3,7 +3,9 @@ Llama-3.1-8B-shaped model after a real prefill, for DynamicCache+SDPA (f16) and 
 
     PYTHONPATH=. python scripts/profile_step.py --batch 1 --context 32768 --kinds f16,turbo4 --json out.json
 
-With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled one
+With --static, the caches are static (compactkv.cache.static; kinds f16, f16-nomask, turbo*), filled synthetically
+and stepped by engine/graphs.GreedyStepGraph without capture: the device time per kernel is what a captured step
+replays. With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled one
 that pays the kernels' compilation): per-prefill totals.
 
 Prints, per kind: the median step time without the profiler, the profiled step's CPU and GPU busy time, and the
@@ -18,10 +20,26 @@ import statistics
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from compactkv.bench.e2e import build_model, decode, make_cache, prefill
+import compactkv
+from compactkv.bench.e2e import build_model, decode, make_cache, prefill, static_fill
 from compactkv.engine.caches import cache_kwarg
+from compactkv.engine.graphs import GreedyStepGraph, static_cache
+
+
+def print_launches(label: str, prof, name: str) -> None:
+    """Durations (us) of the kernels whose name holds `name`, in launch order, and the idle time before each."""
+    evs = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    durs, gaps, prev_end = [], [], None
+    for e in evs:
+        if name in e.name:
+            durs.append(e.time_range.elapsed_us())
+            gaps.append(e.time_range.start - prev_end if prev_end is not None else 0)
+        prev_end = e.time_range.end
+    print(f"  {label}: {len(durs)} launches of *{name}*, us: " + " ".join(f"{d:.0f}" for d in durs))
+    print(f"  {label}: idle before each, us: " + " ".join(f"{g:.0f}" for g in gaps))
 
 
 def main() -> None:
@@ -33,19 +51,53 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=14)
     p.add_argument("--prefill", action="store_true", help="profile the prefill, not decode steps")
+    p.add_argument("--static", action="store_true", help="static caches, synthetic fill (see above)")
+    p.add_argument("--graph", action="store_true", help="with --static: capture the step, profile its replays")
+    p.add_argument("--launches", default="", help="print each launch's duration (us) of kernels whose name holds "
+                                                   "this, in order (with --static --graph: eager, then replays)")
     p.add_argument("--json")
     args = p.parse_args()
     dev = torch.device("cuda")
     model, shape = build_model(False, dev)
     kw = cache_kwarg(model)
     g = torch.Generator(device="cpu").manual_seed(0)
-    ids = torch.randint(0, shape["vocab_size"], (args.batch, args.context), generator=g).to(dev)
+    ids = None if args.static else torch.randint(0, shape["vocab_size"], (args.batch, args.context),
+                                                 generator=g).to(dev)
     report = {"card": torch.cuda.get_device_name(), "args": vars(args), "kinds": {}}
     for kind in args.kinds.split(","):
         chunk = max(256, args.chunk // args.batch)
-        cache = make_cache(model, kind)
-        tok = prefill(model, cache, ids, chunk, kw)
-        if args.prefill:
+        if args.static:
+            compactkv.attach(model)
+            cache = static_cache(model, kind, args.batch, args.context + 32 + args.steps)
+            static_fill(cache, args.context)
+            dec = GreedyStepGraph(model, cache, torch.zeros(args.batch, 1, dtype=torch.long, device=dev))
+
+            def steps(n):
+                out = []
+                for _ in range(n):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    dec.step()
+                    torch.cuda.synchronize()
+                    out.append(time.perf_counter() - t0)
+                return out
+            plain = steps(10)[2:]
+            if args.launches:
+                with profile(activities=[ProfilerActivity.CUDA]) as p_eager:
+                    steps(1)
+                print_launches("eager", p_eager, args.launches)
+            if args.graph:
+                dec.capture(warmup=1)
+                plain = steps(10)[2:]
+                if args.launches:
+                    with profile(activities=[ProfilerActivity.CUDA]) as p_graph:
+                        steps(1)
+                    print_launches("graph", p_graph, args.launches)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                steps(args.steps)
+        elif args.prefill:
+            cache = make_cache(model, kind)
+            tok = prefill(model, cache, ids, chunk, kw)
             del cache
             torch.cuda.empty_cache()
             cache = make_cache(model, kind)
@@ -62,13 +114,16 @@ def main() -> None:
                 torch.cuda.synchronize()
             args.steps = 1
         else:
+            cache = make_cache(model, kind)
+            tok = prefill(model, cache, ids, chunk, kw)
             plain = decode(model, cache, tok, 10, kw, dev)[2:]
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 decode(model, cache, tok, args.steps, kw, dev)
         ev = prof.key_averages()
-        cpu_rows = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]
-        gpu_rows = sorted(ev, key=lambda e: e.self_device_time_total, reverse=True)[:args.top]
-        gpu_total = sum(e.self_device_time_total for e in ev) / args.steps / 1e3
+        kernels = [e for e in ev if e.device_type == DeviceType.CUDA]  # device events only: an operator's
+        cpu_rows = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:args.top]  # time is its kernels'
+        gpu_rows = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:args.top]
+        gpu_total = sum(e.self_device_time_total for e in kernels) / args.steps / 1e3
         cpu_total = sum(e.self_cpu_time_total for e in ev) / args.steps / 1e3
         info = {"step_ms_median": statistics.median(plain) * 1e3, "profiled_cpu_ms_per_step": cpu_total,
                 "profiled_gpu_ms_per_step": gpu_total,
@@ -82,10 +137,11 @@ def main() -> None:
         print("  host (self CPU ms/step, calls/step):")
         for k, n, t in info["top_cpu"]:
             print(f"    {t:7.2f} {n:6d}  {k[:70]}")
-        print("  device (self CUDA ms/step, calls/step):")
+        print("  device kernels (ms/step, launches/step):")
         for k, n, t in info["top_gpu"]:
             print(f"    {t:7.2f} {n:6d}  {k[:70]}")
         del cache
+        dec = None
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

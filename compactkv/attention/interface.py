@@ -34,9 +34,38 @@ def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
             raise ValueError(f"compactkv attention does not support the {name!r} argument of this model")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if getattr(layer, "masks_itself", False) and query.shape[2] == 1:
+        # static layers: a single-token step sees every token its row stores (lengths on the device). transformers
+        # builds a mask sized by the host's count, and always while a CUDA graph is being captured (its is_tracing
+        # is true then): frozen into the graph, it would cover fewer keys than later replays hold.
+        attention_mask = None
+    if getattr(layer, "dense", False):  # StaticDenseLayer: uncompressed buffers, SDPA under the layer's own mask
+        if kwargs.get("softcap") is not None:
+            raise ValueError("static dense caches do not support attention logit softcapping")
+        return static_dense_attention(layer, query, key, value, scaling), None
     out = attend(layer, query, attention_mask, scaling, softcap=kwargs.get("softcap"))
     layer.trim_window()
     return out, None
+
+
+def static_dense_attention(layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           scaling: float) -> torch.Tensor:
+    """SDPA of query [B, Hq, Tq, D] over a StaticDenseLayer's buffers [B, Hkv, max, D] -> [B, Tq, Hq, D], with
+    fixed shapes (capturable). Under the layer's mask, GQA is folded into the query length (query head h = kv head
+    h // G), so SDPA repeats no K/V (masked SDPA has no GQA-aware kernel); without a mask (exact_mask off, one
+    token) SDPA runs with enable_gqa, the flash kernel the kernel benchmarks compare with."""
+    b, hq, tq, d = query.shape
+    hkv = key.shape[1]
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
+    g = hq // hkv
+    mask = layer.attn_mask(g, tq)
+    if mask is None:
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=True)
+    else:
+        q = query.reshape(b, hkv, g * tq, d)
+        out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, hq, tq, d).transpose(1, 2).contiguous()
 
 
 def register_attention() -> None:

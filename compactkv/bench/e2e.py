@@ -16,6 +16,14 @@ what the cache holds (`engine.caches.cache_memory`). An OutOfMemoryError is a re
 cell. No CUDA graphs and no torch.compile on either side. Two fp16 baselines: "f16" (SDPA picks its backend: cuDNN
 attention on recent GPUs) and "f16-flash" (cuDNN off); "x f16" divides by the faster of those run in the same cell.
 
+`--graphs`: both sides in CUDA graphs. Each cache is preallocated (compactkv.cache.static): fp16 "f16" =
+StaticDenseCache + SDPA under an exact per-row mask, "f16-nomask" = the same buffers with no mask on 1-token steps
+(SDPA attends every preallocated slot, unwritten ones too: the cost of an exact attention over that length with
+flash kernels, wrong values for the empty slots; a timing baseline only), turbo* = StaticTurboQuantCache (every token
+compressed, no fp16 window). One greedy step of the whole model (embedding, 32 layers, argmax) is captured
+(engine/graphs.GreedyStepGraph) and replayed; the cell also times the same step eager. Fill is synthetic (random
+buffers), for every context given. max_cache_len = context + the steps run.
+
 `--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
 transients not included) for fp16 and turbo4.
 """
@@ -36,6 +44,7 @@ from .kernels import commit, random_rows
 
 CONFIGS = {"f16": None, "f16-flash": None, "turbo4": ("turbo4", "turbo4"), "turbo3": ("turbo3", "turbo3"),
            "q8_0/turbo4": ("q8_0", "turbo4"), "turbo2": ("turbo2", "turbo2"), "q8_0": ("q8_0", "q8_0")}
+GRAPH_KINDS = ("f16", "f16-nomask", "turbo4", "turbo3", "turbo2")  # --graphs: static caches that capture
 LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
                 tie_word_embeddings=False)
@@ -64,6 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=512, help="upper bound of the capacity search")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no new cell or probe after this many seconds (they are reported as skipped)")
+    p.add_argument("--graphs", action="store_true",
+                   help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)}; synthetic fill)")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.set_defaults(func=run)
@@ -236,6 +247,82 @@ def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev
     return row
 
 
+@torch.no_grad()
+def static_fill(cache, t: int) -> None:
+    """t random tokens per row in a static cache (compactkv.cache.static), without running the model."""
+    for layer in cache.layers:
+        if getattr(layer, "dense", False):
+            layer.keys[:, :, :t].normal_()
+            layer.values[:, :, :t].normal_()
+        else:
+            b, h = layer.k_rows.shape[:2]
+            layer.k_rows[:, :, :t] = random_rows(layer.k_codec, b, h, t, layer.k_rows.device)
+            layer.v_rows[:, :, :t] = random_rows(layer.v_codec, b, h, t, layer.v_rows.device)
+    cache.fill(t)
+
+
+def _timed_steps(fn, n: int, dev: torch.device) -> list[float]:
+    times = []
+    for _ in range(n):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, args, dev: torch.device) -> dict:
+    """One --graphs cell: static cache filled synthetically to t tokens, eager steps timed, then the step captured
+    and its replays timed."""
+    import compactkv
+    from ..engine.caches import cache_memory
+    from ..engine.graphs import GreedyStepGraph, static_cache
+
+    row = {"batch": b, "context": t, "kind": kind, "fill": "synthetic", "status": "ok", "stage": None,
+           "cuda_graph": dev.type == "cuda"}
+    cache = dec = None
+    error = None
+    _free(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        if kind not in GRAPH_KINDS:
+            raise ValueError(f"--graphs takes caches {', '.join(GRAPH_KINDS)}; {kind!r} does not capture")
+        row["stage"] = "fill"
+        compactkv.attach(model)  # dense static layers run SDPA through compactkv's attention function too
+        eager_n = max(2, args.warmup)
+        cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
+        static_fill(cache, t)
+        dec = GreedyStepGraph(model, cache, torch.randint(0, shape["vocab_size"], (b, 1), device=dev))
+        row["stage"] = "eager"
+        eager = _timed_steps(dec.step, eager_n, dev)[1:]  # the first step compiles
+        row["eager_step_ms_median"] = statistics.median(eager) * 1e3
+        row["stage"] = "capture"
+        if dev.type == "cuda":
+            dec.capture(warmup=1)
+        row["stage"] = "decode"
+        times = _timed_steps(dec.step, args.steps, dev)
+        med = statistics.median(times)
+        row.update(step_ms_median=med * 1e3, step_ms_mean=statistics.fmean(times) * 1e3,
+                   step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times),
+                   eager_tok_s=b / statistics.median(eager), graph_over_eager=statistics.median(eager) / med)
+        mem = cache_memory(cache)
+        row.update(kv_bytes=mem["kv_bytes"], kv_fp16_bytes=mem["fp16_bytes"], tokens_held=mem["tokens"])
+        row["stage"] = None
+    except torch.OutOfMemoryError as e:
+        row["status"], error = "OOM", str(e).split("\n")[0][:300]
+    except Exception as e:  # noqa: BLE001 - a broken cell is a result too; the run goes on
+        row["status"], error = "error", f"{type(e).__name__}: {str(e)[:300]}"
+    if error:
+        row["error"] = error
+    if dev.type == "cuda":
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(dev)
+    del cache, dec
+    _free(dev)
+    return row
+
+
 def probe(model, shape: dict, kind: str, b: int, t: int, dev: torch.device) -> tuple[bool, str | None, float]:
     """Does batch b at context t fit: synthetic fill + one decode step? (fits, error, peak GiB)."""
     from ..engine.caches import cache_kwarg
@@ -294,7 +381,7 @@ def _gib(x) -> str:
 
 def table(info: dict) -> str:
     head = (f"{'B':>3} {'T':>7} {'fill':>9} {'cache':>12} {'tok/s':>8} {'x f16':>6} {'step ms':>8} "
-            f"{'peak GiB':>8} {'KV GiB':>7} {'prefill s':>9}  status")
+            f"{'peak GiB':>8} {'KV GiB':>7} {'prefill s':>9} {'eager ms':>8}  status")
     m = info["machine"]
     lines = [f"card {m['gpu'] or m['device']}; torch {m['torch']}, transformers {m['transformers']}, triton "
              f"{m['triton']}; commit {info['commit']}; model {info['model']}; no CUDA graphs, no torch.compile "
@@ -304,9 +391,10 @@ def table(info: dict) -> str:
         x = f"{r['x_f16']:.2f}" if r.get("x_f16") else "-"
         step = f"{r['step_ms_median']:.1f}" if r.get("step_ms_median") else "-"
         pre = f"{r['prefill_s']:.1f}" if r.get("prefill_s") else "-"
+        eager = f"{r['eager_step_ms_median']:.1f}" if r.get("eager_step_ms_median") else "-"
         status = r["status"] + (f" ({r['stage']})" if r["status"] != "ok" and r.get("stage") else "")
         lines.append(f"{r['batch']:>3} {r['context']:>7} {r['fill']:>9} {r['kind']:>12} {tok:>8} {x:>6} {step:>8} "
-                     f"{_gib(r.get('peak_bytes')):>8} {_gib(r.get('kv_bytes')):>7} {pre:>9}  {status}")
+                     f"{_gib(r.get('peak_bytes')):>8} {_gib(r.get('kv_bytes')):>7} {pre:>9} {eager:>8}  {status}")
     for c in info.get("capacity", []):
         note = "" if c.get("complete") else " (search cut short by the deadline)"
         cap = " (the --max-batch cap)" if c.get("capped") else ""
@@ -323,8 +411,10 @@ def run(args) -> int:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     for k in kinds + [k.strip() for k in args.capacity_kinds.split(",") if k.strip()]:
-        if k not in CONFIGS:
-            raise ValueError(f"unknown cache {k!r}; accepted: {', '.join(CONFIGS)}")
+        accepted = GRAPH_KINDS if args.graphs and k in kinds else CONFIGS
+        if k not in accepted:
+            raise ValueError(f"unknown cache {k!r}{' with --graphs' if args.graphs else ''}; accepted: "
+                             f"{', '.join(accepted)}")
     import transformers
     try:
         import triton
@@ -332,7 +422,7 @@ def run(args) -> int:
     except ImportError:
         triton_version = None
     info = {"commit": commit(), "model": "tiny random Llama (2 layers)" if args.tiny else
-            "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": False, "torch_compile": False,
+            "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": bool(args.graphs) and dev.type == "cuda", "torch_compile": False,
             "machine": {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                         "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton_version,
                         "cpu": platform.processor() or platform.machine(),
@@ -358,11 +448,15 @@ def run(args) -> int:
 
     plan = [(b, t, "prefill") for b in _ints(args.batches) for t in _ints(args.contexts)]
     plan += [(b, t, "synthetic") for b in _ints(args.batches) for t in _ints(args.synthetic_contexts)]
+    if args.graphs:  # static caches are filled synthetically
+        plan = [(b, t, "synthetic") for b, t, _ in plan]
     for b, t, fill in plan:
         group = []
         for kind in kinds:
             if out_of_time():
                 row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "skipped", "stage": "deadline"}
+            elif args.graphs:
+                row = run_graph_cell(model, shape, kind, b, t, args, dev)
             else:
                 row = run_cell(model, shape, kind, b, t, fill, args, dev)
             info["cells"].append(row)
@@ -375,9 +469,9 @@ def run(args) -> int:
                   + f"  t+{time.perf_counter() - start:.0f}s", flush=True)
             save()
         # x f16 = tokens/s over the faster fp16 baseline (f16 / f16-flash) of the same batch and context
-        bases = [r["tok_s"] for r in group if CONFIGS[r["kind"]] is None and r.get("tok_s")]
+        bases = [r["tok_s"] for r in group if r["kind"].startswith("f16") and r.get("tok_s")]
         for r in group:
-            if bases and r.get("tok_s") and CONFIGS[r["kind"]] is not None:
+            if bases and r.get("tok_s") and not r["kind"].startswith("f16"):
                 r["x_f16"] = r["tok_s"] / max(bases)
                 r["x_f16_base"] = max(bases)
         save()

@@ -1,4 +1,8 @@
-"""`StaticTurboQuantLayer`: preallocated compressed KV storage with fixed addresses, for CUDA-graph decode.
+"""Preallocated KV storage with fixed addresses and device-side lengths, for CUDA-graph decode.
+
+`StaticTurboQuantLayer` holds compressed rows, `StaticDenseLayer` the model's K/V uncompressed (the fp16 side of a
+fair graphed comparison); `StaticTurboQuantCache` / `StaticDenseCache` are transformers Caches of them, one layer
+per decoder layer (full attention only). engine/graphs.py captures a whole decode step of a model over them.
 
 Rows keep the codec's row format and sit in [B, H, max_cache_len, row_bytes] uint8 buffers; the number of stored
 tokens per batch row lives on the device (`lengths`), so appending a token and attending over the cache have
@@ -13,18 +17,21 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..core.codec import Codec
+from .cache import ATTN_IMPLEMENTATION, _decoder_config, head_dim_of, kv_layer_types
 from .layer import STORE_DTYPE, TAG
 
 Encoder = Callable[[Codec, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (codec, x, rows, positions)
 
 
 class StaticTurboQuantLayer(CacheLayerMixin):
-    """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys)."""
+    """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys), except
+    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores."""
 
     is_compileable = False
+    masks_itself = True
     is_sliding = False
     is_croppable = True
 
@@ -142,3 +149,198 @@ def _torch_encode(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: 
     enc = codec.encode(x)
     for b, p in enumerate(positions.tolist()):
         rows[b, :, p:p + x.shape[-2]] = enc[b]
+
+
+class StaticDenseLayer(CacheLayerMixin):
+    """Uncompressed K/V in preallocated [B, H, max_cache_len, D] buffers, lengths on the device.
+
+    `update` writes the new tokens at each batch row's length and returns the whole buffers tagged with this layer;
+    compactkv's attention function then runs SDPA over them with `attn_mask(...)`: every stored token of the row up
+    to the query's own position (exact). exact_mask=False drops the mask for single-token steps: SDPA attends all
+    max_cache_len slots, unwritten ones included (zeros), which costs what an exact attention over max_cache_len
+    tokens costs (flash kernels take no mask) but gives wrong values while slots are empty: a timing baseline only.
+    """
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = True
+    masks_itself = True
+    dense = True  # read by compactkv's attention function: SDPA over the buffers, not the compressed path
+
+    def __init__(self, head_dim: int, batch_size: int, num_kv_heads: int, max_cache_len: int, device="cuda",
+                 dtype=torch.bfloat16, exact_mask: bool = True):
+        super().__init__()
+        if min(batch_size, num_kv_heads, max_cache_len, head_dim) < 1:
+            raise ValueError("head_dim, batch_size, num_kv_heads and max_cache_len must be >= 1")
+        self.head_dim, self.max_cache_len, self.exact_mask = head_dim, max_cache_len, exact_mask
+        self.device, self.dtype = torch.device(device), dtype
+        shape = (batch_size, num_kv_heads, max_cache_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
+        self._slots = torch.arange(max_cache_len, device=self.device)
+        self.query_positions = None  # int64 [B, T]: positions of the last update's tokens (for the mask)
+        self.cumulative_length = 0
+        self.is_initialized = True
+
+    def __repr__(self) -> str:
+        return f"StaticDenseLayer({self.dtype}, tokens={self.cumulative_length}/{self.max_cache_len})"
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Storage is allocated in __init__."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        b, h, t, d = key_states.shape
+        if self.cumulative_length + t > self.max_cache_len:
+            raise ValueError(f"the static cache holds {self.max_cache_len} tokens; {self.cumulative_length} "
+                             f"stored and {t} more given")
+        if (b, h, d) != (self.keys.shape[0], self.keys.shape[1], self.head_dim):
+            raise ValueError(f"key states [B={b}, H={h}, D={d}] do not match the cache's buffers "
+                             f"[B={self.keys.shape[0]}, H={self.keys.shape[1]}, D={self.head_dim}]")
+        pos = self.lengths.long()[:, None] + torch.arange(t, device=self.device)  # [B, T]
+        idx = pos[:, None, :, None].expand(b, h, t, d)
+        self.keys.scatter_(2, idx, key_states.to(self.dtype))
+        self.values.scatter_(2, idx, value_states.to(self.dtype))
+        self.query_positions = pos
+        self.lengths += t
+        self.cumulative_length += t
+        keys, values = self.keys, self.values
+        setattr(keys, TAG, self)
+        setattr(values, TAG, self)
+        return keys, values
+
+    def attn_mask(self, groups: int, tq: int) -> torch.Tensor | None:
+        """bool [B, 1, groups * tq, max_cache_len] (query rows ordered (group, token), as the attention function
+        folds GQA into the query length), or None where exact_mask is off for a single-token step."""
+        if not self.exact_mask and tq == 1:
+            return None
+        keep = self._slots[None, None, :] <= self.query_positions[:, -tq:, None]  # [B, Tq, max]
+        return keep[:, None].expand(-1, groups, -1, -1).reshape(keep.shape[0], 1, groups * tq, -1)
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
+        if not isinstance(query_length, int):
+            query_length = query_length.shape[0]
+        return self.cumulative_length + query_length, 0
+
+    def trim_window(self) -> None:
+        """No sliding window here."""
+
+    def crop(self, max_length: int) -> None:
+        new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
+        if new_len < 0:
+            raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
+        self.cumulative_length = new_len
+        self.lengths.clamp_(max=new_len)
+
+    def reset(self) -> None:
+        self.cumulative_length = 0
+        self.lengths.zero_()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        idx = beam_idx.to(self.device)
+        for t in (self.keys, self.values, self.lengths):
+            t.copy_(t.index_select(0, idx))
+
+    def memory(self) -> dict:
+        b, h = self.keys.shape[:2]
+        used = 2 * b * h * self.head_dim * self.cumulative_length * self.keys.element_size()
+        return {"compressed_bytes": 0, "window_bytes": self.keys.nbytes + self.values.nbytes, "aux_bytes": 0,
+                "tokens": self.cumulative_length, "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
+                "used_bytes": used}
+
+
+class StaticKVCache(Cache):
+    """A transformers Cache of static layers (one per decoder layer), all with the same batch and capacity.
+
+    Tokens are counted twice: on the device (`lengths`, what captured steps advance) and on the host
+    (`cumulative_length` per layer, what transformers asks); `host_lengths` / `set_host_lengths` let a caller that
+    replays captured steps keep the host count in step (engine/graphs.py)."""
+
+    def __init__(self, config, layers: list):
+        self.model_config = _decoder_config(config)
+        super().__init__(layers=layers)
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        impl = getattr(self.model_config, "_attn_implementation", None)
+        if impl != ATTN_IMPLEMENTATION:
+            raise ValueError(f"{type(self).__name__} needs the model's attention implementation to be "
+                             f"{ATTN_IMPLEMENTATION!r} (it is {impl!r}): call compactkv.attach(model) first")
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """int32 [B]: tokens stored per batch row (the device copy every layer advances alike)."""
+        return self.layers[0].lengths
+
+    @property
+    def max_cache_len(self) -> int:
+        return self.layers[0].max_cache_len
+
+    def room(self) -> int:
+        """Tokens that still fit."""
+        return self.max_cache_len - self.layers[0].cumulative_length
+
+    def host_lengths(self) -> list[int]:
+        return [layer.cumulative_length for layer in self.layers]
+
+    def set_host_lengths(self, counts: list[int]) -> None:
+        for layer, n in zip(self.layers, counts):
+            layer.cumulative_length = n
+
+    def fill(self, tokens: int) -> None:
+        """Mark `tokens` tokens per row as stored without writing them (benchmarks fill the buffers themselves)."""
+        if not 0 <= tokens <= self.max_cache_len:
+            raise ValueError(f"tokens must be in [0, {self.max_cache_len}], got {tokens}")
+        for layer in self.layers:
+            layer.lengths.fill_(tokens)
+            layer.cumulative_length = tokens
+
+    def memory_report(self) -> dict:
+        per_layer = [layer.memory() for layer in self.layers]
+        keys = ("compressed_bytes", "window_bytes", "aux_bytes", "fp16_bytes")
+        out = {k: sum(m.get(k, 0) for m in per_layer) for k in keys}
+        out["kv_bytes"] = out["compressed_bytes"] + out["window_bytes"] + out["aux_bytes"]
+        out["per_layer"] = per_layer
+        return out
+
+
+def _static_shapes(config) -> tuple[int, int, int]:
+    """(layers, kv heads, head_dim); ValueError for models with sliding-window layers."""
+    types = kv_layer_types(config)
+    if any(t != "full_attention" for t in types):
+        raise ValueError("static caches hold full-attention layers only; this model has sliding-window layers "
+                         "(use TurboQuantCache)")
+    cfg = _decoder_config(config)
+    return len(types), getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim_of(config)
+
+
+class StaticTurboQuantCache(StaticKVCache):
+    """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
+    no fp16 sink or recent window, no key centering or scaling (plain TurboQuant rows). `encode`: see
+    StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA)."""
+
+    def __init__(self, config, k: str = "turbo4", v: str = "turbo4", *, batch_size: int, max_cache_len: int,
+                 device="cuda", seed: int = 0, norm_correction: bool = True, unbiased_keys: bool = False,
+                 encode: Encoder | None = None):
+        n, hkv, d = _static_shapes(config)
+        layers = [StaticTurboQuantLayer(k, v, d, batch_size, hkv, max_cache_len, device=device, seed=seed,
+                                        norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys)
+                  for _ in range(n)]
+        super().__init__(config, layers)
+
+
+class StaticDenseCache(StaticKVCache):
+    """Uncompressed KV in preallocated buffers (`StaticDenseLayer` per layer), the model's dtype by default."""
+
+    def __init__(self, config, *, batch_size: int, max_cache_len: int, device="cuda", dtype=torch.bfloat16,
+                 exact_mask: bool = True):
+        n, hkv, d = _static_shapes(config)
+        layers = [StaticDenseLayer(d, batch_size, hkv, max_cache_len, device=device, dtype=dtype,
+                                   exact_mask=exact_mask) for _ in range(n)]
+        super().__init__(config, layers)

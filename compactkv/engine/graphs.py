@@ -1,0 +1,113 @@
+"""Greedy decode steps of a whole model captured in one CUDA graph, over a static cache.
+
+A decode step of an 8B model is ~1,000 kernel launches; eager, the host issues them slower than the GPU runs them
+at batch 1 (docs/performance.md). `GreedyStepGraph` captures one step, "embed the last token, run every layer
+(write the token's K/V at each row's device-side length, attend), pick the argmax", and replays it: the token ids
+and positions never leave the device, and the host only counts tokens.
+
+The cache must be a `compactkv.cache.static.StaticKVCache` (fixed addresses, device lengths) and the model must run
+compactkv's attention (`compactkv.attach`). `static_cache` builds one: compressed rows written by the in-place Triton
+encoder on CUDA (capturable), or uncompressed buffers ("f16") for the comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..cache.static import StaticDenseCache, StaticKVCache, StaticTurboQuantCache
+from .caches import cache_kwarg
+
+DENSE = ("f16", "f16-nomask")  # uncompressed static caches: exact mask / mask dropped for 1-token steps (timing)
+
+
+def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_cache_len: int,
+                 device: str | torch.device | None = None) -> StaticKVCache:
+    """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of
+    codec kinds (a single kind means k = v). On CUDA with Triton, compressed layers encode with the in-place kernel,
+    so a decode step over them can be captured; elsewhere with Codec.encode (eager only)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if isinstance(kind, str) and kind in DENSE:
+        dtype = next(model.parameters()).dtype
+        return StaticDenseCache(model.config, batch_size=batch_size, max_cache_len=max_cache_len, device=device,
+                                dtype=dtype, exact_mask=kind == "f16")
+    k, v = (kind, kind) if isinstance(kind, str) else kind
+    encode = None
+    if device.type == "cuda":
+        try:
+            from ..attention.triton.encode import encode_into
+        except ImportError:  # no triton: Codec.encode (eager only)
+            encode_into = None
+        encode = encode_into
+    return StaticTurboQuantCache(model.config, k, v, batch_size=batch_size, max_cache_len=max_cache_len,
+                                 device=device, encode=encode)
+
+
+class GreedyStepGraph:
+    """One greedy decode step of `model` over `cache`, eager or replayed from a CUDA graph.
+
+    tokens: int64 [B, 1], each row's last token (not yet in the cache). Every `step()` feeds `self.tokens`, writes
+    their K/V, and overwrites `self.tokens` with the argmax of the next-token logits (the same tensor every time).
+    `capture()` records the step after `warmup` eager steps on a side stream (those steps are real decode steps:
+    their tokens are returned). Positions are each row's stored length, read on the device.
+    """
+
+    def __init__(self, model: Any, cache: StaticKVCache, tokens: torch.Tensor):
+        if not isinstance(cache, StaticKVCache):
+            raise ValueError(f"GreedyStepGraph needs a static cache (compactkv.cache.static), got "
+                             f"{type(cache).__name__}")
+        if tokens.dim() != 2 or tokens.shape[1] != 1 or tokens.shape[0] != cache.lengths.shape[0]:
+            raise ValueError(f"tokens must be [batch={cache.lengths.shape[0]}, 1], got {list(tokens.shape)}")
+        self.model, self.cache = model, cache
+        self.kwarg = cache_kwarg(model)
+        self.tokens = tokens.to(device=cache.lengths.device, dtype=torch.long).clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _forward(self) -> torch.Tensor:
+        positions = self.cache.lengths.long()[:, None]
+        out = self.model(input_ids=self.tokens, position_ids=positions, use_cache=True, logits_to_keep=1,
+                         **{self.kwarg: self.cache})
+        self.tokens.copy_(out.logits[:, -1].argmax(-1, keepdim=True))
+        return self.tokens
+
+    def _check_room(self) -> None:
+        if self.cache.room() < 1:
+            raise ValueError(f"the static cache is full ({self.cache.max_cache_len} tokens); build it with a larger "
+                             f"max_cache_len")
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Advance one token; returns `self.tokens` (the new tokens, on the device)."""
+        self._check_room()
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        self.cache.set_host_lengths([n + 1 for n in self.cache.host_lengths()])
+        return self.tokens
+
+    @torch.no_grad()
+    def capture(self, warmup: int = 2) -> list[torch.Tensor]:
+        """Run `warmup` (>= 1) eager steps on a side stream (compiles kernels, builds per-layer tables), then capture
+        the step. Returns the warm-up steps' tokens (copies)."""
+        if not self.tokens.is_cuda:
+            raise ValueError("CUDA graphs need the model and cache on a CUDA device")
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (the first step compiles and allocates), got {warmup}")
+        if self.cache.room() < warmup + 1:
+            raise ValueError(f"the static cache has room for {self.cache.room()} tokens; warm-up and capture need "
+                             f"{warmup + 1}")
+        produced = []
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                produced.append(self._forward().clone())
+        torch.cuda.current_stream().wait_stream(side)
+        counts = self.cache.host_lengths()  # capture runs the host code once but moves no device state
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._forward()
+        self.cache.set_host_lengths(counts)
+        self.graph = graph
+        return produced

@@ -1,0 +1,166 @@
+"""Static caches at model level (cache/static.py) and the captured greedy step (engine/graphs.py).
+
+CPU: eager steps over StaticDenseCache must give DynamicCache's tokens and logits; over StaticTurboQuantCache the
+tokens of a TurboQuantCache that compresses every token at once with the same codecs. CUDA (skipped elsewhere):
+replayed steps must give the eager steps' tokens.
+"""
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+import compactkv
+from compactkv.cache.static import StaticDenseCache, StaticTurboQuantCache
+from compactkv.engine.graphs import GreedyStepGraph, static_cache
+
+VOCAB = 256
+
+
+def tiny_model(device="cpu", dtype=torch.float32, seed=0, **extra):
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
+                      **extra)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(device, dtype).eval()
+    compactkv.attach(model)
+    return model
+
+
+@torch.no_grad()
+def greedy_reference(model, cache, ids, steps):
+    """Prefill + `steps` greedy tokens with a cache transformers grows itself; (tokens [B, steps], last logits)."""
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    tok = out.logits[:, -1:].argmax(-1)
+    toks, logits = [tok], None
+    for _ in range(steps - 1):
+        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        tok = logits.argmax(-1, keepdim=True)
+        toks.append(tok)
+    return torch.cat(toks, 1), logits
+
+
+@torch.no_grad()
+def greedy_static(model, cache, ids, steps, graph=False, warmup=2):
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    dec = GreedyStepGraph(model, cache, out.logits[:, -1:].argmax(-1))
+    toks = [dec.tokens.clone()]
+    if graph:
+        toks += dec.capture(warmup=warmup)
+    while len(toks) < steps:
+        toks.append(dec.step().clone())
+    return torch.cat(toks, 1), dec
+
+
+def test_static_dense_matches_dynamic_cache():
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(1))
+    model.set_attn_implementation("sdpa")
+    ref, _ = greedy_reference(model, DynamicCache(config=model.config), ids, 12)
+    compactkv.attach(model)
+    cache = StaticDenseCache(model.config, batch_size=2, max_cache_len=64, device="cpu", dtype=torch.float32)
+    got, dec = greedy_static(model, cache, ids, 12)
+    assert torch.equal(got, ref)
+    assert cache.host_lengths() == [37 + 11] * 2 and cache.lengths.tolist() == [48, 48]
+    # logits of one more step against the dynamic cache's, same history
+    model.set_attn_implementation("sdpa")
+    dyn = DynamicCache(config=model.config)
+    hist = torch.cat([ids, got[:, :-1]], 1)
+    model(input_ids=hist, past_key_values=dyn, use_cache=True)
+    want = model(input_ids=got[:, -1:], past_key_values=dyn, use_cache=True).logits[:, -1]
+    compactkv.attach(model)
+    positions = cache.lengths.long()[:, None]
+    have = model(input_ids=got[:, -1:], position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+    assert torch.allclose(have, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+def test_static_turbo_matches_compress_everything_cache(kind):
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
+    ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=0, residual_length=0,
+                                          block_size=1, center_keys=False, scale_keys=False, unbiased_keys=False)
+    ref, _ = greedy_reference(model, ref_cache, ids, 10)
+    cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu")
+    got, _ = greedy_static(model, cache, ids, 10)
+    assert torch.equal(got, ref)
+    # the rows themselves: the dynamic layer's compressed chunks hold the same bytes
+    for dyn, st in zip(ref_cache.layers, cache.layers):
+        n = dyn.n_compressed
+        assert n == 49 and st.cumulative_length == 49
+        assert torch.equal(torch.cat(dyn.chunks_k, -2), st.k_rows[:, :, :n])
+        assert torch.equal(torch.cat(dyn.chunks_v, -2), st.v_rows[:, :, :n])
+
+
+def test_static_cache_errors():
+    model = tiny_model()
+    cache = static_cache(model, "turbo4", batch_size=1, max_cache_len=8)
+    with pytest.raises(ValueError, match="static cache"):
+        GreedyStepGraph(model, DynamicCache(config=model.config), torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens must be \[batch=1, 1\]"):
+        GreedyStepGraph(model, cache, torch.zeros(2, 1, dtype=torch.long))
+    dec = GreedyStepGraph(model, cache, torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="CUDA graphs need"):
+        dec.capture()
+    for _ in range(8):
+        dec.step()
+    with pytest.raises(ValueError, match="static cache is full"):
+        dec.step()
+    assert cache.host_lengths() == [8, 8] and cache.lengths.tolist() == [8]  # nothing lost or half-written
+    with pytest.raises(ValueError, match="sliding-window"):
+        static_cache(tiny_model(sliding_window=16, layer_types=["sliding_attention", "full_attention"]), "f16",
+                     batch_size=1, max_cache_len=8)
+    with pytest.raises(ValueError, match="fractional"):
+        static_cache(model, "turbo3.5", batch_size=1, max_cache_len=8)
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="compactkv.attach"):
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long), past_key_values=static_cache(model, "f16", 1, 8))
+    with pytest.raises(ValueError, match="tokens must be in"):
+        cache.fill(9)
+
+
+def test_static_dense_nomask_is_a_timing_proxy_only():
+    """Without the exact mask a 1-token step attends empty slots too: its logits differ while slots are empty,
+    and equal the exact ones once the cache is full."""
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
+    for max_len, same in ((21, True), (22, False)):  # the step writes the last slot / leaves one empty
+        exact = static_cache(model, "f16", batch_size=1, max_cache_len=max_len)
+        loose = static_cache(model, "f16-nomask", batch_size=1, max_cache_len=max_len)
+        with torch.no_grad():
+            for cache in (exact, loose):
+                model(input_ids=ids, past_key_values=cache, use_cache=True)
+            a, b = (model(input_ids=torch.tensor([[3]]), position_ids=c.lengths.long()[:, None],
+                          past_key_values=c).logits for c in (exact, loose))
+        assert torch.allclose(a, b, atol=1e-5) == same
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("kind", ["f16", "turbo4", "turbo2", "turbo3"])
+def test_graph_replay_matches_eager(kind):
+    model = tiny_model("cuda", torch.float16)
+    ids = torch.randint(0, VOCAB, (3, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+    eager, _ = greedy_static(model, static_cache(model, kind, 3, 400), ids, 24)
+    cache = static_cache(model, kind, 3, 400)
+    graphed, dec = greedy_static(model, cache, ids, 24, graph=True)
+    assert dec.graph is not None
+    assert torch.equal(graphed, eager)
+    assert cache.host_lengths() == [300 + 23] * 2 and cache.lengths.tolist() == [323] * 3
+
+
+@pytest.mark.parametrize("kind", ["f16", "turbo4"])
+def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
+    """transformers sizes its mask by the host's token count, and builds one whenever a CUDA graph is being
+    captured; a captured step replays it while the cache grows. Static layers must not read it for one-token steps:
+    a mask covering the wrong number of keys gives the same output as no mask."""
+    from compactkv.attention.interface import compactkv_attention_forward
+    model = tiny_model()
+    cache = static_cache(model, kind, batch_size=2, max_cache_len=16)
+    layer = cache.layers[0]
+    g = torch.Generator().manual_seed(5)
+    k, v = layer.update(torch.randn(2, 2, 9, 64, generator=g), torch.randn(2, 2, 9, 64, generator=g))
+    q = torch.randn(2, 8, 1, 64, generator=g)
+    want, _ = compactkv_attention_forward(None, q, k, v, None, scaling=0.125)
+    short = torch.ones(2, 1, 1, 4, dtype=torch.bool)  # covers 4 of the 9 stored keys
+    got, _ = compactkv_attention_forward(None, q, k, v, short, scaling=0.125)
+    assert torch.equal(got, want)
