@@ -21,8 +21,9 @@ StaticDenseCache + SDPA under an exact per-row mask, "f16-nomask" = the same buf
 (SDPA attends every preallocated slot, unwritten ones too: the cost of an exact attention over that length with
 flash kernels, wrong values for the empty slots; a timing baseline only), turbo* = StaticTurboQuantCache (every token
 compressed, no fp16 window). One greedy step of the whole model (embedding, 32 layers, argmax) is captured
-(engine/graphs.GreedyStepGraph) and replayed; the cell also times the same step eager. Fill is synthetic (random
-buffers), for every context given. max_cache_len = context + the steps run.
+(engine/graphs.GreedyStepGraph) and replayed; the cell also times the same step eager. Fill as without --graphs
+(--contexts: chunked prefill through the model into the static cache; --synthetic-contexts: random buffers).
+max_cache_len = context + the steps run.
 
 `--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
 transients not included) for fp16 and turbo4.
@@ -74,7 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no new cell or probe after this many seconds (they are reported as skipped)")
     p.add_argument("--graphs", action="store_true",
-                   help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)}; synthetic fill)")
+                   help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)})")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.set_defaults(func=run)
@@ -272,14 +273,16 @@ def _timed_steps(fn, n: int, dev: torch.device) -> list[float]:
     return times
 
 
-def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, args, dev: torch.device) -> dict:
-    """One --graphs cell: static cache filled synthetically to t tokens, eager steps timed, then the step captured
-    and its replays timed."""
+def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev: torch.device) -> dict:
+    """One --graphs cell: static cache filled to t tokens (a chunked prefill through the model, or synthetic),
+    eager steps timed, then the step captured and its replays timed."""
     import compactkv
     from ..engine.caches import cache_memory
     from ..engine.graphs import GreedyStepGraph, static_cache
 
-    row = {"batch": b, "context": t, "kind": kind, "fill": "synthetic", "status": "ok", "stage": None,
+    from ..engine.caches import cache_kwarg
+
+    row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "ok", "stage": None,
            "cuda_graph": dev.type == "cuda"}
     cache = dec = None
     error = None
@@ -293,8 +296,21 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, args, dev: tor
         compactkv.attach(model)  # dense static layers run SDPA through compactkv's attention function too
         eager_n = max(2, args.warmup)
         cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
-        static_fill(cache, t)
-        dec = GreedyStepGraph(model, cache, torch.randint(0, shape["vocab_size"], (b, 1), device=dev))
+        if fill == "prefill":
+            g = torch.Generator(device="cpu").manual_seed(1234 + b)
+            ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
+            chunk = max(256, min(t, args.chunk_tokens // b))
+            row["prefill_chunk"] = chunk
+            t0 = time.perf_counter()
+            tok = prefill(model, cache, ids, chunk, cache_kwarg(model))
+            _sync(dev)
+            row["prefill_s"] = time.perf_counter() - t0
+            row["prefill_tok_s"] = b * t / row["prefill_s"]
+            del ids
+        else:
+            static_fill(cache, t)
+            tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
+        dec = GreedyStepGraph(model, cache, tok)
         row["stage"] = "eager"
         eager = _timed_steps(dec.step, eager_n, dev)[1:]  # the first step compiles
         row["eager_step_ms_median"] = statistics.median(eager) * 1e3
@@ -379,13 +395,21 @@ def _gib(x) -> str:
     return f"{x / GIB:.2f}" if x >= GIB / 100 or not x else f"{x / GIB:.2e}"
 
 
+def _graph_note(info: dict) -> str:
+    if info.get("cuda_graphs"):
+        return "CUDA graphs on both sides (static caches; 'eager ms' = the same step without the graph)"
+    if info["args"].get("graphs"):
+        return "static caches, eager (--graphs captures on CUDA only)"
+    return "no CUDA graphs, no torch.compile on either side"
+
+
 def table(info: dict) -> str:
     head = (f"{'B':>3} {'T':>7} {'fill':>9} {'cache':>12} {'tok/s':>8} {'x f16':>6} {'step ms':>8} "
             f"{'peak GiB':>8} {'KV GiB':>7} {'prefill s':>9} {'eager ms':>8}  status")
     m = info["machine"]
     lines = [f"card {m['gpu'] or m['device']}; torch {m['torch']}, transformers {m['transformers']}, triton "
-             f"{m['triton']}; commit {info['commit']}; model {info['model']}; no CUDA graphs, no torch.compile "
-             f"on either side; weights {_gib(info.get('weights_bytes'))} GiB", head]
+             f"{m['triton']}; commit {info['commit']}; model {info['model']}; {_graph_note(info)}; weights "
+             f"{_gib(info.get('weights_bytes'))} GiB", head]
     for r in info["cells"]:
         tok = f"{r['tok_s']:.1f}" if r.get("tok_s") else "-"
         x = f"{r['x_f16']:.2f}" if r.get("x_f16") else "-"
@@ -448,15 +472,13 @@ def run(args) -> int:
 
     plan = [(b, t, "prefill") for b in _ints(args.batches) for t in _ints(args.contexts)]
     plan += [(b, t, "synthetic") for b in _ints(args.batches) for t in _ints(args.synthetic_contexts)]
-    if args.graphs:  # static caches are filled synthetically
-        plan = [(b, t, "synthetic") for b, t, _ in plan]
     for b, t, fill in plan:
         group = []
         for kind in kinds:
             if out_of_time():
                 row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "skipped", "stage": "deadline"}
             elif args.graphs:
-                row = run_graph_cell(model, shape, kind, b, t, args, dev)
+                row = run_graph_cell(model, shape, kind, b, t, fill, args, dev)
             else:
                 row = run_cell(model, shape, kind, b, t, fill, args, dev)
             info["cells"].append(row)
