@@ -166,3 +166,23 @@ def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
     short = torch.ones(2, 1, 1, 4, dtype=torch.bool)  # covers 4 of the 9 stored keys
     got, _ = compactkv_attention_forward(None, q, k, v, short, scaling=0.125)
     assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3"])
+def test_static_kernels_match_torch_reference(kind, monkeypatch):
+    """Chunked prefill (the prefill path: 128-token chunks) and a decode step over a static cache: logits of the
+    Triton backend vs the torch reference (the rows are written by the same encode kernel in both runs)."""
+    model = tiny_model("cuda", torch.float16)
+    ids = torch.randint(0, VOCAB, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(6))
+    logits = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("COMPACTKV_BACKEND", backend)
+        cache = static_cache(model, kind, 2, 320)
+        with torch.no_grad():
+            for s in range(0, 300, 128):
+                model(input_ids=ids[:, s:s + 128], past_key_values=cache, use_cache=True)
+            out = model(input_ids=ids[:, :1], position_ids=cache.lengths.long()[:, None], past_key_values=cache)
+        logits[backend] = out.logits.float()
+    err = (logits["torch"] - logits["triton"]).abs().max() / logits["torch"].abs().max()
+    assert err < 2e-2, err

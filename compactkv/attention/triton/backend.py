@@ -3,7 +3,7 @@
 Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through the split kernel
 (`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
-prefill.py (rows expanded once to fp16, one SDPA call); the static layer (ragged lengths) always uses the kernel. Works for TurboQuantLayer (chunk list) and for layers
+prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). Per-layer derived tensors (chunk tables, the
 query map) are kept in the layer's `backend_state` dict, which the layer empties on reset.
 """
@@ -145,7 +145,7 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     if hq % hkv:
         raise ValueError(f"{hq} query heads cannot share {hkv} KV heads")
     g = hq // hkv
-    if tq >= PREFILL_MIN_TQ and getattr(layer, "packed_rows", None) is None:
+    if tq >= PREFILL_MIN_TQ:  # static layers too: their rows all hold the host's count (a prefill is never captured)
         source = _packed_source(layer, b, query.device) if layer.n_compressed else None
         return prefill_attention(layer, query, mask, scaling, source)
     q = query.float().reshape(b, hkv, g * tq, d)
