@@ -6,6 +6,7 @@
 #                                     # (SHAPES, KINDS, HEAD_DIM, VARIANTS override the defaults)
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
 #   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
+#   bash scripts/gpu_batch.sh graphs  # static-cache tests, then bench e2e --graphs (both sides in CUDA graphs)
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -44,8 +45,16 @@ bench)
         --contexts 32768,131072 --kinds turbo4,turbo3,turbo2 > "$OUT/kernels.txt" 2>&1
     tail -40 "$OUT/kernels.txt"
     ;;
+graphs)
+    python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_graphs.txt" 2>&1
+    tail -3 "$OUT/pytest_graphs.txt"
+    python -m compactkv.cli bench e2e --graphs --batches 8,1 --synthetic-contexts 32768,131072 \
+        --kinds f16,f16-nomask,turbo4,turbo2,turbo3 --steps 32 --warmup 3 --deadline-s 400 \
+        --json "$OUT/e2e-graphs.json" > "$OUT/e2e-graphs.txt" 2>&1
+    tail -24 "$OUT/e2e-graphs.txt"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs" >&2
     exit 2
     ;;
 esac
