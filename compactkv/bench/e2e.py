@@ -194,32 +194,60 @@ def decode(model, cache, tok: torch.Tensor, steps: int, kw: str, dev: torch.devi
     return times
 
 
+@contextlib.contextmanager
+def cell_guard(row: dict, dev: torch.device):
+    """Around one cell: memory freed and the peak counter reset first; an OutOfMemoryError or any other error is
+    recorded in `row` (status, error) instead of ending the run; the peak is recorded last."""
+    _free(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        row["status"], row["error"] = "OOM", str(e).split("\n")[0][:300]
+    except Exception as e:  # noqa: BLE001 - a broken cell is a result too; the run goes on
+        row["status"], row["error"] = "error", f"{type(e).__name__}: {str(e)[:300]}"
+    if dev.type == "cuda":
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(dev)
+
+
+def record_steps(row: dict, times: list[float], b: int) -> None:
+    """Step-time statistics (ms) and tokens/s from the median, into `row`."""
+    med = statistics.median(times)
+    row.update(step_ms_median=med * 1e3, step_ms_mean=statistics.fmean(times) * 1e3, step_ms_min=min(times) * 1e3,
+               step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times))
+
+
+def timed_prefill(model, cache, shape: dict, b: int, t: int, args, dev: torch.device, row: dict) -> torch.Tensor:
+    """Chunked prefill of b random prompts of t tokens into `cache`; records its chunk and time in `row`, returns
+    the greedy next token [B, 1]."""
+    from ..engine.caches import cache_kwarg
+
+    g = torch.Generator(device="cpu").manual_seed(1234 + b)
+    ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
+    chunk = min(t, max(256, args.chunk_tokens // b))  # >= 256 tokens unless the prompt is shorter
+    row["prefill_chunk"] = chunk
+    t0 = time.perf_counter()
+    tok = prefill(model, cache, ids, chunk, cache_kwarg(model))
+    _sync(dev)
+    row["prefill_s"] = time.perf_counter() - t0
+    row["prefill_tok_s"] = b * t / row["prefill_s"]
+    return tok
+
+
 def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev: torch.device) -> dict:
     from ..engine.caches import cache_kwarg, cache_memory
 
     row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "ok", "stage": None}
     kw = cache_kwarg(model)
-    cache = ids = tok = None
-    error = None
-    _free(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    try:
+    cache = tok = None
+    with cell_guard(row, dev):
         row["stage"] = "fill"
         cache = make_cache(model, kind)
         t0 = time.perf_counter()
         if fill == "prefill":
-            g = torch.Generator(device="cpu").manual_seed(1234 + b)
-            ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
-            chunk = max(256, min(t, args.chunk_tokens // b))
-            row["prefill_chunk"] = chunk
             with sdpa_backends(kind):
-                tok = prefill(model, cache, ids, chunk, kw)
-            _sync(dev)
-            row["prefill_s"] = time.perf_counter() - t0
-            row["prefill_tok_s"] = b * t / row["prefill_s"]
-            del ids
-            ids = None
+                tok = timed_prefill(model, cache, shape, b, t, args, dev, row)
         else:
             synthetic_fill(cache, shape, b, t, dev)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
@@ -228,22 +256,12 @@ def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev
         row["stage"] = "decode"
         with sdpa_backends(kind):
             times = decode(model, cache, tok, args.warmup + args.steps, kw, dev)[args.warmup:]
-        med = statistics.median(times)
-        row.update(step_ms_median=med * 1e3, step_ms_mean=statistics.fmean(times) * 1e3,
-                   step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times))
+        record_steps(row, times, b)
         mem = cache_memory(cache)
         row.update(kv_bytes=mem["kv_bytes"], kv_fp16_bytes=mem["fp16_bytes"], kv_window_bytes=mem["window_bytes"],
                    tokens_held=mem["tokens"])
         row["stage"] = None
-    except torch.OutOfMemoryError as e:
-        row["status"], error = "OOM", str(e).split("\n")[0][:300]
-    except Exception as e:  # noqa: BLE001 - a broken cell is a result too; the run goes on
-        row["status"], error = "error", f"{type(e).__name__}: {str(e)[:300]}"
-    if error:
-        row["error"] = error
-    if dev.type == "cuda":
-        row["peak_bytes"] = torch.cuda.max_memory_allocated(dev)
-    del cache, ids, tok
+    del cache, tok
     _free(dev)
     return row
 
@@ -280,16 +298,10 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
     from ..engine.caches import cache_memory
     from ..engine.graphs import GreedyStepGraph, static_cache
 
-    from ..engine.caches import cache_kwarg
-
     row = {"batch": b, "context": t, "kind": kind, "fill": fill, "status": "ok", "stage": None,
            "cuda_graph": dev.type == "cuda"}
     cache = dec = None
-    error = None
-    _free(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    try:
+    with cell_guard(row, dev):
         if kind not in GRAPH_KINDS:
             raise ValueError(f"--graphs takes caches {', '.join(GRAPH_KINDS)}; {kind!r} does not capture")
         row["stage"] = "fill"
@@ -297,16 +309,7 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         eager_n = max(2, args.warmup)
         cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
         if fill == "prefill":
-            g = torch.Generator(device="cpu").manual_seed(1234 + b)
-            ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
-            chunk = max(256, min(t, args.chunk_tokens // b))
-            row["prefill_chunk"] = chunk
-            t0 = time.perf_counter()
-            tok = prefill(model, cache, ids, chunk, cache_kwarg(model))
-            _sync(dev)
-            row["prefill_s"] = time.perf_counter() - t0
-            row["prefill_tok_s"] = b * t / row["prefill_s"]
-            del ids
+            tok = timed_prefill(model, cache, shape, b, t, args, dev, row)
         else:
             static_fill(cache, t)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
@@ -319,21 +322,12 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
             dec.capture(warmup=1)
         row["stage"] = "decode"
         times = _timed_steps(dec.step, args.steps, dev)
-        med = statistics.median(times)
-        row.update(step_ms_median=med * 1e3, step_ms_mean=statistics.fmean(times) * 1e3,
-                   step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times),
-                   eager_tok_s=b / statistics.median(eager), graph_over_eager=statistics.median(eager) / med)
+        record_steps(row, times, b)
+        row.update(eager_tok_s=b / statistics.median(eager),
+                   graph_over_eager=statistics.median(eager) / statistics.median(times))
         mem = cache_memory(cache)
         row.update(kv_bytes=mem["kv_bytes"], kv_fp16_bytes=mem["fp16_bytes"], tokens_held=mem["tokens"])
         row["stage"] = None
-    except torch.OutOfMemoryError as e:
-        row["status"], error = "OOM", str(e).split("\n")[0][:300]
-    except Exception as e:  # noqa: BLE001 - a broken cell is a result too; the run goes on
-        row["status"], error = "error", f"{type(e).__name__}: {str(e)[:300]}"
-    if error:
-        row["error"] = error
-    if dev.type == "cuda":
-        row["peak_bytes"] = torch.cuda.max_memory_allocated(dev)
     del cache, dec
     _free(dev)
     return row

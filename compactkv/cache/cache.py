@@ -35,6 +35,14 @@ def head_dim_of(config) -> int:
     return int(hd) if hd else cfg.hidden_size // cfg.num_attention_heads
 
 
+def require_compactkv_attention(cache) -> None:
+    """ValueError unless the model `cache` serves runs compactkv's attention (its keys would be read as plain K/V)."""
+    impl = getattr(cache.model_config, "_attn_implementation", None)
+    if impl != ATTN_IMPLEMENTATION:
+        raise ValueError(f"{type(cache).__name__} needs the model's attention implementation to be "
+                         f"{ATTN_IMPLEMENTATION!r} (it is {impl!r}): call compactkv.attach(model) first")
+
+
 class TurboQuantCache(Cache):
     """Compressed KV cache. Pass as `cache=` (transformers >= 5.2x) or `past_key_values=` to a model loaded with
     `attn_implementation="compactkv"` (see `compactkv.attach`).
@@ -72,10 +80,7 @@ class TurboQuantCache(Cache):
         super().__init__(layers=layers)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        impl = getattr(self.model_config, "_attn_implementation", None)
-        if impl != ATTN_IMPLEMENTATION:
-            raise ValueError(f"TurboQuantCache needs the model's attention implementation to be "
-                             f"{ATTN_IMPLEMENTATION!r} (it is {impl!r}): call compactkv.attach(model) first")
+        require_compactkv_attention(self)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     @property

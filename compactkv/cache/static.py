@@ -20,20 +20,62 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..core.codec import Codec
-from .cache import ATTN_IMPLEMENTATION, _decoder_config, head_dim_of, kv_layer_types
+from .cache import _decoder_config, head_dim_of, kv_layer_types, require_compactkv_attention
 from .layer import STORE_DTYPE, TAG
 
 Encoder = Callable[[Codec, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (codec, x, rows, positions)
 
 
-class StaticTurboQuantLayer(CacheLayerMixin):
-    """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys), except
-    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores."""
+class _StaticLayer(CacheLayerMixin):
+    """What both static layers share: a host token count (`cumulative_length`) next to the device one (`lengths`),
+    a fixed capacity, no sliding window; subclasses name their batch-indexed buffers in `_buffers()`."""
 
     is_compileable = False
-    masks_itself = True
     is_sliding = False
     is_croppable = True
+    masks_itself = True  # one-token steps ignore transformers' mask (compactkv.attention.interface)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Storage is allocated in __init__."""
+
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
+        if not isinstance(query_length, int):
+            query_length = query_length.shape[0]
+        return self.cumulative_length + query_length, 0
+
+    def trim_window(self) -> None:
+        """No sliding window here."""
+
+    def crop(self, max_length: int) -> None:
+        new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
+        if new_len < 0:
+            raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
+        self.cumulative_length = new_len
+        self.lengths.clamp_(max=new_len)
+
+    def reset(self) -> None:
+        self.cumulative_length = 0
+        self.lengths.zero_()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder batch rows in place (the buffers keep their addresses)."""
+        idx = beam_idx.to(self.device)
+        for t in self._buffers():
+            t.copy_(t.index_select(0, idx))
+
+
+class StaticTurboQuantLayer(_StaticLayer):
+    """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys), except
+    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores."""
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
@@ -65,9 +107,6 @@ class StaticTurboQuantLayer(CacheLayerMixin):
     def __repr__(self) -> str:
         return (f"StaticTurboQuantLayer(k={self.k_codec.kind}, v={self.v_codec.kind}, "
                 f"tokens={self.cumulative_length}/{self.max_cache_len})")
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Storage is allocated in __init__."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Encode new tokens [B, H, T, D] at each batch row's current length; returns them tagged with this layer."""
@@ -103,36 +142,8 @@ class StaticTurboQuantLayer(CacheLayerMixin):
     def stored_length(self) -> int:
         return self.cumulative_length
 
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_max_length(self) -> int:
-        return self.max_cache_len
-
-    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
-        if not isinstance(query_length, int):
-            query_length = query_length.shape[0]
-        return self.cumulative_length + query_length, 0
-
-    def trim_window(self) -> None:
-        """No sliding window here."""
-
-    def crop(self, max_length: int) -> None:
-        new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
-        if new_len < 0:
-            raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
-        self.cumulative_length = new_len
-        self.lengths.clamp_(max=new_len)
-
-    def reset(self) -> None:
-        self.cumulative_length = 0
-        self.lengths.zero_()
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Reorder batch rows in place (the buffers keep their addresses)."""
-        idx = beam_idx.to(self.device)
-        for t in (self.k_rows, self.v_rows, self.lengths):
-            t.copy_(t.index_select(0, idx))
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        return self.k_rows, self.v_rows, self.lengths
 
     def memory(self) -> dict:
         comp = self.k_rows.nbytes + self.v_rows.nbytes
@@ -151,7 +162,7 @@ def _torch_encode(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: 
         rows[b, :, p:p + x.shape[-2]] = enc[b]
 
 
-class StaticDenseLayer(CacheLayerMixin):
+class StaticDenseLayer(_StaticLayer):
     """Uncompressed K/V in preallocated [B, H, max_cache_len, D] buffers, lengths on the device.
 
     `update` writes the new tokens at each batch row's length and returns the whole buffers tagged with this layer;
@@ -161,10 +172,6 @@ class StaticDenseLayer(CacheLayerMixin):
     tokens costs (flash kernels take no mask) but gives wrong values while slots are empty: a timing baseline only.
     """
 
-    is_compileable = False
-    is_sliding = False
-    is_croppable = True
-    masks_itself = True
     dense = True  # read by compactkv's attention function: SDPA over the buffers, not the compressed path
 
     def __init__(self, head_dim: int, batch_size: int, num_kv_heads: int, max_cache_len: int, device="cuda",
@@ -185,9 +192,6 @@ class StaticDenseLayer(CacheLayerMixin):
 
     def __repr__(self) -> str:
         return f"StaticDenseLayer({self.dtype}, tokens={self.cumulative_length}/{self.max_cache_len})"
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Storage is allocated in __init__."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         b, h, t, d = key_states.shape
@@ -217,35 +221,8 @@ class StaticDenseLayer(CacheLayerMixin):
         keep = self._slots[None, None, :] <= self.query_positions[:, -tq:, None]  # [B, Tq, max]
         return keep[:, None].expand(-1, groups, -1, -1).reshape(keep.shape[0], 1, groups * tq, -1)
 
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_max_length(self) -> int:
-        return self.max_cache_len
-
-    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
-        if not isinstance(query_length, int):
-            query_length = query_length.shape[0]
-        return self.cumulative_length + query_length, 0
-
-    def trim_window(self) -> None:
-        """No sliding window here."""
-
-    def crop(self, max_length: int) -> None:
-        new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
-        if new_len < 0:
-            raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
-        self.cumulative_length = new_len
-        self.lengths.clamp_(max=new_len)
-
-    def reset(self) -> None:
-        self.cumulative_length = 0
-        self.lengths.zero_()
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        idx = beam_idx.to(self.device)
-        for t in (self.keys, self.values, self.lengths):
-            t.copy_(t.index_select(0, idx))
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        return self.keys, self.values, self.lengths
 
     def memory(self) -> dict:
         b, h = self.keys.shape[:2]
@@ -267,10 +244,7 @@ class StaticKVCache(Cache):
         super().__init__(layers=layers)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        impl = getattr(self.model_config, "_attn_implementation", None)
-        if impl != ATTN_IMPLEMENTATION:
-            raise ValueError(f"{type(self).__name__} needs the model's attention implementation to be "
-                             f"{ATTN_IMPLEMENTATION!r} (it is {impl!r}): call compactkv.attach(model) first")
+        require_compactkv_attention(self)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     @property

@@ -1,0 +1,66 @@
+"""`compactkv bench e2e` on the 2-layer --tiny model (CPU): eager and --graphs cells, the JSON, bad input."""
+
+import json
+
+from compactkv.cli import main
+
+
+def run(tmp_path, *extra):
+    out = tmp_path / "e2e.json"
+    rc = main(["bench", "e2e", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "2", "--chunk-tokens", "64",
+               "--json", str(out), *extra])
+    return rc, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_eager_cells(tmp_path):
+    rc, info = run(tmp_path, "--batches", "2", "--contexts", "40", "--kinds", "f16,turbo4")
+    assert rc == 0 and not info["cuda_graphs"]
+    f16, turbo = info["cells"]
+    assert [c["status"] for c in info["cells"]] == ["ok", "ok"]
+    assert f16["fill"] == turbo["fill"] == "prefill" and turbo["prefill_chunk"] == 40
+    assert turbo["tokens_held"] == 40 + 2 + 3 and turbo["x_f16"] == turbo["tok_s"] / f16["tok_s"]
+    assert "no CUDA graphs" in info["table"]
+
+
+def test_graph_cells_on_cpu_run_the_static_step_eagerly(tmp_path):
+    rc, info = run(tmp_path, "--graphs", "--batches", "2", "--contexts", "40", "--synthetic-contexts", "32",
+                   "--kinds", "f16,f16-nomask,turbo4,turbo3")
+    assert rc == 0 and not info["cuda_graphs"]  # captured on CUDA only
+    cells = info["cells"]
+    assert [c["status"] for c in cells] == ["ok"] * 8, [c.get("error") for c in cells]
+    assert [c["fill"] for c in cells] == ["prefill"] * 4 + ["synthetic"] * 4
+    for c in cells:
+        assert c["cuda_graph"] is False and c["eager_step_ms_median"] > 0 and c["tok_s"] > 0
+        # eager steps (warm-up: at least 2) + the timed steps, on top of the context
+        assert c["tokens_held"] == c["context"] + 2 + 3
+    turbo = [c for c in cells if c["kind"] == "turbo4"]
+    assert all(c["kv_bytes"] < c["kv_fp16_bytes"] for c in turbo)
+    assert all("x_f16" in c for c in turbo)
+    assert "static caches, eager" in info["table"]
+
+
+def test_bad_input(tmp_path, capsys):
+    rc, _ = run(tmp_path, "--graphs", "--kinds", "f16,q8_0/turbo4")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "q8_0/turbo4" in err and "f16-nomask, turbo4, turbo3, turbo2" in err
+    rc, _ = run(tmp_path, "--kinds", "turbo9")
+    assert rc == 2 and "unknown cache 'turbo9'" in capsys.readouterr().err
+
+
+def test_a_broken_cell_is_recorded_and_the_run_goes_on(monkeypatch):
+    """A cell that fails is a result with its error and stage, and the next cell still runs. The failure here: a
+    fractional kind let through the kind check, which the static cache then refuses."""
+    import torch
+
+    import compactkv.bench.e2e as e2e
+
+    class Args:
+        steps, warmup, chunk_tokens = 2, 2, 64
+
+    model, shape = e2e.build_model(True, torch.device("cpu"))
+    monkeypatch.setattr(e2e, "GRAPH_KINDS", e2e.GRAPH_KINDS + ("turbo3.5",))
+    bad = e2e.run_graph_cell(model, shape, "turbo3.5", 1, 16, "synthetic", Args, torch.device("cpu"))
+    assert bad["status"] == "error" and "fractional" in bad["error"] and bad["stage"] == "fill"
+    good = e2e.run_graph_cell(model, shape, "turbo4", 1, 16, "synthetic", Args, torch.device("cpu"))
+    assert good["status"] == "ok" and good["tokens_held"] == 16 + 2 + 2
