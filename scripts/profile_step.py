@@ -4,12 +4,14 @@ Llama-3.1-8B-shaped model after a real prefill, for DynamicCache+SDPA (f16) and 
     PYTHONPATH=. python scripts/profile_step.py --batch 1 --context 32768 --kinds f16,turbo4 --json out.json
 
 With --static, the caches are static (compactkv.cache.static; kinds f16, f16-nomask, turbo*), filled synthetically
-and stepped by engine/graphs.GreedyStepGraph without capture: the device time per kernel is what a captured step
-replays. With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled one
-that pays the kernels' compilation): per-prefill totals.
+and stepped eagerly by engine/graphs.GreedyStepGraph; --graph captures the step and profiles its replays instead;
+--launches NAME prints the duration of every launch of the kernels whose name holds NAME (eager, then replayed).
+With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled
+one that pays the kernels' compilation): per-prefill totals.
 
-Prints, per kind: the median step time without the profiler, the profiled step's CPU and GPU busy time, and the
-operators with the largest self CPU time (host cost) and self CUDA time (device cost).
+Prints, per kind: the median step time without the profiler, the profiled step's CPU time and GPU busy time (the
+sum of its kernels), the operators with the largest self CPU time (host cost) and the kernels with the largest
+device time.
 """
 
 from __future__ import annotations

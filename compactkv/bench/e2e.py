@@ -440,7 +440,8 @@ def run(args) -> int:
     except ImportError:
         triton_version = None
     info = {"commit": commit(), "model": "tiny random Llama (2 layers)" if args.tiny else
-            "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": bool(args.graphs) and dev.type == "cuda", "torch_compile": False,
+            "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": bool(args.graphs) and dev.type == "cuda",
+            "torch_compile": False,
             "machine": {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                         "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton_version,
                         "cpu": platform.processor() or platform.machine(),
