@@ -18,6 +18,7 @@ def test_eager_cells(tmp_path):
     f16, turbo = info["cells"]
     assert [c["status"] for c in info["cells"]] == ["ok", "ok"]
     assert f16["fill"] == turbo["fill"] == "prefill" and turbo["prefill_chunk"] == 40
+    assert f16["prefill_warmed"] and turbo["prefill_warmed"]
     assert turbo["tokens_held"] == 40 + 2 + 3 and turbo["x_f16"] == turbo["tok_s"] / f16["tok_s"]
     assert "no CUDA graphs" in info["table"]
 
@@ -29,6 +30,7 @@ def test_graph_cells_on_cpu_run_the_static_step_eagerly(tmp_path):
     cells = info["cells"]
     assert [c["status"] for c in cells] == ["ok"] * 8, [c.get("error") for c in cells]
     assert [c["fill"] for c in cells] == ["prefill"] * 4 + ["synthetic"] * 4
+    assert all(c["prefill_warmed"] for c in cells[:4])
     for c in cells:
         assert c["cuda_graph"] is False and c["eager_step_ms_median"] > 0 and c["tok_s"] > 0
         # eager steps (warm-up: at least 2) + the timed steps, on top of the context
@@ -37,6 +39,11 @@ def test_graph_cells_on_cpu_run_the_static_step_eagerly(tmp_path):
     assert all(c["kv_bytes"] < c["kv_fp16_bytes"] for c in turbo)
     assert all("x_f16" in c for c in turbo)
     assert "static caches, eager" in info["table"]
+
+
+def test_cold_prefill(tmp_path):
+    rc, info = run(tmp_path, "--batches", "1", "--contexts", "40", "--kinds", "turbo4", "--no-prefill-warmup")
+    assert rc == 0 and info["cells"][0]["prefill_warmed"] is False
 
 
 def test_bad_input(tmp_path, capsys):

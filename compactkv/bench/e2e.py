@@ -7,7 +7,9 @@ check of the whole path).
 
 Each cell (batch B, context T, cache): fill the cache to T tokens, then time greedy decode steps one at a time
 (device synchronized before and after each step; median -> tokens/s = B / median step). Fill is either
-  prefill:   random token ids prefilled in chunks of --chunk-tokens / B tokens (logits of the last token only), or
+  prefill:   random token ids prefilled in chunks of --chunk-tokens / B tokens (logits of the last token only),
+             timed after an untimed 512-token prefill into a scratch cache of the same kind (kernels compiled;
+             --no-prefill-warmup times it cold), or
   synthetic: the cache built directly at T tokens (random bf16 K/V for DynamicCache; valid random packed rows plus
              a full fp16 recent window for TurboQuantCache), with no model forward: for contexts whose prefill the
              time budget cannot pay. Decode cost does not depend on the values.
@@ -74,6 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=512, help="upper bound of the capacity search")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no new cell or probe after this many seconds (they are reported as skipped)")
+    p.add_argument("--no-prefill-warmup", dest="prefill_warmup", action="store_false",
+                   help="time each prefill cold (by default an untimed 512-token prefill of the same cache kind runs "
+                        "first, so no cell's prefill includes kernel compilation)")
     p.add_argument("--graphs", action="store_true",
                    help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)})")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
@@ -218,15 +223,24 @@ def record_steps(row: dict, times: list[float], b: int) -> None:
                step_ms_max=max(times) * 1e3, tok_s=b / med, steps=len(times))
 
 
-def timed_prefill(model, cache, shape: dict, b: int, t: int, args, dev: torch.device, row: dict) -> torch.Tensor:
+def timed_prefill(model, cache, shape: dict, b: int, t: int, args, dev: torch.device, row: dict,
+                  new_cache=None) -> torch.Tensor:
     """Chunked prefill of b random prompts of t tokens into `cache`; records its chunk and time in `row`, returns
-    the greedy next token [B, 1]."""
+    the greedy next token [B, 1]. new_cache (a factory of empty caches like `cache`), unless --no-prefill-warmup:
+    an untimed two-chunk prefill of 512 tokens into one of them first, so the timed prefill pays no kernel
+    compilation (the first compressed cell of a process otherwise includes Triton's JIT)."""
     from ..engine.caches import cache_kwarg
 
     g = torch.Generator(device="cpu").manual_seed(1234 + b)
     ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
     chunk = min(t, max(256, args.chunk_tokens // b))  # >= 256 tokens unless the prompt is shorter
     row["prefill_chunk"] = chunk
+    row["prefill_warmed"] = bool(new_cache is not None and getattr(args, "prefill_warmup", True))
+    if row["prefill_warmed"]:
+        scratch = new_cache()
+        prefill(model, scratch, ids[:, :min(t, 512)], 256, cache_kwarg(model))
+        del scratch
+        _sync(dev)
     t0 = time.perf_counter()
     tok = prefill(model, cache, ids, chunk, cache_kwarg(model))
     _sync(dev)
@@ -247,7 +261,7 @@ def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev
         t0 = time.perf_counter()
         if fill == "prefill":
             with sdpa_backends(kind):
-                tok = timed_prefill(model, cache, shape, b, t, args, dev, row)
+                tok = timed_prefill(model, cache, shape, b, t, args, dev, row, lambda: make_cache(model, kind))
         else:
             synthetic_fill(cache, shape, b, t, dev)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
@@ -309,7 +323,8 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         eager_n = max(2, args.warmup)
         cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
         if fill == "prefill":
-            tok = timed_prefill(model, cache, shape, b, t, args, dev, row)
+            tok = timed_prefill(model, cache, shape, b, t, args, dev, row,
+                                lambda: static_cache(model, kind, b, min(t, 512), dev))
         else:
             static_fill(cache, t)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
