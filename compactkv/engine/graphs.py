@@ -2,9 +2,8 @@
 
 A decode step of an 8B model is ~1,600 kernel launches (profiled, Llama-3.1-8B shapes); eager, the host issues them
 more slowly than the GPU runs them (docs/performance.md). `GreedyStepGraph` captures one step, "embed the last
-token, run every layer
-(write the token's K/V at each row's device-side length, attend), pick the argmax", and replays it: the token ids
-and positions never leave the device, and the host only counts tokens.
+token, run every layer (write the token's K/V at each row's device-side length, attend), pick the argmax", and
+replays it: the token ids and positions never leave the device, and the host only counts tokens.
 
 The cache must be a `compactkv.cache.static.StaticKVCache` (fixed addresses, device lengths) and the model must run
 compactkv's attention (`compactkv.attach`). `static_cache` builds one: compressed rows written by the in-place Triton
