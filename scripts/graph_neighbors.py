@@ -22,22 +22,13 @@ import argparse
 
 import torch
 from torch.autograd import DeviceType
+from transformers import LlamaConfig
 from torch.profiler import ProfilerActivity, profile
 
 from compactkv.attention.triton.backend import triton_attention
 from compactkv.attention.triton.encode import encode_into
 from compactkv.bench.e2e import static_fill
-from compactkv.cache.static import StaticTurboQuantLayer
-
-
-class _Cache:  # just enough of StaticKVCache for static_fill
-    def __init__(self, layers):
-        self.layers = layers
-
-    def fill(self, t):
-        for layer in self.layers:
-            layer.lengths.fill_(t)
-            layer.cumulative_length = t
+from compactkv.cache.static import StaticKVCache, StaticTurboQuantLayer
 
 
 def kernel_us(fn, reps: int = 3) -> dict[str, float]:
@@ -126,7 +117,7 @@ def main() -> None:
     b, hkv, g, d, t = args.batch, 8, 4, 128, args.context
     layers = [StaticTurboQuantLayer(args.kind, args.kind, d, b, hkv, t + 64, encode=encode_into)
               for _ in range(args.layers)]
-    static_fill(_Cache(layers), t)
+    static_fill(StaticKVCache(LlamaConfig(), layers), t)  # (the config is not read by the fill)
     q = torch.randn(b, hkv * g, 1, d, device="cuda", dtype=torch.bfloat16)
     kn = torch.randn(b, hkv, 1, d, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(b, 4096, device="cuda", dtype=torch.bfloat16)

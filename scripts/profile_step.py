@@ -26,7 +26,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import compactkv
-from compactkv.bench.e2e import build_model, decode, make_cache, prefill, static_fill
+from compactkv.bench.e2e import build_model, decode, make_cache, prefill, static_fill, timed_steps
 from compactkv.engine.caches import cache_kwarg
 from compactkv.engine.graphs import GreedyStepGraph, static_cache
 
@@ -75,14 +75,7 @@ def main() -> None:
             dec = GreedyStepGraph(model, cache, torch.zeros(args.batch, 1, dtype=torch.long, device=dev))
 
             def steps(n):
-                out = []
-                for _ in range(n):
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    dec.step()
-                    torch.cuda.synchronize()
-                    out.append(time.perf_counter() - t0)
-                return out
+                return timed_steps(dec.step, n, dev)
             plain = steps(10)[2:]
             if args.launches:
                 with profile(activities=[ProfilerActivity.CUDA]) as p_eager:

@@ -294,7 +294,7 @@ def static_fill(cache, t: int) -> None:
     cache.fill(t)
 
 
-def _timed_steps(fn, n: int, dev: torch.device) -> list[float]:
+def timed_steps(fn, n: int, dev: torch.device) -> list[float]:
     times = []
     for _ in range(n):
         _sync(dev)
@@ -330,13 +330,13 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
         dec = GreedyStepGraph(model, cache, tok)
         row["stage"] = "eager"
-        eager = _timed_steps(dec.step, eager_n, dev)[1:]  # the first step compiles
+        eager = timed_steps(dec.step, eager_n, dev)[1:]  # the first step compiles
         row["eager_step_ms_median"] = statistics.median(eager) * 1e3
         row["stage"] = "capture"
         if dev.type == "cuda":
             dec.capture(warmup=1)
         row["stage"] = "decode"
-        times = _timed_steps(dec.step, args.steps, dev)
+        times = timed_steps(dec.step, args.steps, dev)
         record_steps(row, times, b)
         row.update(eager_tok_s=b / statistics.median(eager),
                    graph_over_eager=statistics.median(eager) / statistics.median(times))

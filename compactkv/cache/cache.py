@@ -43,6 +43,17 @@ def require_compactkv_attention(cache) -> None:
                          f"{ATTN_IMPLEMENTATION!r} (it is {impl!r}): call compactkv.attach(model) first")
 
 
+def memory_totals(per_layer: list[dict]) -> dict:
+    """A cache's memory report from its layers' `memory()` dicts: the byte counts summed, `kv_bytes` held =
+    compressed + window + aux, `ratio` = fp16 / held, and `per_layer` itself."""
+    keys = ("compressed_bytes", "window_bytes", "aux_bytes", "fp16_bytes", "compressed_fp16_bytes")
+    out = {k: sum(m.get(k, 0) for m in per_layer) for k in keys}
+    held = out["kv_bytes"] = out["compressed_bytes"] + out["window_bytes"] + out["aux_bytes"]
+    out["ratio"] = out["fp16_bytes"] / held if held else 0.0
+    out["per_layer"] = per_layer
+    return out
+
+
 class TurboQuantCache(Cache):
     """Compressed KV cache. Pass as `cache=` (transformers >= 5.2x) or `past_key_values=` to a model loaded with
     `attn_implementation="compactkv"` (see `compactkv.attach`).
@@ -91,13 +102,4 @@ class TurboQuantCache(Cache):
         """Bytes held: `kv_bytes` (compressed rows + fp16 windows + per-head metadata), `compressed_bytes`,
         `window_bytes`, `aux_bytes`, `fp16_bytes` (the same tokens in fp16), `compressed_fp16_bytes` (the
         compressed tokens alone in fp16), `ratio` (fp16 / held) and `per_layer`."""
-        per_layer = [layer.memory() for layer in self.layers]
-        comp = sum(m["compressed_bytes"] for m in per_layer)
-        win = sum(m["window_bytes"] for m in per_layer)
-        aux = sum(m["aux_bytes"] for m in per_layer)
-        fp16 = sum(m["fp16_bytes"] for m in per_layer)
-        comp16 = sum(m.get("compressed_fp16_bytes", 0) for m in per_layer)
-        held = comp + win + aux
-        return {"kv_bytes": held, "compressed_bytes": comp, "window_bytes": win, "aux_bytes": aux, "fp16_bytes": fp16,
-                "compressed_fp16_bytes": comp16,
-                "ratio": (fp16 / held) if held else 0.0, "per_layer": per_layer}
+        return memory_totals([layer.memory() for layer in self.layers])

@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..core.codec import Codec
-from .cache import _decoder_config, head_dim_of, kv_layer_types, require_compactkv_attention
+from .cache import _decoder_config, head_dim_of, kv_layer_types, memory_totals, require_compactkv_attention
 from .layer import STORE_DTYPE, TAG
 
 Encoder = Callable[[Codec, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (codec, x, rows, positions)
@@ -148,7 +148,7 @@ class StaticTurboQuantLayer(_StaticLayer):
     def memory(self) -> dict:
         comp = self.k_rows.nbytes + self.v_rows.nbytes
         b, h = self.k_rows.shape[:2]
-        return {"compressed_bytes": comp, "window_bytes": 0, "tokens": self.cumulative_length,
+        return {"compressed_bytes": comp, "window_bytes": 0, "aux_bytes": 0, "tokens": self.cumulative_length,
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
                 "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
                 "codec_bytes": b * h * (self.k_codec.nbytes(self.cumulative_length)
@@ -276,12 +276,8 @@ class StaticKVCache(Cache):
             layer.cumulative_length = tokens
 
     def memory_report(self) -> dict:
-        per_layer = [layer.memory() for layer in self.layers]
-        keys = ("compressed_bytes", "window_bytes", "aux_bytes", "fp16_bytes")
-        out = {k: sum(m.get(k, 0) for m in per_layer) for k in keys}
-        out["kv_bytes"] = out["compressed_bytes"] + out["window_bytes"] + out["aux_bytes"]
-        out["per_layer"] = per_layer
-        return out
+        """As TurboQuantCache.memory_report (buffers counted whole: they are allocated up front)."""
+        return memory_totals([layer.memory() for layer in self.layers])
 
 
 def _static_shapes(config) -> tuple[int, int, int]:
