@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from compactkv.cli import main
 
 
@@ -53,6 +55,14 @@ def test_bad_input(tmp_path, capsys):
     assert "q8_0/turbo4" in err and "f16-nomask, turbo4, turbo3, turbo2" in err
     rc, _ = run(tmp_path, "--kinds", "turbo9")
     assert rc == 2 and "unknown cache 'turbo9'" in capsys.readouterr().err
+    for bad, says in (("--batches", "expected comma-separated integers"), ("--contexts", "must be >= 1")):
+        rc, _ = run(tmp_path, bad, "x" if bad == "--batches" else "0")
+        out = capsys.readouterr()
+        assert rc == 2 and says in out.err and "model built" not in out.out  # refused before building the model
+    for flag, value in (("--steps", "0"), ("--warmup", "-1")):
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path, flag, value)
+        assert e.value.code == 2 and f"argument {flag}: expected an integer" in capsys.readouterr().err
 
 
 def test_a_broken_cell_is_recorded_and_the_run_goes_on(monkeypatch):

@@ -33,6 +33,7 @@ transients not included) for fp16 and turbo4.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -67,8 +68,8 @@ def register(subparsers) -> None:
                    help="contexts filled synthetically (no forward), e.g. 131072 ('' = none)")
     p.add_argument("--kinds", default="f16,turbo4,turbo3,q8_0/turbo4",
                    help=f"caches to compare, in order; f16 = DynamicCache + SDPA ({', '.join(CONFIGS)})")
-    p.add_argument("--steps", type=int, default=32, help="timed decode steps per cell (default 32)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed decode steps first (default 3)")
+    p.add_argument("--steps", type=_at_least(1), default=32, help="timed decode steps per cell (default 32)")
+    p.add_argument("--warmup", type=_at_least(0), default=3, help="untimed decode steps first (default 3)")
     p.add_argument("--chunk-tokens", type=int, default=16384,
                    help="prefill chunk size in tokens over the whole batch (chunk length = this / B, >= 256)")
     p.add_argument("--capacity", default="", help="contexts for the largest-batch search ('' = skip)")
@@ -86,11 +87,28 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _at_least(low: int):
+    """argparse type: an int >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
 def _ints(text: str) -> list[int]:
+    """Comma-separated integers >= 1 (batch sizes, contexts)."""
     try:
-        return [int(x) for x in str(text).split(",") if x.strip()]
+        values = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"batch sizes and contexts must be >= 1, got {text!r}")
+    return values
 
 
 def _sync(dev: torch.device) -> None:
@@ -443,6 +461,9 @@ def run(args) -> int:
     start = time.perf_counter()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    plan = [(b, t, "prefill") for b in _ints(args.batches) for t in _ints(args.contexts)]  # bad input: before the
+    plan += [(b, t, "synthetic") for b in _ints(args.batches) for t in _ints(args.synthetic_contexts)]  # model build
+    capacity_contexts = _ints(args.capacity)
     for k in kinds + [k.strip() for k in args.capacity_kinds.split(",") if k.strip()]:
         accepted = GRAPH_KINDS if args.graphs and k in kinds else CONFIGS
         if k not in accepted:
@@ -480,8 +501,6 @@ def run(args) -> int:
     print(f"model built in {info['build_s']:.1f} s on {dev} ({info['machine']['gpu']}), weights "
           f"{_gib(info['weights_bytes'])} GiB, commit {info['commit']}", flush=True)
 
-    plan = [(b, t, "prefill") for b in _ints(args.batches) for t in _ints(args.contexts)]
-    plan += [(b, t, "synthetic") for b in _ints(args.batches) for t in _ints(args.synthetic_contexts)]
     for b, t, fill in plan:
         group = []
         for kind in kinds:
@@ -509,7 +528,7 @@ def run(args) -> int:
         save()
 
     if dev.type == "cuda":
-        for t in _ints(args.capacity):
+        for t in capacity_contexts:
             for kind in [k.strip() for k in args.capacity_kinds.split(",") if k.strip()]:
                 info["capacity"].append(capacity(model, shape, kind, t, args, dev, out_of_time))
                 save()
