@@ -7,6 +7,7 @@
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
 #   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
 #   bash scripts/gpu_batch.sh graphs  # static-cache tests, then bench e2e --graphs (both sides in CUDA graphs)
+#   bash scripts/gpu_batch.sh gluon   # Gluon kernel tests, then Gluon vs fast kernel vs SDPA (graphs)
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -53,8 +54,18 @@ graphs)
         --json "$OUT/e2e-graphs.json" > "$OUT/e2e-graphs.txt" 2>&1
     tail -24 "$OUT/e2e-graphs.txt"
     ;;
+gluon)
+    python -m pytest -q -p no:warnings tests/test_gluon_decode.py > "$OUT/pytest_gluon.txt" 2>&1
+    grep -E "^FAILED|passed|failed|error" "$OUT/pytest_gluon.txt" | tail -12
+    default='[{}, {"block_n": 32, "num_warps": 1, "maxnreg": 0, "splits_x": 2}, {"gluon": true},
+        {"gluon": true, "splits_per_sm": 8}, {"gluon": true, "splits_per_sm": 32}, {"gluon": true, "maxnreg": 128}]'
+    python scripts/decode_sweep.py --json "$OUT/sweep-gluon.json" --shapes "${SHAPES:-8x32768,1x131072,8x131072,1x32768}" \
+        --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
+        > "$OUT/sweep-gluon.txt" 2>&1
+    tail -60 "$OUT/sweep-gluon.txt"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon" >&2
     exit 2
     ;;
 esac

@@ -94,8 +94,7 @@ def check_decode(kk: str, vk: str, d: int, g: int, tq: int, lut: bool = False, h
     for i, n in enumerate(lengths):  # torch reference on each batch row alone
         layer = StaticTurboQuantLayer(kk, vk, d, 1, hkv, n, device=DEV)
         layer.k_codec, layer.v_codec = kc, vc
-        layer.k_rows.copy_(rk[i:i + 1, :, :n])
-        layer.v_rows.copy_(rv[i:i + 1, :, :n])
+        layer.write_rows(rk[i:i + 1, :, :n], rv[i:i + 1, :, :n])
         layer.cumulative_length = n
         qi = q[i:i + 1].reshape(1, hkv, g, tq, d).reshape(1, hkv * g, tq, d)
         ref_t.append(compressed_attention(layer, qi, None, scaling).transpose(1, 2).reshape(1, hkv, g * tq, d))
@@ -141,8 +140,8 @@ def check_static_graph(kind: str, d: int = 128) -> None:
     q = torch.randn(b, hkv * g, 1, d, device=DEV, dtype=torch.float16)
 
     def step():
-        layer.encode(layer.k_codec, kn, layer.k_rows, layer.lengths)
-        layer.encode(layer.v_codec, vn, layer.v_rows, layer.lengths)
+        layer.encode(layer.k_codec, kn, layer.k_target, layer.lengths)
+        layer.encode(layer.v_codec, vn, layer.v_target, layer.lengths)
         layer.lengths += 1
         return triton_attention(layer, q, None, d ** -0.5)
 
@@ -165,7 +164,7 @@ def check_static_graph(kind: str, d: int = 128) -> None:
         ref = compressed_attention(layer, q, None, d ** -0.5)
         errs.append(rel(out_g, ref))
     n = layer.cumulative_length
-    rows_ok = bool((layer.k_rows[:, :, n - 1:n].cpu() == layer.k_codec.encode(kn.cpu())).all())
+    rows_ok = bool((layer.chunks_k[0][:, :, n - 1:n].cpu() == layer.k_codec.encode(kn.cpu())).all())
     record("static_graph", max(errs) < TOL and rows_ok, kind=kind, d=d, replays=5, max_err_vs_torch=max(errs),
            length=int(layer.lengths[0]))
 

@@ -134,8 +134,8 @@ def main() -> None:
 
     def with_encode():
         for layer in layers:
-            layer.encode(layer.k_codec, kn, layer.k_rows, layer.lengths)
-            layer.encode(layer.v_codec, kn, layer.v_rows, layer.lengths)
+            layer.encode(layer.k_codec, kn, layer.k_target, layer.lengths)
+            layer.encode(layer.v_codec, kn, layer.v_target, layer.lengths)
             triton_attention(layer, q, None, d ** -0.5)
 
     rows = {"eager": kernel_us(attend_all)}

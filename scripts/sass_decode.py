@@ -69,13 +69,31 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     args = dict(x_ptr=x, sxb=rows * d, sxh=4096 * d, sxt=d, out_ptr=out, sob=rows * codec.row_bytes,
                 soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
                 signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5,
-                norm_scale=1.01)
+                norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
                  HAS_POS=False, BLOCK_R=block_rows)
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
-def _compile(fn, args: dict, const: dict, options: dict):
+def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None,
+                  lazy: bool = False):
+    """decode_gluon_kernel (one warp) for planar K codes of `kind` and V codes of `v_kind`, 8 KV heads, GQA 4."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from compactkv.attention.triton.gluon import gluon_constants
+    from compactkv.attention.triton.kernels_gluon import decode_gluon_kernel
+    pk, pv = packed_kind(Codec(kind, d)), packed_kind(Codec(v_kind or kind, d))
+    f32, u8 = torch.empty(64, dtype=torch.float32), torch.empty(64, dtype=torch.uint8)
+    f16, i32 = torch.empty(64, dtype=torch.float16), torch.empty(8, dtype=torch.int32)
+    t = 32768
+    args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
+                H=8, MQ=4, num_splits=16, kcsb=8 * t * d * pk.bits // 8, kcsh=t * d * pk.bits // 8,
+                vcsb=8 * t * d * pv.bits // 8, vcsh=t * d * pv.bits // 8, nsb=8 * t, nsh=t)
+    const = dict(gluon_constants(pk, pv, block_n), LAZY=lazy, LAZY_TAU=8.0)
+    return _compile(decode_gluon_kernel, args, const, dict(num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {})),
+                    source=GluonASTSource)
+
+
+def _compile(fn, args: dict, const: dict, options: dict, source=None):
     """Compile `fn` for sm_90 with `const` as constexprs and the other arguments specialized as Triton's launcher
     would specialize `args` (alignment, divisibility by 16, ints equal to 1)."""
     sig, constexprs, attrs = {}, {}, {}
@@ -90,7 +108,7 @@ def _compile(fn, args: dict, const: dict, options: dict):
             constexprs[(i,)] = spec
         elif spec:
             attrs[(i,)] = BaseBackend.parse_attr(spec)
-    src = triton.compiler.ASTSource(fn, sig, constexprs, attrs)
+    src = (source or triton.compiler.ASTSource)(fn, sig, constexprs, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -151,10 +169,11 @@ def smem_cycles(op: str) -> int:
     return 0
 
 
-def summary(kind: str, **kw) -> dict:
-    """kind: "turbo4", or a K/V pair "turbo4/turbo2"."""
+def summary(kind: str, gluon: bool = False, **kw) -> dict:
+    """kind: "turbo4", or a K/V pair "turbo4/turbo2". gluon: the one-warp Gluon kernel (kw: d, block_n,
+    maxnreg) instead of the fast kernel."""
     k_kind, _, v_kind = kind.partition("/")
-    k = compile_fast(k_kind, v_kind=v_kind or None, **kw)
+    k = (compile_gluon if gluon else compile_fast)(k_kind, v_kind=v_kind or None, **kw)
     text, regs, stack = sass(k)
     loop = main_loop(*instrs(text))
     ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
@@ -165,7 +184,7 @@ def summary(kind: str, **kw) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default="turbo4,turbo2", help="kinds, or K/V pairs such as turbo4/turbo2")
-    ap.add_argument("--block-n", type=int, default=64)
+    ap.add_argument("--block-n", type=int, help="tokens per tile (default 64; 32 with --gluon)")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--d", type=int, default=128)
@@ -178,8 +197,13 @@ def main(argv=None) -> int:
     ap.add_argument("--encode", action="store_true",
                     help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
                          "and instructions per value (the kernel has no loop)")
+    ap.add_argument("--gluon", action="store_true",
+                    help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
+    if args.gluon:
+        args.warps = 1
+    args.block_n = args.block_n or (32 if args.gluon else 64)
     for kind in args.kinds.split(","):
         if args.encode:
             text, regs, _ = sass(compile_encode(kind, args.d, num_warps=args.warps))
@@ -190,8 +214,11 @@ def main(argv=None) -> int:
         k_kind, _, v_kind = kind.partition("/")
         pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
-        s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
-                    maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})
+        if args.gluon:
+            s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg)
+        else:
+            s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
+                        maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})
         vals = args.d * args.block_n * 2  # K+V values per tile
         top = " ".join(f"{op}:{n}" for op, n in s["ops"].most_common(14))
         ops = s["ops"]

@@ -76,22 +76,49 @@ def test_static_dense_matches_dynamic_cache():
     assert torch.allclose(have, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,chunk", [("turbo4", None), ("turbo2", None), ("turbo4", 16)])
-def test_static_turbo_matches_compress_everything_cache(kind, chunk):
+@pytest.mark.parametrize("kind,chunk,planar", [("turbo4", None, False), ("turbo2", None, False), ("turbo4", 16, False),
+                                               ("turbo4", None, True), ("turbo2", 16, True)])
+def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar):
     model = tiny_model()
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
     ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=0, residual_length=0,
                                           block_size=1, center_keys=False, scale_keys=False, unbiased_keys=False)
     ref, _ = greedy_reference(model, ref_cache, ids, 10)
-    cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu")
+    cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu",
+                                  planar=planar)
+    assert all(layer.planar == planar for layer in cache.layers)
     got, _ = greedy_static(model, cache, ids, 10, chunk=chunk)
     assert torch.equal(got, ref)
     # the rows themselves: the dynamic layer's compressed chunks hold the same bytes
     for dyn, st in zip(ref_cache.layers, cache.layers):
         n = dyn.n_compressed
         assert n == 49 and st.cumulative_length == 49
-        assert torch.equal(torch.cat(dyn.chunks_k, -2), st.k_rows[:, :, :n])
-        assert torch.equal(torch.cat(dyn.chunks_v, -2), st.v_rows[:, :, :n])
+        assert torch.equal(torch.cat(dyn.chunks_k, -2), st.chunks_k[0])
+        assert torch.equal(torch.cat(dyn.chunks_v, -2), st.chunks_v[0])
+
+
+def test_planar_storage_layout_and_errors():
+    """Planar layers keep the codec's bytes in a code plane (16-byte aligned rows) and a norm plane; rows read
+    back equal the codec's rows, beam reordering moves both planes, and kinds without planes are refused."""
+    from compactkv.cache.static import StaticTurboQuantLayer
+    from compactkv.core.codec import Codec
+    layer = StaticTurboQuantLayer("turbo4", "turbo2", 128, 3, 2, 40, device="cpu", planar=True)
+    assert layer.k_codes.shape == (3, 2, 40, 64) and layer.v_codes.shape == (3, 2, 40, 32)
+    assert layer.k_norms.shape == (3, 2, 40) and layer.k_norms.dtype == torch.float16
+    x = torch.randn(3, 2, 7, 128, generator=torch.Generator().manual_seed(8))
+    layer.update(x, -x)
+    assert torch.equal(layer.chunks_k[0], Codec("turbo4", 128, seed=0).encode(x))
+    assert torch.equal(layer.chunks_v[0], Codec("turbo2", 128, seed=1).encode(-x))
+    rows_k, rows_v = layer.chunks_k[0], layer.chunks_v[0]
+    layer.reorder_cache(torch.tensor([2, 0, 1]))
+    assert torch.equal(layer.chunks_k[0], rows_k[[2, 0, 1]]) and torch.equal(layer.chunks_v[0], rows_v[[2, 0, 1]])
+    assert layer.memory()["compressed_bytes"] == 3 * 2 * 40 * (66 + 34)
+    assert layer.planes() is not None and StaticTurboQuantLayer("turbo4", "turbo4", 128, 1, 1, 8,
+                                                                device="cpu").planes() is None
+    with pytest.raises(ValueError, match="planar storage takes turbo2/turbo4"):
+        StaticTurboQuantLayer("turbo3", "turbo4", 128, 1, 1, 8, device="cpu", planar=True)
+    with pytest.raises(ValueError, match="planar storage takes turbo2/turbo4"):
+        StaticTurboQuantLayer("turbo4", "turbo4", 32, 1, 1, 8, device="cpu", planar=True)
 
 
 def test_static_cache_errors():
@@ -169,7 +196,7 @@ def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3"])
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])  # turbo4/turbo2: planar storage, Gluon decode
 def test_static_kernels_match_torch_reference(kind, monkeypatch):
     """Chunked prefill (the prefill path: 128-token chunks) and a decode step over a static cache: logits of the
     Triton backend vs the torch reference (the rows are written by the same encode kernel in both runs)."""

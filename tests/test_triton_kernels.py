@@ -155,8 +155,8 @@ def test_static_layer_graph_replay():
     vn, q = torch.randn_like(kn), torch.randn(b, hkv * g, 1, d, device=DEV, dtype=torch.float16)
 
     def step():
-        encode_into(layer.k_codec, kn, layer.k_rows, layer.lengths)
-        encode_into(layer.v_codec, vn, layer.v_rows, layer.lengths)
+        encode_into(layer.k_codec, kn, layer.k_target, layer.lengths)
+        encode_into(layer.v_codec, vn, layer.v_target, layer.lengths)
         layer.lengths += 1
         return triton_attention(layer, q, None, d ** -0.5)
 

@@ -306,9 +306,9 @@ def static_fill(cache, t: int) -> None:
             layer.keys[:, :, :t].normal_()
             layer.values[:, :, :t].normal_()
         else:
-            b, h = layer.k_rows.shape[:2]
-            layer.k_rows[:, :, :t] = random_rows(layer.k_codec, b, h, t, layer.k_rows.device)
-            layer.v_rows[:, :, :t] = random_rows(layer.v_codec, b, h, t, layer.v_rows.device)
+            b, h = layer.lengths.shape[0], layer.num_kv_heads
+            layer.write_rows(random_rows(layer.k_codec, b, h, t, layer.device),
+                             random_rows(layer.v_codec, b, h, t, layer.device))
     cache.fill(t)
 
 

@@ -104,15 +104,25 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     pk, pv = packed_kind(kc), packed_kind(vc)
     c = head_dim ** -0.5 * LOG2E
 
+    gluon = kernel.pop("gluon", False)
+    if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
+        from ..attention.triton.gluon import attend_gluon, split_rows
+        (kcodes, knorms), (vcodes, vnorms) = split_rows(rk), split_rows(rv)
+        rk = rv = None
+
     def step():
         qf = q.float().reshape(b, HKV, HQ // HKV, head_dim)
         qk = (qf @ fwd if fwd is not None else qf) * c
-        out, _ = attend_packed(qk, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
+        if gluon:
+            out, _ = attend_gluon(qk, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t, **kernel)
+        else:
+            out, _ = attend_packed(qk, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
         out = out @ adj if adj is not None else out
         return out.reshape(b, HQ, 1, head_dim).transpose(1, 2).half()
 
-    step.keep = (rk, rv)
-    return step, rk.numel() + rv.numel()
+    step.keep = (rk, rv) if not gluon else (kcodes, knorms, vcodes, vnorms)
+    nbytes = sum(x.numel() * x.element_size() for x in step.keep)
+    return step, nbytes
 
 
 def kernel_name(kind: str) -> str:

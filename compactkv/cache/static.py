@@ -4,12 +4,14 @@
 fair graphed comparison); `StaticTurboQuantCache` / `StaticDenseCache` are transformers Caches of them, one layer
 per decoder layer (full attention only). engine/graphs.py captures a whole decode step of a model over them.
 
-Rows keep the codec's row format and sit in [B, H, max_cache_len, row_bytes] uint8 buffers; the number of stored
-tokens per batch row lives on the device (`lengths`), so appending a token and attending over the cache have
-fixed shapes and addresses and a decode step can be captured in a CUDA graph. There are no fp16 sink or recent
-windows: every token is encoded when it arrives. The encoder is injected (`encode`): the default runs
-`Codec.encode` in torch at the host-known position (not capturable); compactkv.attention.triton.encode.encode_into
-writes in place at the device-side positions (capturable).
+Rows keep the codec's row format and sit in [B, H, max_cache_len, row_bytes] uint8 buffers, or, for turbo2/turbo4
+K and V (`planar`), the same bytes in two planes per operand: codes [B, H, max_cache_len, D*bits/8] uint8 (rows
+16-byte aligned, which the Gluon decode kernel's wide loads need) and norms [B, H, max_cache_len] fp16. The
+number of stored tokens per batch row lives on the device (`lengths`), so appending a token and attending over
+the cache have fixed shapes and addresses and a decode step can be captured in a CUDA graph. There are no fp16
+sink or recent windows: every token is encoded when it arrives. The encoder is injected (`encode`): the default
+runs `Codec.encode` in torch at the host-known position (not capturable);
+compactkv.attention.triton.encode.encode_into writes in place at the device-side positions (capturable).
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ from ..core.codec import Codec
 from .cache import _decoder_config, head_dim_of, kv_layer_types, memory_totals, require_compactkv_attention
 from .layer import STORE_DTYPE, TAG
 
-Encoder = Callable[[Codec, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (codec, x, rows, positions)
+# (codec, x, target, positions); target: a rows buffer, or a (codes, norms) pair of planes
+Encoder = Callable[[Codec, torch.Tensor, "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", torch.Tensor], None]
+PLANAR_HEAD_DIMS = (64, 128, 256)
+
+
+def planar_kinds(k_codec: Codec, v_codec: Codec) -> bool:
+    """True where planar storage applies: turbo2/turbo4 K and V of one head_dim in PLANAR_HEAD_DIMS."""
+    return all(c.spec.family == "mse" and c.spec.bits in (2, 4) and c.head_dim in PLANAR_HEAD_DIMS
+               for c in (k_codec, v_codec)) and k_codec.head_dim == v_codec.head_dim
+
+
+def planes_to_rows(codes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Codec rows uint8 [..., 2 + nbytes] from planes codes [..., nbytes] and norms fp16 [...] (a copy)."""
+    return torch.cat([norms.unsqueeze(-1).view(torch.uint8), codes], dim=-1)
 
 
 class _StaticLayer(CacheLayerMixin):
@@ -79,7 +94,9 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
-                 encode: Encoder | None = None, unbiased_keys: bool = False):
+                 encode: Encoder | None = None, unbiased_keys: bool = False, planar: bool | None = None):
+        """planar: code and norm planes instead of row buffers (None: wherever `planar_kinds` allows it on a CUDA
+        device; True raises for other kinds)."""
         super().__init__()
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
@@ -89,12 +106,24 @@ class StaticTurboQuantLayer(_StaticLayer):
                                  f"use TurboQuantLayer for fractional kinds")
         if min(batch_size, num_kv_heads, max_cache_len) < 1:
             raise ValueError("batch_size, num_kv_heads and max_cache_len must be >= 1")
-        self.head_dim, self.max_cache_len = head_dim, max_cache_len
+        self.head_dim, self.max_cache_len, self.num_kv_heads = head_dim, max_cache_len, num_kv_heads
         self.device = torch.device(device)
         self.dtype = STORE_DTYPE
         shape = (batch_size, num_kv_heads, max_cache_len)
-        self.k_rows = torch.zeros(*shape, self.k_codec.row_bytes, dtype=torch.uint8, device=self.device)
-        self.v_rows = torch.zeros(*shape, self.v_codec.row_bytes, dtype=torch.uint8, device=self.device)
+        eligible = planar_kinds(self.k_codec, self.v_codec)
+        if planar and not eligible:
+            raise ValueError(f"planar storage takes turbo2/turbo4 K and V with head_dim in {PLANAR_HEAD_DIMS}, got "
+                             f"{k_kind}/{v_kind} at head_dim {head_dim}")
+        self.planar = eligible and self.device.type == "cuda" if planar is None else planar
+        if self.planar:
+            nk, nv = self.k_codec.row_bytes - 2, self.v_codec.row_bytes - 2
+            self.k_codes = torch.zeros(*shape, nk, dtype=torch.uint8, device=self.device)
+            self.v_codes = torch.zeros(*shape, nv, dtype=torch.uint8, device=self.device)
+            self.k_norms = torch.zeros(*shape, dtype=torch.float16, device=self.device)
+            self.v_norms = torch.zeros(*shape, dtype=torch.float16, device=self.device)
+        else:
+            self.k_rows = torch.zeros(*shape, self.k_codec.row_bytes, dtype=torch.uint8, device=self.device)
+            self.v_rows = torch.zeros(*shape, self.v_codec.row_bytes, dtype=torch.uint8, device=self.device)
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)  # tokens per batch row
         empty = torch.empty(batch_size, num_kv_heads, 0, head_dim, dtype=STORE_DTYPE, device=self.device)
         self.sink_k = self.sink_v = self.recent_k = self.recent_v = empty
@@ -106,7 +135,28 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     def __repr__(self) -> str:
         return (f"StaticTurboQuantLayer(k={self.k_codec.kind}, v={self.v_codec.kind}, "
-                f"tokens={self.cumulative_length}/{self.max_cache_len})")
+                f"tokens={self.cumulative_length}/{self.max_cache_len}{', planar' if self.planar else ''})")
+
+    @property
+    def k_target(self):
+        """Where the encoder writes keys: the rows buffer, or the (codes, norms) planes."""
+        return (self.k_codes, self.k_norms) if self.planar else self.k_rows
+
+    @property
+    def v_target(self):
+        return (self.v_codes, self.v_norms) if self.planar else self.v_rows
+
+    def write_rows(self, k_rows: torch.Tensor, v_rows: torch.Tensor) -> None:
+        """Put codec rows [B, H, t, row_bytes] at positions 0..t of every batch row (benchmarks and tests fill
+        the cache this way; the token counts are set by the caller, e.g. StaticKVCache.fill)."""
+        t = k_rows.shape[-2]
+        if self.planar:
+            for rows, codes, norms in ((k_rows, self.k_codes, self.k_norms), (v_rows, self.v_codes, self.v_norms)):
+                codes[:, :, :t] = rows[..., 2:]
+                norms[:, :, :t] = rows[..., :2].contiguous().view(torch.float16)[..., 0]
+        else:
+            self.k_rows[:, :, :t] = k_rows
+            self.v_rows[:, :, :t] = v_rows
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Encode new tokens [B, H, T, D] at each batch row's current length; returns them tagged with this layer."""
@@ -114,8 +164,8 @@ class StaticTurboQuantLayer(_StaticLayer):
         if self.cumulative_length + t > self.max_cache_len:
             raise ValueError(f"the static cache holds {self.max_cache_len} tokens; {self.cumulative_length} "
                              f"stored and {t} more given")
-        self.encode(self.k_codec, key_states, self.k_rows, self.lengths)
-        self.encode(self.v_codec, value_states, self.v_rows, self.lengths)
+        self.encode(self.k_codec, key_states, self.k_target, self.lengths)
+        self.encode(self.v_codec, value_states, self.v_target, self.lengths)
         self.lengths += t
         self.cumulative_length += t
         setattr(key_states, TAG, self)
@@ -129,25 +179,43 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     @property
     def chunks_k(self) -> list[torch.Tensor]:
-        return [self.k_rows[:, :, :self.cumulative_length]]
+        """The stored rows of every batch row (planar storage: a row-format copy)."""
+        n = self.cumulative_length
+        if self.planar:
+            return [planes_to_rows(self.k_codes[:, :, :n], self.k_norms[:, :, :n])]
+        return [self.k_rows[:, :, :n]]
 
     @property
     def chunks_v(self) -> list[torch.Tensor]:
-        return [self.v_rows[:, :, :self.cumulative_length]]
+        n = self.cumulative_length
+        if self.planar:
+            return [planes_to_rows(self.v_codes[:, :, :n], self.v_norms[:, :, :n])]
+        return [self.v_rows[:, :, :n]]
 
     def packed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """(k_rows, v_rows, lengths int32 [B], max_cache_len) for kernels that read the buffers directly."""
+        """(k_rows, v_rows, lengths int32 [B], max_len) for kernels that read row buffers: the buffers themselves
+        (max_len = capacity), or with planar storage row-format copies of the stored tokens."""
+        if self.planar:
+            return self.chunks_k[0], self.chunks_v[0], self.lengths, self.cumulative_length
         return self.k_rows, self.v_rows, self.lengths, self.max_cache_len
+
+    def planes(self) -> tuple[torch.Tensor, ...] | None:
+        """(k_codes, k_norms, v_codes, v_norms, lengths, max_cache_len) with planar storage, else None."""
+        if not self.planar:
+            return None
+        return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths, self.max_cache_len
 
     def stored_length(self) -> int:
         return self.cumulative_length
 
     def _buffers(self) -> tuple[torch.Tensor, ...]:
+        if self.planar:
+            return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths
         return self.k_rows, self.v_rows, self.lengths
 
     def memory(self) -> dict:
-        comp = self.k_rows.nbytes + self.v_rows.nbytes
-        b, h = self.k_rows.shape[:2]
+        comp = sum(t.nbytes for t in self._buffers()[:-1])
+        b, h = self.lengths.shape[0], self.num_kv_heads
         return {"compressed_bytes": comp, "window_bytes": 0, "aux_bytes": 0, "tokens": self.cumulative_length,
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
                 "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
@@ -155,11 +223,23 @@ class StaticTurboQuantLayer(_StaticLayer):
                                         + self.v_codec.nbytes(self.cumulative_length))}
 
 
-def _torch_encode(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
-    """Codec.encode, written at each batch row's position (read back to the host: not capturable)."""
-    enc = codec.encode(x)
+def _torch_encode(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
+    """Codec.encode, written at each batch row's position (read back to the host: not capturable). target: a rows
+    buffer or a (codes, norms) pair of planes."""
+    write_encoded(codec.encode(x), target, positions)
+
+
+def write_encoded(enc: torch.Tensor, target, positions: torch.Tensor) -> None:
+    """Encoded rows [B, H, T, row_bytes] into `target` (rows buffer or (codes, norms) planes) at each batch row's
+    position (host-side positions)."""
+    t = enc.shape[-2]
     for b, p in enumerate(positions.tolist()):
-        rows[b, :, p:p + x.shape[-2]] = enc[b]
+        if isinstance(target, tuple):
+            codes, norms = target
+            codes[b, :, p:p + t] = enc[b, ..., 2:]
+            norms[b, :, p:p + t] = enc[b, ..., :2].contiguous().view(torch.float16)[..., 0]
+        else:
+            target[b, :, p:p + t] = enc[b]
 
 
 class StaticDenseLayer(_StaticLayer):
@@ -293,14 +373,16 @@ def _static_shapes(config) -> tuple[int, int, int]:
 class StaticTurboQuantCache(StaticKVCache):
     """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
     no fp16 sink or recent window, no key centering or scaling (plain TurboQuant rows). `encode`: see
-    StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA)."""
+    StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
+    StaticTurboQuantLayer."""
 
     def __init__(self, config, k: str = "turbo4", v: str = "turbo4", *, batch_size: int, max_cache_len: int,
                  device="cuda", seed: int = 0, norm_correction: bool = True, unbiased_keys: bool = False,
-                 encode: Encoder | None = None):
+                 encode: Encoder | None = None, planar: bool | None = None):
         n, hkv, d = _static_shapes(config)
         layers = [StaticTurboQuantLayer(k, v, d, batch_size, hkv, max_cache_len, device=device, seed=seed,
-                                        norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys)
+                                        norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys,
+                                        planar=planar)
                   for _ in range(n)]
         super().__init__(config, layers)
 

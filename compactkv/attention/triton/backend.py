@@ -16,6 +16,7 @@ import torch
 
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, query_key_map,
                      unsupported)
+from .gluon import gluon_unsupported, launch_gluon
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -120,6 +121,19 @@ def _table_at(ptr: int, stride_b: int, stride_h: int, row_bytes: int, stride_t: 
     return torch.tensor([[ptr, stride_b, stride_h]], dtype=torch.int64).to(device)
 
 
+def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
+    """The planar static layer's (k_codes, k_norms, v_codes, v_norms, lengths, max_len) when the Gluon kernel
+    takes this call (one query token, no additive mask, <= 8 query rows per KV head), else None (other calls over
+    planar storage read row-format copies through `packed_rows`)."""
+    planes_of = getattr(layer, "planes", None)
+    planes = planes_of() if planes_of is not None else None
+    if planes is None or bias is not None:
+        return None
+    if gluon_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq) is not None:
+        return None
+    return planes
+
+
 def _mask_bias(mask: torch.Tensor | None, b: int, tq: int, tk: int) -> torch.Tensor | None:
     """float32 additive bias [B or 1, Tq, Tk] from a transformers mask (bool keep / float additive / None)."""
     if mask is None:
@@ -160,10 +174,16 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
-        k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
-        parts = launch_splits(q @ w, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
-                              max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
-                              num_splits=num_splits)
+        planes = _gluon_planes(layer, kc, vc, g, tq, bias_c)
+        if planes is not None:  # planar static storage: the Gluon kernel reads the code planes directly
+            kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
+            parts = launch_gluon((q @ w).contiguous(), kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
+                                 packed_kind(vc), max_len=max_len, num_splits=num_splits)
+        else:
+            k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
+            parts = launch_splits(q @ w, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+                                  max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
+                                  num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
                          windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,

@@ -335,12 +335,19 @@ def attend_packed(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor,
     lse fp32 [B, H, G*Tq]), written into `out` / `lse` when given (contiguous fp32 of those shapes; tests pass
     poisoned buffers).
     """
-    b, h, m, d = q.shape
     parts = launch_splits(q, k_table, v_table, lengths, k_kind, v_kind, **split)
+    return merge_partials(parts, q.shape, q.device, out, lse)
+
+
+def merge_partials(parts: SplitPartials, shape, device, out: torch.Tensor | None = None,
+                   lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch merging split partials into (out fp32 [B, H, G*Tq, D], lse fp32 [B, H, G*Tq]); shape = the
+    query's [B, H, G*Tq, D]."""
+    b, h, m, d = shape
     if out is None:
-        out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
+        out = torch.empty(b, h, m, d, dtype=torch.float32, device=device)
     if lse is None:
-        lse = torch.empty(b, h, m, dtype=torch.float32, device=q.device)
+        lse = torch.empty(b, h, m, dtype=torch.float32, device=device)
     if out.shape != (b, h, m, d) or lse.shape != (b, h, m) or not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out / lse must be contiguous fp32 [B, H, G*Tq, D] / [B, H, G*Tq]")
     o, ml, num_splits, block_m, g, tq, tqb, nqb = (parts.o, parts.ml, parts.num_splits, parts.block_m, parts.g,

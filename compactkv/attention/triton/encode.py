@@ -66,11 +66,14 @@ def _constants(head_dim: int, bits: int, seed: int, device: torch.device):
 
 
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, block_rows: int = 16) -> torch.Tensor:
+                positions: torch.Tensor | None = None, block_rows: int = 16,
+                norms: torch.Tensor | None = None) -> torch.Tensor:
     """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
 
     out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
     with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
+    norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
+    norms [B, H, T_out] (unit token stride) at the same positions.
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """
     why = encode_unsupported(codec)
@@ -81,12 +84,18 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     if x.stride(-1) != 1:
         x = x.contiguous()
     b, h, t, d = x.shape
+    width = codec.row_bytes - 2 if norms is not None else codec.row_bytes
     if out is None:
+        if norms is not None:
+            raise ValueError("planar encoding needs the code plane (out) next to the norms")
         out = torch.empty(b, h, t, codec.row_bytes, dtype=torch.uint8, device=x.device)
-    if out.dtype != torch.uint8 or out.dim() != 4 or out.shape[:2] != (b, h) or out.shape[-1] != codec.row_bytes \
+    if out.dtype != torch.uint8 or out.dim() != 4 or out.shape[:2] != (b, h) or out.shape[-1] != width \
             or out.stride(-1) != 1:
-        raise ValueError(f"out must be uint8 [{b}, {h}, T, {codec.row_bytes}] with contiguous rows, got "
+        raise ValueError(f"out must be uint8 [{b}, {h}, T, {width}] with contiguous rows, got "
                          f"{out.dtype} {list(out.shape)}")
+    if norms is not None and (norms.dtype != torch.float16 or norms.shape != out.shape[:3] or norms.stride(-1) != 1):
+        raise ValueError(f"norms must be fp16 {list(out.shape[:3])} with unit token stride, got {norms.dtype} "
+                         f"{list(norms.shape)}")
     if positions is None and out.shape[2] < t:
         raise ValueError(f"out holds {out.shape[2]} tokens, {t} given")
     n = b * h * t
@@ -97,9 +106,11 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     encode_mse_kernel[(math.ceil(n / block_rows),)](
         x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2), dummy,
         signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d),
-        norm_scale(d, codec.spec.bits, codec.norm_correction) if codec.unbiased else 1.0, D=d,
+        norm_scale(d, codec.spec.bits, codec.norm_correction) if codec.unbiased else 1.0,
+        norms if norms is not None else out, norms.stride(0) if norms is not None else 0,
+        norms.stride(1) if norms is not None else 0, D=d,
         LOG2D=int(math.log2(d)), BITS=codec.spec.bits, NORM_CORR=codec.norm_correction, UNBIASED=codec.unbiased,
-        HAS_POS=positions is not None, BLOCK_R=block_rows, num_warps=4,
+        HAS_POS=positions is not None, BLOCK_R=block_rows, PLANAR=norms is not None, num_warps=4,
         enable_fp_fusion=False)
     return out
 
@@ -122,11 +133,14 @@ def layer_encoder(codec: Codec, x: torch.Tensor) -> torch.Tensor | None:
     return rows
 
 
-def encode_into(codec: Codec, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
-    """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode."""
+def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
+    """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode.
+    target: a rows buffer, or the (codes, norms) planes of planar storage."""
     if x.is_cuda and encode_unsupported(codec) is None:
-        encode_rows(codec, x, rows, positions=positions)
+        if isinstance(target, tuple):
+            encode_rows(codec, x, target[0], positions=positions, norms=target[1])
+        else:
+            encode_rows(codec, x, target, positions=positions)
         return
-    enc = codec.encode(x)
-    for b, p in enumerate(positions.tolist()):
-        rows[b, :, p:p + x.shape[-2]] = enc[b]
+    from ...cache.static import write_encoded
+    write_encoded(codec.encode(x), target, positions)

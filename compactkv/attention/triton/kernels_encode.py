@@ -31,10 +31,11 @@ def _butterfly(z, R: tl.constexpr, D: tl.constexpr, HS: tl.constexpr):
 
 @triton.jit
 def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr,
-                      n_rows, H, T, inv_sqrt, norm_scale, D: tl.constexpr, LOG2D: tl.constexpr, BITS: tl.constexpr,
-                      NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
-    """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t]."""
+                      n_rows, H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
+                      BITS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
+                      BLOCK_R: tl.constexpr, PLANAR: tl.constexpr = False):
+    """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t];
+    PLANAR: the indices at out[b, h, pos[b] + t] and the fp16 norm at norm[b, h, pos[b] + t] (token stride 1)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < n_rows
     b = r // (H * T)
@@ -67,8 +68,12 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
     if HAS_POS:
         t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
     row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot
-    tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
-    codes = row + 2
+    if PLANAR:
+        tl.store(norm_ptr + b.to(tl.int64) * snb + h.to(tl.int64) * snh + t, stored.to(tl.float16), mask=rmask)
+        codes = row
+    else:
+        tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
+        codes = row + 2
     if BITS == 3:
         word = tl.sum(tl.reshape(idx, (BLOCK_R, D // 8, 8)) << (tl.arange(0, 8) * 3)[None, None, :], axis=2)
         g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]

@@ -1,0 +1,121 @@
+"""Launcher of the Gluon decode kernel (kernels_gluon.py) over planar code and norm planes."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .decode import FAMILY_MSE, PackedKind, SplitPartials, choose_splits, merge_partials
+from .fastasm import decode_asm, table_words
+
+GLUON_BLOCK_N = 32  # tokens per tile of one warp
+GLUON_MIN_SPLIT = 512  # tokens per split at least (2048 left B=8 T=32K at 8 one-warp programs per SM: 220 -> 173 us)
+GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session 8)
+GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
+
+
+@functools.lru_cache(maxsize=1)
+def _gluon_import_error() -> str | None:
+    try:
+        from . import kernels_gluon  # noqa: F401
+    except Exception as exc:  # Gluon is experimental: absent or changed in other Triton releases
+        return f"Triton's Gluon dialect is not usable here ({type(exc).__name__}: {exc})"
+    return None
+
+
+def gluon_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int = 1) -> str | None:
+    """Why `launch_gluon` cannot run this call, or None. rows: query rows per KV head (GQA group x tq)."""
+    for kind in (k_kind, v_kind):
+        if kind.family != FAMILY_MSE or kind.bits not in (2, 4):
+            return f"{kind.kind}: the Gluon kernel reads turbo2/turbo4 codes only"
+        if kind.head_dim not in (64, 128, 256):
+            return f"head_dim {kind.head_dim}: the Gluon kernel takes 64/128/256"
+        if decode_asm(kind.head_dim, kind.bits) is None:
+            return f"{kind.kind} d={kind.head_dim}: fp16 codebook not symmetric"
+    if k_kind.head_dim != v_kind.head_dim:
+        return "K and V head_dims differ"
+    if tq != 1:
+        return f"{tq} query tokens: the Gluon kernel takes one-token decode steps (no causal mask)"
+    if rows > GLUON_ROWS:
+        return f"{rows} query rows per KV head: the Gluon kernel takes at most {GLUON_ROWS}"
+    return _gluon_import_error()
+
+
+@functools.lru_cache(maxsize=64)
+def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON_BLOCK_N) -> dict:
+    """The kernel's constexpr arguments for a K/V pair."""
+    from .kernels_gluon import gluon_layouts
+    d = k_kind.head_dim
+    nbk, nbv = d * k_kind.bits // 8, d * v_kind.bits // 8
+    kload, vload = gluon_layouts(block_n, nbk, nbv)
+    kw, vw = table_words(d, k_kind.bits), table_words(d, v_kind.bits)
+    return dict(D=d, K_BITS=k_kind.bits, V_BITS=v_kind.bits, K_ASM=decode_asm(d, k_kind.bits),
+                V_ASM=decode_asm(d, v_kind.bits), K_TW0=kw[0], K_TW1=kw[1], V_TW0=vw[0], V_TW1=vw[1],
+                BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload)
+
+
+def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: int, b: int, h: int) -> None:
+    if codes.dtype != torch.uint8 or codes.dim() != 4 or codes.shape[:2] != (b, h) or codes.shape[-1] != nbytes \
+            or codes.stride(-1) != 1 or codes.stride(-2) != nbytes:
+        raise ValueError(f"{name} codes must be uint8 [{b}, {h}, T, {nbytes}] with contiguous rows, got "
+                         f"{codes.dtype} {list(codes.shape)} strides {codes.stride()}")
+    if codes.data_ptr() % 16 or codes.stride(0) % 16 or codes.stride(1) % 16:
+        raise ValueError(f"{name} code rows must start at 16-byte aligned addresses (planar storage)")
+    if norms.dtype != torch.float16 or norms.shape != codes.shape[:3] or norms.stride(-1) != 1:
+        raise ValueError(f"{name} norms must be fp16 {list(codes.shape[:3])} with unit token stride, got "
+                         f"{norms.dtype} {list(norms.shape)}")
+
+
+def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
+                 v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
+                 max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
+                 splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
+                 lazy: bool = True) -> SplitPartials:
+    """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
+
+    q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
+    [B, H, T, D*bits/8] code planes (16-byte aligned rows), k_norms / v_norms: fp16 [B, H, T] (same token and
+    head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
+    """
+    from .kernels_gluon import decode_gluon_kernel
+    b, h, g, d = q.shape
+    why = gluon_unsupported(k_kind, v_kind, g)
+    if why:
+        raise ValueError(why)
+    if d != k_kind.head_dim:
+        raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
+    _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
+    _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
+    if v_norms.stride() != k_norms.stride():
+        raise ValueError("K and V norm planes must have the same strides")
+    if num_splits is None:
+        # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
+        num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
+    q = q.contiguous()
+    block_m = 16
+    o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
+    decode_gluon_kernel[(num_splits, b * h)](
+        q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, h, g, num_splits,
+        k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
+        k_norms.stride(0), k_norms.stride(1), **gluon_constants(k_kind, v_kind, block_n), LAZY=lazy,
+        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
+    return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
+
+
+def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
+                 v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
+                 out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+                 **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode.attend_packed` for planar codes: `launch_gluon` (its keyword options) and the split merge.
+    Returns (out fp32 [B, H, G, D] in the V rotation's space, lse fp32 [B, H, G])."""
+    parts = launch_gluon(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, **kw)
+    return merge_partials(parts, q.shape, q.device, out, lse)
+
+
+def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codec rows uint8 [B, H, T, 2 + nbytes] ([fp16 norm][codes]) as new planar (codes [B, H, T, nbytes],
+    norms fp16 [B, H, T]) tensors (copies)."""
+    norms = rows[..., :2].contiguous().view(torch.float16)[..., 0]
+    return rows[..., 2:].contiguous(), norms.contiguous()

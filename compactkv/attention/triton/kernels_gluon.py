@@ -1,0 +1,272 @@
+"""Decode attention over planar turbo2/turbo4 codes written in Gluon (Triton's explicit-layout dialect).
+
+One warp per program, one split of one (b, kv head) per program, one query token per row (decode steps):
+
+- Transposed products, so the tensor cores waste less on a GQA group of 4-8 query heads: scores S^T = K Q^T
+  (m16n8k16: 16 tokens x 8 query rows per instruction, K as the A operand) and O^T = V^T P^T (16 value dims x 8
+  rows, P^T as the B operand). The accumulator holds [D, 8] fp32: 32 registers per thread at head_dim 128.
+- The code bytes are loaded straight into the A operand's register layout, with 16-byte (K) and 8-byte (V) loads:
+  the dot over head_dim only needs the query and the keys to agree on the order of the dims, so the kernel reads
+  the dims in the order its registers want them (a permutation of the head_dim axis, undone when the query is
+  loaded and the output stored). `gl.convert_layout(..., assert_trivial=True)` checks that no byte moves between
+  threads. Rows therefore need 16-byte aligned code planes: the static cache's planar storage (codes [B, H, T,
+  D*bits/8], norms [B, H, T] fp16 in a separate plane).
+- The codes are decoded by the same inline-PTX byte permutes as `kernels_fast` (fastasm.decode_asm): part p of a
+  byte is code p of it, each part its own operand of the dot. For V, each 32-bit input holds the same byte of two
+  consecutive tokens, so the decoder's half2 outputs are the (token, token + 1) pairs the B-operand pairing wants.
+- Norms scale the scores (K) and the probabilities (V). Online softmax in base 2 (the query comes pre-scaled by
+  softmax scale x log2 e), partials in the split-kernel format (`decode.SplitPartials`), merged by the same
+  finishing kernel.
+- Decoder table words in opaque per-thread registers (with explicit layouts they cannot pin anything): as
+  constants ptxas re-created them before every prmt (+128 instructions per 32-token tile in the sm_90 SASS).
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+
+@gluon.jit
+def _opaque(w):
+    """`w` (int32, constant) in an ordinary register: xor-ed with (lane id * grid z) >> 31, which is 0 but which
+    ptxas can neither prove zero nor keep in a uniform register."""
+    return gl.inline_asm_elementwise("{ .reg .b32 t, n; mov.u32 t, %laneid; mov.u32 n, %nctaid.z; "
+                                     "mul.lo.u32 t, t, n; shr.u32 t, t, 31; xor.b32 $0, $1, t; }", "=r,r", [w],
+                                     dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _decode(codes, t0, t1, ASM: gl.constexpr, P: gl.constexpr):
+    """P fp16 tensors shaped like `codes` (4 returned, unused ones repeat part 0): part p = code p of each byte."""
+    if P == 2:
+        x0, x1 = gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 9, [codes, t0, t1],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
+        return x0, x1, x0, x0
+    else:
+        return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 9, [codes, t0, t1],
+                                         dtype=(gl.float16,) * 4, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _q_part(qrow, qmask, sq, p: gl.constexpr, P: gl.constexpr):
+    """Query dims P * sq + p as the fp16 B operand [NBK, NH]."""
+    return gl.load(gl.expand_dims(qrow, 0) + gl.expand_dims(P * sq + p, 1), mask=qmask, other=0.0).to(gl.float16)
+
+
+@gluon.jit
+def _k_codes(kbase, t0, hi, kr, kcol, NBK: gl.constexpr, BN: gl.constexpr, KS: gl.constexpr, A_OP: gl.constexpr,
+             MASKED: gl.constexpr):
+    """K code bytes of tokens t0 + [0, BN) in the A operand layout [BN, NBK], bytes in the kernel's dim order
+    (logical byte 16 ks + 8 h + 2 c + e = stored byte c * NBK/4 + 4 ks + 2 h + e)."""
+    kp = kbase + gl.expand_dims((t0 + kr).to(gl.int64) * NBK, 1) + gl.expand_dims(kcol, 0)
+    if MASKED:
+        kc = gl.load(kp, mask=gl.expand_dims(t0 + kr < hi, 1), other=0)
+    else:
+        kc = gl.load(kp)
+    kc = gl.reshape(kc, [BN, 4, KS, 2, 2])
+    kc = gl.permute(kc, [0, 2, 3, 1, 4])
+    kc = gl.reshape(kc, [BN, NBK])
+    return gl.convert_layout(kc, A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _v_codes(vbase, t0, hi, vr, vcol, NBV: gl.constexpr, BN: gl.constexpr, WV: gl.constexpr, A_OP: gl.constexpr,
+             MASKED: gl.constexpr):
+    """V code bytes of tokens t0 + [0, BN) transposed into the A operand layout [NBV, BN] (logical byte 8 i + g =
+    stored byte g * NBV/8 + i)."""
+    vp = vbase + gl.expand_dims((t0 + vr).to(gl.int64) * NBV, 1) + gl.expand_dims(vcol, 0)
+    if MASKED:
+        vc = gl.load(vp, mask=gl.expand_dims(t0 + vr < hi, 1), other=0)
+    else:
+        vc = gl.load(vp)
+    vc = gl.permute(vc, [1, 0])
+    vc = gl.reshape(vc, [8, WV, BN])
+    vc = gl.permute(vc, [1, 0, 2])
+    vc = gl.reshape(vc, [NBV, BN])
+    return gl.convert_layout(vc, A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1, q2, q3,
+          a0, a1, a2, a3, m_i, l_i, K_ASM: gl.constexpr, V_ASM: gl.constexpr, PK: gl.constexpr, PV: gl.constexpr,
+          NBK: gl.constexpr, NBV: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, MMA: gl.constexpr,
+          A_OP: gl.constexpr, B_OP: gl.constexpr, MASKED: gl.constexpr, LAZY: gl.constexpr,
+          LAZY_TAU: gl.constexpr):
+    KS: gl.constexpr = NBK // 16
+    WV: gl.constexpr = NBV // 8
+    kc = _k_codes(kbase, t0, hi, kr, kcol, NBK, BN, KS, A_OP, MASKED)
+    k0, k1, k2, k3 = _decode(kc, kt0, kt1, K_ASM, PK)
+    s = mma_v2(k0, q0, gl.zeros([BN, NH], gl.float32, MMA))
+    s = mma_v2(k1, q1, s)
+    if PK == 4:
+        s = mma_v2(k2, q2, s)
+        s = mma_v2(k3, q3, s)
+    tok = t0 + tr
+    if MASKED:
+        valid = tok < hi
+        kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
+        vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
+        s = gl.where(gl.expand_dims(valid, 1), s * gl.expand_dims(kn, 1), float("-inf"))
+    else:
+        kn = gl.load(knb + tok).to(gl.float32)
+        vn = gl.load(vnb + tok).to(gl.float32)
+        s = s * gl.expand_dims(kn, 1)
+    m_tile = gl.max(s, axis=0)
+    if LAZY:
+        # the running max moves only when some row's tile max exceeds it by more than LAZY_TAU (log2 units):
+        # probabilities stay below 2**LAZY_TAU (fp16-safe), and most tiles skip the accumulator rescale
+        if gl.max(m_tile - m_i, axis=0) > LAZY_TAU:
+            m_new = gl.maximum(m_i, m_tile)
+            sc = gl.expand_dims(gl.exp2(m_i - m_new), 0)
+            l_i = l_i * gl.exp2(m_i - m_new)
+            a0 = a0 * sc
+            a1 = a1 * sc
+            if PV == 4:
+                a2 = a2 * sc
+                a3 = a3 * sc
+            m_i = m_new
+        p = gl.exp2(s - gl.expand_dims(m_i, 0))
+        l_i = l_i + gl.sum(p, axis=0)
+    else:
+        m_new = gl.maximum(m_i, m_tile)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s - gl.expand_dims(m_new, 0))
+        l_i = l_i * alpha + gl.sum(p, axis=0)
+        sc = gl.expand_dims(alpha, 0)
+        a0 = a0 * sc
+        a1 = a1 * sc
+        if PV == 4:
+            a2 = a2 * sc
+            a3 = a3 * sc
+        m_i = m_new
+    pv = gl.convert_layout((p * gl.expand_dims(vn, 1)).to(gl.float16), B_OP)
+    vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, WV, A_OP, MASKED)
+    v0, v1, v2, v3 = _decode(vc, vt0, vt1, V_ASM, PV)
+    a0 = mma_v2(v0, pv, a0)
+    a1 = mma_v2(v1, pv, a1)
+    if PV == 4:
+        a2 = mma_v2(v2, pv, a2)
+        a3 = mma_v2(v3, pv, a3)
+    return a0, a1, a2, a3, m_i, l_i
+
+
+@gluon.jit
+def _store_part(o_ptr, orow, acc, mo, p: gl.constexpr, PV: gl.constexpr, WV: gl.constexpr, D: gl.constexpr):
+    """O^T part p [NBV, NH] to o rows `orow`, logical byte 8 i + g -> dim PV * (g * WV + i) + p."""
+    dim = PV * ((mo % 8) * WV + mo // 8) + p
+    gl.store(o_ptr + gl.expand_dims(orow, 0) * D + gl.expand_dims(dim, 1), acc)
+
+
+@gluon.jit
+def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr,
+                        H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
+                        D: gl.constexpr, K_BITS: gl.constexpr, V_BITS: gl.constexpr,
+                        K_ASM: gl.constexpr, V_ASM: gl.constexpr,
+                        K_TW0: gl.constexpr, K_TW1: gl.constexpr, V_TW0: gl.constexpr, V_TW1: gl.constexpr,
+                        BN: gl.constexpr, NH: gl.constexpr, BLOCK_M: gl.constexpr,
+                        KLOAD: gl.constexpr, VLOAD: gl.constexpr, LAZY: gl.constexpr = False,
+                        LAZY_TAU: gl.constexpr = 8.0):
+    """One split of one (b, kv head): partial O, running max and sum of the MQ = G query rows of the group.
+
+    q_ptr: fp32 [B*H, MQ, D] (mapped into the K rotation's space, times softmax scale * log2 e). kc_ptr / vc_ptr:
+    uint8 code planes, row (b, h, t) at b * kcsb + h * kcsh + t * D*K_BITS/8; kn_ptr / vn_ptr: fp16 norm planes,
+    (b, h, t) at b * nsb + h * nsh + t. len_ptr: int32 [B] tokens of each batch row, all visible. o_ptr / ml_ptr:
+    the split partials fp32 [B*H, S, BLOCK_M, D] and [B*H, S, 2, BLOCK_M] (rows >= MQ not written). KLOAD /
+    VLOAD: the load layouts of `gluon_layouts`."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    ROWS: gl.constexpr = gl.SliceLayout(1, MMA)
+    COLS: gl.constexpr = gl.SliceLayout(0, MMA)
+    PK: gl.constexpr = 8 // K_BITS
+    PV: gl.constexpr = 8 // V_BITS
+    NBK: gl.constexpr = D * K_BITS // 8
+    NBV: gl.constexpr = D * V_BITS // 8
+    WK: gl.constexpr = NBK // 4
+    WV: gl.constexpr = NBV // 8
+
+    sid = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    L = gl.load(len_ptr + b)
+    split = gl.cdiv(gl.cdiv(L, num_splits), BN) * BN
+    lo = sid * split
+    hi = gl.minimum(lo + split, L)
+    hi_full = lo + gl.maximum(hi - lo, 0) // BN * BN
+
+    # the query's dims in the K operand's order: logical byte l -> stored byte sq
+    lq = gl.arange(0, NBK, layout=gl.SliceLayout(1, B_OP))
+    nq = gl.arange(0, NH, layout=gl.SliceLayout(0, B_OP))
+    sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
+    qrow = q_ptr + (bh * MQ + nq).to(gl.int64) * D
+    qmask = gl.expand_dims(nq < MQ, 0)
+    q0 = _q_part(qrow, qmask, sq, 0, PK)
+    q1 = _q_part(qrow, qmask, sq, 1, PK)
+    q2 = q0
+    q3 = q0
+    if PK == 4:
+        q2 = _q_part(qrow, qmask, sq, 2, PK)
+        q3 = _q_part(qrow, qmask, sq, 3, PK)
+
+    a0 = gl.zeros([NBV, NH], gl.float32, MMA)
+    a1 = gl.zeros([NBV, NH], gl.float32, MMA)
+    a2 = a0
+    a3 = a0
+    m_i = gl.full([NH], float("-inf"), gl.float32, COLS)
+    l_i = gl.zeros([NH], gl.float32, COLS)
+
+    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
+    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
+    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    kr = gl.arange(0, BN, layout=gl.SliceLayout(1, KLOAD))
+    kcol = gl.arange(0, NBK, layout=gl.SliceLayout(0, KLOAD))
+    vr = gl.arange(0, BN, layout=gl.SliceLayout(1, VLOAD))
+    vcol = gl.arange(0, NBV, layout=gl.SliceLayout(0, VLOAD))
+    tr = gl.arange(0, BN, layout=ROWS)
+    kt0 = _opaque(gl.full([BN, NBK], K_TW0, gl.int32, A_OP))
+    kt1 = _opaque(gl.full([BN, NBK], K_TW1, gl.int32, A_OP))
+    vt0 = _opaque(gl.full([NBV, BN], V_TW0, gl.int32, A_OP))
+    vt1 = _opaque(gl.full([NBV, BN], V_TW1, gl.int32, A_OP))
+
+    for t0 in range(lo, hi_full, BN):
+        a0, a1, a2, a3, m_i, l_i = _tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1, vt0,
+                                         vt1, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV,
+                                         NBK, NBV, BN, NH, MMA, A_OP, B_OP, False, LAZY, LAZY_TAU)
+    if hi_full < hi:
+        a0, a1, a2, a3, m_i, l_i = _tile(hi_full, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1,
+                                         vt0, vt1, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV,
+                                         NBK, NBV, BN, NH, MMA, A_OP, B_OP, True, LAZY, LAZY_TAU)
+
+    base = bh * num_splits + sid
+    mo = gl.arange(0, NBV, layout=ROWS)
+    no = gl.arange(0, NH, layout=COLS)
+    orow = (base * BLOCK_M + no).to(gl.int64)
+    # rows >= MQ hold zeros / -inf and are never read (the merge reads rows < G * Tq)
+    _store_part(o_ptr, orow, a0, mo, 0, PV, WV, D)
+    _store_part(o_ptr, orow, a1, mo, 1, PV, WV, D)
+    if PV == 4:
+        _store_part(o_ptr, orow, a2, mo, 2, PV, WV, D)
+        _store_part(o_ptr, orow, a3, mo, 3, PV, WV, D)
+    gl.store(ml_ptr + base * 2 * BLOCK_M + no, m_i)
+    gl.store(ml_ptr + base * 2 * BLOCK_M + BLOCK_M + no, l_i)
+
+
+def gluon_layouts(bn: int, nbk: int, nbv: int) -> tuple[gl.DistributedLinearLayout, gl.DistributedLinearLayout]:
+    """(KLOAD, VLOAD): register/lane bases of the code loads, [BN, NBK] and [BN, NBV] stored bytes. K: lane
+    (g, c) = (lane // 4, lane % 4) holds NBK/4 consecutive bytes (c * NBK/4 ..) of tokens g, g + 8, ...; V: lane
+    holds NBV/8 consecutive bytes (g * NBV/8 ..) of tokens 2c, 2c + 1, 2c + 8, 2c + 9, ... (the m16n8k16 A
+    operand's rows and columns for thread (g, c), in the kernel's dim order)."""
+    wk, wv = nbk // 4, nbv // 8
+    kreg = [[0, 1 << i] for i in range(wk.bit_length() - 1)] + [[8 << i, 0] for i in range((bn // 8).bit_length() - 1)]
+    klane = [[0, wk], [0, 2 * wk], [1, 0], [2, 0], [4, 0]]
+    vreg = [[0, 1 << i] for i in range(wv.bit_length() - 1)] + [[1, 0], [8, 0]]
+    vreg += [[16 << i, 0] for i in range((bn // 16).bit_length() - 1)]
+    vlane = [[2, 0], [4, 0], [0, wv], [0, 2 * wv], [0, 4 * wv]]
+    return (gl.DistributedLinearLayout(reg_bases=kreg, lane_bases=klane, warp_bases=[], block_bases=[],
+                                       shape=[bn, nbk]),
+            gl.DistributedLinearLayout(reg_bases=vreg, lane_bases=vlane, warp_bases=[], block_bases=[],
+                                       shape=[bn, nbv]))

@@ -1,0 +1,116 @@
+"""The Gluon decode kernel over planar codes vs a float64 dense reference (CUDA only), and its CPU-side checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compactkv.attention.reference import packed_dense_float64
+from compactkv.core.codec import Codec
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+TOL = 3e-3  # fp16 tensor-core operands (same bound as the other decode kernels)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _rel(a, b) -> float:
+    assert torch.isfinite(a).all(), "unwritten or non-finite output"
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_split_rows_roundtrip():
+    from compactkv.attention.triton.gluon import split_rows
+    c = Codec("turbo4", 64, seed=0)
+    rows = c.encode(torch.randn(2, 3, 5, 64))
+    codes, norms = split_rows(rows)
+    assert codes.shape == (2, 3, 5, 32) and norms.shape == (2, 3, 5) and norms.dtype == torch.float16
+    assert torch.equal(torch.cat([norms.unsqueeze(-1).view(torch.uint8), codes], -1), rows)
+
+
+def test_gluon_unsupported_reasons():
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import gluon_unsupported
+    t4, t3 = packed_kind(Codec("turbo4", 128)), packed_kind(Codec("turbo3", 128))
+    assert "turbo2/turbo4" in gluon_unsupported(t3, t4, 4)
+    assert "at most 8" in gluon_unsupported(t4, t4, 16)
+    assert "one-token" in gluon_unsupported(t4, t4, 4, tq=2)
+    assert "head_dim" in gluon_unsupported(packed_kind(Codec("turbo4", 32)), packed_kind(Codec("turbo4", 32)), 4)
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2", "turbo4/turbo2"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gluon_kernel_compiles_for_sm90(kind, d):
+    """Compiled for sm_90 on any machine: no spills, and the code bytes reach the tensor-core operands with no
+    shared-memory round trip (the loads' layouts are the operands' layouts: assert_trivial in the kernel)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    s = sass_decode.summary(kind, gluon=True, d=d, block_n=32, maxnreg=None)
+    assert s["spills"] == 0
+    assert s["ops"]["HMMA"] > 0 and s["ops"]["LDS"] == 0 and s["ops"]["STS"] == 0
+
+
+def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None):
+    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from compactkv.attention.triton.gluon import attend_gluon, split_rows
+    dev = "cuda"
+    kc, vc = Codec(kk, d, seed=5), Codec(vk, d, seed=6)
+    b, t = len(lengths), max(lengths)
+    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    (kcodes, knorms), (vcodes, vnorms) = split_rows(rk), split_rows(rv)
+    q = torch.randn(b, hkv, g, d, device=dev)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    qk = (q @ fwd if fwd is not None else q) * (d ** -0.5 * LOG2E)
+    out = torch.full((b, hkv, g, d), float("nan"), device=dev)
+    lse = torch.full((b, hkv, g), float("nan"), device=dev)
+    attend_gluon(qk, kcodes, knorms, vcodes, vnorms, torch.tensor(lengths, dtype=torch.int32, device=dev),
+                 packed_kind(kc), packed_kind(vc), max_len=t, out=out, lse=lse, num_splits=num_splits)
+    got = out @ adj if adj is not None else out
+    assert torch.isfinite(lse).all()
+    return _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, 1))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo2", "turbo2"), ("turbo4", "turbo2"),
+                                   ("turbo2", "turbo4")])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_gluon_decode_ragged_vs_float64(kk, vk, d, g):
+    # lengths: not multiples of the 32-token tile, one shorter than a tile, one of exactly two tiles
+    assert _check(kk, vk, d, g, [777, 130, 3, 64]) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("num_splits", [1, 3, 64])  # one split, uneven splits, splits left empty
+def test_gluon_decode_splits(num_splits):
+    assert _check("turbo4", "turbo4", 128, 4, [1000, 31, 2049], num_splits=num_splits) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo2", "turbo4"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_planar_encode_bit_identical_to_cpu(kind, d):
+    """encode_rows(norms=...) writes the same bytes as Codec.encode, split into the code and norm planes, at
+    device-side positions."""
+    from compactkv.attention.triton.encode import encode_rows
+    from compactkv.cache.static import planes_to_rows
+    c = Codec(kind, d, seed=7)
+    x = torch.randn(2, 3, 5, d, device="cuda", dtype=torch.float16)
+    codes = torch.zeros(2, 3, 9, c.row_bytes - 2, dtype=torch.uint8, device="cuda")
+    norms = torch.zeros(2, 3, 9, dtype=torch.float16, device="cuda")
+    pos = torch.tensor([0, 4], dtype=torch.int32, device="cuda")
+    encode_rows(c, x, codes, positions=pos, norms=norms)
+    want = c.encode(x.cpu())
+    assert torch.equal(planes_to_rows(codes[0, :, :5], norms[0, :, :5]).cpu(), want[0])
+    assert torch.equal(planes_to_rows(codes[1, :, 4:9], norms[1, :, 4:9]).cpu(), want[1])
+    assert not codes[0, :, 5:].any() and not norms[1, :, :4].any()  # nothing written outside the positions
