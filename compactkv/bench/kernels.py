@@ -125,6 +125,15 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     return step, nbytes
 
 
+def gluon_name(kind: str) -> bool:
+    """True where the Gluon kernel (planar storage) takes kind/kind at HEAD_DIM, one token, GQA HQ/HKV."""
+    from ..attention.triton.decode import packed_kind
+    from ..attention.triton.gluon import gluon_unsupported
+    from ..core.codec import Codec
+    pk = packed_kind(Codec(kind, HEAD_DIM))
+    return pk is not None and gluon_unsupported(pk, pk, HQ // HKV) is None
+
+
 def kernel_name(kind: str) -> str:
     """'fast' where `attend_packed` runs decode_fast_kernel for kind/kind pairs at HEAD_DIM, else 'split'."""
     from ..attention.triton.decode import fast_unsupported, packed_kind
@@ -232,6 +241,13 @@ def run(args) -> int:
                     se, sg = _bench(step, not args.no_graphs)
                     row["kinds"][kind].update({"split_us": se, "split_graph_us": sg, "split_speedup": s_eager / se,
                                                "split_graph_speedup": (s_graph / sg) if (s_graph and sg) else None})
+                if gluon_name(kind):  # the Gluon kernel over planar copies of the same kind of rows
+                    del step
+                    step, pbytes = decode_step(kind, b, t, dev, gluon=True)
+                    pe, pg = _bench(step, not args.no_graphs)
+                    row["kinds"][kind].update({"planar_us": pe, "planar_graph_us": pg, "planar_speedup": s_eager / pe,
+                                               "planar_gbps": pbytes / pe / 1e3,
+                                               "planar_graph_speedup": (s_graph / pg) if (s_graph and pg) else None})
                 if args.sweep and (b, t) in SWEEP_SHAPES:
                     row["kinds"][kind]["sweep"] = _sweep(kind, b, t, dev)
                 del step
@@ -307,6 +323,15 @@ def table(info: dict, kinds) -> str:
                 lines.append(f"before (split kernel) B={row['batch']} T={row['context']} {kind}: {r['split_us']:.1f} us, "
                              f"x {r['split_speedup']:.2f} (graph x {g}); fast kernel {r['us']:.1f} us "
                              f"= {r['split_us'] / r['us']:.2f}x faster")
+    for row in info["decode"]:
+        for kind in kinds:
+            r = row["kinds"][kind]
+            if "planar_us" in r:
+                g = "-" if r["planar_graph_speedup"] is None else f"{r['planar_graph_speedup']:.2f}"
+                gu = "-" if r["planar_graph_us"] is None else f"{r['planar_graph_us']:.1f}"
+                lines.append(f"planar (Gluon kernel, static cache) B={row['batch']} T={row['context']} {kind}: "
+                             f"{r['planar_us']:.1f} us, x {r['planar_speedup']:.2f}, {r['planar_gbps']:.0f} GB/s; "
+                             f"graph {gu} us, x {g}")
     for e in info.get("encode", []):
         lines.append(f"encode {e['kind']} {e['tokens']} tokens x {HKV} heads, block_rows {e['block_rows']}: "
                      f"{e['us']:.1f} us, {e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)")

@@ -26,22 +26,25 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
                  device: str | torch.device | None = None) -> StaticKVCache:
     """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of
     codec kinds (a single kind means k = v). On CUDA with Triton, compressed layers encode with the in-place kernel,
-    so a decode step over them can be captured; elsewhere with Codec.encode (eager only)."""
+    so a decode step over them can be captured, and turbo2/turbo4 are stored as planes for the Gluon decode kernel
+    where Gluon is usable; elsewhere with Codec.encode (eager only)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(kind, str) and kind in DENSE:
         dtype = next(model.parameters()).dtype
         return StaticDenseCache(model.config, batch_size=batch_size, max_cache_len=max_cache_len, device=device,
                                 dtype=dtype, exact_mask=kind == "f16")
     k, v = (kind, kind) if isinstance(kind, str) else kind
-    encode = None
+    encode, planar = None, False
     if device.type == "cuda":
         try:
             from ..attention.triton.encode import encode_into
-        except ImportError:  # no triton: Codec.encode (eager only)
-            encode_into = None
+            from ..attention.triton.gluon import gluon_usable
+        except ImportError:  # no triton: Codec.encode (eager only), rows
+            encode_into, gluon_usable = None, lambda: False
         encode = encode_into
+        planar = None if gluon_usable() else False  # planes only where the Gluon kernel can read them
     return StaticTurboQuantCache(model.config, k, v, batch_size=batch_size, max_cache_len=max_cache_len,
-                                 device=device, encode=encode)
+                                 device=device, encode=encode, planar=planar)
 
 
 class GreedyStepGraph:

@@ -24,6 +24,11 @@ def _gluon_import_error() -> str | None:
     return None
 
 
+def gluon_usable() -> bool:
+    """True when Triton's Gluon dialect imports here (the kernel module loads)."""
+    return _gluon_import_error() is None
+
+
 def gluon_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int = 1) -> str | None:
     """Why `launch_gluon` cannot run this call, or None. rows: query rows per KV head (GQA group x tq)."""
     for kind in (k_kind, v_kind):
