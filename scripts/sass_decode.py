@@ -75,8 +75,7 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
-def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None,
-                  lazy: bool = False):
+def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None):
     """decode_gluon_kernel (one warp) for planar K codes of `kind` and V codes of `v_kind`, 8 KV heads, GQA 4."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import gluon_constants
@@ -88,7 +87,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 H=8, MQ=4, num_splits=16, kcsb=8 * t * d * pk.bits // 8, kcsh=t * d * pk.bits // 8,
                 vcsb=8 * t * d * pv.bits // 8, vcsh=t * d * pv.bits // 8, nsb=8 * t, nsh=t)
-    const = dict(gluon_constants(pk, pv, block_n), LAZY=lazy, LAZY_TAU=8.0)
+    const = dict(gluon_constants(pk, pv, block_n), LAZY_TAU=8.0)
     return _compile(decode_gluon_kernel, args, const, dict(num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {})),
                     source=GluonASTSource)
 

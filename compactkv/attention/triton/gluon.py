@@ -75,8 +75,7 @@ def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: in
 def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
-                 splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
-                 lazy: bool = True) -> SplitPartials:
+                 splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
@@ -104,7 +103,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     decode_gluon_kernel[(num_splits, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), **gluon_constants(k_kind, v_kind, block_n), LAZY=lazy,
+        k_norms.stride(0), k_norms.stride(1), **gluon_constants(k_kind, v_kind, block_n),
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
