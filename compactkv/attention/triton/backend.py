@@ -4,7 +4,8 @@ Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through 
 (`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
-exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). Per-layer derived tensors (chunk tables, the
+exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
+storage (`planes()`, turbo2/turbo4) run the Gluon kernel (gluon.py) instead of the split kernel. Per-layer derived tensors (chunk tables, the
 query map) are kept in the layer's `backend_state` dict, which the layer empties on reset.
 """
 
