@@ -20,11 +20,11 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_split_rows_roundtrip():
-    from compactkv.attention.triton.gluon import split_rows
+def test_rows_to_planes_roundtrip():
+    from compactkv.cache.static import rows_to_planes
     c = Codec("turbo4", 64, seed=0)
     rows = c.encode(torch.randn(2, 3, 5, 64))
-    codes, norms = split_rows(rows)
+    codes, norms = rows_to_planes(rows)
     assert codes.shape == (2, 3, 5, 32) and norms.shape == (2, 3, 5) and norms.dtype == torch.float16
     assert torch.equal(torch.cat([norms.unsqueeze(-1).view(torch.uint8), codes], -1), rows)
 
@@ -57,13 +57,14 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
 
 def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None):
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
-    from compactkv.attention.triton.gluon import attend_gluon, split_rows
+    from compactkv.attention.triton.gluon import attend_gluon
+    from compactkv.cache.static import rows_to_planes
     dev = "cuda"
     kc, vc = Codec(kk, d, seed=5), Codec(vk, d, seed=6)
     b, t = len(lengths), max(lengths)
     rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
     rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
-    (kcodes, knorms), (vcodes, vnorms) = split_rows(rk), split_rows(rv)
+    (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
     q = torch.randn(b, hkv, g, d, device=dev)
     fwd, _ = codec_maps(kc, dev)
     _, adj = codec_maps(vc, dev)

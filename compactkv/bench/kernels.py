@@ -106,8 +106,9 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
 
     gluon = kernel.pop("gluon", False)
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
-        from ..attention.triton.gluon import attend_gluon, split_rows
-        (kcodes, knorms), (vcodes, vnorms) = split_rows(rk), split_rows(rv)
+        from ..attention.triton.gluon import attend_gluon
+        from ..cache.static import rows_to_planes
+        (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
         rk = rv = None
 
     def step():

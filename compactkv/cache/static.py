@@ -41,6 +41,12 @@ def planes_to_rows(codes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return torch.cat([norms.unsqueeze(-1).view(torch.uint8), codes], dim=-1)
 
 
+def rows_to_planes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codec rows uint8 [..., 2 + nbytes] ([fp16 norm][codes]) as new contiguous planes (codes [..., nbytes],
+    norms fp16 [...]); the inverse of `planes_to_rows`."""
+    return rows[..., 2:].contiguous(), rows[..., :2].contiguous().view(torch.float16)[..., 0].contiguous()
+
+
 class _StaticLayer(CacheLayerMixin):
     """What both static layers share: a host token count (`cumulative_length`) next to the device one (`lengths`),
     a fixed capacity, no sliding window; subclasses name their batch-indexed buffers in `_buffers()`."""
@@ -152,8 +158,7 @@ class StaticTurboQuantLayer(_StaticLayer):
         t = k_rows.shape[-2]
         if self.planar:
             for rows, codes, norms in ((k_rows, self.k_codes, self.k_norms), (v_rows, self.v_codes, self.v_norms)):
-                codes[:, :, :t] = rows[..., 2:]
-                norms[:, :, :t] = rows[..., :2].contiguous().view(torch.float16)[..., 0]
+                codes[:, :, :t], norms[:, :, :t] = rows_to_planes(rows)
         else:
             self.k_rows[:, :, :t] = k_rows
             self.v_rows[:, :, :t] = v_rows
@@ -235,9 +240,7 @@ def write_encoded(enc: torch.Tensor, target, positions: torch.Tensor) -> None:
     t = enc.shape[-2]
     for b, p in enumerate(positions.tolist()):
         if isinstance(target, tuple):
-            codes, norms = target
-            codes[b, :, p:p + t] = enc[b, ..., 2:]
-            norms[b, :, p:p + t] = enc[b, ..., :2].contiguous().view(torch.float16)[..., 0]
+            target[0][b, :, p:p + t], target[1][b, :, p:p + t] = rows_to_planes(enc[b])
         else:
             target[b, :, p:p + t] = enc[b]
 

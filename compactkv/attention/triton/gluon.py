@@ -117,9 +117,3 @@ def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     parts = launch_gluon(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, **kw)
     return merge_partials(parts, q.shape, q.device, out, lse)
 
-
-def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codec rows uint8 [B, H, T, 2 + nbytes] ([fp16 norm][codes]) as new planar (codes [B, H, T, nbytes],
-    norms fp16 [B, H, T]) tensors (copies)."""
-    norms = rows[..., :2].contiguous().view(torch.float16)[..., 0]
-    return rows[..., 2:].contiguous(), norms.contiguous()
