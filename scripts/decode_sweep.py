@@ -2,7 +2,7 @@
 
     python scripts/decode_sweep.py [--json PATH] [--shapes 8x32768,1x131072] [--kinds turbo4,turbo3,turbo2]
 
-Prints one line per (shape, kind, variant): median µs of CUDA-graph replays of the whole decode step (query
+Prints one line per (shape, kind, variant): median µs of CUDA-graph replays of the whole decode step as the backend runs it (query
 rotation, kernel, split merge, inverse rotation), x = SDPA / ours, GB/s on the compressed K+V bytes, and the
 relative error of the variant's output against the first variant's on the same rows and query.
 --variants takes a JSON list of attend_packed keyword sets (e.g. '[{"fast": false}, {}, {"maxnreg": 128}]').

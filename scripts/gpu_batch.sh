@@ -8,6 +8,8 @@
 #   bash scripts/gpu_batch.sh bench   # compactkv bench kernels: decode vs SDPA, encode GB/s vs copy, issue shapes
 #   bash scripts/gpu_batch.sh graphs  # static-cache tests, then bench e2e --graphs (both sides in CUDA graphs)
 #   bash scripts/gpu_batch.sh gluon   # Gluon kernel tests, then Gluon vs fast kernel vs SDPA (graphs)
+#   bash scripts/gpu_batch.sh pipeline  # Gluon tests (3 processes), then its load pipelines (prefetch/stages) vs SDPA
+#   bash scripts/gpu_batch.sh ncu-gluon # what limits the Gluon kernel: pipes, stalls (B=8 T=32K), kernels of a B=1 step
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -64,8 +66,38 @@ gluon)
         > "$OUT/sweep-gluon.txt" 2>&1
     tail -60 "$OUT/sweep-gluon.txt"
     ;;
+ncu-gluon)
+    for var in '{"gluon": true}' '{"gluon": true, "prefetch": 2, "stages": 2}'; do
+        echo "== turbo4 B=8 T=32K $var" | tee -a "$OUT/ncu-gluon.txt"
+        timeout 240 ncu --clock-control none --kernel-name regex:decode_gluon --launch-skip 3 --launch-count 1 \
+            --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+            --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+            --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second \
+            python scripts/profile_decode.py turbo4 8 32768 "$var" >> "$OUT/ncu-gluon.txt" 2>&1
+    done
+    echo "== every kernel of B=1 T=32K turbo4 steps (Gluon)" | tee -a "$OUT/ncu-gluon.txt"
+    timeout 120 ncu --clock-control none --launch-skip 20 --launch-count 8 --section SpeedOfLight \
+        python scripts/profile_decode.py turbo4 1 32768 '{"gluon": true}' >> "$OUT/ncu-gluon.txt" 2>&1
+    grep -E "^==|decode_|merge|finish|Duration|SM Frequency|Issue Slots Busy|Executed Ipc Active|pipe_|No Eligible|Active Warps Per|Eligible Warps|Stall|Achieved Occupancy|Registers Per|Memory Throughput|DRAM Throughput|Compute \(SM\)|Kernel|^  [a-z_]+.*\(" "$OUT/ncu-gluon.txt" | head -150
+    ;;
+pipeline)
+    python -m pytest -q -p no:warnings -k prefetch tests/test_gluon_decode.py > "$OUT/pytest_gluon_a.txt" 2>&1 &
+    python -m pytest -q -p no:warnings -k ragged tests/test_gluon_decode.py > "$OUT/pytest_gluon_b.txt" 2>&1 &
+    python -m pytest -q -p no:warnings -k "not prefetch and not ragged" tests/test_gluon_decode.py \
+        tests/test_static_graphs.py > "$OUT/pytest_gluon_c.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_gluon_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -8; done
+    default='[{"gluon": true}, {"gluon": true, "prefetch": 1}, {"gluon": true, "prefetch": 2, "stages": 2},
+        {"gluon": true, "prefetch": 2, "stages": 3}, {"gluon": true, "prefetch": 2, "stages": 4},
+        {"gluon": true, "prefetch": 2, "stages": 3, "maxnreg": 0}, {"gluon": true, "prefetch": 2, "stages": 3, "splits_per_sm": 8},
+        {"gluon": true, "prefetch": 2, "stages": 3, "splits_per_sm": 32}, {"gluon": true, "prefetch": 2, "stages": 2, "min_split": 1024}]'
+    python scripts/decode_sweep.py --json "$OUT/sweep-pipeline.json" --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" \
+        --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
+        > "$OUT/sweep-pipeline.txt" 2>&1
+    tail -80 "$OUT/sweep-pipeline.txt"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline" >&2
     exit 2
     ;;
 esac

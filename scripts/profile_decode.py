@@ -2,11 +2,15 @@
 
     ncu --clock-control none --kernel-name regex:"decode_split|encode_mse" --launch-skip 3 --launch-count 2 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section MemoryWorkloadAnalysis python scripts/profile_decode.py [KIND] [BATCH] [CONTEXT]
+        --section MemoryWorkloadAnalysis python scripts/profile_decode.py [KIND] [BATCH] [CONTEXT] [KERNEL-JSON]
+
+KERNEL-JSON: keyword options of the decode step (bench.kernels.decode_step), e.g. '{"gluon": true, "prefetch": 2}'
+for the Gluon kernel over planar codes. Each step is its query map, kernel, split merge and inverse map launches.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -20,8 +24,9 @@ def main(argv: list[str]) -> int:
     kind = argv[0] if argv else "turbo4"
     b = int(argv[1]) if len(argv) > 1 else 8
     t = int(argv[2]) if len(argv) > 2 else 32768
+    kernel = json.loads(argv[3]) if len(argv) > 3 else {}
     dev = torch.device("cuda")
-    step, _ = decode_step(kind, b, t, dev)
+    step, _ = decode_step(kind, b, t, dev, **kernel)
     codec = Codec(kind, HEAD_DIM) if kind.startswith("turbo") else Codec("turbo4", HEAD_DIM)
     x = torch.randn(8, HKV, 8192, HEAD_DIM, device=dev, dtype=torch.float16)
     for _ in range(4):

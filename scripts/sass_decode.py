@@ -75,7 +75,8 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
-def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None):
+def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None,
+                  prefetch: int = 0, stages: int = 3):
     """decode_gluon_kernel (one warp) for planar K codes of `kind` and V codes of `v_kind`, 8 KV heads, GQA 4."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import gluon_constants
@@ -87,7 +88,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 H=8, MQ=4, num_splits=16, kcsb=8 * t * d * pk.bits // 8, kcsh=t * d * pk.bits // 8,
                 vcsb=8 * t * d * pv.bits // 8, vcsh=t * d * pv.bits // 8, nsb=8 * t, nsh=t)
-    const = dict(gluon_constants(pk, pv, block_n), LAZY_TAU=8.0)
+    const = dict(gluon_constants(pk, pv, block_n), LAZY_TAU=8.0, PREFETCH=prefetch, STAGES=stages)
     return _compile(decode_gluon_kernel, args, const, dict(num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {})),
                     source=GluonASTSource)
 
@@ -189,7 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--maxnreg", type=int)
     ap.add_argument("--prefetch", type=int, choices=(0, 1, 2), default=FAST_PREFETCH,
-                    help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V)")
+                    help="the fast kernel's PREFETCH (0: none, 1: next tile's K rows, 2: K and V); with --gluon the Gluon "
+                         "kernel's (0: V after the softmax, 1: K and V at the tile's start, 2: next tile's)")
     ap.add_argument("--table-regs", type=int, choices=(0, 1, 2, 3), default=None,
                     help="the fast kernel's TABLE_REGS: decoder tables in opaque registers for K (bit 0) and V "
                          "(bit 1), constants otherwise (default: decode.fast_table_regs for the kind)")
@@ -214,7 +216,8 @@ def main(argv=None) -> int:
         pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
         if args.gluon:
-            s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg)
+            s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,
+                        prefetch=args.prefetch, stages=args.stages)
         else:
             s = summary(kind, d=args.d, block_n=args.block_n, num_warps=args.warps, num_stages=args.stages,
                         maxnreg=args.maxnreg, extra={"PREFETCH": args.prefetch, "TABLE_REGS": table_regs})

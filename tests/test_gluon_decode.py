@@ -53,9 +53,13 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
     s = sass_decode.summary(kind, gluon=True, d=d, block_n=32, maxnreg=None)
     assert s["spills"] == 0
     assert s["ops"]["HMMA"] > 0 and s["ops"]["LDS"] == 0 and s["ops"]["STS"] == 0
+    # the cp.async pipeline: code bytes copied asynchronously into shared memory, read back once per tile
+    s = sass_decode.summary(kind, gluon=True, d=d, block_n=32, maxnreg=None, prefetch=2, stages=3)
+    assert s["spills"] == 0
+    assert s["ops"]["HMMA"] > 0 and s["ops"]["LDGSTS"] > 0 and s["ops"]["LDS"] > 0
 
 
-def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None):
+def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, **kw):
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
     from compactkv.attention.triton.gluon import attend_gluon
     from compactkv.cache.static import rows_to_planes
@@ -72,7 +76,7 @@ def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None):
     out = torch.full((b, hkv, g, d), float("nan"), device=dev)
     lse = torch.full((b, hkv, g), float("nan"), device=dev)
     attend_gluon(qk, kcodes, knorms, vcodes, vnorms, torch.tensor(lengths, dtype=torch.int32, device=dev),
-                 packed_kind(kc), packed_kind(vc), max_len=t, out=out, lse=lse, num_splits=num_splits)
+                 packed_kind(kc), packed_kind(vc), max_len=t, out=out, lse=lse, num_splits=num_splits, **kw)
     got = out @ adj if adj is not None else out
     assert torch.isfinite(lse).all()
     return _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, 1))
@@ -87,6 +91,17 @@ def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None):
 def test_gluon_decode_ragged_vs_float64(kk, vk, d, g):
     # lengths: not multiples of the 32-token tile, one shorter than a tile, one of exactly two tiles
     assert _check(kk, vk, d, g, [777, 130, 3, 64]) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("prefetch,stages", [(1, 3), (2, 2), (2, 3), (2, 4)])
+@pytest.mark.parametrize("kk,vk", [("turbo4", "turbo4"), ("turbo2", "turbo2"), ("turbo4", "turbo2")])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gluon_prefetch_modes_vs_float64(prefetch, stages, kk, vk, d):
+    # two splits over long rows (many tiles each: the pipeline's steady state and its masked copies past the last
+    # full tile), a row shorter than the pipeline's depth, one shorter than a tile
+    assert _check(kk, vk, d, 4, [3001, 100, 3, 64], num_splits=2, prefetch=prefetch, stages=stages) < TOL
 
 
 @cuda

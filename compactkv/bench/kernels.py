@@ -2,8 +2,8 @@
 
 Shapes are one Llama-3.1-8B attention layer (32 query heads, 8 KV heads, head_dim 128), one query token, batch and
 context from the flags. Everything is measured in the same run on the same card: the device-to-device copy
-bandwidth, torch SDPA with fp16 K/V (enable_gqa), and per kind the compressed decode step (query rotation, split
-kernel, split merge, inverse rotation), as medians of triton.testing.do_bench (L2 flushed between repetitions)
+bandwidth, torch SDPA with fp16 K/V (enable_gqa), and per kind the compressed decode step (query map, split
+kernel, one finishing launch: split merge + inverse rotation, as the Triton backend runs it), as medians of triton.testing.do_bench (L2 flushed between repetitions)
 and of CUDA-graph replays. GB/s counts the compressed K+V bytes read once.
 """
 
@@ -90,36 +90,43 @@ def copy_bandwidth(device) -> float:
 
 
 def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
-    """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes."""
+    """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
+
+    The step is what the Triton backend runs for a layer without fp16 windows: the query map (one matmul with the
+    K rotation and the softmax scale folded in), the split kernel (the Gluon kernel over planar copies of the same
+    rows with `gluon=True`) and the finishing launch that merges the splits, applies the inverse V map and writes
+    fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
     from ..attention.triton.backend import ONE_CHUNK
-    from ..attention.triton.decode import LOG2E, attend_packed, chunk_table, codec_maps, packed_kind
+    from ..attention.triton.decode import LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind
     from ..core.codec import Codec
     kc, vc = Codec(kind, head_dim, seed=0), Codec(kind, head_dim, seed=1)
     rk, rv = random_rows(kc, b, HKV, t, device), random_rows(vc, b, HKV, t, device)
-    kt, vt = chunk_table([rk]), chunk_table([rv])
     lengths = torch.full((b,), t, dtype=torch.int32, device=device)
     fwd, _ = codec_maps(kc, device)
     _, adj = codec_maps(vc, device)
     q = torch.randn(b, HQ, 1, head_dim, device=device, dtype=torch.float16)
     pk, pv = packed_kind(kc), packed_kind(vc)
     c = head_dim ** -0.5 * LOG2E
+    w = (fwd if fwd is not None else torch.eye(head_dim, device=device)) * c
+    empty = torch.empty(b, HKV, 0, head_dim, dtype=torch.float16, device=device)
 
     gluon = kernel.pop("gluon", False)
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
-        from ..attention.triton.gluon import attend_gluon
+        from ..attention.triton.gluon import launch_gluon
         from ..cache.static import rows_to_planes
         (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
         rk = rv = None
+    else:
+        kt, vt = chunk_table([rk]), chunk_table([rv])
 
     def step():
         qf = q.float().reshape(b, HKV, HQ // HKV, head_dim)
-        qk = (qf @ fwd if fwd is not None else qf) * c
         if gluon:
-            out, _ = attend_gluon(qk, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t, **kernel)
+            parts = launch_gluon(qf @ w, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t, **kernel)
         else:
-            out, _ = attend_packed(qk, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
-        out = out @ adj if adj is not None else out
-        return out.reshape(b, HQ, 1, head_dim).transpose(1, 2).half()
+            parts = launch_splits(qf @ w, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
+        return finish_decode(qf, parts, tq=1, qscale=c, windows=(empty,) * 4, n_comp=t, adj=adj, bias=None,
+                             causal=False, out_dtype=torch.float16)
 
     step.keep = (rk, rv) if not gluon else (kcodes, knorms, vcodes, vnorms)
     nbytes = sum(x.numel() * x.element_size() for x in step.keep)

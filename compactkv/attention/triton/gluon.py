@@ -10,9 +10,11 @@ from .decode import FAMILY_MSE, PackedKind, SplitPartials, choose_splits, merge_
 from .fastasm import decode_asm, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
-GLUON_MIN_SPLIT = 512  # tokens per split at least (2048 left B=8 T=32K at 8 one-warp programs per SM: 220 -> 173 us)
+GLUON_MIN_SPLIT = 1024  # tokens per split at least (H200, turbo4: B=1 T=128K 105.3 -> 100.9 us against 512; 2048
+# left B=8 T=32K at 8 one-warp programs per SM: 202 us; docs/kernels.md, session 9)
 GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session 8)
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
+GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,6 +62,13 @@ def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON
                 BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload)
 
 
+def gluon_prefetch(head_dim: int) -> int:
+    """The default load scheme (launch_gluon's `prefetch`): the cp.async pipeline at head_dim 128 (H200, turbo4 B=8:
+    T=32K 167.5 -> 164.4 us, T=128K 515.3 -> 490.1 us; turbo2 126.7 -> 126.2, 350.7 -> 337.2), plain loads at 64
+    (turbo4 +5%, turbo2 -2%) and 256 (its 16 KB of stages per one-warp program: 349.5 -> 487.9 us)."""
+    return 2 if head_dim == 128 else 0
+
+
 def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: int, b: int, h: int) -> None:
     if codes.dtype != torch.uint8 or codes.dim() != 4 or codes.shape[:2] != (b, h) or codes.shape[-1] != nbytes \
             or codes.stride(-1) != 1 or codes.stride(-2) != nbytes:
@@ -75,12 +84,15 @@ def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: in
 def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
-                 splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG) -> SplitPartials:
+                 splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
+                 prefetch: int | None = None, stages: int = GLUON_STAGES) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
     [B, H, T, D*bits/8] code planes (16-byte aligned rows), k_norms / v_norms: fp16 [B, H, T] (same token and
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
+    prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
+    cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`).
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -91,6 +103,13 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
     _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
     _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
+    if prefetch is None:
+        prefetch = gluon_prefetch(d)
+    if prefetch not in (0, 1, 2):
+        raise ValueError(f"prefetch {prefetch}: takes 0 (V after the softmax), 1 (K and V at the tile's start) or 2 "
+                         "(cp.async pipeline of `stages` tiles)")
+    if prefetch == 2 and stages not in (2, 3, 4):
+        raise ValueError(f"stages {stages}: the cp.async pipeline takes 2, 3 or 4")
     if v_norms.stride() != k_norms.stride():
         raise ValueError("K and V norm planes must have the same strides")
     if num_splits is None:
@@ -104,7 +123,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
         k_norms.stride(0), k_norms.stride(1), **gluon_constants(k_kind, v_kind, block_n),
-        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
+        PREFETCH=prefetch, STAGES=stages, num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 

@@ -18,6 +18,11 @@ One warp per program, one split of one (b, kv head) per program, one query token
   softmax scale x log2 e), partials in the split-kernel format (`decode.SplitPartials`), merged by the same
   finishing kernel.
 - Lazy rescale of the accumulators (only when a row's max grows by more than 2**8).
+- Loads (PREFETCH): 0, V's code bytes after the softmax; 1, K's and V's at the tile's start; 2, a cp.async
+  pipeline through STAGES shared-memory tiles (norms one tile ahead in registers). The pipeline gains 0-5% at
+  head_dim 128 only: the loop is bound by the integer pipe (the decoders), not by load latency (docs/kernels.md,
+  session 9). Carrying the next tile's bytes in registers instead spilled: each code byte of a loop-carried
+  tensor took a register of its own.
 - Decoder table words in opaque per-thread registers (with explicit layouts they cannot pin anything): as
   constants ptxas re-created them before every prmt (+128 instructions per 32-token tile in the sm_90 SASS).
 """
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 
 @gluon.jit
@@ -57,61 +62,108 @@ def _q_part(qrow, qmask, sq, p: gl.constexpr, P: gl.constexpr):
 
 
 @gluon.jit
-def _k_codes(kbase, t0, hi, kr, kcol, NBK: gl.constexpr, BN: gl.constexpr, KS: gl.constexpr, A_OP: gl.constexpr,
-             MASKED: gl.constexpr):
-    """K code bytes of tokens t0 + [0, BN) in the A operand layout [BN, NBK], bytes in the kernel's dim order
-    (logical byte 16 ks + 8 h + 2 c + e = stored byte c * NBK/4 + 4 ks + 2 h + e)."""
-    kp = kbase + gl.expand_dims((t0 + kr).to(gl.int64) * NBK, 1) + gl.expand_dims(kcol, 0)
-    if MASKED:
-        kc = gl.load(kp, mask=gl.expand_dims(t0 + kr < hi, 1), other=0)
-    else:
-        kc = gl.load(kp)
-    kc = gl.reshape(kc, [BN, 4, KS, 2, 2])
+def _k_ptrs(kbase, t0, kr, kcol, NBK: gl.constexpr):
+    return kbase + gl.expand_dims((t0 + kr).to(gl.int64) * NBK, 1) + gl.expand_dims(kcol, 0)
+
+
+@gluon.jit
+def _v_ptrs(vbase, t0, vr, vcol, NBV: gl.constexpr):
+    return vbase + gl.expand_dims((t0 + vr).to(gl.int64) * NBV, 1) + gl.expand_dims(vcol, 0)
+
+
+@gluon.jit
+def _k_arrange(kc, NBK: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr):
+    """K code bytes [BN, NBK] as loaded (KLOAD) -> the A operand layout, bytes in the kernel's dim order (logical
+    byte 16 ks + 8 h + 2 c + e = stored byte c * NBK/4 + 4 ks + 2 h + e): register renaming only."""
+    kc = gl.reshape(kc, [BN, 4, NBK // 16, 2, 2])
     kc = gl.permute(kc, [0, 2, 3, 1, 4])
     kc = gl.reshape(kc, [BN, NBK])
     return gl.convert_layout(kc, A_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _v_codes(vbase, t0, hi, vr, vcol, NBV: gl.constexpr, BN: gl.constexpr, WV: gl.constexpr, A_OP: gl.constexpr,
-             MASKED: gl.constexpr):
-    """V code bytes of tokens t0 + [0, BN) transposed into the A operand layout [NBV, BN] (logical byte 8 i + g =
-    stored byte g * NBV/8 + i)."""
-    vp = vbase + gl.expand_dims((t0 + vr).to(gl.int64) * NBV, 1) + gl.expand_dims(vcol, 0)
-    if MASKED:
-        vc = gl.load(vp, mask=gl.expand_dims(t0 + vr < hi, 1), other=0)
-    else:
-        vc = gl.load(vp)
+def _v_arrange(vc, NBV: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr):
+    """V code bytes [BN, NBV] as loaded (VLOAD) -> transposed into the A operand layout [NBV, BN] (logical byte
+    8 i + g = stored byte g * NBV/8 + i): register renaming only."""
     vc = gl.permute(vc, [1, 0])
-    vc = gl.reshape(vc, [8, WV, BN])
+    vc = gl.reshape(vc, [8, NBV // 8, BN])
     vc = gl.permute(vc, [1, 0, 2])
     vc = gl.reshape(vc, [NBV, BN])
     return gl.convert_layout(vc, A_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1, q2, q3,
+def _k_codes(kbase, t0, hi, kr, kcol, NBK: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr,
+             MASKED: gl.constexpr):
+    """K code bytes of tokens t0 + [0, BN) from global memory in the A operand layout [BN, NBK]."""
+    kp = _k_ptrs(kbase, t0, kr, kcol, NBK)
+    if MASKED:
+        kc = gl.load(kp, mask=gl.expand_dims(t0 + kr < hi, 1), other=0)
+    else:
+        kc = gl.load(kp)
+    return _k_arrange(kc, NBK, BN, A_OP)
+
+
+@gluon.jit
+def _v_codes(vbase, t0, hi, vr, vcol, NBV: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr,
+             MASKED: gl.constexpr):
+    """V code bytes of tokens t0 + [0, BN) from global memory in the A operand layout [NBV, BN]."""
+    vp = _v_ptrs(vbase, t0, vr, vcol, NBV)
+    if MASKED:
+        vc = gl.load(vp, mask=gl.expand_dims(t0 + vr < hi, 1), other=0)
+    else:
+        vc = gl.load(vp)
+    return _v_arrange(vc, NBV, BN, A_OP)
+
+
+@gluon.jit
+def _copy_tile(t0, hi, kbase, vbase, kr, kcol, vr, vcol, ks, vs, NBK: gl.constexpr, NBV: gl.constexpr,
+               COPY_V: gl.constexpr):
+    """cp.async of tokens t0 + [0, BN)'s K (and if COPY_V, V) code bytes into shared stages ks / vs, one commit
+    group; rows >= hi are not read (their bytes in shared memory are zeros)."""
+    async_copy.async_copy_global_to_shared(ks, _k_ptrs(kbase, t0, kr, kcol, NBK),
+                                           mask=gl.expand_dims(t0 + kr < hi, 1))
+    if COPY_V:
+        async_copy.async_copy_global_to_shared(vs, _v_ptrs(vbase, t0, vr, vcol, NBV),
+                                               mask=gl.expand_dims(t0 + vr < hi, 1))
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _load_tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, NBK: gl.constexpr, NBV: gl.constexpr,
+               BN: gl.constexpr, A_OP: gl.constexpr, MASKED: gl.constexpr):
+    """Code bytes (A operand layout) and fp16 norms of tokens t0 + [0, BN): rows >= hi read as zeros if MASKED."""
+    kc = _k_codes(kbase, t0, hi, kr, kcol, NBK, BN, A_OP, MASKED)
+    vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, A_OP, MASKED)
+    tok = t0 + tr
+    if MASKED:
+        kn = gl.load(knb + tok, mask=tok < hi, other=0.0)
+        vn = gl.load(vnb + tok, mask=tok < hi, other=0.0)
+    else:
+        kn = gl.load(knb + tok)
+        vn = gl.load(vnb + tok)
+    return kc, vc, kn, vn
+
+
+@gluon.jit
+def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1, q2, q3,
           a0, a1, a2, a3, m_i, l_i, K_ASM: gl.constexpr, V_ASM: gl.constexpr, PK: gl.constexpr, PV: gl.constexpr,
-          NBK: gl.constexpr, NBV: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, MMA: gl.constexpr,
-          A_OP: gl.constexpr, B_OP: gl.constexpr, MASKED: gl.constexpr, LAZY_TAU: gl.constexpr):
-    KS: gl.constexpr = NBK // 16
-    WV: gl.constexpr = NBV // 8
-    kc = _k_codes(kbase, t0, hi, kr, kcol, NBK, BN, KS, A_OP, MASKED)
+          NBV: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, MMA: gl.constexpr,
+          A_OP: gl.constexpr, B_OP: gl.constexpr, MASKED: gl.constexpr, LAZY_TAU: gl.constexpr,
+          LATE_V: gl.constexpr):
+    """One tile of tokens t0 + [0, BN) from its loaded codes and norms (LATE_V: the V codes are loaded here, after
+    the softmax, and `vc` is ignored); MASKED: scores of tokens >= hi are -inf."""
     k0, k1, k2, k3 = _decode(kc, kt0, kt1, K_ASM, PK)
     s = mma_v2(k0, q0, gl.zeros([BN, NH], gl.float32, MMA))
     s = mma_v2(k1, q1, s)
     if PK == 4:
         s = mma_v2(k2, q2, s)
         s = mma_v2(k3, q3, s)
-    tok = t0 + tr
+    kn = kn.to(gl.float32)
+    vn = vn.to(gl.float32)
     if MASKED:
-        valid = tok < hi
-        kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
-        vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
-        s = gl.where(gl.expand_dims(valid, 1), s * gl.expand_dims(kn, 1), float("-inf"))
+        s = gl.where(gl.expand_dims(t0 + tr < hi, 1), s * gl.expand_dims(kn, 1), float("-inf"))
     else:
-        kn = gl.load(knb + tok).to(gl.float32)
-        vn = gl.load(vnb + tok).to(gl.float32)
         s = s * gl.expand_dims(kn, 1)
     m_tile = gl.max(s, axis=0)
     # lazy rescale: the running max moves only when some row's tile max exceeds it by more than LAZY_TAU (log2
@@ -131,7 +183,8 @@ def _tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1, vt0,
     p = gl.exp2(s - gl.expand_dims(m_i, 0))
     l_i = l_i + gl.sum(p, axis=0)
     pv = gl.convert_layout((p * gl.expand_dims(vn, 1)).to(gl.float16), B_OP)
-    vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, WV, A_OP, MASKED)
+    if LATE_V:
+        vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, A_OP, MASKED)
     v0, v1, v2, v3 = _decode(vc, vt0, vt1, V_ASM, PV)
     a0 = mma_v2(v0, pv, a0)
     a1 = mma_v2(v1, pv, a1)
@@ -155,7 +208,8 @@ def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, m
                         K_ASM: gl.constexpr, V_ASM: gl.constexpr,
                         K_TW0: gl.constexpr, K_TW1: gl.constexpr, V_TW0: gl.constexpr, V_TW1: gl.constexpr,
                         BN: gl.constexpr, NH: gl.constexpr, BLOCK_M: gl.constexpr,
-                        KLOAD: gl.constexpr, VLOAD: gl.constexpr, LAZY_TAU: gl.constexpr = 8.0):
+                        KLOAD: gl.constexpr, VLOAD: gl.constexpr, LAZY_TAU: gl.constexpr = 8.0,
+                        PREFETCH: gl.constexpr = 0, STAGES: gl.constexpr = 2):
     """One split of one (b, kv head): partial O, running max and sum of the MQ = G query rows of the group.
 
     q_ptr: fp32 [B*H, MQ, D] (mapped into the K rotation's space, times softmax scale * log2 e). kc_ptr / vc_ptr:
@@ -221,14 +275,55 @@ def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, m
     vt0 = _opaque(gl.full([NBV, BN], V_TW0, gl.int32, A_OP))
     vt1 = _opaque(gl.full([NBV, BN], V_TW1, gl.int32, A_OP))
 
-    for t0 in range(lo, hi_full, BN):
-        a0, a1, a2, a3, m_i, l_i = _tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1, vt0,
-                                         vt1, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV,
-                                         NBK, NBV, BN, NH, MMA, A_OP, B_OP, False, LAZY_TAU)
+    if PREFETCH == 2:
+        # cp.async pipeline: the code bytes of tile i + STAGES - 1 are copied into shared memory while tile i is
+        # computed (copies past the last full tile are masked off and move no bytes); the norms, a few registers,
+        # are loaded one tile ahead. cp.async moves 4 bytes per thread at least: V rows of turbo2 at head_dim 64 (2
+        # bytes per thread and token) are loaded from global memory after the softmax instead
+        COPY_V: gl.constexpr = NBV // 8 >= 4
+        SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+        ksm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBK], SMEM)
+        vsm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBV], SMEM)
+        for i in gl.static_range(STAGES - 1):
+            _copy_tile(lo + i * BN, hi_full, kbase, vbase, kr, kcol, vr, vcol, ksm.index(i), vsm.index(i), NBK, NBV,
+                       COPY_V)
+        kn = gl.load(knb + lo + tr, mask=lo + tr < hi_full, other=0.0)
+        vn = gl.load(vnb + lo + tr, mask=lo + tr < hi_full, other=0.0)
+        it = 0
+        for t0 in range(lo, hi_full, BN):
+            nxt = (it + STAGES - 1) % STAGES
+            gl.thread_barrier()  # every lane is done reading the stage the next copy overwrites
+            _copy_tile(t0 + (STAGES - 1) * BN, hi_full, kbase, vbase, kr, kcol, vr, vcol, ksm.index(nxt),
+                       vsm.index(nxt), NBK, NBV, COPY_V)
+            kn2 = gl.load(knb + t0 + BN + tr, mask=t0 + BN + tr < hi_full, other=0.0)
+            vn2 = gl.load(vnb + t0 + BN + tr, mask=t0 + BN + tr < hi_full, other=0.0)
+            async_copy.wait_group(STAGES - 1)  # tile it's copies have landed
+            gl.thread_barrier()  # ... those of every lane
+            cur = it % STAGES
+            kc = _k_arrange(ksm.index(cur).load(KLOAD), NBK, BN, A_OP)
+            vc = kc
+            if COPY_V:
+                vc = _v_arrange(vsm.index(cur).load(VLOAD), NBV, BN, A_OP)
+            a0, a1, a2, a3, m_i, l_i = _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1,
+                                             q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV, NBV, BN, NH, MMA,
+                                             A_OP, B_OP, False, LAZY_TAU, not COPY_V)
+            kn = kn2
+            vn = vn2
+            it += 1
+        async_copy.wait_group(0)
+    else:
+        for t0 in range(lo, hi_full, BN):
+            kc, vc, kn, vn = _load_tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, NBK, NBV, BN, A_OP,
+                                        False)
+            a0, a1, a2, a3, m_i, l_i = _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1,
+                                             q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV, NBV, BN, NH, MMA,
+                                             A_OP, B_OP, False, LAZY_TAU, PREFETCH == 0)
     if hi_full < hi:
-        a0, a1, a2, a3, m_i, l_i = _tile(hi_full, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, kt0, kt1,
-                                         vt0, vt1, q0, q1, q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV,
-                                         NBK, NBV, BN, NH, MMA, A_OP, B_OP, True, LAZY_TAU)
+        kc, vc, kn, vn = _load_tile(hi_full, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, NBK, NBV, BN, A_OP,
+                                    True)
+        a0, a1, a2, a3, m_i, l_i = _tile(hi_full, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1,
+                                         q2, q3, a0, a1, a2, a3, m_i, l_i, K_ASM, V_ASM, PK, PV, NBV, BN, NH, MMA,
+                                         A_OP, B_OP, True, LAZY_TAU, False)
 
     base = bh * num_splits + sid
     mo = gl.arange(0, NBV, layout=ROWS)
