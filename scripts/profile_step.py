@@ -7,7 +7,7 @@ With --static, the caches are static (compactkv.cache.static; kinds f16, f16-nom
 and stepped eagerly by engine/graphs.GreedyStepGraph; --graph captures the step and profiles its replays instead;
 --launches NAME prints the duration of every launch of the kernels whose name holds NAME (eager, then replayed).
 With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled
-one that pays the kernels' compilation): per-prefill totals.
+one that pays the kernels' compilation): per-prefill totals; with --static too, into static caches.
 
 Prints, per kind: the median step time without the profiler, the profiled step's CPU time and GPU busy time (the
 sum of its kernels), the operators with the largest self CPU time (host cost) and the kernels with the largest
@@ -63,12 +63,12 @@ def main() -> None:
     model, shape = build_model(False, dev)
     kw = cache_kwarg(model)
     g = torch.Generator(device="cpu").manual_seed(0)
-    ids = None if args.static else torch.randint(0, shape["vocab_size"], (args.batch, args.context),
+    ids = None if args.static and not args.prefill else torch.randint(0, shape["vocab_size"], (args.batch, args.context),
                                                  generator=g).to(dev)
     report = {"card": torch.cuda.get_device_name(), "args": vars(args), "kinds": {}}
     for kind in args.kinds.split(","):
         chunk = max(256, args.chunk // args.batch)
-        if args.static:
+        if args.static and not args.prefill:
             compactkv.attach(model)
             cache = static_cache(model, kind, args.batch, args.context + 32 + args.steps)
             static_fill(cache, args.context)
@@ -91,11 +91,17 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 steps(args.steps)
         elif args.prefill:
-            cache = make_cache(model, kind)
+            if args.static:
+                compactkv.attach(model)
+
+            def new_cache():
+                return static_cache(model, kind, args.batch, args.context + 32) if args.static \
+                    else make_cache(model, kind)
+            cache = new_cache()
             tok = prefill(model, cache, ids, chunk, kw)
             del cache
             torch.cuda.empty_cache()
-            cache = make_cache(model, kind)
+            cache = new_cache()
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             prefill(model, cache, ids, chunk, kw)
@@ -103,7 +109,7 @@ def main() -> None:
             plain = [time.perf_counter() - t0]
             del cache
             torch.cuda.empty_cache()
-            cache = make_cache(model, kind)
+            cache = new_cache()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 prefill(model, cache, ids, chunk, kw)
                 torch.cuda.synchronize()

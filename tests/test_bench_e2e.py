@@ -48,6 +48,13 @@ def test_cold_prefill(tmp_path):
     assert rc == 0 and info["cells"][0]["prefill_warmed"] is False
 
 
+def test_full_prefill_warmup(tmp_path):
+    # TTFT comparisons: the untimed warm-up is the same prompt in the same chunks, then the timed prefill
+    rc, info = run(tmp_path, "--batches", "1", "--contexts", "40", "--kinds", "f16,turbo4", "--prefill-warmup-full")
+    assert rc == 0 and [c["prefill_warmed"] for c in info["cells"]] == ["full", "full"]
+    assert all(c["status"] == "ok" and c["prefill_s"] > 0 for c in info["cells"])
+
+
 def test_bad_input(tmp_path, capsys):
     rc, _ = run(tmp_path, "--graphs", "--kinds", "f16,q8_0/turbo4")
     assert rc == 2

@@ -80,6 +80,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-prefill-warmup", dest="prefill_warmup", action="store_false",
                    help="time each prefill cold (by default an untimed 512-token prefill of the same cache kind runs "
                         "first, so no cell's prefill includes kernel compilation)")
+    p.add_argument("--prefill-warmup-full", action="store_true",
+                   help="warm up with the whole prompt in the same chunks instead (TTFT comparisons: per-shape "
+                        "cuDNN/cuBLAS plans and Triton specializations are then built before the timed prefill on "
+                        "both sides; needs memory for a second cache)")
     p.add_argument("--graphs", action="store_true",
                    help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)})")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
@@ -246,17 +250,23 @@ def timed_prefill(model, cache, shape: dict, b: int, t: int, args, dev: torch.de
     """Chunked prefill of b random prompts of t tokens into `cache`; records its chunk and time in `row`, returns
     the greedy next token [B, 1]. new_cache (a factory of empty caches like `cache`), unless --no-prefill-warmup:
     an untimed two-chunk prefill of 512 tokens into one of them first, so the timed prefill pays no kernel
-    compilation (the first compressed cell of a process otherwise includes Triton's JIT)."""
+    compilation (the first compressed cell of a process otherwise includes Triton's JIT); with
+    --prefill-warmup-full the untimed prefill is the same prompt in the same chunks."""
     from ..engine.caches import cache_kwarg
 
     g = torch.Generator(device="cpu").manual_seed(1234 + b)
     ids = torch.randint(0, shape["vocab_size"], (b, t), generator=g).to(dev)
     chunk = min(t, max(256, args.chunk_tokens // b))  # >= 256 tokens unless the prompt is shorter
     row["prefill_chunk"] = chunk
-    row["prefill_warmed"] = bool(new_cache is not None and getattr(args, "prefill_warmup", True))
-    if row["prefill_warmed"]:
+    warm = new_cache is not None and getattr(args, "prefill_warmup", True)
+    full = warm and getattr(args, "prefill_warmup_full", False)
+    row["prefill_warmed"] = "full" if full else bool(warm)
+    if warm:
         scratch = new_cache()
-        prefill(model, scratch, ids[:, :min(t, 512)], 256, cache_kwarg(model))
+        if full:
+            prefill(model, scratch, ids, chunk, cache_kwarg(model))
+        else:
+            prefill(model, scratch, ids[:, :min(t, 512)], 256, cache_kwarg(model))
         del scratch
         _sync(dev)
     t0 = time.perf_counter()
