@@ -53,6 +53,9 @@ def test_full_prefill_warmup(tmp_path):
     rc, info = run(tmp_path, "--batches", "1", "--contexts", "40", "--kinds", "f16,turbo4", "--prefill-warmup-full")
     assert rc == 0 and [c["prefill_warmed"] for c in info["cells"]] == ["full", "full"]
     assert all(c["status"] == "ok" and c["prefill_s"] > 0 for c in info["cells"])
+    rc, info = run(tmp_path, "--graphs", "--batches", "1", "--contexts", "600", "--kinds", "turbo4",
+                   "--prefill-warmup-full")  # a static scratch cache that holds the whole prompt (> 512 tokens)
+    assert rc == 0 and info["cells"][0]["status"] == "ok" and info["cells"][0]["prefill_warmed"] == "full"
 
 
 def test_bad_input(tmp_path, capsys):
