@@ -351,9 +351,9 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         eager_n = max(2, args.warmup)
         cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
         if fill == "prefill":
+            scratch_t = t if getattr(args, "prefill_warmup_full", False) else min(t, 512)
             tok = timed_prefill(model, cache, shape, b, t, args, dev, row,
-                                lambda: static_cache(model, kind, b, t if getattr(args, "prefill_warmup_full", False) else min(t, 512),
-                                                     dev))
+                                lambda: static_cache(model, kind, b, scratch_t, dev))
         else:
             static_fill(cache, t)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
