@@ -349,9 +349,12 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         row["stage"] = "fill"
         compactkv.attach(model)  # dense static layers run SDPA through compactkv's attention function too
         eager_n = max(2, args.warmup)
-        cache = static_cache(model, kind, b, t + eager_n + 1 + args.steps, dev)
+        capacity = t + eager_n + 1 + args.steps
+        cache = static_cache(model, kind, b, capacity, dev)
         if fill == "prefill":
-            scratch_t = t if getattr(args, "prefill_warmup_full", False) else min(t, 512)
+            # a full warm-up fills a cache of the same capacity: the buffers' shapes and strides (cuDNN plans,
+            # Triton's specializations) are then the timed prefill's
+            scratch_t = capacity if getattr(args, "prefill_warmup_full", False) else min(t, 512)
             tok = timed_prefill(model, cache, shape, b, t, args, dev, row,
                                 lambda: static_cache(model, kind, b, scratch_t, dev))
         else:
