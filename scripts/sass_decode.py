@@ -93,6 +93,24 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
                     source=GluonASTSource)
 
 
+def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None):
+    """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4 planes."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from compactkv.attention.triton.gluon import GLUON_ROWS
+    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
+    if kind != "turbo4" or (v_kind or kind) != "turbo4":
+        raise ValueError("the table kernel reads turbo4 K and V codes only")
+    f32, u8 = torch.empty(64, dtype=torch.float32), torch.empty(64, dtype=torch.uint8)
+    f16, i32 = torch.empty(64, dtype=torch.float16), torch.empty(8, dtype=torch.int32)
+    t, nb = 32768, d // 2
+    args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
+                lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
+                nsb=8 * t, nsh=t)
+    kload, vload = lut_layouts(warps, block_n, nb)
+    const = dict(D=d, ASM=lut_asm(), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload)
+    return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=128), source=GluonASTSource)
+
+
 def _compile(fn, args: dict, const: dict, options: dict, source=None):
     """Compile `fn` for sm_90 with `const` as constexprs and the other arguments specialized as Triton's launcher
     would specialize `args` (alignment, divisibility by 16, ints equal to 1)."""
@@ -169,15 +187,16 @@ def smem_cycles(op: str) -> int:
     return 0
 
 
-def summary(kind: str, gluon: bool = False, **kw) -> dict:
+def summary(kind: str, gluon: bool = False, lut: bool = False, **kw) -> dict:
     """kind: "turbo4", or a K/V pair "turbo4/turbo2". gluon: the one-warp Gluon kernel (kw: d, block_n,
-    maxnreg) instead of the fast kernel."""
+    maxnreg) instead of the fast kernel; lut: the table kernel (kw: d, warps, block_n)."""
     k_kind, _, v_kind = kind.partition("/")
-    k = (compile_gluon if gluon else compile_fast)(k_kind, v_kind=v_kind or None, **kw)
+    k = (compile_lut if lut else compile_gluon if gluon else compile_fast)(k_kind, v_kind=v_kind or None, **kw)
     text, regs, stack = sass(k)
     loop = main_loop(*instrs(text))
     ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
     return {"kind": kind, **kw, "regs": regs, "spills": stack, "loop": len(loop), "ops": ops,
+            "shared": k.metadata.shared,
             "smem_cycles": sum(smem_cycles(op) for _, op, _ in loop), "sass": text, "ptx": k.asm["ptx"]}
 
 
@@ -200,11 +219,13 @@ def main(argv=None) -> int:
                          "and instructions per value (the kernel has no loop)")
     ap.add_argument("--gluon", action="store_true",
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
+    ap.add_argument("--lut", action="store_true",
+                    help="the shared-memory table kernel (turbo4; --warps splits per program, default 4)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.gluon:
         args.warps = 1
-    args.block_n = args.block_n or (32 if args.gluon else 64)
+    args.block_n = args.block_n or (32 if args.gluon or args.lut else 64)
     for kind in args.kinds.split(","):
         if args.encode:
             text, regs, _ = sass(compile_encode(kind, args.d, num_warps=args.warps))
@@ -215,7 +236,10 @@ def main(argv=None) -> int:
         k_kind, _, v_kind = kind.partition("/")
         pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
-        if args.gluon:
+        if args.lut:
+            s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n)
+            args.warps = 1  # instructions per warp: each warp runs its own split
+        elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,
                         prefetch=args.prefetch, stages=args.stages)
         else:

@@ -136,8 +136,10 @@ def _prmt(a: int, b: int, c: int) -> int:
     return out
 
 
-def run_asm(asm: str, regs: dict[str, int]) -> dict[str, int]:
-    """Execute the PTX subset used here on 32-bit values; regs maps '$0'.. and names to ints."""
+def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None,
+            smem_base: int = 0) -> dict[str, int]:
+    """Execute the PTX subset used here on 32-bit values; regs maps '$0'.. and names to ints. shared: 32-bit words
+    by byte address, read by ld.shared (the table decoder of kernels_lut), where `global_smem` is smem_base."""
     r = dict(regs)
     M = 0xFFFFFFFF
 
@@ -145,6 +147,8 @@ def run_asm(asm: str, regs: dict[str, int]) -> dict[str, int]:
         x = x.strip()
         if x in r:
             return r[x]
+        if x == "global_smem":
+            return smem_base
         return int(x, 0) & M
 
     for line in asm.splitlines():
@@ -153,8 +157,12 @@ def run_asm(asm: str, regs: dict[str, int]) -> dict[str, int]:
             continue
         op, rest = line.split(None, 1)
         args = [a.strip() for a in rest.split(",")]
-        d, s = args[0], [val(a) for a in args[1:]]
-        if op == "mov.b32":
+        d = args[0]
+        if op == "ld.shared.b32":
+            r[d] = shared[val(args[1].strip("[]"))] & M
+            continue
+        s = [val(a) for a in args[1:]]
+        if op in ("mov.b32", "mov.u32"):
             v = s[0]
         elif op == "not.b32":
             v = ~s[0]

@@ -7,13 +7,15 @@ import functools
 import torch
 
 from .decode import FAMILY_MSE, PackedKind, SplitPartials, choose_splits, merge_partials
-from .fastasm import decode_asm, table_words
+from .fastasm import decode_asm, fp16_bits, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
 GLUON_MIN_SPLIT = 1024  # tokens per split at least (H200, turbo4: B=1 T=128K 105.3 -> 100.9 us against 512; 2048
 # left B=8 T=32K at 8 one-warp programs per SM: 202 us; docs/kernels.md, session 9)
 GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session 8)
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
+LUT_WARPS = 4  # warps (one split each) per program of the table kernel: 3 programs (64 KB tables) per multiprocessor
+LUT_PROGRAMS_PER_SM = {4: 3, 8: 2}  # programs of 64 KB that fit a multiprocessor's 227 KB
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
 
@@ -62,6 +64,23 @@ def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON
                 BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload)
 
 
+def lut_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
+    """Why the table kernel (kernels_lut) cannot decode this K/V pair, or None."""
+    if (k_kind.family, k_kind.bits, v_kind.family, v_kind.bits) != (FAMILY_MSE, 4, FAMILY_MSE, 4):
+        return "the table kernel reads turbo4 K and V codes only"
+    if k_kind.head_dim != v_kind.head_dim or k_kind.head_dim not in (64, 128):
+        return f"head_dim {k_kind.head_dim}/{v_kind.head_dim}: the table kernel takes 64 or 128 (same for K and V)"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def lut_words(head_dim: int, device: torch.device) -> torch.Tensor:
+    """int32 [256]: entry e = half2 (c[e & 15], c[e >> 4]) of the turbo4 codebook's fp16 centroids."""
+    u = fp16_bits(head_dim, 4)
+    w = [u[e & 15] | (u[e >> 4] << 16) for e in range(256)]
+    return torch.tensor([x - (1 << 32) if x >= 1 << 31 else x for x in w], dtype=torch.int32, device=device)
+
+
 def gluon_prefetch(head_dim: int) -> int:
     """The default load scheme (launch_gluon's `prefetch`): the cp.async pipeline at head_dim 128 (H200, turbo4 B=8:
     T=32K 167.5 -> 164.4 us, T=128K 515.3 -> 490.1 us; turbo2 126.7 -> 126.2, 350.7 -> 337.2), plain loads at 64
@@ -85,14 +104,16 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
-                 prefetch: int | None = None, stages: int = GLUON_STAGES) -> SplitPartials:
+                 prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool = False,
+                 lut_warps: int = LUT_WARPS) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
     [B, H, T, D*bits/8] code planes (16-byte aligned rows), k_norms / v_norms: fp16 [B, H, T] (same token and
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
-    cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`).
+    cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
+    table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program).
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -112,6 +133,9 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         raise ValueError(f"stages {stages}: the cp.async pipeline takes 2, 3 or 4")
     if v_norms.stride() != k_norms.stride():
         raise ValueError("K and V norm planes must have the same strides")
+    if lut:
+        return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
+                           num_splits=num_splits, block_n=block_n, min_split=min_split, warps=lut_warps)
     if num_splits is None:
         # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
         num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
@@ -124,6 +148,41 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
         k_norms.stride(0), k_norms.stride(1), **gluon_constants(k_kind, v_kind, block_n),
         PREFETCH=prefetch, STAGES=stages, num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
+    return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
+
+
+_LUT_CHECKED: set = set()
+
+
+def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
+                min_split, warps) -> SplitPartials:
+    from .kernels_lut import LUT_BYTES, decode_lut_kernel, lut_asm, lut_layouts
+    why = lut_unsupported(k_kind, v_kind)
+    if why:
+        raise ValueError(why)
+    if warps not in LUT_PROGRAMS_PER_SM:
+        raise ValueError(f"lut_warps {warps}: takes {', '.join(map(str, LUT_PROGRAMS_PER_SM))}")
+    b, h, g, d = q.shape
+    if num_splits is None:  # one split per warp, every resident warp busy
+        num_splits = choose_splits(b * h, max_len, block_n, q.device, warps * LUT_PROGRAMS_PER_SM[warps], min_split,
+                                   8)
+    num_splits = -(-num_splits // warps) * warps
+    q = q.contiguous()
+    block_m = 16
+    o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
+    kload, vload = lut_layouts(warps, block_n, d // 2)
+    kernel = decode_lut_kernel[(num_splits // warps, b * h)](
+        q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device), h, g, num_splits,
+        k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
+        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(), W=warps, BN=block_n, NH=GLUON_ROWS,
+        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, num_warps=warps, maxnreg=128)
+    key = (d, warps, block_n)
+    if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
+        if kernel.metadata.shared != LUT_BYTES:
+            raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
+                               f"table's {LUT_BYTES}: the table's address is unknown")
+        _LUT_CHECKED.add(key)
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 

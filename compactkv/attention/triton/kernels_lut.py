@@ -1,0 +1,204 @@
+"""Decode attention over planar turbo4 codes with a shared-memory lookup table (Gluon), W warps per program.
+
+The Gluon kernel (kernels_gluon.py) is bound by the integer pipe: its prmt decoders take ~19 instructions per 4
+code bytes (docs/kernels.md, session 9). Here a code byte is decoded by one table read instead: a 256-entry
+table of half2 (c[low nibble], c[high nibble]), one copy per lane so that a warp's 32 reads hit 32 different
+banks (entry e of lane l at byte e * 256 + 4 l: the address is one prmt that drops the code byte into byte 1 of
+the lane's offset). Per code byte: that prmt, one shared load, and one prmt that pairs the halves of two bytes
+the way the mma operand wants them (part p of a byte is code p, each part its own operand, as in the prmt
+decoders). The table (64 KB, half of each 256-byte row used) is shared by the program's W warps, each of which
+runs the one-warp Gluon kernel's loop over a split of its own: every tensor has a leading warp dimension (the
+batched m16n8k16 products keep the warps apart), so no value crosses warps and the loop has no barrier.
+
+The table must sit at the start of the program's shared memory (the decoder addresses it from `global_smem`):
+the launcher checks that the compiled kernel uses exactly the table's 64 KB (no other shared buffer).
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+LUT_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of the row unused)
+
+
+def lut_asm() -> str:
+    """pack=4 decoder: $4 = 4 code bytes, $5.. = the lane's byte offset (4 * lane); $0/$1 = part 0 of elements
+    0,1 / 2,3 (low nibbles), $2/$3 = part 1 (high nibbles)."""
+    lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
+    for k in range(4):
+        lines += [f"prmt.b32 a, $4, $5, {0x7604 + 16 * k:#x};", "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
+    lines += ["prmt.b32 $0, l0, l1, 0x5410;", "prmt.b32 $2, l0, l1, 0x7632;",
+              "prmt.b32 $1, l2, l3, 0x5410;", "prmt.b32 $3, l2, l3, 0x7632;", "}"]
+    return "\n".join(lines)
+
+
+@gluon.jit
+def _lane_offset(like):
+    """4 * lane id, shaped like `like` (int32)."""
+    return gl.inline_asm_elementwise("{ .reg .b32 t; mov.u32 t, %laneid; shl.b32 $0, t, 2; }", "=r,r", [like],
+                                     dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _keep(x):
+    gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _decode_lut(codes, lofs, ASM: gl.constexpr):
+    return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [codes, lofs],
+                                     dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
+
+
+@gluon.jit
+def _expand3(x0, x2):
+    """[W] (slice of dims 1, 2) and [N] (slice of dims 0, 1) -> broadcastable [W, 1, 1] and [1, 1, N]."""
+    return gl.expand_dims(gl.expand_dims(x0, 1), 2), gl.expand_dims(gl.expand_dims(x2, 0), 1)
+
+
+@gluon.jit
+def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
+                      H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
+                      D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
+                      BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr):
+    """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
+    of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
+    words)."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
+    COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
+    NB: gl.constexpr = D // 2  # code bytes per row (4 bits)
+    WK: gl.constexpr = NB // 4
+    WV: gl.constexpr = NB // 8
+
+    # the table: row e holds entry e for lanes 0..31 (its first 128 bytes)
+    FILL: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [W, 1], [1, 0])
+    e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
+    j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
+    words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
+    lut = gl.allocate_shared_memory(gl.int32, [256, 64], gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1,
+                                                                                  order=[1, 0]), value=words)
+    gl.thread_barrier()
+    # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
+    _keep(lut.slice(0, W, dim=0).load(FILL))
+
+    pid = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    L = gl.load(len_ptr + b)
+    split = gl.cdiv(gl.cdiv(L, num_splits), BN) * BN
+    n_iter = split // BN
+
+    # per-warp split ranges, in the layouts that use them
+    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
+    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
+
+    # the query (same for every warp) in the K operand's dim order, as decode_gluon_kernel
+    QL: gl.constexpr = gl.SliceLayout(0, B_OP)
+    lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
+    nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
+    sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
+    qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(2 * sq, 1)
+    qmask = gl.expand_dims(nq < MQ, 0)
+    zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
+                            2) * 0
+    q0 = gl.load(qp, mask=qmask, other=0.0).to(gl.float16)
+    q1 = gl.load(qp + 1, mask=qmask, other=0.0).to(gl.float16)
+    q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
+    q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
+
+    a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
+    a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
+    m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
+    l_i = gl.zeros([W, NH], gl.float32, COLS)
+
+    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
+    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
+    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    # load coordinates [W, BN, NB] of the K and V code bytes (KLOAD / VLOAD: gluon_layouts with a warp dimension)
+    kw3, kc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, KLOAD))),
+                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, KLOAD))))
+    kt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, KLOAD))), 0), 2)
+    vw3, vc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, VLOAD))),
+                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
+    vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
+    klo = (pid * W + kw3) * split
+    khi = gl.minimum(klo + split, L)
+    vlo = (pid * W + vw3) * split
+    vhi = gl.minimum(vlo + split, L)
+    klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
+    vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
+
+    for i in range(n_iter):
+        t = i * BN
+        # K codes [W, BN, NB] -> A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)
+        ktok = klo + t + kt3
+        kc = gl.load(kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi, other=0)
+        kc = gl.reshape(kc, [W, BN, 4, NB // 16, 2, 2])
+        kc = gl.permute(kc, [0, 1, 3, 4, 2, 5])
+        kc = gl.convert_layout(gl.reshape(kc, [W, BN, NB]), A_OP, assert_trivial=True)
+        vtok = vlo + t + vt3
+        vc = gl.load(vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi, other=0)
+        tok = lo_r + t + tr
+        valid = tok < hi_r
+        kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
+        vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
+
+        k0, k1 = _decode_lut(kc, klofs, ASM)
+        s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
+        s = mma_v2(k1, q1, s)
+        s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
+        # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_use)
+        p = gl.exp2(s - gl.expand_dims(m_use, 1))
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        sc = gl.expand_dims(alpha, 1)
+        a0 = a0 * sc
+        a1 = a1 * sc
+        m_i = m_new
+        pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
+
+        # V codes [W, BN, NB] -> transposed A operand [W, NB, BN] (decode_gluon_kernel._v_arrange)
+        vc = gl.permute(vc, [0, 2, 1])
+        vc = gl.reshape(vc, [W, 8, WV, BN])
+        vc = gl.permute(vc, [0, 2, 1, 3])
+        vc = gl.convert_layout(gl.reshape(vc, [W, NB, BN]), A_OP, assert_trivial=True)
+        v0, v1 = _decode_lut(vc, vlofs, ASM)
+        a0 = mma_v2(v0, pv, a0)
+        a1 = mma_v2(v1, pv, a1)
+
+    # partials: split W * pid + w, rows >= MQ never read
+    base = bh * num_splits + pid * W + gl.arange(0, W, layout=gl.SliceLayout(1, COLS))
+    no = gl.arange(0, NH, layout=gl.SliceLayout(0, COLS))
+    orow = (gl.expand_dims(base, 1) * BLOCK_M + gl.expand_dims(no, 0)).to(gl.int64)  # [W, NH]
+    mo = gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(2, MMA)))
+    dim = 2 * ((mo % 8) * WV + mo // 8)
+    op = o_ptr + gl.expand_dims(orow, 1) * D + gl.expand_dims(gl.expand_dims(dim, 0), 2)
+    gl.store(op, a0)
+    gl.store(op + 1, a1)
+    mlp = ml_ptr + gl.expand_dims(base, 1) * (2 * BLOCK_M) + gl.expand_dims(no, 0)
+    gl.store(mlp, m_i)
+    gl.store(mlp + BLOCK_M, l_i)
+
+
+def lut_layouts(w: int, bn: int, nb: int) -> tuple[gl.DistributedLinearLayout, gl.DistributedLinearLayout]:
+    """(KLOAD, VLOAD) of kernels_gluon.gluon_layouts with a leading warp dimension [W, BN, NB]."""
+    from .kernels_gluon import gluon_layouts
+    k2, v2 = gluon_layouts(bn, nb, nb)
+    warps = [[1 << i, 0, 0] for i in range(w.bit_length() - 1)]
+
+    def lift(lay):
+        return gl.DistributedLinearLayout(reg_bases=[[0, *x] for x in lay.reg_bases],
+                                          lane_bases=[[0, *x] for x in lay.lane_bases], warp_bases=warps,
+                                          block_bases=[], shape=[w, bn, nb])
+    return lift(k2), lift(v2)

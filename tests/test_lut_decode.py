@@ -1,0 +1,87 @@
+"""The table kernel (kernels_lut): its decoder emulated on the CPU for every code byte and lane, its sm_90 build,
+and (CUDA) its outputs against a float64 dense reference."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+
+from compactkv.core.codec import Codec
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _half(x: int) -> float:
+    return struct.unpack("<e", struct.pack("<H", x & 0xFFFF))[0]
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_table_decoder_emulated(d):
+    """Every code byte through the inline PTX (addresses, shared reads, half pairing) at every lane and a table base
+    away from 0: part p of element k = centroid of code p of byte k, for the lane's own copy."""
+    from compactkv.attention.triton.fastasm import fp16_bits, run_asm
+    from compactkv.attention.triton.gluon import lut_words
+    from compactkv.attention.triton.kernels_lut import lut_asm
+    u = fp16_bits(d, 4)
+    words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu")).tolist()]
+    base = 1 << 16
+    gen = torch.Generator().manual_seed(0)
+    for lane in (0, 1, 17, 31):
+        # each lane's copy only: a read of another lane's column would find a wrong value
+        shared = {base + e * 256 + 4 * lane: words[e] for e in range(256)}
+        for e0 in range(0, 256, 4):
+            codes = [e0, (e0 + 1) % 256, (e0 + 2) % 256, (e0 + 3) % 256]
+            codes = [int(x) for x in torch.randperm(256, generator=gen)[:4]] if e0 % 16 else codes
+            regs = {"$4": int.from_bytes(bytes(codes), "little"), **{f"${5 + i}": 4 * lane for i in range(4)}}
+            out = run_asm(lut_asm(), regs, shared, smem_base=base)
+            for p in range(2):
+                got = [out[f"${2 * p}"] & 0xFFFF, out[f"${2 * p}"] >> 16, out[f"${2 * p + 1}"] & 0xFFFF,
+                       out[f"${2 * p + 1}"] >> 16]
+                want = [u[(c >> (4 * p)) & 15] for c in codes]
+                assert got == want, (lane, codes, p)
+    assert _half(u[0]) < 0 < _half(u[15])
+
+
+def test_lut_unsupported_reasons():
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import lut_unsupported
+    t4, t2 = packed_kind(Codec("turbo4", 128)), packed_kind(Codec("turbo2", 128))
+    assert lut_unsupported(t4, t4) is None
+    assert "turbo4" in lut_unsupported(t4, t2)
+    t4_256 = packed_kind(Codec("turbo4", 256))
+    assert "head_dim" in lut_unsupported(t4_256, t4_256)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("warps", [4, 8])
+def test_table_kernel_compiles_for_sm90(d, warps):
+    """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
+    its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    s = sass_decode.summary("turbo4", lut=True, d=d, warps=warps)
+    ops = s["ops"]
+    assert ops["LDL"] + ops["STL"] == 0 and s["shared"] == 256 * 256
+    bytes_per_tile = 32 * d // 2 * 2 // 32  # K and V code bytes of a 32-token tile per lane
+    assert ops["LDS"] == bytes_per_tile and ops["HMMA"] > 0
+    assert ops["PRMT"] <= 2.5 * bytes_per_tile and ops["LOP3"] <= 2 and ops["SHF"] <= 2
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("g", [1, 4, 8])
+@pytest.mark.parametrize("warps", [4, 8])
+def test_table_kernel_vs_float64(d, g, warps):
+    from test_gluon_decode import TOL, _check  # tests/ is on sys.path (pytest prepend import mode)
+    # ragged rows: not multiples of the tile, shorter than a tile, empty warps' splits (num_splits > tiles)
+    assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], lut=True, lut_warps=warps) < TOL
+    assert _check("turbo4", "turbo4", d, g, [3001, 100, 3, 1], num_splits=warps, lut=True, lut_warps=warps) < TOL
+    assert _check("turbo4", "turbo4", d, g, [200, 5], num_splits=8 * warps, lut=True, lut_warps=warps) < TOL
