@@ -85,3 +85,16 @@ def test_table_kernel_vs_float64(d, g, warps):
     assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], lut=True, lut_warps=warps) < TOL
     assert _check("turbo4", "turbo4", d, g, [3001, 100, 3, 1], num_splits=warps, lut=True, lut_warps=warps) < TOL
     assert _check("turbo4", "turbo4", d, g, [200, 5], num_splits=8 * warps, lut=True, lut_warps=warps) < TOL
+
+
+def test_lut_splits_fill_one_wave(monkeypatch):
+    """Whole programs per multiprocessor (one wave of 64 KB programs), warps' splits >= LUT_MIN_WARP_TOKENS."""
+    from compactkv.attention.triton import gluon
+    monkeypatch.setattr(gluon, "_sm_count", lambda device: 132)
+    dev = torch.device("cpu")
+    for warps, per_sm in gluon.LUT_PROGRAMS_PER_SM.items():
+        for bh, t in [(64, 32768), (64, 131072), (8, 131072), (8, 4096), (512, 32768)]:
+            s = gluon.lut_splits(bh, t, warps, dev)
+            assert s % warps == 0 and s >= warps
+            assert bh * s // warps <= max(132 * per_sm, bh)  # never a partial second wave of its own making
+            assert s == warps or t / s >= gluon.LUT_MIN_WARP_TOKENS

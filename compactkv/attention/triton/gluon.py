@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .decode import FAMILY_MSE, PackedKind, SplitPartials, choose_splits, merge_partials
+from .decode import FAMILY_MSE, PackedKind, SplitPartials, _sm_count, choose_splits, merge_partials
 from .fastasm import decode_asm, fp16_bits, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
@@ -16,6 +16,7 @@ GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
 LUT_WARPS = 4  # warps (one split each) per program of the table kernel: 3 programs (64 KB tables) per multiprocessor
 LUT_PROGRAMS_PER_SM = {4: 3, 8: 2}  # programs of 64 KB that fit a multiprocessor's 227 KB
+LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
 
@@ -135,7 +136,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         raise ValueError("K and V norm planes must have the same strides")
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
-                           num_splits=num_splits, block_n=block_n, min_split=min_split, warps=lut_warps)
+                           num_splits=num_splits, block_n=block_n, warps=lut_warps)
     if num_splits is None:
         # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
         num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
@@ -154,8 +155,18 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 _LUT_CHECKED: set = set()
 
 
+def lut_splits(bh: int, max_len: int, warps: int, device: torch.device) -> int:
+    """Splits per (b, h) for the table kernel: as many programs as fill one wave of the card (a whole number of
+    programs per multiprocessor; a partial second wave of 64 KB programs cost B=8 T=128K 614 vs 484 us), each
+    warp's split at least LUT_MIN_WARP_TOKENS tokens."""
+    slots = _sm_count(device) * LUT_PROGRAMS_PER_SM[warps]
+    per_bh = max(1, slots // max(bh, 1))
+    need = max(1, -(-max(max_len, 1) // (LUT_MIN_WARP_TOKENS * warps)))
+    return min(per_bh, need) * warps
+
+
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                min_split, warps) -> SplitPartials:
+                warps) -> SplitPartials:
     from .kernels_lut import LUT_BYTES, decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind)
     if why:
@@ -163,9 +174,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if warps not in LUT_PROGRAMS_PER_SM:
         raise ValueError(f"lut_warps {warps}: takes {', '.join(map(str, LUT_PROGRAMS_PER_SM))}")
     b, h, g, d = q.shape
-    if num_splits is None:  # one split per warp, every resident warp busy
-        num_splits = choose_splits(b * h, max_len, block_n, q.device, warps * LUT_PROGRAMS_PER_SM[warps], min_split,
-                                   8)
+    if num_splits is None:
+        num_splits = lut_splits(b * h, max_len, warps, q.device)
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
     block_m = 16
