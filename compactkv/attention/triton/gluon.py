@@ -14,7 +14,8 @@ GLUON_MIN_SPLIT = 1024  # tokens per split at least (H200, turbo4: B=1 T=128K 10
 # left B=8 T=32K at 8 one-warp programs per SM: 202 us; docs/kernels.md, session 9)
 GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session 8)
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
-LUT_WARPS = 4  # warps (one split each) per program of the table kernel: 3 programs (64 KB tables) per multiprocessor
+LUT_WARPS = 8  # warps (one split each) per program of the table kernel (2 programs of 64 KB per multiprocessor; 4
+# warps: 3 programs): H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5 with 4 (docs/kernels.md, session 9)
 LUT_PROGRAMS_PER_SM = {4: 3, 8: 2}  # programs of 64 KB that fit a multiprocessor's 227 KB
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -74,6 +75,13 @@ def lut_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
     return None
 
 
+def lut_default(k_kind: PackedKind, v_kind: PackedKind) -> bool:
+    """The table kernel by default where it was timed faster: turbo4 K and V at head_dim 128 (H200, CUDA graphs,
+    against the Gluon kernel: B=8 T=32K 143.1 vs 157.6 us, T=128K 417.7 vs 483.9, B=1 T=32K 46.1 vs 52.3, B=1
+    T=128K 103.2 vs 102.2). head_dim 64 is tested, not timed."""
+    return lut_unsupported(k_kind, v_kind) is None and k_kind.head_dim == 128
+
+
 @functools.lru_cache(maxsize=8)
 def lut_words(head_dim: int, device: torch.device) -> torch.Tensor:
     """int32 [256]: entry e = half2 (c[e & 15], c[e >> 4]) of the turbo4 codebook's fp16 centroids."""
@@ -105,7 +113,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
-                 prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool = False,
+                 prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
                  lut_warps: int = LUT_WARPS) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
@@ -114,7 +122,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
-    table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program).
+    table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
+    `lut_default`).
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -134,6 +143,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         raise ValueError(f"stages {stages}: the cp.async pipeline takes 2, 3 or 4")
     if v_norms.stride() != k_norms.stride():
         raise ValueError("K and V norm planes must have the same strides")
+    if lut is None:
+        lut = lut_default(k_kind, v_kind)
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps)
