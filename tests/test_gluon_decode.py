@@ -60,6 +60,7 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
 
 
 def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, **kw):
+    kw.setdefault("lut", False)  # the one-warp kernel here; tests/test_lut_decode.py passes lut=True
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
     from compactkv.attention.triton.gluon import attend_gluon
     from compactkv.cache.static import rows_to_planes
