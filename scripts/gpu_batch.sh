@@ -10,6 +10,7 @@
 #   bash scripts/gpu_batch.sh gluon   # Gluon kernel tests, then Gluon vs fast kernel vs SDPA (graphs)
 #   bash scripts/gpu_batch.sh pipeline  # Gluon tests (3 processes), then its load pipelines (prefetch/stages) vs SDPA
 #   bash scripts/gpu_batch.sh ncu-gluon # what limits the Gluon kernel: pipes, stalls (B=8 T=32K), kernels of a B=1 step
+#   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -80,6 +81,20 @@ ncu-gluon)
         python scripts/profile_decode.py turbo4 1 32768 '{"gluon": true}' >> "$OUT/ncu-gluon.txt" 2>&1
     grep -E "^==|decode_|merge|finish|Duration|SM Frequency|Issue Slots Busy|Executed Ipc Active|pipe_|No Eligible|Active Warps Per|Eligible Warps|Stall|Achieved Occupancy|Registers Per|Memory Throughput|DRAM Throughput|Compute \(SM\)|Kernel|^  [a-z_]+.*\(" "$OUT/ncu-gluon.txt" | head -150
     ;;
+lut)
+    python -m pytest -q -p no:warnings tests/test_lut_decode.py > "$OUT/pytest_lut.txt" 2>&1
+    grep -E "^FAILED|passed|failed|error" "$OUT/pytest_lut.txt" | tail -8
+    timeout 200 ncu --clock-control none --kernel-name regex:decode_lut --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
+        --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
+        python scripts/profile_decode.py turbo4 8 32768 '{"gluon": true, "lut": true}' > "$OUT/ncu-lut.txt" 2>&1
+    grep -E "Duration|SM Frequency|Issue Slots Busy|pipe_|stall|Shared|Bank|Eligible Warps|Active Warps Per|DRAM Throughput|Achieved Active" "$OUT/ncu-lut.txt" | head -40
+    default='[{"gluon": true, "lut": false}, {"gluon": true}, {"gluon": true, "lut_warps": 4}]'
+    python scripts/decode_sweep.py --json "$OUT/sweep-lut.json" --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" \
+        --kinds turbo4 --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" > "$OUT/sweep-lut.txt" 2>&1
+    tail -20 "$OUT/sweep-lut.txt"
+    ;;
 pipeline)
     python -m pytest -q -p no:warnings -k prefetch tests/test_gluon_decode.py > "$OUT/pytest_gluon_a.txt" 2>&1 &
     python -m pytest -q -p no:warnings -k ragged tests/test_gluon_decode.py > "$OUT/pytest_gluon_b.txt" 2>&1 &
@@ -97,7 +112,7 @@ pipeline)
     tail -80 "$OUT/sweep-pipeline.txt"
     ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut" >&2
     exit 2
     ;;
 esac

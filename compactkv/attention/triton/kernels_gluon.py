@@ -195,6 +195,17 @@ def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q
 
 
 @gluon.jit
+def split_rule(len_ptr, H, num_splits, BN: gl.constexpr):
+    """(bh, b, h, tokens of row b, tokens per split) for program_id(1) = bh = b * H + h: the rule of
+    kernels_decode._program_rows (a Triton function, not callable from Gluon), splits whole tiles of BN tokens."""
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    L = gl.load(len_ptr + b)
+    return bh, b, h, L, gl.cdiv(gl.cdiv(L, num_splits), BN) * BN
+
+
+@gluon.jit
 def _store_part(o_ptr, orow, acc, mo, p: gl.constexpr, PV: gl.constexpr, WV: gl.constexpr, D: gl.constexpr):
     """O^T part p [NBV, NH] to o rows `orow`, logical byte 8 i + g -> dim PV * (g * WV + i) + p."""
     dim = PV * ((mo % 8) * WV + mo // 8) + p
@@ -229,13 +240,8 @@ def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, m
     WK: gl.constexpr = NBK // 4
     WV: gl.constexpr = NBV // 8
 
-    # the split's token range, as kernels_decode._program_rows computes it (a Triton function: not callable here)
     sid = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
-    L = gl.load(len_ptr + b)
-    split = gl.cdiv(gl.cdiv(L, num_splits), BN) * BN
+    bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     lo = sid * split
     hi = gl.minimum(lo + split, L)
     hi_full = lo + gl.maximum(hi - lo, 0) // BN * BN

@@ -20,6 +20,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from .kernels_gluon import split_rule
+
 LUT_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of the row unused)
 
 
@@ -87,11 +89,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     _keep(lut.slice(0, W, dim=0).load(FILL))
 
     pid = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
-    L = gl.load(len_ptr + b)
-    split = gl.cdiv(gl.cdiv(L, num_splits), BN) * BN
+    bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
 
     # per-warp split ranges, in the layouts that use them
