@@ -81,6 +81,45 @@ def test_layer_encoder_hook_is_used_and_a_none_answer_falls_back_to_codec_encode
     assert not torch.equal(wrong.chunks_k[0], plain.chunks_k[0])
 
 
+class _PairEncoder:
+    """An encoder with a `check` method (as the Triton one): rows of turbo4 only, checks recorded, a bad flag."""
+
+    def __init__(self, bad: bool = False):
+        self.calls, self.checks, self.bad = [], [], bad
+
+    def __call__(self, codec, x, check=True):
+        self.calls.append((codec.kind, check))
+        return codec.encode(x) if codec.kind == "turbo4" else None
+
+    def check(self, pairs):
+        self.checks.append([(codec.kind, rows is not None) for codec, rows in pairs])
+        if self.bad:
+            raise ValueError("NaN or Inf")
+
+
+def test_an_encoder_with_check_is_asked_once_for_k_and_v_together():
+    """One check (one device sync in the Triton encoder) for both K and V, before anything is stored; rows the
+    encoder declines come from codec.encode, as before."""
+    torch.manual_seed(2)
+    k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
+    plain = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, scale_keys=False)
+    plain.update(k, v)
+    paired = TurboQuantLayer("turbo4", "turbo3", 64, sink_tokens=2, residual_length=8, scale_keys=False)
+    paired.encoder = enc = _PairEncoder()
+    paired.update(k, v)
+    assert enc.calls == [("turbo4", False), ("turbo3", False)]
+    assert enc.checks == [[("turbo4", True), ("turbo3", False)]]
+    for a, b in zip(plain.chunks_k + plain.chunks_v, paired.chunks_k + paired.chunks_v):
+        assert torch.equal(a, b)
+    # a failed check raises before the layer stores anything
+    before = ([c.clone() for c in paired.chunks_k], [c.clone() for c in paired.chunks_v], paired.n_compressed)
+    enc.bad = True
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        paired.update(torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64))
+    assert paired.n_compressed == before[2]
+    assert all(torch.equal(a, b) for a, b in zip(before[0] + before[1], paired.chunks_k + paired.chunks_v))
+
+
 def test_cpu_attention_installs_no_encoder():
     layer = _layer()
     attend(layer, torch.randn(1, 4, 1, 64), None, 0.125)
@@ -131,6 +170,9 @@ def test_triton_layer_encoder_rejects_non_finite_input_and_keeps_the_cache():
     bad[0, 1, 2, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
         layer.update(bad, torch.randn(1, 2, 4, 64, device="cuda"))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.chunks_k))
+    with pytest.raises(ValueError, match="NaN or Inf"):  # in V, caught by the same single check
+        layer.update(torch.randn(1, 2, 4, 64, device="cuda"), bad)
     assert all(torch.equal(a, b) for a, b in zip(before, layer.chunks_k))
 
 

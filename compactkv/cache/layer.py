@@ -223,8 +223,7 @@ class TurboQuantLayer(CacheLayerMixin):
         for codec, x in ((self.k_codec, k), (self.v_codec, v)):
             if codec.spec.family == "frac" and codec.outliers is None:
                 codec.fit_outliers(x, keep_dims=(1,))  # per head, from the first tokens this layer compresses
-        rows_k = self._encode(self.k_codec, k)
-        rows_v = self._encode(self.v_codec, v)
+        rows_k, rows_v = self._encode_pair(k, v)
         pos = 0
         while pos < rows_k.shape[-2]:
             if not self.chunks_k or self.chunks_k[-1].shape[-2] >= self.chunk_tokens:
@@ -239,6 +238,18 @@ class TurboQuantLayer(CacheLayerMixin):
     def _encode(self, codec: Codec, x: torch.Tensor) -> torch.Tensor:
         rows = self.encoder(codec, x) if self.encoder is not None else None
         return codec.encode(x) if rows is None else rows
+
+    def _encode_pair(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V rows; an encoder with a `check` method encodes both unchecked and checks them together (one
+        device sync instead of two), before anything is stored."""
+        check = getattr(self.encoder, "check", None)
+        if check is None:
+            return self._encode(self.k_codec, k), self._encode(self.v_codec, v)
+        rows_k = self.encoder(self.k_codec, k, check=False)
+        rows_v = self.encoder(self.v_codec, v, check=False)
+        check([(self.k_codec, rows_k), (self.v_codec, rows_v)])
+        return (self.k_codec.encode(k) if rows_k is None else rows_k,
+                self.v_codec.encode(v) if rows_v is None else rows_v)
 
     def stored_length(self) -> int:
         """Tokens physically held (sinks + compressed + recent)."""

@@ -115,22 +115,42 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     return out
 
 
-def layer_encoder(codec: Codec, x: torch.Tensor) -> torch.Tensor | None:
-    """`TurboQuantLayer.encoder` on CUDA: the kernel's rows for x [B, H, T, D] where it applies, else None (the
-    layer then calls `codec.encode`). Raises ValueError, as `codec.encode` does, for non-finite input or a norm
-    beyond the float16 range (one device sync, like the checks it replaces)."""
-    if not x.is_cuda or x.dim() != 4 or x.dtype == torch.float64:
-        return None
-    if encode_unsupported(codec) is None:
-        rows, norm_bytes = encode_rows(codec, x), 2
-    elif frac_unsupported(codec) is None:
-        rows, norm_bytes = encode_frac(codec, x), 4
-    else:
-        return None
-    if rows.numel() and not bool(torch.isfinite(rows[..., :norm_bytes].contiguous().view(torch.float16)).all()):
-        raise ValueError("input contains NaN or Inf, or a vector norm beyond the float16 range (±65504); only "
-                         "finite values whose norms fit float16 can be encoded")
-    return rows
+class LayerEncoder:
+    """`TurboQuantLayer.encoder` on CUDA. Called as encoder(codec, x): the kernel's rows for x [B, H, T, D] where
+    it applies, else None (the layer then calls `codec.encode`); raises ValueError, as `codec.encode` does, for
+    non-finite input or a norm beyond the float16 range (one device sync). With check=False the rows come back
+    unchecked and `check` does it for several outputs with one sync: the layer encodes K and V, then checks both
+    before it stores anything (a 32K prefill in two chunks synced 128 times, one per K/V, layer and chunk:
+    docs/performance.md, session 9)."""
+
+    MESSAGE = ("input contains NaN or Inf, or a vector norm beyond the float16 range (±65504); only finite values "
+               "whose norms fit float16 can be encoded")
+
+    def __call__(self, codec: Codec, x: torch.Tensor, check: bool = True) -> torch.Tensor | None:
+        if not x.is_cuda or x.dim() != 4 or x.dtype == torch.float64:
+            return None
+        if encode_unsupported(codec) is None:
+            rows = encode_rows(codec, x)
+        elif frac_unsupported(codec) is None:
+            rows = encode_frac(codec, x)
+        else:
+            return None
+        if check:
+            self.check([(codec, rows)])
+        return rows
+
+    def check(self, pairs) -> None:
+        """Raise ValueError if any (codec, rows) pair (rows None: skipped) holds a non-finite norm; one sync."""
+        flags = []
+        for codec, rows in pairs:
+            if rows is not None and rows.numel():
+                nb = 2 if encode_unsupported(codec) is None else 4
+                flags.append(torch.isfinite(rows[..., :nb].contiguous().view(torch.float16)).all())
+        if flags and not bool(torch.stack(flags).all()):
+            raise ValueError(self.MESSAGE)
+
+
+layer_encoder = LayerEncoder()
 
 
 def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
