@@ -90,7 +90,8 @@ lut)
         --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
         python scripts/profile_decode.py turbo4 8 32768 '{"gluon": true, "lut": true}' > "$OUT/ncu-lut.txt" 2>&1
     grep -E "Duration|SM Frequency|Issue Slots Busy|pipe_|stall|Shared|Bank|Eligible Warps|Active Warps Per|DRAM Throughput|Achieved Active" "$OUT/ncu-lut.txt" | head -40
-    default='[{"gluon": true, "lut": false}, {"gluon": true}, {"gluon": true, "lut_warps": 4}]'
+    default='[{"gluon": true, "lut": false}, {"gluon": true}, {"gluon": true, "lut_warps": 4}, {"gluon": true, "lut_warps": 16},
+        {"gluon": true, "lut_warps": 16, "lut_pipe": 1}]'
     python scripts/decode_sweep.py --json "$OUT/sweep-lut.json" --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" \
         --kinds turbo4 --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" > "$OUT/sweep-lut.txt" 2>&1
     tail -20 "$OUT/sweep-lut.txt"

@@ -55,9 +55,9 @@ def test_lut_unsupported_reasons():
     assert "head_dim" in lut_unsupported(t4_256, t4_256)
 
 
-@pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_table_kernel_compiles_for_sm90(d, warps):
+@pytest.mark.parametrize("d,warps,pipe", [(64, 4, 0), (64, 8, 0), (128, 4, 0), (128, 8, 0), (128, 16, 0),
+                                          (128, 16, 1)])
+def test_table_kernel_compiles_for_sm90(d, warps, pipe):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
     import sys
@@ -66,25 +66,33 @@ def test_table_kernel_compiles_for_sm90(d, warps):
     sass_decode = pytest.importorskip("sass_decode")
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
-    s = sass_decode.summary("turbo4", lut=True, d=d, warps=warps)
+    from compactkv.attention.triton.gluon import lut_smem
+    s = sass_decode.summary("turbo4", lut=True, d=d, warps=warps, pipe=pipe)
     ops = s["ops"]
-    assert ops["LDL"] + ops["STL"] == 0 and s["shared"] == 256 * 256
+    assert ops["LDL"] + ops["STL"] == 0 and s["shared"] == lut_smem(warps, d, pipe) == 256 * 256 + pipe * warps * 32 * d
     bytes_per_tile = 32 * d // 2 * 2 // 32  # K and V code bytes of a 32-token tile per lane
-    assert ops["LDS"] == bytes_per_tile and ops["HMMA"] > 0
-    assert ops["PRMT"] <= 2.5 * bytes_per_tile and ops["LOP3"] <= 2 and ops["SHF"] <= 2
+    # one table read per code byte, plus (pipe) the tile's 128 bytes per lane read back from the stages
+    if pipe:
+        assert bytes_per_tile + 12 <= ops["LDS"] <= bytes_per_tile + 16
+    else:
+        assert ops["LDS"] == bytes_per_tile
+    assert ops["HMMA"] > 0
+    assert ops["LDGSTS"] > 0 if pipe else ops["LDGSTS"] == 0
+    assert ops["PRMT"] <= 2.5 * bytes_per_tile and ops["LOP3"] <= 8 and ops["SHF"] <= 8  # no bit-twiddling decoder
 
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d,warps,pipe", [(64, 4, 0), (64, 8, 0), (128, 4, 0), (128, 8, 0), (128, 16, 0),
+                                          (128, 16, 1)])
 @pytest.mark.parametrize("g", [1, 4, 8])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_table_kernel_vs_float64(d, g, warps):
+def test_table_kernel_vs_float64(d, warps, pipe, g):
     from test_gluon_decode import TOL, _check  # tests/ is on sys.path (pytest prepend import mode)
+    kw = dict(lut=True, lut_warps=warps, lut_pipe=pipe)
     # ragged rows: not multiples of the tile, shorter than a tile, empty warps' splits (num_splits > tiles)
-    assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], lut=True, lut_warps=warps) < TOL
-    assert _check("turbo4", "turbo4", d, g, [3001, 100, 3, 1], num_splits=warps, lut=True, lut_warps=warps) < TOL
-    assert _check("turbo4", "turbo4", d, g, [200, 5], num_splits=8 * warps, lut=True, lut_warps=warps) < TOL
+    assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], **kw) < TOL
+    assert _check("turbo4", "turbo4", d, g, [3001, 100, 3, 1], num_splits=warps, **kw) < TOL
+    assert _check("turbo4", "turbo4", d, g, [200, 5], num_splits=8 * warps, **kw) < TOL
 
 
 def test_lut_splits_fill_one_wave(monkeypatch):
@@ -92,9 +100,11 @@ def test_lut_splits_fill_one_wave(monkeypatch):
     from compactkv.attention.triton import gluon
     monkeypatch.setattr(gluon, "_sm_count", lambda device: 132)
     dev = torch.device("cpu")
-    for warps, per_sm in gluon.LUT_PROGRAMS_PER_SM.items():
+    assert [gluon.lut_programs_per_sm(w, 128, p) for w in (4, 8, 16) for p in (0, 1)] == [3, 2, 2, 2, 1, 1]
+    for warps, pipe in [(4, 0), (8, 0), (16, 0), (16, 1)]:
+        per_sm = gluon.lut_programs_per_sm(warps, 128, pipe)
         for bh, t in [(64, 32768), (64, 131072), (8, 131072), (8, 4096), (512, 32768)]:
-            s = gluon.lut_splits(bh, t, warps, dev)
+            s = gluon.lut_splits(bh, t, warps, dev, 128, pipe)
             assert s % warps == 0 and s >= warps
             assert bh * s // warps <= max(132 * per_sm, bh)  # never a partial second wave of its own making
             assert s == warps or t / s >= gluon.LUT_MIN_WARP_TOKENS

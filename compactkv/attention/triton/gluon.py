@@ -16,7 +16,7 @@ GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
 LUT_WARPS = 8  # warps (one split each) per program of the table kernel (2 programs of 64 KB per multiprocessor; 4
 # warps: 3 programs): H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5 with 4 (docs/kernels.md, session 9)
-LUT_PROGRAMS_PER_SM = {4: 3, 8: 2}  # programs of 64 KB that fit a multiprocessor's 227 KB
+LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -114,7 +114,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
-                 lut_warps: int = LUT_WARPS) -> SplitPartials:
+                 lut_warps: int = LUT_WARPS, lut_pipe: int = 0) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
@@ -123,7 +123,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
-    `lut_default`).
+    `lut_default`); lut_pipe=1: its next tile's code bytes copied into a shared stage during this one.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -147,7 +147,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         lut = lut_default(k_kind, v_kind)
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
-                           num_splits=num_splits, block_n=block_n, warps=lut_warps)
+                           num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe)
     if num_splits is None:
         # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
         num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
@@ -166,27 +166,43 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 _LUT_CHECKED: set = set()
 
 
-def lut_splits(bh: int, max_len: int, warps: int, device: torch.device) -> int:
+def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N) -> int:
+    """Shared memory of a table-kernel program: the 64 KB table, plus one K and one V stage with `pipe`."""
+    return 256 * 256 + pipe * 2 * warps * block_n * head_dim // 2
+
+
+def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = 0) -> int:
+    """Resident programs per multiprocessor: by shared memory, and by registers (128 per thread, 64K per SM)."""
+    return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe) + 1024), 65536 // (warps * 32 * 128))
+
+
+def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = 0) -> int:
     """Splits per (b, h) for the table kernel: as many programs as fill one wave of the card (a whole number of
     programs per multiprocessor; a partial second wave of 64 KB programs cost B=8 T=128K 614 vs 484 us), each
     warp's split at least LUT_MIN_WARP_TOKENS tokens."""
-    slots = _sm_count(device) * LUT_PROGRAMS_PER_SM[warps]
+    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe)
     per_bh = max(1, slots // max(bh, 1))
     need = max(1, -(-max(max_len, 1) // (LUT_MIN_WARP_TOKENS * warps)))
     return min(per_bh, need) * warps
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps) -> SplitPartials:
-    from .kernels_lut import LUT_BYTES, decode_lut_kernel, lut_asm, lut_layouts
+                warps, pipe) -> SplitPartials:
+    from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind)
     if why:
         raise ValueError(why)
-    if warps not in LUT_PROGRAMS_PER_SM:
-        raise ValueError(f"lut_warps {warps}: takes {', '.join(map(str, LUT_PROGRAMS_PER_SM))}")
+    if warps not in (4, 8, 16):
+        raise ValueError(f"lut_warps {warps}: takes 4, 8 or 16")
+    if pipe not in (0, 1):
+        raise ValueError(f"lut_pipe {pipe}: takes 0 or 1")
+    rows = lut_smem(warps, q.shape[-1], pipe, block_n) // 256
+    if rows & (rows - 1):
+        raise ValueError(f"lut_pipe=1 with {warps} warps at head_dim {q.shape[-1]}: the table and its stages must "
+                         "make a power-of-two number of 256-byte rows (16 warps at head_dim 128)")
     b, h, g, d = q.shape
     if num_splits is None:
-        num_splits = lut_splits(b * h, max_len, warps, q.device)
+        num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe)
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
     block_m = 16
@@ -197,12 +213,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
         k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(), W=warps, BN=block_n, NH=GLUON_ROWS,
-        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, num_warps=warps, maxnreg=128)
-    key = (d, warps, block_n)
+        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, num_warps=warps, maxnreg=128)
+    key = (d, warps, block_n, pipe)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        if kernel.metadata.shared != LUT_BYTES:
+        want = lut_smem(warps, d, pipe, block_n)
+        if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
-                               f"table's {LUT_BYTES}: the table's address is unknown")
+                               f"one buffer's {want}: the table's address is unknown")
         _LUT_CHECKED.add(key)
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 

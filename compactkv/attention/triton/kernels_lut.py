@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from .kernels_gluon import split_rule
 
-LUT_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of the row unused)
+LUT_BYTES = 256 * 256  # the table: 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest unused)
 
 
 def lut_asm() -> str:
@@ -64,10 +64,11 @@ def _expand3(x0, x2):
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
-                      BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr):
+                      BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
-    words)."""
+    words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
+    this tile is computed; 0 = loaded from global memory at the tile's start."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -77,13 +78,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     WK: gl.constexpr = NB // 4
     WV: gl.constexpr = NB // 8
 
-    # the table: row e holds entry e for lanes 0..31 (its first 128 bytes)
+    # the table: row e holds entry e for lanes 0..31 (its first 128 bytes); with PIPE, the K and V stages follow
+    # it in the same allocation (256-byte rows), so the table is at the start of shared memory either way
     FILL: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [W, 1], [1, 0])
+    SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    SROWS: gl.constexpr = W * BN * NB // 256  # rows of one stage (K or V)
     e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
     j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
     words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
-    lut = gl.allocate_shared_memory(gl.int32, [256, 64], gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1,
-                                                                                  order=[1, 0]), value=words)
+    lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS * PIPE, 64], SM2)
+    lut.slice(0, 256, dim=0).store(words)
     gl.thread_barrier()
     # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
     _keep(lut.slice(0, W, dim=0).load(FILL))
@@ -135,24 +139,49 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
 
+    if PIPE:
+        SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
+        kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
+        vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
+        ktok = klo + kt3
+        async_copy.async_copy_global_to_shared(kst, kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi)
+        vtok = vlo + vt3
+        async_copy.async_copy_global_to_shared(vst, vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi)
+        async_copy.commit_group()
+
     for i in range(n_iter):
         t = i * BN
+        tok = lo_r + t + tr
+        valid = tok < hi_r
+        if PIPE:
+            kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)  # in flight during the wait
+            vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
+            async_copy.wait_group(0)
+            gl.thread_barrier()  # tile i's bytes (every lane's copies) are in the stages
+            kc = kst.load(KLOAD)
+            vc = vst.load(VLOAD)
+            gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
+        else:
+            ktok = klo + t + kt3
+            kc = gl.load(kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi, other=0)
+            vtok = vlo + t + vt3
+            vc = gl.load(vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi, other=0)
+            kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
+            vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
         # K codes [W, BN, NB] -> A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)
-        ktok = klo + t + kt3
-        kc = gl.load(kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi, other=0)
         kc = gl.reshape(kc, [W, BN, 4, NB // 16, 2, 2])
         kc = gl.permute(kc, [0, 1, 3, 4, 2, 5])
         kc = gl.convert_layout(gl.reshape(kc, [W, BN, NB]), A_OP, assert_trivial=True)
-        vtok = vlo + t + vt3
-        vc = gl.load(vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi, other=0)
-        tok = lo_r + t + tr
-        valid = tok < hi_r
-        kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
-        vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
 
         k0, k1 = _decode_lut(kc, klofs, ASM)
         s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s = mma_v2(k1, q1, s)
+        if PIPE:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
+            ktok = klo + t + BN + kt3
+            async_copy.async_copy_global_to_shared(kst, kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi)
+            vtok = vlo + t + BN + vt3
+            async_copy.async_copy_global_to_shared(vst, vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi)
+            async_copy.commit_group()
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
         # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
