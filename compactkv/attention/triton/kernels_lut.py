@@ -86,8 +86,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
     j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
     words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
-    lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS * PIPE, 64], SM2)
-    lut.slice(0, 256, dim=0).store(words)
+    if PIPE:
+        lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
+        lut.slice(0, 256, dim=0).store(words)
+    else:
+        lut = gl.allocate_shared_memory(gl.int32, [256, 64], SM2, value=words)
     gl.thread_barrier()
     # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
     _keep(lut.slice(0, W, dim=0).load(FILL))
