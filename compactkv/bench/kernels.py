@@ -142,6 +142,15 @@ def gluon_name(kind: str) -> bool:
     return pk is not None and gluon_unsupported(pk, pk, HQ // HKV) is None
 
 
+def planar_kernel(kind: str) -> str:
+    """Which kernel `launch_gluon` runs by default for kind/kind at HEAD_DIM: 'table' (kernels_lut) or 'gluon'."""
+    from ..attention.triton.decode import packed_kind
+    from ..attention.triton.gluon import lut_default
+    from ..core.codec import Codec
+    pk = packed_kind(Codec(kind, HEAD_DIM))
+    return "table" if lut_default(pk, pk) else "gluon"
+
+
 def kernel_name(kind: str) -> str:
     """'fast' where `attend_packed` runs decode_fast_kernel for kind/kind pairs at HEAD_DIM, else 'split'."""
     from ..attention.triton.decode import fast_unsupported, packed_kind
@@ -253,7 +262,8 @@ def run(args) -> int:
                     del step
                     step, pbytes = decode_step(kind, b, t, dev, gluon=True)
                     pe, pg = _bench(step, not args.no_graphs)
-                    row["kinds"][kind].update({"planar_us": pe, "planar_graph_us": pg, "planar_speedup": s_eager / pe,
+                    row["kinds"][kind].update({"planar_kernel": planar_kernel(kind),
+                                               "planar_us": pe, "planar_graph_us": pg, "planar_speedup": s_eager / pe,
                                                "planar_gbps": pbytes / pe / 1e3,
                                                "planar_graph_speedup": (s_graph / pg) if (s_graph and pg) else None})
                 if args.sweep and (b, t) in SWEEP_SHAPES:
@@ -337,7 +347,8 @@ def table(info: dict, kinds) -> str:
             if "planar_us" in r:
                 g = "-" if r["planar_graph_speedup"] is None else f"{r['planar_graph_speedup']:.2f}"
                 gu = "-" if r["planar_graph_us"] is None else f"{r['planar_graph_us']:.1f}"
-                lines.append(f"planar (Gluon kernel, static cache) B={row['batch']} T={row['context']} {kind}: "
+                lines.append(f"planar ({r.get('planar_kernel', 'gluon')} kernel, static cache) B={row['batch']} "
+                             f"T={row['context']} {kind}: "
                              f"{r['planar_us']:.1f} us, x {r['planar_speedup']:.2f}, {r['planar_gbps']:.0f} GB/s; "
                              f"graph {gu} us, x {g}")
     for e in info.get("encode", []):
