@@ -65,6 +65,8 @@ def test_bad_input(tmp_path, capsys):
     assert "q8_0/turbo4" in err and "f16-nomask, turbo4, turbo3, turbo2" in err
     rc, _ = run(tmp_path, "--kinds", "turbo9")
     assert rc == 2 and "unknown cache 'turbo9'" in capsys.readouterr().err
+    rc, _ = run(tmp_path, "--prefill-warmup-full", "--no-prefill-warmup")
+    assert rc == 2 and "contradict" in capsys.readouterr().err
     for bad, says in (("--batches", "expected comma-separated integers"), ("--contexts", "must be >= 1")):
         rc, _ = run(tmp_path, bad, "x" if bad == "--batches" else "0")
         out = capsys.readouterr()

@@ -483,6 +483,8 @@ def run(args) -> int:
         if k not in accepted:
             raise ValueError(f"unknown cache {k!r}{' with --graphs' if args.graphs else ''}; accepted: "
                              f"{', '.join(accepted)}")
+    if getattr(args, "prefill_warmup_full", False) and not getattr(args, "prefill_warmup", True):
+        raise ValueError("--prefill-warmup-full and --no-prefill-warmup contradict each other; give one of them")
     import transformers
     try:
         import triton

@@ -16,6 +16,7 @@ GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
 LUT_WARPS = 8  # warps (one split each) per program of the table kernel (2 programs of 64 KB per multiprocessor; 4
 # warps: 3 programs): H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5 with 4 (docs/kernels.md, session 9)
+LUT_TABLE_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of each row unused)
 LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -168,7 +169,7 @@ _LUT_CHECKED: set = set()
 
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N) -> int:
     """Shared memory of a table-kernel program: the 64 KB table, plus one K and one V stage with `pipe`."""
-    return 256 * 256 + pipe * 2 * warps * block_n * head_dim // 2
+    return LUT_TABLE_BYTES + pipe * 2 * warps * block_n * head_dim // 2
 
 
 def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = 0) -> int:

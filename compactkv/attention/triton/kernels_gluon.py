@@ -62,13 +62,19 @@ def _q_part(qrow, qmask, sq, p: gl.constexpr, P: gl.constexpr):
 
 
 @gluon.jit
-def _k_ptrs(kbase, t0, kr, kcol, NBK: gl.constexpr):
-    return kbase + gl.expand_dims((t0 + kr).to(gl.int64) * NBK, 1) + gl.expand_dims(kcol, 0)
+def _row_ptrs(base, t0, r, col, NB: gl.constexpr):
+    """Pointers [BN, NB] to the code bytes of tokens t0 + r (a code plane's rows of NB bytes)."""
+    return base + gl.expand_dims((t0 + r).to(gl.int64) * NB, 1) + gl.expand_dims(col, 0)
 
 
 @gluon.jit
-def _v_ptrs(vbase, t0, vr, vcol, NBV: gl.constexpr):
-    return vbase + gl.expand_dims((t0 + vr).to(gl.int64) * NBV, 1) + gl.expand_dims(vcol, 0)
+def _rows(base, t0, hi, r, col, NB: gl.constexpr, MASKED: gl.constexpr):
+    """Code bytes [BN, NB] of tokens t0 + r from global memory (rows >= hi read as zeros if MASKED), in the load
+    layout of r / col."""
+    p = _row_ptrs(base, t0, r, col, NB)
+    if MASKED:
+        return gl.load(p, mask=gl.expand_dims(t0 + r < hi, 1), other=0)
+    return gl.load(p)
 
 
 @gluon.jit
@@ -93,38 +99,14 @@ def _v_arrange(vc, NBV: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr):
 
 
 @gluon.jit
-def _k_codes(kbase, t0, hi, kr, kcol, NBK: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr,
-             MASKED: gl.constexpr):
-    """K code bytes of tokens t0 + [0, BN) from global memory in the A operand layout [BN, NBK]."""
-    kp = _k_ptrs(kbase, t0, kr, kcol, NBK)
-    if MASKED:
-        kc = gl.load(kp, mask=gl.expand_dims(t0 + kr < hi, 1), other=0)
-    else:
-        kc = gl.load(kp)
-    return _k_arrange(kc, NBK, BN, A_OP)
-
-
-@gluon.jit
-def _v_codes(vbase, t0, hi, vr, vcol, NBV: gl.constexpr, BN: gl.constexpr, A_OP: gl.constexpr,
-             MASKED: gl.constexpr):
-    """V code bytes of tokens t0 + [0, BN) from global memory in the A operand layout [NBV, BN]."""
-    vp = _v_ptrs(vbase, t0, vr, vcol, NBV)
-    if MASKED:
-        vc = gl.load(vp, mask=gl.expand_dims(t0 + vr < hi, 1), other=0)
-    else:
-        vc = gl.load(vp)
-    return _v_arrange(vc, NBV, BN, A_OP)
-
-
-@gluon.jit
 def _copy_tile(t0, hi, kbase, vbase, kr, kcol, vr, vcol, ks, vs, NBK: gl.constexpr, NBV: gl.constexpr,
                COPY_V: gl.constexpr):
     """cp.async of tokens t0 + [0, BN)'s K (and if COPY_V, V) code bytes into shared stages ks / vs, one commit
     group; rows >= hi are not read (their bytes in shared memory are zeros)."""
-    async_copy.async_copy_global_to_shared(ks, _k_ptrs(kbase, t0, kr, kcol, NBK),
+    async_copy.async_copy_global_to_shared(ks, _row_ptrs(kbase, t0, kr, kcol, NBK),
                                            mask=gl.expand_dims(t0 + kr < hi, 1))
     if COPY_V:
-        async_copy.async_copy_global_to_shared(vs, _v_ptrs(vbase, t0, vr, vcol, NBV),
+        async_copy.async_copy_global_to_shared(vs, _row_ptrs(vbase, t0, vr, vcol, NBV),
                                                mask=gl.expand_dims(t0 + vr < hi, 1))
     async_copy.commit_group()
 
@@ -133,8 +115,8 @@ def _copy_tile(t0, hi, kbase, vbase, kr, kcol, vr, vcol, ks, vs, NBK: gl.constex
 def _load_tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, NBK: gl.constexpr, NBV: gl.constexpr,
                BN: gl.constexpr, A_OP: gl.constexpr, MASKED: gl.constexpr):
     """Code bytes (A operand layout) and fp16 norms of tokens t0 + [0, BN): rows >= hi read as zeros if MASKED."""
-    kc = _k_codes(kbase, t0, hi, kr, kcol, NBK, BN, A_OP, MASKED)
-    vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, A_OP, MASKED)
+    kc = _k_arrange(_rows(kbase, t0, hi, kr, kcol, NBK, MASKED), NBK, BN, A_OP)
+    vc = _v_arrange(_rows(vbase, t0, hi, vr, vcol, NBV, MASKED), NBV, BN, A_OP)
     tok = t0 + tr
     if MASKED:
         kn = gl.load(knb + tok, mask=tok < hi, other=0.0)
@@ -184,7 +166,7 @@ def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q
     l_i = l_i + gl.sum(p, axis=0)
     pv = gl.convert_layout((p * gl.expand_dims(vn, 1)).to(gl.float16), B_OP)
     if LATE_V:
-        vc = _v_codes(vbase, t0, hi, vr, vcol, NBV, BN, A_OP, MASKED)
+        vc = _v_arrange(_rows(vbase, t0, hi, vr, vcol, NBV, MASKED), NBV, BN, A_OP)
     v0, v1, v2, v3 = _decode(vc, vt0, vt1, V_ASM, PV)
     a0 = mma_v2(v0, pv, a0)
     a1 = mma_v2(v1, pv, a1)

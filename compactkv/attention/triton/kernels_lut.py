@@ -22,8 +22,6 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from .kernels_gluon import split_rule
 
-LUT_BYTES = 256 * 256  # the table: 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest unused)
-
 
 def lut_asm() -> str:
     """pack=4 decoder: $4 = 4 code bytes, $5.. = the lane's byte offset (4 * lane); $0/$1 = part 0 of elements
@@ -58,6 +56,21 @@ def _decode_lut(codes, lofs, ASM: gl.constexpr):
 def _expand3(x0, x2):
     """[W] (slice of dims 1, 2) and [N] (slice of dims 0, 1) -> broadcastable [W, 1, 1] and [1, 1, N]."""
     return gl.expand_dims(gl.expand_dims(x0, 1), 2), gl.expand_dims(gl.expand_dims(x2, 0), 1)
+
+
+@gluon.jit
+def _ptrs3(base, tok, col, NB: gl.constexpr):
+    """Pointers [W, BN, NB] to the code bytes of tokens `tok` [W, BN, 1] (rows of NB bytes), bytes `col`."""
+    return base + tok.to(gl.int64) * NB + col
+
+
+@gluon.jit
+def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.constexpr):
+    """cp.async of the K and V code bytes of tokens ktok / vtok into the stages, one commit group; tokens at or
+    past each warp's end (khi / vhi) are not read."""
+    async_copy.async_copy_global_to_shared(kst, _ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi)
+    async_copy.async_copy_global_to_shared(vst, _ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi)
+    async_copy.commit_group()
 
 
 @gluon.jit
@@ -146,11 +159,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
         kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
-        ktok = klo + kt3
-        async_copy.async_copy_global_to_shared(kst, kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi)
-        vtok = vlo + vt3
-        async_copy.async_copy_global_to_shared(vst, vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi)
-        async_copy.commit_group()
+        _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, NB)
 
     for i in range(n_iter):
         t = i * BN
@@ -166,9 +175,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
         else:
             ktok = klo + t + kt3
-            kc = gl.load(kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi, other=0)
+            kc = gl.load(_ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi, other=0)
             vtok = vlo + t + vt3
-            vc = gl.load(vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi, other=0)
+            vc = gl.load(_ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi, other=0)
             kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
             vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
         # K codes [W, BN, NB] -> A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)
@@ -180,11 +189,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s = mma_v2(k1, q1, s)
         if PIPE:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
-            ktok = klo + t + BN + kt3
-            async_copy.async_copy_global_to_shared(kst, kbase + ktok.to(gl.int64) * NB + kc3, mask=ktok < khi)
-            vtok = vlo + t + BN + vt3
-            async_copy.async_copy_global_to_shared(vst, vbase + vtok.to(gl.int64) * NB + vc3, mask=vtok < vhi)
-            async_copy.commit_group()
+            _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, NB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
         # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
