@@ -24,7 +24,15 @@ def main(argv: list[str]) -> int:
     kind = argv[0] if argv else "turbo4"
     b = int(argv[1]) if len(argv) > 1 else 8
     t = int(argv[2]) if len(argv) > 2 else 32768
-    kernel = json.loads(argv[3]) if len(argv) > 3 else {}
+    try:
+        kernel = json.loads(argv[3]) if len(argv) > 3 else {}
+    except json.JSONDecodeError as e:
+        print(f"KERNEL-JSON must be a JSON object of decode_step options, e.g. '{{\"gluon\": true}}': {e}",
+              file=sys.stderr)
+        return 2
+    if not isinstance(kernel, dict):
+        print("KERNEL-JSON must be a JSON object, e.g. '{\"gluon\": true, \"lut\": true}'", file=sys.stderr)
+        return 2
     dev = torch.device("cuda")
     step, _ = decode_step(kind, b, t, dev, **kernel)
     codec = Codec(kind, HEAD_DIM) if kind.startswith("turbo") else Codec("turbo4", HEAD_DIM)
