@@ -82,14 +82,22 @@ ncu-gluon)
     grep -E "^==|decode_|merge|finish|Duration|SM Frequency|Issue Slots Busy|Executed Ipc Active|pipe_|No Eligible|Active Warps Per|Eligible Warps|Stall|Achieved Occupancy|Registers Per|Memory Throughput|DRAM Throughput|Compute \(SM\)|Kernel|^  [a-z_]+.*\(" "$OUT/ncu-gluon.txt" | head -150
     ;;
 lut)
-    python -m pytest -q -p no:warnings tests/test_lut_decode.py > "$OUT/pytest_lut.txt" 2>&1
-    grep -E "^FAILED|passed|failed|error" "$OUT/pytest_lut.txt" | tail -8
-    timeout 200 ncu --clock-control none --kernel-name regex:decode_lut --launch-skip 3 --launch-count 1 \
-        --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
-        --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
-        python scripts/profile_decode.py turbo4 8 32768 '{"gluon": true, "lut": true}' > "$OUT/ncu-lut.txt" 2>&1
-    grep -E "Duration|SM Frequency|Issue Slots Busy|pipe_|stall|Shared|Bank|Eligible Warps|Active Warps Per|DRAM Throughput|Achieved Active" "$OUT/ncu-lut.txt" | head -40
+    python -m pytest -q -p no:warnings tests/test_lut_decode.py > "$OUT/pytest_lut.txt" 2>&1 &
+    python -m pytest -q -p no:warnings tests/test_triton_dispatch.py tests/test_static_graphs.py \
+        > "$OUT/pytest_lut_b.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_lut*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -8; done
+    stalls=$(printf 'smsp__warp_issue_stalled_%s_per_warp_active.pct,' long_scoreboard short_scoreboard mio_throttle \
+        lg_throttle math_pipe_throttle wait barrier not_selected selected dispatch_stall no_instruction branch_resolving)
+    for var in '{"gluon": true, "lut": true}' '{"gluon": true, "lut": true, "lut_warps": 16, "lut_pipe": 1}'; do
+        echo "== turbo4 B=8 T=32K $var" >> "$OUT/ncu-lut.txt"
+        timeout 200 ncu --clock-control none --kernel-name regex:decode_lut --launch-skip 3 --launch-count 1 \
+            --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
+            --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+            --metrics ${stalls}sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__inst_executed.sum \
+            python scripts/profile_decode.py turbo4 8 32768 "$var" >> "$OUT/ncu-lut.txt" 2>&1
+    done
+    grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|Shared|Bank|bank|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Achieved Active" "$OUT/ncu-lut.txt" | head -80
     default='[{"gluon": true, "lut": false}, {"gluon": true}, {"gluon": true, "lut_warps": 4}, {"gluon": true, "lut_warps": 16},
         {"gluon": true, "lut_warps": 16, "lut_pipe": 1}]'
     python scripts/decode_sweep.py --json "$OUT/sweep-lut.json" --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" \

@@ -94,7 +94,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
-                pipe: int = 0):
+                pipe: int = 0, maxnreg: int | None = None):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4 planes."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
@@ -107,10 +107,11 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t)
-    kload, vload = lut_layouts(warps, block_n, nb)
-    const = dict(D=d, ASM=lut_asm(), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload,
-                 PIPE=pipe)
-    return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=128), source=GluonASTSource)
+    kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
+    const = dict(D=d, ASM=lut_asm(pipe == 2), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload,
+                 PIPE=pipe, KWORD=kword, VWORD=vword)
+    return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
+                    source=GluonASTSource)
 
 
 def _compile(fn, args: dict, const: dict, options: dict, source=None):
@@ -223,8 +224,8 @@ def main(argv=None) -> int:
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
                     help="the shared-memory table kernel (turbo4; --warps splits per program, default 4)")
-    ap.add_argument("--pipe", type=int, choices=(0, 1), default=0,
-                    help="with --lut: the next tile's code bytes through a cp.async stage (PIPE)")
+    ap.add_argument("--pipe", type=int, choices=(0, 1, 2), default=0,
+                    help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.gluon:
@@ -241,7 +242,8 @@ def main(argv=None) -> int:
         pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
         if args.lut:
-            s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe)
+            s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
+                        maxnreg=args.maxnreg)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

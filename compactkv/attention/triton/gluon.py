@@ -18,6 +18,7 @@ LUT_WARPS = 8  # warps (one split each) per program of the table kernel (2 progr
 # warps: 3 programs): H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5 with 4 (docs/kernels.md, session 9)
 LUT_TABLE_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of each row unused)
 LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
+LUT_MAXNREG = 128  # registers per thread of the table kernel (2 programs of 8 warps per multiprocessor)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -115,7 +116,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
-                 lut_warps: int = LUT_WARPS, lut_pipe: int = 0) -> SplitPartials:
+                 lut_warps: int = LUT_WARPS, lut_pipe: int = 0, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
@@ -124,7 +125,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
-    `lut_default`); lut_pipe=1: its next tile's code bytes copied into a shared stage during this one.
+    `lut_default`); lut_pipe=1: its next tile's code bytes copied into a shared stage during this one, 2: its next
+    tile's code bytes and norms loaded into registers during this one; lut_maxnreg: its register cap per thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -148,7 +150,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         lut = lut_default(k_kind, v_kind)
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
-                           num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe)
+                           num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
+                           maxnreg=lut_maxnreg)
     if num_splits is None:
         # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
         num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
@@ -168,54 +171,63 @@ _LUT_CHECKED: set = set()
 
 
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N) -> int:
-    """Shared memory of a table-kernel program: the 64 KB table, plus one K and one V stage with `pipe`."""
-    return LUT_TABLE_BYTES + pipe * 2 * warps * block_n * head_dim // 2
+    """Shared memory of a table-kernel program: the 64 KB table, plus one K and one V stage with `pipe` 1."""
+    return LUT_TABLE_BYTES + (pipe == 1) * 2 * warps * block_n * head_dim // 2
 
 
-def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = 0) -> int:
-    """Resident programs per multiprocessor: by shared memory, and by registers (128 per thread, 64K per SM)."""
-    return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe) + 1024), 65536 // (warps * 32 * 128))
+def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = 0, maxnreg: int = LUT_MAXNREG) -> int:
+    """Resident programs per multiprocessor: by shared memory, and by registers (`maxnreg` per thread, 64K per
+    SM, allocated in units of 8 per thread)."""
+    regs = -(-maxnreg // 8) * 8
+    return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe) + 1024), 65536 // (warps * 32 * regs))
 
 
-def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = 0) -> int:
+def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = 0,
+               maxnreg: int = LUT_MAXNREG) -> int:
     """Splits per (b, h) for the table kernel: as many programs as fill one wave of the card (a whole number of
     programs per multiprocessor; a partial second wave of 64 KB programs cost B=8 T=128K 614 vs 484 us), each
     warp's split at least LUT_MIN_WARP_TOKENS tokens."""
-    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe)
+    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe, maxnreg)
     per_bh = max(1, slots // max(bh, 1))
     need = max(1, -(-max(max_len, 1) // (LUT_MIN_WARP_TOKENS * warps)))
     return min(per_bh, need) * warps
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe) -> SplitPartials:
+                warps, pipe, maxnreg=LUT_MAXNREG) -> SplitPartials:
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind)
     if why:
         raise ValueError(why)
     if warps not in (4, 8, 16):
         raise ValueError(f"lut_warps {warps}: takes 4, 8 or 16")
-    if pipe not in (0, 1):
-        raise ValueError(f"lut_pipe {pipe}: takes 0 or 1")
+    if pipe not in (0, 1, 2):
+        raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage) or 2 (registers)")
+    if not 64 <= maxnreg <= 255:
+        raise ValueError(f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread")
+    if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg) < 1:
+        raise ValueError(f"lut_maxnreg {maxnreg} with {warps} warps: a program needs more than a multiprocessor's "
+                         "65536 registers")
     rows = lut_smem(warps, q.shape[-1], pipe, block_n) // 256
     if rows & (rows - 1):
         raise ValueError(f"lut_pipe=1 with {warps} warps at head_dim {q.shape[-1]}: the table and its stages must "
                          "make a power-of-two number of 256-byte rows (16 warps at head_dim 128)")
     b, h, g, d = q.shape
     if num_splits is None:
-        num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe)
+        num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg)
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
     block_m = 16
     o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
-    kload, vload = lut_layouts(warps, block_n, d // 2)
+    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 2, words=True)
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(), W=warps, BN=block_n, NH=GLUON_ROWS,
-        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, num_warps=warps, maxnreg=128)
-    key = (d, warps, block_n, pipe)
+        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe == 2), W=warps, BN=block_n, NH=GLUON_ROWS,
+        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
+        VWORD=vword, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n)
         if kernel.metadata.shared != want:

@@ -23,12 +23,14 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from .kernels_gluon import split_rule
 
 
-def lut_asm() -> str:
-    """pack=4 decoder: $4 = 4 code bytes, $5.. = the lane's byte offset (4 * lane); $0/$1 = part 0 of elements
-    0,1 / 2,3 (low nibbles), $2/$3 = part 1 (high nibbles)."""
+def lut_asm(words: bool = False) -> str:
+    """pack=4 decoder: $4 = 4 code bytes, $5.. = the lane's byte offset (4 * lane); words: $4..$7 = the int32
+    words holding the 4 code bytes, $8.. = the lane's byte offset, $12..$15 = the prmt selectors that take each
+    byte from its word. $0/$1 = part 0 of elements 0,1 / 2,3 (low nibbles), $2/$3 = part 1 (high nibbles)."""
     lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
     for k in range(4):
-        lines += [f"prmt.b32 a, $4, $5, {0x7604 + 16 * k:#x};", "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
+        prmt = f"${4 + k}, $8, ${12 + k}" if words else f"$4, $5, {0x7604 + 16 * k:#x}"
+        lines += [f"prmt.b32 a, {prmt};", "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
     lines += ["prmt.b32 $0, l0, l1, 0x5410;", "prmt.b32 $2, l0, l1, 0x7632;",
               "prmt.b32 $1, l2, l3, 0x5410;", "prmt.b32 $3, l2, l3, 0x7632;", "}"]
     return "\n".join(lines)
@@ -47,7 +49,12 @@ def _keep(x):
 
 
 @gluon.jit
-def _decode_lut(codes, lofs, ASM: gl.constexpr):
+def _decode_lut(codes, lofs, sel, ASM: gl.constexpr):
+    """codes: uint8 (4 per input register), or int32 (lut_asm(words=True)): each element the word holding its code
+    byte, sel its prmt selector (0x7604 + 16 * the byte's place in the word)."""
+    if codes.dtype == gl.int32:
+        return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 12, [codes, lofs, sel],
+                                         dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
     return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [codes, lofs],
                                      dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
 
@@ -74,14 +81,69 @@ def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.cons
 
 
 @gluon.jit
+def _coords3(LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
+    """Warp [W, 1, 1], token [1, BN, 1] and column [1, 1, NC] coordinates of a [W, BN, NC] tensor in layout LAY."""
+    w3 = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LAY))), 1), 2)
+    t3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, LAY))), 0), 2)
+    c3 = gl.expand_dims(gl.expand_dims(gl.arange(0, NC, layout=gl.SliceLayout(0, gl.SliceLayout(1, LAY))), 0), 1)
+    return w3, t3, c3
+
+
+@gluon.jit
+def _k_arrange3(kc, A_OP: gl.constexpr):
+    """K codes [W, BN, NB] -> the A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)."""
+    W: gl.constexpr = kc.shape[0]
+    BN: gl.constexpr = kc.shape[1]
+    NB: gl.constexpr = kc.shape[2]
+    kc = gl.reshape(kc, [W, BN, 4, NB // 16, 2, 2])
+    kc = gl.permute(kc, [0, 1, 3, 4, 2, 5])
+    return gl.convert_layout(gl.reshape(kc, [W, BN, NB]), A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _v_arrange3(vc, A_OP: gl.constexpr):
+    """V codes [W, BN, NB] -> the transposed A operand [W, NB, BN] (decode_gluon_kernel._v_arrange)."""
+    W: gl.constexpr = vc.shape[0]
+    BN: gl.constexpr = vc.shape[1]
+    NB: gl.constexpr = vc.shape[2]
+    vc = gl.permute(vc, [0, 2, 1])
+    vc = gl.reshape(vc, [W, 8, NB // 8, BN])
+    vc = gl.permute(vc, [0, 2, 1, 3])
+    return gl.convert_layout(gl.reshape(vc, [W, NB, BN]), A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _spread(words, LAY: gl.constexpr):
+    """int32 words [W, BN, NC] -> [W, BN, 4 NC] in layout LAY, element 4 c + k = word c (the 4 copies are one
+    register): the decoder's input for code bytes 4 c .. 4 c + 3, which it takes from the word itself."""
+    x = gl.join(gl.join(words, words), gl.join(words, words))
+    x = gl.reshape(x, [words.shape[0], words.shape[1], 4 * words.shape[2]])
+    return gl.convert_layout(x, LAY, assert_trivial=True)
+
+
+@gluon.jit
+def _load_tile(kbase, vbase, knb, vnb, ktok, vtok, khi, vhi, kc3, vc3, tok, hi, NB: gl.constexpr):
+    """K and V code bytes of a tile (tokens ktok / vtok [W, BN, 1] in the load layouts) and its K and V norms
+    (tokens tok [W, BN]) as fp32; tokens at or past each warp's end are not read (codes 0, norms 0)."""
+    kc = gl.load(_ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi, other=0)
+    vc = gl.load(_ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi, other=0)
+    valid = tok < hi
+    kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
+    vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
+    return kc, vc, kn, vn
+
+
+@gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
-                      BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0):
+                      BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
+                      KWORD: gl.constexpr = None, VWORD: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
-    this tile is computed; 0 = loaded from global memory at the tile's start."""
+    this tile is computed; 2 = the next tile's code bytes (int32 words in layouts KWORD / VWORD, `lut_layouts`)
+    and norms loaded into registers during this one; 0 = loaded from global memory at the tile's start."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -99,7 +161,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
     j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
     words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
-    if PIPE:
+    if PIPE == 1:
         lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
         lut.slice(0, 256, dim=0).store(words)
     else:
@@ -154,18 +216,35 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     vhi = gl.minimum(vlo + split, L)
     klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
+    # PIPE 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
+    ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
+    vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
 
-    if PIPE:
+    if PIPE == 1:
         SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
         kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, NB)
 
+    if PIPE == 2:
+        # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
+        # each (a uint8 tensor would take a register per byte)
+        kwb = kbase.to(gl.pointer_type(gl.int32))
+        vwb = vbase.to(gl.pointer_type(gl.int32))
+        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
+        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
+        kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3,
+                                            lo_r + tr, hi_r, NB // 4)
+
     for i in range(n_iter):
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
-        if PIPE:
+        if PIPE == 1:
             kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)  # in flight during the wait
             vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
             async_copy.wait_group(0)
@@ -173,22 +252,19 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc = kst.load(KLOAD)
             vc = vst.load(VLOAD)
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
+        elif PIPE == 2:  # this tile's words were loaded during the last one; load the next tile's now
+            kc = _spread(kw_n, KLOAD)
+            vc = _spread(vw_n, VLOAD)
+            kn, vn = kn_n, vn_n
+            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + t + BN + kwt3, vwlo + t + BN + vwt3,
+                                                kwhi, vwhi, kwc3, vwc3, tok + BN, hi_r, NB // 4)
         else:
-            ktok = klo + t + kt3
-            kc = gl.load(_ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi, other=0)
-            vtok = vlo + t + vt3
-            vc = gl.load(_ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi, other=0)
-            kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)
-            vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
-        # K codes [W, BN, NB] -> A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)
-        kc = gl.reshape(kc, [W, BN, 4, NB // 16, 2, 2])
-        kc = gl.permute(kc, [0, 1, 3, 4, 2, 5])
-        kc = gl.convert_layout(gl.reshape(kc, [W, BN, NB]), A_OP, assert_trivial=True)
-
-        k0, k1 = _decode_lut(kc, klofs, ASM)
+            kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
+                                        tok, hi_r, NB)
+        k0, k1 = _decode_lut(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
         s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s = mma_v2(k1, q1, s)
-        if PIPE:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
+        if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, NB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
         # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
@@ -203,12 +279,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         m_i = m_new
         pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-        # V codes [W, BN, NB] -> transposed A operand [W, NB, BN] (decode_gluon_kernel._v_arrange)
-        vc = gl.permute(vc, [0, 2, 1])
-        vc = gl.reshape(vc, [W, 8, WV, BN])
-        vc = gl.permute(vc, [0, 2, 1, 3])
-        vc = gl.convert_layout(gl.reshape(vc, [W, NB, BN]), A_OP, assert_trivial=True)
-        v0, v1 = _decode_lut(vc, vlofs, ASM)
+        v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
         a0 = mma_v2(v0, pv, a0)
         a1 = mma_v2(v1, pv, a1)
 
@@ -226,8 +297,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     gl.store(mlp + BLOCK_M, l_i)
 
 
-def lut_layouts(w: int, bn: int, nb: int) -> tuple[gl.DistributedLinearLayout, gl.DistributedLinearLayout]:
-    """(KLOAD, VLOAD) of kernels_gluon.gluon_layouts with a leading warp dimension [W, BN, NB]."""
+def lut_layouts(w: int, bn: int, nb: int, words: bool = False) -> tuple[gl.DistributedLinearLayout, ...]:
+    """(KLOAD, VLOAD) of kernels_gluon.gluon_layouts with a leading warp dimension [W, BN, NB]; words: also
+    (KWORD, VWORD), the same loads as int32 words [W, BN, NB/4] (each lane's 4 consecutive bytes one word)."""
     from .kernels_gluon import gluon_layouts
     k2, v2 = gluon_layouts(bn, nb, nb)
     warps = [[1 << i, 0, 0] for i in range(w.bit_length() - 1)]
@@ -236,4 +308,16 @@ def lut_layouts(w: int, bn: int, nb: int) -> tuple[gl.DistributedLinearLayout, g
         return gl.DistributedLinearLayout(reg_bases=[[0, *x] for x in lay.reg_bases],
                                           lane_bases=[[0, *x] for x in lay.lane_bases], warp_bases=warps,
                                           block_bases=[], shape=[w, bn, nb])
-    return lift(k2), lift(v2)
+    k3, v3 = lift(k2), lift(v2)
+    if not words:
+        return k3, v3
+
+    def word(lay):
+        assert lay.reg_bases[:2] == [[0, 0, 1], [0, 0, 2]], lay  # 4 consecutive bytes in a lane's registers
+        def div(x):
+            assert x[2] % 4 == 0 or x[2] == 0
+            return [x[0], x[1], x[2] // 4]
+        return gl.DistributedLinearLayout(reg_bases=[div(x) for x in lay.reg_bases[2:]],
+                                          lane_bases=[div(x) for x in lay.lane_bases], warp_bases=lay.warp_bases,
+                                          block_bases=[], shape=[w, bn, nb // 4])
+    return k3, v3, word(k3), word(v3)
