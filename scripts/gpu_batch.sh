@@ -11,6 +11,7 @@
 #   bash scripts/gpu_batch.sh pipeline  # Gluon tests (3 processes), then its load pipelines (prefetch/stages) vs SDPA
 #   bash scripts/gpu_batch.sh ncu-gluon # what limits the Gluon kernel: pipes, stalls (B=8 T=32K), kernels of a B=1 step
 #   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
+#   bash scripts/gpu_batch.sh defaults  # the default table build's tests, e2e B=8 T=32K (graphs), dynamic TTFT, kernels
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -104,6 +105,22 @@ lut)
         --kinds turbo4 --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" > "$OUT/sweep-lut.txt" 2>&1
     tail -20 "$OUT/sweep-lut.txt"
     ;;
+defaults)
+    python -m pytest -q -p no:warnings -k "vs_float64 and (128-8-2-168 or 64-8-2-168)" tests/test_lut_decode.py \
+        > "$OUT/pytest_def_a.txt" 2>&1 &
+    python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_def_b.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_def_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -8; done
+    timeout 150 python -m compactkv.cli bench e2e --graphs --batches 8 --synthetic-contexts 32768 \
+        --kinds f16-nomask,turbo4 --steps 32 --warmup 3 --json "$OUT/e2e-graphs-b8.json" > "$OUT/e2e-graphs-b8.txt" 2>&1
+    tail -8 "$OUT/e2e-graphs-b8.txt"
+    timeout 90 python -m compactkv.cli bench e2e --batches 1 --contexts 32768 --kinds f16,turbo4 --steps 8 \
+        --prefill-warmup-full --json "$OUT/e2e-ttft-dynamic.json" > "$OUT/e2e-ttft-dynamic.txt" 2>&1
+    tail -8 "$OUT/e2e-ttft-dynamic.txt"
+    timeout 120 python -m compactkv.cli bench kernels --json "$OUT/kernels.json" --prefill '' --batches 1,8 \
+        --contexts 32768,131072 --kinds turbo4 > "$OUT/kernels.txt" 2>&1
+    tail -16 "$OUT/kernels.txt"
+    ;;
 pipeline)
     python -m pytest -q -p no:warnings -k prefetch tests/test_gluon_decode.py > "$OUT/pytest_gluon_a.txt" 2>&1 &
     python -m pytest -q -p no:warnings -k ragged tests/test_gluon_decode.py > "$OUT/pytest_gluon_b.txt" 2>&1 &
@@ -121,7 +138,7 @@ pipeline)
     tail -80 "$OUT/sweep-pipeline.txt"
     ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults" >&2
     exit 2
     ;;
 esac

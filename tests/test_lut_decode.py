@@ -66,7 +66,7 @@ def test_lut_unsupported_reasons():
 
 @pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 4, 0, 128), (64, 8, 0, 128), (128, 4, 0, 128),
                                                   (128, 8, 0, 128), (128, 16, 0, 128), (128, 16, 1, 128),
-                                                  (64, 4, 2, 168), (128, 4, 2, 168)])
+                                                  (64, 4, 2, 168), (128, 4, 2, 168), (128, 8, 2, 168)])
 def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
@@ -97,7 +97,8 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
 @pytest.mark.parametrize("d,warps,pipe,maxnreg,bn", [(64, 4, 0, 128, 32), (64, 8, 0, 128, 32), (128, 4, 0, 128, 32),
                                                      (128, 8, 0, 128, 32), (128, 16, 0, 128, 32), (128, 16, 1, 128, 32),
                                                      (64, 4, 2, 168, 32), (128, 4, 2, 168, 32), (128, 8, 2, 128, 32),
-                                                     (128, 8, 0, 80, 32), (128, 8, 2, 128, 16), (64, 16, 2, 128, 16)])
+                                                     (128, 8, 0, 80, 32), (128, 8, 2, 128, 16), (64, 16, 2, 128, 16),
+                                                     (128, 8, 2, 168, 32), (64, 8, 2, 168, 32)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
     from test_gluon_decode import TOL, _check  # tests/ is on sys.path (pytest prepend import mode)
@@ -113,8 +114,9 @@ def test_lut_splits_fill_one_wave(monkeypatch):
     from compactkv.attention.triton import gluon
     monkeypatch.setattr(gluon, "_sm_count", lambda device: 132)
     dev = torch.device("cpu")
-    assert [gluon.lut_programs_per_sm(w, 128, p) for w in (4, 8, 16) for p in (0, 1, 2)] == [3, 2, 3, 2, 2, 2,
-                                                                                              1, 1, 1]
+    assert [gluon.lut_programs_per_sm(w, 128, p, 128) for w in (4, 8, 16) for p in (0, 1, 2)] == [3, 2, 3, 2, 2, 2,
+                                                                                                   1, 1, 1]
+    assert gluon.lut_programs_per_sm(gluon.LUT_WARPS) == 1  # the default: 8 warps, prefetch, 168 registers
     assert [gluon.lut_programs_per_sm(w, 128, 2, r) for w, r in [(4, 168), (8, 168), (8, 80), (16, 64)]] == [3, 1, 3, 2]
     for warps, pipe, regs in [(4, 0, 128), (8, 0, 128), (16, 0, 128), (16, 1, 128), (4, 2, 168), (8, 0, 80)]:
         per_sm = gluon.lut_programs_per_sm(warps, 128, pipe, regs)

@@ -14,11 +14,14 @@ GLUON_MIN_SPLIT = 1024  # tokens per split at least (H200, turbo4: B=1 T=128K 10
 # left B=8 T=32K at 8 one-warp programs per SM: 202 us; docs/kernels.md, session 9)
 GLUON_MAXNREG = 128  # 16 one-warp programs per SM (see docs/kernels.md, session 8)
 GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up to 8 heads, one token each
-LUT_WARPS = 8  # warps (one split each) per program of the table kernel (2 programs of 64 KB per multiprocessor; 4
-# warps: 3 programs): H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5 with 4 (docs/kernels.md, session 9)
+LUT_WARPS = 8  # warps (one split each) per program of the table kernel: H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5
+# with 4 (no prefetch, 128 registers; docs/kernels.md, session 9)
 LUT_TABLE_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of each row unused)
 LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
-LUT_MAXNREG = 128  # registers per thread of the table kernel (2 programs of 8 warps per multiprocessor)
+LUT_PIPE = 2  # the table kernel loads the next tile's codes and norms into registers during this one (H200 turbo4,
+# 8 warps: B=8 T=32K 142.8 -> 136.2 us, B=1 T=128K 103.4 -> 87.0 us, B=8 T=128K 425.4 -> 428.9; session 10)
+LUT_MAXNREG = 168  # its registers per thread: the prefetch without spills, one 8-warp program per multiprocessor
+# (at 128 the prefetch spills; 4 warps x 3 programs at 168: B=8 T=32K 134.6 us, B=1 T=128K 92.2 us)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -116,7 +119,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
-                 lut_warps: int = LUT_WARPS, lut_pipe: int = 0, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
+                 lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
@@ -125,8 +128,9 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
-    `lut_default`); lut_pipe=1: its next tile's code bytes copied into a shared stage during this one, 2: its next
-    tile's code bytes and norms loaded into registers during this one; lut_maxnreg: its register cap per thread.
+    `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
+    stage during this one, 2 (default) the next tile's code bytes and norms loaded into registers during this one;
+    lut_maxnreg: its register cap per thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -175,14 +179,14 @@ def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N)
     return LUT_TABLE_BYTES + (pipe == 1) * 2 * warps * block_n * head_dim // 2
 
 
-def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = 0, maxnreg: int = LUT_MAXNREG) -> int:
+def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG) -> int:
     """Resident programs per multiprocessor: by shared memory, and by registers (`maxnreg` per thread, 64K per
     SM, allocated in units of 8 per thread)."""
     regs = -(-maxnreg // 8) * 8
     return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe) + 1024), 65536 // (warps * 32 * regs))
 
 
-def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = 0,
+def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = LUT_PIPE,
                maxnreg: int = LUT_MAXNREG) -> int:
     """Splits per (b, h) for the table kernel: as many programs as fill one wave of the card (a whole number of
     programs per multiprocessor; a partial second wave of 64 KB programs cost B=8 T=128K 614 vs 484 us), each
