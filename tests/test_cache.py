@@ -57,17 +57,20 @@ def test_window_buffers_are_never_shared_between_copies_and_survive_a_failed_upd
     torch.testing.assert_close(keys(layer), k[..., :30, :].half().float())
     torch.testing.assert_close(keys(clone), torch.cat([k[..., :14, :], -k[..., 14:30, :]], -2).half().float())
     torch.testing.assert_close(keys(cropped), torch.cat([k[..., :12, :], 2 * k[..., 14:30, :]], -2).half().float())
-    # a token that cannot be encoded fails the update that compresses it; that update leaves no trace
-    bad = v[..., 30:31, :].clone()
-    bad[..., 0] = float("nan")
-    layer.update(k[..., 30:31, :], bad)
-    with pytest.raises(ValueError):
-        for i in range(31, 40):
-            before = (layer.recent_k.clone(), layer.recent_v.clone(), layer.n_compressed, layer.get_seq_length())
-            layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
-    torch.testing.assert_close(layer.recent_k, before[0], rtol=0, atol=0)
-    torch.testing.assert_close(layer.recent_v, before[1], rtol=0, atol=0, equal_nan=True)  # (the bad token)
-    assert (layer.n_compressed, layer.get_seq_length()) == before[2:]
+    # a token the fp16 window cannot hold is refused when it arrives (not when a later update compresses it,
+    # which would then fail every time); the refused update leaves no trace, and the layer keeps serving
+    for bad_value in (float("nan"), 1e5):
+        bad = v[..., 30:31, :].clone()
+        bad[..., 0] = bad_value
+        before = (layer.recent_k.clone(), layer.recent_v.clone(), layer.n_compressed, layer.get_seq_length())
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            layer.update(k[..., 30:31, :], bad)
+        torch.testing.assert_close(layer.recent_k, before[0], rtol=0, atol=0)
+        torch.testing.assert_close(layer.recent_v, before[1], rtol=0, atol=0)
+        assert (layer.n_compressed, layer.get_seq_length()) == before[2:]
+    for i in range(30, 40):
+        layer.update(k[..., i:i + 1, :], v[..., i:i + 1, :])
+    torch.testing.assert_close(keys(layer), k[..., :40, :].half().float())
 
 
 def test_recent_window_compresses_in_blocks_and_tokens_keep_order():
@@ -211,3 +214,97 @@ def test_cache_defaults_store_unbiased_keys_and_plain_values():
     cache = TurboQuantCache(tiny_config())
     assert all(layer.k_codec.unbiased and not layer.v_codec.unbiased for layer in cache.layers)
     assert not any(layer.k_codec.unbiased for layer in TurboQuantCache(tiny_config(), unbiased_keys=False).layers)
+
+
+class _DeferEncoder:
+    """An encoder like the Triton one (rows, a device flag without sync, a syncing check), on the CPU: rows of the
+    input with non-finite values zeroed, flagged as bad."""
+
+    MESSAGE = "input contains NaN or Inf (test encoder)"
+
+    def __init__(self):
+        self.finite, self.syncs, self.flag_calls = {}, 0, 0
+
+    def __call__(self, codec, x, check=True):
+        rows = codec.encode(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+        self.finite[id(rows)] = bool(torch.isfinite(x).all())
+        if check:
+            self.check([(codec, rows)])
+        return rows
+
+    def flags(self, pairs):
+        self.flag_calls += 1
+        return torch.tensor(all(self.finite[id(rows)] for _, rows in pairs if rows is not None))
+
+    def check(self, pairs):
+        self.syncs += 1
+        if not bool(self.flags(pairs)):
+            raise ValueError(self.MESSAGE)
+
+
+def _state(cache):
+    return [(layer.cumulative_length, layer.n_compressed, [c.clone() for c in layer.chunks_k + layer.chunks_v],
+             layer.recent_k.clone(), layer.recent_v.clone()) for layer in cache.layers]
+
+
+@torch.no_grad()
+def test_cache_checks_a_forward_pass_once_and_undoes_all_of_it_on_non_finite_rows():
+    """TurboQuantCache defers the encoder's check of each layer update (a device sync on CUDA) to one check per
+    forward pass, at its last layer; non-finite rows in any layer undo every layer's update of that pass."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(layers=3)).eval()
+    compactkv.attach(model)
+    ids = torch.randint(0, 128, (1, 24))
+    cc = CacheConfig(k="turbo4", v="turbo4", residual_length=4, block_size=4, chunk_tokens=8, scale_keys=False)
+    logits = {}
+    for deferred in (False, True):
+        cache = TurboQuantCache(model.config, cache_config=cc)
+        encs = [_DeferEncoder() for _ in cache.layers]
+        if deferred:
+            for layer, enc in zip(cache.layers, encs):
+                layer.encoder = enc
+        out = [model(ids[:, :20], past_key_values=cache).logits]
+        for t in range(20, 24):  # decode steps past a chunk: the in-place window path
+            out.append(model(ids[:, t:t + 1], past_key_values=cache).logits)
+            assert all(layer.pending_flag() is None for layer in cache.layers)  # verified at the last layer
+        logits[deferred] = torch.cat(out, dim=1)
+    assert torch.equal(logits[False], logits[True])
+    assert all(enc.syncs == 0 and enc.flag_calls > 0 for enc in encs)
+
+    # a non-finite key in the first layer is found at the last layer's update: every layer is undone (a prompt,
+    # and decode steps that compress through the in-place window)
+    k_proj = model.model.layers[0].self_attn.k_proj
+    for n, served in [(12, 25), (1, 26), (4, 27), (1, 28), (1, 29)]:
+        before = _state(cache)
+        hook = k_proj.register_forward_hook(lambda m, a, o: o.index_fill(-1, torch.tensor([3]), float("inf")))
+        with pytest.raises(ValueError, match="test encoder.*before this forward pass"):
+            model(ids[:, :n], past_key_values=cache)
+        hook.remove()
+        after = _state(cache)
+        for a, b in zip(before, after):
+            assert a[:2] == b[:2]
+            assert all(torch.equal(x, y) for x, y in zip(a[2] + [a[3], a[4]], b[2] + [b[3], b[4]]))
+        assert all(layer.pending_flag() is None for layer in cache.layers)
+        model(ids[:, :1], past_key_values=cache)  # and it keeps serving
+        assert cache.get_seq_length() == served
+
+
+def test_a_layer_checks_its_pending_update_before_it_is_read_copied_or_updated_again():
+    torch.manual_seed(1)
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, residual_length=0, scale_keys=False)
+    layer.defer_check, layer.encoder = True, (enc := _DeferEncoder())
+    layer.update(*_kv(1, 2, 10))
+    assert layer.pending_flag() is not None and enc.syncs == 0
+    copy.deepcopy(layer)  # a copy never holds the snapshot: the pending check runs first
+    assert layer.pending_flag() is None
+    k, v = _kv(1, 2, 5)
+    k[0, 1, 2, 0] = float("nan")
+    layer.update(k, v)  # stored, unchecked
+    n = layer.n_compressed
+    with pytest.raises(ValueError, match="test encoder"):
+        layer.update(*_kv(1, 2, 3))  # the pending one is checked first: undone, and this one not stored
+    assert layer.n_compressed == n - 5 == 10 and layer.cumulative_length == 10
+    layer.update(*_kv(1, 2, 3))
+    assert layer.cumulative_length == 13

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers.cache_utils import Cache
 
 from .config import CacheConfig
@@ -88,11 +89,36 @@ class TurboQuantCache(Cache):
                             sliding_window=window if t == "sliding_attention" else None)
             for t, (kk, vk) in zip(types, kinds)
         ]
+        for layer in layers:  # the encoders' non-finite checks: one device sync per forward pass (see update)
+            layer.defer_check = True
         super().__init__(layers=layers)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         require_compactkv_attention(self)
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == 0:
+            self.check_pending()  # a pass whose last layer never updated
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == len(self.layers) - 1:
+            self.check_pending()
+        return out
+
+    def check_pending(self) -> None:
+        """Verify every layer's unchecked update with one device sync (the Triton encoder's NaN/Inf/fp16-range
+        check, per layer it cost a sync per layer and chunk: docs/performance.md, session 10). If any held
+        non-finite rows, every pending update is undone, so the cache is as it was before the forward pass, and
+        ValueError is raised."""
+        pending = [(layer, layer.pending_flag()) for layer in self.layers]
+        pending = [(layer, flag) for layer, flag in pending if flag is not None]
+        if not pending:
+            return
+        if bool(torch.stack([flag.to(pending[0][1].device) for _, flag in pending]).all()):
+            for layer, _ in pending:
+                layer.accept_pending()
+            return
+        for layer, _ in pending:
+            layer.rollback_pending()
+        raise ValueError(getattr(pending[0][0].encoder, "MESSAGE", "input contains NaN or Inf") +
+                         " (the cache is as it was before this forward pass)")
 
     @property
     def layer_kinds(self) -> list[tuple[str, str]]:

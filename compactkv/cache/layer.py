@@ -43,6 +43,10 @@ class TurboQuantLayer(CacheLayerMixin):
         # encoder(codec, x) -> rows or None: a faster encoder producing rows bit-identical to codec.encode(x)
         # (the attention layer installs the Triton one on CUDA); None, or a None result, means codec.encode.
         self.encoder = None
+        # defer_check: an encoder's non-finite check (a device sync) is left pending after `update` instead of run
+        # there; whoever set it (TurboQuantCache: once per forward pass) calls `pending_flag` for every layer,
+        # then `rollback_pending` or `accept_pending`. Reads and rebuilds of the storage check first.
+        self.defer_check = False
         self._clear()
 
     def _clear(self) -> None:
@@ -62,6 +66,8 @@ class TurboQuantLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.backend_state = {}  # attention backends' per-layer derived tensors (e.g. kernel tables); dropped here
+        self._flags: list | None = None  # inside `update` with defer_check: the unchecked encoders' flags
+        self._pending = None  # (device bool: all finite, the layer's state before the unverified update)
 
     def __repr__(self) -> str:
         return f"TurboQuantLayer(k={self.k_codec.kind}, v={self.v_codec.kind}, tokens={self.cumulative_length})"
@@ -81,12 +87,18 @@ class TurboQuantLayer(CacheLayerMixin):
         """Store new tokens [B, H, T, D]; returns them tagged with this layer for the compactkv attention."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v))
+        self.check_pending()  # an earlier update nobody verified (one sync): it is checked before this one
+        before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v),
+                      backend_state=dict(self.backend_state))
+        self._flags = [] if self.defer_check else None
         try:
             self._store(key_states.detach(), value_states.detach())  # data only, never autograd history
         except Exception:  # e.g. non-finite input: the cache stays as it was (stored tensors are never mutated)
             self.__dict__.update(before)
             raise
+        flags, self._flags = self._flags, None
+        if flags:
+            self._pending = (torch.stack(flags).all(), before)
         out_k, out_v = key_states, value_states
         setattr(out_k, TAG, self)
         setattr(out_v, TAG, self)
@@ -98,6 +110,7 @@ class TurboQuantLayer(CacheLayerMixin):
         if room > 0:
             self.sink_k = torch.cat([self.sink_k, k[..., :room, :].to(STORE_DTYPE)], dim=-2)
             self.sink_v = torch.cat([self.sink_v, v[..., :room, :].to(STORE_DTYPE)], dim=-2)
+            self._admit(self.sink_k[..., -room:, :], self.sink_v[..., -room:, :])
             k, v = k[..., room:, :], v[..., room:, :]
         if k.shape[-2]:
             self._push_recent(k, v)
@@ -113,6 +126,7 @@ class TurboQuantLayer(CacheLayerMixin):
         elif k.shape[-2]:  # prompts (mostly compressed by the flush below) and short contexts: exact-size windows
             self.recent_k = torch.cat([self.recent_k, k.to(STORE_DTYPE)], dim=-2)
             self.recent_v = torch.cat([self.recent_v, v.to(STORE_DTYPE)], dim=-2)
+            self._admit(self.recent_k[..., -k.shape[-2]:, :], self.recent_v[..., -k.shape[-2]:, :])
         if self.calibrated:  # otherwise the attention call's query statistics come first (see observe)
             self.flush()
 
@@ -147,6 +161,18 @@ class TurboQuantLayer(CacheLayerMixin):
         buf_k[:, :, n:n + t].copy_(k)
         buf_v[:, :, n:n + t].copy_(v)
         self._set_window(buf_k, buf_v, n + t)
+        self._admit(buf_k[:, :, n:n + t], buf_v[:, :, n:n + t])
+
+    def _admit(self, k16: torch.Tensor, v16: torch.Tensor) -> None:
+        """Tokens just stored in an fp16 window (sinks or recent) must be finite there, as compressed rows must
+        be: checked now, or (defer_check, inside `update`) left as a flag with the update's other checks; a
+        non-finite token would otherwise sit in the window and fail every later compression."""
+        ok = torch.isfinite(k16).all() & torch.isfinite(v16).all()
+        if self._flags is not None:
+            self._flags.append(ok)
+        elif not bool(ok):
+            raise ValueError("input contains NaN or Inf, or a value beyond the float16 range (±65504) that the "
+                             "fp16 window cannot hold; only finite values can be stored")
 
     def _set_window(self, buf_k: torch.Tensor, buf_v: torch.Tensor, n: int) -> None:
         self.recent_k, self.recent_v = buf_k[:, :, :n], buf_v[:, :, :n]
@@ -164,8 +190,10 @@ class TurboQuantLayer(CacheLayerMixin):
         if over >= self.block_size:
             n = (over // self.block_size) * self.block_size
             self._compress(self.recent_k[..., :n, :], self.recent_v[..., :n, :])
-            w = self._owned_window()
-            if w is not None:  # what stays moves to the buffer's front (after a successful compression only)
+            # what stays moves to the buffer's front, after a successful compression only: not while its check
+            # is pending (a rollback would find the window's tokens overwritten)
+            w = None if self._flags else self._owned_window()
+            if w is not None:
                 r = self.recent_k.shape[-2] - n
                 w[0][:, :, :r].copy_(w[0][:, :, n:n + r].clone())  # (overlapping ranges: through a copy)
                 w[1][:, :, :r].copy_(w[1][:, :, n:n + r].clone())
@@ -247,9 +275,41 @@ class TurboQuantLayer(CacheLayerMixin):
             return self._encode(self.k_codec, k), self._encode(self.v_codec, v)
         rows_k = self.encoder(self.k_codec, k, check=False)
         rows_v = self.encoder(self.v_codec, v, check=False)
-        check([(self.k_codec, rows_k), (self.v_codec, rows_v)])
+        pairs = [(self.k_codec, rows_k), (self.v_codec, rows_v)]
+        flags = getattr(self.encoder, "flags", None)
+        if self._flags is not None and flags is not None:  # deferred: the device flag only, no sync
+            flag = flags(pairs)
+            if flag is not None:
+                self._flags.append(flag)
+        else:
+            check(pairs)
         return (self.k_codec.encode(k) if rows_k is None else rows_k,
                 self.v_codec.encode(v) if rows_v is None else rows_v)
+
+    def pending_flag(self) -> torch.Tensor | None:
+        """Device bool (True: every row of the unverified update is finite), or None when nothing is pending."""
+        return None if self._pending is None else self._pending[0]
+
+    def accept_pending(self) -> None:
+        self._pending = None
+
+    def rollback_pending(self) -> None:
+        """Back to the state before the unverified update (its stored tensors were never written in place)."""
+        if self._pending is not None:
+            self.__dict__.update(self._pending[1])
+            self._pending = None
+
+    def check_pending(self) -> None:
+        """Verify the pending update now (one device sync): ValueError, with the update undone, if it held
+        non-finite rows."""
+        flag = self.pending_flag()
+        if flag is None:
+            return
+        if bool(flag):
+            self.accept_pending()
+            return
+        self.rollback_pending()
+        raise ValueError(getattr(self.encoder, "MESSAGE", "input contains NaN or Inf"))
 
     def stored_length(self) -> int:
         """Tokens physically held (sinks + compressed + recent)."""
@@ -287,6 +347,7 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def crop(self, max_length: int) -> None:
         """Keep the first tokens: `max_length` >= 0 is the new length, < 0 the number of tokens to remove."""
+        self.check_pending()
         new_len = self.cumulative_length + max_length if max_length < 0 else min(max_length, self.cumulative_length)
         if new_len < 0:
             raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
@@ -313,6 +374,7 @@ class TurboQuantLayer(CacheLayerMixin):
     def _map(self, fn) -> None:
         if not self.is_initialized:
             return
+        self.check_pending()
         self.backend_state = {}  # derived from the tensors being replaced (and would keep them alive)
         self._window = None  # (the windows are replaced below: their buffers are not this layer's any more)
         self.sink_k, self.sink_v = fn(self.sink_k), fn(self.sink_v)
@@ -351,6 +413,7 @@ class TurboQuantLayer(CacheLayerMixin):
         return k + self.k_mean if self.k_mean is not None else k
 
     def __deepcopy__(self, memo):
+        self.check_pending()  # (a copy must not hold the snapshot)
         new = copy.copy(self)
         new.k_codec, new.v_codec = copy.copy(self.k_codec), copy.copy(self.v_codec)
         new.chunks_k, new.chunks_v = [c.clone() for c in self.chunks_k], [c.clone() for c in self.chunks_v]

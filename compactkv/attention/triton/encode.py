@@ -139,14 +139,20 @@ class LayerEncoder:
             self.check([(codec, rows)])
         return rows
 
-    def check(self, pairs) -> None:
-        """Raise ValueError if any (codec, rows) pair (rows None: skipped) holds a non-finite norm; one sync."""
+    def flags(self, pairs) -> torch.Tensor | None:
+        """Device bool: every (codec, rows) pair (rows None: skipped) holds finite norms only; None if no rows.
+        No sync (`TurboQuantLayer.defer_check` keeps it for one check per forward pass)."""
         flags = []
         for codec, rows in pairs:
             if rows is not None and rows.numel():
                 nb = 2 if encode_unsupported(codec) is None else 4
                 flags.append(torch.isfinite(rows[..., :nb].contiguous().view(torch.float16)).all())
-        if flags and not bool(torch.stack(flags).all()):
+        return torch.stack(flags).all() if flags else None
+
+    def check(self, pairs) -> None:
+        """Raise ValueError if any (codec, rows) pair (rows None: skipped) holds a non-finite norm; one sync."""
+        flag = self.flags(pairs)
+        if flag is not None and not bool(flag):
             raise ValueError(self.MESSAGE)
 
 
