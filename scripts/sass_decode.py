@@ -108,7 +108,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t)
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
-    const = dict(D=d, ASM=lut_asm(pipe == 2), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload,
+    const = dict(D=d, ASM=lut_asm(pipe >= 2), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload,
                  PIPE=pipe, KWORD=kword, VWORD=vword)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
@@ -224,8 +224,9 @@ def main(argv=None) -> int:
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
                     help="the shared-memory table kernel (turbo4; --warps splits per program, default 4)")
-    ap.add_argument("--pipe", type=int, choices=(0, 1, 2), default=0,
-                    help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2)")
+    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3), default=0,
+                    help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
+                         "two tiles ahead)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.gluon:

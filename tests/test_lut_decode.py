@@ -66,7 +66,8 @@ def test_lut_unsupported_reasons():
 
 @pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 4, 0, 128), (64, 8, 0, 128), (128, 4, 0, 128),
                                                   (128, 8, 0, 128), (128, 16, 0, 128), (128, 16, 1, 128),
-                                                  (64, 4, 2, 168), (128, 4, 2, 168), (128, 8, 2, 168)])
+                                                  (64, 4, 2, 168), (128, 4, 2, 168), (128, 8, 2, 168),
+                                                  (128, 8, 3, 200)])
 def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
@@ -79,7 +80,7 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary("turbo4", lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg)
     ops = s["ops"]
-    assert ops["LDL"] + ops["STL"] <= (2 if pipe == 2 else 0)
+    assert ops["LDL"] + ops["STL"] <= (2 if pipe >= 2 else 0)
     assert s["shared"] == lut_smem(warps, d, pipe) == 256 * 256 + (pipe == 1) * warps * 32 * d
     bytes_per_tile = 32 * d // 2 * 2 // 32  # K and V code bytes of a 32-token tile per lane
     # one table read per code byte, plus (pipe 1) the tile's 128 bytes per lane read back from the stages
@@ -98,7 +99,8 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
                                                      (128, 8, 0, 128, 32), (128, 16, 0, 128, 32), (128, 16, 1, 128, 32),
                                                      (64, 4, 2, 168, 32), (128, 4, 2, 168, 32), (128, 8, 2, 128, 32),
                                                      (128, 8, 0, 80, 32), (128, 8, 2, 128, 16), (64, 16, 2, 128, 16),
-                                                     (128, 8, 2, 168, 32), (64, 8, 2, 168, 32)])
+                                                     (128, 8, 2, 168, 32), (64, 8, 2, 168, 32), (128, 8, 3, 200, 32),
+                                                     (64, 8, 3, 200, 32), (128, 4, 3, 200, 32), (128, 8, 2, 255, 64)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
     from test_gluon_decode import TOL, _check  # tests/ is on sys.path (pytest prepend import mode)

@@ -129,8 +129,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
     `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
-    stage during this one, 2 (default) the next tile's code bytes and norms loaded into registers during this one;
-    lut_maxnreg: its register cap per thread.
+    stage during this one, 2 (default) the next tile's code bytes and norms loaded into registers during this one,
+    3 the two next tiles'; lut_maxnreg: its register cap per thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
@@ -205,8 +205,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         raise ValueError(why)
     if warps not in (4, 8, 16):
         raise ValueError(f"lut_warps {warps}: takes 4, 8 or 16")
-    if pipe not in (0, 1, 2):
-        raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage) or 2 (registers)")
+    if pipe not in (0, 1, 2, 3):
+        raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, "
+                         "one tile ahead) or 3 (two tiles ahead)")
     if not 64 <= maxnreg <= 255:
         raise ValueError(f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread")
     if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg) < 1:
@@ -228,7 +229,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe == 2), W=warps, BN=block_n, NH=GLUON_ROWS,
+        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe >= 2), W=warps, BN=block_n, NH=GLUON_ROWS,
         BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg)

@@ -143,7 +143,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
     this tile is computed; 2 = the next tile's code bytes (int32 words in layouts KWORD / VWORD, `lut_layouts`)
-    and norms loaded into registers during this one; 0 = loaded from global memory at the tile's start."""
+    and norms loaded into registers during this one; 3 = as 2, two tiles ahead; 0 = loaded from global memory at
+    the tile's start."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -226,7 +227,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, NB)
 
-    if PIPE == 2:
+    if PIPE >= 2:
         # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
         # each (a uint8 tensor would take a register per byte)
         kwb = kbase.to(gl.pointer_type(gl.int32))
@@ -239,6 +240,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwhi = gl.minimum(vwlo + split, L)
         kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3,
                                             lo_r + tr, hi_r, NB // 4)
+        if PIPE == 3:  # and the tile after it
+            kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi,
+                                                kwc3, vwc3, lo_r + BN + tr, hi_r, NB // 4)
 
     for i in range(n_iter):
         t = i * BN
@@ -258,6 +262,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kn, vn = kn_n, vn_n
             kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + t + BN + kwt3, vwlo + t + BN + vwt3,
                                                 kwhi, vwhi, kwc3, vwc3, tok + BN, hi_r, NB // 4)
+        elif PIPE == 3:  # two tiles ahead
+            kc = _spread(kw_n, KLOAD)
+            vc = _spread(vw_n, VLOAD)
+            kn, vn = kn_n, vn_n
+            kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
+            kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + t + 2 * BN + kwt3,
+                                                vwlo + t + 2 * BN + vwt3, kwhi, vwhi, kwc3, vwc3, tok + 2 * BN, hi_r,
+                                                NB // 4)
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, NB)
