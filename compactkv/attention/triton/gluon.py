@@ -18,10 +18,11 @@ LUT_WARPS = 8  # warps (one split each) per program of the table kernel: H200 tu
 # with 4 (no prefetch, 128 registers; docs/kernels.md, session 9)
 LUT_TABLE_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of each row unused)
 LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
-LUT_PIPE = 2  # the table kernel loads the next tile's codes and norms into registers during this one (H200 turbo4,
-# 8 warps: B=8 T=32K 142.8 -> 136.2 us, B=1 T=128K 103.4 -> 87.0 us, B=8 T=128K 425.4 -> 428.9; session 10)
-LUT_MAXNREG = 168  # its registers per thread: the prefetch without spills, one 8-warp program per multiprocessor
-# (at 128 the prefetch spills; 4 warps x 3 programs at 168: B=8 T=32K 134.6 us, B=1 T=128K 92.2 us)
+LUT_PIPE = 3  # the table kernel loads the tiles two ahead (codes and norms) into registers (H200 turbo4, 8 warps,
+# 232 registers, vs one ahead at 168: B=8 T=32K 136.0 -> 130.2 us, B=8 T=128K 423.5 -> 401.3, B=1 T=128K 87.2 -> 85.1;
+# one ahead vs none: 142.8 -> 136.2, 425.4 -> 428.9, 103.4 -> 87.0; session 10, docs/kernels.md)
+LUT_MAXNREG = 232  # its registers per thread: the prefetch without spills (one 8-warp program per multiprocessor;
+# at 200 registers two-ahead gained nothing: 136.5 / 420.6 / 87.9 us)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -129,8 +130,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
     `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
-    stage during this one, 2 (default) the next tile's code bytes and norms loaded into registers during this one,
-    3 the two next tiles'; lut_maxnreg: its register cap per thread.
+    stage during this one, 2 the next tile's code bytes and norms loaded into registers during this one, 3
+    (default) the two next tiles'; lut_maxnreg: its register cap per thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
