@@ -250,3 +250,39 @@ def test_launch_options_out_of_range_are_refused_before_any_launch():
             launch_splits(q, tab, tab, lengths, pk, pk, chunk=64, max_len=64, tq=1, table_regs=bad)
     with pytest.raises(ValueError, match="not a multiple of the block"):
         launch_splits(q, tab, tab, lengths, pk, pk, chunk=100, max_len=64, tq=1)
+
+
+def test_a_cuda_layer_gets_its_encoder_at_its_first_update(monkeypatch):
+    """The attention package installs the cache layers' encoder factory: a layer's first update (before any
+    attention call) is encoded by the Triton encoder on CUDA, never on CPU or with COMPACTKV_BACKEND=torch."""
+    from compactkv.attention import dispatch
+    from compactkv.cache import layer as layer_mod
+
+    assert layer_mod._ENCODER_FOR is dispatch.encoder_for
+    cpu = TurboQuantLayer("turbo4", "turbo4", 64, scale_keys=False)
+    cpu.update(torch.randn(1, 2, 8, 64), torch.randn(1, 2, 8, 64))
+    assert cpu.encoder is None  # CPU: Codec.encode
+
+    class _CudaLike:  # what the factory reads of x
+        is_cuda = True
+
+    monkeypatch.setattr(dispatch, "_has_triton", lambda: True)
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    from compactkv.attention.triton.encode import layer_encoder
+    assert dispatch.encoder_for(_CudaLike()) is layer_encoder
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert dispatch.encoder_for(_CudaLike()) is None
+    monkeypatch.setattr(dispatch, "_has_triton", lambda: False)
+    monkeypatch.delenv(BACKEND_ENV)
+    assert dispatch.encoder_for(_CudaLike()) is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_layer_encodes_its_first_update_with_the_kernel(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    layer = TurboQuantLayer("turbo4", "turbo4", 128, scale_keys=False)
+    k, v = torch.randn(1, 2, 40, 128, device="cuda"), torch.randn(1, 2, 40, 128, device="cuda")
+    layer.update(k, v)
+    assert layer.encoder is not None and layer.n_compressed > 0
+    assert torch.equal(torch.cat(layer.chunks_v, -2).cpu(), layer.v_codec.encode(v[..., :layer.n_compressed, :].cpu()))

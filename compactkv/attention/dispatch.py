@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from ..cache.layer import set_encoder_factory
 from .reference import compressed_attention
 
 BACKENDS = ("auto", "torch", "triton")
@@ -48,6 +49,19 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
     if getattr(layer, "k_scale", None) is not None and not getattr(backend, "SUPPORTS_KEY_SCALE", False):
         return "the layer's keys are stored with a per-channel scale (scale_keys) the kernels do not apply"
     return backend.why_not_triton(layer, query, mask, softcap)
+
+
+def encoder_for(x: torch.Tensor):
+    """The encoder a TurboQuantLayer receiving x should use: the Triton one for CUDA tensors (when Triton imports
+    and COMPACTKV_BACKEND is not torch), else None (Codec.encode). Installed as the cache layers' encoder factory,
+    so a layer's first update is encoded by the kernel too, not only those after its first attention call."""
+    if not x.is_cuda or resolve_backend() == "torch" or not _has_triton():
+        return None
+    from .triton.encode import layer_encoder
+    return layer_encoder
+
+
+set_encoder_factory(encoder_for)
 
 
 def _install_encoder(layer) -> None:

@@ -18,6 +18,18 @@ from ..core.codec import Codec
 STORE_DTYPE = torch.float16  # sinks and recent window
 TAG = "_compactkv_layer"
 
+# encoder_for(x) -> an encoder for a layer whose first update brings x, or None: installed by the attention
+# package (compactkv.attention.dispatch, on CUDA the Triton encode kernel) so that the layer, which does not import
+# the attention backends, encodes its first update with it too (not with Codec.encode in torch ops and a device
+# sync per call). Configuration, not state: it holds no tensors and no per-cache data.
+_ENCODER_FOR = None
+
+
+def set_encoder_factory(encoder_for) -> None:
+    """Install encoder_for(x) -> encoder | None, asked at an update of a layer that has no encoder yet."""
+    global _ENCODER_FOR
+    _ENCODER_FOR = encoder_for
+
 
 class TurboQuantLayer(CacheLayerMixin):
     """Compressed KV storage for one attention layer. K and V kinds may differ."""
@@ -87,6 +99,8 @@ class TurboQuantLayer(CacheLayerMixin):
         """Store new tokens [B, H, T, D]; returns them tagged with this layer for the compactkv attention."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.encoder is None and _ENCODER_FOR is not None:
+            self.encoder = _ENCODER_FOR(key_states)
         self.check_pending()  # an earlier update nobody verified (one sync): it is checked before this one
         before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v),
                       backend_state=dict(self.backend_state))
