@@ -217,7 +217,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     vhi = gl.minimum(vlo + split, L)
     klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
-    # PIPE 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
+    # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
     ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
 
