@@ -67,7 +67,7 @@ def test_lut_unsupported_reasons():
 @pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 4, 0, 128), (64, 8, 0, 128), (128, 4, 0, 128),
                                                   (128, 8, 0, 128), (128, 16, 0, 128), (128, 16, 1, 128),
                                                   (64, 4, 2, 168), (128, 4, 2, 168), (128, 8, 2, 168),
-                                                  (128, 8, 3, 200)])
+                                                  (128, 8, 3, 200), (128, 8, 3, 232), (64, 8, 3, 232)])
 def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
