@@ -12,6 +12,7 @@
 #   bash scripts/gpu_batch.sh ncu-gluon # what limits the Gluon kernel: pipes, stalls (B=8 T=32K), kernels of a B=1 step
 #   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
 #   bash scripts/gpu_batch.sh defaults  # the default table build's tests, e2e B=8 T=32K (graphs), dynamic TTFT, kernels
+#   bash scripts/gpu_batch.sh lut-turbo2  # the turbo2 table kernel's tests, then it vs the Gluon kernel (turbo2 sweep)
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -121,6 +122,15 @@ defaults)
         --contexts 32768,131072 --kinds turbo4 > "$OUT/kernels.txt" 2>&1
     tail -16 "$OUT/kernels.txt"
     ;;
+lut-turbo2)
+    python -m pytest -q -p no:warnings -k "turbo2" tests/test_lut_decode.py > "$OUT/pytest_lut2.txt" 2>&1
+    grep -E "^FAILED|passed|failed|error" "$OUT/pytest_lut2.txt" | tail -8
+    default='[{"gluon": true}, {"gluon": true, "lut": true}, {"gluon": true, "lut": true, "lut_warps": 4, "lut_maxnreg": 200},
+        {"gluon": true, "lut": true, "lut_pipe": 2, "lut_maxnreg": 168}, {"gluon": true, "lut": true, "lut_pipe": 0, "lut_maxnreg": 128}]'
+    python scripts/decode_sweep.py --json "$OUT/sweep-lut-turbo2.json" --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" \
+        --kinds turbo2 --head-dim 128 --variants "${VARIANTS:-$default}" > "$OUT/sweep-lut-turbo2.txt" 2>&1
+    tail -24 "$OUT/sweep-lut-turbo2.txt"
+    ;;
 pipeline)
     python -m pytest -q -p no:warnings -k prefetch tests/test_gluon_decode.py > "$OUT/pytest_gluon_a.txt" 2>&1 &
     python -m pytest -q -p no:warnings -k ragged tests/test_gluon_decode.py > "$OUT/pytest_gluon_b.txt" 2>&1 &
@@ -138,7 +148,7 @@ pipeline)
     tail -80 "$OUT/sweep-pipeline.txt"
     ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults|lut-turbo2" >&2
     exit 2
     ;;
 esac

@@ -99,17 +99,18 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
-    if kind != "turbo4" or (v_kind or kind) != "turbo4":
-        raise ValueError("the table kernel reads turbo4 K and V codes only")
+    if kind not in ("turbo4", "turbo2") or (v_kind or kind) != kind:
+        raise ValueError("the table kernel reads turbo4 or turbo2 K and V codes (the same kind) only")
+    bits = int(kind[-1])
     f32, u8 = torch.empty(64, dtype=torch.float32), torch.empty(64, dtype=torch.uint8)
     f16, i32 = torch.empty(64, dtype=torch.float16), torch.empty(8, dtype=torch.int32)
-    t, nb = 32768, d // 2
+    t, nb = 32768, d * bits // 8
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t)
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
-    const = dict(D=d, ASM=lut_asm(pipe >= 2), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload,
-                 PIPE=pipe, KWORD=kword, VWORD=vword)
+    const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload,
+                 VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

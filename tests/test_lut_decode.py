@@ -18,59 +18,70 @@ def _half(x: int) -> float:
     return struct.unpack("<e", struct.pack("<H", x & 0xFFFF))[0]
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_table_decoder_emulated(d):
+@pytest.mark.parametrize("d,bits", [(64, 4), (128, 4), (128, 2)])
+def test_table_decoder_emulated(d, bits):
     """Every code byte through the inline PTX (addresses, shared reads, half pairing) at every lane and a table base
-    away from 0: part p of element k = centroid of code p of byte k, for the lane's own copy."""
+    away from 0: part p of element k = centroid of code p of byte k, for the lane's own copy; the same with the
+    bytes taken from words (lut_pipe >= 2) at random places."""
     from compactkv.attention.triton.fastasm import fp16_bits, run_asm
     from compactkv.attention.triton.gluon import lut_words
     from compactkv.attention.triton.kernels_lut import lut_asm
-    u = fp16_bits(d, 4)
-    words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu")).tolist()]
+    parts = 8 // bits
+    entry = 4 * parts // 2  # bytes per table entry: 4 (turbo4), 8 (turbo2)
+    u = fp16_bits(d, bits)
+    words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), bits).tolist()]
     base = 1 << 16
+    i0 = 2 * parts  # first input operand after the outputs
     gen = torch.Generator().manual_seed(0)
     for lane in (0, 1, 17, 31):
         # each lane's copy only: a read of another lane's column would find a wrong value
-        shared = {base + e * 256 + 4 * lane: words[e] for e in range(256)}
+        shared = {base + e * 256 + entry * lane + 4 * i: words[e * (entry // 4) + i]
+                  for e in range(256) for i in range(entry // 4)}
         for e0 in range(0, 256, 4):
             codes = [e0, (e0 + 1) % 256, (e0 + 2) % 256, (e0 + 3) % 256]
             codes = [int(x) for x in torch.randperm(256, generator=gen)[:4]] if e0 % 16 else codes
-            regs = {"$4": int.from_bytes(bytes(codes), "little"), **{f"${5 + i}": 4 * lane for i in range(4)}}
-            outs = [run_asm(lut_asm(), regs, shared, smem_base=base)]
-            # words (lut_pipe=2): byte k in place pk of word $4+k among random bytes, selector 0x7604 + 16 pk
-            wregs = {f"${8 + i}": 4 * lane for i in range(4)}
+            regs = {f"${i0}": int.from_bytes(bytes(codes), "little"),
+                    **{f"${i0 + 1 + i}": entry * lane for i in range(4)}}
+            outs = [run_asm(lut_asm(bits=bits), regs, shared, smem_base=base)]
+            # words (lut_pipe >= 2): byte k in place pk of word k among random bytes, selector 0x7604 + 16 pk
+            wregs = {f"${i0 + 4 + i}": entry * lane for i in range(4)}
             for k, c in enumerate(codes):
                 word = bytearray(torch.randint(0, 256, (4,), generator=gen).tolist())
                 pk = int(torch.randint(0, 4, (1,), generator=gen))
                 word[pk] = c
-                wregs[f"${4 + k}"], wregs[f"${12 + k}"] = int.from_bytes(word, "little"), 0x7604 + 16 * pk
-            outs.append(run_asm(lut_asm(words=True), wregs, shared, smem_base=base))
+                wregs[f"${i0 + k}"], wregs[f"${i0 + 8 + k}"] = int.from_bytes(word, "little"), 0x7604 + 16 * pk
+            outs.append(run_asm(lut_asm(words=True, bits=bits), wregs, shared, smem_base=base))
             for out in outs:
-                for p in range(2):
+                for p in range(parts):
                     got = [out[f"${2 * p}"] & 0xFFFF, out[f"${2 * p}"] >> 16, out[f"${2 * p + 1}"] & 0xFFFF,
                            out[f"${2 * p + 1}"] >> 16]
-                    want = [u[(c >> (4 * p)) & 15] for c in codes]
+                    want = [u[(c >> (bits * p)) & ((1 << bits) - 1)] for c in codes]
                     assert got == want, (lane, codes, p)
-    assert _half(u[0]) < 0 < _half(u[15])
+    assert _half(u[0]) < 0 < _half(u[-1])
 
 
 def test_lut_unsupported_reasons():
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import lut_unsupported
     t4, t2 = packed_kind(Codec("turbo4", 128)), packed_kind(Codec("turbo2", 128))
-    assert lut_unsupported(t4, t4) is None
+    assert lut_unsupported(t4, t4) is None and lut_unsupported(t2, t2) is None
     assert "turbo4" in lut_unsupported(t4, t2)
+    assert "turbo2" in lut_unsupported(packed_kind(Codec("turbo3", 128)), packed_kind(Codec("turbo3", 128)))
     t4_256 = packed_kind(Codec("turbo4", 256))
     assert "head_dim" in lut_unsupported(t4_256, t4_256)
+    t2_64 = packed_kind(Codec("turbo2", 64))
+    assert "128 for turbo2" in lut_unsupported(t2_64, t2_64)
 
 
-@pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 4, 0, 128), (64, 8, 0, 128), (128, 4, 0, 128),
-                                                  (128, 8, 0, 128), (128, 16, 0, 128), (128, 16, 1, 128),
-                                                  (64, 4, 2, 168), (128, 4, 2, 168), (128, 8, 2, 168),
-                                                  (128, 8, 3, 200), (128, 8, 3, 232), (64, 8, 3, 232)])
-def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
+@pytest.mark.parametrize("kind,d,warps,pipe,maxnreg", [
+    ("turbo4", 64, 4, 0, 128), ("turbo4", 64, 8, 0, 128), ("turbo4", 128, 4, 0, 128), ("turbo4", 128, 8, 0, 128),
+    ("turbo4", 128, 16, 0, 128), ("turbo4", 128, 16, 1, 128), ("turbo4", 64, 4, 2, 168), ("turbo4", 128, 4, 2, 168),
+    ("turbo4", 128, 8, 2, 168), ("turbo4", 128, 8, 3, 200), ("turbo4", 128, 8, 3, 232), ("turbo4", 64, 8, 3, 232),
+    ("turbo2", 128, 8, 3, 232), ("turbo2", 128, 4, 3, 200)])
+def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
-    its start), one shared read per code byte in the loop, about two prmt per byte and no other integer decoder."""
+    its start), one shared read per code byte in the loop, two prmt per byte and part pair (turbo4: 2, turbo2: 3)
+    and no other integer decoder."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -78,11 +89,12 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
     from compactkv.attention.triton.gluon import lut_smem
-    s = sass_decode.summary("turbo4", lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg)
+    s = sass_decode.summary(kind, lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg)
     ops = s["ops"]
     assert ops["LDL"] + ops["STL"] <= (2 if pipe >= 2 else 0)
     assert s["shared"] == lut_smem(warps, d, pipe) == 256 * 256 + (pipe == 1) * warps * 32 * d
-    bytes_per_tile = 32 * d // 2 * 2 // 32  # K and V code bytes of a 32-token tile per lane
+    bits = int(kind[-1])
+    bytes_per_tile = 32 * (d * bits // 8) * 2 // 32  # K and V code bytes of a 32-token tile per lane
     # one table read per code byte, plus (pipe 1) the tile's 128 bytes per lane read back from the stages
     if pipe == 1:
         assert bytes_per_tile + 12 <= ops["LDS"] <= bytes_per_tile + 16
@@ -90,7 +102,9 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
         assert ops["LDS"] == bytes_per_tile
     assert ops["HMMA"] > 0
     assert ops["LDGSTS"] > 0 if pipe == 1 else ops["LDGSTS"] == 0
-    assert ops["PRMT"] <= 2.5 * bytes_per_tile and ops["LOP3"] <= 8 and ops["SHF"] <= 8  # no bit-twiddling decoder
+    prmt_per_byte = 1 + (8 // bits) // 2  # the address, then one per pair of parts (per 2 bytes: 2 per part)
+    assert ops["PRMT"] <= (prmt_per_byte + 0.5) * bytes_per_tile
+    assert ops["LOP3"] <= 8 and ops["SHF"] <= 8  # no bit-twiddling decoder
 
 
 @cuda
@@ -104,12 +118,35 @@ def test_table_kernel_compiles_for_sm90(d, warps, pipe, maxnreg):
                                                      (128, 8, 3, 232, 32), (64, 8, 3, 232, 32)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
+    _check_table("turbo4", d, warps, pipe, maxnreg, bn, g)
+
+
+def _check_table(kind, d, warps, pipe, maxnreg, bn, g):
     from test_gluon_decode import TOL, _check  # tests/ is on sys.path (pytest prepend import mode)
     kw = dict(lut=True, lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, block_n=bn)
     # ragged rows: not multiples of the tile, shorter than a tile, empty warps' splits (num_splits > tiles)
-    assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], **kw) < TOL
-    assert _check("turbo4", "turbo4", d, g, [3001, 100, 3, 1], num_splits=warps, **kw) < TOL
-    assert _check("turbo4", "turbo4", d, g, [200, 5], num_splits=8 * warps, **kw) < TOL
+    assert _check(kind, kind, d, g, [777, 130, 3, 64], **kw) < TOL
+    assert _check(kind, kind, d, g, [3001, 100, 3, 1], num_splits=warps, **kw) < TOL
+    assert _check(kind, kind, d, g, [200, 5], num_splits=8 * warps, **kw) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 200), (8, 2, 168), (8, 0, 128), (16, 0, 128)])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_turbo2_table_kernel_vs_float64(warps, pipe, maxnreg, g):
+    """turbo2 K and V at head_dim 128 (8-byte table entries, 4 parts per byte); opt-in (`lut=True`)."""
+    _check_table("turbo2", 128, warps, pipe, maxnreg, 32, g)
+
+
+def test_turbo2_table_kernel_refuses_the_cp_async_stage(monkeypatch):
+    from compactkv.attention.triton import gluon
+    from compactkv.attention.triton.decode import packed_kind
+    t2 = packed_kind(Codec("turbo2", 128))
+    q = torch.zeros(1, 1, 4, 128)
+    with pytest.raises(ValueError, match="lut_pipe=1"):
+        gluon._launch_lut(q, None, None, None, None, None, t2, t2, max_len=64, num_splits=None, block_n=32,
+                          warps=16, pipe=1)
 
 
 def test_lut_splits_fill_one_wave(monkeypatch):

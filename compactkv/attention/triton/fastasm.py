@@ -156,6 +156,12 @@ def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None
         if not line or line in "{}" or line.startswith(".reg"):
             continue
         op, rest = line.split(None, 1)
+        if op == "ld.shared.v2.b32":  # {lo, hi}, [addr]: two consecutive words
+            dst, addr = rest.split("}")
+            lo, hi = (x.strip() for x in dst.strip("{ ").split(","))
+            a = val(addr.strip(" ,[]"))
+            r[lo], r[hi] = shared[a] & M, shared[a + 4] & M
+            continue
         args = [a.strip() for a in rest.split(",")]
         d = args[0]
         if op == "ld.shared.b32":

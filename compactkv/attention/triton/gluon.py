@@ -74,25 +74,36 @@ def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON
 
 def lut_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
     """Why the table kernel (kernels_lut) cannot decode this K/V pair, or None."""
-    if (k_kind.family, k_kind.bits, v_kind.family, v_kind.bits) != (FAMILY_MSE, 4, FAMILY_MSE, 4):
-        return "the table kernel reads turbo4 K and V codes only"
-    if k_kind.head_dim != v_kind.head_dim or k_kind.head_dim not in (64, 128):
-        return f"head_dim {k_kind.head_dim}/{v_kind.head_dim}: the table kernel takes 64 or 128 (same for K and V)"
+    pair = (k_kind.family, k_kind.bits, v_kind.family, v_kind.bits)
+    if pair not in ((FAMILY_MSE, 4, FAMILY_MSE, 4), (FAMILY_MSE, 2, FAMILY_MSE, 2)):
+        return "the table kernel reads turbo4 K and V codes, or turbo2 K and V codes"
+    dims = (64, 128) if k_kind.bits == 4 else (128,)
+    if k_kind.head_dim != v_kind.head_dim or k_kind.head_dim not in dims:
+        return (f"head_dim {k_kind.head_dim}/{v_kind.head_dim}: the table kernel takes "
+                f"{' or '.join(map(str, dims))} for {k_kind.kind} (same for K and V)")
     return None
 
 
 def lut_default(k_kind: PackedKind, v_kind: PackedKind) -> bool:
     """The table kernel by default where it was timed faster: turbo4 K and V at head_dim 128 (H200, CUDA graphs,
     against the Gluon kernel: B=8 T=32K 143.1 vs 157.6 us, T=128K 417.7 vs 483.9, B=1 T=32K 46.1 vs 52.3, B=1
-    T=128K 103.2 vs 102.2). head_dim 64 is tested, not timed."""
-    return lut_unsupported(k_kind, v_kind) is None and k_kind.head_dim == 128
+    T=128K 103.2 vs 102.2). head_dim 64 and turbo2 are tested, not timed (`lut=True` asks for them)."""
+    return lut_unsupported(k_kind, v_kind) is None and k_kind.bits == 4 and k_kind.head_dim == 128
 
 
 @functools.lru_cache(maxsize=8)
-def lut_words(head_dim: int, device: torch.device) -> torch.Tensor:
-    """int32 [256]: entry e = half2 (c[e & 15], c[e >> 4]) of the turbo4 codebook's fp16 centroids."""
-    u = fp16_bits(head_dim, 4)
-    w = [u[e & 15] | (u[e >> 4] << 16) for e in range(256)]
+def lut_words(head_dim: int, device: torch.device, bits: int = 4) -> torch.Tensor:
+    """The table kernel's entries as int32 words. bits 4: [256], entry e = half2 (c[e & 15], c[e >> 4]) of the
+    turbo4 codebook's fp16 centroids; bits 2: [512], entry e = half2 (c[e & 3], c[(e >> 2) & 3]) at 2 e and half2
+    (c[(e >> 4) & 3], c[e >> 6]) at 2 e + 1 (part p = code bits [2 p, 2 p + 2))."""
+    u = fp16_bits(head_dim, bits)
+    if bits == 4:
+        w = [u[e & 15] | (u[e >> 4] << 16) for e in range(256)]
+    elif bits == 2:
+        w = [x for e in range(256) for x in (u[e & 3] | (u[(e >> 2) & 3] << 16),
+                                              u[(e >> 4) & 3] | (u[e >> 6] << 16))]
+    else:
+        raise ValueError(f"bits {bits}: the table kernel takes turbo4 or turbo2 codes")
     return torch.tensor([x - (1 << 32) if x >= 1 << 31 else x for x in w], dtype=torch.int32, device=device)
 
 
@@ -128,7 +139,8 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
-    table kernel instead (kernels_lut; turbo4 K and V, head_dim 64/128; `lut_warps` splits per program; default:
+    table kernel instead (kernels_lut; turbo4 K and V at head_dim 64/128, turbo2 K and V at 128; `lut_warps` splits
+    per program; default:
     `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
     stage during this one, 2 the next tile's code bytes and norms loaded into registers during this one, 3
     (default) the two next tiles'; lut_maxnreg: its register cap per thread.
@@ -209,6 +221,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if pipe not in (0, 1, 2, 3):
         raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, "
                          "one tile ahead) or 3 (two tiles ahead)")
+    if pipe == 1 and k_kind.bits != 4:
+        raise ValueError("lut_pipe=1 (the cp.async stage) takes turbo4 codes only; turbo2 takes 0, 2 or 3")
     if not 64 <= maxnreg <= 255:
         raise ValueError(f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread")
     if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg) < 1:
@@ -226,14 +240,15 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     block_m = 16
     o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
-    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 2, words=True)
+    bits = k_kind.bits
+    kload, vload, kword, vword = lut_layouts(warps, block_n, d * bits // 8, words=True)
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
-        q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device), h, g, num_splits,
+        q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe >= 2), W=warps, BN=block_n, NH=GLUON_ROWS,
-        BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
-        VWORD=vword, num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg)
+        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
+        VWORD=vword, BITS=bits, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n)
         if kernel.metadata.shared != want:

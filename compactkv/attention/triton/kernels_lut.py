@@ -1,4 +1,5 @@
-"""Decode attention over planar turbo4 codes with a shared-memory lookup table (Gluon), W warps per program.
+"""Decode attention over planar turbo4 (or turbo2) codes with a shared-memory lookup table (Gluon), W warps per
+program.
 
 The Gluon kernel (kernels_gluon.py) is bound by the integer pipe: its prmt decoders take ~19 instructions per 4
 code bytes (docs/kernels.md, session 9). Here a code byte is decoded by one table read instead: a 256-entry
@@ -16,6 +17,10 @@ tile is decoded. They travel as int32 words: a loop-carried uint8 tensor takes a
 then takes each byte from its word with a prmt selector (a constant per register) in the same prmt that forms
 its table address, so the words cost no extra instruction.
 
+turbo2 (BITS 2, opt-in): a byte holds 4 codes, so an entry is 8 bytes (parts 0,1 | parts 2,3), read with one
+ld.shared.v2 per byte (entry e of lane l at byte 256 e + 8 l: a warp's read is 256 bytes, two conflict-free
+wavefronts), and each of the 4 parts is its own operand and accumulator, as in the Gluon kernel.
+
 The table must sit at the start of the program's shared memory (the decoder addresses it from `global_smem`):
 the launcher checks that the compiled kernel uses exactly the table's 64 KB (no other shared buffer).
 """
@@ -29,16 +34,29 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from .kernels_gluon import split_rule
 
 
-def lut_asm(words: bool = False) -> str:
-    """pack=4 decoder: $4 = 4 code bytes, $5.. = the lane's byte offset (4 * lane); words: $4..$7 = the int32
-    words holding the 4 code bytes, $8.. = the lane's byte offset, $12..$15 = the prmt selectors that take each
-    byte from its word. $0/$1 = part 0 of elements 0,1 / 2,3 (low nibbles), $2/$3 = part 1 (high nibbles)."""
-    lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
+def lut_asm(words: bool = False, bits: int = 4) -> str:
+    """pack=4 decoder of P = 8 / bits parts: outputs first ($0, $1 = part 0 of elements 0,1 / 2,3; $2, $3 = part 1;
+    ... part p holds code p of each byte, bits [bits p, bits p + bits)), then inputs from $2P: the 4 code bytes
+    (words: the 4 int32 words holding them), then the lane's byte offset (entry bytes x lane), with words the 4
+    prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]), one
+    ld.shared.b32 per byte; turbo2 entries 8 bytes (parts 0,1 | parts 2,3), one ld.shared.v2.b32."""
+    parts = 8 // bits
+    i0 = 2 * parts  # first input operand
+    if words:
+        addr = [f"${i0 + k}, ${i0 + 4}, ${i0 + 8 + k}" for k in range(4)]
+    else:
+        addr = [f"${i0}, ${i0 + 1}, {0x7604 + 16 * k:#x}" for k in range(4)]
+    regs = [f"l{k}" for k in range(4)] + ([f"h{k}" for k in range(4)] if parts == 4 else [])
+    lines = ["{", f".reg .b32 b, a, {', '.join(regs)};", "mov.u32 b, global_smem;"]
     for k in range(4):
-        prmt = f"${4 + k}, $8, ${12 + k}" if words else f"$4, $5, {0x7604 + 16 * k:#x}"
-        lines += [f"prmt.b32 a, {prmt};", "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
-    lines += ["prmt.b32 $0, l0, l1, 0x5410;", "prmt.b32 $2, l0, l1, 0x7632;",
-              "prmt.b32 $1, l2, l3, 0x5410;", "prmt.b32 $3, l2, l3, 0x7632;", "}"]
+        load = f"ld.shared.b32 l{k}, [a];" if parts == 2 else f"ld.shared.v2.b32 {{l{k}, h{k}}}, [a];"
+        lines += [f"prmt.b32 a, {addr[k]};", "add.u32 a, a, b;", load]
+    for x, y, half in ((0, 1, 0), (2, 3, 1)):  # elements x, y -> the half-th register of each part
+        for p in range(parts):
+            src = "l" if p < 2 else "h"
+            sel = "0x5410" if p % 2 == 0 else "0x7632"
+            lines.append(f"prmt.b32 ${2 * p + half}, {src}{x}, {src}{y}, {sel};")
+    lines.append("}")
     return "\n".join(lines)
 
 
@@ -56,13 +74,25 @@ def _keep(x):
 
 @gluon.jit
 def _decode_lut(codes, lofs, sel, ASM: gl.constexpr):
-    """codes: uint8 (4 per input register), or int32 (lut_asm(words=True)): each element the word holding its code
-    byte, sel its prmt selector (0x7604 + 16 * the byte's place in the word)."""
+    """turbo4: (part 0, part 1) of the codes. codes: uint8 (4 per input register), or int32 (lut_asm(words=True)):
+    each element the word holding its code byte, sel its prmt selector (0x7604 + 16 * the byte's place in the
+    word)."""
     if codes.dtype == gl.int32:
         return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 12, [codes, lofs, sel],
                                          dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
     return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [codes, lofs],
                                      dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
+
+
+@gluon.jit
+def _decode_lut4(codes, lofs, sel, ASM: gl.constexpr):
+    """turbo2: parts 0..3 of the codes (inputs as `_decode_lut`)."""
+    if codes.dtype == gl.int32:
+        return gl.inline_asm_elementwise(ASM, "=r" + ",=r" * 7 + ",r" * 12, [codes, lofs, sel],
+                                         dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True,
+                                         pack=4)
+    return gl.inline_asm_elementwise(ASM, "=r" + ",=r" * 7 + ",r" * 5, [codes, lofs],
+                                     dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4)
 
 
 @gluon.jit
@@ -144,19 +174,21 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
-                      KWORD: gl.constexpr = None, VWORD: gl.constexpr = None):
+                      KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
     this tile is computed; 2 = the next tile's code bytes (int32 words in layouts KWORD / VWORD, `lut_layouts`)
     and norms loaded into registers during this one; 3 = as 2, two tiles ahead; 0 = loaded from global memory at
-    the tile's start."""
+    the tile's start. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]) or 2 (turbo2, lut_ptr int32 [512]: entry e's
+    two words at 2 e, 2 e + 1; 4 parts per byte, each its own operand and accumulator)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
-    NB: gl.constexpr = D // 2  # code bytes per row (4 bits)
+    P: gl.constexpr = 8 // BITS  # codes (parts) per byte
+    NB: gl.constexpr = D * BITS // 8  # code bytes per row
     WK: gl.constexpr = NB // 4
     WV: gl.constexpr = NB // 8
 
@@ -167,7 +199,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     SROWS: gl.constexpr = W * BN * NB // 256  # rows of one stage (K or V)
     e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
     j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
-    words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
+    if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
+        words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
+    else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
+        words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
     if PIPE == 1:
         lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
         lut.slice(0, 256, dim=0).store(words)
@@ -192,7 +227,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
     nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
     sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-    qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(2 * sq, 1)
+    qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(P * sq, 1)
     qmask = gl.expand_dims(nq < MQ, 0)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
@@ -200,9 +235,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     q1 = gl.load(qp + 1, mask=qmask, other=0.0).to(gl.float16)
     q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
     q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
+    if P == 4:
+        q2 = gl.expand_dims(gl.load(qp + 2, mask=qmask, other=0.0).to(gl.float16), 0) + zero_w.to(gl.float16)
+        q3 = gl.expand_dims(gl.load(qp + 3, mask=qmask, other=0.0).to(gl.float16), 0) + zero_w.to(gl.float16)
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
+    if P == 4:
+        a2 = gl.zeros([W, NB, NH], gl.float32, MMA)
+        a3 = gl.zeros([W, NB, NH], gl.float32, MMA)
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
@@ -223,6 +264,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     vhi = gl.minimum(vlo + split, L)
     klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
+    if P == 4:  # 8-byte entries
+        klofs = klofs * 2
+        vlofs = vlofs * 2
     # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
     ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
@@ -279,9 +323,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, NB)
-        k0, k1 = _decode_lut(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
+        if P == 2:
+            k0, k1 = _decode_lut(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
+        else:
+            k0, k1, k2, k3 = _decode_lut4(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
         s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s = mma_v2(k1, q1, s)
+        if P == 4:
+            s = mma_v2(k2, q2, s)
+            s = mma_v2(k3, q3, s)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, NB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
@@ -294,22 +344,34 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         sc = gl.expand_dims(alpha, 1)
         a0 = a0 * sc
         a1 = a1 * sc
+        if P == 4:
+            a2 = a2 * sc
+            a3 = a3 * sc
         m_i = m_new
         pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-        v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
+        if P == 2:
+            v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
+        else:
+            v0, v1, v2, v3 = _decode_lut4(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
         a0 = mma_v2(v0, pv, a0)
         a1 = mma_v2(v1, pv, a1)
+        if P == 4:
+            a2 = mma_v2(v2, pv, a2)
+            a3 = mma_v2(v3, pv, a3)
 
     # partials: split W * pid + w, rows >= MQ never read
     base = bh * num_splits + pid * W + gl.arange(0, W, layout=gl.SliceLayout(1, COLS))
     no = gl.arange(0, NH, layout=gl.SliceLayout(0, COLS))
     orow = (gl.expand_dims(base, 1) * BLOCK_M + gl.expand_dims(no, 0)).to(gl.int64)  # [W, NH]
     mo = gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(2, MMA)))
-    dim = 2 * ((mo % 8) * WV + mo // 8)
+    dim = P * ((mo % 8) * WV + mo // 8)
     op = o_ptr + gl.expand_dims(orow, 1) * D + gl.expand_dims(gl.expand_dims(dim, 0), 2)
     gl.store(op, a0)
     gl.store(op + 1, a1)
+    if P == 4:
+        gl.store(op + 2, a2)
+        gl.store(op + 3, a3)
     mlp = ml_ptr + gl.expand_dims(base, 1) * (2 * BLOCK_M) + gl.expand_dims(no, 0)
     gl.store(mlp, m_i)
     gl.store(mlp + BLOCK_M, l_i)
