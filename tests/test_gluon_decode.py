@@ -131,3 +131,15 @@ def test_planar_encode_bit_identical_to_cpu(kind, d):
     assert torch.equal(planes_to_rows(codes[0, :, :5], norms[0, :, :5]).cpu(), want[0])
     assert torch.equal(planes_to_rows(codes[1, :, 4:9], norms[1, :, 4:9]).cpu(), want[1])
     assert not codes[0, :, 5:].any() and not norms[1, :, :4].any()  # nothing written outside the positions
+
+
+def test_gluon_kernels_are_offered_on_sm80_or_newer_cuda_devices_only(monkeypatch):
+    """mma.m16n8k16 and cp.async need compute capability 8.0: older cards keep row storage (make_static_cache) and
+    the row kernels (backend), with the reason given."""
+    from compactkv.attention.triton import gluon
+    assert "CUDA" in gluon.gluon_device_error("cpu")
+    for cap, ok in [((7, 5), False), ((8, 0), True), ((8, 9), True), ((9, 0), True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=cap: c)
+        why = gluon.gluon_device_error("cuda:0")
+        assert (why is None) == ok and (ok or "7.5" in why)
+        assert gluon.gluon_usable("cuda:0") == (ok and gluon.gluon_usable())

@@ -40,9 +40,9 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
             from ..attention.triton.encode import encode_into
             from ..attention.triton.gluon import gluon_usable
         except ImportError:  # no triton: Codec.encode (eager only), rows
-            encode_into, gluon_usable = None, lambda: False
+            encode_into, gluon_usable = None, lambda device=None: False
         encode = encode_into
-        planar = None if gluon_usable() else False  # planes only where the Gluon kernel can read them
+        planar = None if gluon_usable(device) else False  # planes only where the Gluon kernel can read them
     return StaticTurboQuantCache(model.config, k, v, batch_size=batch_size, max_cache_len=max_cache_len,
                                  device=device, encode=encode, planar=planar)
 

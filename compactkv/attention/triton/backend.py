@@ -17,7 +17,7 @@ import torch
 
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, query_key_map,
                      unsupported)
-from .gluon import gluon_unsupported, launch_gluon
+from .gluon import gluon_device_error, gluon_unsupported, launch_gluon
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -131,6 +131,8 @@ def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
     if planes is None or bias is not None:
         return None
     if gluon_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq) is not None:
+        return None
+    if gluon_device_error(planes[0].device) is not None:
         return None
     return planes
 

@@ -36,9 +36,22 @@ def _gluon_import_error() -> str | None:
     return None
 
 
-def gluon_usable() -> bool:
-    """True when Triton's Gluon dialect imports here (the kernel module loads)."""
-    return _gluon_import_error() is None
+def gluon_device_error(device) -> str | None:
+    """Why the Gluon kernels cannot run on `device`, or None: they use sm_80 tensor-core instructions
+    (mma.m16n8k16, cp.async) and up to 64 KB of shared memory per program."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the Gluon kernels run on CUDA devices, not {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        return f"compute capability {major}.{minor}: the Gluon kernels need 8.0 or newer"
+    return None
+
+
+def gluon_usable(device=None) -> bool:
+    """True when Triton's Gluon dialect imports here (the kernel module loads) and, given a device, the kernels can
+    run on it (`gluon_device_error`)."""
+    return _gluon_import_error() is None and (device is None or gluon_device_error(device) is None)
 
 
 def gluon_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int = 1) -> str | None:
