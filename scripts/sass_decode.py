@@ -71,7 +71,7 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
                 signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5,
                 norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
-                 HAS_POS=False, BLOCK_R=block_rows)
+                 HAS_POS=False, BLOCK_R=block_rows, PLANAR=False)
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
