@@ -95,7 +95,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None):
-    """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4 planes."""
+    """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4 or turbo2 planes."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gluon", action="store_true",
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
-                    help="the shared-memory table kernel (turbo4; --warps splits per program, default 4)")
+                    help="the shared-memory table kernel (turbo4 or turbo2; --warps splits per program, default 4)")
     ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead)")
