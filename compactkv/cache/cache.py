@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from transformers.cache_utils import Cache
 
 from .config import CacheConfig
-from .layer import TurboQuantLayer
+from .layer import TurboQuantLayer, check_pending_updates
 
 ATTN_IMPLEMENTATION = "compactkv"
 _KV_TYPES = ("full_attention", "sliding_attention")
@@ -107,18 +106,7 @@ class TurboQuantCache(Cache):
         check, per layer it cost a sync per layer and chunk: docs/performance.md, session 10). If any held
         non-finite rows, every pending update is undone, so the cache is as it was before the forward pass, and
         ValueError is raised."""
-        pending = [(layer, layer.pending_flag()) for layer in self.layers]
-        pending = [(layer, flag) for layer, flag in pending if flag is not None]
-        if not pending:
-            return
-        if bool(torch.stack([flag.to(pending[0][1].device) for _, flag in pending]).all()):
-            for layer, _ in pending:
-                layer.accept_pending()
-            return
-        for layer, _ in pending:
-            layer.rollback_pending()
-        raise ValueError(getattr(pending[0][0].encoder, "MESSAGE", "input contains NaN or Inf") +
-                         " (the cache is as it was before this forward pass)")
+        check_pending_updates(self.layers, " (the cache is as it was before this forward pass)")
 
     @property
     def layer_kinds(self) -> list[tuple[str, str]]:

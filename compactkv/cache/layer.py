@@ -316,14 +316,7 @@ class TurboQuantLayer(CacheLayerMixin):
     def check_pending(self) -> None:
         """Verify the pending update now (one device sync): ValueError, with the update undone, if it held
         non-finite rows."""
-        flag = self.pending_flag()
-        if flag is None:
-            return
-        if bool(flag):
-            self.accept_pending()
-            return
-        self.rollback_pending()
-        raise ValueError(getattr(self.encoder, "MESSAGE", "input contains NaN or Inf"))
+        check_pending_updates([self])
 
     def stored_length(self) -> int:
         """Tokens physically held (sinks + compressed + recent)."""
@@ -469,3 +462,19 @@ def _crop_chunks(chunks: list[torch.Tensor], n: int) -> list[torch.Tensor]:
 
 def _storage_bytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
+
+
+def check_pending_updates(layers, note: str = "") -> None:
+    """Verify the unchecked updates of `layers` (`TurboQuantLayer.defer_check`) with one device sync. If any held
+    non-finite rows, every pending update is undone and ValueError (the encoder's message + note) is raised."""
+    pending = [(layer, layer.pending_flag()) for layer in layers]
+    pending = [(layer, flag) for layer, flag in pending if flag is not None]
+    if not pending:
+        return
+    if bool(torch.stack([flag.to(pending[0][1].device) for _, flag in pending]).all()):
+        for layer, _ in pending:
+            layer.accept_pending()
+        return
+    for layer, _ in pending:
+        layer.rollback_pending()
+    raise ValueError(getattr(pending[0][0].encoder, "MESSAGE", "input contains NaN or Inf") + note)
