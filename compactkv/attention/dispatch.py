@@ -51,11 +51,12 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
     return backend.why_not_triton(layer, query, mask, softcap)
 
 
-def encoder_for(x: torch.Tensor):
-    """The encoder a TurboQuantLayer receiving x should use: the Triton one for CUDA tensors (when Triton imports
-    and COMPACTKV_BACKEND is not torch), else None (Codec.encode). Installed as the cache layers' encoder factory,
-    so a layer's first update is encoded by the kernel too, not only those after its first attention call."""
-    if not x.is_cuda or resolve_backend() == "torch" or not _has_triton():
+def encoder_for(x: torch.Tensor, backend: str | None = None):
+    """The encoder a TurboQuantLayer receiving x should use: the Triton one (rows bit-identical to Codec.encode;
+    the layer keeps Codec.encode for kinds the kernel does not take) for CUDA tensors when Triton imports and the
+    backend (`resolve_backend`) is not torch, else None (Codec.encode). Installed as the cache layers' encoder
+    factory, so a layer's first update is encoded by the kernel too, not only those after its first attention call."""
+    if not x.is_cuda or resolve_backend(backend) == "torch" or not _has_triton():
         return None
     from .triton.encode import layer_encoder
     return layer_encoder
@@ -64,21 +65,17 @@ def encoder_for(x: torch.Tensor):
 set_encoder_factory(encoder_for)
 
 
-def _install_encoder(layer) -> None:
-    """Give a CUDA layer the Triton encode kernel (rows bit-identical to Codec.encode) for what it compresses
-    next; the layer keeps using Codec.encode for kinds the kernel does not take, and when Triton is missing."""
-    if not _has_triton():
-        return
-    from .triton.encode import layer_encoder
-    layer.encoder = layer_encoder
+def _install_encoder(layer, query: torch.Tensor, backend: str | None) -> None:
+    """At an attention call: the encoder for a layer that has none yet (`encoder_for`)."""
+    layer.encoder = encoder_for(query, backend)
 
 
 def attend(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None = None,
            backend: str | None = None) -> torch.Tensor:
     """Attention of query [B, Hq, Tq, D] over everything `layer` stores -> [B, Tq, Hq, D], on the chosen backend."""
     choice = resolve_backend(backend)
-    if choice != "torch" and query.is_cuda and getattr(layer, "encoder", False) is None:
-        _install_encoder(layer)
+    if getattr(layer, "encoder", False) is None:
+        _install_encoder(layer, query, backend)
     observe = getattr(layer, "observe", None)
     if observe is not None:  # query statistics before the layer's first compression (TurboQuantLayer.scale_keys)
         observe(query)
