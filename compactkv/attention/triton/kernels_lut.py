@@ -27,6 +27,8 @@ the launcher checks that the compiled kernel uses exactly the table's 64 KB (no 
 
 from __future__ import annotations
 
+import functools
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -306,20 +308,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc = kst.load(KLOAD)
             vc = vst.load(VLOAD)
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
-        elif PIPE == 2:  # this tile's words were loaded during the last one; load the next tile's now
+        elif PIPE >= 2:  # this tile's words were loaded earlier; load the tile PIPE - 1 ahead now
             kc = _spread(kw_n, KLOAD)
             vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
-            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + t + BN + kwt3, vwlo + t + BN + vwt3,
-                                                kwhi, vwhi, kwc3, vwc3, tok + BN, hi_r, NB // 4)
-        elif PIPE == 3:  # two tiles ahead
-            kc = _spread(kw_n, KLOAD)
-            vc = _spread(vw_n, VLOAD)
-            kn, vn = kn_n, vn_n
-            kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
-            kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + t + 2 * BN + kwt3,
-                                                vwlo + t + 2 * BN + vwt3, kwhi, vwhi, kwc3, vwc3, tok + 2 * BN, hi_r,
-                                                NB // 4)
+            ahead: gl.constexpr = (PIPE - 1) * BN
+            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + t + ahead + kwt3, vwlo + t + ahead + vwt3, kwhi, vwhi,
+                             kwc3, vwc3, tok + ahead, hi_r, NB // 4)
+            if PIPE == 3:
+                kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
+                kw_m, vw_m, kn_m, vn_m = nxt
+            else:
+                kw_n, vw_n, kn_n, vn_n = nxt
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, NB)
@@ -377,6 +377,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     gl.store(mlp + BLOCK_M, l_i)
 
 
+@functools.lru_cache(maxsize=32)  # asked at every launch
 def lut_layouts(w: int, bn: int, nb: int, words: bool = False) -> tuple[gl.DistributedLinearLayout, ...]:
     """(KLOAD, VLOAD) of kernels_gluon.gluon_layouts with a leading warp dimension [W, BN, NB]; words: also
     (KWORD, VWORD), the same loads as int32 words [W, BN, NB/4] (each lane's 4 consecutive bytes one word)."""
