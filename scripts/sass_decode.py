@@ -272,4 +272,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as exc:  # a kind, head_dim or option the chosen kernel does not take
+        print(f"sass_decode.py: {exc}", file=sys.stderr)
+        sys.exit(2)
