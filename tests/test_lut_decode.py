@@ -167,10 +167,10 @@ def test_lut_splits_fill_one_wave(monkeypatch):
             assert s == warps or t / s >= gluon.LUT_MIN_WARP_TOKENS
 
 
-def test_table_kernel_is_the_default_for_turbo4_at_head_dim_128_only():
+def test_table_kernel_is_the_default_for_turbo4_and_turbo2_at_head_dim_128_only():
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import lut_default
     from compactkv.bench.kernels import planar_kernel
-    assert planar_kernel("turbo4") == "table" and planar_kernel("turbo2") == "gluon"
+    assert planar_kernel("turbo4") == "table" and planar_kernel("turbo2") == "table"
     t64 = packed_kind(Codec("turbo4", 64))
     assert not lut_default(t64, t64)  # supported (tested) but not timed: the one-warp kernel stays its default

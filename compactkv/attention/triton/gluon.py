@@ -98,10 +98,12 @@ def lut_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
 
 
 def lut_default(k_kind: PackedKind, v_kind: PackedKind) -> bool:
-    """The table kernel by default where it was timed faster: turbo4 K and V at head_dim 128 (H200, CUDA graphs,
-    against the Gluon kernel: B=8 T=32K 143.1 vs 157.6 us, T=128K 417.7 vs 483.9, B=1 T=32K 46.1 vs 52.3, B=1
-    T=128K 103.2 vs 102.2). head_dim 64 and turbo2 are tested, not timed (`lut=True` asks for them)."""
-    return lut_unsupported(k_kind, v_kind) is None and k_kind.bits == 4 and k_kind.head_dim == 128
+    """The table kernel by default where it was timed faster than the Gluon kernel (H200, CUDA graphs): turbo4 K
+    and V at head_dim 128 (session 9: B=8 T=32K 143.1 vs 157.6 us, T=128K 417.7 vs 483.9, B=1 T=32K 46.1 vs 52.3,
+    B=1 T=128K 103.2 vs 102.2) and turbo2 at head_dim 128 (session 11: 111.9 vs 119.0, 329.2 vs 330.6, 44.4 vs
+    45.8, 75.4 vs 80.4; docs/perf/sweep-lut-turbo2-s11-h200.json). turbo4 at head_dim 64 is tested, not timed
+    (`lut=True` asks for it)."""
+    return lut_unsupported(k_kind, v_kind) is None and k_kind.head_dim == 128
 
 
 @functools.lru_cache(maxsize=8)
