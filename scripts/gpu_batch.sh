@@ -13,6 +13,8 @@
 #   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
 #   bash scripts/gpu_batch.sh defaults  # the default table build's tests, e2e B=8 T=32K (graphs), dynamic TTFT, kernels
 #   bash scripts/gpu_batch.sh lut-turbo2  # the turbo2 table kernel's tests, then it vs the Gluon kernel (turbo2 sweep)
+#   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
+#                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
@@ -122,6 +124,29 @@ defaults)
         --contexts 32768,131072 --kinds turbo4 > "$OUT/kernels.txt" 2>&1
     tail -16 "$OUT/kernels.txt"
     ;;
+turbo3)
+    python -m pytest -q -p no:warnings -k "turbo3" tests/test_lut_decode.py > "$OUT/pytest_t3_a.txt" 2>&1 &
+    python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_t3_b.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_t3_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -8; done
+    default='[{}, {"gluon": true}, {"gluon": true, "lut_pipe": 2, "lut_maxnreg": 168}, {"gluon": true, "lut_warps": 4}]'
+    timeout 150 python scripts/decode_sweep.py --json "$OUT/sweep-turbo3.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds turbo3 --head-dim 128 \
+        --variants "${VARIANTS:-$default}" > "$OUT/sweep-turbo3.txt" 2>&1
+    tail -20 "$OUT/sweep-turbo3.txt"
+    timeout 170 python -m compactkv.cli bench e2e --graphs --batches 8 --synthetic-contexts 32768 \
+        --kinds f16-nomask,turbo4,turbo3 --steps 32 --warmup 3 --json "$OUT/e2e-graphs-b8-t3.json" \
+        > "$OUT/e2e-graphs-b8-t3.txt" 2>&1
+    tail -8 "$OUT/e2e-graphs-b8-t3.txt"
+    ;;
+ttft)
+    timeout 100 python -m compactkv.cli bench e2e --batches 1 --contexts 32768 --kinds f16,turbo4 --steps 8 \
+        --prefill-warmup-full --json "$OUT/e2e-ttft-dynamic.json" > "$OUT/e2e-ttft-dynamic.txt" 2>&1
+    tail -8 "$OUT/e2e-ttft-dynamic.txt"
+    timeout 100 python scripts/profile_step.py --prefill --sync-stacks --kinds turbo4 --json "$OUT/prefill-syncs.json" \
+        > "$OUT/prefill-syncs.txt" 2>&1
+    grep -v Warn "$OUT/prefill-syncs.txt" | grep -A40 "synchronizing calls" | head -60
+    ;;
 lut-turbo2)
     python -m pytest -q -p no:warnings -k "turbo2" tests/test_lut_decode.py > "$OUT/pytest_lut2.txt" 2>&1
     grep -E "^FAILED|passed|failed|error" "$OUT/pytest_lut2.txt" | tail -8
@@ -148,7 +173,7 @@ pipeline)
     tail -80 "$OUT/sweep-pipeline.txt"
     ;;
 *)
-    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults|lut-turbo2" >&2
+    echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults|lut-turbo2|turbo3|ttft" >&2
     exit 2
     ;;
 esac

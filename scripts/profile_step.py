@@ -17,9 +17,12 @@ device time.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import time
+import traceback
+import warnings
 
 import torch
 from torch.autograd import DeviceType
@@ -29,6 +32,32 @@ import compactkv
 from compactkv.bench.e2e import build_model, decode, make_cache, prefill, static_fill, timed_steps
 from compactkv.engine.caches import cache_kwarg
 from compactkv.engine.graphs import GreedyStepGraph, static_cache
+
+
+def sync_stacks(fn) -> list[tuple[int, str]]:
+    """Run fn() under torch.cuda.set_sync_debug_mode("warn"); (count, stack) of each distinct Python stack (the
+    frames in compactkv, transformers and this script, innermost last) that made a synchronizing CUDA call."""
+    seen: collections.Counter = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1]
+                      if any(k in f.filename for k in ("compactkv", "transformers", "profile_step"))]
+            seen["\n".join(f"    {f.filename.split('/')[-1]}:{f.lineno} {f.name}: {f.line}" for f in frames[-8:])] += 1
+    old = warnings.showwarning
+    warnings.showwarning = record
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = old
+    return sorted(((n, k) for k, n in seen.items()), reverse=True)
 
 
 def print_launches(label: str, prof, name: str) -> None:
@@ -57,6 +86,8 @@ def main() -> None:
     p.add_argument("--graph", action="store_true", help="with --static: capture the step, profile its replays")
     p.add_argument("--launches", default="", help="print each launch's duration (us) of kernels whose name holds "
                                                    "this, in order (with --static --graph: eager, then replays)")
+    p.add_argument("--sync-stacks", action="store_true",
+                   help="with --prefill: also print where the prefill synchronizes (torch sync debug mode)")
     p.add_argument("--json")
     args = p.parse_args()
     dev = torch.device("cuda")
@@ -114,6 +145,15 @@ def main() -> None:
                 prefill(model, cache, ids, chunk, kw)
                 torch.cuda.synchronize()
             args.steps = 1
+            if args.sync_stacks:
+                del cache
+                torch.cuda.empty_cache()
+                cache = new_cache()
+                stacks = sync_stacks(lambda: prefill(model, cache, ids, chunk, kw))
+                print(f"== {kind}: {sum(n for n, _ in stacks)} synchronizing calls in one prefill")
+                for n, k in stacks:
+                    print(f"  {n} x\n{k}")
+                report.setdefault("sync_stacks", {})[kind] = stacks
         else:
             cache = make_cache(model, kind)
             tok = prefill(model, cache, ids, chunk, kw)

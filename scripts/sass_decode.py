@@ -95,12 +95,13 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None):
-    """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4 or turbo2 planes."""
+    """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
+    planes."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
-    if kind not in ("turbo4", "turbo2") or (v_kind or kind) != kind:
-        raise ValueError("the table kernel reads turbo4 or turbo2 K and V codes (the same kind) only")
+    if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
+        raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
     bits = int(kind[-1])
     f32, u8 = torch.empty(64, dtype=torch.float32), torch.empty(64, dtype=torch.uint8)
     f16, i32 = torch.empty(64, dtype=torch.float16), torch.empty(8, dtype=torch.int32)
@@ -108,7 +109,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t)
-    kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
+    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload,
                  VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gluon", action="store_true",
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
-                    help="the shared-memory table kernel (turbo4 or turbo2; --warps splits per program, default 4)")
+                    help="the shared-memory table kernel (turbo4, turbo3 or turbo2; --warps splits per program, default 4)")
     ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead)")

@@ -60,13 +60,65 @@ def test_table_decoder_emulated(d, bits):
     assert _half(u[0]) < 0 < _half(u[-1])
 
 
+def test_turbo3_table_decoder_emulated():
+    """turbo3: the keys of real rows (Codec.encode's 48-byte rows at head_dim 128) taken as the kernel takes them
+    (K lane chunk c: words 3 c .. 3 c + 2 and a 0; V lane chunk g: the two words from floor(3 g / 2), shifted down
+    by 16 (g % 2) bits; key k's window (w_i+1 : w_i), i = floor((6 k - 7) / 32), at shift lut3_shift(k)) through
+    the inline PTX at several lanes and a table base away from 0: parts 0 and 1 = the centroids of dims 2 j and
+    2 j + 1."""
+    from compactkv.attention.triton.fastasm import fp16_bits, run_asm
+    from compactkv.attention.triton.gluon import lut_words
+    from compactkv.attention.triton.kernels_lut import lut3_shift, lut_asm
+    from compactkv.core.packing import unpack_bits
+    codec = Codec("turbo3", 128)
+    u = fp16_bits(128, 3)
+    table = [w & 0xFFFFFFFF for w in lut_words(128, torch.device("cpu"), 3).tolist()]
+    assert len(table) == 64 and all(table[e] == u[e & 7] | (u[e >> 3] << 16) for e in range(64))
+    x = torch.randn(6, 128, generator=torch.Generator().manual_seed(3))
+    rows = codec.encode(x)[:, 2:]  # [6, 48] code bytes
+    assert rows.shape == (6, 48)
+    base = 1 << 15
+    asm = lut_asm(words=True, bits=3)
+    for row in rows:
+        words = [int.from_bytes(bytes(row[4 * i:4 * i + 4].tolist()), "little") for i in range(12)] + [0]
+        bits384 = int.from_bytes(bytes(row.tolist()), "little")
+        codes = [(bits384 >> (3 * i)) & 7 for i in range(128)]  # code i at row bits [3 i, 3 i + 3)
+        assert codes == unpack_bits(row, 3, 128).tolist()
+        chunks = []  # (key numbers, window words, shifts)
+        for c in range(4):  # K: 16 keys per lane chunk
+            w = words[3 * c:3 * c + 3] + [0]
+            win = [((w[max(i, 0)], w[i + 1]), lut3_shift(k)) for k in range(16) for i in [(6 * k - 7) // 32]]
+            chunks.append((list(range(16 * c, 16 * c + 16)), win))
+        for g in range(8):  # V: 8 keys per lane chunk
+            wa, wb, off = words[3 * g // 2], words[3 * g // 2 + 1], 16 * (g % 2)
+            n = [(((wb << 32) | wa) >> off) & 0xFFFFFFFF, wb >> off]
+            win = [((n[max(i, 0)], n[min(i + 1, 1)]), lut3_shift(k)) for k in range(8) for i in [(6 * k - 7) // 32]]
+            chunks.append((list(range(8 * g, 8 * g + 8)), win))
+        for lane in (0, 5, 31):
+            shared = {base + e * 128 + 4 * lane: table[e] for e in range(64)}
+            for keys, win in chunks:
+                for q in range(0, len(keys), 4):
+                    regs = {"$12": 4 * lane}
+                    for k in range(4):
+                        (lo, hi), sh = win[q + k]
+                        regs.update({f"${4 + k}": lo, f"${8 + k}": hi, f"${16 + k}": sh})
+                    out = run_asm(asm, regs, shared, smem_base=base)
+                    got = [[out[f"${2 * p}"] & 0xFFFF, out[f"${2 * p}"] >> 16, out[f"${2 * p + 1}"] & 0xFFFF,
+                            out[f"${2 * p + 1}"] >> 16] for p in range(2)]
+                    want = [[u[codes[2 * j + p]] for j in keys[q:q + 4]] for p in range(2)]
+                    assert got == want, (lane, keys[q])
+
+
 def test_lut_unsupported_reasons():
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import lut_unsupported
     t4, t2 = packed_kind(Codec("turbo4", 128)), packed_kind(Codec("turbo2", 128))
     assert lut_unsupported(t4, t4) is None and lut_unsupported(t2, t2) is None
     assert "turbo4" in lut_unsupported(t4, t2)
-    assert "turbo2" in lut_unsupported(packed_kind(Codec("turbo3", 128)), packed_kind(Codec("turbo3", 128)))
+    t3 = packed_kind(Codec("turbo3", 128))
+    assert lut_unsupported(t3, t3) is None and "same kind" in lut_unsupported(t3, t4)
+    t3_64 = packed_kind(Codec("turbo3", 64))
+    assert "128 for turbo3" in lut_unsupported(t3_64, t3_64)
     t4_256 = packed_kind(Codec("turbo4", 256))
     assert "head_dim" in lut_unsupported(t4_256, t4_256)
     t2_64 = packed_kind(Codec("turbo2", 64))
@@ -139,6 +191,37 @@ def test_turbo2_table_kernel_vs_float64(warps, pipe, maxnreg, g):
     _check_table("turbo2", 128, warps, pipe, maxnreg, 32, g)
 
 
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 200), (8, 2, 168), (8, 2, 128), (16, 2, 128)])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_turbo3_table_kernel_vs_float64(warps, pipe, maxnreg, g):
+    """turbo3 K and V at head_dim 128 (6-bit keys of two codes, 48-byte rows read as words; the default)."""
+    _check_table("turbo3", 128, warps, pipe, maxnreg, 32, g)
+
+
+@pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])
+def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
+    """sm_90 build of the turbo3 table kernel: no spill traffic, the 8 KB table is the only shared buffer, one
+    shared read per key (two codes) in the loop, and per key one funnel shift, one and/or (LOP3) and one pairing
+    prmt (with a little loop bookkeeping; the V windows' shift by 0 or 16 bits is two more per token and lane)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import lut_smem
+    s = sass_decode.summary("turbo3", lut=True, d=128, warps=warps, pipe=pipe, maxnreg=maxnreg)
+    ops = s["ops"]
+    assert ops["LDL"] + ops["STL"] <= (0 if maxnreg >= 232 else 2)
+    assert s["shared"] == lut_smem(warps, 128, pipe, bits=3) == 64 * 128
+    keys = 32 * 64 * 2 // 32  # K and V keys of a 32-token tile per lane
+    assert ops["LDS"] == keys and ops["HMMA"] > 0
+    assert keys <= ops["SHF"] <= keys + 8 * 2 + 8 and keys <= ops["LOP3"] <= keys + 8
+    assert ops["PRMT"] <= 1.25 * keys
+
+
 def test_turbo2_table_kernel_refuses_the_cp_async_stage(monkeypatch):
     from compactkv.attention.triton import gluon
     from compactkv.attention.triton.decode import packed_kind
@@ -147,6 +230,11 @@ def test_turbo2_table_kernel_refuses_the_cp_async_stage(monkeypatch):
     with pytest.raises(ValueError, match="lut_pipe=1"):
         gluon._launch_lut(q, None, None, None, None, None, t2, t2, max_len=64, num_splits=None, block_n=32,
                           warps=16, pipe=1)
+    t3 = packed_kind(Codec("turbo3", 128))
+    for pipe in (0, 1):  # turbo3 keys are read from words only
+        with pytest.raises(ValueError, match="lut_pipe 2 or 3"):
+            gluon._launch_lut(q, None, None, None, None, None, t3, t3, max_len=64, num_splits=None, block_n=32,
+                              warps=8, pipe=pipe)
 
 
 def test_lut_splits_fill_one_wave(monkeypatch):
@@ -167,10 +255,14 @@ def test_lut_splits_fill_one_wave(monkeypatch):
             assert s == warps or t / s >= gluon.LUT_MIN_WARP_TOKENS
 
 
-def test_table_kernel_is_the_default_for_turbo4_and_turbo2_at_head_dim_128_only():
+def test_table_kernel_is_the_default_at_head_dim_128_only():
     from compactkv.attention.triton.decode import packed_kind
-    from compactkv.attention.triton.gluon import lut_default
-    from compactkv.bench.kernels import planar_kernel
-    assert planar_kernel("turbo4") == "table" and planar_kernel("turbo2") == "table"
+    from compactkv.attention.triton.gluon import lut_default, planes_unsupported
+    from compactkv.bench.kernels import gluon_name, planar_kernel
+    assert [planar_kernel(k) for k in ("turbo4", "turbo3", "turbo2")] == ["table"] * 3
+    assert gluon_name("turbo3")  # planar storage is read by a kernel for turbo3 too
+    t3 = packed_kind(Codec("turbo3", 128))
+    assert planes_unsupported(t3, t3, 4) is None and "at most 8" in planes_unsupported(t3, t3, 16)
+    assert "one-token" in planes_unsupported(t3, t3, 4, tq=2)
     t64 = packed_kind(Codec("turbo4", 64))
     assert not lut_default(t64, t64)  # supported (tested) but not timed: the one-warp kernel stays its default

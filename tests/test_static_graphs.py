@@ -16,9 +16,9 @@ from compactkv.engine.graphs import GreedyStepGraph, static_cache
 VOCAB = 256
 
 
-def tiny_model(device="cpu", dtype=torch.float32, seed=0, **extra):
+def tiny_model(device="cpu", dtype=torch.float32, seed=0, head_dim=64, **extra):
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=4096,
                       **extra)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(device, dtype).eval()
@@ -119,6 +119,15 @@ def test_planar_storage_layout_and_errors():
         StaticTurboQuantLayer("turbo3", "turbo4", 128, 1, 1, 8, device="cpu", planar=True)
     with pytest.raises(ValueError, match="planar storage takes turbo2/turbo4"):
         StaticTurboQuantLayer("turbo4", "turbo4", 32, 1, 1, 8, device="cpu", planar=True)
+    with pytest.raises(ValueError, match="turbo3 K and V at head_dim 128"):
+        StaticTurboQuantLayer("turbo3", "turbo3", 64, 1, 1, 8, device="cpu", planar=True)
+    # turbo3 at head_dim 128: 48-byte code rows (16-byte aligned), the codec's bytes
+    t3 = StaticTurboQuantLayer("turbo3", "turbo3", 128, 2, 2, 24, device="cpu", planar=True)
+    assert t3.k_codes.shape == (2, 2, 24, 48) and t3.k_codes.stride(-2) == 48
+    x3 = torch.randn(2, 2, 5, 128, generator=torch.Generator().manual_seed(9))
+    t3.update(x3, 2 * x3)
+    assert torch.equal(t3.chunks_k[0], Codec("turbo3", 128, seed=0).encode(x3))
+    assert torch.equal(t3.chunks_v[0], Codec("turbo3", 128, seed=1).encode(2 * x3))
 
 
 def test_static_cache_errors():
@@ -165,9 +174,10 @@ def test_static_dense_nomask_is_a_timing_proxy_only():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-@pytest.mark.parametrize("kind", ["f16", "turbo4", "turbo2", "turbo3"])
-def test_graph_replay_matches_eager(kind):
-    model = tiny_model("cuda", torch.float16)
+@pytest.mark.parametrize("kind,head_dim", [("f16", 64), ("turbo4", 64), ("turbo2", 64), ("turbo3", 64),
+                                           ("turbo3", 128), ("turbo4", 128)])
+def test_graph_replay_matches_eager(kind, head_dim):
+    model = tiny_model("cuda", torch.float16, head_dim=head_dim)
     ids = torch.randint(0, VOCAB, (3, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
     eager, _ = greedy_static(model, static_cache(model, kind, 3, 400), ids, 24, chunk=128)
     cache = static_cache(model, kind, 3, 400)
@@ -196,16 +206,19 @@ def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])  # turbo4/turbo2: planar storage, Gluon decode
-def test_static_kernels_match_torch_reference(kind, monkeypatch):
+@pytest.mark.parametrize("kind,head_dim", [("turbo4", 64), ("turbo3", 64), ("turbo2", 64), ("turbo3", 128),
+                                           ("turbo4", 128), ("turbo2", 128)])
+def test_static_kernels_match_torch_reference(kind, head_dim, monkeypatch):
     """Chunked prefill (the prefill path: 128-token chunks) and a decode step over a static cache: logits of the
-    Triton backend vs the torch reference (the rows are written by the same encode kernel in both runs)."""
-    model = tiny_model("cuda", torch.float16)
+    Triton backend vs the torch reference (the rows are written by the same encode kernel in both runs). Planar
+    storage (read by the Gluon or table kernel) for turbo4/turbo2, and turbo3 at head_dim 128."""
+    model = tiny_model("cuda", torch.float16, head_dim=head_dim)
     ids = torch.randint(0, VOCAB, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(6))
     logits = {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("COMPACTKV_BACKEND", backend)
         cache = static_cache(model, kind, 2, 320)
+        assert cache.layers[0].planar == (kind != "turbo3" or head_dim == 128)
         with torch.no_grad():
             for s in range(0, 300, 128):
                 model(input_ids=ids[:, s:s + 128], past_key_values=cache, use_cache=True)

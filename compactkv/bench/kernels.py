@@ -134,12 +134,13 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
 
 
 def gluon_name(kind: str) -> bool:
-    """True where the Gluon kernel (planar storage) takes kind/kind at HEAD_DIM, one token, GQA HQ/HKV."""
+    """True where `launch_gluon` (the table or the Gluon kernel, planar storage) takes kind/kind at HEAD_DIM, one
+    token, GQA HQ/HKV."""
     from ..attention.triton.decode import packed_kind
-    from ..attention.triton.gluon import gluon_unsupported
+    from ..attention.triton.gluon import planes_unsupported
     from ..core.codec import Codec
     pk = packed_kind(Codec(kind, HEAD_DIM))
-    return pk is not None and gluon_unsupported(pk, pk, HQ // HKV) is None
+    return pk is not None and planes_unsupported(pk, pk, HQ // HKV) is None
 
 
 def planar_kernel(kind: str) -> str:

@@ -31,9 +31,12 @@ PLANAR_HEAD_DIMS = (64, 128, 256)
 
 
 def planar_kinds(k_codec: Codec, v_codec: Codec) -> bool:
-    """True where planar storage applies: turbo2/turbo4 K and V of one head_dim in PLANAR_HEAD_DIMS."""
-    return all(c.spec.family == "mse" and c.spec.bits in (2, 4) and c.head_dim in PLANAR_HEAD_DIMS
-               for c in (k_codec, v_codec)) and k_codec.head_dim == v_codec.head_dim
+    """True where planar storage applies: turbo2/turbo4 K and V of one head_dim in PLANAR_HEAD_DIMS, or turbo3 K
+    and V at head_dim 128 (48-byte code rows, 16-byte aligned; the table kernel reads them)."""
+    if k_codec.head_dim != v_codec.head_dim or any(c.spec.family != "mse" for c in (k_codec, v_codec)):
+        return False
+    bits = {k_codec.spec.bits, v_codec.spec.bits}
+    return (bits <= {2, 4} and k_codec.head_dim in PLANAR_HEAD_DIMS) or (bits == {3} and k_codec.head_dim == 128)
 
 
 def planes_to_rows(codes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,8 @@ class StaticTurboQuantLayer(_StaticLayer):
         shape = (batch_size, num_kv_heads, max_cache_len)
         eligible = planar_kinds(self.k_codec, self.v_codec)
         if planar and not eligible:
-            raise ValueError(f"planar storage takes turbo2/turbo4 K and V with head_dim in {PLANAR_HEAD_DIMS}, got "
+            raise ValueError(f"planar storage takes turbo2/turbo4 K and V with head_dim in {PLANAR_HEAD_DIMS} or "
+                             f"turbo3 K and V at head_dim 128, got "
                              f"{k_kind}/{v_kind} at head_dim {head_dim}")
         self.planar = eligible and self.device.type == "cuda" if planar is None else planar
         if self.planar:

@@ -17,7 +17,7 @@ import torch
 
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, query_key_map,
                      unsupported)
-from .gluon import gluon_device_error, gluon_unsupported, launch_gluon
+from .gluon import gluon_device_error, launch_gluon, planes_unsupported
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -123,14 +123,14 @@ def _table_at(ptr: int, stride_b: int, stride_h: int, row_bytes: int, stride_t: 
 
 
 def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
-    """The planar static layer's (k_codes, k_norms, v_codes, v_norms, lengths, max_len) when the Gluon kernel
-    takes this call (one query token, no additive mask, <= 8 query rows per KV head), else None (other calls over
+    """The planar static layer's (k_codes, k_norms, v_codes, v_norms, lengths, max_len) when `launch_gluon` (the
+    table or the Gluon kernel) takes this call (one query token, no additive mask, <= 8 query rows per KV head), else None (other calls over
     planar storage read row-format copies through `packed_rows`)."""
     planes_of = getattr(layer, "planes", None)
     planes = planes_of() if planes_of is not None else None
     if planes is None or bias is not None:
         return None
-    if gluon_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq) is not None:
+    if planes_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq) is not None:
         return None
     if gluon_device_error(planes[0].device) is not None:
         return None

@@ -182,6 +182,10 @@ def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None
             v = s[0] >> s[1]
         elif op == "shl.b32":
             v = s[0] << s[1]
+        elif op == "shr.b32":  # logical right shift (.b32)
+            v = s[0] >> min(s[1], 32)
+        elif op == "shf.r.clamp.b32":  # funnel shift right of (s[1]:s[0]), amount clamped to 32
+            v = ((s[1] << 32) | s[0]) >> min(s[2], 32)
         elif op == "sub.u32":
             v = s[0] - s[1]
         elif op == "add.u32":

@@ -17,6 +17,7 @@ GLUON_ROWS = 8  # query rows per program (the n of m16n8k16): a GQA group of up 
 LUT_WARPS = 8  # warps (one split each) per program of the table kernel: H200 turbo4 B=8 T=128K 417.7 us with 8, 443.5
 # with 4 (no prefetch, 128 registers; docs/kernels.md, session 9)
 LUT_TABLE_BYTES = 256 * 256  # 256 entries x 256-byte rows (32 lane copies of 4 bytes, the rest of each row unused)
+LUT3_TABLE_BYTES = 64 * 128  # turbo3: 64 entries (two 3-bit codes) x 128-byte rows (32 lane copies of 4 bytes)
 LUT_SMEM_PER_SM = 227 * 1024  # shared memory a multiprocessor gives its programs (sm_90), 1 KB reserved per program
 LUT_PIPE = 3  # the table kernel loads the tiles two ahead (codes and norms) into registers (H200 turbo4, 8 warps,
 # 232 registers, vs one ahead at 168: B=8 T=32K 136.0 -> 130.2 us, B=8 T=128K 423.5 -> 401.3, B=1 T=128K 87.2 -> 85.1;
@@ -72,6 +73,23 @@ def gluon_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int
     return _gluon_import_error()
 
 
+def _lut_call_unsupported(rows: int, tq: int) -> str | None:
+    """Why the table kernel cannot take a call of `rows` query rows per KV head and `tq` query tokens, or None."""
+    if tq != 1:
+        return f"{tq} query tokens: the table kernel takes one-token decode steps (no causal mask)"
+    if rows > GLUON_ROWS:
+        return f"{rows} query rows per KV head: the table kernel takes at most {GLUON_ROWS}"
+    return _gluon_import_error()
+
+
+def planes_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int = 1) -> str | None:
+    """Why `launch_gluon` cannot run this call with its default kernel over code planes (the table kernel where
+    `lut_default`, else the one-warp Gluon kernel), or None."""
+    if lut_default(k_kind, v_kind):
+        return _lut_call_unsupported(rows, tq)
+    return gluon_unsupported(k_kind, v_kind, rows, tq)
+
+
 @functools.lru_cache(maxsize=64)
 def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON_BLOCK_N) -> dict:
     """The kernel's constexpr arguments for a K/V pair."""
@@ -88,8 +106,8 @@ def gluon_constants(k_kind: PackedKind, v_kind: PackedKind, block_n: int = GLUON
 def lut_unsupported(k_kind: PackedKind, v_kind: PackedKind) -> str | None:
     """Why the table kernel (kernels_lut) cannot decode this K/V pair, or None."""
     pair = (k_kind.family, k_kind.bits, v_kind.family, v_kind.bits)
-    if pair not in ((FAMILY_MSE, 4, FAMILY_MSE, 4), (FAMILY_MSE, 2, FAMILY_MSE, 2)):
-        return "the table kernel reads turbo4 K and V codes, or turbo2 K and V codes"
+    if pair not in ((FAMILY_MSE, 4, FAMILY_MSE, 4), (FAMILY_MSE, 3, FAMILY_MSE, 3), (FAMILY_MSE, 2, FAMILY_MSE, 2)):
+        return "the table kernel reads turbo4, turbo3 or turbo2 codes, the same kind for K and V"
     dims = (64, 128) if k_kind.bits == 4 else (128,)
     if k_kind.head_dim != v_kind.head_dim or k_kind.head_dim not in dims:
         return (f"head_dim {k_kind.head_dim}/{v_kind.head_dim}: the table kernel takes "
@@ -101,8 +119,8 @@ def lut_default(k_kind: PackedKind, v_kind: PackedKind) -> bool:
     """The table kernel by default where it was timed faster than the Gluon kernel (H200, CUDA graphs): turbo4 K
     and V at head_dim 128 (session 9: B=8 T=32K 143.1 vs 157.6 us, T=128K 417.7 vs 483.9, B=1 T=32K 46.1 vs 52.3,
     B=1 T=128K 103.2 vs 102.2) and turbo2 at head_dim 128 (session 11: 111.9 vs 119.0, 329.2 vs 330.6, 44.4 vs
-    45.8, 75.4 vs 80.4; docs/perf/sweep-lut-turbo2-s11-h200.json). turbo4 at head_dim 64 is tested, not timed
-    (`lut=True` asks for it)."""
+    45.8, 75.4 vs 80.4; docs/perf/sweep-lut-turbo2-s11-h200.json); turbo3 at head_dim 128 has no other kernel over
+    planes. turbo4 at head_dim 64 is tested, not timed (`lut=True` asks for it)."""
     return lut_unsupported(k_kind, v_kind) is None and k_kind.head_dim == 128
 
 
@@ -110,15 +128,18 @@ def lut_default(k_kind: PackedKind, v_kind: PackedKind) -> bool:
 def lut_words(head_dim: int, device: torch.device, bits: int = 4) -> torch.Tensor:
     """The table kernel's entries as int32 words. bits 4: [256], entry e = half2 (c[e & 15], c[e >> 4]) of the
     turbo4 codebook's fp16 centroids; bits 2: [512], entry e = half2 (c[e & 3], c[(e >> 2) & 3]) at 2 e and half2
-    (c[(e >> 4) & 3], c[e >> 6]) at 2 e + 1 (part p = code bits [2 p, 2 p + 2))."""
+    (c[(e >> 4) & 3], c[e >> 6]) at 2 e + 1 (part p = code bits [2 p, 2 p + 2)); bits 3: [64], entry e = half2
+    (c[e & 7], c[e >> 3]): the two codes of dims 2 j, 2 j + 1 (row bits [6 j, 6 j + 6))."""
     u = fp16_bits(head_dim, bits)
     if bits == 4:
         w = [u[e & 15] | (u[e >> 4] << 16) for e in range(256)]
+    elif bits == 3:
+        w = [u[e & 7] | (u[e >> 3] << 16) for e in range(64)]
     elif bits == 2:
         w = [x for e in range(256) for x in (u[e & 3] | (u[(e >> 2) & 3] << 16),
                                               u[(e >> 4) & 3] | (u[e >> 6] << 16))]
     else:
-        raise ValueError(f"bits {bits}: the table kernel takes turbo4 or turbo2 codes")
+        raise ValueError(f"bits {bits}: the table kernel takes turbo4, turbo3 or turbo2 codes")
     return torch.tensor([x - (1 << 32) if x >= 1 << 31 else x for x in w], dtype=torch.int32, device=device)
 
 
@@ -154,15 +175,17 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
-    table kernel instead (kernels_lut; turbo4 K and V at head_dim 64/128, turbo2 K and V at 128; `lut_warps` splits
-    per program; default:
-    `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
+    table kernel instead (kernels_lut; turbo4 K and V at head_dim 64/128, turbo3 or turbo2 K and V at 128;
+    `lut_warps` splits per program; default: `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
     stage during this one, 2 the next tile's code bytes and norms loaded into registers during this one, 3
     (default) the two next tiles'; lut_maxnreg: its register cap per thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape
-    why = gluon_unsupported(k_kind, v_kind, g)
+    if lut is None:
+        lut = lut_default(k_kind, v_kind)
+    why = (lut_unsupported(k_kind, v_kind) or _lut_call_unsupported(g, 1)) if lut \
+        else gluon_unsupported(k_kind, v_kind, g)
     if why:
         raise ValueError(why)
     if d != k_kind.head_dim:
@@ -178,8 +201,6 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         raise ValueError(f"stages {stages}: the cp.async pipeline takes 2, 3 or 4")
     if v_norms.stride() != k_norms.stride():
         raise ValueError("K and V norm planes must have the same strides")
-    if lut is None:
-        lut = lut_default(k_kind, v_kind)
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
@@ -202,24 +223,27 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 _LUT_CHECKED: set = set()
 
 
-def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N) -> int:
-    """Shared memory of a table-kernel program: the 64 KB table, plus one K and one V stage with `pipe` 1."""
-    return LUT_TABLE_BYTES + (pipe == 1) * 2 * warps * block_n * head_dim // 2
+def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4) -> int:
+    """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
+    `pipe` 1."""
+    table = LUT3_TABLE_BYTES if bits == 3 else LUT_TABLE_BYTES
+    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2
 
 
-def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG) -> int:
+def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG,
+                        bits: int = 4) -> int:
     """Resident programs per multiprocessor: by shared memory, and by registers (`maxnreg` per thread, 64K per
     SM, allocated in units of 8 per thread)."""
     regs = -(-maxnreg // 8) * 8
-    return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe) + 1024), 65536 // (warps * 32 * regs))
+    return min(LUT_SMEM_PER_SM // (lut_smem(warps, head_dim, pipe, bits=bits) + 1024), 65536 // (warps * 32 * regs))
 
 
 def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128, pipe: int = LUT_PIPE,
-               maxnreg: int = LUT_MAXNREG) -> int:
+               maxnreg: int = LUT_MAXNREG, bits: int = 4) -> int:
     """Splits per (b, h) for the table kernel: as many programs as fill one wave of the card (a whole number of
     programs per multiprocessor; a partial second wave of 64 KB programs cost B=8 T=128K 614 vs 484 us), each
     warp's split at least LUT_MIN_WARP_TOKENS tokens."""
-    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe, maxnreg)
+    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits)
     per_bh = max(1, slots // max(bh, 1))
     need = max(1, -(-max(max_len, 1) // (LUT_MIN_WARP_TOKENS * warps)))
     return min(per_bh, need) * warps
@@ -236,27 +260,30 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if pipe not in (0, 1, 2, 3):
         raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, "
                          "one tile ahead) or 3 (two tiles ahead)")
+    if pipe < 2 and k_kind.bits == 3:
+        raise ValueError(f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3")
     if pipe == 1 and k_kind.bits != 4:
         raise ValueError("lut_pipe=1 (the cp.async stage) takes turbo4 codes only; turbo2 takes 0, 2 or 3")
+    bits = k_kind.bits
     if not 64 <= maxnreg <= 255:
         raise ValueError(f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread")
-    if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg) < 1:
+    if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg, bits) < 1:
         raise ValueError(f"lut_maxnreg {maxnreg} with {warps} warps: a program needs more than a multiprocessor's "
                          "65536 registers")
-    rows = lut_smem(warps, q.shape[-1], pipe, block_n) // 256
+    rows = lut_smem(warps, q.shape[-1], pipe, block_n, bits) // 256
     if rows & (rows - 1):
         raise ValueError(f"lut_pipe=1 with {warps} warps at head_dim {q.shape[-1]}: the table and its stages must "
                          "make a power-of-two number of 256-byte rows (16 warps at head_dim 128)")
     b, h, g, d = q.shape
     if num_splits is None:
-        num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg)
+        num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
     block_m = 16
     o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
-    bits = k_kind.bits
-    kload, vload, kword, vword = lut_layouts(warps, block_n, d * bits // 8, words=True)
+    # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
+    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
@@ -265,7 +292,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VWORD=vword, BITS=bits, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        want = lut_smem(warps, d, pipe, block_n)
+        want = lut_smem(warps, d, pipe, block_n, bits)
         if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
                                f"one buffer's {want}: the table's address is unknown")

@@ -42,6 +42,8 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
     (words: the 4 int32 words holding them), then the lane's byte offset (entry bytes x lane), with words the 4
     prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]), one
     ld.shared.b32 per byte; turbo2 entries 8 bytes (parts 0,1 | parts 2,3), one ld.shared.v2.b32."""
+    if bits == 3:
+        return _lut3_asm()
     parts = 8 // bits
     i0 = 2 * parts  # first input operand
     if words:
@@ -60,6 +62,29 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
             lines.append(f"prmt.b32 ${2 * p + half}, {src}{x}, {src}{y}, {sel};")
     lines.append("}")
     return "\n".join(lines)
+
+
+def _lut3_asm() -> str:
+    """turbo3 pack=4 decoder: outputs $0, $1 (part 0 = the even dim's code of elements 0,1 / 2,3), $2, $3 (part 1,
+    the odd dim's); inputs per element k: $4+k, $8+k the low and high word of a 64-bit window holding its 6-bit key
+    (two 3-bit codes), $12 the lane's byte offset (4 x lane), $16+k the window's shift that puts the key at bits
+    7..12, so the key times 128 (a 128-byte table row: 32 lane copies of 4 bytes) is one funnel shift and one
+    and/or away."""
+    lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
+    for k in range(4):
+        lines += [f"shf.r.clamp.b32 a, ${4 + k}, ${8 + k}, ${16 + k};", "and.b32 a, a, 0x1F80;", "or.b32 a, a, $12;",
+                  "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
+    for x, y, half in ((0, 1, 0), (2, 3, 1)):
+        lines += [f"prmt.b32 ${half}, l{x}, l{y}, 0x5410;", f"prmt.b32 ${2 + half}, l{x}, l{y}, 0x7632;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def lut3_shift(k: int) -> int:
+    """The funnel shift of key k of a window (turbo3: key k = bits [6 k, 6 k + 6) of the window's words w_i, w_i+1
+    with i = floor((6 k - 7) / 32), the window starting one word earlier for the first keys) that puts it at bit 7:
+    (6 k + 25) mod 32."""
+    return (6 * k + 25) % 32
 
 
 @gluon.jit
@@ -95,6 +120,57 @@ def _decode_lut4(codes, lofs, sel, ASM: gl.constexpr):
                                          pack=4)
     return gl.inline_asm_elementwise(ASM, "=r" + ",=r" * 7 + ",r" * 5, [codes, lofs],
                                      dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4)
+
+
+@gluon.jit
+def _decode_lut3(lo, hi, lofs, sh, ASM: gl.constexpr):
+    """turbo3: (part 0, part 1) of the keys, each element's key in the window (hi:lo) at shift sh (`_lut3_asm`)."""
+    return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 16, [lo, hi, lofs, sh],
+                                     dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
+
+
+@gluon.jit
+def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """[..., 2, 2, 2] with element (a, b, c) = x(4 a + 2 b + c): reshaped, [..., 8] with element k = xk; gl.join(
+    _join8(even elements), _join8(odd elements)) is the same for 16."""
+    return gl.join(gl.join(gl.join(x0, x4), gl.join(x2, x6)), gl.join(gl.join(x1, x5), gl.join(x3, x7)))
+
+
+@gluon.jit
+def _keys3_k(kw, LAY: gl.constexpr):
+    """turbo3 K words [W, BN, 4 C] (chunk c: the 3 words of its 16 keys, then a 0) -> the (lo, hi) windows of the
+    keys [W, BN, 16 C] in LAY: key k of a chunk lies in (w_i+1 : w_i), i = floor((6 k - 7) / 32) (w_-1: w_0)."""
+    W: gl.constexpr = kw.shape[0]
+    BN: gl.constexpr = kw.shape[1]
+    C: gl.constexpr = kw.shape[2] // 4
+    a, b = gl.split(gl.reshape(kw, [W, BN, C, 2, 2]))
+    w0, w2 = gl.split(a)
+    w1, w3 = gl.split(b)
+    # keys 0..15: lo = w0 x 7, w1 x 5, w2 x 4; hi = w0 x 2, w1 x 5, w2 x 5, w3 x 4 (even keys, then odd keys)
+    lo = gl.join(_join8(w0, w0, w0, w0, w1, w1, w2, w2), _join8(w0, w0, w0, w1, w1, w1, w2, w2))
+    hi = gl.join(_join8(w0, w1, w1, w1, w2, w2, w3, w3), _join8(w0, w1, w1, w2, w2, w2, w3, w3))
+    lo = gl.convert_layout(gl.reshape(lo, [W, BN, 16 * C]), LAY, assert_trivial=True)
+    hi = gl.convert_layout(gl.reshape(hi, [W, BN, 16 * C]), LAY, assert_trivial=True)
+    return lo, hi
+
+
+@gluon.jit
+def _keys3_v(vw, off, LAY: gl.constexpr):
+    """turbo3 V words [W, BN, 2 G] (lane chunk g: the 2 words holding its 8 keys, from bit off = 0 or 16) -> the
+    (lo, hi) windows of the keys [W, BN, 8 G] in LAY (the words first shifted down by off)."""
+    W: gl.constexpr = vw.shape[0]
+    BN: gl.constexpr = vw.shape[1]
+    G: gl.constexpr = vw.shape[2] // 2
+    wa, wb = gl.split(gl.reshape(vw, [W, BN, G, 2]))
+    na = gl.inline_asm_elementwise("shf.r.clamp.b32 $0, $1, $2, $3;", "=r,r,r,r", [wa, wb, off], dtype=gl.int32,
+                                   is_pure=True, pack=1)
+    nb = gl.inline_asm_elementwise("shr.b32 $0, $1, $2;", "=r,r,r", [wb, off], dtype=gl.int32, is_pure=True,
+                                   pack=1)
+    lo = _join8(na, na, na, na, na, na, na, nb)
+    hi = _join8(na, na, nb, nb, nb, nb, nb, nb)
+    lo = gl.convert_layout(gl.reshape(lo, [W, BN, 8 * G]), LAY, assert_trivial=True)
+    hi = gl.convert_layout(gl.reshape(hi, [W, BN, 8 * G]), LAY, assert_trivial=True)
+    return lo, hi
 
 
 @gluon.jit
@@ -189,8 +265,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
-    P: gl.constexpr = 8 // BITS  # codes (parts) per byte
-    NB: gl.constexpr = D * BITS // 8  # code bytes per row
+    P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
+    NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
+    RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
     WK: gl.constexpr = NB // 4
     WV: gl.constexpr = NB // 8
 
@@ -198,21 +275,30 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # it in the same allocation (256-byte rows), so the table is at the start of shared memory either way
     FILL: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [W, 1], [1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-    SROWS: gl.constexpr = W * BN * NB // 256  # rows of one stage (K or V)
-    e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
-    j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
-    if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
-        words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
-    else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
-        words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-    if PIPE == 1:
-        lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
-        lut.slice(0, 256, dim=0).store(words)
+    SROWS: gl.constexpr = W * BN * RB // 256  # rows of one stage (K or V)
+    if BITS == 3:  # 64 entries x 128-byte rows: lane l's copy in column l
+        FILL3: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
+        e3 = gl.arange(0, 64, layout=gl.SliceLayout(1, FILL3))
+        j3 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL3))
+        words = gl.load(lut_ptr + gl.expand_dims(e3, 1) + gl.expand_dims(j3 * 0, 0))
+        lut = gl.allocate_shared_memory(gl.int32, [64, 32], SM2, value=words)
+        gl.thread_barrier()
+        _keep(lut.slice(0, W, dim=0).load(FILL3))
     else:
-        lut = gl.allocate_shared_memory(gl.int32, [256, 64], SM2, value=words)
-    gl.thread_barrier()
-    # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
-    _keep(lut.slice(0, W, dim=0).load(FILL))
+        e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
+        j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
+        if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
+            words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
+        else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
+            words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
+        if PIPE == 1:
+            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
+            lut.slice(0, 256, dim=0).store(words)
+        else:
+            lut = gl.allocate_shared_memory(gl.int32, [256, 64], SM2, value=words)
+        gl.thread_barrier()
+        # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
+        _keep(lut.slice(0, W, dim=0).load(FILL))
 
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
@@ -272,12 +358,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
     ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
+    if BITS == 3:  # turbo3: the funnel shift of each key's window instead (`lut3_shift`; K chunks of 16 keys, V of 8)
+        ksel = _k_arrange3((6 * (kc3 % 16) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
+        vsel = _v_arrange3((6 * (vc3 % 8) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
 
     if PIPE == 1:
         SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-        kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
-        vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, NB], SM3)
-        _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, NB)
+        kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
+        vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
+        _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
 
     if PIPE >= 2:
         # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
@@ -290,11 +379,19 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwlo = (pid * W + vwlo) * split
         kwhi = gl.minimum(kwlo + split, L)
         vwhi = gl.minimum(vwlo + split, L)
+        if BITS == 3:
+            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
+            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
+            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
+            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
+            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
+            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
+            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
         kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3,
-                                            lo_r + tr, hi_r, NB // 4)
+                                            lo_r + tr, hi_r, RB // 4)
         if PIPE == 3:  # and the tile after it
             kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi,
-                                                kwc3, vwc3, lo_r + BN + tr, hi_r, NB // 4)
+                                                kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
     for i in range(n_iter):
         t = i * BN
@@ -309,12 +406,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             vc = vst.load(VLOAD)
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
         elif PIPE >= 2:  # this tile's words were loaded earlier; load the tile PIPE - 1 ahead now
-            kc = _spread(kw_n, KLOAD)
-            vc = _spread(vw_n, VLOAD)
+            if BITS == 3:
+                kc, kc_hi = _keys3_k(kw_n, KLOAD)
+                vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
+            else:
+                kc = _spread(kw_n, KLOAD)
+                vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + t + ahead + kwt3, vwlo + t + ahead + vwt3, kwhi, vwhi,
-                             kwc3, vwc3, tok + ahead, hi_r, NB // 4)
+                             kwc3, vwc3, tok + ahead, hi_r, RB // 4)
             if PIPE == 3:
                 kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
                 kw_m, vw_m, kn_m, vn_m = nxt
@@ -322,8 +423,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 kw_n, vw_n, kn_n, vn_n = nxt
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
-                                        tok, hi_r, NB)
-        if P == 2:
+                                        tok, hi_r, RB)
+        if BITS == 3:
+            k0, k1 = _decode_lut3(_k_arrange3(kc, A_OP), _k_arrange3(kc_hi, A_OP), klofs, ksel, ASM)
+        elif P == 2:
             k0, k1 = _decode_lut(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
         else:
             k0, k1, k2, k3 = _decode_lut4(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
@@ -333,7 +436,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             s = mma_v2(k2, q2, s)
             s = mma_v2(k3, q3, s)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
-            _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, NB)
+            _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
         # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
@@ -350,7 +453,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         m_i = m_new
         pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-        if P == 2:
+        if BITS == 3:
+            v0, v1 = _decode_lut3(_v_arrange3(vc, A_OP), _v_arrange3(vc_hi, A_OP), vlofs, vsel, ASM)
+        elif P == 2:
             v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
         else:
             v0, v1, v2, v3 = _decode_lut4(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
