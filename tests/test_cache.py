@@ -218,7 +218,7 @@ def test_cache_defaults_store_unbiased_keys_and_plain_values():
 
 class _DeferEncoder:
     """An encoder like the Triton one (rows, a device flag without sync, a syncing check), on the CPU: rows of the
-    input with non-finite values zeroed, flagged as bad."""
+    input with non-finite values zeroed, flagged as bad, as are rows whose norm is beyond the float16 range."""
 
     MESSAGE = "input contains NaN or Inf (test encoder)"
 
@@ -226,8 +226,10 @@ class _DeferEncoder:
         self.finite, self.syncs, self.flag_calls = {}, 0, 0
 
     def __call__(self, codec, x, check=True):
-        rows = codec.encode(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
-        self.finite[id(rows)] = bool(torch.isfinite(x).all())
+        x0 = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        fits = x0.float().norm(dim=-1, keepdim=True) <= 65504
+        rows = codec.encode(x0 * fits)
+        self.finite[id(rows)] = bool(torch.isfinite(x).all()) and bool(fits.all())
         if check:
             self.check([(codec, rows)])
         return rows
@@ -248,16 +250,18 @@ def _state(cache):
 
 
 @torch.no_grad()
-def test_cache_checks_a_forward_pass_once_and_undoes_all_of_it_on_non_finite_rows():
+@pytest.mark.parametrize("scale_keys", [False, True])
+def test_cache_checks_a_forward_pass_once_and_undoes_all_of_it_on_non_finite_rows(scale_keys):
     """TurboQuantCache defers the encoder's check of each layer update (a device sync on CUDA) to one check per
-    forward pass, at its last layer; non-finite rows in any layer undo every layer's update of that pass."""
+    forward pass, at its last layer; non-finite rows in any layer undo every layer's update of that pass. With
+    scale_keys the first compression runs in the attention call (`observe`, after the update): deferred too."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_config(layers=3)).eval()
     compactkv.attach(model)
     ids = torch.randint(0, 128, (1, 24))
-    cc = CacheConfig(k="turbo4", v="turbo4", residual_length=4, block_size=4, chunk_tokens=8, scale_keys=False)
+    cc = CacheConfig(k="turbo4", v="turbo4", residual_length=4, block_size=4, chunk_tokens=8, scale_keys=scale_keys)
     logits = {}
     for deferred in (False, True):
         cache = TurboQuantCache(model.config, cache_config=cc)
@@ -289,6 +293,28 @@ def test_cache_checks_a_forward_pass_once_and_undoes_all_of_it_on_non_finite_row
         assert all(layer.pending_flag() is None for layer in cache.layers)
         model(ids[:, :1], past_key_values=cache)  # and it keeps serving
         assert cache.get_seq_length() == served
+
+
+def test_the_first_compression_in_the_attention_call_joins_the_pending_update():
+    """scale_keys: the first compression waits for the query (`observe`); with defer_check its encoder check joins
+    the update's pending flag, and a failure undoes both (back to before the update)."""
+    torch.manual_seed(2)
+    layer = TurboQuantLayer("turbo4", "turbo4", 64, residual_length=4, block_size=4, scale_keys=True)
+    layer.defer_check, layer.encoder = True, (enc := _DeferEncoder())
+    k, v = _kv(1, 2, 10)
+    v[0, 0, 1] = 30000.0  # finite (admitted to the fp16 window), but its norm is beyond float16: no row
+    layer.update(k, v)
+    assert layer.n_compressed == 0 and bool(layer.pending_flag())
+    layer.observe(torch.randn(1, 4, 10, 64))
+    assert layer.n_compressed == 4 and layer.calibrated and not bool(layer.pending_flag()) and enc.syncs == 0
+    with pytest.raises(ValueError, match="test encoder"):
+        layer.check_pending()
+    assert layer.cumulative_length == 0 and layer.n_compressed == 0 and not layer.calibrated
+    assert layer.q_power is None and layer.pending_flag() is None
+    layer.update(*_kv(1, 2, 10))  # and it keeps working
+    layer.observe(torch.randn(1, 4, 10, 64))
+    layer.check_pending()
+    assert layer.cumulative_length == 10 and layer.n_compressed == 4
 
 
 def test_a_layer_checks_its_pending_update_before_it_is_read_copied_or_updated_again():

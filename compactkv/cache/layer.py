@@ -102,21 +102,29 @@ class TurboQuantLayer(CacheLayerMixin):
         if self.encoder is None and _ENCODER_FOR is not None:
             self.encoder = _ENCODER_FOR(key_states)
         self.check_pending()  # an earlier update nobody verified (one sync): it is checked before this one
-        before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v),
-                      backend_state=dict(self.backend_state))
-        self._flags = [] if self.defer_check else None
-        try:
-            self._store(key_states.detach(), value_states.detach())  # data only, never autograd history
-        except Exception:  # e.g. non-finite input: the cache stays as it was (stored tensors are never mutated)
-            self.__dict__.update(before)
-            raise
-        flags, self._flags = self._flags, None
-        if flags:
-            self._pending = (torch.stack(flags).all(), before)
+        self._checked(self._store, key_states.detach(), value_states.detach())  # data only, no autograd history
         out_k, out_v = key_states, value_states
         setattr(out_k, TAG, self)
         setattr(out_v, TAG, self)
         return out_k, out_v
+
+    def _checked(self, fn, *args) -> None:
+        """Run fn(*args), a change of this layer's storage whose encodes and window admissions check their input:
+        on an exception (e.g. non-finite input) the layer is restored (stored tensors are never written in place);
+        with `defer_check` the checks are left as one pending device flag, joined to a pending one (same forward
+        pass: the update, then the attention's first compression), whose rollback restores the earliest state."""
+        before = dict(self.__dict__, chunks_k=list(self.chunks_k), chunks_v=list(self.chunks_v),
+                      backend_state=dict(self.backend_state))
+        self._flags = [] if self.defer_check else None
+        try:
+            fn(*args)
+        except Exception:
+            self.__dict__.update(before)
+            raise
+        flags, self._flags = self._flags, None
+        if flags:
+            flag = torch.stack(flags).all()
+            self._pending = (flag, before) if self._pending is None else (self._pending[0] & flag, self._pending[1])
 
     def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.cumulative_length += k.shape[-2]
@@ -229,8 +237,11 @@ class TurboQuantLayer(CacheLayerMixin):
             raise ValueError(f"query {list(query.shape)} does not fit this layer ({h} KV heads, head_dim "
                              f"{self.head_dim})")
         power = query.detach().double().pow(2).reshape(b, h, hq // h * tq, d).sum(dim=(0, 2))
+        self._checked(self._observed, power, b * (hq // h) * tq)
+
+    def _observed(self, power: torch.Tensor, count: int) -> None:
         self.q_power = power if self.q_power is None else self.q_power + power
-        self.q_count += b * (hq // h) * tq
+        self.q_count += count
         self.flush()
 
     def _fit_scale(self, k: torch.Tensor) -> torch.Tensor | None:
