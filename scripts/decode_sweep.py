@@ -6,6 +6,8 @@ Prints one line per (shape, kind, variant): median µs of CUDA-graph replays of 
 rotation, kernel, split merge, inverse rotation), x = SDPA / ours, GB/s on the compressed K+V bytes, and the
 relative error of the variant's output against the first variant's on the same rows and query.
 --variants takes a JSON list of attend_packed keyword sets (e.g. '[{"fast": false}, {}, {"maxnreg": 128}]').
+With --kernels, each variant's step is also run eagerly under torch.profiler: the device time of each of its
+kernels (median over the profiled steps), to split a step's time into the decode kernel and what surrounds it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,24 @@ def _kernel_args(var: dict, b: int, t: int, dev) -> dict:
     return var
 
 
+def kernel_times(step, n: int = 5) -> list[tuple[str, float]]:
+    """(kernel name, median µs) of each kernel launched by step(), in launch order (eager, torch.profiler)."""
+    import statistics
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    evs = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    per = len(evs) // n
+    names = [e.name for e in evs[:per]]
+    return [(names[i][:60], statistics.median(evs[j * per + i].time_range.elapsed_us() for j in range(n)))
+            for i in range(per)]
+
+
 def main(argv=None) -> int:
     import triton.testing as tt
     import torch.nn.functional as F
@@ -50,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="turbo4,turbo2")
     ap.add_argument("--variants", help="JSON list of attend_packed keyword sets (default: VARIANTS)")
     ap.add_argument("--head-dim", type=int, default=HEAD_DIM, help="head_dim of queries and rows (default 128)")
+    ap.add_argument("--kernels", action="store_true", help="also each kernel's device time (eager, profiler)")
     args = ap.parse_args(argv)
     from compactkv.attention.triton.decode import HEAD_DIMS
     if args.head_dim not in HEAD_DIMS:
@@ -84,12 +105,16 @@ def main(argv=None) -> int:
                     continue
                 r = {"batch": b, "context": t, "head_dim": d, "kind": kind, **var, "us": us, "sdpa_us": sdpa,
                      "x": sdpa / us, "gbps": nbytes / us / 1e3, "rel_err_vs_first": err}
+                if args.kernels:
+                    r["kernels_us"] = kernel_times(step)
                 rows.append(r)
                 if args.json:  # after every row: a run cut short by a time limit keeps what it measured
                     with open(args.json, "w") as f:
                         json.dump({"card": card, "rows": rows}, f, indent=1)
                 print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s"
                       f"  err {err:.1e}", flush=True)
+                for name, k_us in r.get("kernels_us", []):
+                    print(f"      {k_us:8.1f} us  {name}", flush=True)
                 del step
     return 0
 
