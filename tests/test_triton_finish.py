@@ -25,19 +25,22 @@ CASES = [  # g, tq, d, sinks, compressed, recent, splits, bias, causal, adj, win
     (4, 1, 32, 4, 40, 10, 2, True, False, False, "float16"),  # V stored unrotated (f16/q8_0): no inverse map
     (4, 9, 64, 4, 40, 10, 3, False, True, True, "float16"),  # 36 rows: more than one query block
     (2, 1, 256, 4, 40, 40, 4, False, False, True, "float16"),
+    (4, 1, 128, 4, 40, 10, 3, False, False, True, "bfloat16", "bfloat16"),  # the query in its own dtype
+    (3, 2, 64, 0, 40, 0, 3, True, False, True, "float16", "float16"),
 ]
 
 
 def _check(case, device: str) -> float:
     from compactkv.attention.triton.decode import SplitPartials, finish_decode, query_blocks
 
-    g, tq, d, ns, nc, nr, splits, has_bias, causal, has_adj, wdt = case
+    g, tq, d, ns, nc, nr, splits, has_bias, causal, has_adj, wdt = case[:11]
+    qdt = getattr(torch, case[11] if len(case) > 11 else "float32")  # the finishing launch reads q as fp32
     gen = torch.Generator().manual_seed(hash(case) % 2**31)
     b, h, qs = 2, 2, 0.2
     wdt = getattr(torch, wdt)
     tqb, nqb, bm = query_blocks(g, tq)
     f64 = torch.float64
-    q = torch.randn(b, h, g * tq, d, generator=gen)
+    q = torch.randn(b, h, g * tq, d, generator=gen).to(qdt)
     kc, vc = torch.randn(b, h, nc, d, generator=gen, dtype=f64), torch.randn(b, h, nc, d, generator=gen, dtype=f64)
     sk, sv = (torch.randn(b, h, ns, d, generator=gen).to(wdt) for _ in range(2))
     # the recent window as the layer holds it: views into buffers with free slots (row stride d, head stride not)
@@ -172,6 +175,26 @@ def _encode_frac_mismatches(device: str) -> int:
     return bad
 
 
+def _map_query_check(device: str) -> float:
+    """decode.map_query (the decode step's query map, one launch) vs float64: worst relative error over query
+    dtypes, shared and per-head maps, 1 to 12 rows per head, head_dim 64 and 128."""
+    from compactkv.attention.triton.decode import map_query
+    worst = 0.0
+    gen = torch.Generator().manual_seed(11)
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        for d, m, per_head in ((64, 1, False), (128, 4, True), (128, 12, False), (64, 8, True)):
+            q = torch.randn(2, 3, m, d, generator=gen).to(dt)
+            w = torch.randn(*((3,) if per_head else ()), d, d, generator=gen) / d ** 0.5
+            got = map_query(q.to(device), w.to(device)).cpu()
+            want = q.double() @ w.double()
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            worst = max(worst, float((got.double() - want).norm() / want.norm()))
+    for bad in (torch.randn(64, 32), torch.randn(4, 64, 64), torch.randn(64, 64, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="w must be fp32"):
+            map_query(torch.randn(2, 3, 4, 64).to(device), bad.to(device))
+    return worst
+
+
 def _interpreter_main() -> None:
     import numpy as np
     import triton.runtime.interpreter as interp
@@ -195,6 +218,9 @@ def _interpreter_main() -> None:
     bad = _encode_frac_mismatches("cpu")
     print(f"fractional encode mismatched bytes {bad}")
     assert bad == 0, bad
+    qm = _map_query_check("cpu")
+    print(f"query map worst relative {qm:.3e}")
+    assert qm < 1e-6, qm
 
 
 def test_finish_kernel_vs_float64():
@@ -203,11 +229,12 @@ def test_finish_kernel_vs_float64():
         worst = max(_check(case, "cuda") for case in CASES)
         assert worst < 1e-4, worst
         assert _encode_frac_mismatches("cuda") == 0
+        assert _map_query_check("cuda") < 1e-6
         return
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "fractional encode mismatched bytes 0" in run.stdout
+    assert "fractional encode mismatched bytes 0" in run.stdout and "query map worst relative" in run.stdout
 
 
 if __name__ == "__main__":

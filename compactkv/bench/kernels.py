@@ -92,12 +92,13 @@ def copy_bandwidth(device) -> float:
 def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
-    The step is what the Triton backend runs for a layer without fp16 windows: the query map (one matmul with the
-    K rotation and the softmax scale folded in), the split kernel (the Gluon kernel over planar copies of the same
+    The step is what the Triton backend runs for a layer without fp16 windows: the query map (`map_query`, one
+    launch: the K rotation and the softmax scale folded in), the split kernel (the Gluon kernel over planar copies of the same
     rows with `gluon=True`) and the finishing launch that merges the splits, applies the inverse V map and writes
     fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
     from ..attention.triton.backend import ONE_CHUNK
-    from ..attention.triton.decode import LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind
+    from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
+                                           packed_kind)
     from ..core.codec import Codec
     kc, vc = Codec(kind, head_dim, seed=0), Codec(kind, head_dim, seed=1)
     rk, rv = random_rows(kc, b, HKV, t, device), random_rows(vc, b, HKV, t, device)
@@ -120,11 +121,13 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         kt, vt = chunk_table([rk]), chunk_table([rv])
 
     def step():
-        qf = q.float().reshape(b, HKV, HQ // HKV, head_dim)
+        qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
         if gluon:
-            parts = launch_gluon(qf @ w, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t, **kernel)
+            parts = launch_gluon(map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t,
+                                 **kernel)
         else:
-            parts = launch_splits(qf @ w, kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1, **kernel)
+            parts = launch_splits(map_query(qf, w), kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1,
+                                  **kernel)
         return finish_decode(qf, parts, tq=1, qscale=c, windows=(empty,) * 4, n_comp=t, adj=adj, bias=None,
                              causal=False, out_dtype=torch.float16)
 

@@ -15,8 +15,8 @@ import functools
 
 import torch
 
-from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, packed_kind, query_key_map,
-                     unsupported)
+from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
+                     query_key_map, unsupported)
 from .gluon import gluon_device_error, launch_gluon, planes_unsupported
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
@@ -165,7 +165,9 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     if tq >= PREFILL_MIN_TQ:  # static layers too: their rows all hold the host's count (a prefill is never captured)
         source = _packed_source(layer, b, query.device) if layer.n_compressed else None
         return prefill_attention(layer, query, mask, scaling, source)
-    q = query.float().reshape(b, hkv, g * tq, d)
+    # the query in its own dtype: the map and the finishing launch read it as fp32 (an fp32 copy was one more launch)
+    q = query if query.dtype in (torch.float16, torch.bfloat16, torch.float32) else query.float()
+    q = q.reshape(b, hkv, g * tq, d)
     n_sink, n_comp, n_recent = layer.sink_k.shape[-2], layer.n_compressed, layer.recent_k.shape[-2]
     bias = _mask_bias(mask, b, tq, n_sink + n_comp + n_recent)
     causal = mask is None and tq > 1
@@ -180,11 +182,11 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         planes = _gluon_planes(layer, kc, vc, g, tq, bias_c)
         if planes is not None:  # planar static storage: the Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
-            parts = launch_gluon((q @ w).contiguous(), kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
+            parts = launch_gluon(map_query(q, w), kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
                                  packed_kind(vc), max_len=max_len, num_splits=num_splits)
         else:
             k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
-            parts = launch_splits(q @ w, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+            parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
                                   max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
                                   num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]

@@ -21,6 +21,7 @@ from .kernels_decode import (FAMILY_F16, FAMILY_FRAC, FAMILY_MSE, FAMILY_Q8_0, d
                              decode_split_kernel, dequant_kernel)
 from .kernels_fast import decode_fast_kernel
 from .kernels_finish import decode_finish_kernel
+from .kernels_query import query_map_kernel
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128, 256)
@@ -365,6 +366,22 @@ def query_blocks(g: int, tq: int) -> tuple[int, int, int]:
     return tqb, math.ceil(tq / tqb), max(16, triton.next_power_of_2(g * tqb))
 
 
+def map_query(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """q @ w in one launch: q [B, H, M, D] in its float dtype (fp16/bf16/fp32), w fp32 [D, D] or [H, D, D];
+    returns fp32 [B, H, M, D] (fp32 products, IEEE). The decode step's query map (kernels_query.py)."""
+    b, h, m, d = q.shape
+    if w.dtype != torch.float32 or w.shape[-2:] != (d, d) or (w.dim() == 3 and w.shape[0] != h) or w.dim() not in (2, 3):
+        raise ValueError(f"w must be fp32 [{d}, {d}] or [{h}, {d}, {d}], got {w.dtype} {list(w.shape)}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")
+    q, w = q.contiguous(), w.contiguous()
+    out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
+    if out.numel():
+        query_map_kernel[(b * h,)](q, w, out, h, m, d * d if w.dim() == 3 else 0, D=d,
+                                   BLOCK_M=max(16, triton.next_power_of_2(m)), num_warps=4)
+    return out
+
+
 def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qscale: float,
                   windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], n_comp: int,
                   adj: torch.Tensor | None, bias: torch.Tensor | None, causal: bool,
@@ -372,7 +389,8 @@ def finish_decode(q: torch.Tensor, parts: SplitPartials | None, *, tq: int, qsca
     """The whole output of a decode call, in one launch: split partials (or None without compressed tokens)
     merged with the attention over the fp16 windows, mapped back by `adj`, as [B, Tq, H*G, D] in `out_dtype`.
 
-    q: fp32 [B, H, G*Tq, D] in the original space, unscaled (row g*Tq + t); qscale = softmax scale * log2 e.
+    q: [B, H, G*Tq, D] (fp32, or the query's fp16/bf16) in the original space, unscaled (row g*Tq + t); qscale =
+    softmax scale * log2 e.
     windows: (sink_k, sink_v, recent_k, recent_v), each [B, H, n, D] fp16/bf16 (sinks at positions 0.., recent
     tokens after the n_comp compressed ones). adj: fp32 [D, D] or [H, D, D] inverse V map on row vectors, or None.
     bias: fp32 [B or 1, Tq, tk] additive mask in natural-log units (tk = all stored tokens), or None. causal: query

@@ -61,7 +61,7 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
     """One query row: merge its compressed splits and its fp16 windows, write its output row.
 
     o_ptr/ml_ptr: split partials [B*H*NQB, num_splits, BLOCK_M, D] and [.., 2, BLOCK_M] (num_splits may be 0;
-    BLOCK_S >= num_splits). q_ptr: fp32 [B*H, G*TQ, D], rows g*TQ + t, in the original (unrotated) space,
+    BLOCK_S >= num_splits). q_ptr: fp32/fp16/bf16 [B*H, G*TQ, D], rows g*TQ + t, in the original (unrotated) space,
     unscaled; qscale = softmax scale * log2 e. sk/sv, rk/rv: [B, H, n, D] fp16/bf16 sink and recent windows
     with contiguous rows; batch and head strides (in elements) s_sb, s_sh for the sink pair, r_sb, r_sh for the
     recent pair (the recent window may be a view into a larger buffer, see TurboQuantLayer). adj_ptr: fp32
@@ -94,7 +94,7 @@ def decode_finish_kernel(o_ptr, ml_ptr, num_splits, q_ptr, qscale,
         w_s = tl.exp2(m_s - tl.where(m_c == float("-inf"), 0.0, m_c))
         l_c = tl.sum(l_s * w_s, axis=0)
 
-        q = tl.load(q_ptr + (bh.to(tl.int64) * G * TQ + g * TQ + t) * D + rd) * qscale
+        q = tl.load(q_ptr + (bh.to(tl.int64) * G * TQ + g * TQ + t) * D + rd).to(tl.float32) * qscale
         if HAS_KMEAN:  # compressed keys are stored centered: their scores are short of q·k_mean (log2 units)
             m_c = m_c + tl.sum(q * tl.load(kmean_ptr + bh.to(tl.int64) * D + rd), axis=0)
 
