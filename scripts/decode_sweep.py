@@ -46,13 +46,8 @@ def kernel_times(step, n: int = 5) -> list[tuple[str, float]]:
     """(kernel name, median µs) of each kernel launched by step(), in launch order (eager, torch.profiler)."""
     import statistics
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            step()
-        torch.cuda.synchronize()
+    from compactkv.bench.kernels import profile_kernels
+    prof = profile_kernels(step, n)
     evs = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
     per = len(evs) // n
     names = [e.name for e in evs[:per]]

@@ -125,7 +125,7 @@ defaults)
     tail -16 "$OUT/kernels.txt"
     ;;
 turbo3)
-    python -m pytest -q -p no:warnings -k "turbo3" tests/test_lut_decode.py > "$OUT/pytest_t3_a.txt" 2>&1 &
+    python -m pytest -q -p no:warnings -k "turbo3- or test_turbo3" tests/test_lut_decode.py > "$OUT/pytest_t3_a.txt" 2>&1 &
     python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_t3_b.txt" 2>&1 &
     wait
     for f in "$OUT"/pytest_t3_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -8; done
@@ -148,7 +148,7 @@ ttft)
     grep -v Warn "$OUT/prefill-syncs.txt" | grep -A40 "synchronizing calls" | head -60
     ;;
 lut-turbo2)
-    python -m pytest -q -p no:warnings -k "turbo2" tests/test_lut_decode.py > "$OUT/pytest_lut2.txt" 2>&1
+    python -m pytest -q -p no:warnings -k "turbo2- or test_turbo2_table" tests/test_lut_decode.py > "$OUT/pytest_lut2.txt" 2>&1
     grep -E "^FAILED|passed|failed|error" "$OUT/pytest_lut2.txt" | tail -8
     default='[{"gluon": true}, {"gluon": true, "lut": true}, {"gluon": true, "lut": true, "lut_warps": 4, "lut_maxnreg": 200},
         {"gluon": true, "lut": true, "lut_pipe": 2, "lut_maxnreg": 168}, {"gluon": true, "lut": true, "lut_pipe": 0, "lut_maxnreg": 128}]'

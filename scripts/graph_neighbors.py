@@ -23,9 +23,9 @@ import argparse
 import torch
 from torch.autograd import DeviceType
 from transformers import LlamaConfig
-from torch.profiler import ProfilerActivity, profile
 
 from compactkv.attention.triton.backend import triton_attention
+from compactkv.bench.kernels import profile_kernels
 from compactkv.attention.triton.encode import encode_into
 from compactkv.bench.e2e import static_fill
 from compactkv.cache.static import StaticKVCache, StaticTurboQuantLayer
@@ -33,12 +33,7 @@ from compactkv.cache.static import StaticKVCache, StaticTurboQuantLayer
 
 def kernel_us(fn, reps: int = 3) -> dict[str, float]:
     """Mean device time per launch (us) of each kernel name run by fn()."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
+    prof = profile_kernels(fn, reps)
     return {e.key: e.self_device_time_total / e.count for e in prof.key_averages()
             if e.device_type == DeviceType.CUDA and e.count}
 

@@ -184,20 +184,14 @@ def _check_table(kind, d, warps, pipe, maxnreg, bn, g):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 200), (8, 2, 168), (8, 0, 128), (16, 0, 128)])
+@pytest.mark.parametrize("kind,warps,pipe,maxnreg", [
+    ("turbo2", 8, 3, 232), ("turbo2", 4, 3, 200), ("turbo2", 8, 2, 168), ("turbo2", 8, 0, 128), ("turbo2", 16, 0, 128),
+    ("turbo3", 8, 3, 232), ("turbo3", 4, 3, 200), ("turbo3", 8, 2, 168), ("turbo3", 8, 2, 128), ("turbo3", 16, 2, 128)])
 @pytest.mark.parametrize("g", [1, 4, 8])
-def test_turbo2_table_kernel_vs_float64(warps, pipe, maxnreg, g):
-    """turbo2 K and V at head_dim 128 (8-byte table entries, 4 parts per byte); opt-in (`lut=True`)."""
-    _check_table("turbo2", 128, warps, pipe, maxnreg, 32, g)
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 200), (8, 2, 168), (8, 2, 128), (16, 2, 128)])
-@pytest.mark.parametrize("g", [1, 4, 8])
-def test_turbo3_table_kernel_vs_float64(warps, pipe, maxnreg, g):
-    """turbo3 K and V at head_dim 128 (6-bit keys of two codes, 48-byte rows read as words; the default)."""
-    _check_table("turbo3", 128, warps, pipe, maxnreg, 32, g)
+def test_turbo2_turbo3_table_kernel_vs_float64(kind, warps, pipe, maxnreg, g):
+    """turbo2 (8-byte table entries, 4 parts per byte) and turbo3 (6-bit keys of two codes, 48-byte rows read as
+    words) K and V at head_dim 128, both the default there."""
+    _check_table(kind, 128, warps, pipe, maxnreg, 32, g)
 
 
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])

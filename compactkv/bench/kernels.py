@@ -89,6 +89,18 @@ def copy_bandwidth(device) -> float:
     return 2 * n / t / 1e9
 
 
+def profile_kernels(fn, reps: int = 3):
+    """torch.profiler (CUDA activity) over `reps` calls of fn(), after one unprofiled call; the profile object."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return prof
+
+
 def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
