@@ -105,9 +105,9 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
     The step is what the Triton backend runs for a layer without fp16 windows: the query map (`map_query`, one
-    launch: the K rotation and the softmax scale folded in), the split kernel (the Gluon kernel over planar copies of the same
-    rows with `gluon=True`) and the finishing launch that merges the splits, applies the inverse V map and writes
-    fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
+    launch: the K rotation and the softmax scale folded in), the split kernel (with `gluon=True` the planar kernel,
+    table or Gluon, over planar copies of the same rows) and the finishing launch that merges the splits, applies
+    the inverse V map and writes fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
                                            packed_kind)

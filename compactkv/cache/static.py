@@ -5,8 +5,9 @@ fair graphed comparison); `StaticTurboQuantCache` / `StaticDenseCache` are trans
 per decoder layer (full attention only). engine/graphs.py captures a whole decode step of a model over them.
 
 Rows keep the codec's row format and sit in [B, H, max_cache_len, row_bytes] uint8 buffers, or, for turbo2/turbo4
-K and V (`planar`), the same bytes in two planes per operand: codes [B, H, max_cache_len, D*bits/8] uint8 (rows
-16-byte aligned, which the Gluon decode kernel's wide loads need) and norms [B, H, max_cache_len] fp16. The
+K and V and turbo3 at head_dim 128 (`planar`), the same bytes in two planes per operand: codes [B, H,
+max_cache_len, D*bits/8] uint8 (rows 16-byte aligned, which the planar decode kernels' wide loads need) and norms
+[B, H, max_cache_len] fp16. The
 number of stored tokens per batch row lives on the device (`lengths`), so appending a token and attending over
 the cache have fixed shapes and addresses and a decode step can be captured in a CUDA graph. There are no fp16
 sink or recent windows: every token is encoded when it arrives. The encoder is injected (`encode`): the default

@@ -26,8 +26,8 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
                  device: str | torch.device | None = None) -> StaticKVCache:
     """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of
     codec kinds (a single kind means k = v). On CUDA with Triton, compressed layers encode with the in-place kernel,
-    so a decode step over them can be captured, and turbo2/turbo4 are stored as planes for the Gluon decode kernel
-    where Gluon is usable; elsewhere with Codec.encode (eager only)."""
+    so a decode step over them can be captured, and turbo2/turbo4 (turbo3 at head_dim 128) are stored as planes for
+    the Gluon/table decode kernels where Gluon is usable; elsewhere with Codec.encode (eager only)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(kind, str) and kind in DENSE:
         dtype = next(model.parameters()).dtype

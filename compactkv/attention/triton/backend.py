@@ -5,8 +5,9 @@ Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through 
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
-storage (`planes()`, turbo2/turbo4) run the Gluon kernel (gluon.py) instead of the split kernel. Per-layer derived tensors (chunk tables, the
-query map) are kept in the layer's `backend_state` dict, which the layer empties on reset.
+storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
+split kernel. Per-layer derived tensors (chunk tables, the query map) are kept in the layer's `backend_state` dict,
+which the layer empties on reset.
 """
 
 from __future__ import annotations

@@ -370,7 +370,8 @@ def map_query(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """q @ w in one launch: q [B, H, M, D] in its float dtype (fp16/bf16/fp32), w fp32 [D, D] or [H, D, D];
     returns fp32 [B, H, M, D] (fp32 products, IEEE). The decode step's query map (kernels_query.py)."""
     b, h, m, d = q.shape
-    if w.dtype != torch.float32 or w.shape[-2:] != (d, d) or (w.dim() == 3 and w.shape[0] != h) or w.dim() not in (2, 3):
+    if w.dtype != torch.float32 or w.dim() not in (2, 3) or w.shape[-2:] != (d, d) \
+            or (w.dim() == 3 and w.shape[0] != h):
         raise ValueError(f"w must be fp32 [{d}, {d}] or [{h}, {d}, {d}], got {w.dtype} {list(w.shape)}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")

@@ -176,9 +176,10 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
     cp.async pipeline of `stages` tiles through shared memory (default: `gluon_prefetch(head_dim)`). lut: the
     table kernel instead (kernels_lut; turbo4 K and V at head_dim 64/128, turbo3 or turbo2 K and V at 128;
-    `lut_warps` splits per program; default: `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the next tile's code bytes copied into a shared
-    stage during this one, 2 the next tile's code bytes and norms loaded into registers during this one, 3
-    (default) the two next tiles'; lut_maxnreg: its register cap per thread.
+    `lut_warps` splits per program; default: `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the
+    next tile's code bytes copied into a shared stage during this one, 2 the next tile's code bytes and norms
+    loaded into registers during this one, 3 (default) the two next tiles'; lut_maxnreg: its register cap per
+    thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = q.shape

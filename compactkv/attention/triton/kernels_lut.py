@@ -1,5 +1,5 @@
-"""Decode attention over planar turbo4 (or turbo2) codes with a shared-memory lookup table (Gluon), W warps per
-program.
+"""Decode attention over planar turbo4, turbo3 or turbo2 codes with a shared-memory lookup table (Gluon), W warps
+per program.
 
 The Gluon kernel (kernels_gluon.py) is bound by the integer pipe: its prmt decoders take ~19 instructions per 4
 code bytes (docs/kernels.md, session 9). Here a code byte is decoded by one table read instead: a 256-entry
@@ -17,12 +17,18 @@ tile is decoded. They travel as int32 words: a loop-carried uint8 tensor takes a
 then takes each byte from its word with a prmt selector (a constant per register) in the same prmt that forms
 its table address, so the words cost no extra instruction.
 
-turbo2 (BITS 2, opt-in): a byte holds 4 codes, so an entry is 8 bytes (parts 0,1 | parts 2,3), read with one
+turbo2 (BITS 2): a byte holds 4 codes, so an entry is 8 bytes (parts 0,1 | parts 2,3), read with one
 ld.shared.v2 per byte (entry e of lane l at byte 256 e + 8 l: a warp's read is 256 bytes, two conflict-free
 wavefronts), and each of the 4 parts is its own operand and accumulator, as in the Gluon kernel.
 
+turbo3 (BITS 3, words only): the codec packs code i at row bits [3 i, 3 i + 3), so the codes of dims 2 j, 2 j + 1
+form the 6-bit key at bits [6 j, 6 j + 6), which plays the part of a turbo4 byte (same operands, query order and
+output dims): one read of a 64-entry half2 table (128-byte rows of 32 lane copies, 8 KB) at an address made by one
+funnel shift of the 64-bit window holding the key and one and/or. A K lane's 16 keys are 12 bytes (3 words), a V
+lane's 8 keys 6 bytes starting at bit 0 or 16 of a word (`_keys3_k`, `_keys3_v`, `lut3_shift`).
+
 The table must sit at the start of the program's shared memory (the decoder addresses it from `global_smem`):
-the launcher checks that the compiled kernel uses exactly the table's 64 KB (no other shared buffer).
+the launcher checks that the compiled kernel uses exactly the table's bytes (no other shared buffer).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from .kernels_gluon import split_rule
 
 
 def lut_asm(words: bool = False, bits: int = 4) -> str:
-    """pack=4 decoder of P = 8 / bits parts: outputs first ($0, $1 = part 0 of elements 0,1 / 2,3; $2, $3 = part 1;
+    """pack=4 decoder (bits 3: `_lut3_asm`) of P = 8 / bits parts: outputs first ($0, $1 = part 0 of elements
+    0,1 / 2,3; $2, $3 = part 1;
     ... part p holds code p of each byte, bits [bits p, bits p + bits)), then inputs from $2P: the 4 code bytes
     (words: the 4 int32 words holding them), then the lane's byte offset (entry bytes x lane), with words the 4
     prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]), one
@@ -258,8 +265,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
     this tile is computed; 2 = the next tile's code bytes (int32 words in layouts KWORD / VWORD, `lut_layouts`)
     and norms loaded into registers during this one; 3 = as 2, two tiles ahead; 0 = loaded from global memory at
-    the tile's start. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]) or 2 (turbo2, lut_ptr int32 [512]: entry e's
-    two words at 2 e, 2 e + 1; 4 parts per byte, each its own operand and accumulator)."""
+    the tile's start. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
+    6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
+    byte, each its own operand and accumulator)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
