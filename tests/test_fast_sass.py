@@ -37,3 +37,29 @@ def test_loop_fits_128_registers(kind, limit, smem):
     # opaque table registers pinned the decoders to the load layout: 12.0 cycles per token for both kinds)
     per_token = sum(sass_decode.smem_cycles(op) for _, op, _ in loop) * 4 / 64
     assert per_token <= smem, f"{per_token:.2f} shared-memory cycles per token (measured 8.00 / 6.00)"
+
+
+@pytest.mark.parametrize("d", [32, 64, 128, 256])
+@pytest.mark.parametrize("m", [4, 40])
+def test_query_map_builds_without_spills(d, m):
+    """decode.map_query's tiles (chosen by rows per KV head) compile for sm_90 without local-memory spills at every
+    head_dim the kernels take: the one-launch query map of every decode step."""
+    import torch
+    from compactkv.attention.triton import decode
+    from compactkv.attention.triton.kernels_query import query_map_kernel
+    seen = {}
+
+    class Grab:  # records the launch's constexprs instead of running it
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.update(kw)
+    real = decode.query_map_kernel
+    decode.query_map_kernel = Grab()
+    try:
+        decode.map_query(torch.zeros(1, 2, m, d, dtype=torch.bfloat16), torch.eye(d))
+    finally:
+        decode.query_map_kernel = real
+    opts = {"num_warps": seen.pop("num_warps")}
+    args = dict(q_ptr=torch.empty(64, dtype=torch.bfloat16), w_ptr=torch.empty(64), out_ptr=torch.empty(64), H=8,
+                M=m, w_head_stride=0)
+    _, regs, stack = sass_decode.sass(sass_decode._compile(query_map_kernel, args, seen, opts))
+    assert stack == 0 and regs <= 64, (regs, stack)

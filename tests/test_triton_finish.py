@@ -182,7 +182,9 @@ def _map_query_check(device: str) -> float:
     worst = 0.0
     gen = torch.Generator().manual_seed(11)
     for dt in (torch.float16, torch.bfloat16, torch.float32):
-        for d, m, per_head in ((64, 1, False), (128, 4, True), (128, 12, False), (64, 8, True)):
+        # rows per KV head up to 8 heads x 15 tokens and MQA's 32 heads x 3 tokens; head_dim 32 to 256
+        for d, m, per_head in ((64, 1, False), (128, 4, True), (128, 12, False), (64, 8, True), (256, 120, True),
+                               (32, 96, False), (256, 3, False)):
             q = torch.randn(2, 3, m, d, generator=gen).to(dt)
             w = torch.randn(*((3,) if per_head else ()), d, d, generator=gen) / d ** 0.5
             got = map_query(q.to(device), w.to(device)).cpu()

@@ -378,8 +378,12 @@ def map_query(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     q, w = q.contiguous(), w.contiguous()
     out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
     if out.numel():
-        query_map_kernel[(b * h,)](q, w, out, h, m, d * d if w.dim() == 3 else 0, D=d,
-                                   BLOCK_M=max(16, triton.next_power_of_2(m)), num_warps=4)
+        # tiles that compile without spills for sm_90 at head_dim 32-256 (fp32 FMA dot: 48-64 registers)
+        bm = 16 if m <= 16 else 32
+        bn = min(d, 64 if bm == 16 else 32)
+        query_map_kernel[(b * h, triton.cdiv(m, bm), d // bn)](q, w, out, h, m, d * d if w.dim() == 3 else 0, D=d,
+                                                               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=min(d, 32),
+                                                               num_warps=4)
     return out
 
 
