@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU work, in three parts that each fit a 10-minute call (results under $OUT, or ./out).
 #
-#   bash scripts/gpu_batch.sh tests   # every Triton GPU test, three pytest processes at once (compiles in parallel)
+#   bash scripts/gpu_batch.sh tests   # every Triton GPU test, five pytest processes at once (compiles in parallel)
 #   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: decoder tables, tiles/warps, register caps, splits
 #                                     # (SHAPES, KINDS, HEAD_DIM, VARIANTS override the defaults)
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
@@ -26,10 +26,17 @@ export PYTHONPATH=.
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader
 case "${1:-}" in
 tests)
-    python -m pytest -q -k "fast_kernel_configurations" tests/test_triton_kernels.py > "$OUT/pytest_a.txt" 2>&1 &
-    python -m pytest -q -k "not fast_kernel_configurations" tests/test_triton_kernels.py > "$OUT/pytest_b.txt" 2>&1 &
-    python -m pytest -q tests/test_triton_finish.py tests/test_triton_dispatch.py tests/test_fast_sass.py \
-        > "$OUT/pytest_c.txt" 2>&1 &
+    # five processes at once (the GPU tests are mostly compile time; the device has 16 cores), each cut at 9 min
+    t="timeout ${TEST_TIMEOUT:-540}"
+    $t python -m pytest -q -p no:warnings -k "fast_kernel_configurations" tests/test_triton_kernels.py \
+        > "$OUT/pytest_a.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "not fast_kernel_configurations" tests/test_triton_kernels.py \
+        > "$OUT/pytest_b.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_triton_finish.py tests/test_triton_dispatch.py \
+        tests/test_fast_sass.py tests/test_cache.py > "$OUT/pytest_c.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_lut_decode.py > "$OUT/pytest_d.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py tests/test_gluon_decode.py \
+        > "$OUT/pytest_e.txt" 2>&1 &
     wait
     for f in "$OUT"/pytest_*.txt; do echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20; done
     ;;
