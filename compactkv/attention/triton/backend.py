@@ -125,8 +125,8 @@ def _table_at(ptr: int, stride_b: int, stride_h: int, row_bytes: int, stride_t: 
 
 def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
     """The planar static layer's (k_codes, k_norms, v_codes, v_norms, lengths, max_len) when `launch_gluon` (the
-    table or the Gluon kernel) takes this call (one query token, no additive mask, <= 8 query rows per KV head), else None (other calls over
-    planar storage read row-format copies through `packed_rows`)."""
+    table or the Gluon kernel) takes this call (one query token, no additive mask, <= 8 query rows per KV head),
+    else None (other calls over planar storage read row-format copies through `packed_rows`)."""
     planes_of = getattr(layer, "planes", None)
     planes = planes_of() if planes_of is not None else None
     if planes is None or bias is not None:
@@ -187,8 +187,8 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
                                  packed_kind(vc), max_len=max_len, num_splits=num_splits)
         else:
             k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
-            parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
-                                  max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
+            parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc),
+                                  chunk=chunk, max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
                                   num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
