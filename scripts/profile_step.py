@@ -90,6 +90,8 @@ def main() -> None:
                    help="with --prefill: also print where the prefill synchronizes (torch sync debug mode)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.sync_stacks and not args.prefill:
+        p.error("--sync-stacks looks at a prefill: add --prefill")
     dev = torch.device("cuda")
     model, shape = build_model(False, dev)
     kw = cache_kwarg(model)

@@ -100,9 +100,13 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
+    from compactkv.attention.triton.gluon import lut_config_error
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
         raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
     bits = int(kind[-1])
+    why = lut_config_error(bits, d, warps, pipe, maxnreg or 128, block_n)
+    if why:
+        raise ValueError(why)
     f32, u8 = torch.empty(64, dtype=torch.float32), torch.empty(64, dtype=torch.uint8)
     f16, i32 = torch.empty(64, dtype=torch.float16), torch.empty(8, dtype=torch.int32)
     t, nb = 32768, d * bits // 8

@@ -250,31 +250,38 @@ def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim
     return min(per_bh, need) * warps
 
 
+def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: int,
+                     block_n: int = GLUON_BLOCK_N) -> str | None:
+    """Why the table kernel cannot be built with these options for `bits`-bit codes at `head_dim`, or None (what
+    `launch_gluon`'s lut_warps / lut_pipe / lut_maxnreg take; scripts/sass_decode.py asks the same)."""
+    if warps not in (4, 8, 16):
+        return f"lut_warps {warps}: takes 4, 8 or 16"
+    if pipe not in (0, 1, 2, 3):
+        return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
+                "ahead) or 3 (two tiles ahead)")
+    if pipe < 2 and bits == 3:
+        return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
+    if pipe == 1 and bits != 4:
+        return "lut_pipe=1 (the cp.async stage) takes turbo4 codes only; turbo2 takes 0, 2 or 3"
+    if not 64 <= maxnreg <= 255:
+        return f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread"
+    if lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits) < 1:
+        return f"lut_maxnreg {maxnreg} with {warps} warps: a program needs more than a multiprocessor's 65536 registers"
+    rows = lut_smem(warps, head_dim, pipe, block_n, bits) // 256
+    if rows & (rows - 1):
+        return (f"lut_pipe=1 with {warps} warps at head_dim {head_dim}: the table and its stages must make a "
+                "power-of-two number of 256-byte rows (16 warps at head_dim 128)")
+    return None
+
+
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG) -> SplitPartials:
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
-    why = lut_unsupported(k_kind, v_kind)
+    why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
+                                                              block_n)
     if why:
         raise ValueError(why)
-    if warps not in (4, 8, 16):
-        raise ValueError(f"lut_warps {warps}: takes 4, 8 or 16")
-    if pipe not in (0, 1, 2, 3):
-        raise ValueError(f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, "
-                         "one tile ahead) or 3 (two tiles ahead)")
-    if pipe < 2 and k_kind.bits == 3:
-        raise ValueError(f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3")
-    if pipe == 1 and k_kind.bits != 4:
-        raise ValueError("lut_pipe=1 (the cp.async stage) takes turbo4 codes only; turbo2 takes 0, 2 or 3")
     bits = k_kind.bits
-    if not 64 <= maxnreg <= 255:
-        raise ValueError(f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread")
-    if lut_programs_per_sm(warps, q.shape[-1], pipe, maxnreg, bits) < 1:
-        raise ValueError(f"lut_maxnreg {maxnreg} with {warps} warps: a program needs more than a multiprocessor's "
-                         "65536 registers")
-    rows = lut_smem(warps, q.shape[-1], pipe, block_n, bits) // 256
-    if rows & (rows - 1):
-        raise ValueError(f"lut_pipe=1 with {warps} warps at head_dim {q.shape[-1]}: the table and its stages must "
-                         "make a power-of-two number of 256-byte rows (16 warps at head_dim 128)")
     b, h, g, d = q.shape
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
