@@ -55,9 +55,10 @@ class TurboQuantLayer(CacheLayerMixin):
         # encoder(codec, x) -> rows or None: a faster encoder producing rows bit-identical to codec.encode(x)
         # (the attention layer installs the Triton one on CUDA); None, or a None result, means codec.encode.
         self.encoder = None
-        # defer_check: an encoder's non-finite check (a device sync) is left pending after `update` instead of run
-        # there; whoever set it (TurboQuantCache: once per forward pass) calls `pending_flag` for every layer,
-        # then `rollback_pending` or `accept_pending`. Reads and rebuilds of the storage check first.
+        # defer_check: an encoder's non-finite check (a device sync) is left pending after `update` (and after the
+        # attention call's first compression, `observe`) instead of run there; whoever set it (TurboQuantCache:
+        # once per forward pass) calls `pending_flag` for every layer, then `rollback_pending` or
+        # `accept_pending`. Reads and rebuilds of the storage check first.
         self.defer_check = False
         self._clear()
 
@@ -78,7 +79,7 @@ class TurboQuantLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.backend_state = {}  # attention backends' per-layer derived tensors (e.g. kernel tables); dropped here
-        self._flags: list | None = None  # inside `update` with defer_check: the unchecked encoders' flags
+        self._flags: list | None = None  # inside `_checked` with defer_check: the unchecked encoders' flags
         self._pending = None  # (device bool: all finite, the layer's state before the unverified update)
 
     def __repr__(self) -> str:
@@ -187,7 +188,7 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def _admit(self, k16: torch.Tensor, v16: torch.Tensor) -> None:
         """Tokens just stored in an fp16 window (sinks or recent) must be finite there, as compressed rows must
-        be: checked now, or (defer_check, inside `update`) left as a flag with the update's other checks; a
+        be: checked now, or (defer_check, inside `_checked`) left as a flag with the update's other checks; a
         non-finite token would otherwise sit in the window and fail every later compression."""
         ok = torch.isfinite(k16).all() & torch.isfinite(v16).all()
         if self._flags is not None:
