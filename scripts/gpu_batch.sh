@@ -13,6 +13,7 @@
 #   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
 #   bash scripts/gpu_batch.sh defaults  # the default table build's tests, e2e B=8 T=32K (graphs), dynamic TTFT, kernels
 #   bash scripts/gpu_batch.sh lut-turbo2  # the turbo2 table kernel's tests, then it vs the Gluon kernel (turbo2 sweep)
+#   bash scripts/gpu_batch.sh qmap    # the table kernel's prologue query map: its tests, static-cache tests, sweep
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -42,6 +43,23 @@ tests)
         echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
         grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 200 "$f"; }
     done
+    ;;
+qmap)
+    # the query map in the table kernel's prologue: its tests, the static-cache tests, then with vs without it
+    t="timeout ${TEST_TIMEOUT:-300}"
+    $t python -m pytest -q -p no:warnings -k "query_map" tests/test_lut_decode.py > "$OUT/pytest_qmap.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_static.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "ragged or splits" tests/test_gluon_decode.py \
+        > "$OUT/pytest_gluon.txt" 2>&1 &
+    wait
+    for f in "$OUT"/pytest_*.txt; do
+        echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
+        grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 300 "$f"; }
+    done
+    python scripts/decode_sweep.py --kernels --json "$OUT/sweep-qmap.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants '[{"gluon": true}, {"gluon": true, "qmap": false}]' > "$OUT/sweep-qmap.txt" 2>&1
+    tail -30 "$OUT/sweep-qmap.txt"
     ;;
 sweep)
     default='[{}, {"table_regs": false}, {"table_regs": true}, {"table_regs": "k"}, {"table_regs": "v"},

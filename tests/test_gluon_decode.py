@@ -59,7 +59,10 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
     assert s["ops"]["HMMA"] > 0 and s["ops"]["LDGSTS"] > 0 and s["ops"]["LDS"] > 0
 
 
-def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, **kw):
+def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, qmap=None, per_head=False, **kw):
+    """Max relative error of attend_gluon vs float64. qmap: pass the query rows in this dtype with the map as `w`
+    (the kernel maps them; per_head: one map per KV head, the rotation after a per-head channel scale) instead of
+    the mapped fp32 query."""
     kw.setdefault("lut", False)  # the one-warp kernel here; tests/test_lut_decode.py passes lut=True
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
     from compactkv.attention.triton.gluon import attend_gluon
@@ -73,14 +76,25 @@ def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, **kw):
     q = torch.randn(b, hkv, g, d, device=dev)
     fwd, _ = codec_maps(kc, dev)
     _, adj = codec_maps(vc, dev)
-    qk = (q @ fwd if fwd is not None else q) * (d ** -0.5 * LOG2E)
+    fwd = fwd if fwd is not None else torch.eye(d, device=dev)
+    if qmap is None:
+        qk = (q @ fwd) * (d ** -0.5 * LOG2E)
+    else:
+        qk = q.to(qmap)  # the kernel's input; the reference scores it in float64
+        w = fwd * (d ** -0.5 * LOG2E)
+        q = qk.float()
+        if per_head:  # (q * s_h) @ fwd: the reference scores q * s_h
+            s = torch.rand(hkv, d, device=dev) + 0.5
+            w = s[:, :, None] * w
+            q = q * s[None, :, None, :]
+        kw["w"] = w
     out = torch.full((b, hkv, g, d), float("nan"), device=dev)
     lse = torch.full((b, hkv, g), float("nan"), device=dev)
     attend_gluon(qk, kcodes, knorms, vcodes, vnorms, torch.tensor(lengths, dtype=torch.int32, device=dev),
                  packed_kind(kc), packed_kind(vc), max_len=t, out=out, lse=lse, num_splits=num_splits, **kw)
     got = out @ adj if adj is not None else out
     assert torch.isfinite(lse).all()
-    return _rel(got, packed_dense_float64(kc, vc, rk, rv, q, d ** -0.5, lengths, 1))
+    return _rel(got, packed_dense_float64(kc, vc, rk, rv, q.float(), d ** -0.5, lengths, 1))
 
 
 @cuda

@@ -130,7 +130,8 @@ def test_lut_unsupported_reasons():
     ("turbo4", 128, 16, 0, 128), ("turbo4", 128, 16, 1, 128), ("turbo4", 64, 4, 2, 168), ("turbo4", 128, 4, 2, 168),
     ("turbo4", 128, 8, 2, 168), ("turbo4", 128, 8, 3, 200), ("turbo4", 128, 8, 3, 232), ("turbo4", 64, 8, 3, 232),
     ("turbo2", 128, 8, 3, 232), ("turbo2", 128, 4, 3, 200)])
-def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg):
+@pytest.mark.parametrize("qmap", [False, True])
+def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, two prmt per byte and part pair (turbo4: 2, turbo2: 3)
     and no other integer decoder."""
@@ -141,7 +142,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg):
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
     from compactkv.attention.triton.gluon import lut_smem
-    s = sass_decode.summary(kind, lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg)
+    s = sass_decode.summary(kind, lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg, qmap=qmap)
     ops = s["ops"]
     assert ops["LDL"] + ops["STL"] <= (2 if pipe >= 2 else 0)
     assert s["shared"] == lut_smem(warps, d, pipe) == 256 * 256 + (pipe == 1) * warps * 32 * d
@@ -192,6 +193,49 @@ def test_turbo2_turbo3_table_kernel_vs_float64(kind, warps, pipe, maxnreg, g):
     """turbo2 (8-byte table entries, 4 parts per byte) and turbo3 (6-bit keys of two codes, 48-byte rows read as
     words) K and V at head_dim 128, both the default there."""
     _check_table(kind, 128, warps, pipe, maxnreg, 32, g)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("qdtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_table_kernel_query_map_vs_float64(kind, qdtype, g):
+    """The query map in the kernel's prologue (QMAP: the query rows in their dtype, w passed, no map_query launch),
+    shared and per-head maps, ragged rows and empty splits."""
+    from test_gluon_decode import TOL, _check
+    kw = dict(lut=True, qmap=qdtype)
+    assert _check(kind, kind, 128, g, [777, 130, 3, 64], **kw) < TOL
+    assert _check(kind, kind, 128, g, [3001, 100, 3, 1], num_splits=16, per_head=True, **kw) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 8, 3, 232), (128, 4, 0, 128), (64, 16, 0, 128),
+                                                  (128, 16, 1, 128), (128, 4, 2, 168)])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_table_kernel_query_map_configurations(d, warps, pipe, maxnreg, g):
+    """The prologue map at other warp counts (rows x column groups per lane change with them) and head_dim 64."""
+    from test_gluon_decode import TOL, _check
+    kw = dict(lut=True, lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, qmap=torch.bfloat16)
+    assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], **kw) < TOL
+
+
+def test_lut_query_map_column_order():
+    """lut_query_map puts column p NB + l of w at dim P sq(l) + p (the operand order the kernel reads the mapped
+    query in), per head too, and rounds QR up to a power of two >= 4 (8 where a thread would get no column)."""
+    from compactkv.attention.triton.gluon import lut_query_map, lut_query_rows
+    w = torch.randn(3, 128, 128)
+    for bits, p in ((4, 2), (3, 2), (2, 4)):
+        nb, wk = 128 // p, 128 // p // 4
+        got = lut_query_map(w, bits)
+        for l in (0, 1, 5, 17, nb - 1):
+            sq = ((l // 2) % 4) * wk + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
+            for part in range(p):
+                assert torch.equal(got[..., part * nb + l], w[..., p * sq + part])
+        assert sorted(got[0, 0].tolist()) == sorted(w[0, 0].tolist())  # a permutation of the columns
+    assert [lut_query_rows(g, 128, 8) for g in (1, 2, 3, 4, 5, 8)] == [4, 4, 4, 4, 8, 8]
+    assert lut_query_rows(1, 64, 16) == 8 and lut_query_rows(1, 128, 16) == 4
 
 
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])

@@ -226,3 +226,17 @@ def test_static_kernels_match_torch_reference(kind, head_dim, monkeypatch):
         logits[backend] = out.logits.float()
     err = (logits["torch"] - logits["triton"]).abs().max() / logits["torch"].abs().max()
     assert err < 2e-2, err
+
+
+def test_static_layer_keeps_its_query_map():
+    """The decode step's query map is made once per static layer (a graphed step must not hold a kernel remaking
+    it at every replay), and the table kernel's column-ordered copy of it once per map."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from compactkv.attention.triton.backend import _query_maps
+    from compactkv.attention.triton.gluon import lut_query_map
+    from compactkv.cache.static import StaticTurboQuantLayer
+    layer = StaticTurboQuantLayer("turbo4", "turbo4", 64, 1, 2, 16, device="cpu")
+    w = _query_maps(layer, 0.125, torch.device("cpu"))
+    assert _query_maps(layer, 0.125, torch.device("cpu")) is w
+    assert _query_maps(layer, 0.25, torch.device("cpu")) is not w  # another scale: another map
+    assert lut_query_map(w, 4) is lut_query_map(w, 4)

@@ -105,9 +105,10 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
     The step is what the Triton backend runs for a layer without fp16 windows: the query map (`map_query`, one
-    launch: the K rotation and the softmax scale folded in), the split kernel (with `gluon=True` the planar kernel,
-    table or Gluon, over planar copies of the same rows) and the finishing launch that merges the splits, applies
-    the inverse V map and writes fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
+    launch: the K rotation and the softmax scale folded in; with `gluon=True` the table kernel applies it in its
+    prologue unless `qmap=False`), the split kernel (with `gluon=True` the planar kernel, table or Gluon, over
+    planar copies of the same rows) and the finishing launch that merges the splits, applies the inverse V map and
+    writes fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
                                            packed_kind)
@@ -124,6 +125,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     empty = torch.empty(b, HKV, 0, head_dim, dtype=torch.float16, device=device)
 
     gluon = kernel.pop("gluon", False)
+    qmap = kernel.pop("qmap", True)  # the planar kernels take the map as `w` (the table kernel applies it itself)
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
         from ..attention.triton.gluon import launch_gluon
         from ..cache.static import rows_to_planes
@@ -135,8 +137,8 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     def step():
         qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
         if gluon:
-            parts = launch_gluon(map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t,
-                                 **kernel)
+            parts = launch_gluon(qf if qmap else map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
+                                 max_len=t, w=w if qmap else None, **kernel)
         else:
             parts = launch_splits(map_query(qf, w), kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1,
                                   **kernel)

@@ -119,6 +119,9 @@ class StaticTurboQuantLayer(_StaticLayer):
         self.head_dim, self.max_cache_len, self.num_kv_heads = head_dim, max_cache_len, num_kv_heads
         self.device = torch.device(device)
         self.dtype = STORE_DTYPE
+        # attention backends' per-layer derived tensors (the query map, made at the first decode step and then
+        # reused, so a captured step holds no kernel that remakes it); the codecs never change, nothing goes stale
+        self.backend_state = {}
         shape = (batch_size, num_kv_heads, max_cache_len)
         eligible = planar_kinds(self.k_codec, self.v_codec)
         if planar and not eligible:

@@ -1,7 +1,8 @@
 """Attention over a layer's stored data with the Triton kernels (same contract as reference.compressed_attention).
 
-Decode (fewer than PREFILL_MIN_TQ query tokens): the compressed rows go through the split kernel
-(`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
+Decode (fewer than PREFILL_MIN_TQ query tokens): the query is mapped into the K codec's space (`map_query`, or
+in the table kernel's prologue), the compressed rows go through the split kernel (`launch_splits`), then one
+finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
@@ -181,10 +182,11 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
         planes = _gluon_planes(layer, kc, vc, g, tq, bias_c)
-        if planes is not None:  # planar static storage: the Gluon kernel reads the code planes directly
+        if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
-            parts = launch_gluon(map_query(q, w), kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
-                                 packed_kind(vc), max_len=max_len, num_splits=num_splits)
+            # the table kernel maps the query in its prologue (no map_query launch)
+            parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc), packed_kind(vc),
+                                 max_len=max_len, w=w, num_splits=num_splits)
         else:
             k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
             parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 
-from .decode import FAMILY_MSE, PackedKind, SplitPartials, _sm_count, choose_splits, merge_partials
+from .decode import FAMILY_MSE, PackedKind, SplitPartials, _sm_count, choose_splits, map_query, merge_partials
 from .fastasm import decode_asm, fp16_bits, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
@@ -164,13 +165,16 @@ def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: in
 
 def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
-                 max_len: int, num_splits: int | None = None, block_n: int = GLUON_BLOCK_N,
+                 max_len: int, w: torch.Tensor | None = None, num_splits: int | None = None,
+                 block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
                  lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
-    q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e. k_codes / v_codes: uint8
+    q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e; or, with `w` (fp32 [D, D]
+    or [H, D, D], the map `decode.map_query` takes), the query rows as they come (fp16/bf16/fp32), which the table
+    kernel maps in its prologue (`lut_query_map`; the other kernels after one `map_query` launch). k_codes / v_codes: uint8
     [B, H, T, D*bits/8] code planes (16-byte aligned rows), k_norms / v_norms: fp16 [B, H, T] (same token and
     head strides for K and V norms). lengths: int32 [B] tokens per batch row (<= max_len, all visible).
     prefetch: how code bytes are loaded, 0: V's after the softmax, 1: K's and V's at the tile's start, 2: a
@@ -205,7 +209,9 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
-                           maxnreg=lut_maxnreg)
+                           maxnreg=lut_maxnreg, w=w)
+    if w is not None:
+        q = map_query(q, w)
     if num_splits is None:
         # one-warp programs, up to 16 resident per multiprocessor at <= 128 registers
         num_splits = choose_splits(b * h, max_len, block_n, q.device, splits_per_sm, min_split, 8)
@@ -274,8 +280,42 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     return None
 
 
+def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """w (fp32 [D, D] or [H, D, D], `decode.map_query`'s map) with its columns in the order the table kernel's
+    operands read the mapped query (QMAP): column p NB + l is dim P sq(l) + p (P codes per table key, NB = D / P
+    keys per row, sq the kernel's operand order). Kept per map tensor (a layer's map is made once)."""
+    key = (id(w), bits)
+    cached = _LUT_MAPS.get(key)
+    if cached is not None and cached[0]() is w and cached[1] == w._version:
+        return cached[2]
+    d = w.shape[-1]
+    p = 4 if bits == 2 else 2
+    nb = d // p
+    wk = nb // 4
+    j = torch.arange(d, device=w.device)  # made on the device: no host copy (allowed while a graph is captured)
+    l = j % nb
+    sq = ((l // 2) % 4) * wk + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
+    out = w.index_select(-1, p * sq + j // nb).contiguous()
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return out  # made by captured kernels: its values exist once the graph runs, so it is not kept
+    if len(_LUT_MAPS) > 256:  # (entries of freed maps; a live layer's map is simply made again)
+        _LUT_MAPS.clear()
+    _LUT_MAPS[key] = (weakref.ref(w), w._version, out)
+    return out
+
+
+_LUT_MAPS: dict = {}  # (id(w), bits) -> (weak reference to w, w's version, the permuted map)
+
+
+def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
+    """Query rows the table kernel's prologue map computes (QR): the group's g rounded up to a power of two, at
+    least 4, and 8 where fewer rows would leave a thread less than one column (lanes are rows x column groups)."""
+    qr = max(4, 1 << max(g - 1, 0).bit_length())
+    return qr if head_dim // ((32 // qr) * warps) >= 1 else GLUON_ROWS
+
+
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe, maxnreg=LUT_MAXNREG) -> SplitPartials:
+                warps, pipe, maxnreg=LUT_MAXNREG, w=None) -> SplitPartials:
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -287,6 +327,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
+    if w is not None:
+        if w.dtype != torch.float32 or w.shape[-2:] != (d, d) or w.dim() not in (2, 3) \
+                or (w.dim() == 3 and w.shape[0] != h):
+            raise ValueError(f"w must be fp32 [{d}, {d}] or [{h}, {d}, {d}], got {w.dtype} {list(w.shape)}")
+        if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")
+        wq = lut_query_map(w, bits)
     block_m = 16
     o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
@@ -295,10 +342,12 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        k_norms.stride(0), k_norms.stride(1), wq if w is not None else q,
+        d * d if w is not None and w.dim() == 3 else 0, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
-        VWORD=vword, BITS=bits, num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits)
+        VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), num_warps=warps,
+        maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits)
         if kernel.metadata.shared != want:

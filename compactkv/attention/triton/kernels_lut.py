@@ -255,11 +255,37 @@ def _load_tile(kbase, vbase, knb, vnb, ktok, vtok, khi, vhi, kc3, vc3, tok, hi, 
 
 
 @gluon.jit
+def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr):
+    """The query rows row0 .. row0 + MQ of q_ptr (any float dtype, D contiguous values each; rows MQ .. QR are 0)
+    times w_ptr (fp32 [D, D]) in fp32 FMA products: [QR, D], lanes (row, column group) and the warps on the
+    columns, so each warp reads its own columns of w once; the reduction is in each thread."""
+    CT: gl.constexpr = D // ((32 // QR) * W)  # columns per thread
+    KC: gl.constexpr = 64 // CT if CT > 4 else 16
+    QM3: gl.constexpr = gl.BlockedLayout([1, KC, CT], [QR, 1, 32 // QR], [1, 1, W], [2, 1, 0])
+    QC: gl.constexpr = gl.SliceLayout(2, QM3)
+    WC: gl.constexpr = gl.SliceLayout(0, QM3)
+    rq = gl.arange(0, QR, layout=gl.SliceLayout(1, QC))
+    kq = gl.arange(0, KC, layout=gl.SliceLayout(0, QC))
+    kw = gl.arange(0, KC, layout=gl.SliceLayout(1, WC))
+    cw = gl.arange(0, D, layout=gl.SliceLayout(0, WC))
+    qrow = q_ptr + gl.expand_dims((row0 + rq).to(gl.int64) * D, 1) + gl.expand_dims(kq, 0)
+    qmask = gl.expand_dims(rq < MQ, 1)
+    wcol = w_ptr + gl.expand_dims(kw * D, 1) + gl.expand_dims(cw, 0)
+    acc = gl.zeros([QR, D], gl.float32, gl.SliceLayout(1, QM3))
+    for k0 in gl.static_range(0, D, KC):
+        qc = gl.load(qrow + k0, mask=qmask, other=0.0).to(gl.float32)
+        wc = gl.load(wcol + k0 * D)
+        acc += gl.sum(gl.expand_dims(qc, 2) * gl.expand_dims(wc, 0), axis=1)
+    return acc
+
+
+@gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
-                      H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh,
+                      H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
-                      KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4):
+                      KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
+                      QMAP: gl.constexpr = False, QR: gl.constexpr = 8):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -267,7 +293,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     and norms loaded into registers during this one; 3 = as 2, two tiles ahead; 0 = loaded from global memory at
     the tile's start. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
-    byte, each its own operand and accumulator)."""
+    byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
+    not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
+    its columns in the operands' order, `gluon.lut_query_map`) in its prologue, through the table's shared memory
+    before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
+    is the mapped query, fp32 (`decode.map_query`)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -289,9 +319,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         e3 = gl.arange(0, 64, layout=gl.SliceLayout(1, FILL3))
         j3 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL3))
         words = gl.load(lut_ptr + gl.expand_dims(e3, 1) + gl.expand_dims(j3 * 0, 0))
-        lut = gl.allocate_shared_memory(gl.int32, [64, 32], SM2, value=words)
-        gl.thread_barrier()
-        _keep(lut.slice(0, W, dim=0).load(FILL3))
+        lut = gl.allocate_shared_memory(gl.int32, [64, 32], SM2)
+        QROWS: gl.constexpr = NH * D * 4 // 128  # the mapped query's bytes in table rows (QMAP)
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
         j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
@@ -299,41 +328,71 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-        if PIPE == 1:
-            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64], SM2)
-            lut.slice(0, 256, dim=0).store(words)
-        else:
-            lut = gl.allocate_shared_memory(gl.int32, [256, 64], SM2, value=words)
-        gl.thread_barrier()
-        # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
-        _keep(lut.slice(0, W, dim=0).load(FILL))
+        lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], SM2)
+        QROWS: gl.constexpr = NH * D * 4 // 256
 
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
+
+    # the query (same for every warp) in the K operand's dim order, as decode_gluon_kernel: operand row l of part
+    # p is dim P * sq(l) + p
+    QL: gl.constexpr = gl.SliceLayout(0, B_OP)
+    nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
+    if QMAP:
+        # q @ w here (w's columns in the operands' order: column p NB + l is dim P sq(l) + p), handed from the
+        # threads that made it to the ones that use it through the first rows of the table's memory, before the
+        # table is written there
+        qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
+        QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+        stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
+        stage.slice(0, QR, dim=0).store(qm)
+        gl.thread_barrier()
+        qt = stage.permute([1, 0])  # [D, NH]: row p NB + l = operand row l of part p (rows >= QR: not written)
+        live = gl.expand_dims(nq < MQ, 0)
+        q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
+        q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+        if P == 4:
+            q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+            q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+        gl.thread_barrier()  # every thread holds its query values: the table may overwrite them
+    else:
+        lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
+        sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
+        qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(P * sq, 1)
+        qmask = gl.expand_dims(nq < MQ, 0)
+        q0 = gl.load(qp, mask=qmask, other=0.0).to(gl.float16)
+        q1 = gl.load(qp + 1, mask=qmask, other=0.0).to(gl.float16)
+        if P == 4:
+            q2 = gl.load(qp + 2, mask=qmask, other=0.0).to(gl.float16)
+            q3 = gl.load(qp + 3, mask=qmask, other=0.0).to(gl.float16)
+    zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
+                            2) * 0
+    q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
+    q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
+    if P == 4:
+        q2 = gl.expand_dims(q2, 0) + zero_w.to(gl.float16)
+        q3 = gl.expand_dims(q3, 0) + zero_w.to(gl.float16)
+
+    # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
+    if BITS == 3:
+        lut.store(words)
+        gl.thread_barrier()
+        _keep(lut.slice(0, W, dim=0).load(FILL3))
+    else:
+        if PIPE == 1:
+            lut.slice(0, 256, dim=0).store(words)
+        else:
+            lut.store(words)
+        gl.thread_barrier()
+        # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
+        _keep(lut.slice(0, W, dim=0).load(FILL))
 
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
     lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
     hi_r = gl.minimum(lo_r + split, L)
     tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
-
-    # the query (same for every warp) in the K operand's dim order, as decode_gluon_kernel
-    QL: gl.constexpr = gl.SliceLayout(0, B_OP)
-    lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
-    nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
-    sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-    qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(P * sq, 1)
-    qmask = gl.expand_dims(nq < MQ, 0)
-    zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
-                            2) * 0
-    q0 = gl.load(qp, mask=qmask, other=0.0).to(gl.float16)
-    q1 = gl.load(qp + 1, mask=qmask, other=0.0).to(gl.float16)
-    q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
-    q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
-    if P == 4:
-        q2 = gl.expand_dims(gl.load(qp + 2, mask=qmask, other=0.0).to(gl.float16), 0) + zero_w.to(gl.float16)
-        q3 = gl.expand_dims(gl.load(qp + 3, mask=qmask, other=0.0).to(gl.float16), 0) + zero_w.to(gl.float16)
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
