@@ -13,7 +13,8 @@
 #   bash scripts/gpu_batch.sh lut       # table-kernel tests, its pipes and stalls (ncu, B=8 T=32K), table vs Gluon sweep
 #   bash scripts/gpu_batch.sh defaults  # the default table build's tests, e2e B=8 T=32K (graphs), dynamic TTFT, kernels
 #   bash scripts/gpu_batch.sh lut-turbo2  # the turbo2 table kernel's tests, then it vs the Gluon kernel (turbo2 sweep)
-#   bash scripts/gpu_batch.sh qmap    # the table kernel's prologue query map: its tests, static-cache tests, sweep
+#   bash scripts/gpu_batch.sh qmap    # the table kernel's prologue query map and in-kernel finish: tests, sweep
+#   bash scripts/gpu_batch.sh final   # the finishing table kernel's tests, its sweep, e2e B=8 T=32K (graphs)
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -45,9 +46,11 @@ tests)
     done
     ;;
 qmap)
-    # the query map in the table kernel's prologue: its tests, the static-cache tests, then with vs without it
+    # the query map in the table kernel's prologue and the step finished in it: their tests, the static-cache
+    # tests, then one launch vs the kernel + finishing launch vs the query-map launch + kernel + finishing launch
     t="timeout ${TEST_TIMEOUT:-300}"
-    $t python -m pytest -q -p no:warnings -k "query_map" tests/test_lut_decode.py > "$OUT/pytest_qmap.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "query_map or fused" tests/test_lut_decode.py \
+        > "$OUT/pytest_qmap.txt" 2>&1 &
     $t python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_static.txt" 2>&1 &
     $t python -m pytest -q -p no:warnings -k "ragged or splits" tests/test_gluon_decode.py \
         > "$OUT/pytest_gluon.txt" 2>&1 &
@@ -58,8 +61,24 @@ qmap)
     done
     python scripts/decode_sweep.py --kernels --json "$OUT/sweep-qmap.json" \
         --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
-        --variants '[{"gluon": true}, {"gluon": true, "qmap": false}]' > "$OUT/sweep-qmap.txt" 2>&1
+        --variants '[{"gluon": true}, {"gluon": true, "fused": false}, {"gluon": true, "qmap": false}]' \
+        > "$OUT/sweep-qmap.txt" 2>&1
     tail -30 "$OUT/sweep-qmap.txt"
+    ;;
+final)
+    # the finishing table kernel's tests, one launch (255 / 232 registers) vs kernel + finishing launch, e2e B=8
+    t="timeout ${TEST_TIMEOUT:-300}"
+    $t python -m pytest -q -p no:warnings -k "fused" tests/test_lut_decode.py > "$OUT/pytest_fused.txt" 2>&1
+    grep -E "^FAILED|passed|failed|error" "$OUT/pytest_fused.txt" | tail -20
+    python scripts/decode_sweep.py --kernels --json "$OUT/sweep-fused.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants '[{"gluon": true}, {"gluon": true, "lut_maxnreg": 232}, {"gluon": true, "fused": false}]' \
+        > "$OUT/sweep-fused.txt" 2>&1
+    grep -E "SDPA|x [0-9]" "$OUT/sweep-fused.txt" | tail -40
+    timeout 240 python -m compactkv.cli bench e2e --graphs --batches 8 --synthetic-contexts 32768 \
+        --kinds f16-nomask,turbo4,turbo3,turbo2 --steps 32 --warmup 3 \
+        --json "$OUT/e2e-graphs-b8.json" > "$OUT/e2e-graphs-b8.txt" 2>&1
+    tail -12 "$OUT/e2e-graphs-b8.txt"
     ;;
 sweep)
     default='[{}, {"table_regs": false}, {"table_regs": true}, {"table_regs": "k"}, {"table_regs": "v"},

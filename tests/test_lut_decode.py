@@ -130,8 +130,8 @@ def test_lut_unsupported_reasons():
     ("turbo4", 128, 16, 0, 128), ("turbo4", 128, 16, 1, 128), ("turbo4", 64, 4, 2, 168), ("turbo4", 128, 4, 2, 168),
     ("turbo4", 128, 8, 2, 168), ("turbo4", 128, 8, 3, 200), ("turbo4", 128, 8, 3, 232), ("turbo4", 64, 8, 3, 232),
     ("turbo2", 128, 8, 3, 232), ("turbo2", 128, 4, 3, 200)])
-@pytest.mark.parametrize("qmap", [False, True])
-def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap):
+@pytest.mark.parametrize("qmap,fused", [(False, False), (True, False), (True, True)])
+def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fused):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, two prmt per byte and part pair (turbo4: 2, turbo2: 3)
     and no other integer decoder."""
@@ -142,10 +142,13 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap):
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
     from compactkv.attention.triton.gluon import lut_smem
-    s = sass_decode.summary(kind, lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg, qmap=qmap)
+    s = sass_decode.summary(kind, lut=True, d=d, warps=warps, pipe=pipe, maxnreg=maxnreg, qmap=qmap, fused=fused)
     ops = s["ops"]
-    assert ops["LDL"] + ops["STL"] <= (2 if pipe >= 2 else 0)
-    assert s["shared"] == lut_smem(warps, d, pipe) == 256 * 256 + (pipe == 1) * warps * 32 * d
+    # (the finishing epilogue's live pointers cost a few spills in the loop at a 128-register cap)
+    assert ops["LDL"] + ops["STL"] <= (2 if pipe >= 2 else 0) + (6 if fused and maxnreg <= 128 else 0)
+    assert s["shared"] == lut_smem(warps, d, pipe, fused=fused) == 256 * 256 + (pipe == 1) * warps * 32 * d + 4 * fused
+    if fused:  # the table still starts shared memory: the compiler's 4 bytes (the counter's old value) follow it
+        assert "[global_smem+" + str(s["shared"] - 4) + "]" in s["ptx"]
     bits = int(kind[-1])
     bytes_per_tile = 32 * (d * bits // 8) * 2 // 32  # K and V code bytes of a 32-token tile per lane
     # one table read per code byte, plus (pipe 1) the tile's 128 bytes per lane read back from the stages
@@ -219,6 +222,89 @@ def test_table_kernel_query_map_configurations(d, warps, pipe, maxnreg, g):
     from test_gluon_decode import TOL, _check
     kw = dict(lut=True, lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, qmap=torch.bfloat16)
     assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], **kw) < TOL
+
+
+def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16, out_dtype=torch.float32, d=128,
+                 **kw):
+    """attend_planes (one launch: query map, splits merged per program, the last program of each group finishing)
+    vs float64, output poisoned with NaN; the counters are zero afterwards and a second launch gives the same
+    bytes."""
+    from test_gluon_decode import _rel
+    from compactkv.attention.reference import packed_dense_float64
+    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from compactkv.attention.triton.gluon import attend_planes
+    from compactkv.cache.static import rows_to_planes
+    dev = "cuda"
+    kc, vc = Codec(kind, d, seed=5), Codec(kind, d, seed=6)
+    b, t = len(lengths), max(lengths)
+    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
+    q = torch.randn(b, hkv, g, d, device=dev).to(qdtype)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    w = fwd * (d ** -0.5 * LOG2E)
+    counters = torch.zeros(b * hkv, dtype=torch.int32, device=dev)
+    lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+    outs = []
+    for _ in range(2):
+        out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=out_dtype, device=dev)
+        attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
+                      counters=counters, out=out, num_splits=num_splits, **kw)
+        assert int(counters.abs().sum()) == 0
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    ref = packed_dense_float64(kc, vc, rk, rv, q.float(), d ** -0.5, lengths, 1)
+    return _rel(outs[0].reshape(b, hkv, g, d), ref)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_fused_table_kernel_vs_float64(kind, g):
+    """The whole step in one launch: ragged rows, a row shorter than a tile, programs whose warps are all empty,
+    one program per group (num_splits = warps) and many (16 programs), more groups than a program's warps."""
+    from test_gluon_decode import TOL
+    assert _check_fused(kind, g, [777, 130, 3, 64]) < TOL
+    assert _check_fused(kind, g, [3001, 100, 3, 1], num_splits=8) < TOL
+    assert _check_fused(kind, g, [5000, 2], num_splits=128) < TOL
+    assert _check_fused(kind, g, [900, 33, 7], hkv=8) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("qdtype,out_dtype,tol", [(torch.float16, torch.float16, 4e-3), (torch.bfloat16,
+                                                  torch.bfloat16, 6e-3), (torch.float32, torch.float32, 3e-3)])
+def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
+    assert _check_fused("turbo4", 4, [2000, 65, 1], qdtype=qdtype, out_dtype=out_dtype) < tol
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("d,warps,pipe,maxnreg", [(64, 8, 3, 232), (128, 4, 3, 200), (128, 16, 0, 128)])
+def test_fused_table_kernel_configurations(d, warps, pipe, maxnreg):
+    from test_gluon_decode import TOL
+    kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg)
+    assert _check_fused("turbo4", 4, [1500, 40, 2], d=d, **kw) < TOL
+
+
+def test_attend_planes_refuses_what_it_cannot_finish():
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import attend_planes, fused_unsupported
+    t4, t4_64 = packed_kind(Codec("turbo4", 128)), packed_kind(Codec("turbo4", 64))
+    adj = torch.eye(128)
+    assert fused_unsupported(t4, t4, 4, adj) is None
+    assert "default" in fused_unsupported(t4_64, t4_64, 4, torch.eye(64))
+    assert "one dense" in fused_unsupported(t4, t4, 4, adj.expand(2, 128, 128))
+    assert "at most 8" in fused_unsupported(t4, t4, 16, adj)
+    q = torch.zeros(1, 2, 4, 128)
+    with pytest.raises(ValueError, match="counters must be"):
+        attend_planes(q, adj, adj, None, None, None, None, None, t4, t4, max_len=64,
+                      counters=torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="adj must be fp32"):
+        attend_planes(q, adj, adj.double(), None, None, None, None, None, t4, t4, max_len=64,
+                      counters=torch.zeros(2, dtype=torch.int32))
 
 
 def test_lut_query_map_column_order():

@@ -108,7 +108,9 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     launch: the K rotation and the softmax scale folded in; with `gluon=True` the table kernel applies it in its
     prologue unless `qmap=False`), the split kernel (with `gluon=True` the planar kernel, table or Gluon, over
     planar copies of the same rows) and the finishing launch that merges the splits, applies the inverse V map and
-    writes fp16 [B, 1, HQ, D]. `kernel`: keyword options of launch_splits / launch_gluon."""
+    writes fp16 [B, 1, HQ, D]; with `gluon=True` the table kernel does all of it in one launch
+    (`gluon.attend_planes`) unless `fused=False`. `kernel`: keyword options of launch_splits / launch_gluon
+    (attend_planes: num_splits and the lut_* options)."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
                                            packed_kind)
@@ -126,16 +128,25 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
 
     gluon = kernel.pop("gluon", False)
     qmap = kernel.pop("qmap", True)  # the planar kernels take the map as `w` (the table kernel applies it itself)
+    fused = kernel.pop("fused", True) and qmap  # the table kernel finishes the step itself where it can
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
         from ..attention.triton.gluon import launch_gluon
         from ..cache.static import rows_to_planes
         (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
         rk = rv = None
+        from ..attention.triton.gluon import attend_planes, fused_unsupported
+        fused = fused and fused_unsupported(pk, pv, HQ // HKV, adj) is None and kernel.get("lut", True) \
+            and set(kernel) <= {"lut", "num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
+        fused_kw = {k: v for k, v in kernel.items() if k != "lut"}
+        counters = torch.zeros(b * HKV, dtype=torch.int32, device=device)
     else:
         kt, vt = chunk_table([rk]), chunk_table([rv])
 
     def step():
         qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
+        if gluon and fused:
+            return attend_planes(qf, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t,
+                                 counters=counters, **fused_kw)
         if gluon:
             parts = launch_gluon(qf if qmap else map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
                                  max_len=t, w=w if qmap else None, **kernel)

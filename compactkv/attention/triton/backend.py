@@ -7,8 +7,10 @@ them with the compressed splits by log-sum-exp, applies the inverse V map and wr
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
 storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
-split kernel. Per-layer derived tensors (chunk tables, the query map) are kept in the layer's `backend_state` dict,
-which the layer empties on reset.
+split kernel; where nothing but the compressed tokens is attended (no windows, mask or key mean) the table kernel
+finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables, the query
+map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which the layer empties on
+reset.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
                      query_key_map, unsupported)
-from .gluon import gluon_device_error, launch_gluon, planes_unsupported
+from .gluon import attend_planes, fused_unsupported, gluon_device_error, launch_gluon, planes_unsupported
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -113,6 +115,16 @@ def _query_maps(layer, scaling: float, device) -> torch.Tensor:
     return w
 
 
+def _counters(layer, n: int, device) -> torch.Tensor:
+    """The layer's int32 [n] zeros for the finishing table kernel's group counters (zero again after each launch;
+    per layer, so layers never share them), kept in `layer.backend_state`."""
+    state = layer.backend_state
+    c = state.get("lut_counters")
+    if c is None or c.numel() != n or c.device != torch.device(device):
+        c = state["lut_counters"] = torch.zeros(n, dtype=torch.int32, device=device)
+    return c
+
+
 def _fixed_table(rows: torch.Tensor) -> torch.Tensor:
     return _table_at(rows.data_ptr(), rows.stride(0), rows.stride(1), rows.shape[-1], rows.stride(-2), rows.device)
 
@@ -184,6 +196,12 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         planes = _gluon_planes(layer, kc, vc, g, tq, bias_c)
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
+            if n_sink == 0 and n_recent == 0 and bias is None and getattr(layer, "k_mean", None) is None \
+                    and fused_unsupported(packed_kind(kc), packed_kind(vc), g * tq, adj) is None:
+                # nothing to merge but the compressed splits: the table kernel finishes the step itself
+                return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
+                                     packed_kind(vc), max_len=max_len, counters=_counters(layer, b * hkv, q.device),
+                                     out_dtype=query.dtype, num_splits=num_splits)
             # the table kernel maps the query in its prologue (no map_query launch)
             parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc), packed_kind(vc),
                                  max_len=max_len, w=w, num_splits=num_splits)

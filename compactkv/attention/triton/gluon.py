@@ -25,6 +25,8 @@ LUT_PIPE = 3  # the table kernel loads the tiles two ahead (codes and norms) int
 # one ahead vs none: 142.8 -> 136.2, 425.4 -> 428.9, 103.4 -> 87.0; session 10, docs/kernels.md)
 LUT_MAXNREG = 232  # its registers per thread: the prefetch without spills (one 8-warp program per multiprocessor;
 # at 200 registers two-ahead gained nothing: 136.5 / 420.6 / 87.9 us)
+LUT_FUSED_MAXNREG = 255  # the finishing build's (attend_planes): at 232 its epilogue's live values cost the loop 15
+# instructions per tile (771 vs 756, sm_90 SASS), at 255 it is 746 (248 registers: still one program per SM)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -230,11 +232,13 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 _LUT_CHECKED: set = set()
 
 
-def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4) -> int:
+def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
+             fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1."""
-    table = LUT3_TABLE_BYTES if bits == 3 else LUT_TABLE_BYTES
-    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2
+    `pipe` 1; fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
+    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
+    table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
+    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
 def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG,
@@ -315,7 +319,9 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe, maxnreg=LUT_MAXNREG, w=None) -> SplitPartials:
+                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None) -> SplitPartials | torch.Tensor:
+    """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
+    and the filled `out` is returned instead of split partials."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -335,26 +341,83 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
             raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")
         wq = lut_query_map(w, bits)
     block_m = 16
-    o = torch.empty(b * h * num_splits * block_m * d, dtype=torch.float32, device=q.device)
-    ml = torch.empty(b * h * num_splits * 2 * block_m, dtype=torch.float32, device=q.device)
+    rows = b * h * num_splits * block_m  # partial rows: 16 per split
+    if fused is not None:  # one partial per program: [B*H, programs, NH, D] and [.., 2, NH]
+        adj, counters, out = fused
+        rows = b * h * num_splits // warps * GLUON_ROWS
+    o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
         k_norms.stride(0), k_norms.stride(1), wq if w is not None else q,
-        d * d if w is not None and w.dim() == 3 else 0, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
+        out if fused else q, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
-        VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), num_warps=warps,
-        maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None)
+        VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
+        num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        want = lut_smem(warps, d, pipe, block_n, bits)
+        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
                                f"one buffer's {want}: the table's address is unknown")
         _LUT_CHECKED.add(key)
+    if fused is not None:
+        return out
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
+
+
+def fused_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, adj: torch.Tensor | None) -> str | None:
+    """Why `attend_planes` cannot finish this one-token step in the table kernel, or None."""
+    if not lut_default(k_kind, v_kind):
+        return f"{k_kind.kind}/{v_kind.kind}: the finishing table kernel runs where the table kernel is the default"
+    if adj is None or adj.dim() != 2:
+        return "the finishing table kernel takes one dense V inverse map [D, D]"
+    return _lut_call_unsupported(rows, 1)
+
+
+def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor,
+                  v_codes: torch.Tensor, v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind,
+                  v_kind: PackedKind, *, max_len: int, counters: torch.Tensor, out_dtype: torch.dtype | None = None,
+                  out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
+                  lut_maxnreg: int = LUT_FUSED_MAXNREG) -> torch.Tensor:
+    """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
+    prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group,
+    mapping it back through `adj` and writing the output (no fp16 windows, mask or key mean: those steps take
+    `launch_gluon` and `decode.finish_decode`).
+
+    q: [B, H, G, D] query rows (fp16/bf16/fp32, unmapped); w: the query map (fp32 [D, D] or [H, D, D], softmax scale
+    * log2 e folded in, as `decode.map_query` takes it); adj: fp32 [D, D] V inverse map on row vectors. counters:
+    int32 [B*H] zeros, owned by the caller (a layer's), zero again after the launch. Returns [B, 1, H*G, D] in
+    `out_dtype` (default q's dtype), written into `out` if given (contiguous, that shape)."""
+    b, h, g, d = q.shape
+    why = fused_unsupported(k_kind, v_kind, g, adj)
+    if why:
+        raise ValueError(why)
+    if adj.dtype != torch.float32 or tuple(adj.shape) != (d, d):
+        raise ValueError(f"adj must be fp32 [{d}, {d}], got {adj.dtype} {list(adj.shape)}")
+    if counters.dtype != torch.int32 or counters.numel() != b * h or counters.device != q.device \
+            or not counters.is_contiguous():
+        raise ValueError(f"counters must be contiguous int32 zeros [{b * h}] on {q.device}, got {counters.dtype} "
+                         f"{list(counters.shape)} on {counters.device}")
+    if d != k_kind.head_dim:
+        raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
+    _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
+    _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
+    if v_norms.stride() != k_norms.stride():
+        raise ValueError("K and V norm planes must have the same strides")
+    if out is None:
+        out = torch.empty(b, 1, h * g, d, dtype=out_dtype or q.dtype, device=q.device)
+    elif tuple(out.shape) != (b, 1, h * g, d) or not out.is_contiguous() or out.device != q.device \
+            or out.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"out must be a contiguous fp16/bf16/fp32 [{b}, 1, {h * g}, {d}] tensor on {q.device}, "
+                         f"got {out.dtype} {list(out.shape)}")
+    return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
+                       num_splits=num_splits, block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe,
+                       maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out))
 
 
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,

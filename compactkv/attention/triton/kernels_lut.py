@@ -255,10 +255,12 @@ def _load_tile(kbase, vbase, knb, vnb, ktok, vtok, khi, vhi, kc3, vc3, tok, hi, 
 
 
 @gluon.jit
-def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr):
+def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr,
+               FROM_SMEM: gl.constexpr = False):
     """The query rows row0 .. row0 + MQ of q_ptr (any float dtype, D contiguous values each; rows MQ .. QR are 0)
     times w_ptr (fp32 [D, D]) in fp32 FMA products: [QR, D], lanes (row, column group) and the warps on the
-    columns, so each warp reads its own columns of w once; the reduction is in each thread."""
+    columns, so each warp reads its own columns of w once; the reduction is in each thread. FROM_SMEM: q_ptr is a
+    shared-memory fp32 [>= QR, D] stage instead, its rows 0 .. QR the input (row0, MQ unused)."""
     CT: gl.constexpr = D // ((32 // QR) * W)  # columns per thread
     KC: gl.constexpr = 64 // CT if CT > 4 else 16
     QM3: gl.constexpr = gl.BlockedLayout([1, KC, CT], [QR, 1, 32 // QR], [1, 1, W], [2, 1, 0])
@@ -268,24 +270,132 @@ def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.
     kq = gl.arange(0, KC, layout=gl.SliceLayout(0, QC))
     kw = gl.arange(0, KC, layout=gl.SliceLayout(1, WC))
     cw = gl.arange(0, D, layout=gl.SliceLayout(0, WC))
-    qrow = q_ptr + gl.expand_dims((row0 + rq).to(gl.int64) * D, 1) + gl.expand_dims(kq, 0)
-    qmask = gl.expand_dims(rq < MQ, 1)
+    qrow = q_ptr
+    qmask = gl.expand_dims(rq < QR, 1)
+    if not FROM_SMEM:
+        qrow = q_ptr + gl.expand_dims((row0 + rq).to(gl.int64) * D, 1) + gl.expand_dims(kq, 0)
+        qmask = gl.expand_dims(rq < MQ, 1)
     wcol = w_ptr + gl.expand_dims(kw * D, 1) + gl.expand_dims(cw, 0)
     acc = gl.zeros([QR, D], gl.float32, gl.SliceLayout(1, QM3))
     for k0 in gl.static_range(0, D, KC):
-        qc = gl.load(qrow + k0, mask=qmask, other=0.0).to(gl.float32)
+        if FROM_SMEM:
+            qc = q_ptr.slice(0, QR, dim=0).slice(k0, KC, dim=1).load(QC)
+        else:
+            qc = gl.load(qrow + k0, mask=qmask, other=0.0).to(gl.float32)
         wc = gl.load(wcol + k0 * D)
         acc += gl.sum(gl.expand_dims(qc, 2) * gl.expand_dims(wc, 0), axis=1)
     return acc
 
 
 @gluon.jit
+def _fence_gpu(x):
+    """fence.acq_rel.gpu in every thread (x: any int32 tensor, returned)."""
+    return gl.inline_asm_elementwise("fence.acq_rel.gpu;\nmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
+def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
+                  D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr, ROWB: gl.constexpr):
+    """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
+    stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
+    the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
+    writes the normalised rows g < MQ at out_ptr [B, 1, H * MQ, D] (the query's dtype), then zeroes the counter
+    for the next launch. acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum
+    (log2 units)."""
+    SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
+    SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
+    A_ROWS: gl.constexpr = W * NH * D * 4 // ROWB
+    O_ROWS: gl.constexpr = NH * D * 4 // ROWB
+    M_ROWS: gl.constexpr = W * NH * 4 // ROWB if W * NH * 4 >= ROWB else 1
+    st_a = lut.slice(0, A_ROWS, dim=0)._reinterpret(gl.float32, [W, NH, D], SMF)
+    st_o = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)
+    st_m = lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
+    st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
+    gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
+    st_a.store(acc)
+    st_m.store(m_i)
+    st_l.store(l_i)
+    gl.thread_barrier()
+
+    # lanes (row, dim group), all W splits of an element in one thread: the merges below are in-thread
+    CT: gl.constexpr = D // ((32 // NH) * W)
+    MRG: gl.constexpr = gl.BlockedLayout([W, 1, CT], [1, NH, 32 // NH], [1, 1, W], [2, 1, 0])
+    ML: gl.constexpr = gl.SliceLayout(2, MRG)
+    a3 = st_a.load(MRG)
+    m3 = st_m.load(ML)
+    l3 = st_l.load(ML)
+    mx = gl.max(m3, axis=0)
+    mu = gl.where(mx == float("-inf"), 0.0, mx)
+    sw = gl.exp2(m3 - gl.expand_dims(mu, 0))
+    lp = gl.sum(l3 * sw, axis=0)
+    ap = gl.sum(a3 * gl.expand_dims(sw, 2), axis=0)  # [NH, D]
+
+    # the program's partial, then the group's counter (stores fenced before it: the last program reads them)
+    AL: gl.constexpr = gl.SliceLayout(0, MRG)
+    RL: gl.constexpr = gl.SliceLayout(0, ML)
+    rn = gl.arange(0, NH, layout=gl.SliceLayout(1, AL))
+    rd = gl.arange(0, D, layout=gl.SliceLayout(0, AL))
+    rn1 = gl.arange(0, NH, layout=RL)
+    slot = bh * n_prog + pid
+    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), ap)
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn1, mx)
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn1, lp)
+    _fence_gpu(rn1)
+    gl.thread_barrier()
+    done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    if done == n_prog - 1:  # the group's other programs have stored their partials
+        _fence_gpu(rn1)
+        PB: gl.constexpr = 16  # programs' partials per load (all in one thread's registers)
+        FIN: gl.constexpr = gl.BlockedLayout([PB, 1, CT], [1, NH, 32 // NH], [1, 1, W], [2, 1, 0])
+        FL: gl.constexpr = gl.SliceLayout(2, FIN)
+        fp = gl.arange(0, PB, layout=gl.SliceLayout(1, FL))
+        fn = gl.arange(0, NH, layout=gl.SliceLayout(0, FL))
+        fd = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, FIN)))
+        m_r = gl.full([NH], float("-inf"), gl.float32, gl.SliceLayout(0, FL))
+        l_r = gl.zeros([NH], gl.float32, gl.SliceLayout(0, FL))
+        a_r = gl.zeros([NH, D], gl.float32, gl.SliceLayout(0, FIN))
+        for c0 in range(0, n_prog, PB):
+            live = gl.expand_dims(c0 + fp < n_prog, 1)  # [PB, 1]
+            srow = (bh * n_prog + c0 + gl.expand_dims(fp, 1)).to(gl.int64)  # [PB, 1]
+            mc = gl.load(ml_ptr + srow * 2 * NH + gl.expand_dims(fn, 0), mask=live, other=float("-inf"),
+                         cache_modifier=".cg")
+            lc = gl.load(ml_ptr + srow * 2 * NH + NH + gl.expand_dims(fn, 0), mask=live, other=0.0,
+                         cache_modifier=".cg")
+            ac = gl.load(o_ptr + (gl.expand_dims(srow * NH + gl.expand_dims(fn, 0), 2)) * D
+                         + gl.expand_dims(gl.expand_dims(fd, 0), 1), mask=gl.expand_dims(live, 2), other=0.0,
+                         cache_modifier=".cg")
+            m_new = gl.maximum(m_r, gl.max(mc, axis=0))
+            m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+            wc = gl.exp2(mc - gl.expand_dims(m_use, 0))
+            alpha = gl.exp2(m_r - m_use)
+            l_r = l_r * alpha + gl.sum(lc * wc, axis=0)
+            a_r = a_r * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1) \
+                + gl.sum(ac * gl.expand_dims(wc, 2), axis=0)
+            m_r = m_new
+        inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
+        res = a_r * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1)
+        # the inverse V map: rows through shared memory to the threads that own w's columns
+        st_o.store(res)
+        gl.thread_barrier()
+        out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
+        OQ: gl.constexpr = out.type.layout
+        on = gl.arange(0, QR, layout=gl.SliceLayout(1, OQ))
+        od = gl.arange(0, D, layout=gl.SliceLayout(0, OQ))
+        dst = out_ptr + ((b.to(gl.int64) * H + h) * MQ + gl.expand_dims(on, 1)) * D + gl.expand_dims(od, 0)
+        gl.store(dst, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(on < MQ, 1))
+        gl.store(cnt_ptr + bh, 0)
+
+
+@gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
-                      H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs,
+                      H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
+                      out_ptr,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
-                      QMAP: gl.constexpr = False, QR: gl.constexpr = 8):
+                      QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -297,7 +407,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
     its columns in the operands' order, `gluon.lut_query_map`) in its prologue, through the table's shared memory
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
-    is the mapped query, fp32 (`decode.map_query`)."""
+    is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no fp16
+    windows, no mask, no key mean): o_ptr / ml_ptr hold one partial per program ([B*H, programs, NH, D] and
+    [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
+    [B, 1, H*MQ, D] output."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -319,7 +432,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         e3 = gl.arange(0, 64, layout=gl.SliceLayout(1, FILL3))
         j3 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL3))
         words = gl.load(lut_ptr + gl.expand_dims(e3, 1) + gl.expand_dims(j3 * 0, 0))
-        lut = gl.allocate_shared_memory(gl.int32, [64, 32], SM2)
+        lut = gl.allocate_shared_memory(gl.int32, [512 if FUSED else 64, 32], SM2)  # (FUSED: its staging)
         QROWS: gl.constexpr = NH * D * 4 // 128  # the mapped query's bytes in table rows (QMAP)
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
@@ -376,7 +489,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
-        lut.store(words)
+        lut.slice(0, 64, dim=0).store(words)
         gl.thread_barrier()
         _keep(lut.slice(0, W, dim=0).load(FILL3))
     else:
@@ -542,18 +655,23 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         acc = gl.reshape(gl.join(gl.join(a0, a2), gl.join(a1, a3)), [W, NB, NH, P])
     acc = gl.reshape(gl.permute(acc, [0, 2, 1, 3]), [W, NH, WV, 8, P])  # mo = 8 k + g
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = P (g WV + k) + p
-    OL: gl.constexpr = acc.type.layout
-    ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
-    on = gl.arange(0, NH, layout=gl.SliceLayout(0, gl.SliceLayout(2, OL)))
-    od = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, OL)))
-    orow = (gl.expand_dims(bh * num_splits + pid * W + ow, 1) * BLOCK_M + gl.expand_dims(on, 0)).to(gl.int64)
-    gl.store(o_ptr + gl.expand_dims(orow, 2) * D + gl.expand_dims(gl.expand_dims(od, 0), 1), acc,
-             mask=gl.expand_dims(gl.expand_dims(on < MQ, 0), 2))
-    base = bh * num_splits + pid * W + gl.arange(0, W, layout=gl.SliceLayout(1, COLS))
-    no = gl.arange(0, NH, layout=gl.SliceLayout(0, COLS))
-    mlp = ml_ptr + gl.expand_dims(base, 1) * (2 * BLOCK_M) + gl.expand_dims(no, 0)
-    gl.store(mlp, m_i)
-    gl.store(mlp + BLOCK_M, l_i)
+    if FUSED:
+        ROWB: gl.constexpr = 128 if BITS == 3 else 256
+        _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
+                      gl.num_programs(0), H, MQ, D, W, NH, QR, ROWB)
+    else:
+        OL: gl.constexpr = acc.type.layout
+        ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
+        on = gl.arange(0, NH, layout=gl.SliceLayout(0, gl.SliceLayout(2, OL)))
+        od = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, OL)))
+        orow = (gl.expand_dims(bh * num_splits + pid * W + ow, 1) * BLOCK_M + gl.expand_dims(on, 0)).to(gl.int64)
+        gl.store(o_ptr + gl.expand_dims(orow, 2) * D + gl.expand_dims(gl.expand_dims(od, 0), 1), acc,
+                 mask=gl.expand_dims(gl.expand_dims(on < MQ, 0), 2))
+        base = bh * num_splits + pid * W + gl.arange(0, W, layout=gl.SliceLayout(1, COLS))
+        no = gl.arange(0, NH, layout=gl.SliceLayout(0, COLS))
+        mlp = ml_ptr + gl.expand_dims(base, 1) * (2 * BLOCK_M) + gl.expand_dims(no, 0)
+        gl.store(mlp, m_i)
+        gl.store(mlp + BLOCK_M, l_i)
 
 
 @functools.lru_cache(maxsize=32)  # asked at every launch
