@@ -397,6 +397,11 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
+    # the merge stages the W warps' accumulators, the output rows and max / sum in the table's 64 KB
+    staging = (lut_warps + 1) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
+    if staging > LUT_TABLE_BYTES:
+        raise ValueError(f"lut_warps {lut_warps}: the finishing table kernel stages {staging} bytes in the table's "
+                         f"{LUT_TABLE_BYTES}; it takes 4 or 8 warps at head_dim {d}")
     if adj.dtype != torch.float32 or tuple(adj.shape) != (d, d):
         raise ValueError(f"adj must be fp32 [{d}, {d}], got {adj.dtype} {list(adj.shape)}")
     if counters.dtype != torch.int32 or counters.numel() != b * h or counters.device != q.device \
