@@ -26,6 +26,13 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONPATH=.
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader
+
+summarize() {  # each pytest log's failures and counts, or that the time limit cut it
+    for f in "$OUT"/pytest_*.txt; do
+        echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
+        grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 300 "$f"; }
+    done
+}
 case "${1:-}" in
 tests)
     # five processes at once (the GPU tests are mostly compile time; the device has 16 cores), each cut at 9 min
@@ -40,10 +47,7 @@ tests)
     $t python -m pytest -q -p no:warnings tests/test_static_graphs.py tests/test_gluon_decode.py \
         > "$OUT/pytest_e.txt" 2>&1 &
     wait
-    for f in "$OUT"/pytest_*.txt; do
-        echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
-        grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 200 "$f"; }
-    done
+    summarize
     ;;
 qmap)
     # the query map in the table kernel's prologue and the step finished in it: their tests, the static-cache
@@ -55,10 +59,7 @@ qmap)
     $t python -m pytest -q -p no:warnings -k "ragged or splits" tests/test_gluon_decode.py \
         > "$OUT/pytest_gluon.txt" 2>&1 &
     wait
-    for f in "$OUT"/pytest_*.txt; do
-        echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
-        grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 300 "$f"; }
-    done
+    summarize
     python scripts/decode_sweep.py --kernels --json "$OUT/sweep-qmap.json" \
         --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
         --variants '[{"gluon": true}, {"gluon": true, "fused": false}, {"gluon": true, "qmap": false}]' \

@@ -59,6 +59,17 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
     assert s["ops"]["HMMA"] > 0 and s["ops"]["LDGSTS"] > 0 and s["ops"]["LDS"] > 0
 
 
+def _planar_case(kk, vk, d, lengths, hkv, dev="cuda"):
+    """Codecs (seeds 5, 6), random encoded K/V rows [B, hkv, max(lengths), row_bytes] and their planes
+    ((k codes, k norms), (v codes, v norms))."""
+    from compactkv.cache.static import rows_to_planes
+    kc, vc = Codec(kk, d, seed=5), Codec(vk, d, seed=6)
+    b, t = len(lengths), max(lengths)
+    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    return kc, vc, rk, rv, rows_to_planes(rk), rows_to_planes(rv)
+
+
 def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, qmap=None, per_head=False, **kw):
     """Max relative error of attend_gluon vs float64. qmap: pass the query rows in this dtype with the map as `w`
     (the kernel maps them; per_head: one map per KV head, the rotation after a per-head channel scale) instead of
@@ -66,13 +77,9 @@ def _check(kk, vk, d, g, lengths, hkv=2, num_splits=None, qmap=None, per_head=Fa
     kw.setdefault("lut", False)  # the one-warp kernel here; tests/test_lut_decode.py passes lut=True
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
     from compactkv.attention.triton.gluon import attend_gluon
-    from compactkv.cache.static import rows_to_planes
     dev = "cuda"
-    kc, vc = Codec(kk, d, seed=5), Codec(vk, d, seed=6)
     b, t = len(lengths), max(lengths)
-    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
-    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
-    (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
+    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kk, vk, d, lengths, hkv, dev)
     q = torch.randn(b, hkv, g, d, device=dev)
     fwd, _ = codec_maps(kc, dev)
     _, adj = codec_maps(vc, dev)

@@ -231,17 +231,13 @@ def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16
     """attend_planes (one launch: query map, splits merged per program, the last program of each group finishing)
     vs float64, output poisoned with NaN; the counters are zero afterwards and a second launch gives the same
     bytes."""
-    from test_gluon_decode import _rel
+    from test_gluon_decode import _planar_case, _rel
     from compactkv.attention.reference import packed_dense_float64
     from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
     from compactkv.attention.triton.gluon import attend_planes
-    from compactkv.cache.static import rows_to_planes
     dev = "cuda"
-    kc, vc = Codec(kind, d, seed=5), Codec(kind, d, seed=6)
     b, t = len(lengths), max(lengths)
-    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
-    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
-    (kcodes, knorms), (vcodes, vnorms) = rows_to_planes(rk), rows_to_planes(rv)
+    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
     q = torch.randn(b, hkv, g, d, device=dev).to(qdtype)
     fwd, _ = codec_maps(kc, dev)
     _, adj = codec_maps(vc, dev)
