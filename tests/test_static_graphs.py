@@ -240,3 +240,10 @@ def test_static_layer_keeps_its_query_map():
     assert _query_maps(layer, 0.125, torch.device("cpu")) is w
     assert _query_maps(layer, 0.25, torch.device("cpu")) is not w  # another scale: another map
     assert lut_query_map(w, 4) is lut_query_map(w, 4)
+    from compactkv.attention.triton import gluon
+    w2 = w.clone()
+    lut_query_map(w2, 4)
+    assert (id(w2), 4) in gluon._LUT_MAPS
+    key = (id(w2), 4)
+    del w2
+    assert key not in gluon._LUT_MAPS  # a freed map's entry goes with it

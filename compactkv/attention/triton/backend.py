@@ -9,8 +9,9 @@ exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token ste
 storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
 split kernel; where nothing but the compressed tokens is attended (no windows, mask or key mean) the table kernel
 finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables, the query
-map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which the layer empties on
-reset.
+map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which TurboQuantLayer empties
+whenever it rebuilds its storage (a static layer's entries never go stale: fixed codecs, counters zero between
+launches).
 """
 
 from __future__ import annotations

@@ -302,13 +302,13 @@ def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
     out = w.index_select(-1, p * sq + j // nb).contiguous()
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return out  # made by captured kernels: its values exist once the graph runs, so it is not kept
-    if len(_LUT_MAPS) > 256:  # (entries of freed maps; a live layer's map is simply made again)
-        _LUT_MAPS.clear()
+    if key not in _LUT_MAPS:  # the entry goes when w does (no device memory held for freed maps)
+        weakref.finalize(w, _LUT_MAPS.pop, key, None)
     _LUT_MAPS[key] = (weakref.ref(w), w._version, out)
     return out
 
 
-_LUT_MAPS: dict = {}  # (id(w), bits) -> (weak reference to w, w's version, the permuted map)
+_LUT_MAPS: dict = {}  # (id(w), bits) -> (weak reference to w, w's version, the permuted map); entries leave with w
 
 
 def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
