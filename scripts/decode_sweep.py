@@ -58,7 +58,7 @@ def kernel_times(step, n: int = 5) -> list[tuple[str, float]]:
 def main(argv=None) -> int:
     import triton.testing as tt
     import torch.nn.functional as F
-    from compactkv.bench.kernels import HEAD_DIM, HKV, HQ, decode_step
+    from compactkv.bench.kernels import HEAD_DIM, HKV, HQ, commit, decode_step
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--shapes", default="8x32768,1x131072")
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                 rows.append(r)
                 if args.json:  # after every row: a run cut short by a time limit keeps what it measured
                     with open(args.json, "w") as f:
-                        json.dump({"card": card, "rows": rows}, f, indent=1)
+                        json.dump({"card": card, "commit": commit(), "rows": rows}, f, indent=1)
                 print(f"  {kind:7s} {str(var):40s} {us:8.1f} us  x{sdpa / us:5.2f}  {nbytes / us / 1e3:6.0f} GB/s"
                       f"  err {err:.1e}", flush=True)
                 for name, k_us in r.get("kernels_us", []):

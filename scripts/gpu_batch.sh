@@ -18,6 +18,9 @@
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
+# The device copy's git metadata is stale: start the call with COMPACTKV_COMMIT=<this checkout's short HEAD> so the
+# JSON reports name the tree that ran (compactkv.bench.provenance).
+#
 # The sweep's variants (a JSON list in VARIANTS overrides them) are attend_packed keyword sets
 # (scripts/decode_sweep.py); the first one is the default, every other variant's output is compared with it (err
 # column) and timed as CUDA-graph medians next to SDPA.

@@ -23,3 +23,17 @@ def test_time_decode_fills_cache_and_reports():
         rows.append(r)
     text = table(rows, "tiny")
     assert "turbo4" in text and "f16 (DynamicCache)" in text
+
+
+def test_reports_name_the_commit(monkeypatch):
+    """Every benchmark report names its tree's commit: $COMPACTKV_COMMIT first (a copy whose git metadata is stale,
+    e.g. the GPU device's), else git's HEAD; the codec, kernel, e2e, serve and ceiling reports share the rule."""
+    import subprocess
+    from compactkv.bench import ceiling, kernels, provenance
+    from compactkv.bench.codec import machine
+    monkeypatch.setenv("COMPACTKV_COMMIT", "feed123")
+    assert provenance.commit() == kernels.commit() == ceiling._commit() == machine()["commit"] == "feed123"
+    monkeypatch.delenv("COMPACTKV_COMMIT")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # a checkout (CI's fresh clone is one)
+        assert provenance.commit() == head

@@ -28,6 +28,8 @@ from compactkv.plan.overhead import PROVISIONAL
 from compactkv.plan.planner import is_dense, plan_row
 from compactkv.plan.units import fmt_bytes
 
+from .provenance import commit as tree_commit
+
 
 @dataclass(frozen=True)
 class Run:
@@ -138,12 +140,8 @@ def _cpu_name() -> str:
 
 
 def _commit() -> str:
-    """The tree's commit: $COMPACTKV_COMMIT when set (a copy of the tree without its git history), else git's."""
-    if os.environ.get("COMPACTKV_COMMIT"):
-        return os.environ["COMPACTKV_COMMIT"]
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent)
-    return out.stdout.strip() or "unknown"
+    """The tree's commit (`provenance.commit`: $COMPACTKV_COMMIT when set), or "unknown"."""
+    return tree_commit() or "unknown"
 
 
 def evaluate(shape, runs: list[Run], chunk: int, weights: int, machine: str, block: int | None, fp16_tokens: int,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 
 import torch
 
 from compactkv.core import KINDS, Codec
+
+from .provenance import commit as tree_commit
 
 MODES = ("speed", "quality", "layout")
 
@@ -50,11 +51,7 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = tree_commit()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine skews timings
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import torch
+
+from .provenance import commit as tree_commit
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
@@ -41,14 +42,8 @@ def _ints(text: str) -> list[int]:
 
 
 def commit() -> str:
-    env = os.environ.get("COMPACTKV_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The tree's commit for reports (`provenance.commit`: $COMPACTKV_COMMIT first), or "unknown"."""
+    return tree_commit() or "unknown"
 
 
 def random_rows(codec, b: int, h: int, t: int, device) -> torch.Tensor:

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from .provenance import commit as tree_commit
+
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -150,18 +152,12 @@ def start_server(kind: str, args) -> tuple[subprocess.Popen, str, float]:
         time.sleep(0.2)
 
 
-def _commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(__file__))
-    return done.stdout.strip() or None
-
-
 def main(args) -> int:
     import httpx
 
     levels = [int(c) for c in args.clients.split(",")]
     rows, meta = [], {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "python": platform.python_version(), "commit": _commit(), "loadavg_start": os.getloadavg(),
+                      "python": platform.python_version(), "commit": tree_commit(), "loadavg_start": os.getloadavg(),
                       "max_tokens": args.max_tokens, "rounds": args.rounds, "api": args.api,
                       "server_threads": args.threads, "url": args.url}
     targets = [("external", args.url)] if args.url else [(kind, None) for kind in args.kinds.split(",")]
