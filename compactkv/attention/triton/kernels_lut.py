@@ -234,6 +234,20 @@ def _v_arrange3(vc, A_OP: gl.constexpr):
 
 
 @gluon.jit
+def _decode_operand(codes, codes_hi, lofs, sel, ASM: gl.constexpr, BITS: gl.constexpr, V: gl.constexpr,
+                    A_OP: gl.constexpr):
+    """One tile's K (V False) or V codes [W, BN, NB], arranged as the A operand (`_k_arrange3` / `_v_arrange3`),
+    through the table: (part 0, part 1), turbo2 parts 0..3. codes_hi: turbo3's high window words (else unused)."""
+    x = _v_arrange3(codes, A_OP) if V else _k_arrange3(codes, A_OP)
+    if BITS == 3:
+        return _decode_lut3(x, _v_arrange3(codes_hi, A_OP) if V else _k_arrange3(codes_hi, A_OP), lofs, sel, ASM)
+    elif BITS == 4:
+        return _decode_lut(x, lofs, sel, ASM)
+    else:
+        return _decode_lut4(x, lofs, sel, ASM)
+
+
+@gluon.jit
 def _spread(words, LAY: gl.constexpr):
     """int32 words [W, BN, NC] -> [W, BN, 4 NC] in layout LAY, element 4 c + k = word c (the 4 copies are one
     register): the decoder's input for code bytes 4 c .. 4 c + 3, which it takes from the word itself."""
@@ -604,12 +618,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
-        if BITS == 3:
-            k0, k1 = _decode_lut3(_k_arrange3(kc, A_OP), _k_arrange3(kc_hi, A_OP), klofs, ksel, ASM)
-        elif P == 2:
-            k0, k1 = _decode_lut(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
-        else:
-            k0, k1, k2, k3 = _decode_lut4(_k_arrange3(kc, A_OP), klofs, ksel, ASM)
+        kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
+        k0, k1 = kd[0], kd[1]
+        if P == 4:
+            k2, k3 = kd[2], kd[3]
         s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s = mma_v2(k1, q1, s)
         if P == 4:
@@ -633,12 +645,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         m_i = m_new
         pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-        if BITS == 3:
-            v0, v1 = _decode_lut3(_v_arrange3(vc, A_OP), _v_arrange3(vc_hi, A_OP), vlofs, vsel, ASM)
-        elif P == 2:
-            v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
-        else:
-            v0, v1, v2, v3 = _decode_lut4(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
+        vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
+        v0, v1 = vd[0], vd[1]
+        if P == 4:
+            v2, v3 = vd[2], vd[3]
         a0 = mma_v2(v0, pv, a0)
         a1 = mma_v2(v1, pv, a1)
         if P == 4:
