@@ -308,6 +308,30 @@ def test_attend_planes_refuses_what_it_cannot_finish():
                       counters=torch.zeros(2, dtype=torch.int32), lut_warps=16)
 
 
+def test_planar_launchers_name_bad_input():
+    """launch_gluon and attend_planes check the query, the planes and the lengths the same way (one helper each)
+    and say what was wrong, before anything reaches a kernel."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import attend_planes, launch_gluon
+    t4 = packed_kind(Codec("turbo4", 128))
+    kc, kn = torch.zeros(1, 2, 8, 64, dtype=torch.uint8), torch.zeros(1, 2, 8, dtype=torch.float16)
+    lens, q = torch.full((1,), 8, dtype=torch.int32), torch.zeros(1, 2, 4, 128)
+    planes = lambda q, lens, k=kc: attend_planes(q, torch.eye(128), torch.eye(128), k, kn, kc, kn, lens, t4, t4,  # noqa: E731
+                                                 max_len=8, counters=torch.zeros(2, dtype=torch.int32))
+    gluon = lambda q, lens, k=kc: launch_gluon(q, k, kn, kc, kn, lens, t4, t4, max_len=8)  # noqa: E731
+    for call in (planes, gluon):
+        with pytest.raises(ValueError, match="q must be a float"):
+            call(torch.zeros(2, 4, 128), lens)
+        with pytest.raises(ValueError, match="q must be a float"):
+            call(q.int(), lens)
+        with pytest.raises(ValueError, match="head_dim 64 does not match 128"):
+            call(torch.zeros(1, 2, 4, 64), lens)
+        with pytest.raises(ValueError, match="lengths must be int32"):
+            call(q, lens.float())
+        with pytest.raises(ValueError, match="K codes and norms must be tensors"):
+            call(q, lens, None)
+
+
 def test_lut_query_map_column_order():
     """lut_query_map puts column p NB + l of w at dim P sq(l) + p (the operand order the kernel reads the mapped
     query in), per head too, and rounds QR up to a power of two >= 4 (8 where a thread would get no column)."""

@@ -154,6 +154,9 @@ def gluon_prefetch(head_dim: int) -> int:
 
 
 def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: int, b: int, h: int) -> None:
+    if not isinstance(codes, torch.Tensor) or not isinstance(norms, torch.Tensor):
+        raise ValueError(f"{name} codes and norms must be tensors (uint8 [{b}, {h}, T, {nbytes}] and fp16 "
+                         f"[{b}, {h}, T]), got {type(codes).__name__} and {type(norms).__name__}")
     if codes.dtype != torch.uint8 or codes.dim() != 4 or codes.shape[:2] != (b, h) or codes.shape[-1] != nbytes \
             or codes.stride(-1) != 1 or codes.stride(-2) != nbytes:
         raise ValueError(f"{name} codes must be uint8 [{b}, {h}, T, {nbytes}] with contiguous rows, got "
@@ -163,6 +166,32 @@ def _check_plane(name: str, codes: torch.Tensor, norms: torch.Tensor, nbytes: in
     if norms.dtype != torch.float16 or norms.shape != codes.shape[:3] or norms.stride(-1) != 1:
         raise ValueError(f"{name} norms must be fp16 {list(codes.shape[:3])} with unit token stride, got "
                          f"{norms.dtype} {list(norms.shape)}")
+
+
+def _check_query(q, k_kind: PackedKind) -> tuple[int, int, int, int]:
+    """(B, H, G, D) of a one-token step's query: 4-D float rows of the K kind's head_dim; ValueError otherwise."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.dtype.is_floating_point:
+        got = f"{q.dtype} {list(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"q must be a float [B, H, G, D] tensor, got {got}")
+    b, h, g, d = q.shape
+    if d != k_kind.head_dim:
+        raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
+    return b, h, g, d
+
+
+def _check_planes(q: torch.Tensor, k_codes, k_norms, v_codes, v_norms, lengths, k_kind: PackedKind,
+                  v_kind: PackedKind) -> None:
+    """Both operands' planes for `q` [B, H, G, D] (`_check_plane`, same norm strides) and the lengths (int32 [B] on
+    the query's device); ValueError otherwise."""
+    b, h, _, d = q.shape
+    _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
+    _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
+    if v_norms.stride() != k_norms.stride():
+        raise ValueError("K and V norm planes must have the same strides")
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int32 or tuple(lengths.shape) != (b,) \
+            or lengths.device != q.device:
+        got = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must be int32 [{b}] on {q.device}, got {got}")
 
 
 def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
@@ -188,17 +217,14 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     thread.
     """
     from .kernels_gluon import decode_gluon_kernel
-    b, h, g, d = q.shape
+    b, h, g, d = _check_query(q, k_kind)
     if lut is None:
         lut = lut_default(k_kind, v_kind)
     why = (lut_unsupported(k_kind, v_kind) or _lut_call_unsupported(g, 1)) if lut \
         else gluon_unsupported(k_kind, v_kind, g)
     if why:
         raise ValueError(why)
-    if d != k_kind.head_dim:
-        raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
-    _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
-    _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
+    _check_planes(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind)
     if prefetch is None:
         prefetch = gluon_prefetch(d)
     if prefetch not in (0, 1, 2):
@@ -206,8 +232,6 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                          "(cp.async pipeline of `stages` tiles)")
     if prefetch == 2 and stages not in (2, 3, 4):
         raise ValueError(f"stages {stages}: the cp.async pipeline takes 2, 3 or 4")
-    if v_norms.stride() != k_norms.stride():
-        raise ValueError("K and V norm planes must have the same strides")
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
@@ -393,7 +417,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     * log2 e folded in, as `decode.map_query` takes it); adj: fp32 [D, D] V inverse map on row vectors. counters:
     int32 [B*H] zeros, owned by the caller (a layer's), zero again after the launch. Returns [B, 1, H*G, D] in
     `out_dtype` (default q's dtype), written into `out` if given (contiguous, that shape)."""
-    b, h, g, d = q.shape
+    b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
@@ -408,12 +432,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
             or not counters.is_contiguous():
         raise ValueError(f"counters must be contiguous int32 zeros [{b * h}] on {q.device}, got {counters.dtype} "
                          f"{list(counters.shape)} on {counters.device}")
-    if d != k_kind.head_dim:
-        raise ValueError(f"query head_dim {d} does not match {k_kind.head_dim}")
-    _check_plane("K", k_codes, k_norms, d * k_kind.bits // 8, b, h)
-    _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
-    if v_norms.stride() != k_norms.stride():
-        raise ValueError("K and V norm planes must have the same strides")
+    _check_planes(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind)
     if out is None:
         out = torch.empty(b, 1, h * g, d, dtype=out_dtype or q.dtype, device=q.device)
     elif tuple(out.shape) != (b, 1, h * g, d) or not out.is_contiguous() or out.device != q.device \
