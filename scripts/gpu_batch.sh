@@ -15,6 +15,10 @@
 #   bash scripts/gpu_batch.sh lut-turbo2  # the turbo2 table kernel's tests, then it vs the Gluon kernel (turbo2 sweep)
 #   bash scripts/gpu_batch.sh qmap    # the table kernel's prologue query map and in-kernel finish: tests, sweep
 #   bash scripts/gpu_batch.sh final   # the finishing table kernel's tests, its sweep, e2e B=8 T=32K (graphs)
+#   bash scripts/gpu_batch.sh rows    # the table kernel over codec rows (the dynamic cache): its tests, the layer
+#                                     # tests, the finishing kernel's; rows (pipe/regs) vs row kernel vs planar sweep
+#   bash scripts/gpu_batch.sh rows-bench  # compactkv bench kernels (dynamic rows vs the row kernel vs planar, encode),
+#                                     # then bench e2e over the dynamic cache (eager, both sides) at B=8 T=32K
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -68,6 +72,27 @@ qmap)
         --variants '[{"gluon": true}, {"gluon": true, "fused": false}, {"gluon": true, "qmap": false}]' \
         > "$OUT/sweep-qmap.txt" 2>&1
     tail -30 "$OUT/sweep-qmap.txt"
+    ;;
+rows)
+    t="timeout ${TEST_TIMEOUT:-300}"
+    $t python -m pytest -q -p no:warnings -k "rows" tests/test_lut_decode.py > "$OUT/pytest_rows.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "layer" tests/test_triton_kernels.py > "$OUT/pytest_layer.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "fused" tests/test_lut_decode.py > "$OUT/pytest_fused.txt" 2>&1 &
+    wait
+    summarize
+    timeout 270 python scripts/decode_sweep.py --kernels --json "$OUT/sweep-rows.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants '[{}, {"lut_pipe": 2}, {"lut_maxnreg": 232}, {"rows": false}, {"gluon": true}]' \
+        > "$OUT/sweep-rows.txt" 2>&1
+    tail -40 "$OUT/sweep-rows.txt"
+    ;;
+rows-bench)
+    timeout 330 python -m compactkv.cli bench kernels --json "$OUT/kernels.json" --prefill '' --batches 1,8 \
+        --contexts 32768,131072 --kinds turbo4,turbo3,turbo2 > "$OUT/kernels.txt" 2>&1
+    tail -30 "$OUT/kernels.txt"
+    timeout 200 python -m compactkv.cli bench e2e --batches 8 --synthetic-contexts 32768 --kinds f16,turbo4,turbo3 \
+        --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
+    tail -12 "$OUT/e2e-dynamic-b8.txt"
     ;;
 final)
     # the finishing table kernel's tests, one launch (255 / 232 registers) vs kernel + finishing launch, e2e B=8

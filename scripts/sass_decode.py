@@ -94,9 +94,10 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
-                pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False):
+                pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
+                rows: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
-    planes."""
+    planes, or (rows) codec rows through chunk tables."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
@@ -113,13 +114,14 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     args = dict(q_ptr=f32, kc_ptr=u8, kn_ptr=f16, vc_ptr=u8, vn_ptr=f16, len_ptr=i32, o_ptr=f32, ml_ptr=f32,
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t, w_ptr=f32, w_hs=0, cnt_ptr=i32, adj_ptr=f32,
-                out_ptr=torch.empty(64, dtype=torch.bfloat16))
+                out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
+                v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload,
                  VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=qmap,
-                 QR=lut_query_rows(4, d, warps), FUSED=fused)
+                 QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 
@@ -242,10 +244,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fused", action="store_true",
                     help="with --lut: the step finished in the kernel (the program's splits merged, the last program "
                          "of a group merges the group and applies the V inverse map)")
+    ap.add_argument("--rows", action="store_true",
+                    help="with --lut --pipe 2|3: codec rows (the dynamic cache's chunks) through chunk tables")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.fused and not args.lut:
         ap.error("--fused is an option of the table kernel (--lut)")
+    if args.rows and not (args.lut and args.pipe >= 2):
+        ap.error("--rows is an option of the table kernel with --pipe 2 or 3")
     if args.qmap and not args.lut:
         ap.error("--qmap is an option of the table kernel (--lut)")
     if args.gluon:
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
-                        maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused)
+                        maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

@@ -415,3 +415,123 @@ def test_table_kernel_is_the_default_at_head_dim_128_only():
     assert "one-token" in planes_unsupported(t3, t3, 4, tq=2)
     t64 = packed_kind(Codec("turbo4", 64))
     assert not lut_default(t64, t64)  # supported (tested) but not timed: the one-warp kernel stays its default
+
+
+def _check_rows(kind, g, lengths, chunk, d=128, hkv=2, num_splits=None, per_head=False, shift2=False, **kw):
+    """Max relative error of `launch_rows` (the table kernel over codec rows in chunks of `chunk` tokens, each its
+    own tensor as TurboQuantLayer keeps them) vs float64. shift2: every chunk starts 2 bytes past a word boundary
+    (the rows' other alignment); per_head: one query map per KV head (a channel scale before the rotation)."""
+    from test_gluon_decode import _rel
+    from compactkv.attention.reference import packed_dense_float64
+    from compactkv.attention.triton.decode import LOG2E, chunk_table, codec_maps, merge_partials, packed_kind
+    from compactkv.attention.triton.gluon import launch_rows
+    dev = "cuda"
+    kc, vc = Codec(kind, d, seed=5), Codec(kind, d, seed=6)
+    b, t = len(lengths), max(lengths)
+    rk = kc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+    rv = vc.encode(torch.randn(b, hkv, t, d, device=dev, dtype=torch.float16))
+
+    def chunks(rows):
+        out = []
+        for i in range(0, t, chunk):
+            c = rows[:, :, i:i + chunk]
+            if shift2:
+                c = torch.empty(c.numel() + 2, dtype=torch.uint8, device=dev)[2:].view(c.shape).copy_(c)
+            out.append(c.contiguous())
+        assert all(x.data_ptr() % 4 == (2 if shift2 else 0) for x in out)
+        return out
+    ck, cv = chunks(rk), chunks(rv)
+    q = torch.randn(b, hkv, g, d, device=dev, dtype=torch.bfloat16)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    w = (fwd if fwd is not None else torch.eye(d, device=dev)) * (d ** -0.5 * LOG2E)
+    qref = q.float()
+    if per_head:
+        s = torch.rand(hkv, d, device=dev) + 0.5
+        w = s[:, :, None] * w
+        qref = qref * s[None, :, None, :]
+    lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+    parts = launch_rows(q, chunk_table(ck), chunk_table(cv), lens, packed_kind(kc), packed_kind(vc), chunk=chunk,
+                        max_len=t, w=w, num_splits=num_splits, **kw)
+    out = torch.full((b, hkv, g, d), float("nan"), device=dev)
+    lse = torch.full((b, hkv, g), float("nan"), device=dev)
+    merge_partials(parts, q.shape, q.device, out, lse)
+    assert torch.isfinite(lse).all()
+    got = out @ adj if adj is not None else out
+    return _rel(got, packed_dense_float64(kc, vc, rk, rv, qref, d ** -0.5, lengths, 1))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("g", [1, 4, 8])
+@pytest.mark.parametrize("shift2", [False, True])
+def test_table_kernel_over_rows_vs_float64(kind, g, shift2):
+    """Rows of both alignments, chunks of 64 / 1024 / one, ragged lengths (not multiples of a tile or chunk,
+    shorter than a tile), empty warps' splits, per-head maps."""
+    assert _check_rows(kind, g, [2100, 130, 3, 64], 1024, shift2=shift2) < TOL
+    assert _check_rows(kind, g, [777, 65, 1], 64, shift2=shift2, per_head=True) < TOL
+    assert _check_rows(kind, g, [3001, 100], 1 << 30, num_splits=64, shift2=shift2) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind,d,warps,pipe,maxnreg", [("turbo4", 64, 8, 3, 232), ("turbo4", 128, 4, 3, 200),
+                                                       ("turbo4", 128, 8, 2, 168), ("turbo2", 128, 8, 2, 168),
+                                                       ("turbo3", 128, 8, 2, 168)])
+def test_table_kernel_over_rows_configurations(kind, d, warps, pipe, maxnreg):
+    kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg)
+    assert _check_rows(kind, 4, [1500, 40, 2], 256, d=d, **kw) < TOL
+    assert _check_rows(kind, 4, [1500, 40, 2], 256, d=d, shift2=True, **kw) < TOL
+
+
+def test_launch_rows_names_bad_input():
+    """What launch_rows refuses, with what it takes, before anything reaches a kernel."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import launch_rows, rows_unsupported
+    t4, t3, t2 = (packed_kind(Codec(k, 128)) for k in ("turbo4", "turbo3", "turbo2"))
+    q8 = packed_kind(Codec("q8_0", 128))
+    assert rows_unsupported(t4, t4, 4, 1, 1024) is None and rows_unsupported(t3, t3, 8, 1, 64) is None
+    assert rows_unsupported(t2, t2, 1, 1, 1 << 30) is None
+    assert "where it is the default" in rows_unsupported(q8, q8, 4, 1, 1024)
+    assert "power of two" in rows_unsupported(t4, t4, 4, 1, 1000)
+    assert "power of two" in rows_unsupported(t4, t4, 4, 1, 16)
+    assert "one-token" in rows_unsupported(t4, t4, 4, 2, 1024)
+    assert "at most 8" in rows_unsupported(t4, t4, 16, 1, 1024)
+    q, w = torch.zeros(1, 2, 4, 128), torch.eye(128)
+    tab, lens = torch.zeros(1, 3, dtype=torch.int64), torch.full((1,), 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="power of two"):
+        launch_rows(q, tab, tab, lens, t4, t4, chunk=1000, max_len=8, w=w)
+    with pytest.raises(ValueError, match="lut_pipe 2 or 3"):
+        launch_rows(q, tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w, lut_pipe=0)
+    with pytest.raises(ValueError, match="k_table must be a contiguous int64"):
+        launch_rows(q, tab.int(), tab, lens, t4, t4, chunk=1024, max_len=8, w=w)
+    with pytest.raises(ValueError, match="v_table must be a contiguous int64"):
+        launch_rows(q, tab, tab[:0], lens, t4, t4, chunk=1024, max_len=8, w=w)
+    with pytest.raises(ValueError, match="lengths must be int32"):
+        launch_rows(q, tab, tab, lens.long(), t4, t4, chunk=1024, max_len=8, w=w)
+    with pytest.raises(ValueError, match="q must be a float"):
+        launch_rows(q.int(), tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w)
+
+
+@pytest.mark.parametrize("kind,d,pipe,maxnreg", [("turbo4", 128, 3, 255), ("turbo3", 128, 2, 255),
+                                                 ("turbo2", 128, 3, 255), ("turbo4", 64, 3, 232)])
+def test_table_kernel_over_rows_compiles_for_sm90(kind, d, pipe, maxnreg):
+    """sm_90 build of the row reader: the table still the only shared buffer and one shared read per code byte;
+    each code word read as aligned words (a run's words plus one) and funnel-shifted, not byte by byte."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import lut_smem
+    s = sass_decode.summary(kind, lut=True, d=d, warps=8, pipe=pipe, maxnreg=maxnreg, qmap=True, rows=True)
+    ops = s["ops"]
+    bits = int(kind[-1])
+    assert s["shared"] == lut_smem(8, d, pipe, bits=bits)
+    assert ops["LDS"] == 2 * (d // 2 if bits == 3 else d * bits // 8)  # table keys of a tile's K and V per lane
+    assert ops["LDL"] + ops["STL"] == 0
+    words = 2 * (d * bits // 8) // 4  # K and V code words of a tile per lane
+    assert words < ops["LDG"] <= 2 * words + 12  # (runs + one per run; chunk-table entries, norms)
+    assert ops["LDG"] > 0 and not any(op.startswith("LDG") and "U8" in op for op in ops)

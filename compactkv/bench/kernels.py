@@ -17,6 +17,7 @@ import torch
 from .provenance import commit as tree_commit
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
+CHUNK_TOKENS = 1024  # the dynamic cache's chunks (TurboQuantLayer's default chunk_tokens)
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
 
 
@@ -99,14 +100,17 @@ def profile_kernels(fn, reps: int = 3):
 def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
-    The step is what the Triton backend runs for a layer without fp16 windows: the query map (`map_query`, one
-    launch: the K rotation and the softmax scale folded in; with `gluon=True` the table kernel applies it in its
-    prologue unless `qmap=False`), the split kernel (with `gluon=True` the planar kernel, table or Gluon, over
-    planar copies of the same rows) and the finishing launch that merges the splits, applies the inverse V map and
+    The step is what the Triton backend runs for a layer without fp16 windows: over the dynamic cache's rows (in
+    chunks of CHUNK_TOKENS, as TurboQuantLayer keeps them) the table kernel where it reads them
+    (`gluon.launch_rows`, the query mapped in its prologue; `rows=False`: the query map launch and the row-format
+    split kernels instead), or the query map (`map_query`, one launch: the K rotation and the softmax scale folded
+    in) and the split kernel; with `gluon=True` the planar kernel, table or Gluon, over planar copies of the same
+    rows (the table kernel maps the query in its prologue unless `qmap=False`); then the finishing launch that merges the splits, applies the inverse V map and
     writes fp16 [B, 1, HQ, D]; with `gluon=True` the table kernel does all of it in one launch
     (`gluon.attend_planes`) unless `fused=False`. `kernel`: keyword options of launch_splits / launch_gluon
     (attend_planes: num_splits and the lut_* options)."""
     from ..attention.triton.backend import ONE_CHUNK
+    from ..attention.triton.gluon import launch_rows
     from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
                                            packed_kind)
     from ..core.codec import Codec
@@ -122,6 +126,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     empty = torch.empty(b, HKV, 0, head_dim, dtype=torch.float16, device=device)
 
     gluon = kernel.pop("gluon", False)
+    rows = kernel.pop("rows", None)
     qmap = kernel.pop("qmap", True)  # the planar kernels take the map as `w` (the table kernel applies it itself)
     fused = kernel.pop("fused", True) and qmap  # the table kernel finishes the step itself where it can
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
@@ -134,24 +139,32 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
             and set(kernel) <= {"lut", "num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
         fused_kw = {k: v for k, v in kernel.items() if k != "lut"}
         counters = torch.zeros(b * HKV, dtype=torch.int32, device=device)
-    else:
-        kt, vt = chunk_table([rk]), chunk_table([rv])
+    else:  # the dynamic cache's layout: chunks of CHUNK_TOKENS rows
+        ck = [rk[:, :, i:i + CHUNK_TOKENS].contiguous() for i in range(0, t, CHUNK_TOKENS)]
+        cv = [rv[:, :, i:i + CHUNK_TOKENS].contiguous() for i in range(0, t, CHUNK_TOKENS)]
+        rk, rv = ck, cv
+        chunk = CHUNK_TOKENS if len(ck) > 1 else ONE_CHUNK
+        kt, vt = chunk_table(ck), chunk_table(cv)
+        if rows is None:  # as the backend, unless split-kernel options were asked for
+            rows = rows_name(kind) and set(kernel) <= {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
 
     def step():
         qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
         if gluon and fused:
             return attend_planes(qf, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t,
                                  counters=counters, **fused_kw)
-        if gluon:
+        if rows and not gluon:
+            parts = launch_rows(qf, kt, vt, lengths, pk, pv, chunk=chunk, max_len=t, w=w, **kernel)
+        elif gluon:
             parts = launch_gluon(qf if qmap else map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
                                  max_len=t, w=w if qmap else None, **kernel)
         else:
-            parts = launch_splits(map_query(qf, w), kt, vt, lengths, pk, pv, chunk=ONE_CHUNK, max_len=t, tq=1,
+            parts = launch_splits(map_query(qf, w), kt, vt, lengths, pk, pv, chunk=chunk, max_len=t, tq=1,
                                   **kernel)
         return finish_decode(qf, parts, tq=1, qscale=c, windows=(empty,) * 4, n_comp=t, adj=adj, bias=None,
                              causal=False, out_dtype=torch.float16)
 
-    step.keep = (rk, rv) if not gluon else (kcodes, knorms, vcodes, vnorms)
+    step.keep = (*rk, *rv) if not gluon else (kcodes, knorms, vcodes, vnorms)
     nbytes = sum(x.numel() * x.element_size() for x in step.keep)
     return step, nbytes
 
@@ -175,10 +188,23 @@ def planar_kernel(kind: str) -> str:
     return "table" if lut_default(pk, pk) else "gluon"
 
 
-def kernel_name(kind: str) -> str:
-    """'fast' where `attend_packed` runs decode_fast_kernel for kind/kind pairs at HEAD_DIM, else 'split'."""
+def rows_name(kind: str) -> bool:
+    """True where the backend reads a chunk-list layer's kind/kind rows at HEAD_DIM with the table kernel
+    (`gluon.launch_rows`, chunks of CHUNK_TOKENS)."""
+    from ..attention.triton.decode import packed_kind
+    from ..attention.triton.gluon import rows_unsupported
+    from ..core.codec import Codec
+    pk = packed_kind(Codec(kind, HEAD_DIM))
+    return pk is not None and rows_unsupported(pk, pk, HQ // HKV, 1, CHUNK_TOKENS) is None
+
+
+def kernel_name(kind: str, rows: bool | None = None) -> str:
+    """The kernel a dynamic-cache step runs for kind/kind pairs at HEAD_DIM: 'table' (`launch_rows`, where
+    `rows_name`, unless rows=False), 'fast' where `attend_packed` runs decode_fast_kernel, else 'split'."""
     from ..attention.triton.decode import fast_unsupported, packed_kind
     from ..core.codec import Codec
+    if rows is not False and rows_name(kind):
+        return "table"
     pk = packed_kind(Codec(kind, HEAD_DIM))
     return "split" if pk is None or fast_unsupported(pk, pk) else "fast"
 
@@ -276,6 +302,13 @@ def run(args) -> int:
                 row["kinds"][kind] = {"us": e, "graph_us": gr, "bytes": nbytes, "gbps": nbytes / e / 1e3,
                                       "kernel": kernel_name(kind), "speedup": s_eager / e,
                                       "graph_speedup": (s_graph / gr) if (s_graph and gr) else None}
+                if kernel_name(kind) == "table":  # the row-format kernel it replaced, in the same run
+                    del step
+                    step, _ = decode_step(kind, b, t, dev, rows=False)
+                    re_, rg = _bench(step, not args.no_graphs)
+                    row["kinds"][kind].update({"rowkernel": kernel_name(kind, rows=False), "rowkernel_us": re_,
+                                               "rowkernel_graph_us": rg, "rowkernel_speedup": s_eager / re_,
+                                               "rowkernel_graph_speedup": (s_graph / rg) if (s_graph and rg) else None})
                 if kernel_name(kind) == "fast":  # the split kernel (before issue 7's rewrite) in the same run
                     del step
                     step, _ = decode_step(kind, b, t, dev, fast=False)
@@ -365,6 +398,14 @@ def table(info: dict, kinds) -> str:
                 lines.append(f"before (split kernel) B={row['batch']} T={row['context']} {kind}: {r['split_us']:.1f} us, "
                              f"x {r['split_speedup']:.2f} (graph x {g}); fast kernel {r['us']:.1f} us "
                              f"= {r['split_us'] / r['us']:.2f}x faster")
+    for row in info["decode"]:
+        for kind in kinds:
+            r = row["kinds"][kind]
+            if "rowkernel_us" in r:
+                g = "-" if r["rowkernel_graph_speedup"] is None else f"{r['rowkernel_graph_speedup']:.2f}"
+                lines.append(f"before (row kernel: {r['rowkernel']}) B={row['batch']} T={row['context']} {kind}: "
+                             f"{r['rowkernel_us']:.1f} us, x {r['rowkernel_speedup']:.2f} (graph x {g}); table kernel "
+                             f"over rows {r['us']:.1f} us = {r['rowkernel_us'] / r['us']:.2f}x faster")
     for row in info["decode"]:
         for kind in kinds:
             r = row["kinds"][kind]

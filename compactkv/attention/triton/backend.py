@@ -1,8 +1,9 @@
 """Attention over a layer's stored data with the Triton kernels (same contract as reference.compressed_attention).
 
 Decode (fewer than PREFILL_MIN_TQ query tokens): the query is mapped into the K codec's space (`map_query`, or
-in the table kernel's prologue), the compressed rows go through the split kernel (`launch_splits`), then one
-finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
+in the table kernel's prologue), the compressed rows go through the table kernel where it reads them (one token,
+turbo4/turbo3/turbo2 at head_dim 128, no additive mask: `gluon.launch_rows`) or else the split kernels
+(`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
@@ -22,12 +23,15 @@ import torch
 
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
                      query_key_map, unsupported)
-from .gluon import attend_planes, fused_unsupported, gluon_device_error, launch_gluon, planes_unsupported
+from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, planes_unsupported,
+                    rows_unsupported)
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
 BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
+ROW_TABLE = True  # one-token steps over a chunk-list layer's rows take the table kernel where it reads them
+# (`gluon.launch_rows`); False: the row-format split kernels (decode_fast_kernel / decode_split_kernel), for A/B runs
 
 
 def why_not_triton(layer, query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None) -> str | None:
@@ -46,7 +50,8 @@ def why_not_triton(layer, query: torch.Tensor, mask: torch.Tensor | None, softca
 
 
 def _packed_source(layer, b: int, device):
-    """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, tensors the tables point into).
+    """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, (K chunks, V chunks): the tensors the tables
+    point into).
 
     The tables hold raw addresses: the caller keeps the returned tensors alive until the kernel is launched. For a
     chunk-list layer the result is kept in `layer.backend_state` (with the chunk tensors themselves in its key) and
@@ -55,7 +60,7 @@ def _packed_source(layer, b: int, device):
     packed_rows = getattr(layer, "packed_rows", None)
     if packed_rows is not None:  # preallocated buffers: tables cached by address, so graph capture sees no copy
         k_rows, v_rows, lengths, max_len = packed_rows()
-        return _fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len, (k_rows, v_rows)
+        return _fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len, ([k_rows], [v_rows])
     ck, cv, n = layer.chunks_k, layer.chunks_v, layer.n_compressed
     # The layer only appends chunks or replaces its last one, and empties backend_state whenever it rebuilds the
     # list otherwise (crop, trim, batch maps): the count and the first and last chunks identify the list, in
@@ -152,6 +157,16 @@ def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
     return planes
 
 
+def _rows_table(kc, vc, g: int, tq: int, chunk: int, alive) -> bool:
+    """True when `gluon.launch_rows` (the table kernel over codec rows) takes this call: ROW_TABLE, a kind pair,
+    head_dim, query rows and chunk length it reads (`rows_unsupported`), a device it runs on, and chunks at even
+    addresses (the row reader's alignment rule)."""
+    if not ROW_TABLE or rows_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq, chunk) is not None:
+        return False
+    ck, cv = alive
+    return gluon_device_error(ck[0].device) is None and all(c.data_ptr() % 2 == 0 for c in ck + cv)
+
+
 def _mask_bias(mask: torch.Tensor | None, b: int, tq: int, tk: int) -> torch.Tensor | None:
     """float32 additive bias [B or 1, Tq, Tk] from a transformers mask (bool keep / float additive / None)."""
     if mask is None:
@@ -207,10 +222,14 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
             parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc), packed_kind(vc),
                                  max_len=max_len, w=w, num_splits=num_splits)
         else:
-            k_tab, v_tab, lengths, chunk, max_len, _alive = _packed_source(layer, b, query.device)
-            parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc),
-                                  chunk=chunk, max_len=max_len, tq=tq, causal=causal, qshift=n_recent, bias=bias_c,
-                                  num_splits=num_splits)
+            k_tab, v_tab, lengths, chunk, max_len, alive = _packed_source(layer, b, query.device)
+            if bias_c is None and _rows_table(kc, vc, g, tq, chunk, alive):  # the table kernel reads the rows
+                parts = launch_rows(q, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+                                    max_len=max_len, w=w, num_splits=num_splits)
+            else:
+                parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc),
+                                      chunk=chunk, max_len=max_len, tq=tq, causal=causal, qshift=n_recent,
+                                      bias=bias_c, num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
                          windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,

@@ -27,6 +27,8 @@ LUT_MAXNREG = 232  # its registers per thread: the prefetch without spills (one 
 # at 200 registers two-ahead gained nothing: 136.5 / 420.6 / 87.9 us)
 LUT_FUSED_MAXNREG = 255  # the finishing build's (attend_planes): at 232 its epilogue's live values cost the loop 15
 # instructions per tile (771 vs 756, sm_90 SASS), at 255 it is 746 (248 registers: still one program per SM)
+LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of turbo4 / turbo3 / turbo2 at 255
+# registers 944 / 1080 / 719 instructions per tile (pipe 3), at 232 978 / 1129 / 768 with 8 bytes of spills for turbo2
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -343,9 +345,10 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None) -> SplitPartials | torch.Tensor:
+                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, rows=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
-    and the filled `out` is returned instead of split partials."""
+    and the filled `out` is returned instead of split partials; rows = (k_table, v_table, log2 of the chunk
+    tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -373,16 +376,24 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
+    if rows is not None:  # the planes' arguments point at the tables (never read), their strides 0
+        k_tab, v_tab, shift = rows
+        k_codes = k_norms = k_tab
+        v_codes = v_norms = v_tab
+        strides = (0,) * 6
+    else:
+        k_tab, v_tab, shift = lengths, lengths, 0
+        strides = (k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1), k_norms.stride(0),
+                   k_norms.stride(1))
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
-        k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1),
-        k_norms.stride(0), k_norms.stride(1), wq if w is not None else q,
+        *strides, wq if w is not None else q,
         d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
-        out if fused else q, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        out if fused else q, k_tab, v_tab, shift, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
-        num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None)
+        CODEC_ROWS=rows is not None, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, rows is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -443,6 +454,50 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                        num_splits=num_splits, block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out))
 
+
+def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int, chunk: int) -> str | None:
+    """Why `launch_rows` cannot run this call over codec rows in chunks of `chunk` tokens, or None: where the table
+    kernel is the default over planes (`lut_default`), one query token, chunks of a power of two >= 32 tokens."""
+    if not lut_default(k_kind, v_kind):
+        return f"{k_kind.kind}/{v_kind.kind}: the table kernel reads rows where it is the default over planes"
+    if k_kind.row_bytes % 4 != 2:
+        return f"{k_kind.kind}: rows of {k_kind.row_bytes} bytes (the row reader takes 2 mod 4)"
+    if chunk < GLUON_BLOCK_N or chunk & (chunk - 1):
+        return f"chunks of {chunk} tokens: the table kernel reads rows in chunks of a power of two >= {GLUON_BLOCK_N}"
+    return _lut_call_unsupported(rows, tq)
+
+
+def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
+                k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, w: torch.Tensor,
+                num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
+                lut_maxnreg: int = LUT_ROWS_MAXNREG) -> SplitPartials:
+    """Split partials of a one-token decode step read from codec rows ([fp16 norm][codes]: the dynamic cache's
+    chunks) by the table kernel, which maps the query in its prologue; `decode.finish_decode` merges them (with
+    the fp16 windows, key mean and V inverse map).
+
+    q: [B, H, G, D] query rows (fp16/bf16/fp32, unmapped); w: the query map (fp32 [D, D] or [H, D, D], softmax
+    scale * log2 e folded in). k_table / v_table: `decode.chunk_table`s of chunks uint8 [B, H, c, row_bytes] at
+    even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer); lengths: int32 [B]
+    tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows are read as words)."""
+    b, h, g, d = _check_query(q, k_kind)
+    why = rows_unsupported(k_kind, v_kind, g, 1, chunk)
+    if why:
+        raise ValueError(why)
+    if lut_pipe not in (2, 3):
+        raise ValueError(f"lut_pipe {lut_pipe}: rows are read into registers, lut_pipe 2 or 3")
+    for name, tab in (("k_table", k_table), ("v_table", v_table)):
+        if not isinstance(tab, torch.Tensor) or tab.dtype != torch.int64 or tab.dim() != 2 or tab.shape[1] != 3 \
+                or tab.shape[0] < 1 or tab.device != q.device or not tab.is_contiguous():
+            got = f"{tab.dtype} {list(tab.shape)}" if isinstance(tab, torch.Tensor) else type(tab).__name__
+            raise ValueError(f"{name} must be a contiguous int64 [chunks >= 1, 3] chunk table on {q.device} "
+                             f"(decode.chunk_table), got {got}")
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int32 or tuple(lengths.shape) != (b,) \
+            or lengths.device != q.device:
+        got = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must be int32 [{b}] on {q.device}, got {got}")
+    return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
+                       block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
+                       rows=(k_table, v_table, chunk.bit_length() - 1))
 
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,

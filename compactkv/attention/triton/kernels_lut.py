@@ -269,6 +269,103 @@ def _load_tile(kbase, vbase, knb, vnb, ktok, vtok, khi, vhi, kc3, vc3, tok, hi, 
 
 
 @gluon.jit
+def _row_base(tab, start, L, b, h, SHIFT):
+    """(int64 address of the chunk holding token `start` [W, 1, 1] (tile starts) for (b, h), the token's row in
+    it): codec rows found through a chunk table (int64 [n, 3]: address, batch stride, head stride;
+    `decode.chunk_table`) of chunks of 2**SHIFT tokens, the tile inside one chunk. `start` is clamped to the L
+    stored tokens, so a tile past the end reads no entry past the table's."""
+    c = gl.maximum(gl.minimum(start, L - 1), 0) >> SHIFT
+    base = gl.load(tab + 3 * c) + b.to(gl.int64) * gl.load(tab + 3 * c + 1) + h.to(gl.int64) * gl.load(tab + 3 * c + 2)
+    return base, start - (c << SHIFT)
+
+
+@gluon.jit
+def _funnel(lo, hi, sh):
+    """(hi:lo) >> sh, the low 32 bits (sh in 0..32)."""
+    return gl.inline_asm_elementwise("shf.r.clamp.b32 $0, $1, $2, $3;", "=r,r,r,r", [lo, hi, sh], dtype=gl.int32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _row_words(chunk, row, t3, c3, valid, LAY: gl.constexpr, ROWB: gl.constexpr, RUN: gl.constexpr,
+               LAST: gl.constexpr = True):
+    """int32 words c3 [1, 1, NC] of the codes of rows row + t3 [W, BN, 1] of the chunk at `chunk` [W, 1, 1] in
+    layout LAY, whose lanes hold runs of RUN (1, 2 or 4) consecutive words of a row. Codec rows ([fp16 norm][codes],
+    ROWB = 2 mod 4 bytes, at even addresses) start their codes 0 or 2 bytes past a word boundary, alternately:
+    each run is read as the RUN aligned words at or before it and, where the row is misaligned, the word after
+    them (an aligned row reads its last word again: never the bytes past its codes, which may lie past the
+    chunk), funnel-shifted into place. LAST False (turbo3 K: 3 code words per run of 4, `valid` False for the
+    4th): a run's 4th slot is read only where the row is misaligned (it then holds the third word's high bytes)
+    and comes out as garbage, which the decoder ignores."""
+    W: gl.constexpr = LAY.shape[0]
+    BN: gl.constexpr = LAY.shape[1]
+    NC: gl.constexpr = LAY.shape[2]
+    a0 = chunk + row.to(gl.int64) * ROWB + 2  # the tile's first codes: at a word boundary, or M = 1: 2 bytes past
+    mh = ((a0 & 2) >> 1).to(gl.int32)
+    base = (a0 - 2 * mh).to(gl.pointer_type(gl.int32))
+    par = t3 & 1  # row t3 of the tile: t3 ROWB = 4 q + 2 par bytes from the first row
+    odd = par ^ mh  # [W, BN, 1]: 1 where the row's codes are 2 bytes past a word boundary
+    p = base + ((t3 * ROWB) >> 2) + (par & mh) + c3  # [W, BN, NC] aligned words at or before the code words
+    sh = odd * 16 + c3 * 0
+    ok = valid & (c3 >= 0)
+    if RUN == 4:
+        pa, pb = gl.split(gl.reshape(p, [W, BN, NC // 4, 2, 2]))
+        p0, p2 = gl.split(pa)
+        p1, p3 = gl.split(pb)
+        sa, _ = gl.split(gl.reshape(sh, [W, BN, NC // 4, 2, 2]))
+        s0, _ = gl.split(sa)
+        va, _ = gl.split(gl.reshape(ok, [W, BN, NC // 4, 2, 2]))
+        v0, _ = gl.split(va)
+        w0 = gl.load(p0, mask=v0, other=0)
+        w1 = gl.load(p1, mask=v0, other=0)
+        w2 = gl.load(p2, mask=v0, other=0)
+        if LAST:
+            w3 = gl.load(p3, mask=v0, other=0)
+            f3 = _funnel(w3, gl.load(p3 + (s0 >> 4), mask=v0, other=0), s0)
+        else:
+            w3 = gl.load(p3, mask=v0 & (s0 != 0), other=0)
+            f3 = w3
+        out = gl.join(gl.join(_funnel(w0, w1, s0), _funnel(w2, w3, s0)), gl.join(_funnel(w1, w2, s0), f3))
+    elif RUN == 2:
+        p0, p1 = gl.split(gl.reshape(p, [W, BN, NC // 2, 2]))
+        s0, _ = gl.split(gl.reshape(sh, [W, BN, NC // 2, 2]))
+        v0, _ = gl.split(gl.reshape(ok, [W, BN, NC // 2, 2]))
+        w0 = gl.load(p0, mask=v0, other=0)
+        w1 = gl.load(p1, mask=v0, other=0)
+        w2 = gl.load(p1 + (s0 >> 4), mask=v0, other=0)
+        out = gl.join(_funnel(w0, w1, s0), _funnel(w1, w2, s0))
+    else:
+        out = _funnel(gl.load(p, mask=ok, other=0), gl.load(p + (sh >> 4), mask=ok, other=0), sh)
+    return gl.convert_layout(gl.reshape(out, [W, BN, NC]), LAY, assert_trivial=True)
+
+
+@gluon.jit
+def _load_rows(k_tab, v_tab, b, h, SHIFT, L, kstart, vstart, kt3, vt3, khi, vhi, kc3, vc3, nstart, tn, hi,
+               KWORD: gl.constexpr, VWORD: gl.constexpr, ROWB: gl.constexpr, BITS: gl.constexpr):
+    """`_load_tile`'s words and norms (fp32) of the tiles starting at kstart / vstart [W, 1, 1] (word layouts) and
+    nstart [W, 1] (norm layout), read from codec rows through the K and V chunk tables (`_row_base`, `_row_words`;
+    K lanes hold runs of 4 words, V lanes of 2; 2 and 1 for rows of 32 code bytes): tokens at or past each warp's end are not read (codes 0, norms
+    0)."""
+    kch, krow = _row_base(k_tab, kstart, L, b, h, SHIFT)
+    vch, vrow = _row_base(v_tab, vstart, L, b, h, SHIFT)
+    RUN: gl.constexpr = 4 if KWORD.shape[2] >= 16 else 2  # K runs (V: half as long) in the word layouts
+    kw = _row_words(kch, krow, kt3, kc3, kstart + kt3 < khi, KWORD, ROWB, RUN, BITS != 3)
+    vw = _row_words(vch, vrow, vt3, vc3, vstart + vt3 < vhi, VWORD, ROWB, RUN // 2)
+    NL: gl.constexpr = tn.type.layout
+    WL: gl.constexpr = gl.SliceLayout(1, NL)
+    # the K table entry's (warp-uniform) values in the norm layout: a register-only change
+    kch = gl.expand_dims(gl.convert_layout(gl.reshape(kch, [kch.shape[0]]), WL, assert_trivial=True), 1)
+    krow = gl.expand_dims(gl.convert_layout(gl.reshape(krow, [krow.shape[0]]), WL, assert_trivial=True), 1)
+    vch = gl.expand_dims(gl.convert_layout(gl.reshape(vch, [vch.shape[0]]), WL, assert_trivial=True), 1)
+    valid = nstart + tn < hi
+    kn = gl.load((kch + (krow + tn).to(gl.int64) * ROWB).to(gl.pointer_type(gl.float16)), mask=valid,
+                 other=0.0).to(gl.float32)
+    vn = gl.load((vch + (krow + tn).to(gl.int64) * ROWB).to(gl.pointer_type(gl.float16)), mask=valid,
+                 other=0.0).to(gl.float32)
+    return kw, vw, kn, vn
+
+
+@gluon.jit
 def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr,
                FROM_SMEM: gl.constexpr = False):
     """The query rows row0 .. row0 + MQ of q_ptr (any float dtype, D contiguous values each; rows MQ .. QR are 0)
@@ -405,11 +502,12 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 @gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
-                      out_ptr,
+                      out_ptr, k_tab, v_tab, CHUNK_SHIFT,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
-                      QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False):
+                      QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
+                      CODEC_ROWS: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -424,7 +522,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no fp16
     windows, no mask, no key mean): o_ptr / ml_ptr hold one partial per program ([B*H, programs, NH, D] and
     [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
-    [B, 1, H*MQ, D] output."""
+    [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are codec rows ([fp16 norm][codes], 2 + RB
+    bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`) of
+    chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then unused."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -581,11 +681,20 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
             kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
             vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
-        kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3,
-                                            lo_r + tr, hi_r, RB // 4)
+        if CODEC_ROWS:
+            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi,
+                                                kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+        else:
+            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
+                                                vwc3, lo_r + tr, hi_r, RB // 4)
         if PIPE == 3:  # and the tile after it
-            kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi,
-                                                kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
+            if CODEC_ROWS:
+                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3, vwt3,
+                                                    kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
+                                                    RB + 2, BITS)
+            else:
+                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
+                                                    vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
     for i in range(n_iter):
         t = i * BN
@@ -608,8 +717,12 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
-            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + t + ahead + kwt3, vwlo + t + ahead + vwt3, kwhi, vwhi,
-                             kwc3, vwc3, tok + ahead, hi_r, RB // 4)
+            if CODEC_ROWS:
+                nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3, kwhi,
+                                 vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+            else:
+                nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + t + ahead + kwt3, vwlo + t + ahead + vwt3, kwhi, vwhi,
+                                 kwc3, vwc3, tok + ahead, hi_r, RB // 4)
             if PIPE == 3:
                 kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
                 kw_m, vw_m, kn_m, vn_m = nxt
