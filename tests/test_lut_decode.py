@@ -476,7 +476,7 @@ def test_table_kernel_over_rows_vs_float64(kind, g, shift2):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind,d,warps,pipe,maxnreg", [("turbo4", 64, 8, 3, 232), ("turbo4", 128, 4, 3, 200),
+@pytest.mark.parametrize("kind,d,warps,pipe,maxnreg", [("turbo4", 128, 8, 3, 232), ("turbo4", 128, 4, 3, 200),
                                                        ("turbo4", 128, 8, 2, 168), ("turbo2", 128, 8, 2, 168),
                                                        ("turbo3", 128, 8, 2, 168)])
 def test_table_kernel_over_rows_configurations(kind, d, warps, pipe, maxnreg):

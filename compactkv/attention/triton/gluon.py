@@ -345,9 +345,9 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, rows=None) -> SplitPartials | torch.Tensor:
+                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
-    and the filled `out` is returned instead of split partials; rows = (k_table, v_table, log2 of the chunk
+    and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
@@ -376,8 +376,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
-    if rows is not None:  # the planes' arguments point at the tables (never read), their strides 0
-        k_tab, v_tab, shift = rows
+    if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
+        k_tab, v_tab, shift = row_source
         k_codes = k_norms = k_tab
         v_codes = v_norms = v_tab
         strides = (0,) * 6
@@ -392,8 +392,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         out if fused else q, k_tab, v_tab, shift, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
-        CODEC_ROWS=rows is not None, num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, rows is not None)
+        CODEC_ROWS=row_source is not None, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -497,7 +497,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
         raise ValueError(f"lengths must be int32 [{b}] on {q.device}, got {got}")
     return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
-                       rows=(k_table, v_table, chunk.bit_length() - 1))
+                       row_source=(k_table, v_table, chunk.bit_length() - 1))
 
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
