@@ -87,10 +87,12 @@ rows)
     tail -40 "$OUT/sweep-rows.txt"
     ;;
 rows-bench)
-    timeout 330 python -m compactkv.cli bench kernels --json "$OUT/kernels.json" --prefill '' --batches 1,8 \
+    timeout 120 python -m pytest -q -p no:warnings -k "rows" tests/test_lut_decode.py > "$OUT/pytest_rows.txt" 2>&1
+    summarize
+    timeout 300 python -m compactkv.cli bench kernels --json "$OUT/kernels.json" --prefill '' --batches 1,8 \
         --contexts 32768,131072 --kinds turbo4,turbo3,turbo2 > "$OUT/kernels.txt" 2>&1
     tail -30 "$OUT/kernels.txt"
-    timeout 200 python -m compactkv.cli bench e2e --batches 8 --synthetic-contexts 32768 --kinds f16,turbo4,turbo3 \
+    timeout 150 python -m compactkv.cli bench e2e --batches 8 --synthetic-contexts 32768 --kinds f16,turbo4,turbo3 \
         --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
     tail -12 "$OUT/e2e-dynamic-b8.txt"
     ;;

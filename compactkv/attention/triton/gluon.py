@@ -29,6 +29,9 @@ LUT_FUSED_MAXNREG = 255  # the finishing build's (attend_planes): at 232 its epi
 # instructions per tile (771 vs 756, sm_90 SASS), at 255 it is 746 (248 registers: still one program per SM)
 LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of turbo4 / turbo3 / turbo2 at 255
 # registers 944 / 1080 / 719 instructions per tile (pipe 3), at 232 978 / 1129 / 768 with 8 bytes of spills for turbo2
+# (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
+LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
+# us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -469,7 +472,7 @@ def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int,
 
 def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                 k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, w: torch.Tensor,
-                num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
+                num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_ROWS_PIPE,
                 lut_maxnreg: int = LUT_ROWS_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step read from codec rows ([fp16 norm][codes]: the dynamic cache's
     chunks) by the table kernel, which maps the query in its prologue; `decode.finish_decode` merges them (with
