@@ -50,6 +50,18 @@ def _stub_launches() -> None:
             setattr(decode, name, _NoLaunch())
     backend.why_not_triton = lambda *a, **k: None
     dispatch.triton_unavailable = lambda *a, **k: None
+    # the table kernel over rows (gluon.launch_rows): its launch a no-op too, on a "device" with 132 SMs
+    from types import SimpleNamespace
+    from compactkv.attention.triton import gluon, kernels_lut
+
+    class _NoLut(_NoLaunch):  # returns what the launcher checks: the shared memory a real build would use
+        def __getitem__(self, grid):
+            return lambda *a, **k: SimpleNamespace(metadata=SimpleNamespace(
+                shared=gluon.lut_smem(k["W"], k["D"], k["PIPE"], k["BN"], k["BITS"], k["FUSED"])))
+    kernels_lut.decode_lut_kernel = _NoLut()
+    backend.gluon_device_error = lambda *a, **k: None
+    decode._sm_count = lambda *a, **k: 132
+    gluon._sm_count = decode._sm_count
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ def why_not_triton(layer, query: torch.Tensor, mask: torch.Tensor | None, softca
 
 
 def _packed_source(layer, b: int, device):
-    """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, (K chunks, V chunks): the tensors the tables
-    point into).
+    """(k_table, v_table, lengths int32 [B], chunk tokens, max_len hint, (K chunks, V chunks, whether they all start
+    at even addresses): the tensors the tables point into).
 
     The tables hold raw addresses: the caller keeps the returned tensors alive until the kernel is launched. For a
     chunk-list layer the result is kept in `layer.backend_state` (with the chunk tensors themselves in its key) and
@@ -60,7 +60,8 @@ def _packed_source(layer, b: int, device):
     packed_rows = getattr(layer, "packed_rows", None)
     if packed_rows is not None:  # preallocated buffers: tables cached by address, so graph capture sees no copy
         k_rows, v_rows, lengths, max_len = packed_rows()
-        return _fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len, ([k_rows], [v_rows])
+        return (_fixed_table(k_rows), _fixed_table(v_rows), lengths, ONE_CHUNK, max_len,
+                ([k_rows], [v_rows], _even(k_rows, v_rows)))
     ck, cv, n = layer.chunks_k, layer.chunks_v, layer.n_compressed
     # The layer only appends chunks or replaces its last one, and empties backend_state whenever it rebuilds the
     # list otherwise (crop, trim, batch maps): the count and the first and last chunks identify the list, in
@@ -78,13 +79,18 @@ def _packed_source(layer, b: int, device):
     ck = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in ck]
     cv = [c if c.stride(-1) == 1 and c.stride(-2) == c.shape[-1] else c.contiguous() for c in cv]
     lengths = torch.full((b,), n, dtype=torch.int32, device=device)
-    source = chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv)
+    source = chunk_table(ck), chunk_table(cv), lengths, chunk, n, (ck, cv, _even(*ck, *cv))
     # kept only when the tables point into the layer's own chunks: a concatenated or contiguous copy of the
     # history is rebuilt per call rather than held beside the cache (it would double the compressed bytes)
     if state is not None and all(x is y for x, y in zip(ck + cv, layer.chunks_k + layer.chunks_v)) \
             and len(ck) == len(layer.chunks_k):
         state["triton_source"] = (key, source)
     return source
+
+
+def _even(*chunks: torch.Tensor) -> bool:
+    """True when every chunk starts at an even address (the row reader's alignment rule, `gluon.launch_rows`)."""
+    return all(c.data_ptr() % 2 == 0 for c in chunks)
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -142,7 +148,7 @@ def _table_at(ptr: int, stride_b: int, stride_h: int, row_bytes: int, stride_t: 
     return torch.tensor([[ptr, stride_b, stride_h]], dtype=torch.int64).to(device)
 
 
-def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
+def _gluon_planes(layer, pk, pv, g: int, tq: int, bias) -> tuple | None:
     """The planar static layer's (k_codes, k_norms, v_codes, v_norms, lengths, max_len) when `launch_gluon` (the
     table or the Gluon kernel) takes this call (one query token, no additive mask, <= 8 query rows per KV head),
     else None (other calls over planar storage read row-format copies through `packed_rows`)."""
@@ -150,21 +156,20 @@ def _gluon_planes(layer, kc, vc, g: int, tq: int, bias) -> tuple | None:
     planes = planes_of() if planes_of is not None else None
     if planes is None or bias is not None:
         return None
-    if planes_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq) is not None:
+    if planes_unsupported(pk, pv, g * tq, tq) is not None:
         return None
     if gluon_device_error(planes[0].device) is not None:
         return None
     return planes
 
 
-def _rows_table(kc, vc, g: int, tq: int, chunk: int, alive) -> bool:
+def _rows_table(pk, pv, g: int, tq: int, chunk: int, alive) -> bool:
     """True when `gluon.launch_rows` (the table kernel over codec rows) takes this call: ROW_TABLE, a kind pair,
     head_dim, query rows and chunk length it reads (`rows_unsupported`), a device it runs on, and chunks at even
-    addresses (the row reader's alignment rule)."""
-    if not ROW_TABLE or rows_unsupported(packed_kind(kc), packed_kind(vc), g * tq, tq, chunk) is not None:
-        return False
-    ck, cv = alive
-    return gluon_device_error(ck[0].device) is None and all(c.data_ptr() % 2 == 0 for c in ck + cv)
+    addresses (the row reader's alignment rule, checked once per chunk table in `_packed_source`)."""
+    ck, _, even = alive
+    return (ROW_TABLE and even and rows_unsupported(pk, pv, g * tq, tq, chunk) is None
+            and gluon_device_error(ck[0].device) is None)
 
 
 def _mask_bias(mask: torch.Tensor | None, b: int, tq: int, tk: int) -> torch.Tensor | None:
@@ -202,6 +207,7 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     bias = _mask_bias(mask, b, tq, n_sink + n_comp + n_recent)
     causal = mask is None and tq > 1
     kc, vc = layer.k_codec, layer.v_codec
+    pk, pv = packed_kind(kc), packed_kind(vc)
     parts = adj = None
     if n_comp:
         _, adj = codec_maps(vc, query.device)
@@ -209,25 +215,25 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
-        planes = _gluon_planes(layer, kc, vc, g, tq, bias_c)
+        planes = _gluon_planes(layer, pk, pv, g, tq, bias_c)
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
             if n_sink == 0 and n_recent == 0 and bias is None and getattr(layer, "k_mean", None) is None \
-                    and fused_unsupported(packed_kind(kc), packed_kind(vc), g * tq, adj) is None:
+                    and fused_unsupported(pk, pv, g * tq, adj) is None:
                 # nothing to merge but the compressed splits: the table kernel finishes the step itself
-                return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc),
-                                     packed_kind(vc), max_len=max_len, counters=_counters(layer, b * hkv, q.device),
-                                     out_dtype=query.dtype, num_splits=num_splits)
+                return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=max_len,
+                                     counters=_counters(layer, b * hkv, q.device), out_dtype=query.dtype,
+                                     num_splits=num_splits)
             # the table kernel maps the query in its prologue (no map_query launch)
-            parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc), packed_kind(vc),
+            parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
                                  max_len=max_len, w=w, num_splits=num_splits)
         else:
             k_tab, v_tab, lengths, chunk, max_len, alive = _packed_source(layer, b, query.device)
-            if bias_c is None and _rows_table(kc, vc, g, tq, chunk, alive):  # the table kernel reads the rows
-                parts = launch_rows(q, k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc), chunk=chunk,
+            if bias_c is None and _rows_table(pk, pv, g, tq, chunk, alive):  # the table kernel reads the rows
+                parts = launch_rows(q, k_tab, v_tab, lengths, pk, pv, chunk=chunk,
                                     max_len=max_len, w=w, num_splits=num_splits)
             else:
-                parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, packed_kind(kc), packed_kind(vc),
+                parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, pk, pv,
                                       chunk=chunk, max_len=max_len, tq=tq, causal=causal, qshift=n_recent,
                                       bias=bias_c, num_splits=num_splits)
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]

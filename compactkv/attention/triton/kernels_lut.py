@@ -42,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from .kernels_gluon import split_rule
 
 
+@functools.lru_cache(maxsize=16)  # asked at every launch
 def lut_asm(words: bool = False, bits: int = 4) -> str:
     """pack=4 decoder (bits 3: `_lut3_asm`) of P = 8 / bits parts: outputs first ($0, $1 = part 0 of elements
     0,1 / 2,3; $2, $3 = part 1;
