@@ -19,6 +19,7 @@
 #                                     # tests, the finishing kernel's; rows (pipe/regs) vs row kernel vs planar sweep
 #   bash scripts/gpu_batch.sh rows-bench  # compactkv bench kernels (dynamic rows vs the row kernel vs planar, encode),
 #                                     # then bench e2e over the dynamic cache (eager, both sides) at B=8 T=32K
+#   bash scripts/gpu_batch.sh glue    # layer/dispatch/static tests, host cost per layer call, eager dynamic e2e
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -95,6 +96,24 @@ rows-bench)
     timeout 150 python -m compactkv.cli bench e2e --batches 8 --synthetic-contexts 32768 --kinds f16,turbo4,turbo3 \
         --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
     tail -12 "$OUT/e2e-dynamic-b8.txt"
+    ;;
+glue)
+    # after a change of the backend's host code: the layer, dispatch and static-cache tests, then the host cost of
+    # one layer's decode step (compressed vs fp16) and the eager e2e over the dynamic cache
+    t="timeout ${TEST_TIMEOUT:-200}"
+    $t python -m pytest -q -p no:warnings -k "layer" tests/test_triton_kernels.py > "$OUT/pytest_layer.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_static.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_triton_dispatch.py > "$OUT/pytest_dispatch.txt" 2>&1 &
+    wait
+    summarize
+    for b in 1 8; do
+        timeout 60 python scripts/host_overhead.py --batch $b --context 32768 --calls 400 \
+            --json "$OUT/host-b$b.json" > "$OUT/host-b$b.txt" 2>&1
+        head -3 "$OUT/host-b$b.txt"
+    done
+    timeout 150 python -m compactkv.cli bench e2e --batches 8 --contexts 32768 --synthetic-contexts 32768 \
+        --kinds f16,turbo4 --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
+    tail -8 "$OUT/e2e-dynamic-b8.txt"
     ;;
 final)
     # the finishing table kernel's tests, one launch (255 / 232 registers) vs kernel + finishing launch, e2e B=8
