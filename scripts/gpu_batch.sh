@@ -19,6 +19,7 @@
 #                                     # tests, the finishing kernel's; rows (pipe/regs) vs row kernel vs planar sweep
 #   bash scripts/gpu_batch.sh rows-bench  # compactkv bench kernels (dynamic rows vs the row kernel vs planar, encode),
 #                                     # then bench e2e over the dynamic cache (eager, both sides) at B=8 T=32K
+#   bash scripts/gpu_batch.sh rows64  # turbo4 rows at head_dim 64: tests, rows vs the row-format kernel
 #   bash scripts/gpu_batch.sh glue    # layer/dispatch/static tests, host cost per layer call, eager dynamic e2e
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
@@ -96,6 +97,16 @@ rows-bench)
     timeout 150 python -m compactkv.cli bench e2e --batches 8 --synthetic-contexts 32768 --kinds f16,turbo4,turbo3 \
         --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
     tail -12 "$OUT/e2e-dynamic-b8.txt"
+    ;;
+rows64)
+    # turbo4 rows at head_dim 64 (the default model's head_dim): its tests, then it vs the row-format fast kernel
+    timeout 150 python -m pytest -q -p no:warnings -k "head_dim_64 or rows_names" tests/test_lut_decode.py \
+        > "$OUT/pytest_rows64.txt" 2>&1
+    summarize
+    timeout 120 python scripts/decode_sweep.py --kernels --json "$OUT/sweep-rows64.json" --head-dim 64 \
+        --shapes "${SHAPES:-8x32768,1x32768}" --kinds turbo4 --variants '[{}, {"rows": false}]' \
+        > "$OUT/sweep-rows64.txt" 2>&1
+    grep -v "^   " "$OUT/sweep-rows64.txt" | tail -8
     ;;
 glue)
     # after a change of the backend's host code: the layer, dispatch and static-cache tests, then the host cost of

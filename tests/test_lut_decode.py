@@ -477,6 +477,17 @@ def test_table_kernel_over_rows_vs_float64(kind, g, shift2):
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("g", [1, 3, 8])
+@pytest.mark.parametrize("shift2", [False, True])
+def test_table_kernel_over_rows_head_dim_64_vs_float64(g, shift2):
+    """turbo4 at head_dim 64 (34-byte rows, K runs of 2 words and V runs of 1), GQA 3 as SmolLM2-135M's."""
+    from test_gluon_decode import TOL
+    assert _check_rows("turbo4", g, [2100, 130, 3, 64], 1024, d=64, shift2=shift2) < TOL
+    assert _check_rows("turbo4", g, [777, 65, 1], 64, d=64, shift2=shift2, per_head=True) < TOL
+
+
+@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind,d,warps,pipe,maxnreg", [("turbo4", 128, 8, 3, 232), ("turbo4", 128, 4, 3, 200),
                                                        ("turbo4", 128, 8, 2, 168), ("turbo2", 128, 8, 2, 168),
                                                        ("turbo3", 128, 8, 2, 168)])
@@ -495,7 +506,10 @@ def test_launch_rows_names_bad_input():
     q8 = packed_kind(Codec("q8_0", 128))
     assert rows_unsupported(t4, t4, 4, 1, 1024) is None and rows_unsupported(t3, t3, 8, 1, 64) is None
     assert rows_unsupported(t2, t2, 1, 1, 1 << 30) is None
-    assert "where it is the default" in rows_unsupported(q8, q8, 4, 1, 1024)
+    assert "reads turbo4, turbo3 or turbo2" in rows_unsupported(q8, q8, 4, 1, 1024)
+    t4_64, t2_64 = packed_kind(Codec("turbo4", 64)), packed_kind(Codec("turbo2", 64))
+    assert rows_unsupported(t4_64, t4_64, 3, 1, 1024) is None  # SmolLM2's shape: head_dim 64, 3 query heads per KV
+    assert "128 for turbo2" in rows_unsupported(t2_64, t2_64, 4, 1, 1024)
     assert "power of two" in rows_unsupported(t4, t4, 4, 1, 1000)
     assert "power of two" in rows_unsupported(t4, t4, 4, 1, 16)
     assert "one-token" in rows_unsupported(t4, t4, 4, 2, 1024)

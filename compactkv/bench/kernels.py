@@ -146,7 +146,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         chunk = CHUNK_TOKENS if len(ck) > 1 else ONE_CHUNK
         kt, vt = chunk_table(ck), chunk_table(cv)
         if rows is None:  # as the backend, unless split-kernel options were asked for
-            rows = rows_name(kind) and set(kernel) <= {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
+            rows = rows_name(kind, head_dim) and set(kernel) <= {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
 
     def step():
         qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
@@ -188,13 +188,13 @@ def planar_kernel(kind: str) -> str:
     return "table" if lut_default(pk, pk) else "gluon"
 
 
-def rows_name(kind: str) -> bool:
-    """True where the backend reads a chunk-list layer's kind/kind rows at HEAD_DIM with the table kernel
+def rows_name(kind: str, head_dim: int = HEAD_DIM) -> bool:
+    """True where the backend reads a chunk-list layer's kind/kind rows at head_dim with the table kernel
     (`gluon.launch_rows`, chunks of CHUNK_TOKENS)."""
     from ..attention.triton.decode import packed_kind
     from ..attention.triton.gluon import rows_unsupported
     from ..core.codec import Codec
-    pk = packed_kind(Codec(kind, HEAD_DIM))
+    pk = packed_kind(Codec(kind, head_dim))
     return pk is not None and rows_unsupported(pk, pk, HQ // HKV, 1, CHUNK_TOKENS) is None
 
 

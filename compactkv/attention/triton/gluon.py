@@ -459,10 +459,12 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
 
 
 def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int, chunk: int) -> str | None:
-    """Why `launch_rows` cannot run this call over codec rows in chunks of `chunk` tokens, or None: where the table
-    kernel is the default over planes (`lut_default`), one query token, chunks of a power of two >= 32 tokens."""
-    if not lut_default(k_kind, v_kind):
-        return f"{k_kind.kind}/{v_kind.kind}: the table kernel reads rows where it is the default over planes"
+    """Why `launch_rows` cannot run this call over codec rows in chunks of `chunk` tokens, or None: K/V kinds and
+    head_dim the table kernel decodes (`lut_unsupported`: turbo4 at head_dim 64 or 128, turbo3 and turbo2 at 128),
+    one query token, chunks of a power of two >= 32 tokens."""
+    why = lut_unsupported(k_kind, v_kind)
+    if why:
+        return why
     if k_kind.row_bytes % 4 != 2:
         return f"{k_kind.kind}: rows of {k_kind.row_bytes} bytes (the row reader takes 2 mod 4)"
     if chunk < GLUON_BLOCK_N or chunk & (chunk - 1):
