@@ -2,7 +2,7 @@
 
 Decode (fewer than PREFILL_MIN_TQ query tokens): the query is mapped into the K codec's space (`map_query`, or
 in the table kernel's prologue), the compressed rows go through the table kernel where it reads them (one token,
-turbo4/turbo3/turbo2 at head_dim 128, no additive mask: `gluon.launch_rows`) or else the split kernels
+turbo4/turbo3/turbo2 at head_dim 128 or turbo4 at 64, no additive mask: `gluon.launch_rows`) or else the split kernels
 (`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
 them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
