@@ -374,6 +374,24 @@ def _line(row: dict, kinds) -> str:
     return "  ".join(parts)
 
 
+def _before_lines(info: dict, kinds, key: str, label, now: str) -> list[str]:
+    """One line per cell that also timed the kernel its main step replaced (fields key_us, key_speedup,
+    key_graph_speedup; label(cell) names it, `now` names the main step's kernel)."""
+    out = []
+    for row in info["decode"]:
+        for kind in kinds:
+            r = row["kinds"][kind]
+            if f"{key}_us" in r:
+                g = "-" if r[f"{key}_graph_speedup"] is None else f"{r[f'{key}_graph_speedup']:.2f}"
+                # faster by graph replays where both were captured (eager steps at small shapes are host-bound)
+                graphs = r[f"{key}_graph_us"] is not None and r["graph_us"] is not None
+                ratio = r[f"{key}_graph_us"] / r["graph_us"] if graphs else r[f"{key}_us"] / r["us"]
+                out.append(f"before ({label(r)}) B={row['batch']} T={row['context']} {kind}: {r[f'{key}_us']:.1f} us, "
+                           f"x {r[f'{key}_speedup']:.2f} (graph x {g}); {now} {r['us']:.1f} us = {ratio:.2f}x "
+                           f"faster ({'graphs' if graphs else 'eager'})")
+    return out
+
+
 def table(info: dict, kinds) -> str:
     """The summary table: one line per (batch, context); µs, speedup over SDPA and GB/s per kind."""
     head = f"{'B':>2} {'T':>7} {'sdpa us':>8} {'(graph)':>8}"
@@ -390,22 +408,9 @@ def table(info: dict, kinds) -> str:
             gx = "-" if r["graph_speedup"] is None else f"{r['graph_speedup']:.2f}"
             line += f" | {r['us']:>10.1f} {r['speedup']:>5.2f} {r['gbps']:>5.0f} {gx:>9}"
         lines.append(line)
-    for row in info["decode"]:
-        for kind in kinds:
-            r = row["kinds"][kind]
-            if "split_us" in r:
-                g = "-" if r["split_graph_speedup"] is None else f"{r['split_graph_speedup']:.2f}"
-                lines.append(f"before (split kernel) B={row['batch']} T={row['context']} {kind}: {r['split_us']:.1f} us, "
-                             f"x {r['split_speedup']:.2f} (graph x {g}); fast kernel {r['us']:.1f} us "
-                             f"= {r['split_us'] / r['us']:.2f}x faster")
-    for row in info["decode"]:
-        for kind in kinds:
-            r = row["kinds"][kind]
-            if "rowkernel_us" in r:
-                g = "-" if r["rowkernel_graph_speedup"] is None else f"{r['rowkernel_graph_speedup']:.2f}"
-                lines.append(f"before (row kernel: {r['rowkernel']}) B={row['batch']} T={row['context']} {kind}: "
-                             f"{r['rowkernel_us']:.1f} us, x {r['rowkernel_speedup']:.2f} (graph x {g}); table kernel "
-                             f"over rows {r['us']:.1f} us = {r['rowkernel_us'] / r['us']:.2f}x faster")
+    lines += _before_lines(info, kinds, "split", lambda r: "split kernel", "fast kernel")
+    lines += _before_lines(info, kinds, "rowkernel", lambda r: f"row kernel: {r['rowkernel']}",
+                           "table kernel over rows")
     for row in info["decode"]:
         for kind in kinds:
             r = row["kinds"][kind]
