@@ -105,9 +105,10 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     (`gluon.launch_rows`, the query mapped in its prologue; `rows=False`: the query map launch and the row-format
     split kernels instead), or the query map (`map_query`, one launch: the K rotation and the softmax scale folded
     in) and the split kernel; with `gluon=True` the planar kernel, table or Gluon, over planar copies of the same
-    rows (the table kernel maps the query in its prologue unless `qmap=False`); then the finishing launch that merges the splits, applies the inverse V map and
-    writes fp16 [B, 1, HQ, D]; with `gluon=True` the table kernel does all of it in one launch
-    (`gluon.attend_planes`) unless `fused=False`. `kernel`: keyword options of launch_splits / launch_gluon
+    rows (the table kernel maps the query in its prologue unless `qmap=False`); then the finishing launch that
+    merges the splits, applies the inverse V map and writes fp16 [B, 1, HQ, D]; with `gluon=True` the table kernel
+    does all of it in one launch (`gluon.attend_planes`) unless `fused=False`. `kernel`: keyword options of
+    launch_rows / launch_splits / launch_gluon
     (attend_planes: num_splits and the lut_* options)."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.gluon import launch_rows

@@ -482,7 +482,8 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
 
     q: [B, H, G, D] query rows (fp16/bf16/fp32, unmapped); w: the query map (fp32 [D, D] or [H, D, D], softmax
     scale * log2 e folded in). k_table / v_table: `decode.chunk_table`s of chunks uint8 [B, H, c, row_bytes] at
-    even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer); lengths: int32 [B]
+    even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer; K and V chunked
+    alike); lengths: int32 [B]
     tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows are read as words)."""
     b, h, g, d = _check_query(q, k_kind)
     why = rows_unsupported(k_kind, v_kind, g, 1, chunk)

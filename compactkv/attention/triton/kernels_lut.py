@@ -276,7 +276,8 @@ def _row_base(tab, start, L, b, h, SHIFT):
     `decode.chunk_table`) of chunks of 2**SHIFT tokens, the tile inside one chunk. `start` is clamped to the L
     stored tokens, so a tile past the end reads no entry past the table's."""
     c = gl.maximum(gl.minimum(start, L - 1), 0) >> SHIFT
-    base = gl.load(tab + 3 * c) + b.to(gl.int64) * gl.load(tab + 3 * c + 1) + h.to(gl.int64) * gl.load(tab + 3 * c + 2)
+    base = gl.load(tab + 3 * c)
+    base += b.to(gl.int64) * gl.load(tab + 3 * c + 1) + h.to(gl.int64) * gl.load(tab + 3 * c + 2)
     return base, start - (c << SHIFT)
 
 
@@ -301,8 +302,8 @@ def _row_words(chunk, row, t3, c3, valid, LAY: gl.constexpr, ROWB: gl.constexpr,
     W: gl.constexpr = LAY.shape[0]
     BN: gl.constexpr = LAY.shape[1]
     NC: gl.constexpr = LAY.shape[2]
-    a0 = chunk + row.to(gl.int64) * ROWB + 2  # the tile's first codes: at a word boundary, or M = 1: 2 bytes past
-    mh = ((a0 & 2) >> 1).to(gl.int32)
+    a0 = chunk + row.to(gl.int64) * ROWB + 2  # the tile's first codes
+    mh = ((a0 & 2) >> 1).to(gl.int32)  # 1: they start 2 bytes past a word boundary
     base = (a0 - 2 * mh).to(gl.pointer_type(gl.int32))
     par = t3 & 1  # row t3 of the tile: t3 ROWB = 4 q + 2 par bytes from the first row
     odd = par ^ mh  # [W, BN, 1]: 1 where the row's codes are 2 bytes past a word boundary
@@ -345,7 +346,8 @@ def _load_rows(k_tab, v_tab, b, h, SHIFT, L, kstart, vstart, kt3, vt3, khi, vhi,
                KWORD: gl.constexpr, VWORD: gl.constexpr, ROWB: gl.constexpr, BITS: gl.constexpr):
     """`_load_tile`'s words and norms (fp32) of the tiles starting at kstart / vstart [W, 1, 1] (word layouts) and
     nstart [W, 1] (norm layout), read from codec rows through the K and V chunk tables (`_row_base`, `_row_words`;
-    K lanes hold runs of 4 words, V lanes of 2; 2 and 1 for rows of 32 code bytes): tokens at or past each warp's end are not read (codes 0, norms
+    K lanes hold runs of 4 words, V lanes of 2; 2 and 1 for rows of 32 code bytes). The tables chunk the tokens
+    alike (the K row index serves both norm loads). Tokens at or past each warp's end are not read (codes 0, norms
     0)."""
     kch, krow = _row_base(k_tab, kstart, L, b, h, SHIFT)
     vch, vrow = _row_base(v_tab, vstart, L, b, h, SHIFT)
@@ -523,9 +525,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no fp16
     windows, no mask, no key mean): o_ptr / ml_ptr hold one partial per program ([B*H, programs, NH, D] and
     [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
-    [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are codec rows ([fp16 norm][codes], 2 + RB
-    bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`) of
-    chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then unused."""
+    [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are codec rows ([fp16 norm][codes],
+    2 + RB bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`)
+    of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then
+    unused."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -683,15 +686,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
             vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
         if CODEC_ROWS:
-            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi,
-                                                kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
+                                                vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
         else:
             kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
                                                 vwc3, lo_r + tr, hi_r, RB // 4)
         if PIPE == 3:  # and the tile after it
             if CODEC_ROWS:
-                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3, vwt3,
-                                                    kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
+                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
+                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
                                                     RB + 2, BITS)
             else:
                 kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
@@ -719,8 +722,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             if CODEC_ROWS:
-                nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3, kwhi,
-                                 vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+                nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
+                                 kwhi, vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
             else:
                 nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + t + ahead + kwt3, vwlo + t + ahead + vwt3, kwhi, vwhi,
                                  kwc3, vwc3, tok + ahead, hi_r, RB // 4)
