@@ -37,3 +37,28 @@ def test_reports_name_the_commit(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if head:  # a checkout (CI's fresh clone is one)
         assert provenance.commit() == head
+
+
+def test_kernel_table_reads_a_recorded_run():
+    """`compactkv bench kernels`' table from a run's JSON (docs/perf/kernels-s13-h200.json, H200): the main columns,
+    the kernel each replaced ('before' lines, ratios from graph replays where both were captured) and the planar
+    lines."""
+    import json
+    from pathlib import Path
+    from compactkv.bench.kernels import table as kernel_table
+    info = json.loads((Path(__file__).resolve().parents[1] / "docs/perf/kernels-s13-h200.json").read_text())
+    text = kernel_table(info, ["turbo4", "turbo3", "turbo2"])
+    r = info["decode"][2]["kinds"]["turbo4"]  # B=8 T=32K
+    assert (info["decode"][2]["batch"], info["decode"][2]["context"]) == (8, 32768)
+    ratio = r["rowkernel_graph_us"] / r["graph_us"]
+    assert f"B=8 T=32768 turbo4: {r['rowkernel_us']:.1f} us" in text and f"= {ratio:.2f}x faster (graphs)" in text
+    assert ratio > 1.5  # the measured 251.0 vs 129.9 us
+    assert text.count("before (row kernel: ") == 12 and text.count("planar (table kernel") == 12
+
+
+def test_kernel_bench_names_what_the_dynamic_cache_runs():
+    import pytest
+    pytest.importorskip("triton", reason="the kernel choice is asked of the Triton backend")
+    from compactkv.bench.kernels import kernel_name, rows_name
+    assert rows_name("turbo4") and rows_name("turbo4", 64) and not rows_name("turbo2", 64) and not rows_name("q8_0")
+    assert kernel_name("turbo4") == "table" and kernel_name("turbo4", rows=False) == "fast"
