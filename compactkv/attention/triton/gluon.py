@@ -193,10 +193,15 @@ def _check_planes(q: torch.Tensor, k_codes, k_norms, v_codes, v_norms, lengths, 
     _check_plane("V", v_codes, v_norms, d * v_kind.bits // 8, b, h)
     if v_norms.stride() != k_norms.stride():
         raise ValueError("K and V norm planes must have the same strides")
+    _check_lengths(lengths, b, q.device)
+
+
+def _check_lengths(lengths, b: int, device) -> None:
+    """lengths: int32 [b] on `device` (tokens per batch row); ValueError otherwise."""
     if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int32 or tuple(lengths.shape) != (b,) \
-            or lengths.device != q.device:
+            or lengths.device != device:
         got = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else type(lengths).__name__
-        raise ValueError(f"lengths must be int32 [{b}] on {q.device}, got {got}")
+        raise ValueError(f"lengths must be int32 [{b}] on {device}, got {got}")
 
 
 def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
@@ -483,8 +488,8 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
     q: [B, H, G, D] query rows (fp16/bf16/fp32, unmapped); w: the query map (fp32 [D, D] or [H, D, D], softmax
     scale * log2 e folded in). k_table / v_table: `decode.chunk_table`s of chunks uint8 [B, H, c, row_bytes] at
     even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer; K and V chunked
-    alike); lengths: int32 [B]
-    tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows are read as words)."""
+    alike); lengths: int32 [B] tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows
+    are read as words)."""
     b, h, g, d = _check_query(q, k_kind)
     why = rows_unsupported(k_kind, v_kind, g, 1, chunk)
     if why:
@@ -497,10 +502,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
             got = f"{tab.dtype} {list(tab.shape)}" if isinstance(tab, torch.Tensor) else type(tab).__name__
             raise ValueError(f"{name} must be a contiguous int64 [chunks >= 1, 3] chunk table on {q.device} "
                              f"(decode.chunk_table), got {got}")
-    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int32 or tuple(lengths.shape) != (b,) \
-            or lengths.device != q.device:
-        got = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else type(lengths).__name__
-        raise ValueError(f"lengths must be int32 [{b}] on {q.device}, got {got}")
+    _check_lengths(lengths, b, q.device)
     return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
                        row_source=(k_table, v_table, chunk.bit_length() - 1))
