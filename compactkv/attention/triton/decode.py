@@ -366,15 +366,22 @@ def query_blocks(g: int, tq: int) -> tuple[int, int, int]:
     return tqb, math.ceil(tq / tqb), max(16, triton.next_power_of_2(g * tqb))
 
 
-def map_query(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """q @ w in one launch: q [B, H, M, D] in its float dtype (fp16/bf16/fp32), w fp32 [D, D] or [H, D, D];
-    returns fp32 [B, H, M, D] (fp32 products, IEEE). The decode step's query map (kernels_query.py)."""
-    b, h, m, d = q.shape
+def check_query_map(q: torch.Tensor, w: torch.Tensor) -> None:
+    """q [B, H, M, D] fp16/bf16/fp32 and its map w fp32 [D, D] or [H, D, D] (`map_query`, and the table kernel's
+    prologue map); ValueError otherwise."""
+    _, h, _, d = q.shape
     if w.dtype != torch.float32 or w.dim() not in (2, 3) or w.shape[-2:] != (d, d) \
             or (w.dim() == 3 and w.shape[0] != h):
         raise ValueError(f"w must be fp32 [{d}, {d}] or [{h}, {d}, {d}], got {w.dtype} {list(w.shape)}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")
+
+
+def map_query(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """q @ w in one launch: q [B, H, M, D] in its float dtype (fp16/bf16/fp32), w fp32 [D, D] or [H, D, D];
+    returns fp32 [B, H, M, D] (fp32 products, IEEE). The decode step's query map (kernels_query.py)."""
+    b, h, m, d = q.shape
+    check_query_map(q, w)
     q, w = q.contiguous(), w.contiguous()
     out = torch.empty(b, h, m, d, dtype=torch.float32, device=q.device)
     if out.numel():

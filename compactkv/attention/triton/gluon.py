@@ -7,7 +7,8 @@ import weakref
 
 import torch
 
-from .decode import FAMILY_MSE, PackedKind, SplitPartials, _sm_count, choose_splits, map_query, merge_partials
+from .decode import (FAMILY_MSE, PackedKind, SplitPartials, _sm_count, check_query_map, choose_splits, map_query,
+                     merge_partials)
 from .fastasm import decode_asm, fp16_bits, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
@@ -369,11 +370,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     num_splits = -(-num_splits // warps) * warps
     q = q.contiguous()
     if w is not None:
-        if w.dtype != torch.float32 or w.shape[-2:] != (d, d) or w.dim() not in (2, 3) \
-                or (w.dim() == 3 and w.shape[0] != h):
-            raise ValueError(f"w must be fp32 [{d}, {d}] or [{h}, {d}, {d}], got {w.dtype} {list(w.shape)}")
-        if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise ValueError(f"q must be fp16/bf16/fp32, got {q.dtype}")
+        check_query_map(q, w)
         wq = lut_query_map(w, bits)
     block_m = 16
     rows = b * h * num_splits * block_m  # partial rows: 16 per split
