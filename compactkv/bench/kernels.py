@@ -14,10 +14,12 @@ import os
 
 import torch
 
+from ..cache.config import CacheConfig
 from .provenance import commit as tree_commit
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
-CHUNK_TOKENS = 1024  # the dynamic cache's chunks (TurboQuantLayer's default chunk_tokens)
+CHUNK_TOKENS = CacheConfig().chunk_tokens  # the dynamic cache's chunks (its default)
+TABLE_OPTIONS = {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}  # decode_step options the table kernel takes
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
 
 
@@ -137,7 +139,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         rk = rv = None
         from ..attention.triton.gluon import attend_planes, fused_unsupported
         fused = fused and fused_unsupported(pk, pv, HQ // HKV, adj) is None and kernel.get("lut", True) \
-            and set(kernel) <= {"lut", "num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
+            and set(kernel) <= TABLE_OPTIONS | {"lut"}
         fused_kw = {k: v for k, v in kernel.items() if k != "lut"}
         counters = torch.zeros(b * HKV, dtype=torch.int32, device=device)
     else:  # the dynamic cache's layout: chunks of CHUNK_TOKENS rows
@@ -147,7 +149,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         chunk = CHUNK_TOKENS if len(ck) > 1 else ONE_CHUNK
         kt, vt = chunk_table(ck), chunk_table(cv)
         if rows is None:  # as the backend, unless split-kernel options were asked for
-            rows = rows_name(kind, head_dim) and set(kernel) <= {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg"}
+            rows = rows_name(kind, head_dim) and set(kernel) <= TABLE_OPTIONS
 
     def step():
         qf = q.reshape(b, HKV, HQ // HKV, head_dim)  # fp16: mapped and read as fp32 by the kernels
