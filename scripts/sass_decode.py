@@ -3,7 +3,7 @@ instructions of the main (full-tile) loop, by opcode.
 
     python scripts/sass_decode.py [--kinds turbo4,turbo2,turbo4/turbo2] [--block-n 64] [--warps 4] [--stages 2]
                                   [--maxnreg N] [--prefetch 0|1|2] [--table-regs 0-3] [--dump DIR]
-    python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernel
+    python scripts/sass_decode.py --encode [--kinds turbo2,turbo3,turbo4] [--d 128]   # the encode kernels
 
 Arguments are specialized as the launcher would at Llama-3.1-8B decode (8 KV heads, GQA 4, one query token, one
 chunk): pointers 16-byte aligned, ints divisible by 16 marked so, ints equal to 1 constexpr.
@@ -58,9 +58,12 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
                                           **({"maxnreg": maxnreg} if maxnreg else {})))
 
 
-def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int = 4, norm_correction: bool = True):
-    """encode_mse_kernel as encode.encode_rows launches it (fp16 input, rows of 8 heads x 4096 tokens)."""
-    from compactkv.attention.triton.kernels_encode import encode_mse_kernel
+def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int = 4, norm_correction: bool = True,
+                   kernel: str = "lanes"):
+    """An encode kernel as encode.encode_rows launches it (fp16 input, rows of 8 heads x 4096 tokens): "lanes"
+    (encode_mse_kernel, block_rows rows per program) or "row" (encode_row_kernel, one row per thread)."""
+    from compactkv.attention.triton.encode import _row_constants
+    from compactkv.attention.triton.kernels_encode import encode_mse_kernel, encode_row_kernel
     codec = Codec(kind, d)
     x = torch.empty(64, dtype=torch.float16)
     out = torch.empty(64, dtype=torch.uint8)
@@ -68,10 +71,14 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     rows = 8 * 4096
     args = dict(x_ptr=x, sxb=rows * d, sxh=4096 * d, sxt=d, out_ptr=out, sob=rows * codec.row_bytes,
                 soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
-                signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5,
-                norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
+                signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, c2_ptr=f32, mid_ptr=torch.empty(16, dtype=torch.float64),
+                n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5, norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
                  HAS_POS=False, BLOCK_R=block_rows, PLANAR=False)
+    if kernel == "row":
+        const.update(BLOCK_R=32 * num_warps, SIGNS=_row_constants(d, codec.spec.bits, 0, torch.device("cpu"))[0],
+                     LOG2H=max(1, (d * codec.spec.bits // 16 - 1).bit_length()))
+        return _compile(encode_row_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
@@ -230,8 +237,8 @@ def main(argv=None) -> int:
                     help="the fast kernel's TABLE_REGS: decoder tables in opaque registers for K (bit 0) and V "
                          "(bit 1), constants otherwise (default: decode.fast_table_regs for the kind)")
     ap.add_argument("--encode", action="store_true",
-                    help="the encode kernel instead (16 rows per program, --warps, norm correction): registers "
-                         "and instructions per value (the kernel has no loop)")
+                    help="the encode kernels instead (lanes: 16 rows per program; row: one row per thread; --warps, "
+                         "norm correction): registers and instructions per value (the kernels have no loop)")
     ap.add_argument("--gluon", action="store_true",
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
@@ -259,10 +266,14 @@ def main(argv=None) -> int:
     args.block_n = args.block_n or (32 if args.gluon or args.lut else 64)
     for kind in args.kinds.split(","):
         if args.encode:
-            text, regs, _ = sass(compile_encode(kind, args.d, num_warps=args.warps))
-            per_lane = 16 * args.d / (32 * args.warps)  # values per lane of a 16-row program
-            print(f"encode {kind} d={args.d} w={args.warps}: regs {regs}, "
-                  f"{len(instrs(text)[0]) / per_lane:.0f} instructions per value per lane")
+            for kernel in ("lanes", "row"):
+                if kernel == "row" and args.d > 128:
+                    continue
+                text, regs, stack = sass(compile_encode(kind, args.d, num_warps=args.warps, kernel=kernel))
+                # values per lane: 16 rows per lanes program, one row per thread in the row kernel
+                per_lane = args.d if kernel == "row" else 16 * args.d / (32 * args.warps)
+                print(f"encode {kind} d={args.d} w={args.warps} {kernel}: regs {regs}, stack {stack} bytes, "
+                      f"{len(instrs(text)[0]) / per_lane:.1f} instructions per value per lane")
             continue
         k_kind, _, v_kind = kind.partition("/")
         pk, pv = (packed_kind(Codec(x, args.d)) for x in (k_kind, v_kind or k_kind))

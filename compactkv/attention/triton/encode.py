@@ -10,9 +10,11 @@ import torch
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec, norm_scale
 from ...core.rotation import get_rotation
-from .kernels_encode import encode_mse_kernel
+from .kernels_encode import encode_mse_kernel, encode_row_kernel
 
 ENCODE_HEAD_DIMS = (32, 64, 128, 256)
+ROW_HEAD_DIMS = (32, 64, 128)  # encode_row_kernel (one row per thread); 256 would not fit a thread's registers
+ENCODE_KERNELS = ("auto", "row", "lanes")
 
 
 def encode_unsupported(codec: Codec) -> str | None:
@@ -65,20 +67,47 @@ def _constants(head_dim: int, bits: int, seed: int, device: torch.device):
             torch.tensor(cb.boundaries, dtype=torch.float32).to(device))
 
 
+@functools.lru_cache(maxsize=32)
+def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
+    """encode_row_kernel's (signs as bits, centroids squared float32, boundary midpoints float64): mid[i] is the
+    midpoint of boundary i and the next float32 up, exact in float64."""
+    cb = lloyd_max(head_dim, bits)
+    c = torch.tensor(cb.centroids, dtype=torch.float32)
+    b = torch.tensor(cb.boundaries, dtype=torch.float32)
+    up = torch.nextafter(b, torch.tensor(float("inf")))
+    mid = (b.double() + up.double()) / 2
+    signs = sum(1 << i for i, s in enumerate(get_rotation(head_dim, seed).signs.tolist()) if s < 0)
+    return signs, (c * c).to(device), mid.to(device)
+
+
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, block_rows: int = 16,
-                norms: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, block_rows: int | None = None,
+                norms: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
     """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
 
     out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
     with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
     norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
     norms [B, H, T_out] (unit token stride) at the same positions.
+    kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
+    across lanes: every head_dim), "auto" (row where it applies). block_rows: rows per program (row: a multiple
+    of 32 up to 256, default 128; lanes: a power of two, default 16).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """
     why = encode_unsupported(codec)
     if why:
         raise ValueError(why)
+    if kernel not in ENCODE_KERNELS:
+        raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
+    if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
+        raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
+    row = kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS)
+    if block_rows is None:
+        block_rows = 128 if row else 16
+    if row and (block_rows % 32 or not 32 <= block_rows <= 256):
+        raise ValueError(f"block_rows {block_rows}: the row kernel takes a multiple of 32 from 32 to 256")
+    if not row and (block_rows < 1 or block_rows & (block_rows - 1)):
+        raise ValueError(f"block_rows {block_rows}: the lanes kernel takes a power of two")
     if x.dim() != 4 or x.shape[-1] != codec.head_dim or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"expected [B, H, T, {codec.head_dim}] fp16/bf16/fp32, got {x.dtype} {list(x.shape)}")
     if x.stride(-1) != 1:
@@ -93,6 +122,8 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
             or out.stride(-1) != 1:
         raise ValueError(f"out must be uint8 [{b}, {h}, T, {width}] with contiguous rows, got "
                          f"{out.dtype} {list(out.shape)}")
+    if out.data_ptr() % 2 or any(s % 2 for s in out.stride()[:3]):
+        raise ValueError("out's rows must start at even byte addresses (the fp16 norm and the 16-bit code stores)")
     if norms is not None and (norms.dtype != torch.float16 or norms.shape != out.shape[:3] or norms.stride(-1) != 1):
         raise ValueError(f"norms must be fp16 {list(out.shape[:3])} with unit token stride, got {norms.dtype} "
                          f"{list(norms.shape)}")
@@ -101,17 +132,27 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     n = b * h * t
     if n == 0:
         return out
-    signs, cents, bounds = _constants(d, codec.spec.bits, codec.seed, x.device)
-    dummy = positions if positions is not None else signs
-    encode_mse_kernel[(math.ceil(n / block_rows),)](
-        x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2), dummy,
-        signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d),
-        norm_scale(d, codec.spec.bits, codec.norm_correction) if codec.unbiased else 1.0,
-        norms if norms is not None else out, norms.stride(0) if norms is not None else 0,
-        norms.stride(1) if norms is not None else 0, D=d,
-        LOG2D=int(math.log2(d)), BITS=codec.spec.bits, NORM_CORR=codec.norm_correction, UNBIASED=codec.unbiased,
-        HAS_POS=positions is not None, BLOCK_R=block_rows, PLANAR=norms is not None, num_warps=4,
-        enable_fp_fusion=False)
+    bits = codec.spec.bits
+    scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
+    nargs = (norms if norms is not None else out, norms.stride(0) if norms is not None else 0,
+             norms.stride(1) if norms is not None else 0)
+    common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
+                  UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
+                  PLANAR=norms is not None)
+    grid = (math.ceil(n / block_rows),)
+    if row:
+        signs, c2, mid = _row_constants(d, bits, codec.seed, x.device)
+        encode_row_kernel[grid](
+            x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
+            positions if positions is not None else c2, c2, mid, n, h, t, 1.0 / math.sqrt(d), scale, *nargs,
+            SIGNS=signs, LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32,
+            enable_fp_fusion=False, **common)
+        return out
+    signs, cents, bounds = _constants(d, bits, codec.seed, x.device)
+    encode_mse_kernel[grid](
+        x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
+        positions if positions is not None else signs, signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d), scale,
+        *nargs, num_warps=4, enable_fp_fusion=False, **common)
     return out
 
 

@@ -1,9 +1,17 @@
-"""Triton kernel encoding K/V vectors into turboB rows in place. Launcher: encode.py.
+"""Triton kernels encoding K/V vectors into turboB rows in place. Launcher: encode.py.
 
-It follows the float32 operation order of compactkv.core.quantizer exactly (tree-sum norm, Walsh-Hadamard
-butterflies at h = 1, 2, 4, ... then the 1/sqrt(D) scale, correctly rounded sqrt and division, idx = number of
-boundaries below y, found by binary search), so the codes are bit-identical to `Codec.encode`. The launcher
-turns off mul+add fusion.
+Both follow the float32 operation order of compactkv.core.quantizer exactly (tree-sum norm, Walsh-Hadamard
+butterflies at h = 1, 2, 4, ... then the 1/sqrt(D) scale, correctly rounded sqrt, idx = number of boundaries
+below y = z / norm correctly rounded), so the codes are bit-identical to `Codec.encode`. The launcher turns off
+mul+add fusion.
+
+- `encode_row_kernel` (head_dim 32/64/128): one row per thread, every step in registers (no shuffles, no
+  shared memory, no table gathers for the search). The division is not made at all: y > b exactly when
+  z > m_b * norm with m_b the midpoint of b and the next float32 (a tie is impossible: m_b needs 25 bits), and
+  the product is exact in float64, so each row's thresholds are computed once in float64 and rounded to the
+  float32 that compares the same way; the code is a binary search over them.
+- `encode_mse_kernel` (any head_dim, head_dim 256 by default): the row across the lanes of a program, the
+  division correctly rounded and a binary search over the boundaries in global memory.
 """
 
 from __future__ import annotations
@@ -84,3 +92,204 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
         PER: tl.constexpr = 8 // BITS
         byte = tl.sum(tl.reshape(idx, (BLOCK_R, D // PER, PER)) << (tl.arange(0, PER) * BITS)[None, None, :], axis=2)
         tl.store(codes[:, None] + tl.arange(0, D // PER)[None, :], byte.to(tl.uint8), mask=rmask[:, None])
+
+
+@triton.constexpr_function
+def _bitrev(j, log2n):
+    """j with its log2n low bits reversed: leaf j of a tree sum over 2**log2n values in bit-reversed order."""
+    return int(format(j, f"0{log2n}b")[::-1], 2)
+
+
+@triton.constexpr_function
+def _bit(x, i):
+    return (x >> i) & 1
+
+
+@triton.constexpr_function
+def _word(i, bits):
+    """The 32-bit word of a row's codes holding the first bit of code i."""
+    return bits * i // 32
+
+
+@triton.constexpr_function
+def _shift(i, bits):
+    """Where in that word code i starts."""
+    return bits * i % 32
+
+
+@triton.constexpr_function
+def _closes(j, level):
+    """After leaf j (bit-reversed order), is a node of `level` complete (the j's low `level` bits all ones)?"""
+    return (j + 1) % (1 << level) == 0
+
+
+@triton.jit
+def _tree_push(acc, v, j: tl.constexpr, LOG2N: tl.constexpr):
+    """Add leaf j of a tree sum (quantizer.tree_sum's order: first half + second half until one is left) whose
+    leaves come in bit-reversed position order, so each pair is added as soon as both halves exist and only one
+    partial per level stays live. acc: one partial per level. Returns (acc, carry); after the last leaf carry
+    is the sum."""
+    for lvl in tl.static_range(LOG2N):
+        if _closes(j, lvl):
+            if _bit(j, lvl) == 1:
+                v = acc[lvl] + v
+            else:
+                nxt = ()
+                for k in tl.static_range(LOG2N):
+                    if k == lvl:
+                        nxt = nxt + (v,)
+                    else:
+                        nxt = nxt + (acc[k],)
+                acc = nxt
+    return acc, v
+
+
+@triton.jit
+def _zeros_tuple(N: tl.constexpr, R: tl.constexpr, dtype: tl.constexpr):
+    out = ()
+    for k in tl.static_range(N):
+        out = out + (tl.zeros([R], dtype=dtype),)
+    return out
+
+
+@triton.jit
+def _halves(x, R: tl.constexpr, M: tl.constexpr):
+    """x [R, 2M] -> (x[:, :M], x[:, M:])."""
+    return tl.split(tl.permute(tl.reshape(x, (R, 2, M)), (0, 2, 1)))
+
+
+@triton.jit
+def _columns8(x, R: tl.constexpr):
+    """x [R, 8] -> its 8 columns ([R] each) in order."""
+    a, b = _halves(x, R, 4)
+    a0, a1 = _halves(a, R, 2)
+    b0, b1 = _halves(b, R, 2)
+    c0, c1 = tl.split(a0)
+    c2, c3 = tl.split(a1)
+    c4, c5 = tl.split(b0)
+    c6, c7 = tl.split(b1)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _cat(a, b, R: tl.constexpr, M: tl.constexpr):
+    """[R, M], [R, M] -> [R, 2M]: a then b."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (R, 2 * M))
+
+
+@triton.jit
+def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, mid_ptr, n_rows, H, T,
+                      inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
+                      BITS: tl.constexpr, SIGNS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr,
+                      HAS_POS: tl.constexpr, PLANAR: tl.constexpr, BLOCK_R: tl.constexpr, LOG2H: tl.constexpr):
+    """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t],
+    one row per thread (BLOCK_R = 32 x num_warps); PLANAR: the indices at out[b, h, pos[b] + t] and the fp16
+    norm at norm[b, h, pos[b] + t] (token stride 1). SIGNS: the rotation's signs as bits (bit i set: -1), so
+    the sign flips fold into the first additions. mid: float64 [2**BITS - 1], the midpoint of each boundary and
+    the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves per row's
+    codes, rounded up (the store's tile width)."""
+    NB: tl.constexpr = (1 << BITS) - 1
+    NW: tl.constexpr = D * BITS // 32
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < n_rows
+    b = r // (H * T)
+    h = (r // T) % H
+    t = r % T
+    src = x_ptr + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + t.to(tl.int64) * sxt
+    xs = ()
+    for g in tl.static_range(D // 8):
+        tile = tl.load(src[:, None] + (8 * g + tl.arange(0, 8))[None, :], mask=rmask[:, None], other=0.0)
+        xs = xs + _columns8(tile.to(tl.float32), BLOCK_R)
+    acc = _zeros_tuple(LOG2D, BLOCK_R, tl.float32)
+    for j in tl.static_range(D):
+        acc, sq = _tree_push(acc, xs[_bitrev(j, LOG2D)] * xs[_bitrev(j, LOG2D)], j, LOG2D)
+    norm = tl.sqrt_rn(sq)
+    z = ()
+    for i in tl.static_range(D):
+        if _bit(SIGNS, i) == 1:
+            z = z + (-xs[i],)
+        else:
+            z = z + (xs[i],)
+    for lvl in tl.static_range(LOG2D):
+        nz = ()
+        for i in tl.static_range(D):
+            if _bit(i, lvl) == 0:
+                nz = nz + (z[i] + z[i + (1 << lvl)],)
+            else:
+                nz = nz + (z[i - (1 << lvl)] - z[i],)
+        z = nz
+    # Row thresholds: y = RN(z / norm) > b  <=>  z > m_b * norm (exact in float64)  <=>  z > thr (float32): the
+    # product rounded, or the float32 below it where rounding went up. A zero norm makes y = 0: thresholds of
+    # -inf below the boundaries under 0, +inf from 0 up.
+    nd = norm.to(tl.float64)
+    thr = ()
+    for i in tl.static_range(NB):
+        m = tl.load(mid_ptr + i)
+        prod = m * nd
+        hi = prod.to(tl.float32)
+        hb = hi.to(tl.int32, bitcast=True)
+        below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
+        th = tl.where(prod < hi.to(tl.float64), below, hi)
+        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf"))),)
+    # Codes, in bit-reversed order so the centroids' tree sum (norm correction) keeps one partial per level:
+    # a binary search over the thresholds (the next level's candidates picked by selects), the index bits from
+    # the sign of threshold - y (no predicate kept alive), packed straight into 32-bit words.
+    words = _zeros_tuple(NW, BLOCK_R, tl.int32)
+    acc = _zeros_tuple(LOG2D, BLOCK_R, tl.float32)
+    csum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for j in tl.static_range(D):
+        v = z[_bitrev(j, LOG2D)] * inv_sqrt
+        cand = thr
+        idx = tl.zeros([BLOCK_R], dtype=tl.int32)
+        for lvl in tl.static_range(BITS):
+            tq = cand[(1 << (BITS - 1 - lvl)) - 1]
+            idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
+            p = v > tq
+            nxt = ()
+            for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
+                nxt = nxt + (tl.where(p, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
+            cand = nxt
+        if NORM_CORR:
+            acc, csum = _tree_push(acc, tl.load(c2_ptr + idx), j, LOG2D)
+        nw = ()
+        for k in tl.static_range(NW):
+            wk = words[k]
+            if k == _word(_bitrev(j, LOG2D), BITS):
+                wk = wk | (idx << _shift(_bitrev(j, LOG2D), BITS))
+            if k == _word(_bitrev(j, LOG2D), BITS) + 1:
+                if _shift(_bitrev(j, LOG2D), BITS) + BITS > 32:
+                    wk = wk | (idx >> (32 - _shift(_bitrev(j, LOG2D), BITS)))
+            nw = nw + (wk,)
+        words = nw
+    stored = norm
+    if NORM_CORR:
+        cn = tl.sqrt_rn(csum)
+        stored = tl.where(cn > 0, tl.div_rn(norm, tl.where(cn > 0, cn, 1.0)), norm)
+    if UNBIASED:  # Codec(unbiased=True): the stored norm times a float32 constant, as the CPU multiplies it
+        stored = stored * norm_scale
+    if HAS_POS:
+        t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
+    row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot
+    if PLANAR:
+        tl.store(norm_ptr + b.to(tl.int64) * snb + h.to(tl.int64) * snh + t, stored.to(tl.float16), mask=rmask)
+        codes = row
+    else:
+        tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
+        codes = row + 2
+    # the words as 16-bit halves in one [BLOCK_R, 2**LOG2H] tile (padding masked off)
+    tiles = ()
+    for k in tl.static_range(1 << (LOG2H - 1)):
+        lo = tl.zeros([BLOCK_R], dtype=tl.int16)
+        hi16 = tl.zeros([BLOCK_R], dtype=tl.int16)
+        if k < NW:
+            lo = (words[k] & 65535).to(tl.int16)
+            hi16 = (words[k] >> 16).to(tl.int16)
+        tiles = tiles + (tl.join(lo, hi16),)
+    for lvl in tl.static_range(1, LOG2H):
+        nt = ()
+        for k in tl.static_range((1 << LOG2H) >> (lvl + 1)):
+            nt = nt + (_cat(tiles[2 * k], tiles[2 * k + 1], BLOCK_R, 1 << lvl),)
+        tiles = nt
+    col = tl.arange(0, 1 << LOG2H)
+    tl.store(codes.to(tl.pointer_type(tl.int16))[:, None] + col[None, :], tiles[0],
+             mask=rmask[:, None] & (col[None, :] < 2 * NW))

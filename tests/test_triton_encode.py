@@ -1,0 +1,147 @@
+"""The encode kernels against `Codec.encode`, byte for byte, on fresh random inputs and on rows built to land
+within a few ulps of every codebook boundary, for every supported head_dim, bit width, input dtype and layout.
+
+On CUDA the kernels run compiled; elsewhere (CI) the same checks run in Triton's interpreter in a subprocess
+(TRITON_INTERPRET=1 must be set before triton is imported), so the row kernel's arithmetic (thresholds from
+float64 products instead of a division, bit-reversed tree sums, packed words) is checked on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compactkv.core.codebook import lloyd_max
+from compactkv.core.codec import Codec
+from compactkv.core.rotation import get_rotation
+
+KINDS = ("turbo2", "turbo3", "turbo4")
+
+
+def _near_boundaries(codec: Codec, rows_per_boundary: int, gen: torch.Generator) -> torch.Tensor:
+    """float32 rows whose rotated, normalised coordinate 0 sits within a few float32 ulps of each boundary of
+    the codec's codebook (both sides), at random scales: where a kernel that rounds differently would differ."""
+    d, bits = codec.head_dim, codec.spec.bits
+    rot = get_rotation(d, codec.seed)
+    out = []
+    for b in lloyd_max(d, bits).boundaries:
+        y = torch.randn(rows_per_boundary, d, generator=gen, dtype=torch.float64)
+        y[:, 0] = 0
+        y = y / y.norm(dim=-1, keepdim=True) * math.sqrt(max(1 - b * b, 0.0))
+        ulps = torch.randint(-4, 5, (rows_per_boundary,), generator=gen).double()
+        y[:, 0] = b + ulps * max(abs(b), 1e-30) * 2.0 ** -23
+        scale = torch.exp(torch.randn(rows_per_boundary, 1, generator=gen, dtype=torch.float64) * 3).clamp(max=1e4)
+        out.append((rot.inverse(y) * scale).float())
+    return torch.cat(out)
+
+
+def _special_rows(d: int) -> torch.Tensor:
+    """Rows at the edges: zero, one tiny value, cancellations leaving denormal coordinates next to large ones,
+    a single spike, large values whose norm still fits float16."""
+    rows = torch.zeros(6, d)
+    rows[1, 3] = 1e-7
+    rows[2, 0], rows[2, 1], rows[2, 2] = 1000.0, 1000.0, 1e-40
+    rows[3, 5] = -3.5
+    rows[4] = torch.linspace(-2000, 2000, d) / math.sqrt(d)
+    rows[5, ::2], rows[5, 1::2] = 1e-30, -1e-30
+    return rows
+
+
+def _cases(kernel: str) -> list[tuple]:
+    dims = (32, 64, 128) if kernel == "row" else (64, 128, 256)
+    cases = []
+    for d in dims:
+        for kind in KINDS:
+            cases.append((kind, d, torch.float16, {}, "rows"))
+        cases.append(("turbo4", d, torch.bfloat16, {"seed": 3}, "rows"))
+        cases.append(("turbo3", d, torch.float32, {"unbiased": True}, "rows"))
+        cases.append(("turbo2", d, torch.float16, {"norm_correction": False}, "planar"))
+    return cases
+
+
+def _one(kernel: str, kind: str, d: int, dtype: torch.dtype, opts: dict, layout: str, device: str,
+         gen: torch.Generator) -> int:
+    """Mismatching bytes between the kernel and Codec.encode for one case (plus untouched-slot checks)."""
+    from compactkv.attention.triton.encode import encode_rows
+    codec = Codec(kind, d, **opts)
+    b, h = 2, 3
+    rnd = torch.randn(b * h * 37, d, generator=gen) * torch.rand(b * h * 37, 1, generator=gen) * 3
+    rows = torch.cat([rnd, _special_rows(d), _near_boundaries(codec, 8, gen)])
+    t = math.ceil(rows.shape[0] / (b * h))
+    rows = torch.cat([rows, torch.randn(b * h * t - rows.shape[0], d, generator=gen)])
+    x = rows.reshape(b, h, t, d).to(dtype)
+    if dtype == torch.bfloat16 and device == "cpu":
+        # Triton 3.6's interpreter converts bf16 subnormals to float32 wrongly (9.18e-41 -> 0, 1.001e-38 ->
+        # 8.27e-39); compiled kernels convert them exactly, so only the interpreter run leaves them out
+        x = torch.where(x.float().abs() < torch.finfo(torch.float32).tiny, 0, x)
+    ref = codec.encode(x)
+    pos = torch.tensor([0, 5], dtype=torch.int32, device=device)
+    planar = layout == "planar"
+    width = codec.row_bytes - 2 if planar else codec.row_bytes
+    out = torch.full((b, h, t + 7, width), 0x5A, dtype=torch.uint8, device=device)
+    norms = torch.full((b, h, t + 7), 7.0, dtype=torch.float16, device=device) if planar else None
+    encode_rows(codec, x.to(device), out, positions=pos, norms=norms, kernel=kernel)
+    got = out.cpu()
+    if planar:
+        got = torch.cat([norms.cpu().unsqueeze(-1).view(torch.uint8), got], dim=-1)
+    bad = int((got[0, :, :t] != ref[0]).sum()) + int((got[1, :, 5:5 + t] != ref[1]).sum())
+    untouched = bool((out[1, :, :5] == 0x5A).all()) and bool((out[0, :, t:] == 0x5A).all())
+    return bad + (0 if untouched else 10 ** 6)
+
+
+def _mismatches(kernel: str, device: str) -> dict[str, int]:
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    return {f"{kind} d={d} {str(dtype)[6:]} {opts} {layout}": _one(kernel, kind, d, dtype, opts, layout, device, gen)
+            for kind, d, dtype, opts, layout in _cases(kernel)}
+
+
+def _interpreter_main() -> None:
+    for kernel in ("row", "lanes"):
+        for case, bad in _mismatches(kernel, "cpu").items():
+            print(f"{kernel} {case}: mismatched bytes {bad}")
+
+
+@pytest.mark.parametrize("kernel", ["row", "lanes"])
+def test_encode_kernels_bit_identical_on_cuda(kernel):
+    pytest.importorskip("triton", reason="triton is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (the interpreter test covers the CPU)")
+    bad = {case: n for case, n in _mismatches(kernel, "cuda").items() if n}
+    assert not bad, bad
+
+
+def test_encode_kernels_bit_identical_in_interpreter():
+    pytest.importorskip("triton", reason="triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [ln for ln in run.stdout.splitlines() if "mismatched bytes" in ln]
+    assert len(lines) == len(_cases("row")) + len(_cases("lanes")), run.stdout
+    bad = [ln for ln in lines if not ln.endswith("mismatched bytes 0")]
+    assert not bad, bad
+
+
+def test_encode_rows_names_bad_input():
+    pytest.importorskip("triton", reason="triton is not installed")
+    from compactkv.attention.triton.encode import encode_rows
+    codec = Codec("turbo4", 128)
+    x = torch.zeros(1, 1, 4, 128)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        encode_rows(codec, x, kernel="fast")
+    with pytest.raises(ValueError, match="row kernel takes"):
+        encode_rows(Codec("turbo4", 256), torch.zeros(1, 1, 4, 256), kernel="row")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        encode_rows(codec, x, block_rows=48)
+    with pytest.raises(ValueError, match="power of two"):
+        encode_rows(codec, x, block_rows=12, kernel="lanes")
+    with pytest.raises(ValueError, match="even byte addresses"):
+        encode_rows(codec, x, torch.zeros(1, 1, 4, 67, dtype=torch.uint8)[..., 1:])
+
+
+if __name__ == "__main__":
+    _interpreter_main()
