@@ -106,13 +106,17 @@ def _interpreter_main() -> None:
             print(f"{kernel} {case}: mismatched bytes {bad}")
 
 
-@pytest.mark.parametrize("kernel", ["row", "lanes"])
-def test_encode_kernels_bit_identical_on_cuda(kernel):
+CUDA_CASES = [(kernel,) + case for kernel in ("row", "lanes") for case in _cases(kernel)]
+
+
+@pytest.mark.parametrize("kernel,kind,d,dtype,opts,layout", CUDA_CASES,
+                         ids=[f"{c[0]}-{c[1]}-d{c[2]}-{str(c[3])[6:]}-{c[5]}-{len(c[4])}opts" for c in CUDA_CASES])
+def test_encode_kernels_bit_identical_on_cuda(kernel, kind, d, dtype, opts, layout):
     pytest.importorskip("triton", reason="triton is not installed")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (the interpreter test covers the CPU)")
-    bad = {case: n for case, n in _mismatches(kernel, "cuda").items() if n}
-    assert not bad, bad
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    assert _one(kernel, kind, d, dtype, opts, layout, "cuda", gen) == 0
 
 
 def test_encode_kernels_bit_identical_in_interpreter():

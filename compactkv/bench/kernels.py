@@ -258,7 +258,12 @@ def prefill_bench(lengths: list[int], kinds, device) -> list[dict]:
     return res
 
 
+ENCODE_CONFIGS = (("row", 64), ("row", 128), ("row", 256), ("lanes", 16), ("lanes", 32))
+
+
 def encode_bench(device) -> list[dict]:
+    """Both encode kernels (encode_rows' "row" and "lanes") at several rows per program, fp16 K rows of 8 x 8
+    heads x 8192 tokens; every output checked byte for byte against the first configuration's."""
     from ..attention.triton.encode import encode_rows
     from ..core.codec import Codec
     import triton.testing as tt
@@ -267,12 +272,18 @@ def encode_bench(device) -> list[dict]:
     for kind in ("turbo4", "turbo3", "turbo2"):
         codec = Codec(kind, HEAD_DIM)
         out = torch.empty(8, HKV, 8192, codec.row_bytes, dtype=torch.uint8, device=device)
-        for rows in (4, 8, 16, 32):
-            ms = tt.do_bench(lambda: encode_rows(codec, x, out, block_rows=rows), warmup=25, rep=100,
+        first = None
+        for kernel, rows in ENCODE_CONFIGS:
+            out.fill_(0xA5)
+            encode_rows(codec, x, out, block_rows=rows, kernel=kernel)
+            if first is None:
+                first = out.clone()
+            same = bool(torch.equal(out, first))
+            ms = tt.do_bench(lambda: encode_rows(codec, x, out, block_rows=rows, kernel=kernel), warmup=25, rep=100,
                              return_mode="median")
             moved = x.numel() * 2 + out.numel()
-            res.append({"kind": kind, "tokens": 8 * 8192, "block_rows": rows, "us": ms * 1e3,
-                        "gbps": moved / ms / 1e6})
+            res.append({"kind": kind, "kernel": kernel, "tokens": 8 * 8192, "block_rows": rows, "us": ms * 1e3,
+                        "gbps": moved / ms / 1e6, "same_bytes": same})
     return res
 
 
@@ -425,8 +436,10 @@ def table(info: dict, kinds) -> str:
                              f"{r['planar_us']:.1f} us, x {r['planar_speedup']:.2f}, {r['planar_gbps']:.0f} GB/s; "
                              f"graph {gu} us, x {g}")
     for e in info.get("encode", []):
-        lines.append(f"encode {e['kind']} {e['tokens']} tokens x {HKV} heads, block_rows {e['block_rows']}: "
-                     f"{e['us']:.1f} us, {e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)")
+        same = "" if e.get("same_bytes", True) else " (BYTES DIFFER from the first configuration)"
+        lines.append(f"encode {e['kind']} {e.get('kernel', 'lanes')} kernel, {e['tokens']} tokens x {HKV} heads, "
+                     f"block_rows {e['block_rows']}: {e['us']:.1f} us, {e['gbps']:.0f} GB/s "
+                     f"({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy){same}")
     for p in info.get("prefill", []):
         lines.append(f"prefill B=1 T={p['tokens']} {p['kind']} (encode + expand + causal SDPA + inverse map): "
                      f"{p['compressed_us']:.0f} us vs fp16 SDPA {p['sdpa_us']:.0f} us = {p['ratio']:.2f}x the time")
