@@ -71,12 +71,13 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     rows = 8 * 4096
     args = dict(x_ptr=x, sxb=rows * d, sxh=4096 * d, sxt=d, out_ptr=out, sob=rows * codec.row_bytes,
                 soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
-                signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, c2_ptr=f32, mid_ptr=torch.empty(16, dtype=torch.float64),
+                signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, c2_ptr=f32,
                 n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5, norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
                  HAS_POS=False, BLOCK_R=block_rows, PLANAR=False)
     if kernel == "row":
-        const.update(BLOCK_R=32 * num_warps, SIGNS=_row_constants(d, codec.spec.bits, 0, torch.device("cpu"))[0],
+        signs, mids, _ = _row_constants(d, codec.spec.bits, 0, torch.device("cpu"))
+        const.update(BLOCK_R=32 * num_warps, SIGNS=signs, MIDS=mids,
                      LOG2H=max(1, (d * codec.spec.bits // 16 - 1).bit_length()))
         return _compile(encode_row_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))

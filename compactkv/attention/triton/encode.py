@@ -69,15 +69,15 @@ def _constants(head_dim: int, bits: int, seed: int, device: torch.device):
 
 @functools.lru_cache(maxsize=32)
 def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
-    """encode_row_kernel's (signs as bits, centroids squared float32, boundary midpoints float64): mid[i] is the
-    midpoint of boundary i and the next float32 up, exact in float64."""
+    """encode_row_kernel's (signs as bits, boundary midpoints, centroids squared float32 on `device`): mids[i] is
+    the midpoint of boundary i and the next float32 up, exact as a Python float (double)."""
     cb = lloyd_max(head_dim, bits)
     c = torch.tensor(cb.centroids, dtype=torch.float32)
     b = torch.tensor(cb.boundaries, dtype=torch.float32)
     up = torch.nextafter(b, torch.tensor(float("inf")))
     mid = (b.double() + up.double()) / 2
     signs = sum(1 << i for i, s in enumerate(get_rotation(head_dim, seed).signs.tolist()) if s < 0)
-    return signs, (c * c).to(device), mid.to(device)
+    return signs, tuple(mid.tolist()), (c * c).to(device)
 
 
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
@@ -141,11 +141,11 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                   PLANAR=norms is not None)
     grid = (math.ceil(n / block_rows),)
     if row:
-        signs, c2, mid = _row_constants(d, bits, codec.seed, x.device)
+        signs, mids, c2 = _row_constants(d, bits, codec.seed, x.device)
         encode_row_kernel[grid](
             x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
-            positions if positions is not None else c2, c2, mid, n, h, t, 1.0 / math.sqrt(d), scale, *nargs,
-            SIGNS=signs, LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32,
+            positions if positions is not None else c2, c2, n, h, t, 1.0 / math.sqrt(d), scale, *nargs,
+            SIGNS=signs, MIDS=mids, LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32,
             enable_fp_fusion=False, **common)
         return out
     signs, cents, bounds = _constants(d, bits, codec.seed, x.device)

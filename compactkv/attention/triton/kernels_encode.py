@@ -178,15 +178,30 @@ def _cat(a, b, R: tl.constexpr, M: tl.constexpr):
 
 
 @triton.jit
-def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, mid_ptr, n_rows, H, T,
+def _tile8(c, R: tl.constexpr, o: tl.constexpr):
+    """c[o:o + 8] ([R] tensors) -> [R, 8], in order."""
+    return _cat(_cat(tl.join(c[o], c[o + 1]), tl.join(c[o + 2], c[o + 3]), R, 2),
+                _cat(tl.join(c[o + 4], c[o + 5]), tl.join(c[o + 6], c[o + 7]), R, 2), R, 4)
+
+
+@triton.jit
+def _gather16(table, idx, R: tl.constexpr):
+    """table[idx[k]] for the 16 [R] index tensors in idx, in one load: 16 [R] tensors in the same order."""
+    a, b = _halves(tl.load(table + _cat(_tile8(idx, R, 0), _tile8(idx, R, 8), R, 8)), R, 8)
+    return _columns8(a, R) + _columns8(b, R)
+
+
+@triton.jit
+def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, n_rows, H, T,
                       inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
-                      BITS: tl.constexpr, SIGNS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr,
-                      HAS_POS: tl.constexpr, PLANAR: tl.constexpr, BLOCK_R: tl.constexpr, LOG2H: tl.constexpr):
+                      BITS: tl.constexpr, SIGNS: tl.constexpr, MIDS: tl.constexpr, NORM_CORR: tl.constexpr,
+                      UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, PLANAR: tl.constexpr, BLOCK_R: tl.constexpr,
+                      LOG2H: tl.constexpr):
     """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t],
     one row per thread (BLOCK_R = 32 x num_warps); PLANAR: the indices at out[b, h, pos[b] + t] and the fp16
     norm at norm[b, h, pos[b] + t] (token stride 1). SIGNS: the rotation's signs as bits (bit i set: -1), so
-    the sign flips fold into the first additions. mid: float64 [2**BITS - 1], the midpoint of each boundary and
-    the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves per row's
+    the sign flips fold into the first additions. MIDS: 2**BITS - 1 floats (doubles), the midpoint of each
+    boundary and the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves per row's
     codes, rounded up (the store's tile width)."""
     NB: tl.constexpr = (1 << BITS) - 1
     NW: tl.constexpr = D * BITS // 32
@@ -224,7 +239,7 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     nd = norm.to(tl.float64)
     thr = ()
     for i in tl.static_range(NB):
-        m = tl.load(mid_ptr + i)
+        m = tl.full([BLOCK_R], MIDS[i], dtype=tl.float64)
         prod = m * nd
         hi = prod.to(tl.float32)
         hb = hi.to(tl.int32, bitcast=True)
@@ -237,6 +252,7 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     words = _zeros_tuple(NW, BLOCK_R, tl.int32)
     acc = _zeros_tuple(LOG2D, BLOCK_R, tl.float32)
     csum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    pend = ()
     for j in tl.static_range(D):
         v = z[_bitrev(j, LOG2D)] * inv_sqrt
         cand = thr
@@ -249,8 +265,13 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
             for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
                 nxt = nxt + (tl.where(p, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
             cand = nxt
-        if NORM_CORR:
-            acc, csum = _tree_push(acc, tl.load(c2_ptr + idx), j, LOG2D)
+        if NORM_CORR:  # the centroids squared, gathered 16 codes at a time: every memory op costs compile time
+            pend = pend + (idx,)
+            if j % 16 == 15:
+                c2 = _gather16(c2_ptr, pend, BLOCK_R)
+                for q in tl.static_range(16):
+                    acc, csum = _tree_push(acc, c2[q], j - 15 + q, LOG2D)
+                pend = ()
         nw = ()
         for k in tl.static_range(NW):
             wk = words[k]
