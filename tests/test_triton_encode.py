@@ -143,6 +143,10 @@ def test_encode_rows_names_bad_input():
         encode_rows(codec, x, block_rows=48)
     with pytest.raises(ValueError, match="power of two"):
         encode_rows(codec, x, block_rows=12, kernel="lanes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COMPACTKV_ENCODE_KERNEL", "fastest")
+        with pytest.raises(ValueError, match="COMPACTKV_ENCODE_KERNEL must be one of"):
+            encode_rows(codec, x)
     with pytest.raises(ValueError, match="even byte addresses"):
         encode_rows(codec, x, torch.zeros(1, 1, 4, 67, dtype=torch.uint8)[..., 1:])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 
@@ -82,7 +83,7 @@ def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
 
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, block_rows: int | None = None,
-                norms: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
+                norms: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
     """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
 
     out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
@@ -90,20 +91,26 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
     norms [B, H, T_out] (unit token stride) at the same positions.
     kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
-    across lanes: every head_dim), "auto" (row where it applies). block_rows: rows per program (row: a multiple
-    of 32 up to 256, default 128; lanes: a power of two, default 16).
+    across lanes: every head_dim), "auto" (row where it applies); None reads COMPACTKV_ENCODE_KERNEL (default
+    auto). The row kernel compiles for ~30 s per (kind, rotation seed, layout) on first use (Triton caches it on
+    disk), the lanes kernel in ~3 s. block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
+    the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """
     why = encode_unsupported(codec)
     if why:
         raise ValueError(why)
+    if kernel is None:
+        kernel = os.environ.get("COMPACTKV_ENCODE_KERNEL", "auto")
+        if kernel not in ENCODE_KERNELS:
+            raise ValueError(f"COMPACTKV_ENCODE_KERNEL must be one of {ENCODE_KERNELS}, got {kernel!r}")
     if kernel not in ENCODE_KERNELS:
         raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
     if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
         raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
     row = kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS)
     if block_rows is None:
-        block_rows = 128 if row else 16
+        block_rows = 64 if row else 16
     if row and (block_rows % 32 or not 32 <= block_rows <= 256):
         raise ValueError(f"block_rows {block_rows}: the row kernel takes a multiple of 32 from 32 to 256")
     if not row and (block_rows < 1 or block_rows & (block_rows - 1)):
