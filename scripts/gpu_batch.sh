@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU work, in three parts that each fit a 10-minute call (results under $OUT, or ./out).
 #
-#   bash scripts/gpu_batch.sh tests   # every Triton GPU test, five pytest processes at once (compiles in parallel)
+#   bash scripts/gpu_batch.sh tests   # the Triton GPU tests, five pytest processes at once (compiles in parallel);
+#                                     # the encode kernels' tests compile long: `encode` runs them
 #   bash scripts/gpu_batch.sh sweep   # fast-kernel variants: decoder tables, tiles/warps, register caps, splits
 #                                     # (SHAPES, KINDS, HEAD_DIM, VARIANTS override the defaults)
 #   bash scripts/gpu_batch.sh ncu     # stall reasons of the default fast kernel (turbo4, B=8, T=32K)
