@@ -38,6 +38,28 @@ def _butterfly(z, R: tl.constexpr, D: tl.constexpr, HS: tl.constexpr):
 
 
 @triton.jit
+def _store_norm(norm, c2sum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
+                NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, PLANAR: tl.constexpr):
+    """Store each row's fp16 norm at token pos[b] + t (norm / sqrt(c2sum), the centroids' norm, with norm correction;
+    times norm_scale for unbiased keys) in front of its codes, or in the norm plane (PLANAR). Returns where the
+    row's codes go."""
+    stored = norm
+    if NORM_CORR:
+        cn = tl.sqrt_rn(c2sum)
+        stored = tl.where(cn > 0, tl.div_rn(norm, tl.where(cn > 0, cn, 1.0)), norm)
+    if UNBIASED:  # Codec(unbiased=True): the stored norm times a float32 constant, as the CPU multiplies it
+        stored = stored * norm_scale
+    if HAS_POS:
+        t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
+    row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot
+    if PLANAR:
+        tl.store(norm_ptr + b.to(tl.int64) * snb + h.to(tl.int64) * snh + t, stored.to(tl.float16), mask=rmask)
+        return row
+    tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
+    return row + 2
+
+
+@triton.jit
 def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr,
                       n_rows, H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
                       BITS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
@@ -66,22 +88,12 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
     idx = (y > tl.load(bnd_ptr + (1 << (BITS - 1)) - 1)).to(tl.int32) << (BITS - 1)
     for lvl in tl.static_range(1, BITS):
         idx += (y > tl.load(bnd_ptr + idx + ((1 << (BITS - 1 - lvl)) - 1))).to(tl.int32) << (BITS - 1 - lvl)
-    stored = norm
+    c2sum = norm
     if NORM_CORR:
         c = tl.load(cb_ptr + idx)
-        cn = tl.sqrt_rn(_tree_sum(c * c, BLOCK_R, D, LOG2D))
-        stored = tl.where(cn > 0, tl.div_rn(norm, tl.where(cn > 0, cn, 1.0)), norm)
-    if UNBIASED:  # Codec(unbiased=True): the stored norm times a float32 constant, as the CPU multiplies it
-        stored = stored * norm_scale
-    if HAS_POS:
-        t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
-    row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot
-    if PLANAR:
-        tl.store(norm_ptr + b.to(tl.int64) * snb + h.to(tl.int64) * snh + t, stored.to(tl.float16), mask=rmask)
-        codes = row
-    else:
-        tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
-        codes = row + 2
+        c2sum = _tree_sum(c * c, BLOCK_R, D, LOG2D)
+    codes = _store_norm(norm, c2sum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
+                        NORM_CORR, UNBIASED, HAS_POS, PLANAR)
     if BITS == 3:
         word = tl.sum(tl.reshape(idx, (BLOCK_R, D // 8, 8)) << (tl.arange(0, 8) * 3)[None, None, :], axis=2)
         g = codes[:, None] + 3 * tl.arange(0, D // 8)[None, :]
@@ -282,21 +294,8 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
                     wk = wk | (idx >> (32 - _shift(_bitrev(j, LOG2D), BITS)))
             nw = nw + (wk,)
         words = nw
-    stored = norm
-    if NORM_CORR:
-        cn = tl.sqrt_rn(csum)
-        stored = tl.where(cn > 0, tl.div_rn(norm, tl.where(cn > 0, cn, 1.0)), norm)
-    if UNBIASED:  # Codec(unbiased=True): the stored norm times a float32 constant, as the CPU multiplies it
-        stored = stored * norm_scale
-    if HAS_POS:
-        t = t + tl.load(pos_ptr + b, mask=rmask, other=0)
-    row = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + t.to(tl.int64) * sot
-    if PLANAR:
-        tl.store(norm_ptr + b.to(tl.int64) * snb + h.to(tl.int64) * snh + t, stored.to(tl.float16), mask=rmask)
-        codes = row
-    else:
-        tl.store(row.to(tl.pointer_type(tl.float16)), stored.to(tl.float16), mask=rmask)
-        codes = row + 2
+    codes = _store_norm(norm, csum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
+                        NORM_CORR, UNBIASED, HAS_POS, PLANAR)
     # the words as 16-bit halves in one [BLOCK_R, 2**LOG2H] tile (padding masked off)
     tiles = ()
     for k in tl.static_range(1 << (LOG2H - 1)):
