@@ -145,7 +145,10 @@ def test_encode_rows_names_bad_input():
         encode_rows(codec, x, block_rows=12, kernel="lanes")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPACTKV_ENCODE_KERNEL", "fastest")
-        with pytest.raises(ValueError, match="COMPACTKV_ENCODE_KERNEL must be one of"):
+        with pytest.raises(ValueError, match="COMPACTKV_ENCODE_KERNEL must be 'auto' or 'lanes'"):
+            encode_rows(codec, x)
+        mp.setenv("COMPACTKV_ENCODE_KERNEL", "row")
+        with pytest.raises(ValueError, match="COMPACTKV_ENCODE_KERNEL must be 'auto' or 'lanes'"):
             encode_rows(codec, x)
     with pytest.raises(ValueError, match="even byte addresses"):
         encode_rows(codec, x, torch.zeros(1, 1, 4, 67, dtype=torch.uint8)[..., 1:])

@@ -91,8 +91,8 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
     norms [B, H, T_out] (unit token stride) at the same positions.
     kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
-    across lanes: every head_dim), "auto" (row where it applies); None reads COMPACTKV_ENCODE_KERNEL (default
-    auto). The row kernel compiles for ~30 s per (kind, rotation seed, layout) on first use (Triton caches it on
+    across lanes: every head_dim), "auto" (row where it applies); None reads COMPACTKV_ENCODE_KERNEL (auto or
+    lanes; default auto). The row kernel compiles for ~30 s per (kind, rotation seed, layout) on first use (Triton caches it on
     disk), the lanes kernel in ~3 s. block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
     the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
@@ -100,10 +100,10 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     why = encode_unsupported(codec)
     if why:
         raise ValueError(why)
-    if kernel is None:
+    if kernel is None:  # the environment picks between auto and lanes only: "row" would fail at head_dim 256
         kernel = os.environ.get("COMPACTKV_ENCODE_KERNEL", "auto")
-        if kernel not in ENCODE_KERNELS:
-            raise ValueError(f"COMPACTKV_ENCODE_KERNEL must be one of {ENCODE_KERNELS}, got {kernel!r}")
+        if kernel not in ("auto", "lanes"):
+            raise ValueError(f"COMPACTKV_ENCODE_KERNEL must be 'auto' or 'lanes', got {kernel!r}")
     if kernel not in ENCODE_KERNELS:
         raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
     if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
