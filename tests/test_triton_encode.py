@@ -53,7 +53,7 @@ def _special_rows(d: int) -> torch.Tensor:
 
 
 def _cases(kernel: str) -> list[tuple]:
-    dims = (32, 64, 128) if kernel == "row" else (64, 128, 256)
+    dims = (32, 64, 128) if kernel == "row" else (32, 64, 128, 256)
     cases = []
     for d in dims:
         for kind in KINDS:
