@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from compactkv.bench.kernels import HKV, copy_bandwidth, encode_bench  # noqa: E402
+from compactkv.bench.kernels import copy_bandwidth, encode_bench, encode_lines  # noqa: E402
 from compactkv.bench.provenance import commit  # noqa: E402
 
 
@@ -26,10 +26,7 @@ def main() -> int:
     info = {"card": torch.cuda.get_device_name(dev), "commit": commit(), "copy_gbps": copy_bandwidth(dev),
             "encode": encode_bench(dev)}
     print(f"card {info['card']}  copy {info['copy_gbps']:.0f} GB/s  commit {info['commit']}")
-    for e in info["encode"]:
-        print(f"encode {e['kind']} {e['kernel']:5s} block_rows {e['block_rows']:3d}: {e['us']:7.1f} us "
-              f"{e['gbps']:6.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)"
-              f"{'' if e['same_bytes'] else '  BYTES DIFFER'}  ({e['tokens']} tokens x {HKV} heads)")
+    print("\n".join(encode_lines(info)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)

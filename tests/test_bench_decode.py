@@ -56,6 +56,21 @@ def test_kernel_table_reads_a_recorded_run():
     assert text.count("before (row kernel: ") == 12 and text.count("planar (table kernel") == 12
 
 
+def test_encode_lines_read_a_recorded_run():
+    """The encode table (bench kernels and scripts/encode_bench.py) from docs/perf/encode-s14-h200.json (H200): one
+    line per kind and configuration, GB/s as a share of that run's copy bandwidth, no byte mismatch flagged."""
+    import json
+    from pathlib import Path
+    from compactkv.bench.kernels import ENCODE_CONFIGS, encode_lines
+    info = json.loads((Path(__file__).resolve().parents[1] / "docs/perf/encode-s14-h200.json").read_text())
+    lines = encode_lines(info)
+    assert len(lines) == 3 * len(ENCODE_CONFIGS) == len(info["encode"])
+    e = info["encode"][0]
+    assert lines[0].startswith(f"encode {e['kind']} {e['kernel']} kernel") and \
+        f"{e['gbps']:.0f} GB/s ({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy)" in lines[0]
+    assert not any("BYTES DIFFER" in line for line in lines)
+
+
 def test_kernel_bench_names_what_the_dynamic_cache_runs():
     import pytest
     pytest.importorskip("triton", reason="the kernel choice is asked of the Triton backend")

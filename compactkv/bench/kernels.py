@@ -406,6 +406,18 @@ def _before_lines(info: dict, kinds, key: str, label, now: str) -> list[str]:
     return out
 
 
+def encode_lines(info: dict) -> list[str]:
+    """One line per encode configuration of `info["encode"]` (encode_bench), GB/s also as a share of the copy
+    bandwidth of the same run."""
+    out = []
+    for e in info.get("encode", []):
+        same = "" if e.get("same_bytes", True) else " (BYTES DIFFER from the first configuration)"
+        out.append(f"encode {e['kind']} {e.get('kernel', 'lanes')} kernel, {e['tokens']} tokens x {HKV} heads, "
+                   f"block_rows {e['block_rows']}: {e['us']:.1f} us, {e['gbps']:.0f} GB/s "
+                   f"({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy){same}")
+    return out
+
+
 def table(info: dict, kinds) -> str:
     """The summary table: one line per (batch, context); µs, speedup over SDPA and GB/s per kind."""
     head = f"{'B':>2} {'T':>7} {'sdpa us':>8} {'(graph)':>8}"
@@ -435,11 +447,7 @@ def table(info: dict, kinds) -> str:
                              f"T={row['context']} {kind}: "
                              f"{r['planar_us']:.1f} us, x {r['planar_speedup']:.2f}, {r['planar_gbps']:.0f} GB/s; "
                              f"graph {gu} us, x {g}")
-    for e in info.get("encode", []):
-        same = "" if e.get("same_bytes", True) else " (BYTES DIFFER from the first configuration)"
-        lines.append(f"encode {e['kind']} {e.get('kernel', 'lanes')} kernel, {e['tokens']} tokens x {HKV} heads, "
-                     f"block_rows {e['block_rows']}: {e['us']:.1f} us, {e['gbps']:.0f} GB/s "
-                     f"({100 * e['gbps'] / info['copy_gbps']:.0f}% of copy){same}")
+    lines += encode_lines(info)
     for p in info.get("prefill", []):
         lines.append(f"prefill B=1 T={p['tokens']} {p['kind']} (encode + expand + causal SDPA + inverse map): "
                      f"{p['compressed_us']:.0f} us vs fp16 SDPA {p['sdpa_us']:.0f} us = {p['ratio']:.2f}x the time")

@@ -504,6 +504,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
                        row_source=(k_table, v_table, chunk.bit_length() - 1))
 
+
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
                  v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind, v_kind: PackedKind, *,
                  out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
