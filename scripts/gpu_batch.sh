@@ -24,6 +24,10 @@
 #   bash scripts/gpu_batch.sh glue    # layer/dispatch/static tests, host cost per layer call, eager dynamic e2e
 #   bash scripts/gpu_batch.sh encode  # the row-per-thread encode kernel: encode tests (both kernels, 4 processes) and
 #                                     # the tests of every path that encodes; bench kernels' encode table and prefill
+#   bash scripts/gpu_batch.sh all-tests  # every GPU test file, SHARDS (15) pytest processes at once, round-robin
+#                                     # (scripts/pytest_shards.py), each cut at TEST_TIMEOUT (540 s)
+#   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
+#                                     # 15 processes
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -128,6 +132,17 @@ glue)
     timeout 150 python -m compactkv.cli bench e2e --batches 8 --contexts 32768 --synthetic-contexts 32768 \
         --kinds f16,turbo4 --steps 16 --warmup 2 --json "$OUT/e2e-dynamic-b8.json" > "$OUT/e2e-dynamic-b8.txt" 2>&1
     tail -8 "$OUT/e2e-dynamic-b8.txt"
+    ;;
+all-tests)
+    # the interpreter test is left out (the CPU runs it; the compiled kernels' cases run here)
+    python scripts/pytest_shards.py --shards "${SHARDS:-15}" --timeout "${TEST_TIMEOUT:-540}" --out "$OUT" \
+        -k "not in_interpreter" tests/test_triton_encode.py tests/test_triton_kernels.py tests/test_triton_finish.py \
+        tests/test_triton_dispatch.py tests/test_static_graphs.py tests/test_gluon_decode.py tests/test_lut_decode.py \
+        tests/test_rotation.py tests/test_fast_sass.py
+    ;;
+encode-bench)
+    timeout 540 python scripts/encode_bench.py --warm 15 --json "$OUT/encode.json" > "$OUT/encode.txt" 2>&1
+    grep -v "^compiled" "$OUT/encode.txt" | tail -24
     ;;
 encode)
     t="timeout ${TEST_TIMEOUT:-300}"

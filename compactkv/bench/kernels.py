@@ -259,6 +259,7 @@ def prefill_bench(lengths: list[int], kinds, device) -> list[dict]:
 
 
 ENCODE_CONFIGS = (("row", 64), ("row", 128), ("row", 256), ("lanes", 16), ("lanes", 32))
+ENCODE_KINDS = ("turbo4", "turbo3", "turbo2")
 
 
 def encode_bench(device) -> list[dict]:
@@ -269,7 +270,7 @@ def encode_bench(device) -> list[dict]:
     import triton.testing as tt
     res = []
     x = torch.randn(8, HKV, 8192, HEAD_DIM, device=device, dtype=torch.float16)
-    for kind in ("turbo4", "turbo3", "turbo2"):
+    for kind in ENCODE_KINDS:
         codec = Codec(kind, HEAD_DIM)
         out = torch.empty(8, HKV, 8192, codec.row_bytes, dtype=torch.uint8, device=device)
         first = None

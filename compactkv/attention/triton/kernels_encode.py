@@ -197,10 +197,47 @@ def _tile8(c, R: tl.constexpr, o: tl.constexpr):
 
 
 @triton.jit
-def _gather16(table, idx, R: tl.constexpr):
-    """table[idx[k]] for the 16 [R] index tensors in idx, in one load: 16 [R] tensors in the same order."""
-    a, b = _halves(tl.load(table + _cat(_tile8(idx, R, 0), _tile8(idx, R, 8), R, 8)), R, 8)
-    return _columns8(a, R) + _columns8(b, R)
+def _sum8(t, R: tl.constexpr):
+    """t [R, 8] -> [R]: quantizer.tree_sum's order (first half + second half) within the tile; on codes shifted
+    apart, their bits side by side (adds, which the compiler fuses with the shifts, unlike ORs)."""
+    a, b = _halves(t, R, 4)
+    a, b = _halves(a + b, R, 2)
+    a, b = tl.split(a + b)
+    return a + b
+
+
+@triton.jit
+def _tile_rotate(tile, S: tl.constexpr, R: tl.constexpr):
+    """One [R, 8] tile of x: the rotation's signs (S: 8 bits, bit i set = -1, folded into the additions) and the
+    Walsh-Hadamard butterflies at distances 1, 2 and 4, on its columns; back as a tile."""
+    c = _columns8(tile, R)
+    z = ()
+    for i in tl.static_range(8):
+        if _bit(S, i) == 1:
+            z = z + (-c[i],)
+        else:
+            z = z + (c[i],)
+    for lvl in tl.static_range(3):
+        nz = ()
+        for i in tl.static_range(8):
+            if _bit(i, lvl) == 0:
+                nz = nz + (z[i] + z[i + (1 << lvl)],)
+            else:
+                nz = nz + (z[i - (1 << lvl)] - z[i],)
+        z = nz
+    return _tile8(z, R, 0)
+
+
+@triton.constexpr_function
+def _tile_word(k, bits):
+    """The 32-bit word of a row's codes holding the first bit of tile k (codes 8k .. 8k + 7)."""
+    return 8 * bits * k // 32
+
+
+@triton.constexpr_function
+def _tile_shift(k, bits):
+    """Where in that word tile k's 8 * bits bits start."""
+    return 8 * bits * k % 32
 
 
 @triton.jit
@@ -213,10 +250,16 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     one row per thread (BLOCK_R = 32 x num_warps); PLANAR: the indices at out[b, h, pos[b] + t] and the fp16
     norm at norm[b, h, pos[b] + t] (token stride 1). SIGNS: the rotation's signs as bits (bit i set: -1), so
     the sign flips fold into the first additions. MIDS: 2**BITS - 1 floats (doubles), the midpoint of each
-    boundary and the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves per row's
-    codes, rounded up (the store's tile width)."""
+    boundary and the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves
+    per row's codes, rounded up (the store's tile width).
+
+    The row is held as D/8 tiles [BLOCK_R, 8] (a thread's 8 consecutive values of its row): every step is the
+    same per-value arithmetic as one tensor per value, with ~8x fewer IR operations, which is what Triton's
+    compile time scales with (docs/kernels.md, session 15)."""
     NB: tl.constexpr = (1 << BITS) - 1
     NW: tl.constexpr = D * BITS // 32
+    NT: tl.constexpr = D // 8
+    LOG2T: tl.constexpr = LOG2D - 3
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < n_rows
     b = r // (H * T)
@@ -224,26 +267,28 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     t = r % T
     src = x_ptr + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + t.to(tl.int64) * sxt
     xs = ()
-    for g in tl.static_range(D // 8):
-        tile = tl.load(src[:, None] + (8 * g + tl.arange(0, 8))[None, :], mask=rmask[:, None], other=0.0)
-        xs = xs + _columns8(tile.to(tl.float32), BLOCK_R)
-    acc = _zeros_tuple(LOG2D, BLOCK_R, tl.float32)
-    for j in tl.static_range(D):
-        acc, sq = _tree_push(acc, xs[_bitrev(j, LOG2D)] * xs[_bitrev(j, LOG2D)], j, LOG2D)
-    norm = tl.sqrt_rn(sq)
+    for g in tl.static_range(NT):
+        xs = xs + (tl.load(src[:, None] + (8 * g + tl.arange(0, 8))[None, :], mask=rmask[:, None],
+                           other=0.0).to(tl.float32),)
+    # the norm: squares summed as quantizer.tree_sum does (tile k + tile k + NT/2 first, a tile's 8 last), the
+    # tiles in bit-reversed order so one partial per level stays live
+    acc = ()
+    for k in tl.static_range(LOG2T):
+        acc = acc + (tl.zeros([BLOCK_R, 8], dtype=tl.float32),)
+    for j in tl.static_range(NT):
+        acc, sq = _tree_push(acc, xs[_bitrev(j, LOG2T)] * xs[_bitrev(j, LOG2T)], j, LOG2T)
+    norm = tl.sqrt_rn(_sum8(sq, BLOCK_R))
+    # the rotation: signs and butterflies 1, 2, 4 inside each tile, then 8, 16, ... between tiles
     z = ()
-    for i in tl.static_range(D):
-        if _bit(SIGNS, i) == 1:
-            z = z + (-xs[i],)
-        else:
-            z = z + (xs[i],)
-    for lvl in tl.static_range(LOG2D):
+    for g in tl.static_range(NT):
+        z = z + (_tile_rotate(xs[g], (SIGNS >> (8 * g)) & 255, BLOCK_R),)
+    for lvl in tl.static_range(LOG2T):
         nz = ()
-        for i in tl.static_range(D):
-            if _bit(i, lvl) == 0:
-                nz = nz + (z[i] + z[i + (1 << lvl)],)
+        for g in tl.static_range(NT):
+            if _bit(g, lvl) == 0:
+                nz = nz + (z[g] + z[g + (1 << lvl)],)
             else:
-                nz = nz + (z[i - (1 << lvl)] - z[i],)
+                nz = nz + (z[g - (1 << lvl)] - z[g],)
         z = nz
     # Row thresholds: y = RN(z / norm) > b  <=>  z > m_b * norm (exact in float64)  <=>  z > thr (float32): the
     # product rounded, or the float32 below it where rounding went up. A zero norm makes y = 0: thresholds of
@@ -257,18 +302,21 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
         hb = hi.to(tl.int32, bitcast=True)
         below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
         th = tl.where(prod < hi.to(tl.float64), below, hi)
-        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf"))),)
-    # Codes, in bit-reversed order so the centroids' tree sum (norm correction) keeps one partial per level:
-    # a binary search over the thresholds (the next level's candidates picked by selects), the index bits from
-    # the sign of threshold - y (no predicate kept alive), packed straight into 32-bit words.
+        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf")))[:, None],)
+    # Codes, tile by tile in bit-reversed tile order (the centroids' tree sum for the norm correction then keeps
+    # one partial per level): a binary search over the thresholds (the next level's candidates picked by
+    # selects), the index bits from the sign of threshold - y (no predicate kept alive), each tile's 8 codes
+    # summed into one value and that placed in the row's 32-bit words.
     words = _zeros_tuple(NW, BLOCK_R, tl.int32)
-    acc = _zeros_tuple(LOG2D, BLOCK_R, tl.float32)
-    csum = tl.zeros([BLOCK_R], dtype=tl.float32)
-    pend = ()
-    for j in tl.static_range(D):
-        v = z[_bitrev(j, LOG2D)] * inv_sqrt
+    acc = ()
+    for k in tl.static_range(LOG2T):
+        acc = acc + (tl.zeros([BLOCK_R, 8], dtype=tl.float32),)
+    csum = tl.zeros([BLOCK_R, 8], dtype=tl.float32)
+    prev = tl.zeros([BLOCK_R, 8], dtype=tl.int32)
+    for j in tl.static_range(NT):
+        v = z[_bitrev(j, LOG2T)] * inv_sqrt
         cand = thr
-        idx = tl.zeros([BLOCK_R], dtype=tl.int32)
+        idx = tl.zeros([BLOCK_R, 8], dtype=tl.int32)
         for lvl in tl.static_range(BITS):
             tq = cand[(1 << (BITS - 1 - lvl)) - 1]
             idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
@@ -277,24 +325,25 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
             for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
                 nxt = nxt + (tl.where(p, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
             cand = nxt
-        if NORM_CORR:  # the centroids squared, gathered 16 codes at a time: every memory op costs compile time
-            pend = pend + (idx,)
-            if j % 16 == 15:
-                c2 = _gather16(c2_ptr, pend, BLOCK_R)
-                for q in tl.static_range(16):
-                    acc, csum = _tree_push(acc, c2[q], j - 15 + q, LOG2D)
-                pend = ()
+        if NORM_CORR:  # the centroids squared, gathered two tiles at a time: every memory op costs compile time
+            if j % 2 == 1:
+                c2a, c2b = _halves(tl.load(c2_ptr + _cat(prev, idx, BLOCK_R, 8)), BLOCK_R, 8)
+                acc, csum = _tree_push(acc, c2a, j - 1, LOG2T)
+                acc, csum = _tree_push(acc, c2b, j, LOG2T)
+            else:
+                prev = idx
+        u = _sum8(idx << (BITS * tl.arange(0, 8))[None, :], BLOCK_R)
         nw = ()
         for k in tl.static_range(NW):
             wk = words[k]
-            if k == _word(_bitrev(j, LOG2D), BITS):
-                wk = wk | (idx << _shift(_bitrev(j, LOG2D), BITS))
-            if k == _word(_bitrev(j, LOG2D), BITS) + 1:
-                if _shift(_bitrev(j, LOG2D), BITS) + BITS > 32:
-                    wk = wk | (idx >> (32 - _shift(_bitrev(j, LOG2D), BITS)))
+            if k == _tile_word(_bitrev(j, LOG2T), BITS):
+                wk = wk | (u << _tile_shift(_bitrev(j, LOG2T), BITS))
+            if k == _tile_word(_bitrev(j, LOG2T), BITS) + 1:
+                if _tile_shift(_bitrev(j, LOG2T), BITS) + 8 * BITS > 32:
+                    wk = wk | (u >> (32 - _tile_shift(_bitrev(j, LOG2T), BITS)))
             nw = nw + (wk,)
         words = nw
-    codes = _store_norm(norm, csum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
+    codes = _store_norm(norm, _sum8(csum, BLOCK_R), norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
                         NORM_CORR, UNBIASED, HAS_POS, PLANAR)
     # the words as 16-bit halves in one [BLOCK_R, 2**LOG2H] tile (padding masked off)
     tiles = ()

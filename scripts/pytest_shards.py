@@ -1,0 +1,101 @@
+"""Run pytest test files as N shards in parallel (GPU tests are mostly Triton compile time, one CPU core each).
+
+    python scripts/pytest_shards.py --shards 12 --timeout 480 --out OUT tests/test_a.py tests/test_b.py [-k EXPR]
+
+Collects the node ids once, deals them round-robin into the shards (so the slow cases of one file spread out),
+runs one pytest process per shard with a time limit, writes each shard's log to OUT/pytest_shard_NN.txt and
+prints one line per shard and a total: passed / failed / skipped / errors, and how many node ids the shards cut
+by their time limit did not reach (counted from pytest's progress characters). Exit status 1 if any test failed
+or errored or any shard was cut, else 0 (and 1 when nothing was collected: an empty run does not pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+
+def collect(files: list[str], expr: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:warnings", *files]
+    if expr:
+        cmd += ["-k", expr]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    ids = [ln.strip() for ln in run.stdout.splitlines() if "::" in ln and not ln.startswith(" ")]
+    if run.returncode not in (0, 5):
+        sys.exit(f"collection failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+    return ids
+
+
+COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected)")
+PROGRESS = re.compile(r"^([.sFExX]+)\s*(\[\s*\d+%\])?$")
+
+
+def progress(text: str) -> dict[str, int]:
+    """What a cut shard's -q progress characters say it ran: passed, failed, skipped, errors."""
+    chars = "".join(m.group(1) for m in map(PROGRESS.match, text.splitlines()) if m)
+    return dict(passed=chars.count(".") + chars.count("x") + chars.count("X"), failed=chars.count("F"),
+                skipped=chars.count("s"), error=chars.count("E"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("-k", dest="expr", default=None, help="pytest -k expression applied at collection")
+    ap.add_argument("--shards", type=int, default=12)
+    ap.add_argument("--timeout", type=float, default=480.0, help="seconds per shard")
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    args = ap.parse_args(argv)
+    if args.shards < 1:
+        ap.error("--shards must be at least 1")
+    ids = collect(args.files, args.expr)
+    if not ids:
+        print("no tests collected", file=sys.stderr)
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    shards = [ids[i::args.shards] for i in range(args.shards)]
+    procs = []
+    start = time.time()
+    for i, part in enumerate(s for s in shards if s):
+        log = open(os.path.join(args.out, f"pytest_shard_{i:02d}.txt"), "w")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-rfE", *part]
+        procs.append((i, part, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                      start_new_session=True)))
+    total = dict(passed=0, failed=0, skipped=0, errors=0, cut=0)
+    bad = False
+    for i, part, log, proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, args.timeout - (time.time() - start)))
+        except subprocess.TimeoutExpired:  # the shard's whole process group (tests may start subprocesses)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        text = open(log.name).read()
+        tail = text.splitlines()[-1] if text.strip() else ""
+        got = {k.rstrip("s") if k.startswith("error") else k: int(n) for n, k in COUNTS.findall(tail)}
+        finished = bool(got) and proc.returncode is not None and proc.returncode >= 0
+        if not finished:
+            got = progress(text)
+        for k in ("passed", "failed", "skipped"):
+            total[k] += got.get(k, 0)
+        total["errors"] += got.get("error", 0)
+        total["cut"] += 0 if finished else len(part) - sum(got.values())
+        failures = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+        state = tail if finished else (f"cut by the time limit after {got['passed']} passed, {got['failed']} failed, "
+                                       f"{got['skipped']} skipped of {len(part)}")
+        print(f"shard {i:02d}: {state}")
+        for ln in failures:
+            print(f"   {ln}")
+        bad |= bool(failures) or got.get("failed", 0) > 0 or not finished or proc.returncode not in (0, 5)
+    print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped, "
+          f"{total['errors']} errors; node ids in shards cut by the time limit: {total['cut']}; "
+          f"{len(ids)} collected, {time.time() - start:.0f} s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
