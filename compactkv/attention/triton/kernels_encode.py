@@ -165,6 +165,15 @@ def _zeros_tuple(N: tl.constexpr, R: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
+def _zero_tiles(N: tl.constexpr, R: tl.constexpr):
+    """N float32 [R, 8] zero tiles (a tree sum's partials, one per level)."""
+    out = ()
+    for k in tl.static_range(N):
+        out = out + (tl.zeros([R, 8], dtype=tl.float32),)
+    return out
+
+
+@triton.jit
 def _halves(x, R: tl.constexpr, M: tl.constexpr):
     """x [R, 2M] -> (x[:, :M], x[:, M:])."""
     return tl.split(tl.permute(tl.reshape(x, (R, 2, M)), (0, 2, 1)))
@@ -272,9 +281,7 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
                            other=0.0).to(tl.float32),)
     # the norm: squares summed as quantizer.tree_sum does (tile k + tile k + NT/2 first, a tile's 8 last), the
     # tiles in bit-reversed order so one partial per level stays live
-    acc = ()
-    for k in tl.static_range(LOG2T):
-        acc = acc + (tl.zeros([BLOCK_R, 8], dtype=tl.float32),)
+    acc = _zero_tiles(LOG2T, BLOCK_R)
     for j in tl.static_range(NT):
         acc, sq = _tree_push(acc, xs[_bitrev(j, LOG2T)] * xs[_bitrev(j, LOG2T)], j, LOG2T)
     norm = tl.sqrt_rn(_sum8(sq, BLOCK_R))
@@ -308,9 +315,7 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     # selects), the index bits from the sign of threshold - y (no predicate kept alive), each tile's 8 codes
     # summed into one value and that placed in the row's 32-bit words.
     words = _zeros_tuple(NW, BLOCK_R, tl.int32)
-    acc = ()
-    for k in tl.static_range(LOG2T):
-        acc = acc + (tl.zeros([BLOCK_R, 8], dtype=tl.float32),)
+    acc = _zero_tiles(LOG2T, BLOCK_R)
     csum = tl.zeros([BLOCK_R, 8], dtype=tl.float32)
     prev = tl.zeros([BLOCK_R, 8], dtype=tl.int32)
     for j in tl.static_range(NT):
@@ -343,8 +348,8 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
                     wk = wk | (u >> (32 - _tile_shift(_bitrev(j, LOG2T), BITS)))
             nw = nw + (wk,)
         words = nw
-    codes = _store_norm(norm, _sum8(csum, BLOCK_R), norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh, b, h, t, rmask,
-                        NORM_CORR, UNBIASED, HAS_POS, PLANAR)
+    codes = _store_norm(norm, _sum8(csum, BLOCK_R), norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh,
+                        b, h, t, rmask, NORM_CORR, UNBIASED, HAS_POS, PLANAR)
     # the words as 16-bit halves in one [BLOCK_R, 2**LOG2H] tile (padding masked off)
     tiles = ()
     for k in tl.static_range(1 << (LOG2H - 1)):
