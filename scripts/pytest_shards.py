@@ -1,10 +1,11 @@
 """Run pytest test files as N shards in parallel (GPU tests are mostly Triton compile time, one CPU core each).
 
     python scripts/pytest_shards.py --shards 12 --timeout 480 --out OUT tests/test_a.py tests/test_b.py [-k EXPR]
+    python scripts/pytest_shards.py --ids FILE ...   # node ids (one per line) from FILE as well
 
 Collects the node ids once, deals them round-robin into the shards (so the slow cases of one file spread out),
-runs one pytest process per shard with a time limit, writes each shard's log to OUT/pytest_shard_NN.txt and
-prints one line per shard and a total: passed / failed / skipped / errors, and how many node ids the shards cut
+runs one pytest process per shard with a time limit, writes the shards' logs one after the other to
+OUT/pytest_shards.txt and prints one line per shard and a total: passed / failed / skipped / errors, and how many node ids the shards cut
 by their time limit did not reach (counted from pytest's progress characters). Exit status 1 if any test failed
 or errored or any shard was cut, else 0 (and 1 when nothing was collected: an empty run does not pass).
 """
@@ -44,7 +45,8 @@ def progress(text: str) -> dict[str, int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+")
+    ap.add_argument("files", nargs="*", help="test files or node ids")
+    ap.add_argument("--ids", help="a file of node ids, one per line")
     ap.add_argument("-k", dest="expr", default=None, help="pytest -k expression applied at collection")
     ap.add_argument("--shards", type=int, default=12)
     ap.add_argument("--timeout", type=float, default=480.0, help="seconds per shard")
@@ -52,16 +54,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.shards < 1:
         ap.error("--shards must be at least 1")
+    if args.ids:
+        args.files += [ln.strip() for ln in open(args.ids) if ln.strip()]
+    if not args.files:
+        ap.error("no test files or node ids given")
     ids = collect(args.files, args.expr)
     if not ids:
         print("no tests collected", file=sys.stderr)
         return 1
-    os.makedirs(args.out, exist_ok=True)
+    logs = os.path.join(args.out, "shard_logs")
+    os.makedirs(logs, exist_ok=True)
     shards = [ids[i::args.shards] for i in range(args.shards)]
     procs = []
     start = time.time()
     for i, part in enumerate(s for s in shards if s):
-        log = open(os.path.join(args.out, f"pytest_shard_{i:02d}.txt"), "w")
+        log = open(os.path.join(logs, f"pytest_shard_{i:02d}.txt"), "w")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-rfE", *part]
         procs.append((i, part, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                       start_new_session=True)))
@@ -91,6 +98,11 @@ def main(argv=None) -> int:
         for ln in failures:
             print(f"   {ln}")
         bad |= bool(failures) or got.get("failed", 0) > 0 or not finished or proc.returncode not in (0, 5)
+    with open(os.path.join(args.out, "pytest_shards.txt"), "w") as f:  # one file: fewer to copy back
+        for i, part, log, proc in procs:
+            f.write(f"==== shard {i:02d}: {len(part)} node ids\n" + open(log.name).read())
+            os.remove(log.name)
+    os.rmdir(logs)
     print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped, "
           f"{total['errors']} errors; node ids in shards cut by the time limit: {total['cut']}; "
           f"{len(ids)} collected, {time.time() - start:.0f} s")
