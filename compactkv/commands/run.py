@@ -69,7 +69,32 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=env("SEED"))
     p.add_argument("--system", default=env("SYSTEM"), help="system message")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--graphs", action="store_true", default=env("GRAPHS", "") not in ("", "0"),
+                   help="CUDA only: decode steps replayed from a CUDA graph over a static cache sized for this "
+                        f"prompt + --max-new-tokens (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both "
+                        "compressed; no fp16 sink/recent window, key centering or policy)")
     p.set_defaults(func=main)
+
+
+GRAPH_KINDS = ("turbo4", "turbo3", "turbo2", "f16")  # what a static cache captures (engine.graphs.static_cache)
+
+
+def check_graph_flags(k: str, v: str, policy) -> None:
+    """ValueError naming what --graphs accepts (checked before the model loads)."""
+    if policy:
+        raise ValueError("--graphs takes one K/V pair (--k/--v), not a per-layer --policy")
+    if k not in GRAPH_KINDS or v not in GRAPH_KINDS or (k == "f16") != (v == "f16"):
+        raise ValueError(f"--graphs takes K/V kinds {', '.join(GRAPH_KINDS)} (both f16 or both compressed), got "
+                         f"K {k} / V {v}")
+
+
+def graph_cache(lm, k: str, v: str, capacity: int):
+    """`--graphs`' static cache for one sequence of `capacity` tokens, or ValueError off CUDA."""
+    from ..engine.graphs import static_cache
+
+    if not str(lm.device).startswith("cuda"):
+        raise ValueError(f"--graphs needs a CUDA device (CUDA graphs); the model is on {lm.device}")
+    return static_cache(lm.model, k if k == v else (k, v), 1, capacity, lm.device)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -79,25 +104,32 @@ def main(args: argparse.Namespace) -> int:
     from ..engine.text import chat_prompt_ids, text_prompt_ids
 
     policy = parse_policy(args.policy)
+    if args.graphs:
+        check_graph_flags(args.k, args.v, policy)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed)
     spec = ModelSpec(args.model, args.gguf_file, args.device, args.dtype)
     lm = load_model(spec)
     print(f"compactkv: loaded {lm.name} on {lm.device} in {lm.load_seconds:.1f} s", file=sys.stderr)
-    cache = make_cache(lm.model, args.k, args.v, policy)
     if args.raw:
         ids = text_prompt_ids(lm.tokenizer, args.prompt)
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         ids = chat_prompt_ids(lm.tokenizer, messages + [{"role": "user", "content": args.prompt}])
     max_context = getattr(lm.model.config, "max_position_embeddings", None)
-    gen = Generation(lm, ids, sampling, cache, max_context=max_context)
+    if args.graphs:
+        new = min(args.max_new_tokens, (max_context or 1 << 62) - len(ids))
+        cache = graph_cache(lm, args.k, args.v, len(ids) + max(new, 1))
+    else:
+        cache = make_cache(lm.model, args.k, args.v, policy)
+    gen = Generation(lm, ids, sampling, cache, max_context=max_context, graphs=args.graphs)
     for event in stream_generate(gen):
         sys.stdout.write(event.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    print(report(gen, lm, args.k, args.v, policy, cache_backend()), file=sys.stderr)
+    backend = "static, CUDA-graph" if args.graphs else cache_backend()
+    print(report(gen, lm, args.k, args.v, policy, backend), file=sys.stderr)
     return 0
 
 

@@ -71,10 +71,15 @@ class Timings:
 
 
 class Generation:
-    """One sequence and its cache. The cache may already hold the first `cached_tokens` prompt tokens."""
+    """One sequence and its cache. The cache may already hold the first `cached_tokens` prompt tokens.
+
+    graphs: decode steps replayed from a CUDA graph (`LogitsStepGraph`, captured at the first decode step; the
+    prompt is prefilled eagerly). Needs a static cache (`engine.graphs.static_cache`) of at least the prompt's
+    length + max_new_tokens, on a CUDA device; the host still samples each token from the step's logits."""
 
     def __init__(self, lm: Any, prompt_ids: list[int], sampling: SamplingConfig, cache: Any,
-                 cached_tokens: int = 0, max_context: int | None = None, prefill_chunk: int = 512) -> None:
+                 cached_tokens: int = 0, max_context: int | None = None, prefill_chunk: int = 512,
+                 graphs: bool = False) -> None:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if not 0 <= cached_tokens < len(prompt_ids):
@@ -97,6 +102,19 @@ class Generation:
         self._rng = make_generator(sampling.seed)
         self._kw = cache_kwarg(self.model)
         self._device = next(self.model.parameters()).device
+        self.graphs = graphs
+        self._graph = None
+        if graphs:
+            from ..cache.static import StaticKVCache
+            if not isinstance(cache, StaticKVCache):
+                raise ValueError(f"graphs=True needs a static cache (compactkv.engine.graphs.static_cache), got "
+                                 f"{type(cache).__name__}")
+            if self._device.type != "cuda":
+                raise ValueError(f"graphs=True needs the model on a CUDA device (CUDA graphs), not {self._device}")
+            need = len(prompt_ids) + self.max_new_tokens  # (the capture checks for one slot beyond its step)
+            if cache.max_cache_len < need:
+                raise ValueError(f"the static cache holds {cache.max_cache_len} tokens; this prompt and "
+                                 f"max_new_tokens need {need}")
 
     @property
     def done(self) -> bool:
@@ -130,9 +148,23 @@ class Generation:
             if self.prefilling:
                 return None
             self.timings.prefill_end = time.perf_counter()
+        elif self.graphs:
+            logits = self._graph_step(self.output_ids[-1])
         else:
             logits = self._forward(self.output_ids[-1:])
         return self._accept(logits)
+
+    def _graph_step(self, token: int) -> torch.Tensor:
+        """One decode step from the captured graph (captured here the first time: its warm-up is this step)."""
+        with torch.inference_mode():
+            if self._graph is None:
+                from .graphs import LogitsStepGraph
+                self._graph = LogitsStepGraph(self.model, self.cache, torch.tensor([[token]], device=self._device))
+                self._graph.capture(warmup=1)
+            else:
+                self._graph.feed(token)
+                self._graph.step()
+            return self._graph.logits[0]
 
     def _accept(self, logits: torch.Tensor) -> TokenEvent:
         token = sample_token(logits, self.sampling, self._rng)

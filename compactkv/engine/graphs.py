@@ -1,9 +1,11 @@
-"""Greedy decode steps of a whole model captured in one CUDA graph, over a static cache.
+"""Decode steps of a whole model captured in one CUDA graph, over a static cache.
 
 A decode step of an 8B model is ~1,600 kernel launches (profiled, Llama-3.1-8B shapes); eager, the host issues them
 more slowly than the GPU runs them (docs/performance.md). `GreedyStepGraph` captures one step, "embed the last
 token, run every layer (write the token's K/V at each row's device-side length, attend), pick the argmax", and
 replays it: the token ids and positions never leave the device, and the host only counts tokens.
+`LogitsStepGraph` captures the same step but leaves the next-token logits in a buffer, so an engine samples on the
+host (temperature, top-p, logprobs) and feeds the token back (engine/generate.py, `compactkv run --graphs`).
 
 The cache must be a `compactkv.cache.static.StaticKVCache` (fixed addresses, device lengths) and the model must run
 compactkv's attention (`compactkv.attach`). `static_cache` builds one: compressed rows written by the in-place Triton
@@ -114,3 +116,26 @@ class GreedyStepGraph:
         self.cache.set_host_lengths(counts)
         self.graph = graph
         return produced
+
+
+class LogitsStepGraph(GreedyStepGraph):
+    """One decode step of `model` over `cache` that leaves the next-token logits, float32 [B, vocab], in
+    `self.logits` (the same tensor every step) instead of picking the token: `feed(token)` sets the input (a fill
+    on the device, outside the graph), `step()` runs or replays the step. The first eager step (capture's
+    warm-up) allocates the buffer."""
+
+    logits: torch.Tensor | None = None
+
+    def feed(self, token: int) -> None:
+        """Every batch row's next input token (one id: the engine decodes one sequence per cache)."""
+        self.tokens.fill_(int(token))
+
+    def _forward(self) -> torch.Tensor:
+        positions = self.cache.lengths.long()[:, None]
+        out = self.model(input_ids=self.tokens, position_ids=positions, use_cache=True, logits_to_keep=1,
+                         **{self.kwarg: self.cache})
+        last = out.logits[:, -1].float()
+        if self.logits is None:
+            self.logits = torch.empty_like(last)
+        self.logits.copy_(last)
+        return self.logits

@@ -1,0 +1,88 @@
+"""The engine's CUDA-graph decode (`Generation(graphs=True)`, `compactkv run --graphs`) on a tiny random Llama.
+
+CPU: the logits step (`LogitsStepGraph`) run eagerly gives the tokens of an ordinary generation over the same kind
+of static cache, and bad set-ups are refused with a clear error before anything runs. CUDA (skipped elsewhere):
+replayed steps give the eager generation's tokens, greedy and sampled, compressed and fp16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from compactkv.cli import main as cli_main
+from compactkv.engine import Generation, SamplingConfig, make_cache, stream_generate
+from compactkv.engine.graphs import LogitsStepGraph, static_cache
+from test_engine_support import VOCAB, tiny_lm
+
+PROMPT = list(range(5, 45))
+
+
+def _generate(lm, cache, graphs: bool, **sampling) -> Generation:
+    gen = Generation(lm, PROMPT, SamplingConfig(**{"max_new_tokens": 12, **sampling}), cache, graphs=graphs,
+                     prefill_chunk=16)
+    list(stream_generate(gen))
+    return gen
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "f16"])
+def test_logits_step_matches_generation_over_a_static_cache(kind):
+    lm = tiny_lm(eos=False)
+    want = _generate(lm, static_cache(lm.model, kind, 1, 64, "cpu"), graphs=False).output_ids
+    cache = static_cache(lm.model, kind, 1, 64, "cpu")
+    with torch.inference_mode():
+        for s in range(0, len(PROMPT), 16):
+            out = lm.model(input_ids=torch.tensor([PROMPT[s:s + 16]]), past_key_values=cache, use_cache=True)
+        got = [int(out.logits[0, -1].argmax())]
+        step = LogitsStepGraph(lm.model, cache, torch.tensor([[got[0]]]))
+        while len(got) < len(want):
+            logits = step.step()
+            assert logits is step.logits and logits.dtype == torch.float32 and logits.shape == (1, VOCAB)
+            got.append(int(logits[0].argmax()))
+            step.feed(got[-1])
+    assert got == want
+    assert cache.get_seq_length() == len(PROMPT) + len(want) - 1
+
+
+def test_graphs_refuses_what_it_cannot_run():
+    lm = tiny_lm()
+    with pytest.raises(ValueError, match="needs a static cache"):
+        Generation(lm, PROMPT, SamplingConfig(), make_cache(lm.model), graphs=True)
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        Generation(lm, PROMPT, SamplingConfig(), static_cache(lm.model, "turbo4", 1, 512, "cpu"), graphs=True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--k", "q8_0"], "--graphs takes K/V kinds turbo4, turbo3, turbo2, f16"),
+    (["--k", "f16", "--v", "turbo4"], "both f16 or both compressed"),
+    (["--policy", "1"], "not a per-layer --policy"),
+])
+def test_run_graphs_flags_are_checked_before_loading(flags, message, capsys):
+    # --model points nowhere: the flags must be refused before any model is looked for
+    assert cli_main(["run", "hi", "--graphs", "--model", "/nonexistent", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _cuda_lm():
+    lm = tiny_lm(eos=False)
+    lm.model.to("cuda")
+    return dataclasses.replace(lm, device="cuda")
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2", "f16"])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
+def test_graph_generation_matches_eager_on_cuda(kind, sampling):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (CUDA graphs)")
+    pytest.importorskip("triton", reason="the static compressed cache captures with the Triton encoder")
+    lm = _cuda_lm()
+    eager = _generate(lm, static_cache(lm.model, kind, 1, 64, "cuda"), graphs=False, **sampling)
+    graphed = _generate(lm, static_cache(lm.model, kind, 1, 64, "cuda"), graphs=True, **sampling)
+    assert graphed._graph is not None and graphed._graph.graph is not None  # captured, then replayed
+    assert graphed.output_ids == eager.output_ids and len(eager.output_ids) == 12
+    assert graphed.cache.get_seq_length() == eager.cache.get_seq_length() == len(PROMPT) + 11
+    with pytest.raises(ValueError, match="this prompt and max_new_tokens need 52"):
+        Generation(lm, PROMPT, SamplingConfig(max_new_tokens=12), static_cache(lm.model, kind, 1, 51, "cuda"),
+                   graphs=True)
