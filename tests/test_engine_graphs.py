@@ -86,3 +86,27 @@ def test_graph_generation_matches_eager_on_cuda(kind, sampling):
     with pytest.raises(ValueError, match="this prompt and max_new_tokens need 52"):
         Generation(lm, PROMPT, SamplingConfig(max_new_tokens=12), static_cache(lm.model, kind, 1, 51, "cuda"),
                    graphs=True)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
+def test_eager_generation_on_cuda_over_compressed_rows(sampling, monkeypatch):
+    """`compactkv run` without --graphs on a GPU: the dynamic cache under the engine's inference mode, a prompt long
+    enough that rows are compressed, so decode steps read them with the table kernel (its query map was once
+    cached by version counter, which inference tensors lack), and sampling with the request's generator."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("triton", reason="the kernels need Triton")
+    from compactkv.attention.triton import backend
+    calls = []
+    real = backend.launch_rows
+    monkeypatch.setattr(backend, "launch_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lm = _cuda_lm()
+    prompt = [5 + i % 80 for i in range(300)]
+    runs = []
+    for _ in range(2):
+        gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=12, **sampling), make_cache(lm.model, "turbo4",
+                                                                                                "turbo4"))
+        list(stream_generate(gen))
+        runs.append(gen.output_ids)
+    assert len(runs[0]) == 12 and runs[0] == runs[1]  # seeded sampling repeats itself
+    assert calls, "the decode steps did not read the compressed rows with the table kernel"

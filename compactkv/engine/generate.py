@@ -99,9 +99,9 @@ class Generation:
         self.text = TextStream(self.tokenizer, sampling.stop)
         self._eos = eos_token_ids(self.model, self.tokenizer)
         self._fed = cached_tokens
-        self._rng = make_generator(sampling.seed)
         self._kw = cache_kwarg(self.model)
         self._device = next(self.model.parameters()).device
+        self._rng = make_generator(sampling.seed, self._device)  # where the logits are (torch.multinomial's rule)
         self.graphs = graphs
         self._graph = None
         if graphs:

@@ -74,8 +74,11 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def sample_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> int:
-    """Next token id from logits [V]: argmax at temperature 0, else a draw from the filtered distribution."""
+    """Next token id from logits [V]: argmax at temperature 0, else a draw from the filtered distribution (on the
+    generator's device: logits elsewhere are moved there first)."""
     logits = logits.float()
+    if cfg.temperature != 0 and logits.device != generator.device:
+        logits = logits.to(generator.device)
     if cfg.temperature == 0:
         return int(torch.argmax(logits))
     scores = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)

@@ -325,7 +325,7 @@ def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
     keys per row, sq the kernel's operand order). Kept per map tensor (a layer's map is made once)."""
     key = (id(w), bits)
     cached = _LUT_MAPS.get(key)
-    if cached is not None and cached[0]() is w and cached[1] == w._version:
+    if cached is not None and cached[0]() is w and cached[1] == _version(w):
         return cached[2]
     d = w.shape[-1]
     p = 4 if bits == 2 else 2
@@ -339,8 +339,14 @@ def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
         return out  # made by captured kernels: its values exist once the graph runs, so it is not kept
     if key not in _LUT_MAPS:  # the entry goes when w does (no device memory held for freed maps)
         weakref.finalize(w, _LUT_MAPS.pop, key, None)
-    _LUT_MAPS[key] = (weakref.ref(w), w._version, out)
+    _LUT_MAPS[key] = (weakref.ref(w), _version(w), out)
     return out
+
+
+def _version(w: torch.Tensor) -> int:
+    """w's in-place version counter; 0 for an inference tensor (made under torch.inference_mode, as the engine's
+    forward passes make a layer's query map), which has none: the layers never change their maps in place."""
+    return 0 if w.is_inference() else w._version
 
 
 _LUT_MAPS: dict = {}  # (id(w), bits) -> (weak reference to w, w's version, the permuted map); entries leave with w
