@@ -7,7 +7,6 @@ serves the timed run; the row kernel compiles for seconds per configuration on o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -16,6 +15,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from compactkv.bench.kernels import copy_bandwidth, encode_bench, encode_lines  # noqa: E402
+from compactkv.bench.common import write_json  # noqa: E402
 from compactkv.bench.provenance import commit  # noqa: E402
 
 
@@ -54,9 +54,8 @@ def main() -> int:
             "encode": encode_bench(dev)}
     print(f"card {info['card']}  copy {info['copy_gbps']:.0f} GB/s  commit {info['commit']}")
     print("\n".join(encode_lines(info)))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
+    info["command"] = "python " + " ".join(sys.argv)  # (write_json's default names the compactkv CLI)
+    write_json(args.json, info)
     return 0
 
 

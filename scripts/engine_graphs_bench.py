@@ -13,7 +13,6 @@ whole decode (capture included) and the median inter-token time of the second ha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from compactkv.bench.common import write_json  # noqa: E402
 from compactkv.bench.provenance import commit  # noqa: E402
 
 
@@ -101,9 +101,8 @@ def main() -> int:
         for r in rows:
             print(f"  {r['kind']} {'graphs' if r['graphs'] else 'eager'}: {base['steady_ms'] / r['steady_ms']:.2f}x "
                   f"the f16 eager steady tok/s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
+    info["command"] = "python " + " ".join(sys.argv)  # (write_json's default names the compactkv CLI)
+    write_json(args.json, info)
     return 0
 
 
