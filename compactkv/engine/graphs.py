@@ -69,11 +69,15 @@ class GreedyStepGraph:
         self.tokens = tokens.to(device=cache.lengths.device, dtype=torch.long).clone()
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def _forward(self) -> torch.Tensor:
+    def _logits(self) -> torch.Tensor:
+        """The model on `self.tokens` at each row's stored length: next-token logits [B, vocab]."""
         positions = self.cache.lengths.long()[:, None]
         out = self.model(input_ids=self.tokens, position_ids=positions, use_cache=True, logits_to_keep=1,
                          **{self.kwarg: self.cache})
-        self.tokens.copy_(out.logits[:, -1].argmax(-1, keepdim=True))
+        return out.logits[:, -1]
+
+    def _forward(self) -> torch.Tensor:
+        self.tokens.copy_(self._logits().argmax(-1, keepdim=True))
         return self.tokens
 
     def _check_room(self) -> None:
@@ -131,10 +135,7 @@ class LogitsStepGraph(GreedyStepGraph):
         self.tokens.fill_(int(token))
 
     def _forward(self) -> torch.Tensor:
-        positions = self.cache.lengths.long()[:, None]
-        out = self.model(input_ids=self.tokens, position_ids=positions, use_cache=True, logits_to_keep=1,
-                         **{self.kwarg: self.cache})
-        last = out.logits[:, -1].float()
+        last = self._logits().float()
         if self.logits is None:
             self.logits = torch.empty_like(last)
         self.logits.copy_(last)
