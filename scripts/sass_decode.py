@@ -79,6 +79,7 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
         signs, mids, _ = _row_constants(d, codec.spec.bits, 0, torch.device("cpu"))
         const.update(BLOCK_R=32 * num_warps, SIGNS=signs, MIDS=mids,
                      LOG2H=max(1, (d * codec.spec.bits // 16 - 1).bit_length()))
+        args = {k: v for k, v in args.items() if k in encode_row_kernel.arg_names}
         return _compile(encode_row_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 

@@ -100,10 +100,26 @@ def _mismatches(kernel: str, device: str) -> dict[str, int]:
             for kind, d, dtype, opts, layout in _cases(kernel)}
 
 
+SPLIT_CASES = [("turbo4", 64, torch.float16, {}, "planar"), ("turbo3", 32, torch.bfloat16, {"seed": 3}, "codec")]
+
+
+def _split_mismatches(device: str) -> dict[str, int]:
+    """The row kernel with the batch launched in slices (encode.GRID_Y made 3: one batch row of 3 heads per
+    launch), as batch x heads beyond CUDA's grid-y limit are."""
+    from compactkv.attention.triton import encode
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encode, "GRID_Y", 3)
+        return {f"split {kind} d={d} {layout}": _one("row", kind, d, dtype, opts, layout, device, gen)
+                for kind, d, dtype, opts, layout in SPLIT_CASES}
+
+
 def _interpreter_main() -> None:
     for kernel in ("row", "lanes"):
         for case, bad in _mismatches(kernel, "cpu").items():
             print(f"{kernel} {case}: mismatched bytes {bad}")
+    for case, bad in _split_mismatches("cpu").items():
+        print(f"row {case}: mismatched bytes {bad}")
 
 
 CUDA_CASES = [(kernel,) + case for kernel in ("row", "lanes") for case in _cases(kernel)]
@@ -119,13 +135,20 @@ def test_encode_kernels_bit_identical_on_cuda(kernel, kind, d, dtype, opts, layo
     assert _one(kernel, kind, d, dtype, opts, layout, "cuda", gen) == 0
 
 
+def test_encode_row_kernel_in_batch_slices_on_cuda():
+    pytest.importorskip("triton", reason="triton is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (the interpreter test covers the CPU)")
+    assert not any(_split_mismatches("cuda").values())
+
+
 def test_encode_kernels_bit_identical_in_interpreter():
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [ln for ln in run.stdout.splitlines() if "mismatched bytes" in ln]
-    assert len(lines) == len(_cases("row")) + len(_cases("lanes")), run.stdout
+    assert len(lines) == len(_cases("row")) + len(_cases("lanes")) + len(SPLIT_CASES), run.stdout
     bad = [ln for ln in lines if not ln.endswith("mismatched bytes 0")]
     assert not bad, bad
 
@@ -152,6 +175,11 @@ def test_encode_rows_names_bad_input():
             encode_rows(codec, x)
     with pytest.raises(ValueError, match="even byte addresses"):
         encode_rows(codec, x, torch.zeros(1, 1, 4, 67, dtype=torch.uint8)[..., 1:])
+    with pytest.MonkeyPatch.context() as mp:  # more heads than a grid's second dimension takes
+        from compactkv.attention.triton import encode
+        mp.setattr(encode, "GRID_Y", 2)
+        with pytest.raises(ValueError, match="3 heads: the encode kernel takes at most 2"):
+            encode_rows(codec, torch.zeros(1, 3, 4, 128))
 
 
 if __name__ == "__main__":

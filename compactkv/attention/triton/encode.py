@@ -16,6 +16,7 @@ from .kernels_encode import encode_mse_kernel, encode_row_kernel
 ENCODE_HEAD_DIMS = (32, 64, 128, 256)
 ROW_HEAD_DIMS = (32, 64, 128)  # encode_row_kernel (one row per thread); 256 would not fit a thread's registers
 ENCODE_KERNELS = ("auto", "row", "lanes")
+GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's batch rows x heads)
 
 
 def encode_unsupported(codec: Codec) -> str | None:
@@ -146,17 +147,26 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
                   UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
                   PLANAR=norms is not None)
-    grid = (math.ceil(n / block_rows),)
-    if row:
+    if row:  # one program per block of tokens of one (batch row, head), batch rows in slices of grid-y size
         signs, mids, c2 = _row_constants(d, bits, codec.seed, x.device)
-        encode_row_kernel[grid](
-            x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
-            positions if positions is not None else c2, c2, n, h, t, 1.0 / math.sqrt(d), scale, *nargs,
-            SIGNS=signs, MIDS=mids, LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32,
-            enable_fp_fusion=False, **common)
+        per = GRID_Y // h
+        if per < 1:
+            raise ValueError(f"{h} heads: the encode kernel takes at most {GRID_Y}")
+        for b0 in range(0, b, per):
+            xs, os_, ps, ns = x, out, positions, norms
+            if b > per:  # (views only when the batch is split: a slice per call costs host time)
+                xs, os_ = x[b0:b0 + per], out[b0:b0 + per]
+                ps = positions[b0:b0 + per] if positions is not None else None
+                ns = norms[b0:b0 + per] if norms is not None else None
+            encode_row_kernel[(math.ceil(t / block_rows), xs.shape[0] * h)](
+                xs, xs.stride(0), xs.stride(1), xs.stride(2), os_, os_.stride(0), os_.stride(1), os_.stride(2),
+                ps if ps is not None else c2, c2, h, t, 1.0 / math.sqrt(d), scale,
+                ns if ns is not None else os_, *nargs[1:], SIGNS=signs, MIDS=mids,
+                LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32, enable_fp_fusion=False,
+                **common)
         return out
     signs, cents, bounds = _constants(d, bits, codec.seed, x.device)
-    encode_mse_kernel[grid](
+    encode_mse_kernel[(math.ceil(n / block_rows),)](
         x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
         positions if positions is not None else signs, signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d), scale,
         *nargs, num_warps=4, enable_fp_fusion=False, **common)
