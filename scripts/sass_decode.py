@@ -137,14 +137,15 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
 
 def _compile(fn, args: dict, const: dict, options: dict, source=None):
     """Compile `fn` for sm_90 with `const` as constexprs and the other arguments specialized as Triton's launcher
-    would specialize `args` (alignment, divisibility by 16, ints equal to 1)."""
+    would specialize `args` (alignment, divisibility by 16, ints equal to 1; not the kernel's do_not_specialize)."""
     sig, constexprs, attrs = {}, {}, {}
+    fixed = set(getattr(fn, "do_not_specialize", ()))  # (indices or names: values the launcher leaves as they are)
     for i, name in enumerate(fn.arg_names):
         if name in const:
             sig[name] = "constexpr"
             constexprs[(i,)] = const[name]
             continue
-        ty, spec = native_specialize_impl(BaseBackend, args[name], False, True, True)
+        ty, spec = native_specialize_impl(BaseBackend, args[name], False, i not in fixed and name not in fixed, True)
         sig[name] = ty
         if ty == "constexpr":
             constexprs[(i,)] = spec

@@ -249,7 +249,7 @@ def _tile_shift(k, bits):
     return 8 * bits * k % 32
 
 
-@triton.jit(do_not_specialize=["H", "snb", "snh"])
+@triton.jit(do_not_specialize=["H", "T", "snb", "snh"])
 def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, H, T,
                       inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
                       BITS: tl.constexpr, SIGNS: tl.constexpr, MIDS: tl.constexpr, NORM_CORR: tl.constexpr,
@@ -262,10 +262,10 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     boundary and the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves
     per row's codes, rounded up (the store's tile width).
 
-    H and the norm plane's strides (which follow a static cache's capacity) are not specialized: a value of 1 or a
-    multiple of 16 would compile another variant (~10-17 s at head_dim 128) for no gain (the same sm_90 SASS).
-    The rest are: the loads and stores depend on the strides, and T not known to be a multiple of 16 costs 928
-    more instructions per row (turbo4, head_dim 128: 7,104 with 208 bytes of stack; n_rows 80 more).
+    H, T and the norm plane's strides are not specialized: a value of 1 or a multiple of 16 would compile another
+    variant (~10-15 s at head_dim 128; a decode step's one token against a prompt's many) for little (sm_90, turbo4
+    at head_dim 128: 5,632 instructions per row with T a multiple of 16, 5,736 without). The strides are: the
+    16-byte loads and stores depend on them.
 
     The row is held as D/8 tiles [BLOCK_R, 8] (a thread's 8 consecutive values of its row): every step is the
     same per-value arithmetic as one tensor per value, with ~8x fewer IR operations, which is what Triton's
