@@ -72,14 +72,13 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     args = dict(x_ptr=x, sxb=rows * d, sxh=4096 * d, sxt=d, out_ptr=out, sob=rows * codec.row_bytes,
                 soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
                 signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, c2_ptr=f32,
-                n_rows=rows * 4, H=8, T=4096, inv_sqrt=d ** -0.5, norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
+                H=8, T=4096, inv_sqrt=d ** -0.5, norm_scale=1.01, norm_ptr=out, snb=0, snh=0)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
                  HAS_POS=False, BLOCK_R=block_rows, PLANAR=False)
     if kernel == "row":
         signs, mids, _ = _row_constants(d, codec.spec.bits, 0, torch.device("cpu"))
         const.update(BLOCK_R=32 * num_warps, SIGNS=signs, MIDS=mids,
                      LOG2H=max(1, (d * codec.spec.bits // 16 - 1).bit_length()))
-        args = {k: v for k, v in args.items() if k in encode_row_kernel.arg_names}
         return _compile(encode_row_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
@@ -138,6 +137,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
 def _compile(fn, args: dict, const: dict, options: dict, source=None):
     """Compile `fn` for sm_90 with `const` as constexprs and the other arguments specialized as Triton's launcher
     would specialize `args` (alignment, divisibility by 16, ints equal to 1; not the kernel's do_not_specialize)."""
+    args = {k: v for k, v in args.items() if k in fn.arg_names}  # (callers may pass more than this kernel takes)
     sig, constexprs, attrs = {}, {}, {}
     fixed = set(getattr(fn, "do_not_specialize", ()))  # (indices or names: values the launcher leaves as they are)
     for i, name in enumerate(fn.arg_names):

@@ -100,18 +100,20 @@ def _mismatches(kernel: str, device: str) -> dict[str, int]:
             for kind, d, dtype, opts, layout in _cases(kernel)}
 
 
-SPLIT_CASES = [("turbo4", 64, torch.float16, {}, "planar"), ("turbo3", 32, torch.bfloat16, {"seed": 3}, "codec")]
+SPLIT_CASES = [("row", "turbo4", 64, torch.float16, {}, "planar"),
+               ("row", "turbo3", 32, torch.bfloat16, {"seed": 3}, "codec"),
+               ("lanes", "turbo2", 256, torch.float16, {}, "codec")]
 
 
 def _split_mismatches(device: str) -> dict[str, int]:
-    """The row kernel with the batch launched in slices (encode.GRID_Y made 3: one batch row of 3 heads per
+    """Both kernels with the batch launched in slices (encode.GRID_Y made 3: one batch row of 3 heads per
     launch), as batch x heads beyond CUDA's grid-y limit are."""
     from compactkv.attention.triton import encode
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(encode, "GRID_Y", 3)
-        return {f"split {kind} d={d} {layout}": _one("row", kind, d, dtype, opts, layout, device, gen)
-                for kind, d, dtype, opts, layout in SPLIT_CASES}
+        return {f"{kernel} split {kind} d={d} {layout}": _one(kernel, kind, d, dtype, opts, layout, device, gen)
+                for kernel, kind, d, dtype, opts, layout in SPLIT_CASES}
 
 
 def _interpreter_main() -> None:
@@ -119,7 +121,7 @@ def _interpreter_main() -> None:
         for case, bad in _mismatches(kernel, "cpu").items():
             print(f"{kernel} {case}: mismatched bytes {bad}")
     for case, bad in _split_mismatches("cpu").items():
-        print(f"row {case}: mismatched bytes {bad}")
+        print(f"{case}: mismatched bytes {bad}")
 
 
 CUDA_CASES = [(kernel,) + case for kernel in ("row", "lanes") for case in _cases(kernel)]
@@ -135,7 +137,7 @@ def test_encode_kernels_bit_identical_on_cuda(kernel, kind, d, dtype, opts, layo
     assert _one(kernel, kind, d, dtype, opts, layout, "cuda", gen) == 0
 
 
-def test_encode_row_kernel_in_batch_slices_on_cuda():
+def test_encode_kernels_in_batch_slices_on_cuda():
     pytest.importorskip("triton", reason="triton is not installed")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (the interpreter test covers the CPU)")

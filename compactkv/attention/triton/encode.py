@@ -137,39 +137,38 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                          f"{list(norms.shape)}")
     if positions is None and out.shape[2] < t:
         raise ValueError(f"out holds {out.shape[2]} tokens, {t} given")
-    n = b * h * t
-    if n == 0:
+    if b * h * t == 0:
         return out
     bits = codec.spec.bits
     scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
-    nargs = (norms if norms is not None else out, norms.stride(0) if norms is not None else 0,
-             norms.stride(1) if norms is not None else 0)
+    norm_strides = (norms.stride(0), norms.stride(1)) if norms is not None else (0, 0)
     common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
                   UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
                   PLANAR=norms is not None)
-    if row:  # one program per block of tokens of one (batch row, head), batch rows in slices of grid-y size
+    # one program per block of tokens of one (batch row, head), batch rows in slices of grid-y size
+    per = GRID_Y // h
+    if per < 1:
+        raise ValueError(f"{h} heads: the encode kernel takes at most {GRID_Y}")
+    if row:
         signs, mids, c2 = _row_constants(d, bits, codec.seed, x.device)
-        per = GRID_Y // h
-        if per < 1:
-            raise ValueError(f"{h} heads: the encode kernel takes at most {GRID_Y}")
-        for b0 in range(0, b, per):
-            xs, os_, ps, ns = x, out, positions, norms
-            if b > per:  # (views only when the batch is split: a slice per call costs host time)
-                xs, os_ = x[b0:b0 + per], out[b0:b0 + per]
-                ps = positions[b0:b0 + per] if positions is not None else None
-                ns = norms[b0:b0 + per] if norms is not None else None
-            encode_row_kernel[(math.ceil(t / block_rows), xs.shape[0] * h)](
-                xs, xs.stride(0), xs.stride(1), xs.stride(2), os_, os_.stride(0), os_.stride(1), os_.stride(2),
-                ps if ps is not None else c2, c2, h, t, 1.0 / math.sqrt(d), scale,
-                ns if ns is not None else os_, *nargs[1:], SIGNS=signs, MIDS=mids,
-                LOG2H=max(1, (d * bits // 16 - 1).bit_length()), num_warps=block_rows // 32, enable_fp_fusion=False,
-                **common)
-        return out
-    signs, cents, bounds = _constants(d, bits, codec.seed, x.device)
-    encode_mse_kernel[(math.ceil(n / block_rows),)](
-        x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
-        positions if positions is not None else signs, signs, cents, bounds, n, h, t, 1.0 / math.sqrt(d), scale,
-        *nargs, num_warps=4, enable_fp_fusion=False, **common)
+        kernel_args = (c2,)
+        options = dict(SIGNS=signs, MIDS=mids, LOG2H=max(1, (d * bits // 16 - 1).bit_length()),
+                       num_warps=block_rows // 32)
+    else:
+        signs, cents, bounds = _constants(d, bits, codec.seed, x.device)
+        kernel_args = (signs, cents, bounds)
+        options = dict(num_warps=4)
+    fn = encode_row_kernel if row else encode_mse_kernel
+    for b0 in range(0, b, per):
+        xs, os_, ps, ns = x, out, positions, norms
+        if b > per:  # (views only when the batch is split: a slice per call costs host time)
+            xs, os_ = x[b0:b0 + per], out[b0:b0 + per]
+            ps = positions[b0:b0 + per] if positions is not None else None
+            ns = norms[b0:b0 + per] if norms is not None else None
+        fn[(math.ceil(t / block_rows), xs.shape[0] * h)](
+            xs, xs.stride(0), xs.stride(1), xs.stride(2), os_, os_.stride(0), os_.stride(1), os_.stride(2),
+            ps if ps is not None else kernel_args[0], *kernel_args, h, t, 1.0 / math.sqrt(d), scale,
+            ns if ns is not None else os_, *norm_strides, enable_fp_fusion=False, **options, **common)
     return out
 
 

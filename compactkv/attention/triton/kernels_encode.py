@@ -61,16 +61,16 @@ def _store_norm(norm, c2sum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_p
 
 @triton.jit
 def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr,
-                      n_rows, H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
+                      H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, D: tl.constexpr, LOG2D: tl.constexpr,
                       BITS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
                       BLOCK_R: tl.constexpr, PLANAR: tl.constexpr = False):
     """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t];
     PLANAR: the indices at out[b, h, pos[b] + t] and the fp16 norm at norm[b, h, pos[b] + t] (token stride 1)."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = r < n_rows
-    b = r // (H * T)
-    h = (r // T) % H
-    t = r % T
+    t = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (token block, batch row x head): no per-row division
+    rmask = t < T
+    bh = tl.program_id(1)
+    b = tl.zeros([BLOCK_R], dtype=tl.int32) + bh // H
+    h = bh % H
     rd = tl.arange(0, D)
     src = x_ptr + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + t.to(tl.int64) * sxt
     x = tl.load(src[:, None] + rd[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
