@@ -93,8 +93,9 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     norms [B, H, T_out] (unit token stride) at the same positions.
     kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
     across lanes: every head_dim), "auto" (row where it applies); None reads COMPACTKV_ENCODE_KERNEL (auto or
-    lanes; default auto). The row kernel compiles for ~30 s per (kind, rotation seed, layout) on first use (Triton caches it on
-    disk), the lanes kernel in ~3 s. block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
+    lanes; default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
+    (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
+    block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
     the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """

@@ -118,18 +118,6 @@ def _bit(x, i):
 
 
 @triton.constexpr_function
-def _word(i, bits):
-    """The 32-bit word of a row's codes holding the first bit of code i."""
-    return bits * i // 32
-
-
-@triton.constexpr_function
-def _shift(i, bits):
-    """Where in that word code i starts."""
-    return bits * i % 32
-
-
-@triton.constexpr_function
 def _closes(j, level):
     """After leaf j (bit-reversed order), is a node of `level` complete (the j's low `level` bits all ones)?"""
     return (j + 1) % (1 << level) == 0
