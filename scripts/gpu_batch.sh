@@ -138,7 +138,7 @@ all-tests)
     python scripts/pytest_shards.py --shards "${SHARDS:-15}" --timeout "${TEST_TIMEOUT:-540}" --out "$OUT" \
         -k "not in_interpreter" tests/test_triton_encode.py tests/test_triton_kernels.py tests/test_triton_finish.py \
         tests/test_triton_dispatch.py tests/test_static_graphs.py tests/test_gluon_decode.py tests/test_lut_decode.py \
-        tests/test_rotation.py tests/test_fast_sass.py
+        tests/test_rotation.py tests/test_fast_sass.py tests/test_engine_graphs.py
     ;;
 encode-bench)
     timeout 540 python scripts/encode_bench.py --warm 15 --json "$OUT/encode.json" > "$OUT/encode.txt" 2>&1
