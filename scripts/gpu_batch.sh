@@ -26,6 +26,8 @@
 #                                     # the tests of every path that encodes; bench kernels' encode table and prefill
 #   bash scripts/gpu_batch.sh all-tests  # every GPU test file, SHARDS (15) pytest processes at once, round-robin
 #                                     # (scripts/pytest_shards.py), each cut at TEST_TIMEOUT (540 s)
+#   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
+#                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
 #                                     # 15 processes
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
@@ -139,6 +141,12 @@ all-tests)
         -k "not in_interpreter" tests/test_triton_encode.py tests/test_triton_kernels.py tests/test_triton_finish.py \
         tests/test_triton_dispatch.py tests/test_static_graphs.py tests/test_gluon_decode.py tests/test_lut_decode.py \
         tests/test_rotation.py tests/test_fast_sass.py tests/test_engine_graphs.py
+    ;;
+ids)
+    # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH
+    # (encode-bench) when set
+    python scripts/pytest_shards.py --shards "${SHARDS:-4}" --timeout "${TEST_TIMEOUT:-240}" --out "$OUT" --ids "$IDS"
+    [ -n "${BENCH:-}" ] && bash "$0" "$BENCH"
     ;;
 encode-bench)
     timeout 540 python scripts/encode_bench.py --warm 15 --json "$OUT/encode.json" > "$OUT/encode.txt" 2>&1

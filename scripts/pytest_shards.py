@@ -6,7 +6,8 @@
 Collects the node ids once, deals them round-robin into the shards (so the slow cases of one file spread out),
 runs one pytest process per shard with a time limit, writes the shards' logs one after the other to
 OUT/pytest_shards.txt and prints one line per shard and a total: passed / failed / skipped / errors, and how many node ids the shards cut
-by their time limit did not reach (counted from pytest's progress characters). Exit status 1 if any test failed
+by their time limit did not reach (counted from pytest's progress characters; their ids go to
+OUT/pytest_unreached.txt, for the next call's --ids). Exit status 1 if any test failed
 or errored or any shard was cut, else 0 (and 1 when nothing was collected: an empty run does not pass).
 """
 
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
         procs.append((i, part, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                       start_new_session=True)))
     total = dict(passed=0, failed=0, skipped=0, errors=0, cut=0)
+    unreached = []
     bad = False
     for i, part, log, proc in procs:
         try:
@@ -90,7 +92,9 @@ def main(argv=None) -> int:
         for k in ("passed", "failed", "skipped"):
             total[k] += got.get(k, 0)
         total["errors"] += got.get("error", 0)
-        total["cut"] += 0 if finished else len(part) - sum(got.values())
+        if not finished:  # pytest runs a shard's ids in the order given: the tail it did not reach
+            unreached += part[sum(got.values()):]
+            total["cut"] += len(part) - sum(got.values())
         failures = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
         state = tail if finished else (f"cut by the time limit after {got['passed']} passed, {got['failed']} failed, "
                                        f"{got['skipped']} skipped of {len(part)}")
@@ -103,6 +107,10 @@ def main(argv=None) -> int:
             f.write(f"==== shard {i:02d}: {len(part)} node ids\n" + open(log.name).read())
             os.remove(log.name)
     os.rmdir(logs)
+    if unreached:  # ready for the next call's --ids
+        with open(os.path.join(args.out, "pytest_unreached.txt"), "w") as f:
+            f.write("\n".join(unreached) + "\n")
+        print("not reached (OUT/pytest_unreached.txt):\n   " + "\n   ".join(unreached))
     print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped, "
           f"{total['errors']} errors; node ids in shards cut by the time limit: {total['cut']}; "
           f"{len(ids)} collected, {time.time() - start:.0f} s")
