@@ -2,12 +2,17 @@
 CUDA graphs, compressed and fp16, on a random-weight Llama-3.1-8B-shaped model in bf16 (CUDA GPU, no download).
 
     python scripts/engine_graphs_bench.py [--prompt 1024] [--new 128] [--kinds turbo4,f16] [--tiny] --json PATH
+    python scripts/engine_graphs_bench.py --serve 4 ...   # also N concurrent sequences through the server's engine
 
 Per kind, one sequence of --prompt random token ids, --new tokens greedy, through `Generation` as `compactkv run`
 drives it: "eager" = the cache `run` makes (TurboQuantCache; for f16 its f16 layers), "graphs" = `run --graphs`
 (a static cache sized for the sequence, decode steps replayed from a CUDA graph captured at the first step). A
 warm-up sequence of the same kind runs first (kernel compiles). Reported: prefill seconds, decode tok/s over the
 whole decode (capture included) and the median inter-token time of the second half (steady state).
+With --serve N: N sequences (different prompts) submitted at once to the scheduler `compactkv serve` runs (fair
+round-robin, one cache each; eager vs `serve --graphs`: a static cache of --prompt + --new tokens per sequence,
+each captured at its first decode step), after a warm-up of N short ones; reported: the aggregate decode rate
+(tokens after each sequence's first, over the time from the first such token to the last).
 """
 
 from __future__ import annotations
@@ -62,12 +67,48 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int) -> dict:
     return row
 
 
+def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int) -> dict:
+    import threading
+
+    from compactkv.engine import SamplingConfig
+    from compactkv.engine.scheduler import EngineConfig, Scheduler
+    sched = Scheduler(lm, EngineConfig(k=kind, v=kind, max_context=len(prompts[0]) + new, max_active=len(prompts),
+                                       prefill_chunk=256, prefix_cache_bytes=0, graphs=graphs))
+    stamps: list[list[float]] = [[] for _ in prompts]
+    left = threading.Semaphore(0)
+
+    def sink(i):
+        def emit(kind_, payload):
+            if kind_ == "token":
+                stamps[i].append(time.perf_counter())
+            elif kind_ in ("done", "error"):
+                if kind_ == "error":
+                    print("error:", payload, flush=True)
+                left.release()
+        return emit
+    start = time.perf_counter()
+    for i, p in enumerate(prompts):
+        sched.submit(p, SamplingConfig(max_new_tokens=new), sink(i))
+    for _ in prompts:
+        left.acquire()
+    sched.close()
+    firsts, lasts = [s[0] for s in stamps if s], [s[-1] for s in stamps if s]
+    decoded = sum(max(len(s) - 1, 0) for s in stamps)
+    span = max(lasts) - min(firsts) if firsts else float("nan")
+    row = {"kind": kind, "graphs": graphs, "sequences": len(prompts), "tokens": [len(s) for s in stamps],
+           "wall_s": time.perf_counter() - start, "decode_tok_s": decoded / span if span > 0 else float("nan")}
+    torch.cuda.empty_cache()
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--kinds", default="turbo4,f16")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead of the 8B shape (a quick check)")
+    ap.add_argument("--serve", type=int, default=0, help="also N concurrent sequences through the scheduler")
+    ap.add_argument("--serve-only", action="store_true", help="with --serve: skip the one-sequence runs")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -80,7 +121,7 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, shape["vocab_size"], (args.prompt,), generator=gen).tolist()
     rows = []
-    for kind in args.kinds.split(","):
+    for kind in args.kinds.split(",") if not (args.serve and args.serve_only) else []:
         for graphs in (False, True):
             _one(lm, kind, graphs, prompt[:64], 8)  # warm-up: compiles
             rows.append(_one(lm, kind, graphs, prompt, args.new))
@@ -89,7 +130,7 @@ def main() -> int:
                   f"{r['decode_tok_s']:7.1f} tok/s  steady {r['steady_ms']:6.2f} ms/token", flush=True)
     info = {"card": torch.cuda.get_device_name(), "commit": commit(), "shape": "tiny" if args.tiny else "llama-3.1-8b",
             "prompt": args.prompt, "new": args.new, "rows": rows}
-    for kind in args.kinds.split(","):
+    for kind in args.kinds.split(",") if rows else []:
         e, g = (next(r for r in rows if r["kind"] == kind and r["graphs"] == x) for x in (False, True))
         # (compressed kinds: the eager cache keeps fp16 sink/recent windows, the static one does not, so their
         # tokens may differ; f16: the same attention over the same values)
@@ -101,6 +142,17 @@ def main() -> int:
         for r in rows:
             print(f"  {r['kind']} {'graphs' if r['graphs'] else 'eager'}: {base['steady_ms'] / r['steady_ms']:.2f}x "
                   f"the f16 eager steady tok/s")
+    if args.serve:
+        info["serve"] = []
+        prompts = [torch.randint(0, shape["vocab_size"], (args.prompt,), generator=gen).tolist()
+                   for _ in range(args.serve)]
+        for kind in args.kinds.split(","):
+            for graphs in (False, True):
+                _serve(lm, kind, graphs, [p[:64] for p in prompts], 8)  # warm-up
+                r = _serve(lm, kind, graphs, prompts, args.new)
+                info["serve"].append(r)
+                print(f"serve x{args.serve} {kind:7s} {'graphs' if graphs else 'eager ':6s} decode "
+                      f"{r['decode_tok_s']:7.1f} tok/s (all sequences)  wall {r['wall_s']:.1f} s", flush=True)
     info["command"] = "python " + " ".join(sys.argv)  # (write_json's default names the compactkv CLI)
     write_json(args.json, info)
     return 0

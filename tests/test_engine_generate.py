@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from compactkv.engine import Generation, PrefixStore, SamplingConfig, make_cache, stream_generate
 from compactkv.engine.caches import cache_memory
 from compactkv.engine.scheduler import Draining, EngineConfig, QueueFull, Scheduler
-from test_engine_support import tiny_lm
+from test_engine_support import Collector, tiny_lm
 
 PROMPT = list(range(5, 45))
 
@@ -111,22 +110,6 @@ def test_prefix_store_budget_is_lru_and_supersedes_shorter_entries(lm):
     store.insert(longer.cached_ids(), longer.cache)
     assert store.stats().entries == 2  # the entry it extends is dropped
     assert PrefixStore(0).insert(entries[0], a.cache) is False
-
-
-class Collector:
-    def __init__(self):
-        self.events, self.done = [], threading.Event()
-
-    def __call__(self, kind, payload):
-        self.events.append((kind, payload, time.perf_counter()))
-        if kind in ("done", "error"):
-            self.done.set()
-
-    def tokens(self):
-        return [p.token for k, p, _ in self.events if k == "token"]
-
-    def summary(self):
-        return next(p for k, p, _ in self.events if k == "done")
 
 
 def test_scheduler_interleaves_requests_fairly_with_independent_outputs(lm):

@@ -57,7 +57,7 @@ def test_graphs_refuses_what_it_cannot_run():
 @pytest.mark.parametrize("flags, message", [
     (["--k", "q8_0"], "--graphs takes K/V kinds turbo4, turbo3, turbo2, f16"),
     (["--k", "f16", "--v", "turbo4"], "both f16 or both compressed"),
-    (["--policy", "1"], "not a per-layer --policy"),
+    (["--policy", "1"], "--graphs takes one K/V pair, not a per-layer policy"),
 ])
 def test_run_graphs_flags_are_checked_before_loading(flags, message, capsys):
     # --model points nowhere: the flags must be refused before any model is looked for
@@ -110,3 +110,51 @@ def test_eager_generation_on_cuda_over_compressed_rows(sampling, monkeypatch):
         runs.append(gen.output_ids)
     assert len(runs[0]) == 12 and runs[0] == runs[1]  # seeded sampling repeats itself
     assert calls, "the decode steps did not read the compressed rows with the table kernel"
+
+
+def test_scheduler_with_graphs_refuses_a_cpu_model_and_bad_kinds():
+    from compactkv.engine.scheduler import EngineConfig, Scheduler
+    with pytest.raises(ValueError, match="graphed decoding needs a CUDA device"):
+        Scheduler(tiny_lm(), EngineConfig(graphs=True))
+    with pytest.raises(ValueError, match="graphs takes K/V kinds"):
+        EngineConfig(k="q8_0", v="q8_0", graphs=True)
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "f16"])
+def test_scheduler_with_graphs_on_cuda_matches_eager_and_reuses_prefixes(kind):
+    """`compactkv serve --graphs`: concurrent sequences, each decoding from its own captured graph over a static
+    cache of the whole context, give the tokens of eager generations; a finished one's cache is kept as a prefix
+    and a later prompt sharing it continues from a copy."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (CUDA graphs)")
+    pytest.importorskip("triton", reason="the static compressed cache captures with the Triton encoder")
+    from compactkv.engine.scheduler import EngineConfig, Scheduler
+    from test_engine_support import Collector
+    lm = _cuda_lm()
+    prompts = [list(range(s, s + 30)) for s in (3, 13, 23)]
+    eager = [_eager(lm, kind, p) for p in prompts]
+    want = [g.output_ids for g in eager]
+    sched = Scheduler(lm, EngineConfig(k=kind, v=kind, max_context=256, max_active=3, prefill_chunk=8,
+                                       graphs=True))
+    sinks = [Collector() for _ in prompts]
+    for p, sink in zip(prompts, sinks):
+        sched.submit(p, SamplingConfig(max_new_tokens=10), sink)
+    assert all(s.done.wait(120) for s in sinks)
+    assert [s.tokens() for s in sinks] == want
+    assert all(s.summary()["finish_reason"] == "length" for s in sinks)
+    assert sched.stats()["prefix_entries"] == 3 and sched.stats()["active"] == 0
+    longer = prompts[1] + want[1][:-1] + [7, 8, 9]  # the second sequence as stored, then a new turn
+    sink = Collector()
+    sched.submit(longer, SamplingConfig(max_new_tokens=10), sink)
+    assert sink.done.wait(120)
+    assert sink.summary()["timings"].cached_tokens == 39  # its 30 prompt tokens and 9 of its 10 answers
+    # expected: the eager second sequence's own cache continued eagerly (the same K/V rows as the stored copy)
+    assert sink.tokens() == _eager(lm, kind, longer, eager[1].cache, cached=39).output_ids
+    sched.close()
+
+
+def _eager(lm, kind, prompt, cache=None, cached=0):
+    cache = cache if cache is not None else static_cache(lm.model, kind, 1, 256, "cuda")
+    gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=10), cache, cached_tokens=cached, prefill_chunk=8)
+    list(stream_generate(gen))
+    return gen

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import torch
 
 from compactkv.engine.loader import LoadedModel, attention_implementation
@@ -42,3 +45,21 @@ def tiny_lm(seed: int = 0, layers: int = 2, eos: bool = True) -> LoadedModel:
         tokenizer.eos_token_id = None
     details = {"format": "safetensors", "family": "llama", "parameter_count": 1, "dtype": "float32"}
     return LoadedModel(model, tokenizer, "tiny", "random", "cpu", attn, 0.0, details)
+
+
+class Collector:
+    """A scheduler request's emit callback: every (kind, payload, time); `done` is set at 'done' or 'error'."""
+
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, kind, payload):
+        self.events.append((kind, payload, time.perf_counter()))
+        if kind in ("done", "error"):
+            self.done.set()
+
+    def tokens(self):
+        return [p.token for k, p, _ in self.events if k == "token"]
+
+    def summary(self):
+        return next(p for k, p, _ in self.events if k == "done")

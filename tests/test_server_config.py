@@ -84,3 +84,32 @@ def test_the_cli_and_engine_do_not_import_the_web_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_graphs_switch_from_flag_env_and_profile_with_its_kinds_checked(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("graphs: true\nkv: {k: turbo3, v: turbo3}\n")
+    assert build_config({}, {}, load_profile(profile)).graphs is True
+    assert build_config({}, {"COMPACTKV_GRAPHS": "off"}, load_profile(profile)).graphs is False
+    assert build_config({"graphs": True}, {"COMPACTKV_GRAPHS": "0"}, {}).graphs is True
+    assert build_config({}, {"COMPACTKV_GRAPHS": "Yes"}, {}).graphs is True
+    assert build_config({}, {}, {}).graphs is False
+    with pytest.raises(ValueError, match=r"COMPACTKV_GRAPHS='maybe' is not a valid graphs \(1/true/yes/on"):
+        build_config({}, {"COMPACTKV_GRAPHS": "maybe"}, {})
+    with pytest.raises(ValueError, match="graphs must be true or false"):
+        ServerConfig(graphs="yes")
+    with pytest.raises(ValueError, match="graphs takes K/V kinds turbo4, turbo3, turbo2, f16"):
+        ServerConfig(graphs=True, k="q8_0")
+    with pytest.raises(ValueError, match="both f16 or both compressed"):
+        ServerConfig(graphs=True, k="f16", v="turbo4")
+    with pytest.raises(ValueError, match="graphs takes one K/V pair, not a per-layer policy"):
+        ServerConfig(graphs=True, policy="q8-edges")
+
+
+def test_serve_refuses_graphs_with_a_kind_it_cannot_capture(capsys):
+    try:
+        rc = cli.main(["serve", "--graphs", "--k", "turbo3.5", "--v", "turbo3.5"])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "graphs takes K/V kinds" in err[0], err

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ..core.kinds import KINDS, parse_kind
+from ..core.kinds import GRAPH_KINDS, KINDS, check_graph_kinds, parse_kind
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -76,36 +76,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-GRAPH_KINDS = ("turbo4", "turbo3", "turbo2", "f16")  # what a static cache captures (engine.graphs.static_cache)
-
-
-def check_graph_flags(k: str, v: str, policy) -> None:
-    """ValueError naming what --graphs accepts (checked before the model loads)."""
-    if policy:
-        raise ValueError("--graphs takes one K/V pair (--k/--v), not a per-layer --policy")
-    if k not in GRAPH_KINDS or v not in GRAPH_KINDS or (k == "f16") != (v == "f16"):
-        raise ValueError(f"--graphs takes K/V kinds {', '.join(GRAPH_KINDS)} (both f16 or both compressed), got "
-                         f"K {k} / V {v}")
-
-
-def graph_cache(lm, k: str, v: str, capacity: int):
-    """`--graphs`' static cache for one sequence of `capacity` tokens, or ValueError off CUDA."""
-    from ..engine.graphs import static_cache
-
-    if not str(lm.device).startswith("cuda"):
-        raise ValueError(f"--graphs needs a CUDA device (CUDA graphs); the model is on {lm.device}")
-    return static_cache(lm.model, k if k == v else (k, v), 1, capacity, lm.device)
-
-
 def main(args: argparse.Namespace) -> int:
     from ..engine import Generation, ModelSpec, SamplingConfig, cache_backend, load_model, make_cache
     from ..engine.caches import parse_policy
     from ..engine.generate import stream_generate
+    from ..engine.graphs import engine_static_cache
     from ..engine.text import chat_prompt_ids, text_prompt_ids
 
     policy = parse_policy(args.policy)
     if args.graphs:
-        check_graph_flags(args.k, args.v, policy)
+        check_graph_kinds(args.k, args.v, policy, flag="--graphs")  # before the model loads
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed)
     spec = ModelSpec(args.model, args.gguf_file, args.device, args.dtype)
@@ -119,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     max_context = getattr(lm.model.config, "max_position_embeddings", None)
     if args.graphs:
         new = min(args.max_new_tokens, (max_context or 1 << 62) - len(ids))
-        cache = graph_cache(lm, args.k, args.v, len(ids) + max(new, 1))
+        cache = engine_static_cache(lm.model, args.k, args.v, len(ids) + max(new, 1))
     else:
         cache = make_cache(lm.model, args.k, args.v, policy)
     gen = Generation(lm, ids, sampling, cache, max_context=max_context, graphs=args.graphs)

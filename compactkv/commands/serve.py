@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..core.kinds import GRAPH_KINDS
 from .run import kind_arg, one_line_errors, positive_int
 
 
@@ -38,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--shutdown-timeout", dest="shutdown_timeout", type=float,
                    help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--graphs", action="store_const", const=True,
+                   help="CUDA only: each sequence decodes from a CUDA graph over a static cache holding the whole "
+                        f"context (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both compressed; no fp16 "
+                        "sink/recent window, key centering or policy)")
     p.add_argument("--log-level", default=os.environ.get("COMPACTKV_LOG_LEVEL", "info"),
                    choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=main)
@@ -70,6 +75,6 @@ def main(args: argparse.Namespace) -> int:
                         timeout_graceful_shutdown=int(config.shutdown_timeout) + 5)
     server = Server(uv)
     print(f"compactkv: serving on http://{config.host}:{server.config.port} (OpenAI /v1, Ollama /api); "
-          f"KV {config.k}/{config.v}; the model loads in the background, /health says when it is ready", flush=True)
+          f"KV {config.k}/{config.v}{' (CUDA graphs)' if config.graphs else ''}; the model loads in the background, /health says when it is ready", flush=True)
     server.run()
     return 0

@@ -93,3 +93,17 @@ def row_bytes(kind: str, head_dim: int) -> int:
 def bits_per_value(kind: str, head_dim: int) -> float:
     """Stored bits per K or V element, norms and scales included."""
     return row_bytes(kind, head_dim) * 8 / head_dim
+
+
+GRAPH_KINDS = ("turbo4", "turbo3", "turbo2", "f16")  # what a static cache for CUDA-graph decoding stores
+
+
+def check_graph_kinds(k: str, v: str, policy=None, flag: str = "graphs") -> None:
+    """ValueError naming what graphed decoding (`compactkv run --graphs`, `compactkv serve --graphs`) accepts: one
+    K/V pair of GRAPH_KINDS, both f16 or both compressed, no per-layer policy (a static cache holds one kind per
+    side and no fp16 sink or recent window)."""
+    if policy:
+        raise ValueError(f"{flag} takes one K/V pair, not a per-layer policy")
+    if k not in GRAPH_KINDS or v not in GRAPH_KINDS or (k == "f16") != (v == "f16"):
+        raise ValueError(f"{flag} takes K/V kinds {', '.join(GRAPH_KINDS)} (both f16 or both compressed), got "
+                         f"K {k} / V {v}")

@@ -24,6 +24,15 @@ from .caches import cache_kwarg
 DENSE = ("f16", "f16-nomask")  # uncompressed static caches: exact mask / mask dropped for 1-token steps (timing)
 
 
+def engine_static_cache(model: Any, k: str, v: str, capacity: int) -> StaticKVCache:
+    """An engine's static cache for one sequence of up to `capacity` tokens on the model's device; ValueError off
+    CUDA (the graphs it is for need CUDA)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(f"graphed decoding needs a CUDA device (CUDA graphs); the model is on {device}")
+    return static_cache(model, k if k == v else (k, v), 1, capacity, device)
+
+
 def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_cache_len: int,
                  device: str | torch.device | None = None) -> StaticKVCache:
     """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..core.kinds import check_graph_kinds
 from .caches import make_cache
 from .generate import Generation
 from .prefix import PrefixStore
@@ -31,7 +32,8 @@ class Draining(RuntimeError):
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs: KV kinds or policy, context length (capped by the model's), concurrency, prefill chunk,
-    prefix-cache budget in bytes."""
+    prefix-cache budget in bytes. graphs: every sequence decodes from a CUDA graph over a static cache that holds
+    the whole context (allocated when the sequence starts; CUDA only, K/V kinds of `core.kinds.GRAPH_KINDS`)."""
 
     k: str = "turbo4"
     v: str = "turbo4"
@@ -41,8 +43,11 @@ class EngineConfig:
     max_queue: int = 64
     prefill_chunk: int = 256
     prefix_cache_bytes: int = 256 << 20
+    graphs: bool = False
 
     def __post_init__(self) -> None:
+        if self.graphs:
+            check_graph_kinds(self.k, self.v, self.policy)
         for name in ("max_context", "max_active", "prefill_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -70,9 +75,9 @@ class Scheduler:
 
     def __init__(self, lm: Any, cfg: EngineConfig) -> None:
         self.lm, self.cfg = lm, cfg
-        make_cache(lm.model, cfg.k, cfg.v, cfg.policy)  # bad kinds or policy fail here, before any request
         model_ctx = getattr(lm.model.config, "max_position_embeddings", None) or cfg.max_context
         self.max_context = min(cfg.max_context, model_ctx)
+        self._new_cache()  # bad kinds, policy or (graphs) device fail here, before any request
         self.prefix = PrefixStore(cfg.prefix_cache_bytes)
         self._pending: deque[Request] = deque()
         self._active: list[Request] = []
@@ -177,13 +182,22 @@ class Scheduler:
             if req in self._active:
                 self._active.remove(req)
 
+    def _new_cache(self):
+        """An empty cache for one sequence: dynamic, or (graphs) static with room for the whole context, so that
+        every prefix the store hands back (a copy of such a cache) also has room for any request."""
+        cfg = self.cfg
+        if cfg.graphs:
+            from .graphs import engine_static_cache
+            return engine_static_cache(self.lm.model, cfg.k, cfg.v, self.max_context)
+        return make_cache(self.lm.model, cfg.k, cfg.v, cfg.policy)
+
     def _start(self, req: Request) -> Generation:
         cfg = self.cfg
         cache, reused = self.prefix.lookup(req.prompt_ids) if req.cache_prompt else (None, 0)
         if cache is None:
-            cache = make_cache(self.lm.model, cfg.k, cfg.v, cfg.policy)
+            cache = self._new_cache()
         return Generation(self.lm, req.prompt_ids, req.sampling, cache, cached_tokens=reused,
-                          max_context=self.max_context, prefill_chunk=cfg.prefill_chunk)
+                          max_context=self.max_context, prefill_chunk=cfg.prefill_chunk, graphs=cfg.graphs)
 
     def _finish(self, req: Request, reason: str) -> None:
         gen = req.gen

@@ -50,15 +50,20 @@ class ServerConfig:
     prefix_cache_mb: int = 256
     shutdown_timeout: float = 30.0
     threads: int | None = None
+    graphs: bool = False
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def __post_init__(self) -> None:
-        from ..core.kinds import parse_kind
+        from ..core.kinds import check_graph_kinds, parse_kind
         from ..engine.caches import parse_policy
 
         parse_kind(self.k)
         parse_kind(self.v)
         object.__setattr__(self, "policy", parse_policy(self.policy))
+        if not isinstance(self.graphs, bool):
+            raise ValueError(f"graphs must be true or false, got {self.graphs!r}")
+        if self.graphs:
+            check_graph_kinds(self.k, self.v, self.policy)
         for name in ("context_length", "parallel", "prefill_chunk"):
             if _bad_int(getattr(self, name), 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -73,6 +78,16 @@ class ServerConfig:
             raise ValueError(f"shutdown_timeout must be a number of seconds >= 0, got {self.shutdown_timeout!r}")
 
 
+def _flag(text: str) -> bool:
+    """An environment switch: 1/true/yes/on or 0/false/no/off (any case)."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def _bad_int(value: Any, minimum: int) -> bool:
     return not isinstance(value, int) or isinstance(value, bool) or value < minimum
 
@@ -80,7 +95,7 @@ def _bad_int(value: Any, minimum: int) -> bool:
 FIELDS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name != "defaults")
 DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 _CASTS = {"context_length": int, "port": int, "parallel": int, "max_queue": int, "prefill_chunk": int,
-          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int}
+          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": _flag}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -120,7 +135,8 @@ def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = N
             try:
                 values[name] = _CASTS.get(name, str)(env_value)
             except ValueError:
-                raise ValueError(f"COMPACTKV_{name.upper()}={env_value!r} is not a valid {name}") from None
+                hint = " (1/true/yes/on or 0/false/no/off)" if _CASTS.get(name) is _flag else ""
+                raise ValueError(f"COMPACTKV_{name.upper()}={env_value!r} is not a valid {name}{hint}") from None
         elif profile.get(name) is not None:
             values[name] = profile[name]
     try:

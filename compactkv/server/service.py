@@ -135,7 +135,7 @@ class Service:
             lm = self.loader(ModelSpec(c.model, c.gguf_file, c.device, c.dtype))
             engine = EngineConfig(k=c.k, v=c.v, policy=c.policy, max_context=c.context_length,
                                   max_active=c.parallel, max_queue=c.max_queue, prefill_chunk=c.prefill_chunk,
-                                  prefix_cache_bytes=c.prefix_cache_mb << 20)
+                                  prefix_cache_bytes=c.prefix_cache_mb << 20, graphs=c.graphs)
             self.scheduler = Scheduler(lm, engine)
         except Exception as e:  # reported by /health, the server stays up to say so
             log.exception("model load failed")
