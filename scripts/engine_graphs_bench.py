@@ -11,8 +11,9 @@ warm-up sequence of the same kind runs first (kernel compiles). Reported: prefil
 whole decode (capture included) and the median inter-token time of the second half (steady state).
 With --serve N: N sequences (different prompts) submitted at once to the scheduler `compactkv serve` runs (fair
 round-robin, one cache each; eager vs `serve --graphs`: a static cache of --prompt + --new tokens per sequence,
-each captured at its first decode step), after a warm-up of N short ones; reported: the aggregate decode rate
-(tokens after each sequence's first, over the time from the first such token to the last).
+each captured at its first decode step), after a warm-up of N short ones with caches of the same size; reported:
+the aggregate decode rate (tokens after each sequence's first, over the time from the first such token to the
+last, captures included) and the steady one (N / the median inter-token gap of each sequence's second half).
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int) -> dict:
     return row
 
 
-def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int) -> dict:
+def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int, context: int) -> dict:
     import threading
 
     from compactkv.engine import SamplingConfig
     from compactkv.engine.scheduler import EngineConfig, Scheduler
-    sched = Scheduler(lm, EngineConfig(k=kind, v=kind, max_context=len(prompts[0]) + new, max_active=len(prompts),
+    sched = Scheduler(lm, EngineConfig(k=kind, v=kind, max_context=context, max_active=len(prompts),
                                        prefill_chunk=256, prefix_cache_bytes=0, graphs=graphs))
     stamps: list[list[float]] = [[] for _ in prompts]
     left = threading.Semaphore(0)
@@ -95,8 +96,11 @@ def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int) -> d
     firsts, lasts = [s[0] for s in stamps if s], [s[-1] for s in stamps if s]
     decoded = sum(max(len(s) - 1, 0) for s in stamps)
     span = max(lasts) - min(firsts) if firsts else float("nan")
+    # steady state: each sequence gets one token per round, so N / the median gap of the rounds' second half
+    gaps = [b - a for s in stamps for a, b in list(zip(s, s[1:]))[len(s) // 2:]]
     row = {"kind": kind, "graphs": graphs, "sequences": len(prompts), "tokens": [len(s) for s in stamps],
-           "wall_s": time.perf_counter() - start, "decode_tok_s": decoded / span if span > 0 else float("nan")}
+           "wall_s": time.perf_counter() - start, "decode_tok_s": decoded / span if span > 0 else float("nan"),
+           "steady_tok_s": len(prompts) / statistics.median(gaps) if gaps else float("nan")}
     torch.cuda.empty_cache()
     return row
 
@@ -148,11 +152,13 @@ def main() -> int:
                    for _ in range(args.serve)]
         for kind in args.kinds.split(","):
             for graphs in (False, True):
-                _serve(lm, kind, graphs, [p[:64] for p in prompts], 8)  # warm-up
-                r = _serve(lm, kind, graphs, prompts, args.new)
+                context = args.prompt + args.new  # the warm-up's caches too: the same strides, the same compiles
+                _serve(lm, kind, graphs, [p[:64] for p in prompts], 8, context)
+                r = _serve(lm, kind, graphs, prompts, args.new, context)
                 info["serve"].append(r)
                 print(f"serve x{args.serve} {kind:7s} {'graphs' if graphs else 'eager ':6s} decode "
-                      f"{r['decode_tok_s']:7.1f} tok/s (all sequences)  wall {r['wall_s']:.1f} s", flush=True)
+                      f"{r['decode_tok_s']:7.1f} tok/s (all sequences; steady {r['steady_tok_s']:7.1f})  wall "
+                      f"{r['wall_s']:.1f} s", flush=True)
     info["command"] = "python " + " ".join(sys.argv)  # (write_json's default names the compactkv CLI)
     write_json(args.json, info)
     return 0
