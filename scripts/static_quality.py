@@ -1,0 +1,73 @@
+"""`compactkv bench ppl` with the static cache (what `run --graphs` / `serve --graphs` decode over) next to the
+default cache: what its plain TurboQuant rows cost in quality.
+
+    python scripts/static_quality.py --static turbo4,turbo3 -- --chunks 8 --kv f16,turbo4,turbo3 --json out.json
+
+Everything after `--` goes to the ppl bench (its f16 row stays the reference). Each kind in --static adds a row
+"static:KIND": a `StaticTurboQuantCache` of the chunk's length, every token encoded on arrival with Codec.encode
+(no fp16 sinks or recent window, no key centering or scaling), fed and scored exactly as the bench's other rows.
+The default cache's rows are as the bench runs them (its 4 fp16 sink tokens, centered and scaled keys, no recent
+window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticConfig:
+    k: str
+    v: str
+    policy: str = "uniform"
+
+    @property
+    def name(self) -> str:
+        return f"static:{self.k if self.k == self.v else f'{self.k}/{self.v}'}"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--static", default="turbo4", help="kinds for static-cache rows (turbo4, turbo3, turbo2)")
+    args = p.parse_args(own)
+
+    from compactkv.bench import common, ppl
+    from compactkv.cache.static import StaticTurboQuantCache
+    from compactkv.core.kinds import check_graph_kinds
+
+    statics = []
+    for kind in args.static.split(","):
+        check_graph_kinds(kind, kind, flag="--static")
+        if kind == "f16":
+            raise SystemExit("--static takes compressed kinds (the f16 row is the reference already)")
+        statics.append(StaticConfig(kind, kind))
+    parse, make = common.parse_kv_list, ppl.make_cache
+
+    def parse_kv_list(text):
+        return parse(text) + statics
+
+    def make_cache(model, config, **options):
+        if isinstance(config, StaticConfig):
+            ctx = ppl_ctx[0]
+            return StaticTurboQuantCache(model.config, config.k, config.v, batch_size=1, max_cache_len=ctx,
+                                         device=next(model.parameters()).device)
+        return make(model, config, **options)
+
+    ppl_ctx = [None]
+    ctx_arg = argparse.ArgumentParser(add_help=False)
+    ctx_arg.add_argument("--ctx", type=int, default=1024)
+    ppl_ctx[0] = ctx_arg.parse_known_args(rest)[0].ctx
+    ppl.parse_kv_list, ppl.make_cache = parse_kv_list, make_cache
+    torch.manual_seed(0)
+    ppl.run_argv(rest)
+
+
+if __name__ == "__main__":
+    main()
