@@ -65,6 +65,14 @@ def main() -> None:
     ctx_arg.add_argument("--ctx", type=int, default=1024)
     ppl_ctx[0] = ctx_arg.parse_known_args(rest)[0].ctx
     ppl.parse_kv_list, ppl.make_cache = parse_kv_list, make_cache
+    from compactkv.bench.provenance import commit
+    write = ppl.write_json
+
+    def write_json(path, report):  # this script's command line and the tree it ran
+        report.setdefault("command", "python " + " ".join(sys.argv))
+        report.setdefault("commit", commit())
+        write(path, report)
+    ppl.write_json = write_json
     torch.manual_seed(0)
     ppl.run_argv(rest)
 

@@ -76,25 +76,74 @@ def test_static_dense_matches_dynamic_cache():
     assert torch.allclose(have, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,chunk,planar", [("turbo4", None, False), ("turbo2", None, False), ("turbo4", 16, False),
-                                               ("turbo4", None, True), ("turbo2", 16, True)])
-def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar):
+@pytest.mark.parametrize("kind,chunk,planar,center", [
+    ("turbo4", None, False, True), ("turbo2", None, False, True), ("turbo4", 16, False, True),
+    ("turbo4", None, True, True), ("turbo2", 16, True, True), ("turbo4", None, False, False),
+    ("turbo2", 16, True, False)])
+def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center):
+    """Against a TurboQuantCache that compresses every token on arrival (no fp16 sinks or window) and centers keys
+    or not alike: the same rows byte for byte (both means from the first update: the whole prompt, or its first
+    chunk) and the same greedy tokens (the dynamic cache adds q·mean back to every score, the static one leaves
+    it out of all of them)."""
     model = tiny_model()
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
     ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=0, residual_length=0,
-                                          block_size=1, center_keys=False, scale_keys=False, unbiased_keys=False)
-    ref, _ = greedy_reference(model, ref_cache, ids, 10)
+                                          block_size=1, center_keys=center, scale_keys=False, unbiased_keys=False)
+    if chunk is None:
+        ref, _ = greedy_reference(model, ref_cache, ids, 10)
+    else:  # the same first update as the static cache's
+        with torch.no_grad():
+            model(input_ids=ids[:, :chunk], past_key_values=ref_cache, use_cache=True)
+        ref, _ = greedy_reference(model, ref_cache, ids[:, chunk:], 10)
     cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu",
-                                  planar=planar)
+                                  planar=planar, center_keys=center)
     assert all(layer.planar == planar for layer in cache.layers)
     got, _ = greedy_static(model, cache, ids, 10, chunk=chunk)
     assert torch.equal(got, ref)
-    # the rows themselves: the dynamic layer's compressed chunks hold the same bytes
-    for dyn, st in zip(ref_cache.layers, cache.layers):
+    # the rows themselves: the dynamic layer's compressed chunks hold the same bytes (with centering, the first
+    # layer's: later layers' inputs carry the two attentions' rounding, q·mean added back or left out)
+    for i, (dyn, st) in enumerate(zip(ref_cache.layers, cache.layers)):
         n = dyn.n_compressed
         assert n == 49 and st.cumulative_length == 49
-        assert torch.equal(torch.cat(dyn.chunks_k, -2), st.chunks_k[0])
-        assert torch.equal(torch.cat(dyn.chunks_v, -2), st.chunks_v[0])
+        if i == 0 or not center:
+            assert torch.equal(torch.cat(dyn.chunks_k, -2), st.chunks_k[0])
+            assert torch.equal(torch.cat(dyn.chunks_v, -2), st.chunks_v[0])
+        if center:
+            assert st.centered and st.k_mean is None  # (the means may differ in a last bit: summation order)
+            assert torch.allclose(st.key_center, dyn.k_mean, rtol=1e-6, atol=1e-7)
+        else:
+            assert st.key_center is None and dyn.k_mean is None
+
+
+def test_static_key_center_comes_from_the_first_long_update_and_is_forgotten_when_emptied():
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    cache = StaticTurboQuantCache(model.config, "turbo4", "turbo4", batch_size=1, max_cache_len=64, device="cpu")
+    layer = cache.layers[0]
+    seen = []
+    encode = layer.encode
+    layer.encode = lambda codec, x, target, pos: seen.append(x.clone()) or encode(codec, x, target, pos)
+    with torch.no_grad():
+        model(input_ids=ids[:, :20], past_key_values=cache, use_cache=True)
+        first = layer.key_center.clone()
+        model(input_ids=ids[:, 20:], past_key_values=cache, use_cache=True)
+    assert layer.centered and torch.equal(layer.key_center, first)  # fixed by the first update only
+    k0, k1 = seen[0], seen[2]  # keys of each update as encoded (values in between)
+    assert k0.dtype == torch.float32 and torch.allclose(k0.mean(dim=-2, keepdim=True), torch.zeros_like(first),
+                                                        atol=1e-5)
+    assert k1.abs().mean() > 0 and not torch.allclose(k1.mean(dim=-2, keepdim=True), torch.zeros_like(first))
+    cache.crop(10)
+    assert layer.centered and torch.equal(layer.key_center, first)  # cropped, not emptied: same mean
+    cache.reset()
+    assert not layer.centered and not layer.key_center.any()
+    with torch.no_grad():  # a first update shorter than CENTER_MIN_TOKENS centers nothing for good
+        model(input_ids=ids[:, :3], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, 3:30], past_key_values=cache, use_cache=True)
+    assert layer.centered and not layer.key_center.any()
+    cache.crop(0)
+    assert not layer.centered
+    cache.fill(12)  # benchmark rows written as they are: nothing to subtract from the next keys
+    assert layer.centered and not layer.key_center.any()
 
 
 def test_planar_storage_layout_and_errors():

@@ -171,7 +171,8 @@ def test_static_layer_graph_replay():
     from compactkv.attention.triton.encode import encode_into
     from compactkv.cache.static import StaticTurboQuantLayer
     b, hkv, g, d = 2, 4, 4, 128
-    layer = StaticTurboQuantLayer("turbo4", "turbo3", d, b, hkv, 2048, device=DEV, encode=encode_into)
+    layer = StaticTurboQuantLayer("turbo4", "turbo3", d, b, hkv, 2048, device=DEV, encode=encode_into,
+                                  center_keys=False)  # (the step below encodes raw keys itself)
     layer.update(torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16),
                  torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16))
     kn = torch.randn(b, hkv, 1, d, device=DEV, dtype=torch.float16)

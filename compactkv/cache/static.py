@@ -10,7 +10,12 @@ max_cache_len, D*bits/8] uint8 (rows 16-byte aligned, which the planar decode ke
 [B, H, max_cache_len] fp16. The
 number of stored tokens per batch row lives on the device (`lengths`), so appending a token and attending over
 the cache have fixed shapes and addresses and a decode step can be captured in a CUDA graph. There are no fp16
-sink or recent windows: every token is encoded when it arrives. The encoder is injected (`encode`): the default
+sink or recent windows: every token is encoded when it arrives. Keys are centered (`center_keys`, as
+TurboQuantLayer does): the first update of at least CENTER_MIN_TOKENS tokens (a prompt's first chunk) fixes a mean
+per batch row and head, subtracted from every key before encoding. With no fp16 tokens beside them, every stored
+key is centered alike, so each query's scores all lack the same q·mean, which the softmax removes: the attention
+backends read the rows as they are (the mean is `key_center`, not TurboQuantLayer's `k_mean`, which they add
+back for the fp16 windows' sake). The encoder is injected (`encode`): the default
 runs `Codec.encode` in torch at the host-known position (not capturable);
 compactkv.attention.triton.encode.encode_into writes in place at the device-side positions (capturable).
 """
@@ -29,6 +34,7 @@ from .layer import STORE_DTYPE, TAG
 # (codec, x, target, positions); target: a rows buffer, or a (codes, norms) pair of planes
 Encoder = Callable[[Codec, torch.Tensor, "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", torch.Tensor], None]
 PLANAR_HEAD_DIMS = (64, 128, 256)
+CENTER_MIN_TOKENS = 16  # a first update shorter than this (a decode step into an empty cache) centers nothing
 
 
 def planar_kinds(k_codec: Codec, v_codec: Codec) -> bool:
@@ -86,10 +92,19 @@ class _StaticLayer(CacheLayerMixin):
             raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
         self.cumulative_length = new_len
         self.lengths.clamp_(max=new_len)
+        if new_len == 0:
+            self._forget_center()
 
     def reset(self) -> None:
         self.cumulative_length = 0
         self.lengths.zero_()
+        self._forget_center()
+
+    def _forget_center(self) -> None:
+        """An empty layer's next first update fixes its key mean anew (layers that center keys)."""
+        if getattr(self, "key_center", None) is not None:
+            self.key_center.zero_()
+            self.centered = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder batch rows in place (the buffers keep their addresses)."""
@@ -104,9 +119,10 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
-                 encode: Encoder | None = None, unbiased_keys: bool = False, planar: bool | None = None):
+                 encode: Encoder | None = None, unbiased_keys: bool = False, planar: bool | None = None,
+                 center_keys: bool = True):
         """planar: code and norm planes instead of row buffers (None: wherever `planar_kinds` allows it on a CUDA
-        device; True raises for other kinds)."""
+        device; True raises for other kinds). center_keys: see the module's docstring."""
         super().__init__()
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
@@ -141,7 +157,13 @@ class StaticTurboQuantLayer(_StaticLayer):
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)  # tokens per batch row
         empty = torch.empty(batch_size, num_kv_heads, 0, head_dim, dtype=STORE_DTYPE, device=self.device)
         self.sink_k = self.sink_v = self.recent_k = self.recent_v = empty
-        self.k_mean = None
+        self.k_mean = None  # (TurboQuantLayer's: none here, see key_center)
+        self.center_keys = center_keys
+        # float32 [B, H, 1, D], subtracted from keys before encoding (a fixed buffer: captured steps read it);
+        # `centered`: whether the first update has set it (zeros when that update was short)
+        self.key_center = torch.zeros(batch_size, num_kv_heads, 1, head_dim, device=self.device) if center_keys \
+            else None
+        self.centered = False
         self.sliding_window, self.dropped = None, 0
         self.encode = encode or _torch_encode
         self.cumulative_length = 0
@@ -177,7 +199,14 @@ class StaticTurboQuantLayer(_StaticLayer):
         if self.cumulative_length + t > self.max_cache_len:
             raise ValueError(f"the static cache holds {self.max_cache_len} tokens; {self.cumulative_length} "
                              f"stored and {t} more given")
-        self.encode(self.k_codec, key_states, self.k_target, self.lengths)
+        keys = key_states
+        if self.key_center is not None:
+            if not self.centered:
+                if t >= CENTER_MIN_TOKENS:
+                    self.key_center.copy_(key_states.float().mean(dim=-2, keepdim=True))
+                self.centered = True
+            keys = key_states - self.key_center  # float32 (promoted; one kernel in a captured step)
+        self.encode(self.k_codec, keys, self.k_target, self.lengths)
         self.encode(self.v_codec, value_states, self.v_target, self.lengths)
         self.lengths += t
         self.cumulative_length += t
@@ -365,6 +394,9 @@ class StaticKVCache(Cache):
         for layer in self.layers:
             layer.lengths.fill_(tokens)
             layer.cumulative_length = tokens
+            if getattr(layer, "key_center", None) is not None:  # rows written as they are: no mean to subtract
+                layer.key_center.zero_()
+                layer.centered = tokens > 0
 
     def memory_report(self) -> dict:
         """As TurboQuantCache.memory_report (buffers counted whole: they are allocated up front)."""
@@ -383,17 +415,17 @@ def _static_shapes(config) -> tuple[int, int, int]:
 
 class StaticTurboQuantCache(StaticKVCache):
     """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
-    no fp16 sink or recent window, no key centering or scaling (plain TurboQuant rows). `encode`: see
-    StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
+    keys centered by their first chunk's mean (center_keys), no fp16 sink or recent window, no key scaling.
+    `encode`: see StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
     StaticTurboQuantLayer."""
 
     def __init__(self, config, k: str = "turbo4", v: str = "turbo4", *, batch_size: int, max_cache_len: int,
                  device="cuda", seed: int = 0, norm_correction: bool = True, unbiased_keys: bool = False,
-                 encode: Encoder | None = None, planar: bool | None = None):
+                 encode: Encoder | None = None, planar: bool | None = None, center_keys: bool = True):
         n, hkv, d = _static_shapes(config)
         layers = [StaticTurboQuantLayer(k, v, d, batch_size, hkv, max_cache_len, device=device, seed=seed,
                                         norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys,
-                                        planar=planar)
+                                        planar=planar, center_keys=center_keys)
                   for _ in range(n)]
         super().__init__(config, layers)
 
