@@ -4,10 +4,10 @@ default cache: what its plain TurboQuant rows cost in quality.
     python scripts/static_quality.py --static turbo4,turbo3 -- --chunks 8 --kv f16,turbo4,turbo3 --json out.json
 
 Everything after `--` goes to the ppl bench (its f16 row stays the reference). Each kind in --static adds a row
-"static:KIND": a `StaticTurboQuantCache` of the chunk's length, every token encoded on arrival with Codec.encode
-(no fp16 sinks or recent window, no key centering or scaling), fed and scored exactly as the bench's other rows.
-The default cache's rows are as the bench runs them (its 4 fp16 sink tokens, centered and scaled keys, no recent
-window).
+"static:KIND": the static cache `run --graphs` / `serve --graphs` decode over (`engine.graphs.static_cache`, the
+chunk's length; on this CPU every token encoded with Codec.encode, the bytes the GPU encoder writes), fed and
+scored exactly as the bench's other rows. The default cache's rows are as the bench runs them (its 4 fp16 sink
+tokens, centered and scaled keys, no recent window).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     args = p.parse_args(own)
 
     from compactkv.bench import common, ppl
-    from compactkv.cache.static import StaticTurboQuantCache
+    from compactkv.engine.graphs import static_cache
     from compactkv.core.kinds import check_graph_kinds
 
     statics = []
@@ -56,8 +56,7 @@ def main() -> None:
     def make_cache(model, config, **options):
         if isinstance(config, StaticConfig):
             ctx = ppl_ctx[0]
-            return StaticTurboQuantCache(model.config, config.k, config.v, batch_size=1, max_cache_len=ctx,
-                                         device=next(model.parameters()).device)
+            return static_cache(model, (config.k, config.v), 1, ctx, next(model.parameters()).device)
         return make(model, config, **options)
 
     ppl_ctx = [None]

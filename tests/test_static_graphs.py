@@ -76,18 +76,19 @@ def test_static_dense_matches_dynamic_cache():
     assert torch.allclose(have, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,chunk,planar,center", [
-    ("turbo4", None, False, True), ("turbo2", None, False, True), ("turbo4", 16, False, True),
-    ("turbo4", None, True, True), ("turbo2", 16, True, True), ("turbo4", None, False, False),
-    ("turbo2", 16, True, False)])
-def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center):
+@pytest.mark.parametrize("kind,chunk,planar,center,sinks", [
+    ("turbo4", None, False, True, 0), ("turbo2", None, False, True, 0), ("turbo4", 16, False, True, 0),
+    ("turbo4", None, True, True, 0), ("turbo2", 16, True, True, 0), ("turbo4", None, False, False, 0),
+    ("turbo2", 16, True, False, 0), ("turbo4", None, False, True, 4), ("turbo2", 20, True, True, 4),
+    ("turbo4", 16, True, False, 4)])
+def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center, sinks):
     """Against a TurboQuantCache that compresses every token on arrival (no fp16 sinks or window) and centers keys
     or not alike: the same rows byte for byte (both means from the first update: the whole prompt, or its first
     chunk) and the same greedy tokens (the dynamic cache adds q·mean back to every score, the static one leaves
     it out of all of them)."""
     model = tiny_model()
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
-    ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=0, residual_length=0,
+    ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=sinks, residual_length=0,
                                           block_size=1, center_keys=center, scale_keys=False, unbiased_keys=False)
     if chunk is None:
         ref, _ = greedy_reference(model, ref_cache, ids, 10)
@@ -96,7 +97,7 @@ def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, cen
             model(input_ids=ids[:, :chunk], past_key_values=ref_cache, use_cache=True)
         ref, _ = greedy_reference(model, ref_cache, ids[:, chunk:], 10)
     cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu",
-                                  planar=planar, center_keys=center)
+                                  planar=planar, center_keys=center, sink_tokens=sinks)
     assert all(layer.planar == planar for layer in cache.layers)
     got, _ = greedy_static(model, cache, ids, 10, chunk=chunk)
     assert torch.equal(got, ref)
@@ -104,12 +105,15 @@ def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, cen
     # layer's: later layers' inputs carry the two attentions' rounding, q·mean added back or left out)
     for i, (dyn, st) in enumerate(zip(ref_cache.layers, cache.layers)):
         n = dyn.n_compressed
-        assert n == 49 and st.cumulative_length == 49
-        if i == 0 or not center:
+        assert n == 49 - sinks and st.n_compressed == n and st.cumulative_length == 49
+        assert st.lengths.tolist() == [49, 49] and st.comp_lengths.tolist() == [n, n]
+        assert torch.equal(st.sink_k, dyn.sink_k) and torch.equal(st.sink_v, dyn.sink_v)
+        if i == 0 or not center or sinks:  # (with sinks both add q·mean back: the same attention)
             assert torch.equal(torch.cat(dyn.chunks_k, -2), st.chunks_k[0])
             assert torch.equal(torch.cat(dyn.chunks_v, -2), st.chunks_v[0])
         if center:
-            assert st.centered and st.k_mean is None  # (the means may differ in a last bit: summation order)
+            assert st.centered and (st.k_mean is st.key_center if sinks else st.k_mean is None)
+            # (the means may differ in a last bit: summation order)
             assert torch.allclose(st.key_center, dyn.k_mean, rtol=1e-6, atol=1e-7)
         else:
             assert st.key_center is None and dyn.k_mean is None
@@ -296,3 +300,34 @@ def test_static_layer_keeps_its_query_map():
     key = (id(w2), 4)
     del w2
     assert key not in gluon._LUT_MAPS  # a freed map's entry goes with it
+
+
+def test_static_sinks_are_taken_from_the_first_update_and_follow_crops_resets_and_reorders():
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(4))
+    cache = StaticTurboQuantCache(model.config, "turbo4", "turbo4", batch_size=2, max_cache_len=64, device="cpu",
+                                  sink_tokens=4)
+    layer = cache.layers[0]
+    with torch.no_grad():
+        model(input_ids=ids[:, :24], past_key_values=cache, use_cache=True)
+    assert layer.n_sink == 4 and layer.sink_k.dtype == torch.float16 and layer.k_mean is layer.key_center
+    assert layer.lengths.tolist() == [24, 24] and layer.comp_lengths.tolist() == [20, 20]
+    mem = layer.memory()
+    assert mem["window_bytes"] == 2 * 2 * 2 * 4 * 64 * 2 and mem["tokens"] == 24  # K+V, rows, heads, fp16
+    sink0 = layer.sink_k.clone()
+    cache.reorder_cache(torch.tensor([1, 0]))
+    assert torch.equal(layer.sink_k, sink0.flip(0)) and layer.comp_lengths.tolist() == [20, 20]
+    cache.crop(10)
+    assert layer.n_sink == 4 and layer.comp_lengths.tolist() == [6, 6] and layer.n_compressed == 6
+    cache.crop(3)  # fewer than the sinks: their first three are what is left
+    assert layer.n_sink == 3 and layer.n_compressed == 0 and layer.comp_lengths.tolist() == [0, 0]
+    assert torch.equal(layer.sink_k, sink0.flip(0)[..., :3, :])
+    cache.reset()
+    assert layer.n_sink == 0 and layer.comp_lengths is layer.lengths and layer.k_mean is None
+    with torch.no_grad():  # a first update shorter than the sinks: none taken, every token compressed
+        model(input_ids=ids[:, :3], past_key_values=cache, use_cache=True)
+    assert layer.n_sink == 0 and layer.n_compressed == 3 and layer.comp_lengths is layer.lengths
+    cache.fill(16)
+    assert layer.n_sink == 0 and layer.n_compressed == 16 and layer.k_mean is None
+    with pytest.raises(ValueError, match="sink_tokens must be an integer in"):
+        StaticTurboQuantCache(model.config, batch_size=1, max_cache_len=4, device="cpu", sink_tokens=4)

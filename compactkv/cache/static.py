@@ -9,13 +9,15 @@ K and V and turbo3 at head_dim 128 (`planar`), the same bytes in two planes per 
 max_cache_len, D*bits/8] uint8 (rows 16-byte aligned, which the planar decode kernels' wide loads need) and norms
 [B, H, max_cache_len] fp16. The
 number of stored tokens per batch row lives on the device (`lengths`), so appending a token and attending over
-the cache have fixed shapes and addresses and a decode step can be captured in a CUDA graph. There are no fp16
-sink or recent windows: every token is encoded when it arrives. Keys are centered (`center_keys`, as
-TurboQuantLayer does): the first update of at least CENTER_MIN_TOKENS tokens (a prompt's first chunk) fixes a mean
-per batch row and head, subtracted from every key before encoding. With no fp16 tokens beside them, every stored
-key is centered alike, so each query's scores all lack the same q·mean, which the softmax removes: the attention
-backends read the rows as they are (the mean is `key_center`, not TurboQuantLayer's `k_mean`, which they add
-back for the fp16 windows' sake). The encoder is injected (`encode`): the default
+the cache have fixed shapes and addresses and a decode step can be captured in a CUDA graph. There is no recent
+window: every token is encoded when it arrives, except `sink_tokens` fp16 attention sinks (as TurboQuantLayer
+keeps): the first sink_tokens tokens of the first update (a prompt's first chunk, if it has that many), stored
+apart; the compressed rows follow at their own count per batch row (`comp_lengths`; `lengths` counts all
+tokens). Keys are centered (`center_keys`, as TurboQuantLayer does): the first update's compressed part, if it
+has at least CENTER_MIN_TOKENS tokens, fixes a mean per batch row and head (`key_center`), subtracted from every
+key before encoding. With no fp16 sinks every stored key is centered alike, so each query's scores all lack the
+same q·mean, which the softmax removes, and the backends read the rows as they are; with sinks the mean is also
+`k_mean`, which the backends add back to the compressed keys' scores (TurboQuantLayer's contract). The encoder is injected (`encode`): the default
 runs `Codec.encode` in torch at the host-known position (not capturable);
 compactkv.attention.triton.encode.encode_into writes in place at the device-side positions (capturable).
 """
@@ -92,19 +94,15 @@ class _StaticLayer(CacheLayerMixin):
             raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
         self.cumulative_length = new_len
         self.lengths.clamp_(max=new_len)
-        if new_len == 0:
-            self._forget_center()
 
     def reset(self) -> None:
         self.cumulative_length = 0
         self.lengths.zero_()
-        self._forget_center()
 
-    def _forget_center(self) -> None:
-        """An empty layer's next first update fixes its key mean anew (layers that center keys)."""
-        if getattr(self, "key_center", None) is not None:
-            self.key_center.zero_()
-            self.centered = False
+    def mark_filled(self, tokens: int) -> None:
+        """`tokens` tokens per row count as stored (StaticKVCache.fill: buffers written by the caller)."""
+        self.lengths.fill_(tokens)
+        self.cumulative_length = tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder batch rows in place (the buffers keep their addresses)."""
@@ -120,9 +118,9 @@ class StaticTurboQuantLayer(_StaticLayer):
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
                  encode: Encoder | None = None, unbiased_keys: bool = False, planar: bool | None = None,
-                 center_keys: bool = True):
+                 center_keys: bool = True, sink_tokens: int = 0):
         """planar: code and norm planes instead of row buffers (None: wherever `planar_kinds` allows it on a CUDA
-        device; True raises for other kinds). center_keys: see the module's docstring."""
+        device; True raises for other kinds). center_keys, sink_tokens: see the module's docstring."""
         super().__init__()
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
@@ -132,6 +130,9 @@ class StaticTurboQuantLayer(_StaticLayer):
                                  f"use TurboQuantLayer for fractional kinds")
         if min(batch_size, num_kv_heads, max_cache_len) < 1:
             raise ValueError("batch_size, num_kv_heads and max_cache_len must be >= 1")
+        if not isinstance(sink_tokens, int) or not 0 <= sink_tokens < max_cache_len:
+            raise ValueError(f"sink_tokens must be an integer in [0, max_cache_len={max_cache_len}), got "
+                             f"{sink_tokens!r}")
         self.head_dim, self.max_cache_len, self.num_kv_heads = head_dim, max_cache_len, num_kv_heads
         self.device = torch.device(device)
         self.dtype = STORE_DTYPE
@@ -155,9 +156,12 @@ class StaticTurboQuantLayer(_StaticLayer):
             self.k_rows = torch.zeros(*shape, self.k_codec.row_bytes, dtype=torch.uint8, device=self.device)
             self.v_rows = torch.zeros(*shape, self.v_codec.row_bytes, dtype=torch.uint8, device=self.device)
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)  # tokens per batch row
-        empty = torch.empty(batch_size, num_kv_heads, 0, head_dim, dtype=STORE_DTYPE, device=self.device)
-        self.sink_k = self.sink_v = self.recent_k = self.recent_v = empty
-        self.k_mean = None  # (TurboQuantLayer's: none here, see key_center)
+        # compressed rows per batch row (where the encoder writes): `lengths` itself until sinks are taken
+        self.comp_lengths = self.lengths
+        self.sink_tokens = sink_tokens
+        self._empty = torch.empty(batch_size, num_kv_heads, 0, head_dim, dtype=STORE_DTYPE, device=self.device)
+        self.sink_k = self.sink_v = self.recent_k = self.recent_v = self._empty
+        self.k_mean = None  # the key mean as the backends read it: key_center once fp16 sinks sit beside the rows
         self.center_keys = center_keys
         # float32 [B, H, 1, D], subtracted from keys before encoding (a fixed buffer: captured steps read it);
         # `centered`: whether the first update has set it (zeros when that update was short)
@@ -194,42 +198,86 @@ class StaticTurboQuantLayer(_StaticLayer):
             self.v_rows[:, :, :t] = v_rows
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Encode new tokens [B, H, T, D] at each batch row's current length; returns them tagged with this layer."""
+        """Encode new tokens [B, H, T, D] after each batch row's compressed ones (the first update's first
+        sink_tokens kept in fp16 instead); returns them tagged with this layer."""
         t = key_states.shape[-2]
         if self.cumulative_length + t > self.max_cache_len:
             raise ValueError(f"the static cache holds {self.max_cache_len} tokens; {self.cumulative_length} "
                              f"stored and {t} more given")
-        keys = key_states
+        keys, values = key_states, value_states
+        first = self.cumulative_length == 0
+        if first and self.sink_tokens and t >= self.sink_tokens:
+            s = self.sink_tokens
+            self.sink_k, self.sink_v = keys[..., :s, :].to(STORE_DTYPE), values[..., :s, :].to(STORE_DTYPE)
+            self.comp_lengths = torch.zeros_like(self.lengths)
+            keys, values = keys[..., s:, :], values[..., s:, :]
+        n = keys.shape[-2]
         if self.key_center is not None:
             if not self.centered:
-                if t >= CENTER_MIN_TOKENS:
-                    self.key_center.copy_(key_states.float().mean(dim=-2, keepdim=True))
+                if n >= CENTER_MIN_TOKENS:
+                    self.key_center.copy_(keys.float().mean(dim=-2, keepdim=True))
+                    # fp16 sinks hold raw keys: the backends add q·mean back to the compressed keys' scores
+                    self.k_mean = self.key_center if self.sink_k.shape[-2] else None
                 self.centered = True
-            keys = key_states - self.key_center  # float32 (promoted; one kernel in a captured step)
-        self.encode(self.k_codec, keys, self.k_target, self.lengths)
-        self.encode(self.v_codec, value_states, self.v_target, self.lengths)
+            keys = keys - self.key_center  # float32 (promoted; one kernel in a captured step)
+        if n:
+            self.encode(self.k_codec, keys, self.k_target, self.comp_lengths)
+            self.encode(self.v_codec, values, self.v_target, self.comp_lengths)
         self.lengths += t
+        if self.comp_lengths is not self.lengths:
+            self.comp_lengths += n
         self.cumulative_length += t
         setattr(key_states, TAG, self)
         setattr(value_states, TAG, self)
         return key_states, value_states
 
+    def crop(self, max_length: int) -> None:
+        super().crop(max_length)
+        n, s = self.cumulative_length, self.n_sink
+        if n == 0:
+            self.reset()
+        elif n < s:  # fewer tokens than sinks: the sinks' first n are all that is left
+            self.sink_k, self.sink_v = self.sink_k[..., :n, :].clone(), self.sink_v[..., :n, :].clone()
+            self.comp_lengths.zero_()
+        elif self.comp_lengths is not self.lengths:
+            self.comp_lengths.clamp_(max=n - s)
+
+    def reset(self) -> None:
+        """Empty; the next first update takes sinks and fixes the key mean anew."""
+        super().reset()
+        self.sink_k = self.sink_v = self._empty
+        self.comp_lengths = self.lengths
+        self.k_mean = None
+        if self.key_center is not None:
+            self.key_center.zero_()
+        self.centered = False
+
+    def mark_filled(self, tokens: int) -> None:
+        """Benchmark rows written as they are (write_rows): no sinks, no mean to subtract from later keys."""
+        self.reset()
+        super().mark_filled(tokens)
+        self.centered = tokens > 0
+
+    @property
+    def n_sink(self) -> int:
+        return self.sink_k.shape[-2]
+
     # -- the views attention reads ---------------------------------------------------------------------------------
     @property
     def n_compressed(self) -> int:
-        return self.cumulative_length
+        return self.cumulative_length - self.n_sink
 
     @property
     def chunks_k(self) -> list[torch.Tensor]:
         """The stored rows of every batch row (planar storage: a row-format copy)."""
-        n = self.cumulative_length
+        n = self.n_compressed
         if self.planar:
             return [planes_to_rows(self.k_codes[:, :, :n], self.k_norms[:, :, :n])]
         return [self.k_rows[:, :, :n]]
 
     @property
     def chunks_v(self) -> list[torch.Tensor]:
-        n = self.cumulative_length
+        n = self.n_compressed
         if self.planar:
             return [planes_to_rows(self.v_codes[:, :, :n], self.v_norms[:, :, :n])]
         return [self.v_rows[:, :, :n]]
@@ -238,14 +286,15 @@ class StaticTurboQuantLayer(_StaticLayer):
         """(k_rows, v_rows, lengths int32 [B], max_len) for kernels that read row buffers: the buffers themselves
         (max_len = capacity), or with planar storage row-format copies of the stored tokens."""
         if self.planar:
-            return self.chunks_k[0], self.chunks_v[0], self.lengths, self.cumulative_length
-        return self.k_rows, self.v_rows, self.lengths, self.max_cache_len
+            return self.chunks_k[0], self.chunks_v[0], self.comp_lengths, self.n_compressed
+        return self.k_rows, self.v_rows, self.comp_lengths, self.max_cache_len
 
     def planes(self) -> tuple[torch.Tensor, ...] | None:
-        """(k_codes, k_norms, v_codes, v_norms, lengths, max_cache_len) with planar storage, else None."""
+        """(k_codes, k_norms, v_codes, v_norms, compressed rows per batch row, max_cache_len) with planar storage,
+        else None."""
         if not self.planar:
             return None
-        return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths, self.max_cache_len
+        return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.comp_lengths, self.max_cache_len
 
     def stored_length(self) -> int:
         return self.cumulative_length
@@ -255,14 +304,25 @@ class StaticTurboQuantLayer(_StaticLayer):
             return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths
         return self.k_rows, self.v_rows, self.lengths
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        idx = beam_idx.to(self.device)
+        if self.comp_lengths is not self.lengths:
+            self.comp_lengths.copy_(self.comp_lengths.index_select(0, idx))
+        if self.key_center is not None:
+            self.key_center.copy_(self.key_center.index_select(0, idx))
+        if self.n_sink:
+            self.sink_k, self.sink_v = self.sink_k.index_select(0, idx), self.sink_v.index_select(0, idx)
+
     def memory(self) -> dict:
         comp = sum(t.nbytes for t in self._buffers()[:-1])
         b, h = self.lengths.shape[0], self.num_kv_heads
-        return {"compressed_bytes": comp, "window_bytes": 0, "aux_bytes": 0, "tokens": self.cumulative_length,
+        n = self.n_compressed
+        return {"compressed_bytes": comp, "window_bytes": self.sink_k.nbytes + self.sink_v.nbytes, "aux_bytes": 0,
+                "tokens": self.cumulative_length,
                 "fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
-                "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * self.cumulative_length,
-                "codec_bytes": b * h * (self.k_codec.nbytes(self.cumulative_length)
-                                        + self.v_codec.nbytes(self.cumulative_length))}
+                "compressed_fp16_bytes": 2 * 2 * b * h * self.head_dim * n,
+                "codec_bytes": b * h * (self.k_codec.nbytes(n) + self.v_codec.nbytes(n))}
 
 
 def _torch_encode(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
@@ -392,11 +452,7 @@ class StaticKVCache(Cache):
         if not 0 <= tokens <= self.max_cache_len:
             raise ValueError(f"tokens must be in [0, {self.max_cache_len}], got {tokens}")
         for layer in self.layers:
-            layer.lengths.fill_(tokens)
-            layer.cumulative_length = tokens
-            if getattr(layer, "key_center", None) is not None:  # rows written as they are: no mean to subtract
-                layer.key_center.zero_()
-                layer.centered = tokens > 0
+            layer.mark_filled(tokens)
 
     def memory_report(self) -> dict:
         """As TurboQuantCache.memory_report (buffers counted whole: they are allocated up front)."""
@@ -415,17 +471,19 @@ def _static_shapes(config) -> tuple[int, int, int]:
 
 class StaticTurboQuantCache(StaticKVCache):
     """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
-    keys centered by their first chunk's mean (center_keys), no fp16 sink or recent window, no key scaling.
+    keys centered by their first chunk's mean (center_keys), the first update's first `sink_tokens` in fp16 (none
+    by default; engine.graphs.static_cache takes the default cache's 4), no recent window, no key scaling.
     `encode`: see StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
     StaticTurboQuantLayer."""
 
     def __init__(self, config, k: str = "turbo4", v: str = "turbo4", *, batch_size: int, max_cache_len: int,
                  device="cuda", seed: int = 0, norm_correction: bool = True, unbiased_keys: bool = False,
-                 encode: Encoder | None = None, planar: bool | None = None, center_keys: bool = True):
+                 encode: Encoder | None = None, planar: bool | None = None, center_keys: bool = True,
+                 sink_tokens: int = 0):
         n, hkv, d = _static_shapes(config)
         layers = [StaticTurboQuantLayer(k, v, d, batch_size, hkv, max_cache_len, device=device, seed=seed,
                                         norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys,
-                                        planar=planar, center_keys=center_keys)
+                                        planar=planar, center_keys=center_keys, sink_tokens=sink_tokens)
                   for _ in range(n)]
         super().__init__(config, layers)
 

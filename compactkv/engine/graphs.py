@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..cache.config import CacheConfig
 from ..cache.static import StaticDenseCache, StaticKVCache, StaticTurboQuantCache
 from .caches import cache_kwarg
 
@@ -38,7 +39,9 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
     """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of
     codec kinds (a single kind means k = v). On CUDA with Triton, compressed layers encode with the in-place kernel,
     so a decode step over them can be captured, and turbo2/turbo4 (turbo3 at head_dim 128) are stored as planes for
-    the Gluon/table decode kernels where Gluon is usable; elsewhere with Codec.encode (eager only)."""
+    the Gluon/table decode kernels where Gluon is usable; elsewhere with Codec.encode (eager only). Compressed
+    caches keep the default cache's fp16 attention sinks and unbiased keys (CacheConfig) and center keys
+    (StaticTurboQuantLayer)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(kind, str) and kind in DENSE:
         dtype = next(model.parameters()).dtype
@@ -54,8 +57,10 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
             encode_into, gluon_usable = None, lambda device=None: False
         encode = encode_into
         planar = None if gluon_usable(device) else False  # planes only where the Gluon kernel can read them
+    defaults = CacheConfig()  # what the default cache does where a static one can: fp16 sinks, unbiased keys
     return StaticTurboQuantCache(model.config, k, v, batch_size=batch_size, max_cache_len=max_cache_len,
-                                 device=device, encode=encode, planar=planar)
+                                 device=device, encode=encode, planar=planar, sink_tokens=defaults.sink_tokens,
+                                 unbiased_keys=defaults.unbiased_keys)
 
 
 class GreedyStepGraph:
