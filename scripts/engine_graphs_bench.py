@@ -48,10 +48,10 @@ def _lm(model):
     return LoadedModel(model, _Ids(), "random-llama", "random", "cuda", "compactkv", 0.0, {})
 
 
-def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int) -> dict:
+def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | None = None) -> dict:
     from compactkv.engine import Generation, SamplingConfig, make_cache
     from compactkv.engine.graphs import static_cache
-    cache = (static_cache(lm.model, kind, 1, len(prompt) + new, "cuda") if graphs
+    cache = (static_cache(lm.model, kind, 1, len(prompt) + new, "cuda", sink_tokens=sinks) if graphs
              else make_cache(lm.model, kind, kind))
     gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=new), cache, graphs=graphs, prefill_chunk=4096)
     stamps = []
@@ -60,7 +60,7 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int) -> dict:
             stamps.append(time.perf_counter())
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     t = gen.timings
-    row = {"kind": kind, "graphs": graphs, "prompt_s": t.prompt_seconds,
+    row = {"kind": kind, "graphs": graphs, "sinks": sinks, "prompt_s": t.prompt_seconds,
            "decode_tok_s": t.decode_steps / t.decode_seconds,
            "steady_ms": statistics.median(gaps[len(gaps) // 2:]) * 1e3, "tokens": gen.output_ids}
     del gen, cache
@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--kinds", default="turbo4,f16")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead of the 8B shape (a quick check)")
+    ap.add_argument("--graphs-only", action="store_true", help="skip the eager one-sequence rows")
+    ap.add_argument("--graph-sinks", default="",
+                    help="comma-separated fp16 sink counts for extra graphed compressed rows (the default: 4)")
     ap.add_argument("--serve", type=int, default=0, help="also N concurrent sequences through the scheduler")
     ap.add_argument("--serve-only", action="store_true", help="with --serve: skip the one-sequence runs")
     ap.add_argument("--json")
@@ -126,7 +129,7 @@ def main() -> int:
     prompt = torch.randint(0, shape["vocab_size"], (args.prompt,), generator=gen).tolist()
     rows = []
     for kind in args.kinds.split(",") if not (args.serve and args.serve_only) else []:
-        for graphs in (False, True):
+        for graphs in (False, True) if not args.graphs_only else (True,):
             _one(lm, kind, graphs, prompt[:64], 8)  # warm-up: compiles
             rows.append(_one(lm, kind, graphs, prompt, args.new))
             r = rows[-1]
@@ -134,13 +137,24 @@ def main() -> int:
                   f"{r['decode_tok_s']:7.1f} tok/s  steady {r['steady_ms']:6.2f} ms/token", flush=True)
     info = {"card": torch.cuda.get_device_name(), "commit": commit(), "shape": "tiny" if args.tiny else "llama-3.1-8b",
             "prompt": args.prompt, "new": args.new, "rows": rows}
-    for kind in args.kinds.split(",") if rows else []:
-        e, g = (next(r for r in rows if r["kind"] == kind and r["graphs"] == x) for x in (False, True))
+    for kind in args.kinds.split(",") if rows and not args.graphs_only else []:
+        e, g = (next(r for r in rows if r["kind"] == kind and r["graphs"] == x and r["sinks"] is None)
+                for x in (False, True))
         # (compressed kinds: the eager cache keeps fp16 sink/recent windows, the static one does not, so their
         # tokens may differ; f16: the same attention over the same values)
         same = e["tokens"] == g["tokens"]
         info.setdefault("same_tokens", {})[kind] = same
         print(f"{kind}: graphs/eager steady speed {e['steady_ms'] / g['steady_ms']:.2f}x, same tokens: {same}")
+    sink_counts = [int(x) for x in args.graph_sinks.split(",")] if args.graph_sinks else []
+    for kind in (k for k in args.kinds.split(",") if k != "f16" and sink_counts):
+        default = next((x for x in rows if x["kind"] == kind and x["graphs"] and x["sinks"] is None), None)
+        for n in sink_counts:
+            _one(lm, kind, True, prompt[:64], 8, n)
+            rows.append(_one(lm, kind, True, prompt, args.new, n))
+            r = rows[-1]
+            same = default is not None and r["tokens"] == default["tokens"]
+            print(f"{kind:7s} graphs, {n} fp16 sinks: steady {r['steady_ms']:6.2f} ms/token (same tokens as the "
+                  f"default graphed row: {same})", flush=True)
     base = next((r for r in rows if r["kind"] == "f16" and not r["graphs"]), None)
     if base:
         for r in rows:
