@@ -155,6 +155,31 @@ def test_encode_kernels_bit_identical_in_interpreter():
     assert not bad, bad
 
 
+def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
+    """A few tokens per batch row and head (decode steps) go to the lanes kernel, prompts to the row kernel."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from compactkv.attention.triton import encode
+    launched = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.append((self.name, grid, kw.get("BLOCK_R")))
+    monkeypatch.setattr(encode, "encode_row_kernel", Fake("row"))
+    monkeypatch.setattr(encode, "encode_mse_kernel", Fake("lanes"))
+    monkeypatch.setattr(encode, "_row_constants", lambda *a: (0, (), None))
+    monkeypatch.setattr(encode, "_constants", lambda *a: (None, None, None))
+    for d in (64, 128, 256):
+        for t in (1, 4, encode.ROW_MIN_TOKENS - 1, encode.ROW_MIN_TOKENS, 300):
+            launched.clear()
+            encode.encode_rows(Codec("turbo4", d), torch.zeros(2, 3, t, d))
+            want = "row" if d in encode.ROW_HEAD_DIMS and t >= encode.ROW_MIN_TOKENS else "lanes"
+            rows = 64 if want == "row" else 16
+            assert launched == [(want, (math.ceil(t / rows), 6), rows)], (d, t, launched)
+
+
 def test_encode_rows_names_bad_input():
     pytest.importorskip("triton", reason="triton is not installed")
     from compactkv.attention.triton.encode import encode_rows
@@ -165,7 +190,7 @@ def test_encode_rows_names_bad_input():
     with pytest.raises(ValueError, match="row kernel takes"):
         encode_rows(Codec("turbo4", 256), torch.zeros(1, 1, 4, 256), kernel="row")
     with pytest.raises(ValueError, match="multiple of 32"):
-        encode_rows(codec, x, block_rows=48)
+        encode_rows(codec, torch.zeros(1, 1, 16, 128), block_rows=48)  # (16 tokens: auto takes the row kernel)
     with pytest.raises(ValueError, match="power of two"):
         encode_rows(codec, x, block_rows=12, kernel="lanes")
     with pytest.MonkeyPatch.context() as mp:

@@ -17,6 +17,11 @@ ENCODE_HEAD_DIMS = (32, 64, 128, 256)
 ROW_HEAD_DIMS = (32, 64, 128)  # encode_row_kernel (one row per thread); 256 would not fit a thread's registers
 ENCODE_KERNELS = ("auto", "row", "lanes")
 GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's batch rows x heads)
+# "auto" takes the row kernel from this many tokens per batch row and head: a thread runs a whole row's ~5,600
+# instructions, so a decode step's one token waits for one thread; the lanes kernel spreads it over a program
+# (H200, one static layer's graphed one-token K+V update, 8 heads, head_dim 128, turbo4: 19.0 -> 12.4 us;
+# scripts/static_update_bench.py, docs/kernels.md)
+ROW_MIN_TOKENS = 16
 
 
 def encode_unsupported(codec: Codec) -> str | None:
@@ -92,8 +97,9 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
     norms [B, H, T_out] (unit token stride) at the same positions.
     kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
-    across lanes: every head_dim), "auto" (row where it applies); None reads COMPACTKV_ENCODE_KERNEL (auto or
-    lanes; default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
+    across lanes: every head_dim), "auto" (row where it applies and T >= ROW_MIN_TOKENS: the row kernel is the
+    faster for prompts, the lanes kernel for decode steps); None reads COMPACTKV_ENCODE_KERNEL (auto or lanes;
+    default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
     (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
     block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
     the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
@@ -110,7 +116,7 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
         raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
     if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
         raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
-    row = kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS)
+    row = kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS and x.shape[-2] >= ROW_MIN_TOKENS)
     if block_rows is None:
         block_rows = 64 if row else 16
     if row and (block_rows % 32 or not 32 <= block_rows <= 256):
