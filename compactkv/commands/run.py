@@ -72,7 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--graphs", action="store_true", default=env("GRAPHS", "") not in ("", "0"),
                    help="CUDA only: decode steps replayed from a CUDA graph over a static cache sized for this "
                         f"prompt + --max-new-tokens (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both "
-                        "compressed; no fp16 sink/recent window, key centering or policy)")
+                        "compressed; no recent window, query-aware key scaling or policy)")
     p.set_defaults(func=main)
 
 

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--graphs", action="store_const", const=True,
                    help="CUDA only: each sequence decodes from a CUDA graph over a static cache holding the whole "
                         f"context (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both compressed; no fp16 "
-                        "sink/recent window, key centering or policy)")
+                        "recent window, query-aware key scaling or policy)")
     p.add_argument("--log-level", default=os.environ.get("COMPACTKV_LOG_LEVEL", "info"),
                    choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=main)
