@@ -126,7 +126,11 @@ def test_static_key_center_comes_from_the_first_long_update_and_is_forgotten_whe
     layer = cache.layers[0]
     seen = []
     encode = layer.encode
-    layer.encode = lambda codec, x, target, pos: seen.append(x.clone()) or encode(codec, x, target, pos)
+
+    def recording(codec, x, target, pos, center=None):  # what is encoded: x minus the center, in float32
+        seen.append(x.clone() if center is None else x.float() - center)
+        encode(codec, x, target, pos, center=center)
+    layer.encode = recording
     with torch.no_grad():
         model(input_ids=ids[:, :20], past_key_values=cache, use_cache=True)
         first = layer.key_center.clone()

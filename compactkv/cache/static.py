@@ -33,8 +33,9 @@ from ..core.codec import Codec
 from .cache import _decoder_config, head_dim_of, kv_layer_types, memory_totals, require_compactkv_attention
 from .layer import STORE_DTYPE, TAG
 
-# (codec, x, target, positions); target: a rows buffer, or a (codes, norms) pair of planes
-Encoder = Callable[[Codec, torch.Tensor, "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", torch.Tensor], None]
+# (codec, x, target, positions, center=None): the rows of x.float() - center (center float32 [B, H, 1, D], or
+# None: x as it is) at positions; target: a rows buffer, or a (codes, norms) pair of planes
+Encoder = Callable[..., None]
 PLANAR_HEAD_DIMS = (64, 128, 256)
 CENTER_MIN_TOKENS = 16  # a first update shorter than this (a decode step into an empty cache) centers nothing
 
@@ -219,9 +220,9 @@ class StaticTurboQuantLayer(_StaticLayer):
                     # fp16 sinks hold raw keys: the backends add q·mean back to the compressed keys' scores
                     self.k_mean = self.key_center if self.sink_k.shape[-2] else None
                 self.centered = True
-            keys = keys - self.key_center  # float32 (promoted; one kernel in a captured step)
-        if n:
-            self.encode(self.k_codec, keys, self.k_target, self.comp_lengths)
+        if n:  # (the encoder subtracts the key mean: inside the Triton kernel, no launch or float32 copy of its own)
+            centered = {} if self.key_center is None else {"center": self.key_center}
+            self.encode(self.k_codec, keys, self.k_target, self.comp_lengths, **centered)
             self.encode(self.v_codec, values, self.v_target, self.comp_lengths)
         self.lengths += t
         if self.comp_lengths is not self.lengths:
@@ -325,10 +326,11 @@ class StaticTurboQuantLayer(_StaticLayer):
                 "codec_bytes": b * h * (self.k_codec.nbytes(n) + self.v_codec.nbytes(n))}
 
 
-def _torch_encode(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
-    """Codec.encode, written at each batch row's position (read back to the host: not capturable). target: a rows
-    buffer or a (codes, norms) pair of planes."""
-    write_encoded(codec.encode(x), target, positions)
+def _torch_encode(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
+                  center: torch.Tensor | None = None) -> None:
+    """Codec.encode of x (minus center in float32), written at each batch row's position (read back to the host:
+    not capturable). target: a rows buffer or a (codes, norms) pair of planes."""
+    write_encoded(codec.encode(x if center is None else x.float() - center), target, positions)
 
 
 def write_encoded(enc: torch.Tensor, target, positions: torch.Tensor) -> None:

@@ -89,7 +89,8 @@ def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
 
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, block_rows: int | None = None,
-                norms: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
+                norms: torch.Tensor | None = None, kernel: str | None = None,
+                center: torch.Tensor | None = None) -> torch.Tensor:
     """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
 
     out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
@@ -103,6 +104,8 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
     block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
     the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
+    center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
+    Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """
     why = encode_unsupported(codec)
@@ -144,6 +147,10 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                          f"{list(norms.shape)}")
     if positions is None and out.shape[2] < t:
         raise ValueError(f"out holds {out.shape[2]} tokens, {t} given")
+    if center is not None and (center.dtype != torch.float32 or center.shape != (b, h, 1, d) or center.stride(-1) != 1
+                               or center.device != x.device):
+        raise ValueError(f"center must be float32 [{b}, {h}, 1, {d}] with unit stride over head_dim on {x.device}, "
+                         f"got {center.dtype} {list(center.shape)} on {center.device}")
     if b * h * t == 0:
         return out
     bits = codec.spec.bits
@@ -151,7 +158,7 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     norm_strides = (norms.stride(0), norms.stride(1)) if norms is not None else (0, 0)
     common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
                   UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
-                  PLANAR=norms is not None)
+                  PLANAR=norms is not None, CENTER=center is not None)
     # one program per block of tokens of one (batch row, head), batch rows in slices of grid-y size
     per = GRID_Y // h
     if per < 1:
@@ -166,16 +173,19 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
         kernel_args = (signs, cents, bounds)
         options = dict(num_warps=4)
     fn = encode_row_kernel if row else encode_mse_kernel
+    center_strides = (center.stride(0), center.stride(1)) if center is not None else (0, 0)
     for b0 in range(0, b, per):
-        xs, os_, ps, ns = x, out, positions, norms
+        xs, os_, ps, ns, cs = x, out, positions, norms, center
         if b > per:  # (views only when the batch is split: a slice per call costs host time)
             xs, os_ = x[b0:b0 + per], out[b0:b0 + per]
             ps = positions[b0:b0 + per] if positions is not None else None
             ns = norms[b0:b0 + per] if norms is not None else None
+            cs = center[b0:b0 + per] if center is not None else None
         fn[(math.ceil(t / block_rows), xs.shape[0] * h)](
             xs, xs.stride(0), xs.stride(1), xs.stride(2), os_, os_.stride(0), os_.stride(1), os_.stride(2),
             ps if ps is not None else kernel_args[0], *kernel_args, h, t, 1.0 / math.sqrt(d), scale,
-            ns if ns is not None else os_, *norm_strides, enable_fp_fusion=False, **options, **common)
+            ns if ns is not None else os_, *norm_strides, cs if cs is not None else xs, *center_strides,
+            enable_fp_fusion=False, **options, **common)
     return out
 
 
@@ -223,14 +233,15 @@ class LayerEncoder:
 layer_encoder = LayerEncoder()
 
 
-def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor) -> None:
+def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
+                center: torch.Tensor | None = None) -> None:
     """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode.
-    target: a rows buffer, or the (codes, norms) planes of planar storage."""
+    target: a rows buffer, or the (codes, norms) planes of planar storage; center: see encode_rows."""
     if x.is_cuda and encode_unsupported(codec) is None:
         if isinstance(target, tuple):
-            encode_rows(codec, x, target[0], positions=positions, norms=target[1])
+            encode_rows(codec, x, target[0], positions=positions, norms=target[1], center=center)
         else:
-            encode_rows(codec, x, target, positions=positions)
+            encode_rows(codec, x, target, positions=positions, center=center)
         return
     from ...cache.static import write_encoded
-    write_encoded(codec.encode(x), target, positions)
+    write_encoded(codec.encode(x if center is None else x.float() - center), target, positions)
