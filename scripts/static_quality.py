@@ -36,12 +36,15 @@ def main() -> None:
     own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--static", default="turbo4", help="kinds for static-cache rows (turbo4, turbo3, turbo2)")
+    p.add_argument("--scale-keys", choices=("default", "on", "off"), default="default",
+                   help="the static cache's query-aware key scaling (default: engine.graphs.STATIC_SCALE_KEYS)")
     args = p.parse_args(own)
 
     from compactkv.bench import common, ppl
     from compactkv.engine.graphs import static_cache
     from compactkv.core.kinds import check_graph_kinds
 
+    scale_keys = {"default": None, "on": True, "off": False}[args.scale_keys]
     statics = []
     for kind in args.static.split(","):
         check_graph_kinds(kind, kind, flag="--static")
@@ -56,7 +59,8 @@ def main() -> None:
     def make_cache(model, config, **options):
         if isinstance(config, StaticConfig):
             ctx = ppl_ctx[0]
-            return static_cache(model, (config.k, config.v), 1, ctx, next(model.parameters()).device)
+            return static_cache(model, (config.k, config.v), 1, ctx, next(model.parameters()).device,
+                                scale_keys=scale_keys)
         return make(model, config, **options)
 
     ppl_ctx = [None]

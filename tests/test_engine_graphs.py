@@ -88,6 +88,36 @@ def test_graph_generation_matches_eager_on_cuda(kind, sampling):
                    graphs=True)
 
 
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3"])
+def test_graph_generation_with_scaled_keys_matches_eager_and_the_cpu_cache_on_cuda(kind):
+    """The static cache's query-aware key scaling (off by default until this passes on a GPU:
+    engine.graphs.STATIC_SCALE_KEYS): the first update's queries fix the scale (observe), every later key is
+    encoded times it inside the Triton kernel; graph replay = eager, and the stored rows of the prompt equal
+    those the CPU cache (Codec.encode of the same keys) writes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (CUDA graphs)")
+    pytest.importorskip("triton", reason="the static compressed cache captures with the Triton encoder")
+    lm = _cuda_lm()
+    runs = []
+    for graphs in (False, True):  # the whole prompt in one chunk: its 36 compressed tokens fix mean and scale
+        gen = Generation(lm, PROMPT, SamplingConfig(max_new_tokens=12),
+                         static_cache(lm.model, kind, 1, 64, "cuda", scale_keys=True), graphs=graphs,
+                         prefill_chunk=64)
+        list(stream_generate(gen))
+        runs.append(gen)
+    assert runs[1].output_ids == runs[0].output_ids and len(runs[0].output_ids) == 12
+    for layer in runs[1].cache.layers:
+        assert layer.k_scale is not None and layer.k_scale.shape == (1, 64) and layer.calibrated
+    # the kernel's keys against the CPU's for the same center and scale
+    layer = runs[1].cache.layers[0]
+    x = torch.randn(1, 1, 5, 64, device="cuda", dtype=torch.bfloat16)
+    from compactkv.attention.triton.encode import encode_rows
+    from compactkv.cache.static import centered_scaled
+    got = encode_rows(layer.k_codec, x, center=layer.key_center, scale=layer.k_scale).cpu()
+    want = layer.k_codec.encode(centered_scaled(x.cpu(), layer.key_center.cpu(), layer.k_scale.cpu()))
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
 def test_eager_generation_on_cuda_over_compressed_rows(sampling, monkeypatch):
     """`compactkv run` without --graphs on a GPU: the dynamic cache under the engine's inference mode, a prompt long

@@ -76,12 +76,14 @@ def test_static_dense_matches_dynamic_cache():
     assert torch.allclose(have, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,chunk,planar,center,sinks", [
-    ("turbo4", None, False, True, 0), ("turbo2", None, False, True, 0), ("turbo4", 16, False, True, 0),
-    ("turbo4", None, True, True, 0), ("turbo2", 16, True, True, 0), ("turbo4", None, False, False, 0),
-    ("turbo2", 16, True, False, 0), ("turbo4", None, False, True, 4), ("turbo2", 20, True, True, 4),
-    ("turbo4", 16, True, False, 4)])
-def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center, sinks):
+@pytest.mark.parametrize("kind,chunk,planar,center,sinks,scale", [
+    ("turbo4", None, False, True, 0, False), ("turbo2", None, False, True, 0, False),
+    ("turbo4", 16, False, True, 0, False), ("turbo4", None, True, True, 0, False), ("turbo2", 16, True, True, 0, False),
+    ("turbo4", None, False, False, 0, False), ("turbo2", 16, True, False, 0, False),
+    ("turbo4", None, False, True, 4, False), ("turbo2", 20, True, True, 4, False), ("turbo4", 16, True, False, 4, False),
+    ("turbo4", None, False, True, 4, True), ("turbo2", 20, True, True, 4, True), ("turbo4", None, True, True, 0, True),
+    ("turbo3", 24, False, False, 0, True)])
+def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center, sinks, scale):
     """Against a TurboQuantCache that compresses every token on arrival (no fp16 sinks or window) and centers keys
     or not alike: the same rows byte for byte (both means from the first update: the whole prompt, or its first
     chunk) and the same greedy tokens (the dynamic cache adds q·mean back to every score, the static one leaves
@@ -89,7 +91,7 @@ def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, cen
     model = tiny_model()
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
     ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=sinks, residual_length=0,
-                                          block_size=1, center_keys=center, scale_keys=False, unbiased_keys=False)
+                                          block_size=1, center_keys=center, scale_keys=scale, unbiased_keys=False)
     if chunk is None:
         ref, _ = greedy_reference(model, ref_cache, ids, 10)
     else:  # the same first update as the static cache's
@@ -97,7 +99,7 @@ def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, cen
             model(input_ids=ids[:, :chunk], past_key_values=ref_cache, use_cache=True)
         ref, _ = greedy_reference(model, ref_cache, ids[:, chunk:], 10)
     cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=2, max_cache_len=50, device="cpu",
-                                  planar=planar, center_keys=center, sink_tokens=sinks)
+                                  planar=planar, center_keys=center, sink_tokens=sinks, scale_keys=scale)
     assert all(layer.planar == planar for layer in cache.layers)
     got, _ = greedy_static(model, cache, ids, 10, chunk=chunk)
     assert torch.equal(got, ref)
@@ -108,13 +110,23 @@ def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, cen
         assert n == 49 - sinks and st.n_compressed == n and st.cumulative_length == 49
         assert st.lengths.tolist() == [49, 49] and st.comp_lengths.tolist() == [n, n]
         assert torch.equal(st.sink_k, dyn.sink_k) and torch.equal(st.sink_v, dyn.sink_v)
-        if i == 0 or not center or sinks:  # (with sinks both add q·mean back: the same attention)
+        # (with sinks both add q·mean back: the same attention; with scale_keys the dynamic layer compresses its
+        # fp16 window's copy of the first update, the static one the float32 keys themselves: not the same bytes)
+        if (i == 0 or not center or sinks) and not scale:
             assert torch.equal(torch.cat(dyn.chunks_k, -2), st.chunks_k[0])
             assert torch.equal(torch.cat(dyn.chunks_v, -2), st.chunks_v[0])
+        if scale:  # fitted from the same first attention call's queries
+            assert st.calibrated and st._pending is None and st.k_scale.shape == dyn.k_scale.shape
+            assert i > 0 or torch.allclose(st.k_scale, dyn.k_scale, rtol=1e-3)
+        else:
+            assert st.k_scale is None and dyn.k_scale is None
         if center:
             assert st.centered and (st.k_mean is st.key_center if sinks else st.k_mean is None)
             # (the means may differ in a last bit: summation order)
-            assert torch.allclose(st.key_center, dyn.k_mean, rtol=1e-6, atol=1e-7)
+            if not scale:  # (with scale_keys: the fp16 window, see above; later layers' inputs differ too)
+                assert torch.allclose(st.key_center, dyn.k_mean, rtol=1e-6, atol=1e-7)
+            elif i == 0:
+                assert torch.allclose(st.key_center, dyn.k_mean, rtol=1e-2, atol=1e-4)
         else:
             assert st.key_center is None and dyn.k_mean is None
 

@@ -18,6 +18,7 @@ import torch
 
 from compactkv.core.codebook import lloyd_max
 from compactkv.core.codec import Codec
+from compactkv.cache.static import centered_scaled
 from compactkv.core.rotation import get_rotation
 
 KINDS = ("turbo2", "turbo3", "turbo4")
@@ -61,8 +62,10 @@ def _cases(kernel: str) -> list[tuple]:
         cases.append(("turbo4", d, torch.bfloat16, {"seed": 3}, "codec"))
         cases.append(("turbo3", d, torch.float32, {"unbiased": True}, "codec"))
         cases.append(("turbo2", d, torch.float16, {"norm_correction": False}, "planar"))
-        cases.append(("turbo4", d, torch.bfloat16, {"unbiased": True}, "codec+center"))  # a centered cache's keys
+        # a centered (and key-scaled) cache's keys
+        cases.append(("turbo4", d, torch.bfloat16, {"unbiased": True}, "codec+center+scale"))
         cases.append(("turbo3", d, torch.float16, {}, "planar+center"))
+        cases.append(("turbo2", d, torch.float32, {}, "codec+scale"))
     return cases
 
 
@@ -81,19 +84,19 @@ def _one(kernel: str, kind: str, d: int, dtype: torch.dtype, opts: dict, layout:
         # Triton 3.6's interpreter converts bf16 subnormals to float32 wrongly (9.18e-41 -> 0, 1.001e-38 ->
         # 8.27e-39); compiled kernels convert them exactly, so only the interpreter run leaves them out
         x = torch.where(x.float().abs() < torch.finfo(torch.float32).tiny, 0, x)
-    center = None
-    if layout.endswith("+center"):  # float32 [b, h, 1, d], as large as the rows: Codec.encode(x.float() - center)
-        center = torch.randn(b, h, 1, d, generator=gen) * 2
-        ref = codec.encode(x.float() - center)
-    else:
-        ref = codec.encode(x)
+    # a float32 center [b, h, 1, d] as large as the rows, a per-head channel scale [h, d] in [1/16, 16]:
+    # the rows of Codec.encode of centered_scaled(x, center, scale)
+    center = torch.randn(b, h, 1, d, generator=gen) * 2 if "+center" in layout else None
+    scale = torch.exp(torch.randn(h, d, generator=gen)).clamp(1 / 16, 16) if "+scale" in layout else None
+    ref = codec.encode(centered_scaled(x, center, scale))
     pos = torch.tensor([0, 5], dtype=torch.int32, device=device)
     planar = layout.startswith("planar")
     width = codec.row_bytes - 2 if planar else codec.row_bytes
     out = torch.full((b, h, t + 7, width), 0x5A, dtype=torch.uint8, device=device)
     norms = torch.full((b, h, t + 7), 7.0, dtype=torch.float16, device=device) if planar else None
     encode_rows(codec, x.to(device), out, positions=pos, norms=norms, kernel=kernel,
-                center=center.to(device) if center is not None else None)
+                center=center.to(device) if center is not None else None,
+                scale=scale.to(device) if scale is not None else None)
     got = out.cpu()
     if planar:
         got = torch.cat([norms.cpu().unsqueeze(-1).view(torch.uint8), got], dim=-1)
@@ -108,7 +111,7 @@ def _mismatches(kernel: str, device: str) -> dict[str, int]:
             for kind, d, dtype, opts, layout in _cases(kernel)}
 
 
-SPLIT_CASES = [("row", "turbo4", 64, torch.float16, {}, "planar+center"),
+SPLIT_CASES = [("row", "turbo4", 64, torch.float16, {}, "planar+center+scale"),
                ("row", "turbo3", 32, torch.bfloat16, {"seed": 3}, "codec"),
                ("lanes", "turbo2", 256, torch.float16, {}, "codec+center")]
 
@@ -212,6 +215,8 @@ def test_encode_rows_names_bad_input():
         encode_rows(codec, x, center=torch.zeros(1, 1, 1, 128, dtype=torch.float16))
     with pytest.raises(ValueError, match="center must be float32"):
         encode_rows(codec, x, center=torch.zeros(1, 1, 4, 128))
+    with pytest.raises(ValueError, match=r"scale must be float32 \[1, 128\]"):
+        encode_rows(codec, x, scale=torch.ones(128))
     with pytest.raises(ValueError, match="even byte addresses"):
         encode_rows(codec, x, torch.zeros(1, 1, 4, 67, dtype=torch.uint8)[..., 1:])
     with pytest.MonkeyPatch.context() as mp:  # more heads than a grid's second dimension takes

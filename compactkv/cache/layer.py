@@ -31,6 +31,26 @@ def set_encoder_factory(encoder_for) -> None:
     _ENCODER_FOR = encoder_for
 
 
+def fit_key_scale(q_power: torch.Tensor | None, q_count: int, k: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel key scale s [H, D] float32 from the queries' summed squared channels q_power [H, D] (over
+    q_count query vectors per KV head) and the (centered) keys k [B, H, T, D], or None without queries.
+
+    Rotation makes the codec's error isotropic, so the error of q·k scales like |q|·|k|. Storing k·s and
+    scoring q/s keeps q·k exact and changes the error to |q/s|·|k·s|, smallest (Cauchy-Schwarz) for
+    s_c² ∝ sqrt(E[q_c²] / E[k_c²]). Scales are normalized to keep E|k·s|² = E|k|², and clamped to
+    [1/16, 16] of that so a silent channel cannot blow up.
+    """
+    if q_power is None or q_count == 0:
+        return None
+    qp = q_power / q_count
+    kp = k.double().pow(2).mean(dim=(0, 2))  # [H, D]
+    qp = qp + 1e-3 * qp.mean(-1, keepdim=True)
+    kp = kp + 1e-3 * kp.mean(-1, keepdim=True)
+    s2 = (qp / kp).sqrt().clamp_min(1e-30)
+    s2 = s2 * (kp.sum(-1, keepdim=True) / (kp * s2).sum(-1, keepdim=True))
+    return s2.sqrt().clamp(1 / 16, 16).float()
+
+
 class TurboQuantLayer(CacheLayerMixin):
     """Compressed KV storage for one attention layer. K and V kinds may differ."""
 
@@ -246,22 +266,8 @@ class TurboQuantLayer(CacheLayerMixin):
         self.flush()
 
     def _fit_scale(self, k: torch.Tensor) -> torch.Tensor | None:
-        """Per-channel key scale s [H, D] from the query and (centered) key powers, or None without queries.
-
-        Rotation makes the codec's error isotropic, so the error of q·k scales like |q|·|k|. Storing k·s and
-        scoring q/s keeps q·k exact and changes the error to |q/s|·|k·s|, smallest (Cauchy-Schwarz) for
-        s_c² ∝ sqrt(E[q_c²] / E[k_c²]). Scales are normalized to keep E|k·s|² = E|k|², and clamped to
-        [1/16, 16] of that so a silent channel cannot blow up.
-        """
-        if self.q_power is None or self.q_count == 0:
-            return None
-        qp = self.q_power / self.q_count
-        kp = k.double().pow(2).mean(dim=(0, 2))  # [H, D]
-        qp = qp + 1e-3 * qp.mean(-1, keepdim=True)
-        kp = kp + 1e-3 * kp.mean(-1, keepdim=True)
-        s2 = (qp / kp).sqrt().clamp_min(1e-30)
-        s2 = s2 * (kp.sum(-1, keepdim=True) / (kp * s2).sum(-1, keepdim=True))
-        return s2.sqrt().clamp(1 / 16, 16).float()
+        """Per-channel key scale s [H, D] from the query and (centered) key powers (`fit_key_scale`)."""
+        return fit_key_scale(self.q_power, self.q_count, k)
 
     def _compress(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Encode tokens [B, H, n, D] once and append them to the compressed chunks."""

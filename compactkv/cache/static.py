@@ -17,7 +17,11 @@ tokens). Keys are centered (`center_keys`, as TurboQuantLayer does): the first u
 has at least CENTER_MIN_TOKENS tokens, fixes a mean per batch row and head (`key_center`), subtracted from every
 key before encoding. With no fp16 sinks every stored key is centered alike, so each query's scores all lack the
 same q·mean, which the softmax removes, and the backends read the rows as they are; with sinks the mean is also
-`k_mean`, which the backends add back to the compressed keys' scores (TurboQuantLayer's contract). The encoder is injected (`encode`): the default
+`k_mean`, which the backends add back to the compressed keys' scores (TurboQuantLayer's contract). With
+`scale_keys`, the first update's compressed part is encoded only when the attention call hands the layer its
+queries (`observe`, as TurboQuantLayer defers its first compression): they fix a per-channel key scale
+`k_scale` [H, D] (keys stored as (k - mean) * k_scale, queries mapped by 1 / k_scale in the backends), used by
+every later encode; a prompt's prefill is never captured, so captured steps only read the fixed scale. The encoder is injected (`encode`): the default
 runs `Codec.encode` in torch at the host-known position (not capturable);
 compactkv.attention.triton.encode.encode_into writes in place at the device-side positions (capturable).
 """
@@ -31,10 +35,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..core.codec import Codec
 from .cache import _decoder_config, head_dim_of, kv_layer_types, memory_totals, require_compactkv_attention
-from .layer import STORE_DTYPE, TAG
+from .layer import STORE_DTYPE, TAG, fit_key_scale
 
-# (codec, x, target, positions, center=None): the rows of x.float() - center (center float32 [B, H, 1, D], or
-# None: x as it is) at positions; target: a rows buffer, or a (codes, norms) pair of planes
+# (codec, x, target, positions, center=None, scale=None): the rows of centered_scaled(x, center, scale) (center
+# float32 [B, H, 1, D], scale float32 [H, D]; None: left out) at positions; target: a rows buffer, or a (codes,
+# norms) pair of planes
 Encoder = Callable[..., None]
 PLANAR_HEAD_DIMS = (64, 128, 256)
 CENTER_MIN_TOKENS = 16  # a first update shorter than this (a decode step into an empty cache) centers nothing
@@ -119,9 +124,9 @@ class StaticTurboQuantLayer(_StaticLayer):
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
                  encode: Encoder | None = None, unbiased_keys: bool = False, planar: bool | None = None,
-                 center_keys: bool = True, sink_tokens: int = 0):
+                 center_keys: bool = True, sink_tokens: int = 0, scale_keys: bool = False):
         """planar: code and norm planes instead of row buffers (None: wherever `planar_kinds` allows it on a CUDA
-        device; True raises for other kinds). center_keys, sink_tokens: see the module's docstring."""
+        device; True raises for other kinds). center_keys, sink_tokens, scale_keys: see the module's docstring."""
         super().__init__()
         self.k_codec = Codec(k_kind, head_dim, seed=seed, norm_correction=norm_correction, unbiased=unbiased_keys)
         self.v_codec = Codec(v_kind, head_dim, seed=seed + 1, norm_correction=norm_correction)
@@ -169,6 +174,12 @@ class StaticTurboQuantLayer(_StaticLayer):
         self.key_center = torch.zeros(batch_size, num_kv_heads, 1, head_dim, device=self.device) if center_keys \
             else None
         self.centered = False
+        # query-aware key scale float32 [H, D] (TurboQuantLayer's scale_keys), fixed by the first attention call's
+        # queries: the first update's compressed part waits in `_pending` until `observe` (or the first read)
+        self.scale_keys = scale_keys and self.k_codec.spec.family in ("mse", "prod")
+        self.k_scale = None
+        self.calibrated = not self.scale_keys
+        self._pending = None
         self.sliding_window, self.dropped = None, 0
         self.encode = encode or _torch_encode
         self.cumulative_length = 0
@@ -220,10 +231,13 @@ class StaticTurboQuantLayer(_StaticLayer):
                     # fp16 sinks hold raw keys: the backends add q·mean back to the compressed keys' scores
                     self.k_mean = self.key_center if self.sink_k.shape[-2] else None
                 self.centered = True
-        if n:  # (the encoder subtracts the key mean: inside the Triton kernel, no launch or float32 copy of its own)
-            centered = {} if self.key_center is None else {"center": self.key_center}
-            self.encode(self.k_codec, keys, self.k_target, self.comp_lengths, **centered)
-            self.encode(self.v_codec, values, self.v_target, self.comp_lengths)
+        if n and not self.calibrated:
+            if first and n >= CENTER_MIN_TOKENS:  # encoded by `observe` with the queries' key scale
+                self._pending = (keys, values)
+            else:  # a short first update: no statistics worth fitting to
+                self.calibrated = True
+        if n and self._pending is None:
+            self._encode(keys, values, self.comp_lengths)
         self.lengths += t
         if self.comp_lengths is not self.lengths:
             self.comp_lengths += n
@@ -232,7 +246,43 @@ class StaticTurboQuantLayer(_StaticLayer):
         setattr(value_states, TAG, self)
         return key_states, value_states
 
+    def _encode(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Encode K/V [B, H, n, D] at `positions`; keys minus the mean and times the key scale where set (the
+        encoder does both: inside the Triton kernel, with no launch or float32 copy of its own)."""
+        extra = {} if self.key_center is None else {"center": self.key_center}
+        if self.k_scale is not None:
+            extra["scale"] = self.k_scale
+        self.encode(self.k_codec, keys, self.k_target, positions, **extra)
+        self.encode(self.v_codec, values, self.v_target, positions)
+
+    def observe(self, query: torch.Tensor) -> None:
+        """Called by the attention function with the (post-RoPE) query [B, Hq, Tq, D] before it reads the cache:
+        the first update's queries fix the key scale (as TurboQuantLayer's first compression does), then that
+        update's tokens are encoded."""
+        if self._pending is None:
+            return
+        b, hq, tq, d = query.shape
+        h = self.num_kv_heads
+        if d != self.head_dim or hq % h:
+            raise ValueError(f"query {list(query.shape)} does not fit this layer ({h} KV heads, head_dim "
+                             f"{self.head_dim})")
+        power = query.detach().double().pow(2).reshape(b, h, hq // h * tq, d).sum(dim=(0, 2))
+        keys = self._pending[0]
+        if self.key_center is not None:
+            keys = keys.float() - self.key_center
+        self.k_scale = fit_key_scale(power, b * (hq // h) * tq, keys)
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Encode the first update's tokens if they still wait (at the start of every batch row's rows)."""
+        if self._pending is not None:
+            keys, values = self._pending
+            self._pending = None
+            self.calibrated = True
+            self._encode(keys, values, torch.zeros_like(self.comp_lengths))
+
     def crop(self, max_length: int) -> None:
+        self._flush_pending()
         super().crop(max_length)
         n, s = self.cumulative_length, self.n_sink
         if n == 0:
@@ -252,12 +302,14 @@ class StaticTurboQuantLayer(_StaticLayer):
         if self.key_center is not None:
             self.key_center.zero_()
         self.centered = False
+        self.k_scale, self._pending, self.calibrated = None, None, not self.scale_keys
 
     def mark_filled(self, tokens: int) -> None:
         """Benchmark rows written as they are (write_rows): no sinks, no mean to subtract from later keys."""
         self.reset()
         super().mark_filled(tokens)
         self.centered = tokens > 0
+        self.calibrated = self.calibrated or tokens > 0
 
     @property
     def n_sink(self) -> int:
@@ -271,6 +323,7 @@ class StaticTurboQuantLayer(_StaticLayer):
     @property
     def chunks_k(self) -> list[torch.Tensor]:
         """The stored rows of every batch row (planar storage: a row-format copy)."""
+        self._flush_pending()
         n = self.n_compressed
         if self.planar:
             return [planes_to_rows(self.k_codes[:, :, :n], self.k_norms[:, :, :n])]
@@ -278,6 +331,7 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     @property
     def chunks_v(self) -> list[torch.Tensor]:
+        self._flush_pending()
         n = self.n_compressed
         if self.planar:
             return [planes_to_rows(self.v_codes[:, :, :n], self.v_norms[:, :, :n])]
@@ -286,6 +340,7 @@ class StaticTurboQuantLayer(_StaticLayer):
     def packed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(k_rows, v_rows, lengths int32 [B], max_len) for kernels that read row buffers: the buffers themselves
         (max_len = capacity), or with planar storage row-format copies of the stored tokens."""
+        self._flush_pending()
         if self.planar:
             return self.chunks_k[0], self.chunks_v[0], self.comp_lengths, self.n_compressed
         return self.k_rows, self.v_rows, self.comp_lengths, self.max_cache_len
@@ -295,6 +350,7 @@ class StaticTurboQuantLayer(_StaticLayer):
         else None."""
         if not self.planar:
             return None
+        self._flush_pending()
         return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.comp_lengths, self.max_cache_len
 
     def stored_length(self) -> int:
@@ -306,6 +362,7 @@ class StaticTurboQuantLayer(_StaticLayer):
         return self.k_rows, self.v_rows, self.lengths
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._flush_pending()
         super().reorder_cache(beam_idx)
         idx = beam_idx.to(self.device)
         if self.comp_lengths is not self.lengths:
@@ -326,11 +383,21 @@ class StaticTurboQuantLayer(_StaticLayer):
                 "codec_bytes": b * h * (self.k_codec.nbytes(n) + self.v_codec.nbytes(n))}
 
 
+def centered_scaled(x: torch.Tensor, center: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+    """x.float() - center, then times scale [H, D] per head (each only when given), as TurboQuantLayer computes
+    the keys it compresses; x itself when neither is given."""
+    if center is not None:
+        x = x.float() - center
+    if scale is not None:
+        x = x.float() * scale[:, None, :]
+    return x
+
+
 def _torch_encode(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
-                  center: torch.Tensor | None = None) -> None:
-    """Codec.encode of x (minus center in float32), written at each batch row's position (read back to the host:
-    not capturable). target: a rows buffer or a (codes, norms) pair of planes."""
-    write_encoded(codec.encode(x if center is None else x.float() - center), target, positions)
+                  center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
+    """Codec.encode of centered_scaled(x, center, scale), written at each batch row's position (read back to the
+    host: not capturable). target: a rows buffer or a (codes, norms) pair of planes."""
+    write_encoded(codec.encode(centered_scaled(x, center, scale)), target, positions)
 
 
 def write_encoded(enc: torch.Tensor, target, positions: torch.Tensor) -> None:
@@ -474,18 +541,20 @@ def _static_shapes(config) -> tuple[int, int, int]:
 class StaticTurboQuantCache(StaticKVCache):
     """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
     keys centered by their first chunk's mean (center_keys), the first update's first `sink_tokens` in fp16 (none
-    by default; engine.graphs.static_cache takes the default cache's 4), no recent window, no key scaling.
+    by default; engine.graphs.static_cache takes the default cache's 4), keys scaled per channel from the first
+    attention call's queries (scale_keys; engine.graphs.static_cache: on), no recent window.
     `encode`: see StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
     StaticTurboQuantLayer."""
 
     def __init__(self, config, k: str = "turbo4", v: str = "turbo4", *, batch_size: int, max_cache_len: int,
                  device="cuda", seed: int = 0, norm_correction: bool = True, unbiased_keys: bool = False,
                  encode: Encoder | None = None, planar: bool | None = None, center_keys: bool = True,
-                 sink_tokens: int = 0):
+                 sink_tokens: int = 0, scale_keys: bool = False):
         n, hkv, d = _static_shapes(config)
         layers = [StaticTurboQuantLayer(k, v, d, batch_size, hkv, max_cache_len, device=device, seed=seed,
                                         norm_correction=norm_correction, encode=encode, unbiased_keys=unbiased_keys,
-                                        planar=planar, center_keys=center_keys, sink_tokens=sink_tokens)
+                                        planar=planar, center_keys=center_keys, sink_tokens=sink_tokens,
+                                        scale_keys=scale_keys)
                   for _ in range(n)]
         super().__init__(config, layers)
 

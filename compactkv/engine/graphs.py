@@ -22,6 +22,10 @@ from ..cache.config import CacheConfig
 from ..cache.static import StaticDenseCache, StaticKVCache, StaticTurboQuantCache
 from .caches import cache_kwarg
 
+# The static cache's query-aware key scaling (session 16): checked on this project's CPU (the torch path, and the
+# encode kernels' center/scale in Triton's interpreter), not yet run on a GPU, where `--graphs` uses it: off by
+# default until the CUDA tests (tests/test_engine_graphs.py, scale_keys cases) have passed on one.
+STATIC_SCALE_KEYS = False
 DENSE = ("f16", "f16-nomask")  # uncompressed static caches: exact mask / mask dropped for 1-token steps (timing)
 
 
@@ -36,13 +40,14 @@ def engine_static_cache(model: Any, k: str, v: str, capacity: int) -> StaticKVCa
 
 def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_cache_len: int,
                  device: str | torch.device | None = None, sink_tokens: int | None = None,
-                 center_keys: bool = True) -> StaticKVCache:
+                 center_keys: bool = True, scale_keys: bool | None = None) -> StaticKVCache:
     """A static cache for `model`: kind "f16" / "f16-nomask" (uncompressed, the model's dtype) or a (k, v) pair of
     codec kinds (a single kind means k = v). On CUDA with Triton, compressed layers encode with the in-place kernel,
     so a decode step over them can be captured, and turbo2/turbo4 (turbo3 at head_dim 128) are stored as planes for
     the Gluon/table decode kernels where Gluon is usable; elsewhere with Codec.encode (eager only). Compressed
     caches keep the default cache's fp16 attention sinks (sink_tokens=None; a count overrides it) and unbiased
-    keys (CacheConfig) and center keys (StaticTurboQuantLayer; center_keys=False: plain rows, for comparisons)."""
+    keys (CacheConfig) and center keys (StaticTurboQuantLayer; center_keys=False: plain rows, for comparisons).
+    scale_keys: query-aware key scaling as the default cache's (None: STATIC_SCALE_KEYS)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if isinstance(kind, str) and kind in DENSE:
         dtype = next(model.parameters()).dtype
@@ -62,7 +67,8 @@ def static_cache(model: Any, kind: str | tuple[str, str], batch_size: int, max_c
     return StaticTurboQuantCache(model.config, k, v, batch_size=batch_size, max_cache_len=max_cache_len,
                                  device=device, encode=encode, planar=planar,
                                  sink_tokens=defaults.sink_tokens if sink_tokens is None else sink_tokens,
-                                 unbiased_keys=defaults.unbiased_keys, center_keys=center_keys)
+                                 unbiased_keys=defaults.unbiased_keys, center_keys=center_keys,
+                                 scale_keys=STATIC_SCALE_KEYS if scale_keys is None else scale_keys)
 
 
 class GreedyStepGraph:

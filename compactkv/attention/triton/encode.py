@@ -90,7 +90,7 @@ def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, block_rows: int | None = None,
                 norms: torch.Tensor | None = None, kernel: str | None = None,
-                center: torch.Tensor | None = None) -> torch.Tensor:
+                center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
 
     out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
@@ -105,7 +105,9 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
     the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
     center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
-    Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy).
+    Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy);
+    scale: float32 [H, D], multiplied after that (Codec.encode((x.float() - center) * scale[:, None, :]): keys of a
+    cache with query-aware key scaling).
     No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
     """
     why = encode_unsupported(codec)
@@ -151,14 +153,18 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                                or center.device != x.device):
         raise ValueError(f"center must be float32 [{b}, {h}, 1, {d}] with unit stride over head_dim on {x.device}, "
                          f"got {center.dtype} {list(center.shape)} on {center.device}")
+    if scale is not None and (scale.dtype != torch.float32 or scale.shape != (h, d) or scale.stride(-1) != 1
+                              or scale.device != x.device):
+        raise ValueError(f"scale must be float32 [{h}, {d}] with unit stride over head_dim on {x.device}, got "
+                         f"{scale.dtype} {list(scale.shape)} on {scale.device}")
     if b * h * t == 0:
         return out
     bits = codec.spec.bits
-    scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
+    stored_scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
     norm_strides = (norms.stride(0), norms.stride(1)) if norms is not None else (0, 0)
     common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
                   UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
-                  PLANAR=norms is not None, CENTER=center is not None)
+                  PLANAR=norms is not None, CENTER=center is not None, SCALE=scale is not None)
     # one program per block of tokens of one (batch row, head), batch rows in slices of grid-y size
     per = GRID_Y // h
     if per < 1:
@@ -183,8 +189,9 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
             cs = center[b0:b0 + per] if center is not None else None
         fn[(math.ceil(t / block_rows), xs.shape[0] * h)](
             xs, xs.stride(0), xs.stride(1), xs.stride(2), os_, os_.stride(0), os_.stride(1), os_.stride(2),
-            ps if ps is not None else kernel_args[0], *kernel_args, h, t, 1.0 / math.sqrt(d), scale,
+            ps if ps is not None else kernel_args[0], *kernel_args, h, t, 1.0 / math.sqrt(d), stored_scale,
             ns if ns is not None else os_, *norm_strides, cs if cs is not None else xs, *center_strides,
+            scale if scale is not None else xs, scale.stride(0) if scale is not None else 0,
             enable_fp_fusion=False, **options, **common)
     return out
 
@@ -234,14 +241,14 @@ layer_encoder = LayerEncoder()
 
 
 def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
-                center: torch.Tensor | None = None) -> None:
+                center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
     """StaticTurboQuantLayer encoder: the kernel where it applies (in place, capturable), else Codec.encode.
-    target: a rows buffer, or the (codes, norms) planes of planar storage; center: see encode_rows."""
+    target: a rows buffer, or the (codes, norms) planes of planar storage; center, scale: see encode_rows."""
     if x.is_cuda and encode_unsupported(codec) is None:
         if isinstance(target, tuple):
-            encode_rows(codec, x, target[0], positions=positions, norms=target[1], center=center)
+            encode_rows(codec, x, target[0], positions=positions, norms=target[1], center=center, scale=scale)
         else:
-            encode_rows(codec, x, target, positions=positions, center=center)
+            encode_rows(codec, x, target, positions=positions, center=center, scale=scale)
         return
-    from ...cache.static import write_encoded
-    write_encoded(codec.encode(x if center is None else x.float() - center), target, positions)
+    from ...cache.static import centered_scaled, write_encoded
+    write_encoded(codec.encode(centered_scaled(x, center, scale)), target, positions)

@@ -61,14 +61,14 @@ def _store_norm(norm, c2sum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_p
 
 @triton.jit
 def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr,
-                      H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, D: tl.constexpr,
-                      LOG2D: tl.constexpr, BITS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr,
-                      HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr, PLANAR: tl.constexpr = False,
-                      CENTER: tl.constexpr = False):
+                      H, T, inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh,
+                      D: tl.constexpr, LOG2D: tl.constexpr, BITS: tl.constexpr, NORM_CORR: tl.constexpr,
+                      UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr,
+                      PLANAR: tl.constexpr = False, CENTER: tl.constexpr = False, SCALE: tl.constexpr = False):
     """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t];
     PLANAR: the indices at out[b, h, pos[b] + t] and the fp16 norm at norm[b, h, pos[b] + t] (token stride 1).
     CENTER: float32 c[b, h, :] (strides scb, sch; unit stride over D) subtracted from every row in float32 first,
-    as the CPU encodes x.float() - c."""
+    as the CPU encodes x.float() - c; SCALE: then times float32 s[h, :] (stride ssh), as (x.float() - c) * s."""
     t = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (token block, batch row x head): no per-row division
     rmask = t < T
     bh = tl.program_id(1)
@@ -79,6 +79,8 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
     x = tl.load(src[:, None] + rd[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
     if CENTER:
         x = x - tl.load(c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch + rd)[None, :]
+    if SCALE:
+        x = x * tl.load(s_ptr + h.to(tl.int64) * ssh + rd)[None, :]
     norm = tl.sqrt_rn(_tree_sum(x * x, BLOCK_R, D, LOG2D))
     z = x * tl.load(signs_ptr + rd)[None, :]
     for i in tl.static_range(LOG2D):
@@ -244,17 +246,19 @@ def _tile_shift(k, bits):
 
 @triton.jit(do_not_specialize=["H", "T", "snb", "snh"])
 def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, H, T,
-                      inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, D: tl.constexpr,
+                      inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh, D: tl.constexpr,
                       LOG2D: tl.constexpr, BITS: tl.constexpr, SIGNS: tl.constexpr, MIDS: tl.constexpr,
                       NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, PLANAR: tl.constexpr,
-                      BLOCK_R: tl.constexpr, LOG2H: tl.constexpr, CENTER: tl.constexpr = False):
+                      BLOCK_R: tl.constexpr, LOG2H: tl.constexpr, CENTER: tl.constexpr = False,
+                      SCALE: tl.constexpr = False):
     """x [B, H, T, D] (last dim contiguous) -> rows [fp16 norm][D indices of BITS bits] at out[b, h, pos[b] + t],
     one row per thread (BLOCK_R = 32 x num_warps); PLANAR: the indices at out[b, h, pos[b] + t] and the fp16
     norm at norm[b, h, pos[b] + t] (token stride 1). SIGNS: the rotation's signs as bits (bit i set: -1), so
     the sign flips fold into the first additions. MIDS: 2**BITS - 1 floats (doubles), the midpoint of each
     boundary and the next float32. c2: float32 [2**BITS], the centroids squared. LOG2H: log2 of the 16-bit halves
     per row's codes, rounded up (the store's tile width). CENTER: float32 c[b, h, :] (strides scb, sch; unit
-    stride over D) subtracted from every row in float32 before anything else, as the CPU encodes x.float() - c.
+    stride over D) subtracted from every row in float32 before anything else, as the CPU encodes x.float() - c;
+    SCALE: then times float32 s[h, :] (stride ssh), as (x.float() - c) * s.
 
     H, T and the norm plane's strides are not specialized: a value of 1 or a multiple of 16 would compile another
     variant (~10-15 s at head_dim 128; a decode step's one token against a prompt's many) for little (sm_90, turbo4
@@ -282,6 +286,8 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
         if CENTER:
             xg = xg - tl.load(c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch + 8 * g
                               + tl.arange(0, 8))[None, :]
+        if SCALE:
+            xg = xg * tl.load(s_ptr + h.to(tl.int64) * ssh + 8 * g + tl.arange(0, 8))[None, :]
         xs = xs + (xg,)
     # the norm: squares summed as quantizer.tree_sum does (tile k + tile k + NT/2 first, a tile's 8 last), the
     # tiles in bit-reversed order so one partial per level stays live
