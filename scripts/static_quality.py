@@ -18,16 +18,16 @@ import sys
 
 import torch
 
+from compactkv.plan.kvconfig import KVConfig
+
 
 @dataclasses.dataclass(frozen=True)
-class StaticConfig:
-    k: str
-    v: str
-    policy: str = "uniform"
+class StaticConfig(KVConfig):
+    """A bench config whose cache is the static one."""
 
     @property
     def name(self) -> str:
-        return f"static:{self.k if self.k == self.v else f'{self.k}/{self.v}'}"
+        return f"static:{super().name}"
 
 
 def main() -> None:
