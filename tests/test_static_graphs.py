@@ -347,3 +347,35 @@ def test_static_sinks_are_taken_from_the_first_update_and_follow_crops_resets_an
     assert layer.n_sink == 0 and layer.n_compressed == 16 and layer.k_mean is None
     with pytest.raises(ValueError, match="sink_tokens must be an integer in"):
         StaticTurboQuantCache(model.config, batch_size=1, max_cache_len=4, device="cpu", sink_tokens=4)
+
+
+def test_static_scale_keys_waits_for_the_queries_and_never_loses_a_pending_update():
+    """With scale_keys the first update's compressed tokens wait for the attention call's queries; a reader or
+    another update before that encodes them without a scale (nothing stored is ever skipped)."""
+    model = tiny_model()
+    cfg = model.config
+    k = torch.randn(1, 2, 24, 64)
+    v = torch.randn(1, 2, 24, 64)
+    for then in ("observe", "read", "update"):
+        cache = StaticTurboQuantCache(cfg, "turbo4", "turbo4", batch_size=1, max_cache_len=64, device="cpu",
+                                      sink_tokens=4, scale_keys=True)
+        layer = cache.layers[0]
+        layer.update(k, v)
+        assert layer._pending is not None and not layer.calibrated and layer.k_scale is None
+        if then == "observe":
+            layer.observe(torch.randn(1, 8, 24, 64))
+            assert layer.k_scale is not None and layer.k_scale.shape == (2, 64)
+        elif then == "read":
+            layer.chunks_k
+            assert layer.k_scale is None
+        else:
+            layer.update(k[:, :, :3], v[:, :, :3])
+            assert layer.k_scale is None and layer.n_compressed == 23
+        assert layer._pending is None and layer.calibrated
+        from compactkv.cache.static import centered_scaled
+        want = layer.k_codec.encode(centered_scaled(k[:, :, 4:], layer.key_center, layer.k_scale))
+        assert torch.equal(layer.chunks_k[0][:, :, :20], want)
+    with pytest.raises(ValueError, match="does not fit this layer"):
+        fresh = StaticTurboQuantCache(cfg, batch_size=1, max_cache_len=64, device="cpu", scale_keys=True).layers[0]
+        fresh.update(k, v)
+        fresh.observe(torch.randn(1, 3, 24, 64))

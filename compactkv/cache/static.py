@@ -21,9 +21,11 @@ same q·mean, which the softmax removes, and the backends read the rows as they 
 `scale_keys`, the first update's compressed part is encoded only when the attention call hands the layer its
 queries (`observe`, as TurboQuantLayer defers its first compression): they fix a per-channel key scale
 `k_scale` [H, D] (keys stored as (k - mean) * k_scale, queries mapped by 1 / k_scale in the backends), used by
-every later encode; a prompt's prefill is never captured, so captured steps only read the fixed scale. The encoder is injected (`encode`): the default
-runs `Codec.encode` in torch at the host-known position (not capturable);
-compactkv.attention.triton.encode.encode_into writes in place at the device-side positions (capturable).
+every later encode; a prompt's prefill is never captured, so captured steps only read the fixed scale.
+
+The encoder is injected (`encode`): the default runs `Codec.encode` in torch at the host-known position (not
+capturable); compactkv.attention.triton.encode.encode_into writes in place at the device-side positions
+(capturable).
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ class StaticTurboQuantLayer(_StaticLayer):
         if self.cumulative_length + t > self.max_cache_len:
             raise ValueError(f"the static cache holds {self.max_cache_len} tokens; {self.cumulative_length} "
                              f"stored and {t} more given")
+        self._flush_pending()  # (a second update before any attention call: the first is encoded unscaled)
         keys, values = key_states, value_states
         first = self.cumulative_length == 0
         if first and self.sink_tokens and t >= self.sink_tokens:
@@ -542,7 +545,7 @@ class StaticTurboQuantCache(StaticKVCache):
     """Compressed KV in preallocated buffers (`StaticTurboQuantLayer` per layer): every token encoded on arrival,
     keys centered by their first chunk's mean (center_keys), the first update's first `sink_tokens` in fp16 (none
     by default; engine.graphs.static_cache takes the default cache's 4), keys scaled per channel from the first
-    attention call's queries (scale_keys; engine.graphs.static_cache: on), no recent window.
+    attention call's queries (scale_keys; engine.graphs.static_cache: STATIC_SCALE_KEYS), no recent window.
     `encode`: see StaticTurboQuantLayer (engine/graphs.py passes the in-place Triton encoder on CUDA); planar: see
     StaticTurboQuantLayer."""
 
