@@ -74,7 +74,9 @@ def main(args: argparse.Namespace) -> int:
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
                         timeout_graceful_shutdown=int(config.shutdown_timeout) + 5)
     server = Server(uv)
+    graphs = " (CUDA graphs)" if config.graphs else ""
     print(f"compactkv: serving on http://{config.host}:{server.config.port} (OpenAI /v1, Ollama /api); "
-          f"KV {config.k}/{config.v}{' (CUDA graphs)' if config.graphs else ''}; the model loads in the background, /health says when it is ready", flush=True)
+          f"KV {config.k}/{config.v}{graphs}; the model loads in the background, /health says when it is ready",
+          flush=True)
     server.run()
     return 0

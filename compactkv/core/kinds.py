@@ -101,7 +101,7 @@ GRAPH_KINDS = ("turbo4", "turbo3", "turbo2", "f16")  # what a static cache for C
 def check_graph_kinds(k: str, v: str, policy=None, flag: str = "graphs") -> None:
     """ValueError naming what graphed decoding (`compactkv run --graphs`, `compactkv serve --graphs`) accepts: one
     K/V pair of GRAPH_KINDS, both f16 or both compressed, no per-layer policy (a static cache holds one kind per
-    side and no fp16 sink or recent window)."""
+    side)."""
     if policy:
         raise ValueError(f"{flag} takes one K/V pair, not a per-layer policy")
     if k not in GRAPH_KINDS or v not in GRAPH_KINDS or (k == "f16") != (v == "f16"):
