@@ -160,3 +160,16 @@ def test_queue_limit_and_drain_deadline_cut_long_requests():
     assert all(s.done.wait(30) for s in sinks)
     assert [s.summary()["finish_reason"] for s in sinks] == ["length", "length"]
     sched.close()
+
+
+def test_warm_up_runs_one_sequence_and_leaves_nothing_behind(lm):
+    sched = Scheduler(lm, EngineConfig(k="turbo4", v="turbo4", max_context=64, prefill_chunk=8))
+    seconds = sched.warm_up(prompt_tokens=40, new_tokens=3)
+    assert seconds > 0
+    stats = sched.stats()
+    assert stats["active"] == 0 and stats["queued"] == 0 and stats["kv_bytes"] == 0
+    assert stats["prefix_entries"] == 0  # the warm-up's cache is not kept for reuse
+    sched.drain(0.1)
+    with pytest.raises(Draining):  # (a warm-up is a request like any other: refused while draining)
+        sched.warm_up()
+    sched.close()

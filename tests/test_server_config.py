@@ -113,3 +113,15 @@ def test_serve_refuses_graphs_with_a_kind_it_cannot_capture(capsys):
         rc = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "graphs takes K/V kinds" in err[0], err
+
+
+def test_warmup_is_on_by_default_and_can_be_turned_off():
+    assert build_config({}, {}, {}).warmup is True
+    assert build_config({}, {"COMPACTKV_WARMUP": "0"}, {}).warmup is False
+    assert build_config({"warmup": False}, {"COMPACTKV_WARMUP": "1"}, {}).warmup is False
+    with pytest.raises(ValueError, match="warmup must be true or false"):
+        ServerConfig(warmup=1)
+    from compactkv.commands.serve import config_from_args
+    parser = cli.build_parser()
+    assert config_from_args(parser.parse_args(["serve", "--no-warmup"])).warmup is False
+    assert config_from_args(parser.parse_args(["serve"])).warmup is True

@@ -221,6 +221,7 @@ def test_metrics_report_requests_tokens_and_kv_bytes(server, oai):
     assert m["compactkv_time_to_first_token_seconds_count"] >= 1
     assert 0 < m['compactkv_kv_bytes{pool="prefix"}'] < m['compactkv_kv_fp16_equivalent_bytes{pool="prefix"}']
     assert m["compactkv_queue_depth"] == 0 and m["compactkv_model_load_seconds"] > 0
+    assert m["compactkv_warmup_seconds"] > 0  # the load-time sequence ran (and counted no request or token)
 
 
 def test_stream_body_framing_is_sse_and_ndjson(server):

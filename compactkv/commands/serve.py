@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                    help="CUDA only: each sequence decodes from a CUDA graph over a static cache holding the whole "
                         f"context (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both compressed; no fp16 "
                         "recent window, query-aware key scaling or policy)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="run one short sequence after loading, before /health reports ready, so kernel compiles "
+                        "(GPU) and first allocations do not land on the first request (default on)")
     p.add_argument("--log-level", default=os.environ.get("COMPACTKV_LOG_LEVEL", "info"),
                    choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=main)

@@ -106,6 +106,27 @@ class Scheduler:
             self._cond.notify()
         return req
 
+    def warm_up(self, prompt_tokens: int = 32, new_tokens: int = 4, timeout: float = 600.0) -> float:
+        """Run one short greedy sequence through the worker (prefill, decode steps and, with graphs, a capture),
+        so that kernel compiles and first-use allocations happen before the first real request; its cache is
+        neither reused nor kept. Returns the seconds it took; RuntimeError if it fails or takes over `timeout`."""
+        vocab = getattr(self.lm.model.config, "vocab_size", None) or 2
+        n = max(1, min(prompt_tokens, self.max_context - new_tokens - 1))
+        ids = [1 + i % (vocab - 1) for i in range(n)]
+        done, out = threading.Event(), {}
+
+        def emit(kind: str, payload: Any) -> None:
+            if kind in ("done", "error"):
+                out[kind] = payload
+                done.set()
+        start = time.perf_counter()
+        self.submit(ids, SamplingConfig(max_new_tokens=new_tokens), emit, cache_prompt=False)
+        if not done.wait(timeout):
+            raise RuntimeError(f"the warm-up sequence did not finish in {timeout:.0f} s")
+        if "error" in out:
+            raise RuntimeError(f"the warm-up sequence failed: {out['error']}")
+        return time.perf_counter() - start
+
     def cancel(self, req: Request) -> None:
         """Stop a request (client gone); its cache is dropped on the worker's next turn."""
         req.cancelled = True

@@ -51,6 +51,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     threads: int | None = None
     graphs: bool = False
+    warmup: bool = True
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def __post_init__(self) -> None:
@@ -60,8 +61,9 @@ class ServerConfig:
         parse_kind(self.k)
         parse_kind(self.v)
         object.__setattr__(self, "policy", parse_policy(self.policy))
-        if not isinstance(self.graphs, bool):
-            raise ValueError(f"graphs must be true or false, got {self.graphs!r}")
+        for name in ("graphs", "warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.graphs:
             check_graph_kinds(self.k, self.v, self.policy)
         for name in ("context_length", "parallel", "prefill_chunk"):
@@ -95,7 +97,8 @@ def _bad_int(value: Any, minimum: int) -> bool:
 FIELDS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name != "defaults")
 DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 _CASTS = {"context_length": int, "port": int, "parallel": int, "max_queue": int, "prefill_chunk": int,
-          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": _flag}
+          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": _flag,
+          "warmup": _flag}
 
 
 def load_profile(path: str | Path) -> dict:

@@ -34,6 +34,8 @@ class Metrics:
         self.queue_depth = Gauge("compactkv_queue_depth", "requests waiting for a decode slot", registry=r)
         self.active = Gauge("compactkv_active_requests", "requests being prefilled or decoded", registry=r)
         self.load_seconds = Gauge("compactkv_model_load_seconds", "model load time (cold start)", registry=r)
+        self.warmup_seconds = Gauge("compactkv_warmup_seconds", "the warm-up sequence run after loading (kernel "
+                                    "compiles, first allocations; 0 when turned off)", registry=r)
 
     def bind(self, stats: Callable[[], dict]) -> None:
         """Read the live gauges from `stats()` (the engine's) at scrape time."""

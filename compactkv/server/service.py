@@ -137,6 +137,10 @@ class Service:
                                   max_active=c.parallel, max_queue=c.max_queue, prefill_chunk=c.prefill_chunk,
                                   prefix_cache_bytes=c.prefix_cache_mb << 20, graphs=c.graphs)
             self.scheduler = Scheduler(lm, engine)
+            if c.warmup:  # compiles and first allocations now, not in the first client's request
+                warm = self.scheduler.warm_up()
+                self.metrics.warmup_seconds.set(warm)
+                log.info("warm-up sequence in %.1f s", warm)
         except Exception as e:  # reported by /health, the server stays up to say so
             log.exception("model load failed")
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
