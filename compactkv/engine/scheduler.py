@@ -106,10 +106,12 @@ class Scheduler:
             self._cond.notify()
         return req
 
-    def warm_up(self, prompt_tokens: int = 32, new_tokens: int = 4, timeout: float = 600.0) -> float:
+    def warm_up(self, prompt_tokens: int = 200, new_tokens: int = 4, timeout: float = 600.0) -> float:
         """Run one short greedy sequence through the worker (prefill, decode steps and, with graphs, a capture),
         so that kernel compiles and first-use allocations happen before the first real request; its cache is
-        neither reused nor kept. Returns the seconds it took; RuntimeError if it fails or takes over `timeout`."""
+        neither reused nor kept. 200 prompt tokens: more than the default cache's fp16 sinks and recent window
+        (4 + 128), so rows are compressed and decode steps read them. Returns the seconds it took; RuntimeError
+        if it fails or takes over `timeout`."""
         vocab = getattr(self.lm.model.config, "vocab_size", None) or 2
         n = max(1, min(prompt_tokens, self.max_context - new_tokens - 1))
         ids = [1 + i % (vocab - 1) for i in range(n)]
