@@ -59,10 +59,10 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
 
 
 def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int = 4, norm_correction: bool = True,
-                   kernel: str = "lanes", center: bool = False):
+                   kernel: str = "lanes", center: bool = False, scale: bool = False):
     """An encode kernel as encode.encode_rows launches it (fp16 input, rows of 8 heads x 4096 tokens): "lanes"
     (encode_mse_kernel, block_rows rows per program) or "row" (encode_row_kernel, one row per thread); center:
-    with the key mean subtracted in the kernel (a centered static cache's keys)."""
+    with the key mean subtracted in the kernel (a centered static cache's keys); scale: times the key scale."""
     from compactkv.attention.triton.encode import _row_constants
     from compactkv.attention.triton.kernels_encode import encode_mse_kernel, encode_row_kernel
     codec = Codec(kind, d)
@@ -74,9 +74,9 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
                 soh=4096 * codec.row_bytes, sot=codec.row_bytes, pos_ptr=torch.empty(8, dtype=torch.int32),
                 signs_ptr=f32, cb_ptr=f32, bnd_ptr=f32, c2_ptr=f32,
                 H=8, T=4096, inv_sqrt=d ** -0.5, norm_scale=1.01, norm_ptr=out, snb=0, snh=0, c_ptr=f32,
-                scb=8 * d, sch=d)
+                scb=8 * d, sch=d, s_ptr=f32, ssh=d)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
-                 HAS_POS=False, BLOCK_R=block_rows, PLANAR=False, CENTER=center)
+                 HAS_POS=False, BLOCK_R=block_rows, PLANAR=False, CENTER=center, SCALE=scale)
     if kernel == "row":
         signs, mids, _ = _row_constants(d, codec.spec.bits, 0, torch.device("cpu"))
         const.update(BLOCK_R=32 * num_warps, SIGNS=signs, MIDS=mids,

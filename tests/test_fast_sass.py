@@ -63,3 +63,15 @@ def test_query_map_builds_without_spills(d, m):
                 M=m, w_head_stride=0)
     _, regs, stack = sass_decode.sass(sass_decode._compile(query_map_kernel, args, seen, opts))
     assert stack == 0 and regs <= 64, (regs, stack)
+
+
+@pytest.mark.parametrize("kind,d", [("turbo4", 128), ("turbo3", 64), ("turbo2", 256)])
+def test_centered_scaled_encode_compiles_for_sm90_without_spills(kind, d):
+    """The lanes encode kernel (a decode step's one-token writes) with a centered static cache's key mean and key
+    scale folded in: it must compile for sm_90 (the interpreter, which checks its bytes, does not compile) and keep
+    everything in registers."""
+    k = sass_decode.compile_encode(kind, d, block_rows=16, num_warps=4, kernel="lanes", center=True, scale=True)
+    text, regs, stack = sass_decode.sass(k)
+    assert stack == 0 and regs <= 128
+    ops = [op for _, op, _ in sass_decode.instrs(text)[0]]
+    assert ops and not [op for op in ops if op.startswith(("LDL", "STL"))]
