@@ -52,8 +52,10 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | 
     from compactkv.engine import Generation, SamplingConfig, make_cache
     from compactkv.engine.graphs import static_cache
     plain = sinks == "plain"  # no sinks, no key centering: the static cache before session 16
-    cache = (static_cache(lm.model, kind, 1, len(prompt) + new, "cuda", sink_tokens=0 if plain else sinks,
-                          center_keys=not plain) if graphs
+    scaled = sinks == "scaled"  # the default static cache with query-aware key scaling on
+    cache = (static_cache(lm.model, kind, 1, len(prompt) + new, "cuda",
+                          sink_tokens=0 if plain else None if scaled else sinks, center_keys=not plain,
+                          scale_keys=True if scaled else None) if graphs
              else make_cache(lm.model, kind, kind))
     gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=new), cache, graphs=graphs, prefill_chunk=4096)
     stamps = []
@@ -115,8 +117,8 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead of the 8B shape (a quick check)")
     ap.add_argument("--graphs-only", action="store_true", help="skip the eager one-sequence rows")
     ap.add_argument("--graph-sinks", default="",
-                    help="comma-separated fp16 sink counts for extra graphed compressed rows (the default: 4), or "
-                         "'plain' (no sinks, no key centering)")
+                    help="comma-separated fp16 sink counts for extra graphed compressed rows (the default: 4), "
+                         "'plain' (no sinks, no key centering) or 'scaled' (the default with scale_keys)")
     ap.add_argument("--serve", type=int, default=0, help="also N concurrent sequences through the scheduler")
     ap.add_argument("--serve-only", action="store_true", help="with --serve: skip the one-sequence runs")
     ap.add_argument("--json")
@@ -148,7 +150,8 @@ def main() -> int:
         same = e["tokens"] == g["tokens"]
         info.setdefault("same_tokens", {})[kind] = same
         print(f"{kind}: graphs/eager steady speed {e['steady_ms'] / g['steady_ms']:.2f}x, same tokens: {same}")
-    sink_counts = [x if x == "plain" else int(x) for x in args.graph_sinks.split(",")] if args.graph_sinks else []
+    sink_counts = ([x if x in ("plain", "scaled") else int(x) for x in args.graph_sinks.split(",")]
+                   if args.graph_sinks else [])
     for kind in (k for k in args.kinds.split(",") if k != "f16" and sink_counts):
         default = next((x for x in rows if x["kind"] == kind and x["graphs"] and x["sinks"] is None), None)
         for n in sink_counts:
@@ -156,7 +159,7 @@ def main() -> int:
             rows.append(_one(lm, kind, True, prompt, args.new, n))
             r = rows[-1]
             same = default is not None and r["tokens"] == default["tokens"]
-            print(f"{kind:7s} graphs, {n if n == 'plain' else f'{n} fp16 sinks'}: steady {r['steady_ms']:6.2f} ms/token (same tokens as the "
+            print(f"{kind:7s} graphs, {n if n in ('plain', 'scaled') else f'{n} fp16 sinks'}: steady {r['steady_ms']:6.2f} ms/token (same tokens as the "
                   f"default graphed row: {same})", flush=True)
     base = next((r for r in rows if r["kind"] == "f16" and not r["graphs"]), None)
     if base:

@@ -26,6 +26,8 @@
 #                                     # the tests of every path that encodes; bench kernels' encode table and prefill
 #   bash scripts/gpu_batch.sh all-tests  # every GPU test file, SHARDS (15) pytest processes at once, round-robin
 #                                     # (scripts/pytest_shards.py), each cut at TEST_TIMEOUT (540 s)
+#   bash scripts/gpu_batch.sh static-bench  # the static cache's graphed step per variant (sinks, centering,
+#                                     # key scaling), one layer's one-token update, serve --graphs x4
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -141,6 +143,15 @@ all-tests)
         -k "not in_interpreter" tests/test_triton_encode.py tests/test_triton_kernels.py tests/test_triton_finish.py \
         tests/test_triton_dispatch.py tests/test_static_graphs.py tests/test_gluon_decode.py tests/test_lut_decode.py \
         tests/test_rotation.py tests/test_fast_sass.py tests/test_engine_graphs.py
+    ;;
+static-bench)
+    # the static cache's graphed step: default (sinks + centering) vs 0 sinks vs plain rows vs key scaling, one
+    # layer's one-token update per variant, then 4 sequences through `serve --graphs`' scheduler
+    timeout 200 python scripts/engine_graphs_bench.py --prompt 1024 --new 128 --kinds turbo4 --graphs-only \
+        --graph-sinks 0,plain,scaled --json "$OUT/static-graphs.json" 2>&1 | grep -v "^Loading" | tail -5
+    timeout 90 python scripts/static_update_bench.py --json "$OUT/static-update.json" 2>&1 | tail -5
+    timeout 200 python scripts/engine_graphs_bench.py --serve 4 --serve-only --prompt 1024 --new 96 \
+        --kinds turbo4 --json "$OUT/serve-graphs.json" 2>&1 | tail -3
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

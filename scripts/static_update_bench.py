@@ -3,10 +3,11 @@
     python scripts/static_update_bench.py [--heads 8] [--head-dim 128] [--context 1024] [--steps 32] [--json PATH]
 
 Per variant a StaticTurboQuantLayer (turbo4, planar where the decode kernels read planes) is prefilled with
---context random bf16 tokens, then --steps one-token updates (encode K and V at the device-side counts) are
+--context random bf16 tokens (then shown random queries, which fix scale_keys' key scale), then --steps one-token
+updates (encode K and V at the device-side counts) are
 captured in one CUDA graph and replayed; reported: microseconds per update (median of 20 replays / steps), so the
-difference between variants is what centering (a subtraction kernel, float32 encoder input) and sinks (a second
-count) add per layer and step.
+difference between variants is what centering, sinks (a second count) and the key scale add per layer and step
+(the encode kernel picked by `encode_rows`' auto rule; COMPACTKV_ENCODE_KERNEL=lanes forces the lanes kernel).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def one(variant: dict, heads: int, d: int, context: int, steps: int) -> float:
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, heads, context, d, device="cuda", dtype=torch.bfloat16, generator=g)
     layer.update(x, x.clone())
+    layer.observe(torch.randn(1, heads * 4, context, d, device="cuda", dtype=torch.bfloat16, generator=g))
     # a decode step's K/V: a view of a [B, 1, H, D] projection, as the model hands them over
     k = torch.randn(1, 1, heads, d, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
     v = torch.randn_like(k)
@@ -68,7 +70,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     variants = {"plain": dict(center_keys=False), "centered": dict(center_keys=True),
-                "centered + 4 sinks": dict(center_keys=True, sink_tokens=4)}
+                "centered + 4 sinks": dict(center_keys=True, sink_tokens=4),
+                "centered + 4 sinks + scaled": dict(center_keys=True, sink_tokens=4, scale_keys=True)}
     rows = []
     for name, variant in variants.items():
         us = one(variant, args.heads, args.head_dim, args.context, args.steps)
