@@ -379,3 +379,31 @@ def test_static_scale_keys_waits_for_the_queries_and_never_loses_a_pending_updat
         fresh = StaticTurboQuantCache(cfg, batch_size=1, max_cache_len=64, device="cpu", scale_keys=True).layers[0]
         fresh.update(k, v)
         fresh.observe(torch.randn(1, 3, 24, 64))
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "f16"])
+def test_resized_static_cache_holds_the_same_tokens_and_continues_identically(kind):
+    """What `serve --graphs`' prefix store does: keep a finished static cache at its own length, then give a reused
+    copy room for a whole context again; the copy must continue exactly as the original would."""
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(6))
+    cache = static_cache(model, kind, 1, 64, "cpu", scale_keys=True) if kind != "f16" else \
+        StaticDenseCache(model.config, batch_size=1, max_cache_len=64, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    small = cache.resized(40)
+    assert small.max_cache_len == 40 and small.get_seq_length() == 40
+    assert small.memory_report()["kv_bytes"] < cache.memory_report()["kv_bytes"]
+    with pytest.raises(ValueError, match="capacity must be an integer >= the 40 stored tokens"):
+        cache.resized(39)
+    big = small.resized(64)
+    want, _ = greedy_static(model, cache, ids[:, -1:] * 0 + 7, 6)
+    got, _ = greedy_static(model, big, ids[:, -1:] * 0 + 7, 6)
+    assert torch.equal(got, want)
+    for a, b in zip(cache.layers, big.layers):  # the same bytes, and the copy's own buffers
+        if kind == "f16":
+            assert torch.equal(a.keys, b.keys) and a.keys.data_ptr() != b.keys.data_ptr()
+        else:
+            assert torch.equal(a.chunks_k[0], b.chunks_k[0]) and torch.equal(a.sink_k, b.sink_k)
+            assert torch.equal(a.k_scale, b.k_scale) and b.k_mean is b.key_center
+            assert a.k_rows.data_ptr() != b.k_rows.data_ptr() and b.backend_state == {}

@@ -30,6 +30,7 @@ capturable); compactkv.attention.triton.encode.encode_into writes in place at th
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -117,6 +118,38 @@ class _StaticLayer(CacheLayerMixin):
         idx = beam_idx.to(self.device)
         for t in self._buffers():
             t.copy_(t.index_select(0, idx))
+
+    # buffers with a token axis (dim 2) of max_cache_len slots, and how many of their slots hold tokens
+    _CAPACITY_BUFFERS: tuple[str, ...] = ()
+
+    def _slots_used(self) -> int:
+        return self.cumulative_length
+
+    def resized(self, capacity: int) -> "_StaticLayer":
+        """A copy holding the same tokens in buffers of `capacity` slots (>= the tokens stored): a prefix store
+        keeps a stored sequence in no more than its own length, and a reused one gets a whole context again.
+        Tensors shared between attributes stay shared in the copy; per-layer backend state starts empty."""
+        if not isinstance(capacity, int) or not self.cumulative_length <= capacity or capacity < 1:
+            raise ValueError(f"capacity must be an integer >= the {self.cumulative_length} stored tokens and >= 1, "
+                             f"got {capacity!r}")
+        n = self._slots_used()
+        memo: dict[int, torch.Tensor] = {}
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if id(value) not in memo:
+                if name in self._CAPACITY_BUFFERS:
+                    buf = value.new_zeros(value.shape[:2] + (capacity,) + value.shape[3:])
+                    buf[:, :, :n] = value[:, :, :n]
+                    memo[id(value)] = buf
+                else:
+                    memo[id(value)] = value.clone()
+            setattr(new, name, memo[id(value)])
+        new.max_cache_len = capacity
+        if hasattr(self, "backend_state"):
+            new.backend_state = {}
+        return new
 
 
 class StaticTurboQuantLayer(_StaticLayer):
@@ -364,6 +397,15 @@ class StaticTurboQuantLayer(_StaticLayer):
             return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths
         return self.k_rows, self.v_rows, self.lengths
 
+    _CAPACITY_BUFFERS = ("k_codes", "k_norms", "v_codes", "v_norms", "k_rows", "v_rows")
+
+    def _slots_used(self) -> int:
+        return self.n_compressed
+
+    def resized(self, capacity: int) -> "StaticTurboQuantLayer":
+        self._flush_pending()
+        return super().resized(capacity)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._flush_pending()
         super().reorder_cache(beam_idx)
@@ -465,6 +507,13 @@ class StaticDenseLayer(_StaticLayer):
         setattr(values, TAG, self)
         return keys, values
 
+    _CAPACITY_BUFFERS = ("keys", "values")
+
+    def resized(self, capacity: int) -> "StaticDenseLayer":
+        new = super().resized(capacity)
+        new._slots = torch.arange(capacity, device=self.device)
+        return new
+
     def attn_mask(self, groups: int, tq: int) -> torch.Tensor | None:
         """bool [B, 1, groups * tq, max_cache_len] (query rows ordered (group, token), as the attention function
         folds GQA into the query length), or None where exact_mask is off for a single-token step."""
@@ -518,6 +567,12 @@ class StaticKVCache(Cache):
     def set_host_lengths(self, counts: list[int]) -> None:
         for layer, n in zip(self.layers, counts):
             layer.cumulative_length = n
+
+    def resized(self, capacity: int) -> "StaticKVCache":
+        """A copy of this cache with the same tokens and room for `capacity` (see _StaticLayer.resized)."""
+        new = copy.copy(self)
+        new.layers = [layer.resized(capacity) for layer in self.layers]
+        return new
 
     def fill(self, tokens: int) -> None:
         """Mark `tokens` tokens per row as stored without writing them (benchmarks fill the buffers themselves)."""

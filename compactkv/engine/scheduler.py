@@ -206,8 +206,8 @@ class Scheduler:
                 self._active.remove(req)
 
     def _new_cache(self):
-        """An empty cache for one sequence: dynamic, or (graphs) static with room for the whole context, so that
-        every prefix the store hands back (a copy of such a cache) also has room for any request."""
+        """An empty cache for one sequence: dynamic, or (graphs) static with room for the whole context (a prefix
+        is stored at its own length and given that room again when it is reused)."""
         cfg = self.cfg
         if cfg.graphs:
             from .graphs import engine_static_cache
@@ -219,6 +219,8 @@ class Scheduler:
         cache, reused = self.prefix.lookup(req.prompt_ids) if req.cache_prompt else (None, 0)
         if cache is None:
             cache = self._new_cache()
+        elif cfg.graphs:  # a stored prefix is kept at its own length (_finish): room for the whole context again
+            cache = cache.resized(self.max_context)
         return Generation(self.lm, req.prompt_ids, req.sampling, cache, cached_tokens=reused,
                           max_context=self.max_context, prefill_chunk=cfg.prefill_chunk, graphs=cfg.graphs)
 
@@ -230,7 +232,11 @@ class Scheduler:
             summary["timings"] = gen.timings
             summary["output_ids"] = gen.output_ids
             if reason != "cancelled" and req.cache_prompt:
-                self.prefix.insert(gen.cached_ids(), gen.cache)
+                cache, ids = gen.cache, gen.cached_ids()
+                if self.cfg.graphs and self.prefix.budget and len(ids) >= self.prefix.min_tokens:
+                    # a static cache holds the whole context: the store keeps only what it holds
+                    cache = cache.resized(len(ids))
+                self.prefix.insert(ids, cache)
         _safe_emit(req, "done", summary)
 
 
