@@ -159,8 +159,9 @@ def main() -> int:
             rows.append(_one(lm, kind, True, prompt, args.new, n))
             r = rows[-1]
             same = default is not None and r["tokens"] == default["tokens"]
-            print(f"{kind:7s} graphs, {n if n in ('plain', 'scaled') else f'{n} fp16 sinks'}: steady {r['steady_ms']:6.2f} ms/token (same tokens as the "
-                  f"default graphed row: {same})", flush=True)
+            label = n if n in ("plain", "scaled") else f"{n} fp16 sinks"
+            print(f"{kind:7s} graphs, {label}: steady {r['steady_ms']:6.2f} ms/token (same tokens as the default "
+                  f"graphed row: {same})", flush=True)
     base = next((r for r in rows if r["kind"] == "f16" and not r["graphs"]), None)
     if base:
         for r in rows:

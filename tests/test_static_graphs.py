@@ -80,7 +80,8 @@ def test_static_dense_matches_dynamic_cache():
     ("turbo4", None, False, True, 0, False), ("turbo2", None, False, True, 0, False),
     ("turbo4", 16, False, True, 0, False), ("turbo4", None, True, True, 0, False), ("turbo2", 16, True, True, 0, False),
     ("turbo4", None, False, False, 0, False), ("turbo2", 16, True, False, 0, False),
-    ("turbo4", None, False, True, 4, False), ("turbo2", 20, True, True, 4, False), ("turbo4", 16, True, False, 4, False),
+    ("turbo4", None, False, True, 4, False), ("turbo2", 20, True, True, 4, False),
+    ("turbo4", 16, True, False, 4, False),
     ("turbo4", None, False, True, 4, True), ("turbo2", 20, True, True, 4, True), ("turbo4", None, True, True, 0, True),
     ("turbo3", 24, False, False, 0, True)])
 def test_static_turbo_matches_compress_everything_cache(kind, chunk, planar, center, sinks, scale):
