@@ -65,6 +65,20 @@ def test_run_graphs_flags_are_checked_before_loading(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_run_reads_compactkv_graphs_as_serve_does(capsys, monkeypatch):
+    """COMPACTKV_GRAPHS is an on/off switch like serve's (false/no/off/0 mean off); a value that is neither is
+    refused by name before the model loads."""
+    monkeypatch.setenv("COMPACTKV_GRAPHS", "maybe")
+    assert cli_main(["run", "hi", "--model", "/nonexistent"]) == 2
+    assert "COMPACTKV_GRAPHS='maybe' is not a valid switch (1/true/yes/on" in capsys.readouterr().err
+    monkeypatch.setenv("COMPACTKV_GRAPHS", "on")  # on: the graph kinds are checked before loading
+    assert cli_main(["run", "hi", "--model", "/nonexistent", "--k", "q8_0"]) == 2
+    assert "--graphs takes K/V kinds" in capsys.readouterr().err
+    monkeypatch.setenv("COMPACTKV_GRAPHS", "false")  # off: q8_0 is fine, the missing model is what fails
+    assert cli_main(["run", "hi", "--model", "/nonexistent", "--k", "q8_0"]) != 0
+    assert "--graphs takes" not in capsys.readouterr().err
+
+
 def _cuda_lm():
     lm = tiny_lm(eos=False)
     lm.model.to("cuda")

@@ -19,6 +19,20 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"COMPACTKV_{name}") or default
 
 
+def env_switch(name: str) -> bool:
+    """$COMPACTKV_<NAME> as an on/off setting (unset: off), as `compactkv serve` reads its switches; ValueError
+    naming the variable and the accepted values."""
+    from ..server.config import SWITCH_VALUES, switch
+
+    text = env(name)
+    if text is None:
+        return False
+    try:
+        return switch(text)
+    except ValueError:
+        raise ValueError(f"COMPACTKV_{name}={text!r} is not a valid switch ({SWITCH_VALUES})") from None
+
+
 def kind_arg(text: str) -> str:
     try:
         return parse_kind(text).name
@@ -69,10 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=env("SEED"))
     p.add_argument("--system", default=env("SYSTEM"), help="system message")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    p.add_argument("--graphs", action="store_true", default=env("GRAPHS", "") not in ("", "0"),
+    p.add_argument("--graphs", action="store_const", const=True,
                    help="CUDA only: decode steps replayed from a CUDA graph over a static cache sized for this "
                         f"prompt + --max-new-tokens (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both "
-                        "compressed; no recent window, query-aware key scaling or policy)")
+                        "compressed; no recent window, query-aware key scaling or policy; default: "
+                        "COMPACTKV_GRAPHS, off)")
     p.set_defaults(func=main)
 
 
@@ -84,6 +99,8 @@ def main(args: argparse.Namespace) -> int:
     from ..engine.text import chat_prompt_ids, text_prompt_ids
 
     policy = parse_policy(args.policy)
+    if args.graphs is None:
+        args.graphs = env_switch("GRAPHS")
     if args.graphs:
         check_graph_kinds(args.k, args.v, policy, flag="--graphs")  # before the model loads
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

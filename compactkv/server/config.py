@@ -80,14 +80,17 @@ class ServerConfig:
             raise ValueError(f"shutdown_timeout must be a number of seconds >= 0, got {self.shutdown_timeout!r}")
 
 
-def _flag(text: str) -> bool:
-    """An environment switch: 1/true/yes/on or 0/false/no/off (any case)."""
+SWITCH_VALUES = "1/true/yes/on or 0/false/no/off"
+
+
+def switch(text: str) -> bool:
+    """An on/off setting given as text (environment variables): SWITCH_VALUES, any case; ValueError otherwise."""
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ValueError(text)
+    raise ValueError(f"{text!r} is not {SWITCH_VALUES}")
 
 
 def _bad_int(value: Any, minimum: int) -> bool:
@@ -97,8 +100,8 @@ def _bad_int(value: Any, minimum: int) -> bool:
 FIELDS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name != "defaults")
 DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 _CASTS = {"context_length": int, "port": int, "parallel": int, "max_queue": int, "prefill_chunk": int,
-          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": _flag,
-          "warmup": _flag}
+          "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": switch,
+          "warmup": switch}
 
 
 def load_profile(path: str | Path) -> dict:
@@ -138,7 +141,7 @@ def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = N
             try:
                 values[name] = _CASTS.get(name, str)(env_value)
             except ValueError:
-                hint = " (1/true/yes/on or 0/false/no/off)" if _CASTS.get(name) is _flag else ""
+                hint = f" ({SWITCH_VALUES})" if _CASTS.get(name) is switch else ""
                 raise ValueError(f"COMPACTKV_{name.upper()}={env_value!r} is not a valid {name}{hint}") from None
         elif profile.get(name) is not None:
             values[name] = profile[name]
