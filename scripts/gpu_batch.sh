@@ -149,7 +149,7 @@ static-bench)
     # layer's one-token update per variant, then 4 sequences through `serve --graphs`' scheduler
     timeout 200 python scripts/engine_graphs_bench.py --prompt 1024 --new 128 --kinds turbo4 --graphs-only \
         --graph-sinks 0,plain,scaled --json "$OUT/static-graphs.json" 2>&1 | grep -v "^Loading" | tail -5
-    timeout 90 python scripts/static_update_bench.py --json "$OUT/static-update.json" 2>&1 | tail -5
+    timeout 240 python scripts/static_update_bench.py --json "$OUT/static-update.json" 2>&1 | tail -5
     timeout 200 python scripts/engine_graphs_bench.py --serve 4 --serve-only --prompt 1024 --new 96 \
         --kinds turbo4 --json "$OUT/serve-graphs.json" 2>&1 | tail -3
     ;;
