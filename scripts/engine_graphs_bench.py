@@ -51,17 +51,23 @@ def _lm(model):
 def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | str | None = None) -> dict:
     from compactkv.engine import Generation, SamplingConfig, make_cache
     from compactkv.engine.graphs import static_cache
+    from compactkv.attention.triton import backend
     plain = sinks == "plain"  # no sinks, no key centering: the static cache before session 16
     scaled = sinks == "scaled"  # the default static cache with query-aware key scaling on
+    two = sinks == "two-launch"  # the default cache, its sinks merged by finish_decode (backend.FUSE_SINKS off)
     cache = (static_cache(lm.model, kind, 1, len(prompt) + new, "cuda",
-                          sink_tokens=0 if plain else None if scaled else sinks, center_keys=not plain,
+                          sink_tokens=0 if plain else None if scaled or two else sinks, center_keys=not plain,
                           scale_keys=True if scaled else None) if graphs
              else make_cache(lm.model, kind, kind))
     gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=new), cache, graphs=graphs, prefill_chunk=4096)
     stamps = []
-    while not gen.done:
-        if gen.step() is not None:
-            stamps.append(time.perf_counter())
+    fuse, backend.FUSE_SINKS = backend.FUSE_SINKS, backend.FUSE_SINKS and not two
+    try:
+        while not gen.done:
+            if gen.step() is not None:
+                stamps.append(time.perf_counter())
+    finally:
+        backend.FUSE_SINKS = fuse
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     t = gen.timings
     row = {"kind": kind, "graphs": graphs, "sinks": sinks, "prompt_s": t.prompt_seconds,
@@ -118,7 +124,8 @@ def main() -> int:
     ap.add_argument("--graphs-only", action="store_true", help="skip the eager one-sequence rows")
     ap.add_argument("--graph-sinks", default="",
                     help="comma-separated fp16 sink counts for extra graphed compressed rows (the default: 4), "
-                         "'plain' (no sinks, no key centering) or 'scaled' (the default with scale_keys)")
+                         "'plain' (no sinks, no key centering), 'scaled' (scale_keys on) or 'two-launch' (the default "
+                         "cache, sinks merged by a second launch: backend.FUSE_SINKS off)")
     ap.add_argument("--serve", type=int, default=0, help="also N concurrent sequences through the scheduler")
     ap.add_argument("--serve-only", action="store_true", help="with --serve: skip the one-sequence runs")
     ap.add_argument("--json")
@@ -150,7 +157,7 @@ def main() -> int:
         same = e["tokens"] == g["tokens"]
         info.setdefault("same_tokens", {})[kind] = same
         print(f"{kind}: graphs/eager steady speed {e['steady_ms'] / g['steady_ms']:.2f}x, same tokens: {same}")
-    sink_counts = ([x if x in ("plain", "scaled") else int(x) for x in args.graph_sinks.split(",")]
+    sink_counts = ([x if x in ("plain", "scaled", "two-launch") else int(x) for x in args.graph_sinks.split(",")]
                    if args.graph_sinks else [])
     for kind in (k for k in args.kinds.split(",") if k != "f16" and sink_counts):
         default = next((x for x in rows if x["kind"] == kind and x["graphs"] and x["sinks"] is None), None)
@@ -159,7 +166,7 @@ def main() -> int:
             rows.append(_one(lm, kind, True, prompt, args.new, n))
             r = rows[-1]
             same = default is not None and r["tokens"] == default["tokens"]
-            label = n if n in ("plain", "scaled") else f"{n} fp16 sinks"
+            label = n if n in ("plain", "scaled", "two-launch") else f"{n} fp16 sinks"
             print(f"{kind:7s} graphs, {label}: steady {r['steady_ms']:6.2f} ms/token (same tokens as the default "
                   f"graphed row: {same})", flush=True)
     base = next((r for r in rows if r["kind"] == "f16" and not r["graphs"]), None)

@@ -28,6 +28,8 @@
 #                                     # (scripts/pytest_shards.py), each cut at TEST_TIMEOUT (540 s)
 #   bash scripts/gpu_batch.sh static-bench  # the static cache's graphed step per variant (sinks, centering,
 #                                     # key scaling), one layer's one-token update, serve --graphs x4
+#   bash scripts/gpu_batch.sh fuse-sinks  # sinks + key mean in the finishing table kernel: tests, graphed step one
+#                                     # launch vs two, bench e2e --graphs B=8 T=32K (f16-nomask, turbo4)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -152,6 +154,24 @@ static-bench)
     timeout 240 python scripts/static_update_bench.py --json "$OUT/static-update.json" 2>&1 | tail -5
     timeout 200 python scripts/engine_graphs_bench.py --serve 4 --serve-only --prompt 1024 --new 96 \
         --kinds turbo4 --json "$OUT/serve-graphs.json" 2>&1 | tail -3
+    ;;
+fuse-sinks)
+    # the static cache's sinks and key mean merged by the finishing table kernel (backend.FUSE_SINKS): its tests
+    # (4 processes), the graphed step one launch vs two per layer, then bench e2e --graphs at B=8 T=32K
+    t="timeout ${TEST_TIMEOUT:-230}"
+    $t python -m pytest -q -p no:warnings -k "sinks" tests/test_lut_decode.py > "$OUT/pytest_fs_a.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "merges_sinks or kernels_match_torch or graph_replay" \
+        tests/test_static_graphs.py > "$OUT/pytest_fs_b.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "graph" tests/test_engine_graphs.py > "$OUT/pytest_fs_c.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "fused and not sinks" tests/test_lut_decode.py \
+        > "$OUT/pytest_fs_d.txt" 2>&1 &
+    wait
+    summarize
+    timeout 150 python scripts/engine_graphs_bench.py --prompt 1024 --new 128 --kinds turbo4 --graphs-only \
+        --graph-sinks two-launch,0 --json "$OUT/fuse-sinks.json" 2>&1 | grep -v "^Loading" | tail -4
+    timeout 200 python -m compactkv.cli bench e2e --graphs --batches 8 --synthetic-contexts 32768 \
+        --kinds f16-nomask,turbo4 --steps 32 --warmup 3 --json "$OUT/e2e-graphs-b8.json" > "$OUT/e2e-graphs-b8.txt" 2>&1
+    tail -8 "$OUT/e2e-graphs-b8.txt"
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -105,7 +105,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
-                rows: bool = False):
+                rows: bool = False, sinks: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -125,13 +125,15 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 lut_ptr=i32, H=8, MQ=4, num_splits=16, kcsb=8 * t * nb, kcsh=t * nb, vcsb=8 * t * nb, vcsh=t * nb,
                 nsb=8 * t, nsh=t, w_ptr=f32, w_hs=0, cnt_ptr=i32, adj_ptr=f32,
                 out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
-                v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10)
+                v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10, sk_ptr=torch.empty(64, dtype=torch.bfloat16),
+                sv_ptr=torch.empty(64, dtype=torch.bfloat16), n_sink=4, s_sb=8 * 4 * d, s_sh=4 * d, kmean_ptr=f32,
+                qscale=0.127)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload,
                  VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=qmap,
-                 QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows)
+                 QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks, KMEAN=sinks)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -287,6 +287,95 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg):
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
+    """The default finishing build (8 warps, pipe 3, LUT_FUSED_MAXNREG) with the sinks and key mean merged: no
+    spills, and the table still starts shared memory (the compiler's scratch for the scores' sums across warps
+    follows it, as lut_smem counts)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_smem
+    s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG,
+                            qmap=True, fused=True, sinks=True)
+    assert s["ops"]["LDL"] + s["ops"]["STL"] == 0
+    assert s["shared"] == lut_smem(LUT_WARPS, 128, LUT_PIPE, fused=True, sinks=True) == 256 * 256 + LUT_WARPS * 32
+    assert "[global_smem+65536]" in s["ptx"]
+
+
+def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
+    """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
+    finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
+    counters zero afterwards."""
+    from test_gluon_decode import _planar_case, _rel
+    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from compactkv.attention.triton.gluon import attend_planes
+    dev = "cuda"
+    b, t = len(lengths), max(lengths)
+    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
+    q = torch.randn(b, hkv, g, d, device=dev).to(qdtype)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    scale = d ** -0.5
+    sinks = None
+    if n_sink:
+        buf_k = torch.randn(b, hkv, 4, d, device=dev, dtype=torch.bfloat16) * 2
+        buf_v = torch.randn(b, hkv, 4, d, device=dev, dtype=torch.bfloat16)
+        sinks = (buf_k[..., :n_sink, :], buf_v[..., :n_sink, :])
+    k_mean = torch.randn(b, hkv, 1, d, device=dev) * 0.7 if mean else None
+    counters = torch.zeros(b * hkv, dtype=torch.int32, device=dev)
+    out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
+    attend_planes(q, fwd * (scale * LOG2E), adj, kcodes, knorms, vcodes, vnorms,
+                  torch.tensor(lengths, dtype=torch.int32, device=dev), packed_kind(kc), packed_kind(vc), max_len=t,
+                  counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
+                  qscale=scale * LOG2E)
+    assert int(counters.abs().sum()) == 0
+    k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
+    if mean:
+        k = k + k_mean.cpu().double()
+    qd = q.cpu().double()
+    want = []
+    for i, n in enumerate(lengths):
+        kk, vv = k[i, :, :n], v[i, :, :n]
+        if n_sink:
+            kk = torch.cat([sinks[0][i].cpu().double(), kk], 1)
+            vv = torch.cat([sinks[1][i].cpu().double(), vv], 1)
+        want.append(torch.softmax(qd[i] @ kk.transpose(-1, -2) * scale, -1) @ vv)
+    return _rel(out.reshape(b, hkv, g, d), torch.stack(want))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("n_sink,mean", [(4, True), (1, True), (3, False), (0, True)])
+def test_fused_table_kernel_merges_sinks_and_key_mean_vs_float64(kind, n_sink, mean):
+    """The static cache's decode step in one launch: its 4 (or fewer, after a crop) fp16 sinks and the key mean
+    merged by the finishing program; ragged rows, one token, many programs, GQA 1/4/8."""
+    from test_gluon_decode import TOL
+    assert _check_fused_sinks(kind, 4, [777, 130, 3, 64], n_sink, mean) < TOL
+    assert _check_fused_sinks(kind, 8, [5000, 2], n_sink, mean, num_splits=128) < TOL
+    assert _check_fused_sinks(kind, 1, [900, 33, 7], n_sink, mean, hkv=8, qdtype=torch.float16) < TOL
+
+
+def test_attend_planes_names_bad_sinks_and_key_mean():
+    """Refused before anything runs: no qscale, sinks or mean of the wrong shape."""
+    from compactkv.attention.triton.gluon import _fused_extras
+    k = torch.zeros(2, 3, 4, 128, dtype=torch.float16)
+    assert _fused_extras(None, None, None, 2, 3, 128, k.device) is None
+    assert _fused_extras((k[..., :0, :], k[..., :0, :]), None, None, 2, 3, 128, k.device) is None
+    with pytest.raises(ValueError, match="need qscale"):
+        _fused_extras((k, k), None, None, 2, 3, 128, k.device)
+    with pytest.raises(ValueError, match=r"sink_v must be a fp16/bf16/fp32 \[2, 3, 4, 128\]"):
+        _fused_extras((k, k[:1]), None, 0.1, 2, 3, 128, k.device)
+    with pytest.raises(ValueError, match=r"k_mean must be \[2, 3, 1, 128\]"):
+        _fused_extras(None, torch.zeros(2, 3, 128), 0.1, 2, 3, 128, k.device)
+    sk, sv, mean, qs = _fused_extras((k, k.float()), torch.zeros(2, 3, 1, 128), 0.1, 2, 3, 128, k.device)
+    assert sv.dtype == sk.dtype == torch.float16 and mean.shape == (6, 128) and mean.dtype == torch.float32
+
+
 def test_attend_planes_refuses_what_it_cannot_finish():
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import attend_planes, fused_unsupported

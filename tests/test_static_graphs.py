@@ -298,6 +298,38 @@ def test_static_kernels_match_torch_reference(kind, head_dim, monkeypatch):
     assert err < 2e-2, err
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+def test_static_decode_step_merges_sinks_in_one_launch(kind, monkeypatch):
+    """A static cache with fp16 sinks and centered, scaled keys: its one-token steps run the finishing table kernel
+    with the sinks and key mean merged there (backend.FUSE_SINKS), and give the logits of the two-launch path
+    (table kernel + finish_decode) and of the torch reference."""
+    from compactkv.attention.triton import backend, gluon
+    calls = []
+    real = gluon.attend_planes
+
+    def spy(*args, **kw):
+        calls.append(kw.get("sinks") is not None and kw.get("k_mean") is not None)
+        return real(*args, **kw)
+    monkeypatch.setattr(backend, "attend_planes", spy)
+    model = tiny_model("cuda", torch.float16, head_dim=128)
+    ids = torch.randint(0, VOCAB, (2, 200), device="cuda", generator=torch.Generator("cuda").manual_seed(8))
+    logits = {}
+    for name, env, fuse in (("torch", "torch", True), ("two launches", "triton", False), ("one", "triton", True)):
+        monkeypatch.setenv("COMPACTKV_BACKEND", env)
+        monkeypatch.setattr(backend, "FUSE_SINKS", fuse)
+        cache = static_cache(model, kind, 2, 260, scale_keys=True)
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True)  # (its queries fix the key scale)
+            out = model(input_ids=ids[:, :1], position_ids=cache.lengths.long()[:, None], past_key_values=cache)
+        assert cache.layers[0].n_sink == 4 and cache.layers[0].k_mean is not None
+        logits[name] = out.logits.float()
+    assert calls and all(calls) and len(calls) == len(model.model.layers)  # the fused run only, every layer
+    ref = logits["torch"].abs().max()
+    assert (logits["one"] - logits["two launches"]).abs().max() / ref < 5e-3
+    assert (logits["one"] - logits["torch"]).abs().max() / ref < 2e-2
+
+
 def test_static_layer_keeps_its_query_map():
     """The decode step's query map is made once per static layer (a graphed step must not hold a kernel remaking
     it at every replay), and the table kernel's column-ordered copy of it once per map."""

@@ -8,8 +8,8 @@ them with the compressed splits by log-sum-exp, applies the inverse V map and wr
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
 storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
-split kernel; where nothing but the compressed tokens is attended (no windows, mask or key mean) the table kernel
-finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables, the query
+split kernel; where nothing but the compressed tokens and fp16 sinks is attended (no recent window or mask) the
+table kernel finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables, the query
 map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which TurboQuantLayer empties
 whenever it rebuilds its storage (a static layer's entries never go stale: fixed codecs, counters zero between
 launches).
@@ -30,6 +30,8 @@ from .prefill import PREFILL_MIN_TQ, prefill_attention
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
 BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
+FUSE_SINKS = True  # one-token steps over planes: the table kernel's finishing program merges the fp16 sinks and key
+# mean too (session 17); False: those steps take the table kernel + decode.finish_decode (two launches), for A/B runs
 ROW_TABLE = True  # one-token steps over a chunk-list layer's rows take the table kernel where it reads them
 # (`gluon.launch_rows`); False: the row-format split kernels (decode_fast_kernel / decode_split_kernel), for A/B runs
 
@@ -218,12 +220,14 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         planes = _gluon_planes(layer, pk, pv, g, tq, bias_c)
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
-            if n_sink == 0 and n_recent == 0 and bias is None and getattr(layer, "k_mean", None) is None \
+            k_mean = getattr(layer, "k_mean", None)
+            if n_recent == 0 and bias is None and (FUSE_SINKS or (n_sink == 0 and k_mean is None)) \
                     and fused_unsupported(pk, pv, g * tq, adj) is None:
-                # nothing to merge but the compressed splits: the table kernel finishes the step itself
+                # nothing to merge but the compressed splits and the fp16 sinks: the table kernel finishes the step
                 return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=max_len,
                                      counters=_counters(layer, b * hkv, q.device), out_dtype=query.dtype,
-                                     num_splits=num_splits)
+                                     num_splits=num_splits, sinks=(layer.sink_k, layer.sink_v) if n_sink else None,
+                                     k_mean=k_mean, qscale=scaling * LOG2E)
             # the table kernel maps the query in its prologue (no map_query launch)
             parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
                                  max_len=max_len, w=w, num_splits=num_splits)

@@ -268,12 +268,15 @@ _LUT_CHECKED: set = set()
 
 
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
-             fused: bool = False) -> int:
+             fused: bool = False, sinks: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
     `pipe` 1; fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
-    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
+    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads;
+    with sinks or a key mean merged there (sinks), the compiler's scratch after the table for the scores' sums
+    across warps (one fp32 per warp and query row) instead."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
-    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
+    after = (warps * GLUON_ROWS * 4 if sinks else 4) if fused else 0
+    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + after
 
 
 def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG,
@@ -360,10 +363,13 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
-                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None) -> SplitPartials | torch.Tensor:
+                warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
+                extras=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
-    tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None)."""
+    tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
+    extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
+    `decode._window_pair` passes them or None, k_mean fp32 [B*H, D] or None)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -396,17 +402,22 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         k_tab, v_tab, shift = lengths, lengths, 0
         strides = (k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1), k_norms.stride(0),
                    k_norms.stride(1))
+    sk, sv, kmean, qscale = extras if extras is not None else (None, None, None, 0.0)
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         *strides, wq if w is not None else q,
         d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
-        out if fused else q, k_tab, v_tab, shift, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
+        0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
+        q if kmean is None else kmean, qscale, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
-        CODEC_ROWS=row_source is not None, num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
+        CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, num_warps=warps,
+        maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
+           sk is not None, kmean is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
+        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None, sk is not None or kmean is not None)
         if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
                                f"one buffer's {want}: the table's address is unknown")
@@ -429,22 +440,28 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   v_codes: torch.Tensor, v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind,
                   v_kind: PackedKind, *, max_len: int, counters: torch.Tensor, out_dtype: torch.dtype | None = None,
                   out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
-                  lut_maxnreg: int = LUT_FUSED_MAXNREG) -> torch.Tensor:
+                  lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  k_mean: torch.Tensor | None = None, qscale: float | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
-    prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group,
-    mapping it back through `adj` and writing the output (no fp16 windows, mask or key mean: those steps take
-    `launch_gluon` and `decode.finish_decode`).
+    prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
+    (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
+    recent window or mask: those steps take `launch_gluon` and `decode.finish_decode`).
 
     q: [B, H, G, D] query rows (fp16/bf16/fp32, unmapped); w: the query map (fp32 [D, D] or [H, D, D], softmax scale
     * log2 e folded in, as `decode.map_query` takes it); adj: fp32 [D, D] V inverse map on row vectors. counters:
-    int32 [B*H] zeros, owned by the caller (a layer's), zero again after the launch. Returns [B, 1, H*G, D] in
-    `out_dtype` (default q's dtype), written into `out` if given (contiguous, that shape)."""
+    int32 [B*H] zeros, owned by the caller (a layer's), zero again after the launch. sinks: (sink_k, sink_v), each
+    [B, H, n, D] fp16/bf16/fp32 in the original space, attended before the compressed tokens; k_mean: [B, H, 1, D]
+    the mean subtracted from the compressed keys (their scores get q·mean back); both need qscale (softmax scale *
+    log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
+    written into `out` if given (contiguous, that shape)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
-    # the merge stages the W warps' accumulators, the output rows and max / sum in the table's 64 KB
-    staging = (lut_warps + 1) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
+    extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
+    # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
+    # table's 64 KB
+    staging = (lut_warps + 1 + (extras is not None)) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
     if staging > LUT_TABLE_BYTES:
         raise ValueError(f"lut_warps {lut_warps}: the finishing table kernel stages {staging} bytes in the table's "
                          f"{LUT_TABLE_BYTES}; it takes 4 or 8 warps at head_dim {d}")
@@ -463,7 +480,33 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                          f"got {out.dtype} {list(out.shape)}")
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe,
-                       maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out))
+                       maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras)
+
+
+def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:
+    """attend_planes' sinks / key mean as `_launch_lut` passes them (None when neither), or ValueError."""
+    sk, sv = sinks if sinks is not None else (None, None)
+    if sk is not None and sk.shape[-2] == 0:
+        sk = sv = None
+    if sk is None and k_mean is None:
+        return None
+    if qscale is None:
+        raise ValueError("sinks and k_mean need qscale (softmax scale * log2 e)")
+    if sk is not None:
+        n = sk.shape[-2]
+        for name, x in (("sink_k", sk), ("sink_v", sv)):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != (b, h, n, d) or x.device != device \
+                    or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+                raise ValueError(f"{name} must be a fp16/bf16/fp32 [{b}, {h}, {n}, {d}] tensor on {device}, got "
+                                 f"{getattr(x, 'dtype', type(x))} {list(getattr(x, 'shape', []))}")
+        if sk.stride()[-2:] != (d, 1) or sv.stride() != sk.stride() or sv.dtype != sk.dtype:
+            sk, sv = sk.contiguous(), sv.to(sk.dtype).contiguous()
+    if k_mean is not None:
+        if tuple(k_mean.shape) != (b, h, 1, d) or k_mean.device != device:
+            raise ValueError(f"k_mean must be [{b}, {h}, 1, {d}] on {device}, got {list(k_mean.shape)} on "
+                             f"{k_mean.device}")
+        k_mean = k_mean.float().reshape(b * h, d).contiguous()
+    return sk, sv, k_mean, float(qscale)
 
 
 def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int, chunk: int) -> str | None:

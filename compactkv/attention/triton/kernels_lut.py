@@ -410,13 +410,22 @@ def _fence_gpu(x):
 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
-                  D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr, ROWB: gl.constexpr):
+                  q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
+                  D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr, ROWB: gl.constexpr,
+                  SINKS: gl.constexpr, KMEAN: gl.constexpr):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
     writes the normalised rows g < MQ at out_ptr [B, 1, H * MQ, D] (the query's dtype), then zeroes the counter
     for the next launch. acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum
-    (log2 units)."""
+    (log2 units).
+
+    SINKS: the group's n_sink fp16/bf16 sink tokens (sk_ptr / sv_ptr [B, H, n_sink, D], contiguous rows, batch and
+    head strides s_sb, s_sh in elements) are attended by the last program too, with the unmapped query rows at
+    q_ptr (row bh * MQ + g, D values) times qscale (softmax scale * log2 e), and merged with the compressed part by
+    log-sum-exp as decode_finish_kernel merges its windows; their values are added after the inverse map (they are
+    in the original space). KMEAN: kmean_ptr fp32 [B*H, D], the mean subtracted from the compressed keys: their
+    scores get q·mean back (a shift of the compressed part's max)."""
     SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
@@ -427,6 +436,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     st_o = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)
     st_m = lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
     st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
+    st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
     gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
     st_a.store(acc)
     st_m.store(m_i)
@@ -488,13 +498,50 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
             a_r = a_r * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1) \
                 + gl.sum(ac * gl.expand_dims(wc, 2), axis=0)
             m_r = m_new
-        inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
-        res = a_r * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1)
+        FA: gl.constexpr = gl.SliceLayout(0, FIN)  # [NH, D]
+        FR: gl.constexpr = gl.SliceLayout(1, FA)  # [NH]
+        if SINKS or KMEAN:
+            wn = gl.arange(0, NH, layout=FR)
+            wd = gl.arange(0, D, layout=gl.SliceLayout(0, FA))
+            qw = gl.load(q_ptr + gl.expand_dims((bh * MQ + wn).to(gl.int64) * D, 1) + gl.expand_dims(wd, 0),
+                         mask=gl.expand_dims(wn < MQ, 1), other=0.0).to(gl.float32) * qscale
+            m_c = gl.convert_layout(m_r, FR)
+            l_c = gl.convert_layout(l_r, FR)
+            if KMEAN:  # the compressed keys' scores are short of q·mean (-inf stays -inf)
+                m_c = m_c + gl.sum(qw * gl.expand_dims(gl.load(kmean_ptr + bh.to(gl.int64) * D + wd), 0), axis=1)
+            m_w = gl.full([NH], float("-inf"), gl.float32, FR)
+            l_w = gl.zeros([NH], gl.float32, FR)
+            a_w = gl.zeros([NH, D], gl.float32, FA)
+            if SINKS:
+                skb = sk_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + wd
+                svb = sv_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + wd
+                for j in range(n_sink):
+                    s_j = gl.sum(qw * gl.expand_dims(gl.load(skb + j * D).to(gl.float32), 0), axis=1)
+                    m_new = gl.maximum(m_w, s_j)
+                    alpha_w = gl.exp2(m_w - m_new)
+                    p_j = gl.exp2(s_j - m_new)
+                    l_w = l_w * alpha_w + p_j
+                    a_w = a_w * gl.expand_dims(alpha_w, 1) \
+                        + gl.expand_dims(p_j, 1) * gl.expand_dims(gl.load(svb + j * D).to(gl.float32), 0)
+                    m_w = m_new
+            m_t = gl.maximum(m_c, m_w)
+            m_u = gl.where(m_t == float("-inf"), 0.0, m_t)
+            wc = gl.exp2(m_c - m_u)
+            ww = gl.exp2(m_w - m_u)
+            tot = l_c * wc + l_w * ww
+            inv = gl.where(tot > 0, 1.0 / gl.where(tot > 0, tot, 1.0), 0.0)
+            res = a_r * gl.expand_dims(wc * inv, 1)
+            st_w.store(a_w * gl.expand_dims(ww * inv, 1))  # the sinks' share, original space
+        else:
+            inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
+            res = a_r * gl.expand_dims(gl.convert_layout(inv, FR), 1)
         # the inverse V map: rows through shared memory to the threads that own w's columns
         st_o.store(res)
         gl.thread_barrier()
         out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
         OQ: gl.constexpr = out.type.layout
+        if SINKS:
+            out = out + st_w.slice(0, QR, dim=0).load(OQ)
         on = gl.arange(0, QR, layout=gl.SliceLayout(1, OQ))
         od = gl.arange(0, D, layout=gl.SliceLayout(0, OQ))
         dst = out_ptr + ((b.to(gl.int64) * H + h) * MQ + gl.expand_dims(on, 1)) * D + gl.expand_dims(od, 0)
@@ -505,12 +552,12 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 @gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
-                      out_ptr, k_tab, v_tab, CHUNK_SHIFT,
+                      out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
                       D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
-                      CODEC_ROWS: gl.constexpr = False):
+                      CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -522,13 +569,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
     its columns in the operands' order, `gluon.lut_query_map`) in its prologue, through the table's shared memory
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
-    is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no fp16
-    windows, no mask, no key mean): o_ptr / ml_ptr hold one partial per program ([B*H, programs, NH, D] and
-    [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
+    is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no recent
+    window, no mask; sinks and key mean with SINKS / KMEAN below): o_ptr / ml_ptr hold one partial per program
+    ([B*H, programs, NH, D] and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
     [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are codec rows ([fp16 norm][codes],
     2 + RB bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`)
     of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then
-    unused."""
+    unused. SINKS / KMEAN (FUSED and QMAP): the fp16 sink tokens and the compressed keys' mean are merged by the
+    finishing program (`_finish_fused`; sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -785,7 +833,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, D, W, NH, QR, ROWB)
+                      gl.num_programs(0), H, MQ, q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
+                      D, W, NH, QR, ROWB, SINKS, KMEAN)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
