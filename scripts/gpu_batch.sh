@@ -157,21 +157,23 @@ static-bench)
     ;;
 fuse-sinks)
     # the static cache's sinks and key mean merged by the finishing table kernel (backend.FUSE_SINKS): its tests
-    # (4 processes), the graphed step one launch vs two per layer, then bench e2e --graphs at B=8 T=32K
-    t="timeout ${TEST_TIMEOUT:-230}"
+    # (3 processes), the graphed step one launch vs two per layer, then bench e2e --graphs at B=8 T=32K (synthetic
+    # fill) with the sinks merged in one launch (f16-nomask, turbo4) and in two (turbo4, COMPACTKV_FUSE_SINKS=0)
+    t="timeout ${TEST_TIMEOUT:-200}"
     $t python -m pytest -q -p no:warnings -k "sinks" tests/test_lut_decode.py > "$OUT/pytest_fs_a.txt" 2>&1 &
-    $t python -m pytest -q -p no:warnings -k "merges_sinks or kernels_match_torch or graph_replay" \
-        tests/test_static_graphs.py > "$OUT/pytest_fs_b.txt" 2>&1 &
-    $t python -m pytest -q -p no:warnings -k "graph" tests/test_engine_graphs.py > "$OUT/pytest_fs_c.txt" 2>&1 &
-    $t python -m pytest -q -p no:warnings -k "fused and not sinks" tests/test_lut_decode.py \
+    $t python -m pytest -q -p no:warnings -k "merges_sinks" tests/test_static_graphs.py > "$OUT/pytest_fs_b.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings -k "fused and not sinks and not configurations" tests/test_lut_decode.py \
         > "$OUT/pytest_fs_d.txt" 2>&1 &
     wait
     summarize
-    timeout 150 python scripts/engine_graphs_bench.py --prompt 1024 --new 128 --kinds turbo4 --graphs-only \
+    timeout 120 python scripts/engine_graphs_bench.py --prompt 1024 --new 128 --kinds turbo4 --graphs-only \
         --graph-sinks two-launch,0 --json "$OUT/fuse-sinks.json" 2>&1 | grep -v "^Loading" | tail -4
-    timeout 200 python -m compactkv.cli bench e2e --graphs --batches 8 --synthetic-contexts 32768 \
-        --kinds f16-nomask,turbo4 --steps 32 --warmup 3 --json "$OUT/e2e-graphs-b8.json" > "$OUT/e2e-graphs-b8.txt" 2>&1
-    tail -8 "$OUT/e2e-graphs-b8.txt"
+    e2e="python -m compactkv.cli bench e2e --graphs --batches 8 --contexts= --synthetic-contexts 32768 --steps 32"
+    timeout 120 $e2e --kinds f16-nomask,turbo4 --warmup 3 --json "$OUT/e2e-b8-one.json" > "$OUT/e2e-b8-one.txt" 2>&1
+    tail -3 "$OUT/e2e-b8-one.txt"
+    COMPACTKV_FUSE_SINKS=0 timeout 100 $e2e --kinds turbo4 --warmup 3 --json "$OUT/e2e-b8-two.json" \
+        > "$OUT/e2e-b8-two.txt" 2>&1
+    tail -2 "$OUT/e2e-b8-two.txt"
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

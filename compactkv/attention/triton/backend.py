@@ -18,6 +18,7 @@ launches).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -30,8 +31,9 @@ from .prefill import PREFILL_MIN_TQ, prefill_attention
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
 BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size divides it)
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
-FUSE_SINKS = True  # one-token steps over planes: the table kernel's finishing program merges the fp16 sinks and key
-# mean too (session 17); False: those steps take the table kernel + decode.finish_decode (two launches), for A/B runs
+# one-token steps over planes: the table kernel's finishing program merges the fp16 sinks and key mean too (session
+# 17); COMPACTKV_FUSE_SINKS=0: those steps take the table kernel + decode.finish_decode (two launches), for A/B runs
+FUSE_SINKS = os.environ.get("COMPACTKV_FUSE_SINKS", "1") != "0"
 ROW_TABLE = True  # one-token steps over a chunk-list layer's rows take the table kernel where it reads them
 # (`gluon.launch_rows`); False: the row-format split kernels (decode_fast_kernel / decode_split_kernel), for A/B runs
 

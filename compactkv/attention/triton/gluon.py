@@ -268,15 +268,12 @@ _LUT_CHECKED: set = set()
 
 
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
-             fused: bool = False, sinks: bool = False) -> int:
+             fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
     `pipe` 1; fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
-    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads;
-    with sinks or a key mean merged there (sinks), the compiler's scratch after the table for the scores' sums
-    across warps (one fp32 per warp and query row) instead."""
+    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
-    after = (warps * GLUON_ROWS * 4 if sinks else 4) if fused else 0
-    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + after
+    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
 def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG,
@@ -386,9 +383,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         wq = lut_query_map(w, bits)
     block_m = 16
     rows = b * h * num_splits * block_m  # partial rows: 16 per split
-    if fused is not None:  # one partial per program: [B*H, programs, NH, D] and [.., 2, NH]
+    if fused is not None:  # one partial per program: [B*H, programs, NH, D] and [.., 2, NH] (+ the sinks' per group)
         adj, counters, out = fused
-        rows = b * h * num_splits // warps * GLUON_ROWS
+        rows = b * h * (num_splits // warps + (extras is not None)) * GLUON_ROWS
     o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
@@ -414,10 +411,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, num_warps=warps,
         maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           sk is not None, kmean is not None)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None, sk is not None or kmean is not None)
+        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
                                f"one buffer's {want}: the table's address is unknown")
@@ -486,21 +482,18 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:
     """attend_planes' sinks / key mean as `_launch_lut` passes them (None when neither), or ValueError."""
     sk, sv = sinks if sinks is not None else (None, None)
-    if sk is not None and sk.shape[-2] == 0:
-        sk = sv = None
-    if sk is None and k_mean is None:
+    if sk is None or sk.shape[-2] == 0:  # (a key mean alone shifts every score of a row alike: nothing to do)
         return None
     if qscale is None:
-        raise ValueError("sinks and k_mean need qscale (softmax scale * log2 e)")
-    if sk is not None:
-        n = sk.shape[-2]
-        for name, x in (("sink_k", sk), ("sink_v", sv)):
-            if not isinstance(x, torch.Tensor) or tuple(x.shape) != (b, h, n, d) or x.device != device \
-                    or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-                raise ValueError(f"{name} must be a fp16/bf16/fp32 [{b}, {h}, {n}, {d}] tensor on {device}, got "
-                                 f"{getattr(x, 'dtype', type(x))} {list(getattr(x, 'shape', []))}")
-        if sk.stride()[-2:] != (d, 1) or sv.stride() != sk.stride() or sv.dtype != sk.dtype:
-            sk, sv = sk.contiguous(), sv.to(sk.dtype).contiguous()
+        raise ValueError("sinks need qscale (softmax scale * log2 e)")
+    n = sk.shape[-2]
+    for name, x in (("sink_k", sk), ("sink_v", sv)):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (b, h, n, d) or x.device != device \
+                or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"{name} must be a fp16/bf16/fp32 [{b}, {h}, {n}, {d}] tensor on {device}, got "
+                             f"{getattr(x, 'dtype', type(x))} {list(getattr(x, 'shape', []))}")
+    if sk.stride()[-2:] != (d, 1) or sv.stride() != sk.stride() or sv.dtype != sk.dtype:
+        sk, sv = sk.contiguous(), sv.to(sk.dtype).contiguous()
     if k_mean is not None:
         if tuple(k_mean.shape) != (b, h, 1, d) or k_mean.device != device:
             raise ValueError(f"k_mean must be [{b}, {h}, 1, {d}] on {device}, got {list(k_mean.shape)} on "

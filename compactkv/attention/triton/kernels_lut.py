@@ -409,10 +409,44 @@ def _fence_gpu(x):
 
 
 @gluon.jit
+def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr, slot, bh, b, h, MQ,
+                  D: gl.constexpr, NH: gl.constexpr, W: gl.constexpr, KMEAN: gl.constexpr):
+    """The group's fp16 sinks attended by its query rows (q_ptr row bh * MQ + g, unmapped, times qscale = softmax
+    scale * log2 e): unnormalised values (original space), max and sum (log2 units) stored at partial `slot` of
+    o_ptr / ml_ptr ([NH, D] and [2, NH]) for the finishing program (`_finish_fused`). KMEAN: the compressed keys
+    are stored less kmean_ptr's mean (fp32 [B*H, D]); instead of adding q·mean to their scores, the sinks' max is
+    lowered by it (the same softmax). A row per warp (or two), D across its lanes: warp-local sums."""
+    SK: gl.constexpr = gl.BlockedLayout([1, D // 32], [1, 32], [W, 1], [1, 0])
+    R: gl.constexpr = gl.SliceLayout(1, SK)
+    rn = gl.arange(0, NH, layout=R)
+    rd = gl.arange(0, D, layout=gl.SliceLayout(0, SK))
+    q = gl.load(q_ptr + gl.expand_dims((bh * MQ + rn).to(gl.int64) * D, 1) + gl.expand_dims(rd, 0),
+                mask=gl.expand_dims(rn < MQ, 1), other=0.0).to(gl.float32) * qscale
+    m_w = gl.full([NH], float("-inf"), gl.float32, R)
+    l_w = gl.zeros([NH], gl.float32, R)
+    a_w = gl.zeros([NH, D], gl.float32, SK)
+    kb = sk_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + rd
+    vb = sv_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + rd
+    for j in range(n_sink):
+        s_j = gl.sum(q * gl.expand_dims(gl.load(kb + j * D).to(gl.float32), 0), axis=1)
+        m_new = gl.maximum(m_w, s_j)
+        alpha = gl.exp2(m_w - m_new)
+        p_j = gl.exp2(s_j - m_new)
+        l_w = l_w * alpha + p_j
+        v_j = gl.load(vb + j * D).to(gl.float32)
+        a_w = a_w * gl.expand_dims(alpha, 1) + gl.expand_dims(p_j, 1) * gl.expand_dims(v_j, 0)
+        m_w = m_new
+    if KMEAN:
+        m_w = m_w - gl.sum(q * gl.expand_dims(gl.load(kmean_ptr + bh.to(gl.int64) * D + rd), 0), axis=1)
+    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), a_w)
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn, m_w)
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn, l_w)
+
+
+@gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
-                  q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                  D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr, ROWB: gl.constexpr,
-                  SINKS: gl.constexpr, KMEAN: gl.constexpr):
+                  n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
+                  ROWB: gl.constexpr, SINKS: gl.constexpr):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
@@ -420,12 +454,9 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     for the next launch. acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum
     (log2 units).
 
-    SINKS: the group's n_sink fp16/bf16 sink tokens (sk_ptr / sv_ptr [B, H, n_sink, D], contiguous rows, batch and
-    head strides s_sb, s_sh in elements) are attended by the last program too, with the unmapped query rows at
-    q_ptr (row bh * MQ + g, D values) times qscale (softmax scale * log2 e), and merged with the compressed part by
-    log-sum-exp as decode_finish_kernel merges its windows; their values are added after the inverse map (they are
-    in the original space). KMEAN: kmean_ptr fp32 [B*H, D], the mean subtracted from the compressed keys: their
-    scores get q·mean back (a shift of the compressed part's max)."""
+    SINKS: the group's fp16 sinks are merged too, by log-sum-exp as decode_finish_kernel merges its windows: their
+    partial (`_sink_partial`, original space, max shifted by the key mean) is at slot n_groups * n_prog + bh of
+    o_ptr / ml_ptr, and its values are added after the inverse map."""
     SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
@@ -500,35 +531,20 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
             m_r = m_new
         FA: gl.constexpr = gl.SliceLayout(0, FIN)  # [NH, D]
         FR: gl.constexpr = gl.SliceLayout(1, FA)  # [NH]
-        if SINKS or KMEAN:
+        if SINKS:  # the sinks' partial, made by the group's program 0 in its prologue (`_sink_partial`)
+            sslot = (n_groups * n_prog + bh).to(gl.int64)
             wn = gl.arange(0, NH, layout=FR)
             wd = gl.arange(0, D, layout=gl.SliceLayout(0, FA))
-            qw = gl.load(q_ptr + gl.expand_dims((bh * MQ + wn).to(gl.int64) * D, 1) + gl.expand_dims(wd, 0),
-                         mask=gl.expand_dims(wn < MQ, 1), other=0.0).to(gl.float32) * qscale
+            m_w = gl.load(ml_ptr + sslot * 2 * NH + wn, cache_modifier=".cg")
+            l_w = gl.load(ml_ptr + sslot * 2 * NH + NH + wn, cache_modifier=".cg")
+            a_w = gl.load(o_ptr + (sslot * NH + gl.expand_dims(wn, 1)) * D + gl.expand_dims(wd, 0),
+                          cache_modifier=".cg")
             m_c = gl.convert_layout(m_r, FR)
-            l_c = gl.convert_layout(l_r, FR)
-            if KMEAN:  # the compressed keys' scores are short of q·mean (-inf stays -inf)
-                m_c = m_c + gl.sum(qw * gl.expand_dims(gl.load(kmean_ptr + bh.to(gl.int64) * D + wd), 0), axis=1)
-            m_w = gl.full([NH], float("-inf"), gl.float32, FR)
-            l_w = gl.zeros([NH], gl.float32, FR)
-            a_w = gl.zeros([NH, D], gl.float32, FA)
-            if SINKS:
-                skb = sk_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + wd
-                svb = sv_ptr + b.to(gl.int64) * s_sb + h.to(gl.int64) * s_sh + wd
-                for j in range(n_sink):
-                    s_j = gl.sum(qw * gl.expand_dims(gl.load(skb + j * D).to(gl.float32), 0), axis=1)
-                    m_new = gl.maximum(m_w, s_j)
-                    alpha_w = gl.exp2(m_w - m_new)
-                    p_j = gl.exp2(s_j - m_new)
-                    l_w = l_w * alpha_w + p_j
-                    a_w = a_w * gl.expand_dims(alpha_w, 1) \
-                        + gl.expand_dims(p_j, 1) * gl.expand_dims(gl.load(svb + j * D).to(gl.float32), 0)
-                    m_w = m_new
             m_t = gl.maximum(m_c, m_w)
             m_u = gl.where(m_t == float("-inf"), 0.0, m_t)
             wc = gl.exp2(m_c - m_u)
             ww = gl.exp2(m_w - m_u)
-            tot = l_c * wc + l_w * ww
+            tot = gl.convert_layout(l_r, FR) * wc + l_w * ww
             inv = gl.where(tot > 0, 1.0 / gl.where(tot > 0, tot, 1.0), 0.0)
             res = a_r * gl.expand_dims(wc * inv, 1)
             st_w.store(a_w * gl.expand_dims(ww * inv, 1))  # the sinks' share, original space
@@ -570,13 +586,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     its columns in the operands' order, `gluon.lut_query_map`) in its prologue, through the table's shared memory
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
     is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no recent
-    window, no mask; sinks and key mean with SINKS / KMEAN below): o_ptr / ml_ptr hold one partial per program
+    window, no mask; fp16 sinks with SINKS below): o_ptr / ml_ptr hold one partial per program
     ([B*H, programs, NH, D] and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr the V inverse map, out_ptr the
     [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are codec rows ([fp16 norm][codes],
     2 + RB bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`)
     of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then
-    unused. SINKS / KMEAN (FUSED and QMAP): the fp16 sink tokens and the compressed keys' mean are merged by the
-    finishing program (`_finish_fused`; sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale)."""
+    unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr, sv_ptr: [B, H, n_sink, D], batch and head
+    strides s_sb, s_sh) are attended by its program 0 (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys'
+    mean) into one more partial per group (after the programs' ones) and merged by the finishing program."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -613,6 +630,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
+    if SINKS:  # the group's program 0 attends its fp16 sinks first (the others are in their loops meanwhile)
+        if pid == 0:
+            _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
+                          gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
     # the query (same for every warp) in the K operand's dim order, as decode_gluon_kernel: operand row l of part
     # p is dim P * sq(l) + p
@@ -833,8 +854,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      D, W, NH, QR, ROWB, SINKS, KMEAN)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
