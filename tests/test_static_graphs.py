@@ -414,6 +414,46 @@ def test_static_scale_keys_waits_for_the_queries_and_never_loses_a_pending_updat
         fresh.observe(torch.randn(1, 3, 24, 64))
 
 
+def test_static_sink_layer_advances_both_counts_in_one_buffer():
+    """With sinks the token count and the compressed rows' count are the two rows of one int32 buffer, so a decode
+    step advances both with one operation (one launch per layer in a CUDA graph); crops, resets, reorders and
+    resized copies keep them views of their layer's buffer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class IntAdds(TorchDispatchMode):  # in-place adds on int32 tensors (the count updates) during an update
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.add_ and args[0].dtype == torch.int32:
+                IntAdds.n += 1
+            return func(*args, **(kwargs or {}))
+    model = tiny_model()
+    cache = StaticTurboQuantCache(model.config, batch_size=2, max_cache_len=64, device="cpu", sink_tokens=4)
+    layer = cache.layers[0]
+    g = torch.Generator().manual_seed(2)
+    kv = [torch.randn(2, 2, 20, 64, generator=g) for _ in range(2)]
+    layer.update(*kv)
+
+    def linked(lay):
+        return (lay.lengths.data_ptr() == lay._counts[0].data_ptr()
+                and lay.comp_lengths.data_ptr() == lay._counts[1].data_ptr())
+    assert linked(layer) and layer._counts.tolist() == [[20, 20], [16, 16]]
+    with IntAdds():
+        layer.update(kv[0][:, :, :1], kv[1][:, :, :1])
+    assert IntAdds.n == 1 and layer._counts.tolist() == [[21, 21], [17, 17]]
+    layer.reorder_cache(torch.tensor([1, 0]))
+    copy = layer.resized(40)
+    assert linked(copy) and copy._counts.data_ptr() != layer._counts.data_ptr()
+    copy.update(kv[0][:, :, :2], kv[1][:, :, :2])
+    assert copy._counts.tolist() == [[23, 23], [19, 19]] and layer._counts.tolist() == [[21, 21], [17, 17]]
+    layer.crop(10)
+    assert linked(layer) and layer._counts.tolist() == [[10, 10], [6, 6]]
+    layer.reset()
+    assert layer.comp_lengths is layer.lengths and layer.lengths.data_ptr() == layer._counts.data_ptr()
+    layer.update(*kv)
+    assert linked(layer) and layer._counts.tolist() == [[20, 20], [16, 16]]
+
+
 @pytest.mark.parametrize("kind", ["turbo4", "f16"])
 def test_resized_static_cache_holds_the_same_tokens_and_continues_identically(kind):
     """What `serve --graphs`' prefix store does: keep a finished static cache at its own length, then give a reused

@@ -196,8 +196,10 @@ class StaticTurboQuantLayer(_StaticLayer):
         else:
             self.k_rows = torch.zeros(*shape, self.k_codec.row_bytes, dtype=torch.uint8, device=self.device)
             self.v_rows = torch.zeros(*shape, self.v_codec.row_bytes, dtype=torch.uint8, device=self.device)
-        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)  # tokens per batch row
-        # compressed rows per batch row (where the encoder writes): `lengths` itself until sinks are taken
+        # tokens per batch row, and compressed rows per batch row (where the encoder writes): `lengths` itself
+        # until sinks are taken, then the second row of the same buffer, so a step advances both in one launch
+        self._counts = torch.zeros(2, batch_size, dtype=torch.int32, device=self.device)
+        self.lengths = self._counts[0]
         self.comp_lengths = self.lengths
         self.sink_tokens = sink_tokens
         self._empty = torch.empty(batch_size, num_kv_heads, 0, head_dim, dtype=STORE_DTYPE, device=self.device)
@@ -257,7 +259,8 @@ class StaticTurboQuantLayer(_StaticLayer):
         if first and self.sink_tokens and t >= self.sink_tokens:
             s = self.sink_tokens
             self.sink_k, self.sink_v = keys[..., :s, :].to(STORE_DTYPE), values[..., :s, :].to(STORE_DTYPE)
-            self.comp_lengths = torch.zeros_like(self.lengths)
+            self.comp_lengths = self._counts[1]
+            self.comp_lengths.zero_()
             keys, values = keys[..., s:, :], values[..., s:, :]
         n = keys.shape[-2]
         if self.key_center is not None:
@@ -274,8 +277,12 @@ class StaticTurboQuantLayer(_StaticLayer):
                 self.calibrated = True
         if n and self._pending is None:
             self._encode(keys, values, self.comp_lengths)
-        self.lengths += t
-        if self.comp_lengths is not self.lengths:
+        if self.comp_lengths is self.lengths:
+            self.lengths += t
+        elif n == t:  # every update after the one that took the sinks: both counts in one launch
+            self._counts += t
+        else:
+            self.lengths += t
             self.comp_lengths += n
         self.cumulative_length += t
         setattr(key_states, TAG, self)
@@ -404,7 +411,12 @@ class StaticTurboQuantLayer(_StaticLayer):
 
     def resized(self, capacity: int) -> "StaticTurboQuantLayer":
         self._flush_pending()
-        return super().resized(capacity)
+        new = super().resized(capacity)
+        # (the copy cloned the counts and their two views apart: views of its own counts again)
+        new._counts = self._counts.clone()
+        new.lengths = new._counts[0]
+        new.comp_lengths = new.lengths if self.comp_lengths is self.lengths else new._counts[1]
+        return new
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._flush_pending()

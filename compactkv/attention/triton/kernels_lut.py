@@ -531,7 +531,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
             m_r = m_new
         FA: gl.constexpr = gl.SliceLayout(0, FIN)  # [NH, D]
         FR: gl.constexpr = gl.SliceLayout(1, FA)  # [NH]
-        if SINKS:  # the sinks' partial, made by the group's program 0 in its prologue (`_sink_partial`)
+        if SINKS:  # the sinks' partial, made by the group's last program in its prologue (`_sink_partial`)
             sslot = (n_groups * n_prog + bh).to(gl.int64)
             wn = gl.arange(0, NH, layout=FR)
             wd = gl.arange(0, D, layout=gl.SliceLayout(0, FA))
@@ -592,7 +592,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     2 + RB bytes: the dynamic cache's chunks) found through the chunk tables k_tab / v_tab (`decode.chunk_table`)
     of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold fewer); the plane arguments are then
     unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr, sv_ptr: [B, H, n_sink, D], batch and head
-    strides s_sb, s_sh) are attended by its program 0 (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys'
+    strides s_sb, s_sh) are attended by its last program (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys'
     mean) into one more partial per group (after the programs' ones) and merged by the finishing program."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
@@ -630,8 +630,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    if SINKS:  # the group's program 0 attends its fp16 sinks first (the others are in their loops meanwhile)
-        if pid == 0:
+    if SINKS:  # the group's last program (the least loaded: the splits' remainder, empty at short contexts)
+        if pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
