@@ -9,10 +9,10 @@ prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLaye
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
 storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
 split kernel; where nothing but the compressed tokens and fp16 sinks is attended (no recent window or mask) the
-table kernel finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables, the query
-map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which TurboQuantLayer empties
-whenever it rebuilds its storage (a static layer's entries never go stale: fixed codecs, counters zero between
-launches).
+table kernel finishes the step itself (`gluon.attend_planes`: one launch). Per-layer derived tensors (chunk tables,
+the query map, the finishing kernel's counters) are kept in the layer's `backend_state` dict, which TurboQuantLayer
+empties whenever it rebuilds its storage (a static layer's entries never go stale: fixed codecs, counters zero
+between launches).
 """
 
 from __future__ import annotations
