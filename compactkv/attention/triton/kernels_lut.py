@@ -591,9 +591,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the V inverse map, out_ptr the [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are
     codec rows ([fp16 norm][codes], 2 + RB bytes: the dynamic cache's chunks) found through the chunk tables
     k_tab / v_tab (`decode.chunk_table`) of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold
-    fewer); the plane arguments are then unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr, sv_ptr: [B, H, n_sink, D], batch and head
-    strides s_sb, s_sh) are attended by its last program (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys'
-    mean) into one more partial per group (after the programs' ones) and merged by the finishing program."""
+    fewer); the plane arguments are then unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr,
+    sv_ptr: [B, H, n_sink, D], batch and head strides s_sb, s_sh) are attended by its last program
+    (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per group (after the
+    programs' ones) and merged by the finishing program."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
