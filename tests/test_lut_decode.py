@@ -226,24 +226,34 @@ def test_table_kernel_query_map_configurations(d, warps, pipe, maxnreg, g):
     assert _check("turbo4", "turbo4", d, g, [777, 130, 3, 64], **kw) < TOL
 
 
+def _fused_case(kind, g, lengths, hkv, qdtype, d):
+    """Random planes (test_gluon_decode._planar_case), query rows in qdtype, the query map with the softmax scale
+    folded in, the V inverse map, zeroed counters and the lengths on CUDA."""
+    from test_gluon_decode import _planar_case
+    from compactkv.attention.triton.decode import LOG2E, codec_maps
+    dev = "cuda"
+    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
+    q = torch.randn(len(lengths), hkv, g, d, device=dev).to(qdtype)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    counters = torch.zeros(len(lengths) * hkv, dtype=torch.int32, device=dev)
+    lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+    return kc, vc, rk, rv, (kcodes, knorms, vcodes, vnorms), q, fwd * (d ** -0.5 * LOG2E), adj, counters, lens
+
+
 def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16, out_dtype=torch.float32, d=128,
                  **kw):
     """attend_planes (one launch: query map, splits merged per program, the last program of each group finishing)
     vs float64, output poisoned with NaN; the counters are zero afterwards and a second launch gives the same
     bytes."""
-    from test_gluon_decode import _planar_case, _rel
+    from test_gluon_decode import _rel
     from compactkv.attention.reference import packed_dense_float64
-    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import attend_planes
     dev = "cuda"
     b, t = len(lengths), max(lengths)
-    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
-    q = torch.randn(b, hkv, g, d, device=dev).to(qdtype)
-    fwd, _ = codec_maps(kc, dev)
-    _, adj = codec_maps(vc, dev)
-    w = fwd * (d ** -0.5 * LOG2E)
-    counters = torch.zeros(b * hkv, dtype=torch.int32, device=dev)
-    lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+    kc, vc, rk, rv, (kcodes, knorms, vcodes, vnorms), q, w, adj, counters, lens = _fused_case(kind, g, lengths, hkv,
+                                                                                             qdtype, d)
     outs = []
     for _ in range(2):
         out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=out_dtype, device=dev)
@@ -309,15 +319,13 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
     counters zero afterwards."""
-    from test_gluon_decode import _planar_case, _rel
-    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from test_gluon_decode import _rel
+    from compactkv.attention.triton.decode import LOG2E, packed_kind
     from compactkv.attention.triton.gluon import attend_planes
     dev = "cuda"
     b, t = len(lengths), max(lengths)
-    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
-    q = torch.randn(b, hkv, g, d, device=dev).to(qdtype)
-    fwd, _ = codec_maps(kc, dev)
-    _, adj = codec_maps(vc, dev)
+    kc, vc, rk, rv, (kcodes, knorms, vcodes, vnorms), q, w, adj, counters, lens = _fused_case(kind, g, lengths, hkv,
+                                                                                             qdtype, d)
     scale = d ** -0.5
     sinks = None
     if n_sink:
@@ -325,10 +333,8 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
         buf_v = torch.randn(b, hkv, 4, d, device=dev, dtype=torch.bfloat16)
         sinks = (buf_k[..., :n_sink, :], buf_v[..., :n_sink, :])
     k_mean = torch.randn(b, hkv, 1, d, device=dev) * 0.7 if mean else None
-    counters = torch.zeros(b * hkv, dtype=torch.int32, device=dev)
     out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
-    attend_planes(q, fwd * (scale * LOG2E), adj, kcodes, knorms, vcodes, vnorms,
-                  torch.tensor(lengths, dtype=torch.int32, device=dev), packed_kind(kc), packed_kind(vc), max_len=t,
+    attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
                   counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
                   qscale=scale * LOG2E)
     assert int(counters.abs().sum()) == 0
