@@ -65,6 +65,20 @@ def test_run_graphs_flags_are_checked_before_loading(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_env_switches_share_one_parser(monkeypatch):
+    """core.switches.env_switch: what `run` (COMPACTKV_GRAPHS) and the Triton backend (COMPACTKV_FUSE_SINKS, default
+    on) read; unset or empty gives the default, a bad value is refused by name."""
+    from compactkv.core.switches import env_switch
+    monkeypatch.delenv("COMPACTKV_FUSE_SINKS", raising=False)
+    assert env_switch("FUSE_SINKS", default=True) is True
+    for text, want in (("", True), ("0", False), (" Off ", False), ("false", False), ("YES", True)):
+        monkeypatch.setenv("COMPACTKV_FUSE_SINKS", text)
+        assert env_switch("FUSE_SINKS", default=True) is want
+    monkeypatch.setenv("COMPACTKV_FUSE_SINKS", "2")
+    with pytest.raises(ValueError, match=r"COMPACTKV_FUSE_SINKS='2' is not a valid switch \(1/true/yes/on"):
+        env_switch("FUSE_SINKS", default=True)
+
+
 def test_run_reads_compactkv_graphs_as_serve_does(capsys, monkeypatch):
     """COMPACTKV_GRAPHS is an on/off switch like serve's (false/no/off/0 mean off); a value that is neither is
     refused by name before the model loads."""

@@ -11,26 +11,13 @@ import os
 import sys
 
 from ..core.kinds import GRAPH_KINDS, KINDS, check_graph_kinds, parse_kind
+from ..core.switches import env_switch
 
 
 def env(name: str, default: str | None = None) -> str | None:
     """Default of a flag from $COMPACTKV_<NAME>, as text: argparse applies the flag's `type` to string defaults,
     so a bad value in the environment is reported like a bad flag."""
     return os.environ.get(f"COMPACTKV_{name}") or default
-
-
-def env_switch(name: str) -> bool:
-    """$COMPACTKV_<NAME> as an on/off setting (unset: off), as `compactkv serve` reads its switches; ValueError
-    naming the variable and the accepted values."""
-    from ..server.config import SWITCH_VALUES, switch
-
-    text = env(name)
-    if text is None:
-        return False
-    try:
-        return switch(text)
-    except ValueError:
-        raise ValueError(f"COMPACTKV_{name}={text!r} is not a valid switch ({SWITCH_VALUES})") from None
 
 
 def kind_arg(text: str) -> str:

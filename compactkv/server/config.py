@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core.switches import SWITCH_VALUES, switch
+
 DEFAULT_PORT = 11434  # Ollama's port, so existing clients need no change
 
 
@@ -78,19 +80,6 @@ class ServerConfig:
             raise ValueError(f"threads must be a positive integer or null (torch's default), got {self.threads!r}")
         if not isinstance(self.shutdown_timeout, (int, float)) or self.shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout must be a number of seconds >= 0, got {self.shutdown_timeout!r}")
-
-
-SWITCH_VALUES = "1/true/yes/on or 0/false/no/off"
-
-
-def switch(text: str) -> bool:
-    """An on/off setting given as text (environment variables): SWITCH_VALUES, any case; ValueError otherwise."""
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not {SWITCH_VALUES}")
 
 
 def _bad_int(value: Any, minimum: int) -> bool:

@@ -18,10 +18,10 @@ between launches).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from ...core.switches import env_switch
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
                      query_key_map, unsupported)
 from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, planes_unsupported,
@@ -33,7 +33,7 @@ BLOCK_N = 64  # chunk lengths must be multiples of this (every kernel tile size 
 ONE_CHUNK = 1 << 30  # chunk length meaning "all rows of a batch row are in one chunk"
 # one-token steps over planes: the table kernel's finishing program merges the fp16 sinks and key mean too (session
 # 17); COMPACTKV_FUSE_SINKS=0: those steps take the table kernel + decode.finish_decode (two launches), for A/B runs
-FUSE_SINKS = os.environ.get("COMPACTKV_FUSE_SINKS", "1") != "0"
+FUSE_SINKS = env_switch("FUSE_SINKS", default=True)
 ROW_TABLE = True  # one-token steps over a chunk-list layer's rows take the table kernel where it reads them
 # (`gluon.launch_rows`); False: the row-format split kernels (decode_fast_kernel / decode_split_kernel), for A/B runs
 
@@ -208,6 +208,7 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     q = query if query.dtype in (torch.float16, torch.bfloat16, torch.float32) else query.float()
     q = q.reshape(b, hkv, g * tq, d)
     n_sink, n_comp, n_recent = layer.sink_k.shape[-2], layer.n_compressed, layer.recent_k.shape[-2]
+    k_mean = getattr(layer, "k_mean", None)
     bias = _mask_bias(mask, b, tq, n_sink + n_comp + n_recent)
     causal = mask is None and tq > 1
     kc, vc = layer.k_codec, layer.v_codec
@@ -222,7 +223,6 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         planes = _gluon_planes(layer, pk, pv, g, tq, bias_c)
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
-            k_mean = getattr(layer, "k_mean", None)
             if n_recent == 0 and bias is None and (FUSE_SINKS or (n_sink == 0 and k_mean is None)) \
                     and fused_unsupported(pk, pv, g * tq, adj) is None:
                 # nothing to merge but the compressed splits and the fp16 sinks: the table kernel finishes the step
@@ -246,4 +246,4 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
                          windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,
                          adj=adj, bias=bias, causal=causal, out_dtype=query.dtype,
-                         k_mean=getattr(layer, "k_mean", None))
+                         k_mean=k_mean)

@@ -7,8 +7,8 @@ import weakref
 
 import torch
 
-from .decode import (FAMILY_MSE, PackedKind, SplitPartials, _sm_count, check_query_map, choose_splits, map_query,
-                     merge_partials)
+from .decode import (FAMILY_MSE, PackedKind, SplitPartials, _sm_count, _window_pair, check_query_map, choose_splits,
+                     map_query, merge_partials)
 from .fastasm import decode_asm, fp16_bits, table_words
 
 GLUON_BLOCK_N = 32  # tokens per tile of one warp
@@ -366,7 +366,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
     extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
-    `decode._window_pair` passes them or None, k_mean fp32 [B*H, D] or None)."""
+    `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -492,8 +492,7 @@ def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tupl
                 or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"{name} must be a fp16/bf16/fp32 [{b}, {h}, {n}, {d}] tensor on {device}, got "
                              f"{getattr(x, 'dtype', type(x))} {list(getattr(x, 'shape', []))}")
-    if sk.stride()[-2:] != (d, 1) or sv.stride() != sk.stride() or sv.dtype != sk.dtype:
-        sk, sv = sk.contiguous(), sv.to(sk.dtype).contiguous()
+    sk, sv = _window_pair(sk, sv.to(sk.dtype))  # rows of D contiguous values, one stride pair for both
     if k_mean is not None:
         if tuple(k_mean.shape) != (b, h, 1, d) or k_mean.device != device:
             raise ValueError(f"k_mean must be [{b}, {h}, 1, {d}] on {device}, got {list(k_mean.shape)} on "
