@@ -68,9 +68,14 @@ def static_dense_attention(layer, query: torch.Tensor, key: torch.Tensor, value:
     return out.reshape(b, hq, tq, d).transpose(1, 2).contiguous()
 
 
+# What transformers calls: the function above, opaque to torch.compile (a compiled model runs it as written: its
+# Triton launches, host-side checks and python layer objects stay outside the compiled graphs; ~1 us per call eager)
+_registered_forward = torch.compiler.disable(compactkv_attention_forward)
+
+
 def register_attention() -> None:
     """Register "compactkv" in transformers' AttentionInterface and mask registry (idempotent)."""
-    AttentionInterface.register(ATTN_IMPLEMENTATION, compactkv_attention_forward)
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _registered_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 

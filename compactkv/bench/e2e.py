@@ -27,6 +27,10 @@ compressed, no fp16 window). One greedy step of the whole model (embedding, 32 l
 (--contexts: chunked prefill through the model into the static cache; --synthetic-contexts: random buffers).
 max_cache_len = context + the steps run.
 
+`--graphs --compile`: the same, with the model's own code compiled by torch.compile on both sides
+(engine/graphs.compiled_model: norms, rotary, projections, MLP and logits through inductor; compactkv's attention
+function and the static caches' updates stay uncompiled on both sides), then captured. Prefill is not compiled.
+
 `--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
 transients not included) for fp16 and turbo4.
 """
@@ -86,6 +90,9 @@ def register(subparsers) -> None:
                         "both sides; needs memory for a second cache)")
     p.add_argument("--graphs", action="store_true",
                    help=f"both sides in CUDA graphs over static caches ({', '.join(GRAPH_KINDS)})")
+    p.add_argument("--compile", action="store_true",
+                   help="with --graphs: the model's own code through torch.compile on both sides before capture "
+                        "(attention and cache writes stay uncompiled)")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.set_defaults(func=run)
@@ -348,7 +355,9 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
             raise ValueError(f"--graphs takes caches {', '.join(GRAPH_KINDS)}; {kind!r} does not capture")
         row["stage"] = "fill"
         compactkv.attach(model)  # dense static layers run SDPA through compactkv's attention function too
-        eager_n = max(2, args.warmup)
+        compiled = row["torch_compile"] = bool(getattr(args, "compile", False))
+        skip = 2 if compiled else 1  # untimed eager steps: kernels compile (compiled: the second one recompiles)
+        eager_n = max(skip + 1, args.warmup)
         capacity = t + eager_n + 1 + args.steps
         cache = static_cache(model, kind, b, capacity, dev)
         if fill == "prefill":
@@ -360,9 +369,9 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         else:
             static_fill(cache, t)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
-        dec = GreedyStepGraph(model, cache, tok)
+        dec = GreedyStepGraph(model, cache, tok, compile=compiled)
         row["stage"] = "eager"
-        eager = timed_steps(dec.step, eager_n, dev)[1:]  # the first step compiles
+        eager = timed_steps(dec.step, eager_n, dev)[skip:]
         row["eager_step_ms_median"] = statistics.median(eager) * 1e3
         row["stage"] = "capture"
         if dev.type == "cuda":
@@ -437,10 +446,11 @@ def _gib(x) -> str:
 
 
 def _graph_note(info: dict) -> str:
+    compiled = ", model code torch.compile'd on both sides" if info.get("torch_compile") else ""
     if info.get("cuda_graphs"):
-        return "CUDA graphs on both sides (static caches; 'eager ms' = the same step without the graph)"
+        return f"CUDA graphs on both sides (static caches; 'eager ms' = the same step without the graph){compiled}"
     if info["args"].get("graphs"):
-        return "static caches, eager (--graphs captures on CUDA only)"
+        return f"static caches, eager (--graphs captures on CUDA only){compiled}"
     return "no CUDA graphs, no torch.compile on either side"
 
 
@@ -483,6 +493,8 @@ def run(args) -> int:
         if k not in accepted:
             raise ValueError(f"unknown cache {k!r}{' with --graphs' if args.graphs else ''}; accepted: "
                              f"{', '.join(accepted)}")
+    if getattr(args, "compile", False) and not args.graphs:
+        raise ValueError("--compile works with --graphs only (static caches); add --graphs or drop --compile")
     if getattr(args, "prefill_warmup_full", False) and not getattr(args, "prefill_warmup", True):
         raise ValueError("--prefill-warmup-full and --no-prefill-warmup contradict each other; give one of them")
     import transformers
@@ -493,7 +505,7 @@ def run(args) -> int:
         triton_version = None
     info = {"commit": commit(), "model": "tiny random Llama (2 layers)" if args.tiny else
             "random Llama-3.1-8B-shaped (bf16)", "cuda_graphs": bool(args.graphs) and dev.type == "cuda",
-            "torch_compile": False,
+            "torch_compile": bool(getattr(args, "compile", False)),
             "machine": {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                         "torch": torch.__version__, "transformers": transformers.__version__, "triton": triton_version,
                         "cpu": platform.processor() or platform.machine(),

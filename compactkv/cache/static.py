@@ -556,6 +556,7 @@ class StaticKVCache(Cache):
         self.model_config = _decoder_config(config)
         super().__init__(layers=layers)
 
+    @torch.compiler.disable  # a compiled model (engine.graphs.compiled_model) writes the cache as uncompiled code
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         require_compactkv_attention(self)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
