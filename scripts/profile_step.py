@@ -5,6 +5,7 @@ Llama-3.1-8B-shaped model after a real prefill, for DynamicCache+SDPA (f16) and 
 
 With --static, the caches are static (compactkv.cache.static; kinds f16, f16-nomask, turbo*), filled synthetically
 and stepped eagerly by engine/graphs.GreedyStepGraph; --graph captures the step and profiles its replays instead;
+--compile runs the model's code through torch.compile first (engine/graphs.compiled_model);
 --launches NAME prints the duration of every launch of the kernels whose name holds NAME (eager, then replayed).
 With --prefill, profiles the chunked prefill instead (a second prefill into a fresh cache, after an unprofiled
 one that pays the kernels' compilation): per-prefill totals; with --static too, into static caches.
@@ -84,12 +85,16 @@ def main() -> None:
     p.add_argument("--prefill", action="store_true", help="profile the prefill, not decode steps")
     p.add_argument("--static", action="store_true", help="static caches, synthetic fill (see above)")
     p.add_argument("--graph", action="store_true", help="with --static: capture the step, profile its replays")
+    p.add_argument("--compile", action="store_true",
+                   help="with --static: the model's code through torch.compile (engine.graphs.compiled_model)")
     p.add_argument("--launches", default="", help="print each launch's duration (us) of kernels whose name holds "
                                                    "this, in order (with --static --graph: eager, then replays)")
     p.add_argument("--sync-stacks", action="store_true",
                    help="with --prefill: also print where the prefill synchronizes (torch sync debug mode)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.compile and (args.prefill or not args.static):
+        p.error("--compile profiles static decode steps: add --static, drop --prefill")
     if args.sync_stacks and not args.prefill:
         p.error("--sync-stacks looks at a prefill: add --prefill")
     dev = torch.device("cuda")
@@ -105,7 +110,8 @@ def main() -> None:
             compactkv.attach(model)
             cache = static_cache(model, kind, args.batch, args.context + 32 + args.steps)
             static_fill(cache, args.context)
-            dec = GreedyStepGraph(model, cache, torch.zeros(args.batch, 1, dtype=torch.long, device=dev))
+            dec = GreedyStepGraph(model, cache, torch.zeros(args.batch, 1, dtype=torch.long, device=dev),
+                                  compile=args.compile)
 
             def steps(n):
                 return timed_steps(dec.step, n, dev)
