@@ -257,6 +257,44 @@ def test_graph_replay_matches_eager(kind, head_dim):
     assert cache.host_lengths() == [300 + 23] * 2 and cache.lengths.tolist() == [323] * 3
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU"))])
+@pytest.mark.parametrize("kind", ["turbo4", "f16"])
+def test_compiled_model_steps_give_the_uncompiled_logits(device, kind):
+    """engine.graphs.compiled_model (torch.compile of the model's code; compactkv's attention function and the
+    static cache's update left out): the same next-token logits as the uncompiled model, step after step over the
+    same static cache kind (on CUDA both captured and replayed), with graph breaks only at those two functions."""
+    from torch._dynamo.utils import counters
+
+    from compactkv.engine.graphs import LogitsStepGraph, compiled_model
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    model = tiny_model(device, dtype)
+    g = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, VOCAB, (1, 40), generator=g).to(device)
+    feed = torch.randint(0, VOCAB, (6,), generator=g).tolist()
+    counters.clear()
+    runs = {}
+    for compile in (False, True):
+        cache = static_cache(model, kind, 1, 64, device)
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+        step = LogitsStepGraph(model, cache, ids[:, -1:], compile=compile)
+        step.feed(feed[0])
+        out = [x.float() for x in step.capture(warmup=2)] if device == "cuda" else \
+            [step.step().clone().float() for _ in range(2)]
+        for tok in feed[1:]:
+            step.feed(tok)
+            out.append(step.step().clone().float())
+        runs[compile] = torch.stack(out)
+        assert cache.host_lengths()[0] == 40 + 2 + len(feed) - 1
+    plain, compiled = runs[False], runs[True]
+    tol = (1e-4 if device == "cpu" else 2e-2) * plain.abs().max()
+    assert (compiled - plain).abs().max() <= tol
+    assert compiled_model(model) is compiled_model(model)
+    breaks = list(counters["graph_break"])
+    assert breaks and all("compactkv_attention_forward" in r or "StaticKVCache.update" in r for r in breaks), breaks
+
+
 @pytest.mark.parametrize("kind", ["f16", "turbo4"])
 def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
     """transformers sizes its mask by the host's token count, and builds one whenever a CUDA graph is being
@@ -452,6 +490,42 @@ def test_static_sink_layer_advances_both_counts_in_one_buffer():
     assert layer.comp_lengths is layer.lengths and layer.lengths.data_ptr() == layer._counts.data_ptr()
     layer.update(*kv)
     assert linked(layer) and layer._counts.tolist() == [[20, 20], [16, 16]]
+
+
+def test_static_layer_encodes_both_operands_through_the_encoders_pair_when_it_takes_them():
+    """An encoder's `pair` (triton.encode.encode_into's: one launch for a decode step's K and V) gets the centered,
+    scaled keys' arguments first; when it declines (False) the layer encodes each operand, when it accepts
+    nothing else is called. Same rows either way."""
+    from compactkv.cache.static import StaticTurboQuantLayer, _torch_encode
+    g = torch.Generator().manual_seed(4)
+    kv = [torch.randn(2, 2, 20, 64, generator=g) for _ in range(2)]
+    step = [x[:, :, :1].clone() for x in kv]
+    query = torch.randn(2, 4, 20, 64, generator=g)
+    layers = {}
+    for accept in (False, True):
+        calls = []
+
+        def one(codec, x, target, positions, center=None, scale=None):
+            calls.append(("one", center is not None, scale is not None))
+            _torch_encode(codec, x, target, positions, center=center, scale=scale)
+
+        def pair(k_codec, keys, k_target, v_codec, values, v_target, positions, center=None, scale=None):
+            calls.append(("pair", center is not None, scale is not None))
+            if accept:
+                _torch_encode(k_codec, keys, k_target, positions, center=center, scale=scale)
+                _torch_encode(v_codec, values, v_target, positions)
+            return accept
+        one.pair = pair
+        layer = StaticTurboQuantLayer("turbo4", "turbo2", 64, 2, 2, 40, device="cpu", encode=one, scale_keys=True)
+        layer.update(*kv)
+        layer.observe(query)
+        calls.clear()
+        layer.update(*step)
+        want = [("pair", True, True)] + ([] if accept else [("one", True, True), ("one", False, False)])
+        assert calls == want, (accept, calls)
+        layers[accept] = layer
+    assert torch.equal(layers[False].k_rows, layers[True].k_rows)
+    assert torch.equal(layers[False].v_rows, layers[True].v_rows)
 
 
 @pytest.mark.parametrize("kind", ["turbo4", "f16"])

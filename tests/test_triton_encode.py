@@ -127,11 +127,73 @@ def _split_mismatches(device: str) -> dict[str, int]:
                 for kernel, kind, d, dtype, opts, layout in SPLIT_CASES}
 
 
+# (k kind, v kind, head_dim, dtype, key codec options, layout, tokens): one pair launch for a layer's keys and values
+PAIR_CASES = [("turbo4", "turbo4", 128, torch.bfloat16, {"unbiased": True}, "planar+center+scale", 1),
+              ("turbo4", "turbo2", 64, torch.float16, {}, "codec+center", 3),
+              ("turbo3", "turbo3", 128, torch.float32, {"unbiased": True}, "codec+scale", 1),
+              ("turbo2", "turbo4", 256, torch.bfloat16, {}, "planar", 2),
+              ("turbo3", "turbo4", 32, torch.float16, {"seed": 3}, "codec", 37),
+              ("turbo2", "turbo3", 256, torch.float16, {}, "codec+center+scale", 21)]
+
+
+def _rows_for(codec: Codec, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n float32 rows: random, the special rows, then rows near the codec's boundaries, cycled to n."""
+    rnd = torch.randn(n, codec.head_dim, generator=gen) * torch.rand(n, 1, generator=gen) * 3
+    rows = torch.cat([_special_rows(codec.head_dim), _near_boundaries(codec, 2, gen), rnd])
+    return rows[torch.randperm(rows.shape[0], generator=gen)[:n]] if rows.shape[0] >= n else rows
+
+
+def _pair_one(k_kind: str, v_kind: str, d: int, dtype: torch.dtype, k_opts: dict, layout: str, t: int,
+              device: str, gen: torch.Generator) -> int:
+    """Mismatching bytes of one encode_pair_kernel launch against Codec.encode of the keys (centered and scaled as
+    the layout says) and of the values, at per-row positions, plus untouched-slot checks."""
+    from compactkv.attention.triton.encode import launch_pair
+    kc, vc = Codec(k_kind, d, **k_opts), Codec(v_kind, d, seed=1)
+    b, h = 2, 3
+    xs = []
+    for codec in (kc, vc):
+        x = _rows_for(codec, b * h * t, gen).reshape(b, h, t, d).to(dtype)
+        if dtype == torch.bfloat16 and device == "cpu":  # the interpreter's bf16 subnormals (see _one)
+            x = torch.where(x.float().abs() < torch.finfo(torch.float32).tiny, 0, x)
+        xs.append(x)
+    center = torch.randn(b, h, 1, d, generator=gen) * 2 if "+center" in layout else None
+    scale = torch.exp(torch.randn(h, d, generator=gen)).clamp(1 / 16, 16) if "+scale" in layout else None
+    refs = (kc.encode(centered_scaled(xs[0], center, scale)), vc.encode(xs[1]))
+    pos = torch.tensor([0, 5], dtype=torch.int32, device=device)
+    planar = layout.startswith("planar")
+    targets = []
+    for codec in (kc, vc):
+        width = codec.row_bytes - 2 if planar else codec.row_bytes
+        out = torch.full((b, h, t + 7, width), 0x5A, dtype=torch.uint8, device=device)
+        targets.append((out, torch.full((b, h, t + 7), 7.0, dtype=torch.float16, device=device)) if planar else out)
+    launch_pair(kc, xs[0].to(device), targets[0], vc, xs[1].to(device), targets[1], pos,
+                center=center.to(device) if center is not None else None,
+                scale=scale.to(device) if scale is not None else None)
+    bad = 0
+    for target, ref in zip(targets, refs):
+        out = target[0] if planar else target
+        got = out.cpu()
+        if planar:
+            got = torch.cat([target[1].cpu().unsqueeze(-1).view(torch.uint8), got], dim=-1)
+        bad += int((got[0, :, :t] != ref[0]).sum()) + int((got[1, :, 5:5 + t] != ref[1]).sum())
+        if not ((out[1, :, :5] == 0x5A).all() and (out[0, :, t:] == 0x5A).all()):
+            bad += 10 ** 6
+    return bad
+
+
+def _pair_mismatches(device: str) -> dict[str, int]:
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    return {f"pair {k}/{v} d={d} {str(dt)[6:]} {o} {lay} t={t}": _pair_one(k, v, d, dt, o, lay, t, device, gen)
+            for k, v, d, dt, o, lay, t in PAIR_CASES}
+
+
 def _interpreter_main() -> None:
     for kernel in ("row", "lanes"):
         for case, bad in _mismatches(kernel, "cpu").items():
             print(f"{kernel} {case}: mismatched bytes {bad}")
     for case, bad in _split_mismatches("cpu").items():
+        print(f"{case}: mismatched bytes {bad}")
+    for case, bad in _pair_mismatches("cpu").items():
         print(f"{case}: mismatched bytes {bad}")
 
 
@@ -155,13 +217,22 @@ def test_encode_kernels_in_batch_slices_on_cuda():
     assert not any(_split_mismatches("cuda").values())
 
 
+@pytest.mark.parametrize("case", PAIR_CASES, ids=[f"{c[0]}-{c[1]}-d{c[2]}-{c[5]}-t{c[6]}" for c in PAIR_CASES])
+def test_pair_kernel_bit_identical_on_cuda(case):
+    pytest.importorskip("triton", reason="triton is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (the interpreter test covers the CPU)")
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    assert _pair_one(*case, "cuda", gen) == 0
+
+
 def test_encode_kernels_bit_identical_in_interpreter():
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [ln for ln in run.stdout.splitlines() if "mismatched bytes" in ln]
-    assert len(lines) == len(_cases("row")) + len(_cases("lanes")) + len(SPLIT_CASES), run.stdout
+    assert len(lines) == len(_cases("row")) + len(_cases("lanes")) + len(SPLIT_CASES) + len(PAIR_CASES), run.stdout
     bad = [ln for ln in lines if not ln.endswith("mismatched bytes 0")]
     assert not bad, bad
 
@@ -189,6 +260,63 @@ def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
             want = "row" if d in encode.ROW_HEAD_DIMS and t >= encode.ROW_MIN_TOKENS else "lanes"
             rows = 64 if want == "row" else 16
             assert launched == [(want, (math.ceil(t / rows), 6), rows)], (d, t, launched)
+
+
+def test_encode_pair_takes_decode_steps_on_cuda_only(monkeypatch):
+    """encode_pair launches once where encode_rows would take the lanes kernel for both operands (CUDA, under
+    ROW_MIN_TOKENS tokens or COMPACTKV_ENCODE_KERNEL=lanes, PAIR on) and declines, writing nothing, elsewhere."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from compactkv.attention.triton import encode
+    launched = []
+
+    class Fake:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.append((grid, kw["K_BITS"], kw["V_BITS"], kw["CENTER"]))
+    monkeypatch.setattr(encode, "encode_pair_kernel", Fake())
+    monkeypatch.setattr(encode, "_constants", lambda *a: (None, None, None))
+    kc, vc = Codec("turbo4", 128), Codec("turbo2", 128, seed=1)
+
+    def pair(t):
+        x = torch.zeros(2, 3, t, 128)
+        k_out = torch.zeros(2, 3, 40, kc.row_bytes, dtype=torch.uint8)
+        v_out = torch.zeros(2, 3, 40, vc.row_bytes, dtype=torch.uint8)
+        return encode.encode_pair(kc, x, k_out, vc, x.clone(), v_out, torch.zeros(2, dtype=torch.int32))
+    assert pair(1) is False and not launched  # CPU tensors
+    monkeypatch.setattr(encode, "_on_cuda", lambda x: True)  # (no GPU needed: the fake kernel runs nothing)
+    assert pair(1) is True and launched == [((1, 6, 2), 4, 2, False)]
+    launched.clear()
+    assert pair(encode.ROW_MIN_TOKENS - 1) is True and launched[0][0] == (1, 6, 2)
+    launched.clear()
+    assert pair(encode.ROW_MIN_TOKENS) is False and not launched  # a prompt: the row kernel, per operand
+    monkeypatch.setenv("COMPACTKV_ENCODE_KERNEL", "lanes")
+    assert pair(encode.ROW_MIN_TOKENS + 1) is True and launched == [((2, 6, 2), 4, 2, False)]
+    launched.clear()
+    monkeypatch.setattr(encode, "PAIR", False)
+    assert pair(1) is False and not launched
+
+
+def test_launch_pair_names_bad_input():
+    pytest.importorskip("triton", reason="triton is not installed")
+    from compactkv.attention.triton.encode import launch_pair
+    kc, vc = Codec("turbo4", 128), Codec("turbo4", 128, seed=1)
+    x = torch.zeros(1, 2, 1, 128)
+    rows = torch.zeros(1, 2, 8, kc.row_bytes, dtype=torch.uint8)
+    planes = (torch.zeros(1, 2, 8, kc.row_bytes - 2, dtype=torch.uint8), torch.zeros(1, 2, 8, dtype=torch.float16))
+    pos = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="both go to rows buffers or both to"):
+        launch_pair(kc, x, rows, vc, x, planes, pos)
+    with pytest.raises(ValueError, match="must have one shape"):
+        launch_pair(kc, x, rows, vc, torch.zeros(1, 2, 2, 128), rows.clone(), pos)
+    with pytest.raises(ValueError, match="positions"):
+        launch_pair(kc, x, rows, vc, x, rows.clone(), None)
+    with pytest.raises(ValueError, match="power of two"):
+        launch_pair(kc, x, rows, vc, x, rows.clone(), pos, block_rows=3)
+    with pytest.raises(ValueError, match=r"center must be float32 \[1, 2, 1, 128\]"):
+        launch_pair(kc, x, rows, vc, x, rows.clone(), pos, center=torch.zeros(1, 2, 1, 64))
+    with pytest.raises(ValueError, match=r"out must be uint8 \[1, 2, T, 66\]"):
+        launch_pair(kc, x, rows, vc, x, torch.zeros(1, 2, 8, 60, dtype=torch.uint8), pos)
+    with pytest.raises(ValueError, match="turbo4\\+qjl|qjl|not"):
+        launch_pair(Codec("turbo4+qjl", 128), x, rows, vc, x, rows.clone(), pos)
 
 
 def test_encode_rows_names_bad_input():

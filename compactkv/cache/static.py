@@ -42,7 +42,9 @@ from .layer import STORE_DTYPE, TAG, fit_key_scale
 
 # (codec, x, target, positions, center=None, scale=None): the rows of centered_scaled(x, center, scale) (center
 # float32 [B, H, 1, D], scale float32 [H, D]; None: left out) at positions; target: a rows buffer, or a (codes,
-# norms) pair of planes
+# norms) pair of planes. An encoder may carry `pair(k_codec, keys, k_target, v_codec, values, v_target, positions,
+# center=None, scale=None) -> bool`: both operands at once where it can (True), nothing written otherwise (False;
+# the layer then calls the encoder per operand): triton.encode.encode_into's is one launch for decode steps
 Encoder = Callable[..., None]
 PLANAR_HEAD_DIMS = (64, 128, 256)
 CENTER_MIN_TOKENS = 16  # a first update shorter than this (a decode step into an empty cache) centers nothing
@@ -295,6 +297,10 @@ class StaticTurboQuantLayer(_StaticLayer):
         extra = {} if self.key_center is None else {"center": self.key_center}
         if self.k_scale is not None:
             extra["scale"] = self.k_scale
+        pair = getattr(self.encode, "pair", None)
+        if pair is not None and pair(self.k_codec, keys, self.k_target, self.v_codec, values, self.v_target,
+                                     positions, **extra):
+            return
         self.encode(self.k_codec, keys, self.k_target, positions, **extra)
         self.encode(self.v_codec, values, self.v_target, positions)
 

@@ -10,8 +10,9 @@ import torch
 
 from ...core.codebook import lloyd_max
 from ...core.codec import Codec, norm_scale
+from ...core.switches import env_switch
 from ...core.rotation import get_rotation
-from .kernels_encode import encode_mse_kernel, encode_row_kernel
+from .kernels_encode import encode_mse_kernel, encode_pair_kernel, encode_row_kernel
 
 ENCODE_HEAD_DIMS = (32, 64, 128, 256)
 ROW_HEAD_DIMS = (32, 64, 128)  # encode_row_kernel (one row per thread); 256 would not fit a thread's registers
@@ -22,6 +23,9 @@ GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's ba
 # (H200, one static layer's graphed one-token K+V update, 8 heads, head_dim 128, turbo4: 19.0 -> 12.4 us;
 # scripts/static_update_bench.py, docs/kernels.md)
 ROW_MIN_TOKENS = 16
+# a static layer's decode-step K and V in one launch (encode_pair, session 18); COMPACTKV_ENCODE_PAIR=0: two
+# launches, for A/B runs
+PAIR = env_switch("ENCODE_PAIR", default=True)
 
 
 def encode_unsupported(codec: Codec) -> str | None:
@@ -87,47 +91,10 @@ def _row_constants(head_dim: int, bits: int, seed: int, device: torch.device):
     return signs, tuple(mid.tolist()), (c * c).to(device)
 
 
-def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, block_rows: int | None = None,
-                norms: torch.Tensor | None = None, kernel: str | None = None,
-                center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
-
-    out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
-    with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
-    norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
-    norms [B, H, T_out] (unit token stride) at the same positions.
-    kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
-    across lanes: every head_dim), "auto" (row where it applies and T >= ROW_MIN_TOKENS: the row kernel is the
-    faster for prompts, the lanes kernel for decode steps); None reads COMPACTKV_ENCODE_KERNEL (auto or lanes;
-    default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
-    (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
-    block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
-    the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
-    center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
-    Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy);
-    scale: float32 [H, D], multiplied after that (Codec.encode((x.float() - center) * scale[:, None, :]): keys of a
-    cache with query-aware key scaling).
-    No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
-    """
-    why = encode_unsupported(codec)
-    if why:
-        raise ValueError(why)
-    if kernel is None:  # the environment picks between auto and lanes only: "row" would fail at head_dim 256
-        kernel = os.environ.get("COMPACTKV_ENCODE_KERNEL", "auto")
-        if kernel not in ("auto", "lanes"):
-            raise ValueError(f"COMPACTKV_ENCODE_KERNEL must be 'auto' or 'lanes', got {kernel!r}")
-    if kernel not in ENCODE_KERNELS:
-        raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
-    if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
-        raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
-    row = kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS and x.shape[-2] >= ROW_MIN_TOKENS)
-    if block_rows is None:
-        block_rows = 64 if row else 16
-    if row and (block_rows % 32 or not 32 <= block_rows <= 256):
-        raise ValueError(f"block_rows {block_rows}: the row kernel takes a multiple of 32 from 32 to 256")
-    if not row and (block_rows < 1 or block_rows & (block_rows - 1)):
-        raise ValueError(f"block_rows {block_rows}: the lanes kernel takes a power of two")
+def _checked(codec: Codec, x: torch.Tensor, out: torch.Tensor | None, positions: torch.Tensor | None,
+             norms: torch.Tensor | None, center: torch.Tensor | None, scale: torch.Tensor | None):
+    """encode_rows' arguments checked (ValueError naming what was wrong): (x with a unit last stride, out,
+    allocated when None)."""
     if x.dim() != 4 or x.shape[-1] != codec.head_dim or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"expected [B, H, T, {codec.head_dim}] fp16/bf16/fp32, got {x.dtype} {list(x.shape)}")
     if x.stride(-1) != 1:
@@ -157,6 +124,59 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
                               or scale.device != x.device):
         raise ValueError(f"scale must be float32 [{h}, {d}] with unit stride over head_dim on {x.device}, got "
                          f"{scale.dtype} {list(scale.shape)} on {scale.device}")
+    return x, out
+
+
+def _row_kernel(codec: Codec, x: torch.Tensor, kernel: str | None) -> bool:
+    """Whether encode_rows(kernel=...) takes the row kernel for x (else the lanes kernel); ValueError for a bad
+    name, in the argument or in COMPACTKV_ENCODE_KERNEL."""
+    if kernel is None:  # the environment picks between auto and lanes only: "row" would fail at head_dim 256
+        kernel = os.environ.get("COMPACTKV_ENCODE_KERNEL", "auto")
+        if kernel not in ("auto", "lanes"):
+            raise ValueError(f"COMPACTKV_ENCODE_KERNEL must be 'auto' or 'lanes', got {kernel!r}")
+    if kernel not in ENCODE_KERNELS:
+        raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
+    if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
+        raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
+    return kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS
+                               and x.shape[-2] >= ROW_MIN_TOKENS)
+
+
+def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, block_rows: int | None = None,
+                norms: torch.Tensor | None = None, kernel: str | None = None,
+                center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode x [B, H, T, D] (fp16/bf16/fp32) into `codec` rows.
+
+    out: uint8 [B, H, T_out, row_bytes] with contiguous rows; token t of batch row b goes to out[b, :, p_b + t]
+    with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
+    norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
+    norms [B, H, T_out] (unit token stride) at the same positions.
+    kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
+    across lanes: every head_dim), "auto" (row where it applies and T >= ROW_MIN_TOKENS: the row kernel is the
+    faster for prompts, the lanes kernel for decode steps); None reads COMPACTKV_ENCODE_KERNEL (auto or lanes;
+    default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
+    (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
+    block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
+    the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
+    center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
+    Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy);
+    scale: float32 [H, D], multiplied after that (Codec.encode((x.float() - center) * scale[:, None, :]): keys of a
+    cache with query-aware key scaling).
+    No finiteness or fp16-range check is made here (Codec.encode makes them); returns out.
+    """
+    why = encode_unsupported(codec)
+    if why:
+        raise ValueError(why)
+    row = _row_kernel(codec, x, kernel)
+    if block_rows is None:
+        block_rows = 64 if row else 16
+    if row and (block_rows % 32 or not 32 <= block_rows <= 256):
+        raise ValueError(f"block_rows {block_rows}: the row kernel takes a multiple of 32 from 32 to 256")
+    if not row and (block_rows < 1 or block_rows & (block_rows - 1)):
+        raise ValueError(f"block_rows {block_rows}: the lanes kernel takes a power of two")
+    x, out = _checked(codec, x, out, positions, norms, center, scale)
+    b, h, t, d = x.shape
     if b * h * t == 0:
         return out
     bits = codec.spec.bits
@@ -252,3 +272,78 @@ def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
         return
     from ...cache.static import centered_scaled, write_encoded
     write_encoded(codec.encode(centered_scaled(x, center, scale)), target, positions)
+
+
+
+def _on_cuda(x: torch.Tensor) -> bool:
+    return x.is_cuda
+
+
+def encode_pair(k_codec: Codec, keys: torch.Tensor, k_target, v_codec: Codec, values: torch.Tensor, v_target,
+                positions: torch.Tensor, center: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                block_rows: int = 16) -> bool:
+    """A static layer's keys and values encoded by one launch of the lanes kernel (`encode_pair_kernel`), with the
+    rows each would get from encode_rows(kernel="lanes") alone (keys centered and scaled by center/scale).
+
+    Takes what a decode step writes: both inputs on CUDA with the same [B, H, T, D] shape, both codecs encoded by
+    the kernel (encode_unsupported), targets of one layout (rows buffers, or (codes, norms) planes), and T where
+    encode_rows would pick the lanes kernel anyway (below ROW_MIN_TOKENS unless COMPACTKV_ENCODE_KERNEL=lanes) and
+    B x H within one grid. Returns False, writing nothing, for anything else (the caller then encodes each);
+    ValueError for arguments encode_rows would refuse."""
+    planar = isinstance(k_target, tuple)
+    if (not PAIR or positions is None or not _on_cuda(keys) or keys.shape != values.shape or keys.device != values.device
+            or planar != isinstance(v_target, tuple) or encode_unsupported(k_codec) or encode_unsupported(v_codec)
+            or k_codec.head_dim != v_codec.head_dim or _row_kernel(k_codec, keys, None)
+            or keys.shape[0] * keys.shape[1] > GRID_Y):
+        return False
+    launch_pair(k_codec, keys, k_target, v_codec, values, v_target, positions, center, scale, block_rows)
+    return True
+
+
+def launch_pair(k_codec: Codec, keys: torch.Tensor, k_target, v_codec: Codec, values: torch.Tensor, v_target,
+                positions: torch.Tensor, center: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                block_rows: int = 16) -> None:
+    """encode_pair's launch without its choice of when (any T); ValueError for arguments encode_rows would refuse,
+    targets of two layouts, or more batch rows x heads than one grid takes."""
+    for codec in (k_codec, v_codec):
+        why = encode_unsupported(codec)
+        if why:
+            raise ValueError(why)
+    if positions is None:
+        raise ValueError("encode_pair writes at each batch row's position: positions (int32 [B]) is required")
+    planar = isinstance(k_target, tuple)
+    if planar != isinstance(v_target, tuple):
+        raise ValueError("keys and values must both go to rows buffers or both to (codes, norms) planes")
+    if keys.shape != values.shape or k_codec.head_dim != v_codec.head_dim:
+        raise ValueError(f"keys {list(keys.shape)} (head_dim {k_codec.head_dim}) and values {list(values.shape)} "
+                         f"(head_dim {v_codec.head_dim}) must have one shape")
+    if block_rows < 1 or block_rows & (block_rows - 1):
+        raise ValueError(f"block_rows {block_rows}: the lanes kernel takes a power of two")
+    k_out, k_norms = k_target if planar else (k_target, None)
+    v_out, v_norms = v_target if planar else (v_target, None)
+    keys, k_out = _checked(k_codec, keys, k_out, positions, k_norms, center, scale)
+    values, v_out = _checked(v_codec, values, v_out, positions, v_norms, None, None)
+    b, h, t, d = keys.shape
+    if b * h > GRID_Y:
+        raise ValueError(f"{b} batch rows x {h} heads: one pair launch takes at most {GRID_Y}")
+    if b * h * t == 0:
+        return
+    args = []
+    for codec, x, out, norms in ((k_codec, keys, k_out, k_norms), (v_codec, values, v_out, v_norms)):
+        bits = codec.spec.bits
+        stored_scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
+        args.append((x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
+                     *_constants(d, bits, codec.seed, x.device), stored_scale, norms if norms is not None else out,
+                     *((norms.stride(0), norms.stride(1)) if norms is not None else (0, 0))))
+    extras = (center if center is not None else keys,
+              *((center.stride(0), center.stride(1)) if center is not None else (0, 0)),
+              scale if scale is not None else keys, scale.stride(0) if scale is not None else 0)
+    encode_pair_kernel[(math.ceil(t / block_rows), b * h, 2)](
+        *args[0], *extras, *args[1], positions, h, t, 1.0 / math.sqrt(d),
+        D=d, LOG2D=int(math.log2(d)), K_BITS=k_codec.spec.bits, K_NORM_CORR=k_codec.norm_correction,
+        K_UNBIASED=k_codec.unbiased, V_BITS=v_codec.spec.bits, V_NORM_CORR=v_codec.norm_correction,
+        V_UNBIASED=v_codec.unbiased, HAS_POS=True, BLOCK_R=block_rows, PLANAR=planar, CENTER=center is not None,
+        SCALE=scale is not None, num_warps=4, enable_fp_fusion=False)
+
+
+encode_into.pair = encode_pair  # StaticTurboQuantLayer tries both operands in one launch first (cache/static.py)

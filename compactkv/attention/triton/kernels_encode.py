@@ -11,7 +11,8 @@ mul+add fusion.
   the product is exact in float64, so each row's thresholds are computed once in float64 and rounded to the
   float32 that compares the same way; the code is a binary search over them.
 - `encode_mse_kernel` (any head_dim, head_dim 256 by default): the row across the lanes of a program, the
-  division correctly rounded and a binary search over the boundaries in global memory.
+  division correctly rounded and a binary search over the boundaries in global memory. `encode_pair_kernel` runs
+  the same code for a layer's keys and values in one launch (decode steps of the static cache).
 """
 
 from __future__ import annotations
@@ -69,6 +70,40 @@ def encode_mse_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, sig
     PLANAR: the indices at out[b, h, pos[b] + t] and the fp16 norm at norm[b, h, pos[b] + t] (token stride 1).
     CENTER: float32 c[b, h, :] (strides scb, sch; unit stride over D) subtracted from every row in float32 first,
     as the CPU encodes x.float() - c; SCALE: then times float32 s[h, :] (stride ssh), as (x.float() - c) * s."""
+    _lanes_rows(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr, H, T, inv_sqrt,
+                norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh, D, LOG2D, BITS, NORM_CORR, UNBIASED,
+                HAS_POS, BLOCK_R, PLANAR, CENTER, SCALE)
+
+
+@triton.jit
+def encode_pair_kernel(kx_ptr, skxb, skxh, skxt, kout_ptr, skob, skoh, skot, k_signs, k_cb, k_bnd, k_scale,
+                       kn_ptr, sknb, sknh, c_ptr, scb, sch, s_ptr, ssh,
+                       vx_ptr, svxb, svxh, svxt, vout_ptr, svob, svoh, svot, v_signs, v_cb, v_bnd, v_scale,
+                       vn_ptr, svnb, svnh, pos_ptr, H, T, inv_sqrt,
+                       D: tl.constexpr, LOG2D: tl.constexpr, K_BITS: tl.constexpr, K_NORM_CORR: tl.constexpr,
+                       K_UNBIASED: tl.constexpr, V_BITS: tl.constexpr, V_NORM_CORR: tl.constexpr,
+                       V_UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr,
+                       PLANAR: tl.constexpr, CENTER: tl.constexpr, SCALE: tl.constexpr):
+    """A layer's keys and values in one launch: grid axis 2 picks the operand (0: keys, with CENTER/SCALE as
+    encode_mse_kernel's; 1: values), each with its own input, output, codebook and rotation signs and the same
+    rows as encode_mse_kernel gives it alone. For decode steps, whose two encodes are each one latency-bound
+    launch (one token per batch row and head)."""
+    if tl.program_id(2) == 0:
+        _lanes_rows(kx_ptr, skxb, skxh, skxt, kout_ptr, skob, skoh, skot, pos_ptr, k_signs, k_cb, k_bnd, H, T,
+                    inv_sqrt, k_scale, kn_ptr, sknb, sknh, c_ptr, scb, sch, s_ptr, ssh, D, LOG2D, K_BITS,
+                    K_NORM_CORR, K_UNBIASED, HAS_POS, BLOCK_R, PLANAR, CENTER, SCALE)
+    else:
+        _lanes_rows(vx_ptr, svxb, svxh, svxt, vout_ptr, svob, svoh, svot, pos_ptr, v_signs, v_cb, v_bnd, H, T,
+                    inv_sqrt, v_scale, vn_ptr, svnb, svnh, c_ptr, scb, sch, s_ptr, ssh, D, LOG2D, V_BITS,
+                    V_NORM_CORR, V_UNBIASED, HAS_POS, BLOCK_R, PLANAR, False, False)
+
+
+@triton.jit
+def _lanes_rows(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, signs_ptr, cb_ptr, bnd_ptr, H, T, inv_sqrt,
+                norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh, D: tl.constexpr, LOG2D: tl.constexpr,
+                BITS: tl.constexpr, NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr,
+                BLOCK_R: tl.constexpr, PLANAR: tl.constexpr, CENTER: tl.constexpr, SCALE: tl.constexpr):
+    """encode_mse_kernel's work for this program: BLOCK_R tokens (grid axis 0) of one (batch row, head) (axis 1)."""
     t = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (token block, batch row x head): no per-row division
     rmask = t < T
     bh = tl.program_id(1)
