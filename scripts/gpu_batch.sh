@@ -31,6 +31,8 @@
 #                                     # key scaling), one layer's one-token update, serve --graphs x4
 #   bash scripts/gpu_batch.sh fuse-sinks  # sinks + key mean in the finishing table kernel: tests, graphed step one
 #                                     # launch vs two, bench e2e --graphs B=8 T=32K (f16-nomask, turbo4)
+#   bash scripts/gpu_batch.sh compile  # the compiled-model CUDA tests, then bench e2e --graphs --compile B=8 T=32K
+#                                     # (f16-nomask, turbo4; turbo4 again with K/V in two encode launches)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -176,6 +178,18 @@ fuse-sinks)
     COMPACTKV_FUSE_SINKS=0 timeout 100 $e2e --kinds turbo4 --warmup 3 --json "$OUT/e2e-b8-two.json" \
         > "$OUT/e2e-b8-two.txt" 2>&1
     tail -2 "$OUT/e2e-b8-two.txt"
+    ;;
+compile)
+    # session 18: the model's own code through torch.compile on both sides (engine.graphs.compiled_model), K and V
+    # of a static layer's decode step in one encode launch (encode.encode_pair; COMPACTKV_ENCODE_PAIR=0: two)
+    python scripts/pytest_shards.py --shards 2 --timeout 200 --out "$OUT" --ids scripts/ids/s18-compiled.txt
+    e2e="python -m compactkv.cli bench e2e --graphs --compile --batches 8 --contexts= --synthetic-contexts 32768"
+    e2e="$e2e --steps 32 --warmup 3"
+    timeout 150 $e2e --kinds f16-nomask,turbo4 --json "$OUT/e2e-compile.json" > "$OUT/e2e-compile.txt" 2>&1
+    tail -3 "$OUT/e2e-compile.txt"
+    COMPACTKV_ENCODE_PAIR=0 timeout 100 $e2e --kinds turbo4 --json "$OUT/e2e-compile-two.json" \
+        > "$OUT/e2e-compile-two.txt" 2>&1
+    tail -2 "$OUT/e2e-compile-two.txt"
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH
