@@ -65,6 +65,23 @@ def test_run_graphs_flags_are_checked_before_loading(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_compile_is_refused_without_graphs_before_loading(capsys, monkeypatch):
+    """`run --compile` (or COMPACTKV_COMPILE) compiles the graphed step: without --graphs it is refused before the
+    model is looked for; so are the engine's and the scheduler's compile without graphs."""
+    from compactkv.engine.scheduler import EngineConfig
+    monkeypatch.delenv("COMPACTKV_GRAPHS", raising=False)
+    assert cli_main(["run", "hi", "--compile", "--model", "/nonexistent"]) == 2
+    assert "--compile (COMPACTKV_COMPILE) compiles the graphed decode step: add --graphs" in capsys.readouterr().err
+    monkeypatch.setenv("COMPACTKV_COMPILE", "on")
+    assert cli_main(["run", "hi", "--model", "/nonexistent"]) == 2
+    assert "add --graphs" in capsys.readouterr().err
+    monkeypatch.setenv("COMPACTKV_COMPILE", "sometimes")
+    assert cli_main(["run", "hi", "--graphs", "--model", "/nonexistent"]) == 2
+    assert "COMPACTKV_COMPILE='sometimes' is not a valid switch" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="compile compiles the graphed decode step: it needs graphs=True"):
+        EngineConfig(compile=True)
+
+
 def test_env_switches_share_one_parser(monkeypatch):
     """core.switches.env_switch: what `run` (COMPACTKV_GRAPHS) and the Triton backend (COMPACTKV_FUSE_SINKS, default
     on) read; unset or empty gives the default, a bad value is refused by name."""

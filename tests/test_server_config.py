@@ -106,6 +106,18 @@ def test_graphs_switch_from_flag_env_and_profile_with_its_kinds_checked(tmp_path
         ServerConfig(graphs=True, policy="q8-edges")
 
 
+def test_compile_switch_needs_graphs():
+    assert build_config({}, {"COMPACTKV_GRAPHS": "on", "COMPACTKV_COMPILE": "yes"}, {}).compile is True
+    assert build_config({"graphs": True}, {}, {"compile": True}).compile is True
+    assert build_config({}, {}, {}).compile is False
+    with pytest.raises(ValueError, match="compile compiles the graphed decode step: it needs graphs"):
+        build_config({}, {"COMPACTKV_COMPILE": "1"}, {})
+    with pytest.raises(ValueError, match=r"COMPACTKV_COMPILE='fast' is not a valid compile \(1/true/yes/on"):
+        build_config({}, {"COMPACTKV_COMPILE": "fast"}, {})
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        ServerConfig(graphs=True, compile="yes")
+
+
 def test_serve_refuses_graphs_with_a_kind_it_cannot_capture(capsys):
     try:
         rc = cli.main(["serve", "--graphs", "--k", "turbo3.5", "--v", "turbo3.5"])

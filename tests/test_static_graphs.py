@@ -296,6 +296,42 @@ def test_compiled_model_steps_give_the_uncompiled_logits(device, kind):
     assert breaks and all("compactkv_attention_forward" in r or "StaticKVCache.update" in r for r in breaks), breaks
 
 
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2", "f16"])
+def test_rewound_step_leaves_the_sequence_as_it_was(kind):
+    """A compiled step graph runs one more eager step before capturing and undoes it (`rewound_step`): the next
+    steps give the logits of a run without it, and every layer's host and device counts come back (turbo4 with
+    its default fp16 sinks: both count rows)."""
+    from compactkv.engine.graphs import LogitsStepGraph
+    model = tiny_model()
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, VOCAB, (1, 30), generator=g)
+    feed = torch.randint(0, VOCAB, (4,), generator=g).tolist()
+    runs, counts = {}, {}
+    for rewind in (False, True):
+        cache = static_cache(model, kind, 1, 40, "cpu")
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+        step = LogitsStepGraph(model, cache, ids[:, -1:])
+        out = []
+        for i, tok in enumerate(feed):
+            step.feed(tok)
+            out.append(step.step().clone())
+            if rewind and i == 1:
+                before = (cache.host_lengths(), [[t.clone() for t in lay._device_counts()] for lay in cache.layers])
+                step.rewound_step()
+                assert torch.equal(step.logits, out[-1])
+                after = (cache.host_lengths(), [[t.clone() for t in lay._device_counts()] for lay in cache.layers])
+                assert before[0] == after[0] and all(torch.equal(a, b) for x, y in zip(before[1], after[1])
+                                                     for a, b in zip(x, y))
+        runs[rewind] = torch.stack(out)
+        counts[rewind] = [lay.lengths.tolist() for lay in cache.layers]
+    assert torch.equal(runs[True], runs[False])
+    assert counts[True] == counts[False] == [[34]] * 2
+    empty = LogitsStepGraph(model, static_cache(model, kind, 1, 8, "cpu"), ids[:, :1])
+    with pytest.raises(ValueError, match="rewound_step needs tokens in the cache"):
+        empty.rewound_step()
+
+
 @pytest.mark.parametrize("kind", ["f16", "turbo4"])
 def test_static_layers_ignore_the_transformers_mask_on_single_token_steps(kind):
     """transformers sizes its mask by the host's token count, and builds one whenever a CUDA graph is being

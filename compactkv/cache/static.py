@@ -110,6 +110,10 @@ class _StaticLayer(CacheLayerMixin):
         self.cumulative_length = 0
         self.lengths.zero_()
 
+    def _device_counts(self) -> tuple[torch.Tensor, ...]:
+        """The device tensors that hold this layer's token counts (what a step advances)."""
+        return (self.lengths,)
+
     def mark_filled(self, tokens: int) -> None:
         """`tokens` tokens per row count as stored (StaticKVCache.fill: buffers written by the caller)."""
         self.lengths.fill_(tokens)
@@ -405,6 +409,9 @@ class StaticTurboQuantLayer(_StaticLayer):
     def stored_length(self) -> int:
         return self.cumulative_length
 
+    def _device_counts(self) -> tuple[torch.Tensor, ...]:
+        return (self._counts,)  # lengths and comp_lengths are rows (or one row) of it
+
     def _buffers(self) -> tuple[torch.Tensor, ...]:
         if self.planar:
             return self.k_codes, self.k_norms, self.v_codes, self.v_norms, self.lengths
@@ -586,6 +593,18 @@ class StaticKVCache(Cache):
     def set_host_lengths(self, counts: list[int]) -> None:
         for layer, n in zip(self.layers, counts):
             layer.cumulative_length = n
+
+    def counts_snapshot(self) -> list:
+        """Every layer's host and device token counts (device copies), for `restore_counts`: a decode step run
+        between the two leaves the cache as it was, except for the slots after the stored tokens, which the next
+        step overwrites. Not across a first update (fp16 sinks, key center and key scale are set there)."""
+        return [(layer.cumulative_length, [t.clone() for t in layer._device_counts()]) for layer in self.layers]
+
+    def restore_counts(self, snapshot: list) -> None:
+        for layer, (host, saved) in zip(self.layers, snapshot):
+            layer.cumulative_length = host
+            for t, old in zip(layer._device_counts(), saved):
+                t.copy_(old)
 
     def resized(self, capacity: int) -> "StaticKVCache":
         """A copy of this cache with the same tokens and room for `capacity` (see _StaticLayer.resized)."""

@@ -75,6 +75,10 @@ def register(subparsers) -> None:
                         f"prompt + --max-new-tokens (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both "
                         "compressed; no recent window, query-aware key scaling or policy; default: "
                         "COMPACTKV_GRAPHS, off)")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="with --graphs: the model's own code through torch.compile in the captured step (the first "
+                        "decode step compiles, tens of seconds for an 8B model; attention and cache writes stay "
+                        "compactkv's kernels; default: COMPACTKV_COMPILE, off)")
     p.set_defaults(func=main)
 
 
@@ -88,6 +92,10 @@ def main(args: argparse.Namespace) -> int:
     policy = parse_policy(args.policy)
     if args.graphs is None:
         args.graphs = env_switch("GRAPHS")
+    if args.compile is None:
+        args.compile = env_switch("COMPILE")
+    if args.compile and not args.graphs:
+        raise ValueError("--compile (COMPACTKV_COMPILE) compiles the graphed decode step: add --graphs")
     if args.graphs:
         check_graph_kinds(args.k, args.v, policy, flag="--graphs")  # before the model loads
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -106,13 +114,13 @@ def main(args: argparse.Namespace) -> int:
         cache = engine_static_cache(lm.model, args.k, args.v, len(ids) + max(new, 1))
     else:
         cache = make_cache(lm.model, args.k, args.v, policy)
-    gen = Generation(lm, ids, sampling, cache, max_context=max_context, graphs=args.graphs)
+    gen = Generation(lm, ids, sampling, cache, max_context=max_context, graphs=args.graphs, compile=args.compile)
     for event in stream_generate(gen):
         sys.stdout.write(event.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    backend = "static, CUDA-graph" if args.graphs else cache_backend()
+    backend = ("static, CUDA-graph" + (", compiled" if args.compile else "")) if args.graphs else cache_backend()
     print(report(gen, lm, args.k, args.v, policy, backend), file=sys.stderr)
     return 0
 

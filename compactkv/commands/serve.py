@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                    help="CUDA only: each sequence decodes from a CUDA graph over a static cache holding the whole "
                         f"context (K/V kinds {', '.join(GRAPH_KINDS)}, both f16 or both compressed; no fp16 "
                         "recent window, query-aware key scaling or policy)")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="with --graphs: the model's own code through torch.compile in each sequence's captured "
+                        "step (compiled once, during the warm-up; default: COMPACTKV_COMPILE, off)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="run one short sequence after loading, before /health reports ready, so kernel compiles "
                         "(GPU) and first allocations do not land on the first request (default on)")
@@ -77,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
                         timeout_graceful_shutdown=int(config.shutdown_timeout) + 5)
     server = Server(uv)
-    graphs = " (CUDA graphs)" if config.graphs else ""
+    graphs = (" (CUDA graphs, compiled)" if config.compile else " (CUDA graphs)") if config.graphs else ""
     print(f"compactkv: serving on http://{config.host}:{server.config.port} (OpenAI /v1, Ollama /api); "
           f"KV {config.k}/{config.v}{graphs}; the model loads in the background, /health says when it is ready",
           flush=True)

@@ -100,8 +100,10 @@ class GreedyStepGraph:
     their K/V, and overwrites `self.tokens` with the argmax of the next-token logits (the same tensor every time).
     `capture()` records the step after `warmup` eager steps on a side stream (those steps are real decode steps:
     their tokens are returned). Positions are each row's stored length, read on the device.
-    compile=True runs the model through `compiled_model` (torch.compile); its first two steps compile (the second
-    because the cache's token count becomes a dynamic size), so capture after at least two.
+    compile=True runs the model through `compiled_model` (torch.compile). Its first two steps compile (the second
+    because the cache's token count becomes a dynamic size), and a compile must not happen inside a capture
+    (inductor benchmarks kernels when it first runs them), so `capture` then runs one more eager step just before
+    capturing, at the same counts the capture sees, and undoes it (`rewound_step`): the sequence is not changed.
     """
 
     def __init__(self, model: Any, cache: StaticKVCache, tokens: torch.Tensor, compile: bool = False):
@@ -128,6 +130,24 @@ class GreedyStepGraph:
         self.tokens.copy_(self._logits().argmax(-1, keepdim=True))
         return self.tokens
 
+    def _outputs(self) -> list[torch.Tensor]:
+        """The buffers a step overwrites (the next tokens)."""
+        return [self.tokens]
+
+    @torch.no_grad()
+    def rewound_step(self) -> None:
+        """Run one step eagerly and undo it: the cache's token counts and the output buffers are restored (the
+        K/V it wrote sit after the stored tokens, where the next step writes). Needs a non-empty cache."""
+        if min(self.cache.host_lengths()) == 0:
+            raise ValueError("rewound_step needs tokens in the cache (the first update sets sinks and key center)")
+        self._check_room()
+        counts = self.cache.counts_snapshot()
+        kept = [t.clone() for t in self._outputs()]
+        self._forward()
+        self.cache.restore_counts(counts)
+        for t, old in zip(self._outputs(), kept):
+            t.copy_(old)
+
     def _check_room(self) -> None:
         if self.cache.room() < 1:
             raise ValueError(f"the static cache is full ({self.cache.max_cache_len} tokens); build it with a larger "
@@ -151,15 +171,18 @@ class GreedyStepGraph:
             raise ValueError("CUDA graphs need the model and cache on a CUDA device")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (the first step compiles and allocates), got {warmup}")
-        if self.cache.room() < warmup + 1:
+        need = warmup + 1 + self.compiled  # (a compiled model's rewound step needs a free slot too)
+        if self.cache.room() < need:
             raise ValueError(f"the static cache has room for {self.cache.room()} tokens; warm-up and capture need "
-                             f"{warmup + 1}")
+                             f"{need}")
         produced = []
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 produced.append(self._forward().clone())
+            if self.compiled:  # any (re)compile now, eagerly, at the counts the capture will see
+                self.rewound_step()
         torch.cuda.current_stream().wait_stream(side)
         counts = self.cache.host_lengths()  # capture runs the host code once but moves no device state
         graph = torch.cuda.CUDAGraph()
@@ -177,6 +200,9 @@ class LogitsStepGraph(GreedyStepGraph):
     warm-up) allocates the buffer."""
 
     logits: torch.Tensor | None = None
+
+    def _outputs(self) -> list[torch.Tensor]:
+        return [self.logits] if self.logits is not None else []
 
     def feed(self, token: int) -> None:
         """Every batch row's next input token (one id: the engine decodes one sequence per cache)."""

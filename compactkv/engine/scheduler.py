@@ -33,7 +33,9 @@ class Draining(RuntimeError):
 class EngineConfig:
     """How the engine runs: KV kinds or policy, context length (capped by the model's), concurrency, prefill chunk,
     prefix-cache budget in bytes. graphs: every sequence decodes from a CUDA graph over a static cache that holds
-    the whole context (allocated when the sequence starts; CUDA only, K/V kinds of `core.kinds.GRAPH_KINDS`)."""
+    the whole context (allocated when the sequence starts; CUDA only, K/V kinds of `core.kinds.GRAPH_KINDS`);
+    compile: those steps run the model's own code through torch.compile (one compiled model for every sequence;
+    the warm-up sequence pays the compile)."""
 
     k: str = "turbo4"
     v: str = "turbo4"
@@ -44,10 +46,13 @@ class EngineConfig:
     prefill_chunk: int = 256
     prefix_cache_bytes: int = 256 << 20
     graphs: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.graphs:
             check_graph_kinds(self.k, self.v, self.policy)
+        if self.compile and not self.graphs:
+            raise ValueError("compile compiles the graphed decode step: it needs graphs=True")
         for name in ("max_context", "max_active", "prefill_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -222,7 +227,8 @@ class Scheduler:
         elif cfg.graphs:  # a stored prefix is kept at its own length (_finish): room for the whole context again
             cache = cache.resized(self.max_context)
         return Generation(self.lm, req.prompt_ids, req.sampling, cache, cached_tokens=reused,
-                          max_context=self.max_context, prefill_chunk=cfg.prefill_chunk, graphs=cfg.graphs)
+                          max_context=self.max_context, prefill_chunk=cfg.prefill_chunk, graphs=cfg.graphs,
+                          compile=cfg.compile)
 
     def _finish(self, req: Request, reason: str) -> None:
         gen = req.gen

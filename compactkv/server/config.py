@@ -53,6 +53,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     threads: int | None = None
     graphs: bool = False
+    compile: bool = False
     warmup: bool = True
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
@@ -63,11 +64,13 @@ class ServerConfig:
         parse_kind(self.k)
         parse_kind(self.v)
         object.__setattr__(self, "policy", parse_policy(self.policy))
-        for name in ("graphs", "warmup"):
+        for name in ("graphs", "compile", "warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.graphs:
             check_graph_kinds(self.k, self.v, self.policy)
+        if self.compile and not self.graphs:
+            raise ValueError("compile compiles the graphed decode step: it needs graphs (--graphs, COMPACTKV_GRAPHS)")
         for name in ("context_length", "parallel", "prefill_chunk"):
             if _bad_int(getattr(self, name), 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -90,7 +93,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name != "de
 DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationDefaults))
 _CASTS = {"context_length": int, "port": int, "parallel": int, "max_queue": int, "prefill_chunk": int,
           "prefix_cache_mb": int, "shutdown_timeout": float, "threads": int, "graphs": switch,
-          "warmup": switch}
+          "compile": switch, "warmup": switch}
 
 
 def load_profile(path: str | Path) -> dict:

@@ -135,7 +135,8 @@ class Service:
             lm = self.loader(ModelSpec(c.model, c.gguf_file, c.device, c.dtype))
             engine = EngineConfig(k=c.k, v=c.v, policy=c.policy, max_context=c.context_length,
                                   max_active=c.parallel, max_queue=c.max_queue, prefill_chunk=c.prefill_chunk,
-                                  prefix_cache_bytes=c.prefix_cache_mb << 20, graphs=c.graphs)
+                                  prefix_cache_bytes=c.prefix_cache_mb << 20, graphs=c.graphs,
+                                  compile=c.compile)
             self.scheduler = Scheduler(lm, engine)
             if c.warmup:  # compiles and first allocations now, not in the first client's request
                 warm = self.scheduler.warm_up()
