@@ -171,10 +171,9 @@ class GreedyStepGraph:
             raise ValueError("CUDA graphs need the model and cache on a CUDA device")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (the first step compiles and allocates), got {warmup}")
-        need = warmup + 1 + self.compiled  # (a compiled model's rewound step needs a free slot too)
-        if self.cache.room() < need:
+        if self.cache.room() < warmup + 1:  # (a compiled model's rewound step writes the slot the capture writes)
             raise ValueError(f"the static cache has room for {self.cache.room()} tokens; warm-up and capture need "
-                             f"{need}")
+                             f"{warmup + 1}")
         produced = []
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
