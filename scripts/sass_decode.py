@@ -85,6 +85,26 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
+def compile_encode_pair(k_kind: str, v_kind: str, d: int = 128, block_rows: int = 16, center: bool = True,
+                        scale: bool = True, planar: bool = True):
+    """encode_pair_kernel as encode.encode_pair launches it for a static layer's decode step (fp16 input, 8 heads,
+    one token per row, K centered and scaled, planar targets)."""
+    from compactkv.attention.triton.kernels_encode import encode_pair_kernel
+    kc, vc = Codec(k_kind, d), Codec(v_kind, d, seed=1)
+    x = torch.empty(64, dtype=torch.float16)
+    u8, f16, f32 = torch.empty(64, dtype=torch.uint8), torch.empty(64, dtype=torch.float16), torch.empty(64)
+    t = 4096
+    args = dict(kx_ptr=x, skxb=8 * d, skxh=d, skxt=8 * d, kout_ptr=u8, skob=8 * t * 64, skoh=t * 64, skot=64,
+                k_signs=f32, k_cb=f32, k_bnd=f32, k_scale=1.01, kn_ptr=f16, sknb=8 * t, sknh=t, c_ptr=f32,
+                scb=8 * d, sch=d, s_ptr=f32, ssh=d, vx_ptr=x, svxb=8 * d, svxh=d, svxt=8 * d, vout_ptr=u8,
+                svob=8 * t * 64, svoh=t * 64, svot=64, v_signs=f32, v_cb=f32, v_bnd=f32, v_scale=1.0, vn_ptr=f16,
+                svnb=8 * t, svnh=t, pos_ptr=torch.empty(8, dtype=torch.int32), H=8, T=1, inv_sqrt=d ** -0.5)
+    const = dict(D=d, LOG2D=d.bit_length() - 1, K_BITS=kc.spec.bits, K_NORM_CORR=True, K_UNBIASED=True,
+                 V_BITS=vc.spec.bits, V_NORM_CORR=True, V_UNBIASED=False, HAS_POS=True, BLOCK_R=block_rows,
+                 PLANAR=planar, CENTER=center, SCALE=scale)
+    return _compile(encode_pair_kernel, args, const, dict(num_warps=4, enable_fp_fusion=False))
+
+
 def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | None = None, v_kind: str | None = None,
                   prefetch: int = 0, stages: int = 3):
     """decode_gluon_kernel (one warp) for planar K codes of `kind` and V codes of `v_kind`, 8 KV heads, GQA 4."""

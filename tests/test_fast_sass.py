@@ -65,6 +65,18 @@ def test_query_map_builds_without_spills(d, m):
     assert stack == 0 and regs <= 64, (regs, stack)
 
 
+@pytest.mark.parametrize("k_kind,v_kind,d", [("turbo4", "turbo4", 128), ("turbo3", "turbo2", 64),
+                                           ("turbo4", "turbo4", 256)])
+def test_encode_pair_compiles_for_sm90_without_spills(k_kind, v_kind, d):
+    """The K+V encode of a static layer's decode step (one launch, keys centered and scaled): both operands' code
+    in one kernel must still compile for sm_90 into registers only, as the lanes kernel alone does."""
+    k = sass_decode.compile_encode_pair(k_kind, v_kind, d)
+    text, regs, stack = sass_decode.sass(k)
+    assert stack == 0 and regs <= 128
+    ops = [op for _, op, _ in sass_decode.instrs(text)[0]]
+    assert ops and not [op for op in ops if op.startswith(("LDL", "STL"))]
+
+
 @pytest.mark.parametrize("kind,d", [("turbo4", 128), ("turbo3", 64), ("turbo2", 256)])
 def test_centered_scaled_encode_compiles_for_sm90_without_spills(kind, d):
     """The lanes encode kernel (a decode step's one-token writes) with a centered static cache's key mean and key
