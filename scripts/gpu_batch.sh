@@ -31,8 +31,9 @@
 #                                     # key scaling), one layer's one-token update, serve --graphs x4
 #   bash scripts/gpu_batch.sh fuse-sinks  # sinks + key mean in the finishing table kernel: tests, graphed step one
 #                                     # launch vs two, bench e2e --graphs B=8 T=32K (f16-nomask, turbo4)
-#   bash scripts/gpu_batch.sh compile  # the compiled-model CUDA tests, then bench e2e --graphs --compile B=8 T=32K
-#                                     # (f16-nomask, turbo4; turbo4 again with K/V in two encode launches)
+#   bash scripts/gpu_batch.sh compile  # pair-encode, static-graph, compiled-model and engine CUDA tests (4
+#                                     # processes), then bench e2e --graphs --compile B=8 T=32K (f16-nomask,
+#                                     # turbo4; turbo4 again with K/V in two encode launches)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -182,7 +183,17 @@ fuse-sinks)
 compile)
     # session 18: the model's own code through torch.compile on both sides (engine.graphs.compiled_model), K and V
     # of a static layer's decode step in one encode launch (encode.encode_pair; COMPACTKV_ENCODE_PAIR=0: two)
-    python scripts/pytest_shards.py --shards 2 --timeout 200 --out "$OUT" --ids scripts/ids/s18-compiled.txt
+    # (first: the pair kernel's CUDA tests: since session 18's last commits it runs one row per program for
+    # one-token steps, not yet run on a GPU)
+    t="timeout ${TEST_TIMEOUT:-200}"
+    $t python -m pytest -q -p no:warnings tests/test_triton_encode.py -k pair > "$OUT/pytest_cp_a.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py -k "graph_replay or static_kernels_match" \
+        > "$OUT/pytest_cp_b.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py -k "compiled or merges_sinks" \
+        > "$OUT/pytest_cp_c.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_engine_graphs.py -k "cuda" > "$OUT/pytest_cp_d.txt" 2>&1 &
+    wait
+    summarize
     e2e="python -m compactkv.cli bench e2e --graphs --compile --batches 8 --contexts= --synthetic-contexts 32768"
     e2e="$e2e --steps 32 --warmup 3"
     timeout 150 $e2e --kinds f16-nomask,turbo4 --json "$OUT/e2e-compile.json" > "$OUT/e2e-compile.txt" 2>&1

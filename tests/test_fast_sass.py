@@ -65,12 +65,13 @@ def test_query_map_builds_without_spills(d, m):
     assert stack == 0 and regs <= 64, (regs, stack)
 
 
-@pytest.mark.parametrize("k_kind,v_kind,d", [("turbo4", "turbo4", 128), ("turbo3", "turbo2", 64),
-                                           ("turbo4", "turbo4", 256)])
-def test_encode_pair_compiles_for_sm90_without_spills(k_kind, v_kind, d):
-    """The K+V encode of a static layer's decode step (one launch, keys centered and scaled): both operands' code
-    in one kernel must still compile for sm_90 into registers only, as the lanes kernel alone does."""
-    k = sass_decode.compile_encode_pair(k_kind, v_kind, d)
+@pytest.mark.parametrize("k_kind,v_kind,d,rows", [("turbo4", "turbo4", 128, 1), ("turbo4", "turbo4", 128, 16),
+                                                ("turbo3", "turbo2", 64, 4), ("turbo4", "turbo4", 256, 1)])
+def test_encode_pair_compiles_for_sm90_without_spills(k_kind, v_kind, d, rows):
+    """The K+V encode of a static layer's decode step (one launch, keys centered and scaled; one row per program
+    for one-token steps): both operands' code in one kernel must still compile for sm_90 into registers only, as
+    the lanes kernel alone does."""
+    k = sass_decode.compile_encode_pair(k_kind, v_kind, d, block_rows=rows)
     text, regs, stack = sass_decode.sass(k)
     assert stack == 0 and regs <= 128
     ops = [op for _, op, _ in sass_decode.instrs(text)[0]]

@@ -264,14 +264,15 @@ def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
 
 def test_encode_pair_takes_decode_steps_on_cuda_only(monkeypatch):
     """encode_pair launches once where encode_rows would take the lanes kernel for both operands (CUDA, under
-    ROW_MIN_TOKENS tokens or COMPACTKV_ENCODE_KERNEL=lanes, PAIR on) and declines, writing nothing, elsewhere."""
+    ROW_MIN_TOKENS tokens or COMPACTKV_ENCODE_KERNEL=lanes, PAIR on), with as many rows per program as tokens up
+    to 16, and declines, writing nothing, elsewhere."""
     pytest.importorskip("triton", reason="triton is not installed")
     from compactkv.attention.triton import encode
     launched = []
 
     class Fake:
         def __getitem__(self, grid):
-            return lambda *args, **kw: launched.append((grid, kw["K_BITS"], kw["V_BITS"], kw["CENTER"]))
+            return lambda *args, **kw: launched.append((grid, kw["K_BITS"], kw["V_BITS"], kw["CENTER"], kw["BLOCK_R"]))
     monkeypatch.setattr(encode, "encode_pair_kernel", Fake())
     monkeypatch.setattr(encode, "_constants", lambda *a: (None, None, None))
     kc, vc = Codec("turbo4", 128), Codec("turbo2", 128, seed=1)
@@ -283,13 +284,15 @@ def test_encode_pair_takes_decode_steps_on_cuda_only(monkeypatch):
         return encode.encode_pair(kc, x, k_out, vc, x.clone(), v_out, torch.zeros(2, dtype=torch.int32))
     assert pair(1) is False and not launched  # CPU tensors
     monkeypatch.setattr(encode, "_on_cuda", lambda x: True)  # (no GPU needed: the fake kernel runs nothing)
-    assert pair(1) is True and launched == [((1, 6, 2), 4, 2, False)]
+    assert pair(1) is True and launched == [((1, 6, 2), 4, 2, False, 1)]  # one token: one row per program
     launched.clear()
-    assert pair(encode.ROW_MIN_TOKENS - 1) is True and launched[0][0] == (1, 6, 2)
+    assert pair(3) is True and launched[-1][0] == (1, 6, 2) and launched[-1][-1] == 4
+    launched.clear()
+    assert pair(encode.ROW_MIN_TOKENS - 1) is True and launched[0][0] == (1, 6, 2) and launched[0][-1] == 16
     launched.clear()
     assert pair(encode.ROW_MIN_TOKENS) is False and not launched  # a prompt: the row kernel, per operand
     monkeypatch.setenv("COMPACTKV_ENCODE_KERNEL", "lanes")
-    assert pair(encode.ROW_MIN_TOKENS + 1) is True and launched == [((2, 6, 2), 4, 2, False)]
+    assert pair(encode.ROW_MIN_TOKENS + 1) is True and launched == [((2, 6, 2), 4, 2, False, 16)]
     launched.clear()
     monkeypatch.setattr(encode, "PAIR", False)
     assert pair(1) is False and not launched
