@@ -127,6 +127,16 @@ def _checked(codec: Codec, x: torch.Tensor, out: torch.Tensor | None, positions:
     return x, out
 
 
+def _stored_scale(codec: Codec) -> float:
+    """The float32 factor the kernels multiply stored norms by (Codec(unbiased=True)'s; 1 otherwise)."""
+    return norm_scale(codec.head_dim, codec.spec.bits, codec.norm_correction) if codec.unbiased else 1.0
+
+
+def _bh_strides(t: torch.Tensor | None) -> tuple[int, int]:
+    """(batch, head) strides of an optional per-(b, h) operand (norm plane, key center); (0, 0) without one."""
+    return (t.stride(0), t.stride(1)) if t is not None else (0, 0)
+
+
 def _row_kernel(codec: Codec, x: torch.Tensor, kernel: str | None) -> bool:
     """Whether encode_rows(kernel=...) takes the row kernel for x (else the lanes kernel); ValueError for a bad
     name, in the argument or in COMPACTKV_ENCODE_KERNEL."""
@@ -180,8 +190,8 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     if b * h * t == 0:
         return out
     bits = codec.spec.bits
-    stored_scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
-    norm_strides = (norms.stride(0), norms.stride(1)) if norms is not None else (0, 0)
+    stored_scale = _stored_scale(codec)
+    norm_strides = _bh_strides(norms)
     common = dict(D=d, LOG2D=int(math.log2(d)), BITS=bits, NORM_CORR=codec.norm_correction,
                   UNBIASED=codec.unbiased, HAS_POS=positions is not None, BLOCK_R=block_rows,
                   PLANAR=norms is not None, CENTER=center is not None, SCALE=scale is not None)
@@ -199,7 +209,7 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
         kernel_args = (signs, cents, bounds)
         options = dict(num_warps=4)
     fn = encode_row_kernel if row else encode_mse_kernel
-    center_strides = (center.stride(0), center.stride(1)) if center is not None else (0, 0)
+    center_strides = _bh_strides(center)
     for b0 in range(0, b, per):
         xs, os_, ps, ns, cs = x, out, positions, norms, center
         if b > per:  # (views only when the batch is split: a slice per call costs host time)
@@ -335,13 +345,10 @@ def launch_pair(k_codec: Codec, keys: torch.Tensor, k_target, v_codec: Codec, va
         return
     args = []
     for codec, x, out, norms in ((k_codec, keys, k_out, k_norms), (v_codec, values, v_out, v_norms)):
-        bits = codec.spec.bits
-        stored_scale = norm_scale(d, bits, codec.norm_correction) if codec.unbiased else 1.0
         args.append((x, x.stride(0), x.stride(1), x.stride(2), out, out.stride(0), out.stride(1), out.stride(2),
-                     *_constants(d, bits, codec.seed, x.device), stored_scale, norms if norms is not None else out,
-                     *((norms.stride(0), norms.stride(1)) if norms is not None else (0, 0))))
-    extras = (center if center is not None else keys,
-              *((center.stride(0), center.stride(1)) if center is not None else (0, 0)),
+                     *_constants(d, codec.spec.bits, codec.seed, x.device), _stored_scale(codec),
+                     norms if norms is not None else out, *_bh_strides(norms)))
+    extras = (center if center is not None else keys, *_bh_strides(center),
               scale if scale is not None else keys, scale.stride(0) if scale is not None else 0)
     encode_pair_kernel[(math.ceil(t / block_rows), b * h, 2)](
         *args[0], *extras, *args[1], positions, h, t, 1.0 / math.sqrt(d),
