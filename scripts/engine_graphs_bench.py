@@ -3,6 +3,7 @@ CUDA graphs, compressed and fp16, on a random-weight Llama-3.1-8B-shaped model i
 
     python scripts/engine_graphs_bench.py [--prompt 1024] [--new 128] [--kinds turbo4,f16] [--tiny] --json PATH
     python scripts/engine_graphs_bench.py --serve 4 ...   # also N concurrent sequences through the server's engine
+    python scripts/engine_graphs_bench.py --compile ...   # graphed rows as `run --graphs --compile` (serve's too)
 
 Per kind, one sequence of --prompt random token ids, --new tokens greedy, through `Generation` as `compactkv run`
 drives it: "eager" = the cache `run` makes (TurboQuantCache; for f16 its f16 layers), "graphs" = `run --graphs`
@@ -48,7 +49,8 @@ def _lm(model):
     return LoadedModel(model, _Ids(), "random-llama", "random", "cuda", "compactkv", 0.0, {})
 
 
-def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | str | None = None) -> dict:
+def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | str | None = None,
+         compile: bool = False) -> dict:
     from compactkv.engine import Generation, SamplingConfig, make_cache
     from compactkv.engine.graphs import static_cache
     from compactkv.attention.triton import backend
@@ -59,7 +61,8 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | 
                           sink_tokens=0 if plain else None if scaled or two else sinks, center_keys=not plain,
                           scale_keys=True if scaled else None) if graphs
              else make_cache(lm.model, kind, kind))
-    gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=new), cache, graphs=graphs, prefill_chunk=4096)
+    gen = Generation(lm, prompt, SamplingConfig(max_new_tokens=new), cache, graphs=graphs, prefill_chunk=4096,
+                     compile=compile and graphs)
     stamps = []
     fuse, backend.FUSE_SINKS = backend.FUSE_SINKS, backend.FUSE_SINKS and not two
     try:
@@ -70,7 +73,8 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | 
         backend.FUSE_SINKS = fuse
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     t = gen.timings
-    row = {"kind": kind, "graphs": graphs, "sinks": sinks, "prompt_s": t.prompt_seconds,
+    row = {"kind": kind, "graphs": graphs, "compile": compile and graphs, "sinks": sinks,
+           "prompt_s": t.prompt_seconds,
            "decode_tok_s": t.decode_steps / t.decode_seconds,
            "steady_ms": statistics.median(gaps[len(gaps) // 2:]) * 1e3, "tokens": gen.output_ids}
     del gen, cache
@@ -78,13 +82,15 @@ def _one(lm, kind: str, graphs: bool, prompt: list[int], new: int, sinks: int | 
     return row
 
 
-def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int, context: int) -> dict:
+def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int, context: int,
+           compile: bool = False) -> dict:
     import threading
 
     from compactkv.engine import SamplingConfig
     from compactkv.engine.scheduler import EngineConfig, Scheduler
     sched = Scheduler(lm, EngineConfig(k=kind, v=kind, max_context=context, max_active=len(prompts),
-                                       prefill_chunk=256, prefix_cache_bytes=0, graphs=graphs))
+                                       prefill_chunk=256, prefix_cache_bytes=0, graphs=graphs,
+                                       compile=compile and graphs))
     stamps: list[list[float]] = [[] for _ in prompts]
     left = threading.Semaphore(0)
 
@@ -108,7 +114,8 @@ def _serve(lm, kind: str, graphs: bool, prompts: list[list[int]], new: int, cont
     span = max(lasts) - min(firsts) if firsts else float("nan")
     # steady state: each sequence gets one token per round, so N / the median gap of the rounds' second half
     gaps = [b - a for s in stamps for a, b in list(zip(s, s[1:]))[len(s) // 2:]]
-    row = {"kind": kind, "graphs": graphs, "sequences": len(prompts), "tokens": [len(s) for s in stamps],
+    row = {"kind": kind, "graphs": graphs, "compile": compile and graphs, "sequences": len(prompts),
+           "tokens": [len(s) for s in stamps],
            "wall_s": time.perf_counter() - start, "decode_tok_s": decoded / span if span > 0 else float("nan"),
            "steady_tok_s": len(prompts) / statistics.median(gaps) if gaps else float("nan")}
     torch.cuda.empty_cache()
@@ -128,6 +135,9 @@ def main() -> int:
                          "cache, sinks merged by a second launch: backend.FUSE_SINKS off)")
     ap.add_argument("--serve", type=int, default=0, help="also N concurrent sequences through the scheduler")
     ap.add_argument("--serve-only", action="store_true", help="with --serve: skip the one-sequence runs")
+    ap.add_argument("--compile", action="store_true",
+                    help="graphed rows (and serve's) run the model's own code through torch.compile, as "
+                         "run/serve --graphs --compile do")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -142,12 +152,13 @@ def main() -> int:
     rows = []
     for kind in args.kinds.split(",") if not (args.serve and args.serve_only) else []:
         for graphs in (False, True) if not args.graphs_only else (True,):
-            _one(lm, kind, graphs, prompt[:64], 8)  # warm-up: compiles
-            rows.append(_one(lm, kind, graphs, prompt, args.new))
+            _one(lm, kind, graphs, prompt[:64], 8, compile=args.compile)  # warm-up: compiles
+            rows.append(_one(lm, kind, graphs, prompt, args.new, compile=args.compile))
             r = rows[-1]
             print(f"{kind:7s} {'graphs' if graphs else 'eager ':6s} prefill {r['prompt_s']:.3f} s  decode "
                   f"{r['decode_tok_s']:7.1f} tok/s  steady {r['steady_ms']:6.2f} ms/token", flush=True)
     info = {"card": torch.cuda.get_device_name(), "commit": commit(), "shape": "tiny" if args.tiny else "llama-3.1-8b",
+            "compile": args.compile,
             "prompt": args.prompt, "new": args.new, "rows": rows}
     for kind in args.kinds.split(",") if rows and not args.graphs_only else []:
         e, g = (next(r for r in rows if r["kind"] == kind and r["graphs"] == x and r["sinks"] is None)
@@ -162,8 +173,8 @@ def main() -> int:
     for kind in (k for k in args.kinds.split(",") if k != "f16" and sink_counts):
         default = next((x for x in rows if x["kind"] == kind and x["graphs"] and x["sinks"] is None), None)
         for n in sink_counts:
-            _one(lm, kind, True, prompt[:64], 8, n)
-            rows.append(_one(lm, kind, True, prompt, args.new, n))
+            _one(lm, kind, True, prompt[:64], 8, n, compile=args.compile)
+            rows.append(_one(lm, kind, True, prompt, args.new, n, compile=args.compile))
             r = rows[-1]
             same = default is not None and r["tokens"] == default["tokens"]
             label = n if n in ("plain", "scaled", "two-launch") else f"{n} fp16 sinks"
@@ -181,8 +192,8 @@ def main() -> int:
         for kind in args.kinds.split(","):
             for graphs in (False, True):
                 context = args.prompt + args.new  # the warm-up's caches too: the same strides, the same compiles
-                _serve(lm, kind, graphs, [p[:64] for p in prompts], 8, context)
-                r = _serve(lm, kind, graphs, prompts, args.new, context)
+                _serve(lm, kind, graphs, [p[:64] for p in prompts], 8, context, args.compile)
+                r = _serve(lm, kind, graphs, prompts, args.new, context, args.compile)
                 info["serve"].append(r)
                 print(f"serve x{args.serve} {kind:7s} {'graphs' if graphs else 'eager ':6s} decode "
                       f"{r['decode_tok_s']:7.1f} tok/s (all sequences; steady {r['steady_tok_s']:7.1f})  wall "

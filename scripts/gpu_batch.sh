@@ -34,6 +34,9 @@
 #   bash scripts/gpu_batch.sh compile  # pair-encode, static-graph, compiled-model and engine CUDA tests (4
 #                                     # processes), then bench e2e --graphs --compile B=8 T=32K (f16-nomask,
 #                                     # turbo4; turbo4 again with K/V in two encode launches)
+#   bash scripts/gpu_batch.sh compile-wide  # bench e2e --graphs --compile over more cells (turbo3/turbo2 at B=8
+#                                     # T=32K, B=8 T=128K turbo4, B=1 T=32K/128K), then run/serve --graphs --compile
+#                                     # (engine_graphs_bench.py --compile, B=1 and 4 sequences)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -201,6 +204,23 @@ compile)
     COMPACTKV_ENCODE_PAIR=0 timeout 100 $e2e --kinds turbo4 --json "$OUT/e2e-compile-two.json" \
         > "$OUT/e2e-compile-two.txt" 2>&1
     tail -2 "$OUT/e2e-compile-two.txt"
+    ;;
+compile-wide)
+    # session 19: the compiled graphed step beyond B=8 T=32K turbo4, and the engine's paths with --compile (their
+    # first GPU run)
+    e2e="python -m compactkv.cli bench e2e --graphs --compile --contexts= --steps ${STEPS:-64} --warmup 3"
+    timeout 170 $e2e --batches 8 --synthetic-contexts 32768 --kinds f16-nomask,turbo4,turbo3,turbo2 \
+        --json "$OUT/e2e-compile-b8.json" > "$OUT/e2e-compile-b8.txt" 2>&1
+    tail -5 "$OUT/e2e-compile-b8.txt"
+    timeout 120 $e2e --batches 1 --synthetic-contexts 32768,131072 --kinds f16-nomask,turbo4 \
+        --json "$OUT/e2e-compile-b1.json" > "$OUT/e2e-compile-b1.txt" 2>&1
+    tail -5 "$OUT/e2e-compile-b1.txt"
+    timeout 100 $e2e --batches 8 --synthetic-contexts 131072 --kinds turbo4 \
+        --json "$OUT/e2e-compile-b8-128k.json" > "$OUT/e2e-compile-b8-128k.txt" 2>&1
+    tail -2 "$OUT/e2e-compile-b8-128k.txt"
+    timeout 200 python scripts/engine_graphs_bench.py --compile --graphs-only --kinds turbo4,f16 --prompt 1024 \
+        --new 128 --serve 4 --json "$OUT/engine-compile.json" > "$OUT/engine-compile.txt" 2>&1
+    tail -12 "$OUT/engine-compile.txt"
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH
