@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--kinds", default="turbo4,f16")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead of the 8B shape (a quick check)")
-    ap.add_argument("--graphs-only", action="store_true", help="skip the eager one-sequence rows")
+    ap.add_argument("--graphs-only", action="store_true", help="skip the eager rows (one sequence and serve's)")
     ap.add_argument("--graph-sinks", default="",
                     help="comma-separated fp16 sink counts for extra graphed compressed rows (the default: 4), "
                          "'plain' (no sinks, no key centering), 'scaled' (scale_keys on) or 'two-launch' (the default "
@@ -190,7 +190,7 @@ def main() -> int:
         prompts = [torch.randint(0, shape["vocab_size"], (args.prompt,), generator=gen).tolist()
                    for _ in range(args.serve)]
         for kind in args.kinds.split(","):
-            for graphs in (False, True):
+            for graphs in (False, True) if not args.graphs_only else (True,):
                 context = args.prompt + args.new  # the warm-up's caches too: the same strides, the same compiles
                 _serve(lm, kind, graphs, [p[:64] for p in prompts], 8, context, args.compile)
                 r = _serve(lm, kind, graphs, prompts, args.new, context, args.compile)
