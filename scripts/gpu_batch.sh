@@ -37,6 +37,9 @@
 #   bash scripts/gpu_batch.sh compile-wide  # bench e2e --graphs --compile over more cells (turbo3/turbo2 at B=8
 #                                     # T=32K, B=8 T=128K turbo4, B=1 T=32K/128K), then run/serve --graphs --compile
 #                                     # (engine_graphs_bench.py --compile, B=1 and 4 sequences)
+#   bash scripts/gpu_batch.sh phase-clocks  # the stamped table kernel's CUDA test, then where a finishing
+#                                     # table-kernel step's time goes (scripts/phase_clocks.py: prologue, loop,
+#                                     # merge / last program's tail, start skew; B=1 T=128K/32K, B=8 T=32K/128K)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -221,6 +224,14 @@ compile-wide)
     timeout 200 python scripts/engine_graphs_bench.py --compile --graphs-only --kinds turbo4,f16 --prompt 1024 \
         --new 128 --serve 4 --json "$OUT/engine-compile.json" > "$OUT/engine-compile.txt" 2>&1
     tail -12 "$OUT/engine-compile.txt"
+    ;;
+phase-clocks)
+    # session 19 (written without device time): the fixed part of a step (docs/kernels.md, session 19), per phase
+    timeout 240 python -m pytest -q -p no:warnings tests/test_lut_decode.py -k "stamped or phase_clock" \
+        > "$OUT/pytest_clocks.txt" 2>&1
+    tail -3 "$OUT/pytest_clocks.txt"
+    timeout 300 python scripts/phase_clocks.py --shapes "${SHAPES:-1x131072,1x32768,8x32768,8x131072}" \
+        --kinds "${KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks.json" 2>&1 | tail -40
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

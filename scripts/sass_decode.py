@@ -125,9 +125,9 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
-                rows: bool = False, sinks: bool = False):
+                rows: bool = False, sinks: bool = False, clocks: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
-    planes, or (rows) codec rows through chunk tables."""
+    planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
@@ -147,7 +147,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
                 v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10, sk_ptr=torch.empty(64, dtype=torch.bfloat16),
                 sv_ptr=torch.empty(64, dtype=torch.bfloat16), n_sink=4, s_sb=8 * 4 * d, s_sh=4 * d, kmean_ptr=f32,
-                qscale=0.127)
+                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
@@ -278,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fused", action="store_true",
                     help="with --lut: the step finished in the kernel (the program's splits merged, the last program "
                          "of a group merges the group and applies the V inverse map)")
+    ap.add_argument("--clocks", action="store_true",
+                    help="with --lut: the build with phase stamps (scripts/phase_clocks.py's)")
     ap.add_argument("--rows", action="store_true",
                     help="with --lut --pipe 2|3: codec rows (the dynamic cache's chunks) through chunk tables")
     ap.add_argument("--dump")
@@ -307,7 +309,8 @@ def main(argv=None) -> int:
         table_regs = fast_table_regs(pk, pv) if args.table_regs is None else args.table_regs
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
-                        maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows)
+                        maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows,
+                        clocks=args.clocks)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

@@ -315,6 +315,92 @@ def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     assert "[global_smem+65536]" in s["ptx"]
 
 
+def _phase_clocks():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "phase_clocks.py"
+    spec = importlib.util.spec_from_file_location("phase_clocks", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_phase_clock_summary_on_made_up_stamps():
+    """scripts/phase_clocks.summarize: 2 groups x 3 programs x 2 warps with known stamps (2 ns per clock): phase
+    times, the group's last program found by its exit, skew and span; stamps out of order are refused."""
+    summarize = _phase_clocks().summarize
+    clk = torch.zeros(6, 6, 2, dtype=torch.int64)
+    for p in range(6):
+        start_ns = 1000 + 100 * p
+        pro, loop = 50, 1000 + 10 * p  # clocks
+        tail = 4000 if p % 3 == 1 else 200  # program 1 of each group finishes last
+        for w in range(2):
+            c0 = 10_000 * p + w
+            clk[p, 1, w], clk[p, 2, w] = c0, c0 + pro
+            clk[p, 3, w], clk[p, 4, w] = c0 + pro + loop + w, c0 + pro + loop + w + tail
+            clk[p, 0, w] = start_ns
+            clk[p, 5, w] = start_ns + 2 * (pro + loop + w + tail)
+    s = summarize(clk, 3)
+    assert s["programs"] == 6 and s["warps"] == 2
+    assert s["ns_per_cycle"] == pytest.approx(2.0)
+    assert s["prologue_us"]["median"] == pytest.approx(0.1) and s["prologue_us"]["max"] == pytest.approx(0.1)
+    assert s["loop_us"]["max"] == pytest.approx(2 * (1050 + 1) / 1e3)
+    assert s["tail_last_us"]["median"] == pytest.approx(8.0) and s["tail_others_us"]["max"] == pytest.approx(0.4)
+    assert s["start_skew_us"]["max"] == pytest.approx(0.5)
+    last_exit = 1000 + 500 + 2 * (50 + 1050 + 1 + 200)  # program 5 (not a group's last, but the latest start)
+    assert s["span_us"] == pytest.approx((max(last_exit, 1000 + 400 + 2 * (50 + 1040 + 1 + 4000)) - 1000) / 1e3)
+    bad = clk.clone()
+    bad[2, 3, 0] = bad[2, 2, 0] - 1
+    with pytest.raises(ValueError, match="out of order"):
+        summarize(bad, 3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        summarize(clk, 4)
+
+
+def test_stamped_table_kernel_compiles_for_sm90():
+    """The finishing build with phase stamps (clocks): four SM clock reads and two global-timer reads, no spills,
+    and the loop as long as the default build's within a few instructions (scripts/sass_decode.py)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS
+    k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG, qmap=True,
+                                fused=True, clocks=True)
+    text, _, stack = sass_decode.sass(k)
+    assert stack == 0
+    assert text.count("SR_CLOCKLO") == 4 and text.count("SR_GLOBALTIMERLO") == 2
+    loop = sass_decode.main_loop(*sass_decode.instrs(text))
+    assert len(loop) <= 760, len(loop)  # default build: 746 (docs/kernels.md, session 12)
+
+
+@cuda
+@pytest.mark.cuda
+def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
+    """attend_planes(clocks=...): the same output bytes as without stamps, every warp's stamps in order and the
+    summary computable; a clocks tensor of the wrong shape or dtype is refused with the shape it needs."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import LUT_WARPS, attend_planes, lut_clock_shape
+    lengths = [3000, 77, 1]
+    kc, vc, rk, rv, (kcodes, knorms, vcodes, vnorms), q, w, adj, counters, lens = _fused_case("turbo4", 4, lengths,
+                                                                                             2, torch.bfloat16, 128)
+    b, t, ns = len(lengths), max(lengths), 4 * LUT_WARPS
+    args = (q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc))
+    plain = attend_planes(*args, max_len=t, counters=counters, num_splits=ns)
+    clk = torch.zeros(lut_clock_shape(b, 2, ns, LUT_WARPS), dtype=torch.int64, device="cuda")
+    stamped = attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=clk)
+    assert torch.equal(plain, stamped)
+    c = clk.cpu()
+    assert bool((c[:, 1:5].diff(dim=1) >= 0).all()) and bool((c[:, 5] >= c[:, 0]).all()) and bool((c[:, 1] > 0).all())
+    s = _phase_clocks().summarize(c, ns // LUT_WARPS)
+    assert s["loop_us"]["max"] > 0 and s["span_us"] > 0
+    for bad in (torch.zeros(3, 6, LUT_WARPS, dtype=torch.int64, device="cuda"), clk.int()):
+        with pytest.raises(ValueError, match="clocks must be a contiguous int64 tensor"):
+            attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
+
+
 def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,

@@ -276,6 +276,13 @@ def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N,
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
+def lut_clock_shape(batch: int, heads: int, num_splits: int, warps: int) -> tuple[int, int, int]:
+    """The shape of a table-kernel launch's `clocks` tensor: (programs, phases, warps), programs = B x H x
+    num_splits / warps (num_splits as the launcher rounds it: a multiple of warps)."""
+    from .kernels_lut import CLOCK_PHASES
+    return batch * heads * (num_splits // warps), CLOCK_PHASES, warps
+
+
 def lut_programs_per_sm(warps: int, head_dim: int = 128, pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG,
                         bits: int = 4) -> int:
     """Resident programs per multiprocessor: by shared memory, and by registers (`maxnreg` per thread, 64K per
@@ -361,12 +368,14 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
     extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
-    `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None)."""
+    `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
+    `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
+    scripts/phase_clocks.py)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -377,6 +386,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
+    if clocks is not None:
+        want = lut_clock_shape(b, h, num_splits, warps)
+        if not isinstance(clocks, torch.Tensor) or clocks.dtype != torch.int64 or tuple(clocks.shape) != want \
+                or not clocks.is_contiguous() or clocks.device != q.device:
+            raise ValueError(f"clocks must be a contiguous int64 tensor {list(want)} on {q.device} ([programs, "
+                             f"phases, warps] for {num_splits} splits), got {getattr(clocks, 'dtype', type(clocks))} "
+                             f"{list(getattr(clocks, 'shape', []))}")
     q = q.contiguous()
     if w is not None:
         check_query_map(q, w)
@@ -406,7 +422,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
-        q if kmean is None else kmean, qscale, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, num_warps=warps,
@@ -437,7 +453,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   v_kind: PackedKind, *, max_len: int, counters: torch.Tensor, out_dtype: torch.dtype | None = None,
                   out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  k_mean: torch.Tensor | None = None, qscale: float | None = None) -> torch.Tensor:
+                  k_mean: torch.Tensor | None = None, qscale: float | None = None,
+                  clocks: torch.Tensor | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -449,7 +466,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     [B, H, n, D] fp16/bf16/fp32 in the original space, attended before the compressed tokens; k_mean: [B, H, 1, D]
     the mean subtracted from the compressed keys (their scores get q·mean back); both need qscale (softmax scale *
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
-    written into `out` if given (contiguous, that shape)."""
+    written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
+    with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -476,7 +494,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                          f"got {out.dtype} {list(out.shape)}")
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe,
-                       maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras)
+                       maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
+                       clocks=clocks)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -401,6 +401,28 @@ def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.
     return acc
 
 
+CLOCK_PHASES = 6  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`)
+_CLOCK_PHASES = gl.constexpr(CLOCK_PHASES)  # (the kernels' copy)
+
+
+@gluon.jit
+def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, NPH: gl.constexpr, TIMER: gl.constexpr = False):
+    """Lane 0 of each warp writes %clock64 (SM cycles; TIMER: %globaltimer, ns) at clk_ptr [program, phase, warp]
+    (int64 [programs, NPH, W], program = program_id(1) * num_programs(0) + program_id(0)). A diagnostic: where a
+    step's time goes inside the kernel (`scripts/phase_clocks.py`); without clk_ptr nothing of it is compiled."""
+    L2: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
+    wi = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, L2)), 1)
+    li = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)
+    if TIMER:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [wi * 32 + li], dtype=gl.int64,
+                                      is_pure=False, pack=1)
+    else:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [wi * 32 + li], dtype=gl.int64,
+                                      is_pure=False, pack=1)
+    prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
+    gl.store(clk_ptr + (prog.to(gl.int64) * NPH + phase) * W + wi + li * 0, t, mask=li == 0)
+
+
 @gluon.jit
 def _fence_gpu(x):
     """fence.acq_rel.gpu in every thread (x: any int32 tensor, returned)."""
@@ -569,7 +591,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
                       out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
+                      clk_ptr, D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
@@ -594,7 +616,12 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     fewer); the plane arguments are then unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr,
     sv_ptr: [B, H, n_sink, D], batch and head strides s_sb, s_sh) are attended by its last program
     (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per group (after the
-    programs' ones) and merged by the finishing program."""
+    programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs, CLOCK_PHASES, W] where
+    lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at its start, after the
+    prologue (query, table), after the loop and at its exit, then the global timer at its exit."""
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 0, W, _CLOCK_PHASES, True)
+        _stamp(clk_ptr, 1, W, _CLOCK_PHASES)
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -688,6 +715,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         gl.thread_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
+
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 2, W, _CLOCK_PHASES)
 
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
@@ -842,6 +872,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             a2 = mma_v2(v2, pv, a2)
             a3 = mma_v2(v3, pv, a3)
 
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 3, W, _CLOCK_PHASES)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
     # mo = g + 8 k (k < WV) of every part p, i.e. dims P (g WV + k) + p: D/8 consecutive dims of each of its query
     # rows, stored as one run (vector stores) after a register-only reorder (ncu, B=8 T=4K: the scattered 4-byte
@@ -869,6 +901,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         mlp = ml_ptr + gl.expand_dims(base, 1) * (2 * BLOCK_M) + gl.expand_dims(no, 0)
         gl.store(mlp, m_i)
         gl.store(mlp + BLOCK_M, l_i)
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 4, W, _CLOCK_PHASES)
+        _stamp(clk_ptr, 5, W, _CLOCK_PHASES, True)
 
 
 @functools.lru_cache(maxsize=32)  # asked at every launch

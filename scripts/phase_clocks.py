@@ -1,0 +1,129 @@
+"""Where the finishing table kernel's one-token step spends its time (CUDA): each warp of each program stamps the
+global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
+its exit (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
+stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
+the last program of each group (which merges the group) apart from the others.
+
+    python scripts/phase_clocks.py [--shapes 1x131072,1x32768,8x32768] [--kinds turbo4] [--reps 20] [--json PATH]
+
+One layer at Llama-3.1-8B shapes (32 query heads, 8 KV heads, head_dim 128), random codes, the static cache's
+default build (compactkv.bench.kernels.decode_step with gluon=True). The stamps add a few instructions (sm_90: the
+loop 747 instead of 746 per tile); the step's own time is printed next to them from CUDA events without stamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+
+def summarize(clk, n_prog: int) -> dict:
+    """clk: int64 [programs, 6, W] (rows bh * n_prog + pid) as the kernel fills it -> microseconds per phase.
+
+    SM clocks are converted with the ratio of global-timer nanoseconds to clocks over each program's warp 0 (start
+    to exit), the median over programs. 'last' = per group, the program that exits last (it merged the group)."""
+    import torch
+    clk = torch.as_tensor(clk, dtype=torch.int64)
+    if clk.dim() != 3 or clk.shape[1] != 6 or clk.shape[0] % n_prog:
+        raise ValueError(f"clk must be [programs (a multiple of {n_prog}), 6, warps], got {list(clk.shape)}")
+    gt0, gt1 = clk[:, 0, :].double(), clk[:, 5, :].double()
+    c = clk[:, 1:5, :].double()
+    cycles = c[:, 3, 0] - c[:, 0, 0]
+    if bool((cycles <= 0).any()) or bool((gt1[:, 0] < gt0[:, 0]).any()) or bool((c.diff(dim=1) < 0).any()):
+        raise ValueError("stamps out of order (a program's clocks must not decrease): not a filled clocks tensor?")
+    ns_per_cycle = float(((gt1[:, 0] - gt0[:, 0]) / cycles).median())
+    us = c.diff(dim=1) * ns_per_cycle / 1e3  # [P, 3, W]: prologue, loop, tail
+    groups = clk.shape[0] // n_prog
+    end = gt1[:, 0].reshape(groups, n_prog)
+    last = torch.zeros(groups, n_prog, dtype=torch.bool)
+    last[torch.arange(groups), end.argmax(dim=1)] = True
+    last = last.reshape(-1)
+    t0 = float(gt0.min())
+
+    def stats(x) -> dict:
+        x = x.reshape(-1)
+        return {"median": float(x.median()), "max": float(x.max())} if x.numel() else {"median": None, "max": None}
+    out = {"programs": int(clk.shape[0]), "warps": int(clk.shape[2]), "ns_per_cycle": ns_per_cycle,
+           "span_us": (float(gt1.max()) - t0) / 1e3, "start_skew_us": stats((gt0[:, 0] - t0) / 1e3),
+           "exit_us": stats((gt1[:, 0] - t0) / 1e3)}
+    for i, name in enumerate(("prologue", "loop", "tail")):
+        out[name + "_us"] = stats(us[:, i, :])
+    out["tail_last_us"] = stats(us[last, 2, :])
+    out["tail_others_us"] = stats(us[~last, 2, :])
+    return out
+
+
+def _median_of(sums: list[dict]) -> dict:
+    """summarize()'s results of several launches -> the median of each figure (None where a launch had none)."""
+    def med(xs):
+        xs = list(xs)
+        return None if any(x is None for x in xs) else statistics.median(xs)
+    return {k: ({q: med(x[k][q] for x in sums) for q in ("median", "max")} if isinstance(v, dict)
+                else med(x[k] for x in sums)) for k, v in sums[0].items()}
+
+
+def main(argv=None) -> int:
+    import torch
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="1x131072,1x32768,8x32768", help="BxT, comma-separated")
+    ap.add_argument("--kinds", default="turbo4")
+    ap.add_argument("--reps", type=int, default=20, help="stamped launches per shape (the medians are over them)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
+    from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_clock_shape,
+                                                  lut_splits)
+    from compactkv.bench.kernels import HKV, commit, decode_step
+    dev = torch.device("cuda")
+    rows = []
+    for shape in args.shapes.split(","):
+        b, t = (int(x) for x in shape.split("x"))
+        for kind in args.kinds.split(","):
+            bits = int(kind[-1])
+            ns = lut_splits(b * HKV, t, LUT_WARPS, dev, 128, LUT_PIPE, LUT_FUSED_MAXNREG, bits)
+            ns = -(-ns // LUT_WARPS) * LUT_WARPS
+            clk = torch.zeros(lut_clock_shape(b, HKV, ns, LUT_WARPS), dtype=torch.int64, device=dev)
+            torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared
+            plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns)
+            torch.manual_seed(0)
+            stamped, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, clocks=clk)
+            ref = plain().float()
+            for _ in range(3):
+                plain(), stamped()
+            torch.cuda.synchronize()
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            times, sums = [], []
+            for _ in range(args.reps):
+                ev[0].record()
+                plain()
+                ev[1].record()
+                torch.cuda.synchronize()
+                times.append(ev[0].elapsed_time(ev[1]) * 1e3)
+                stamped()
+                torch.cuda.synchronize()
+                sums.append(summarize(clk.cpu(), ns // LUT_WARPS))
+            same = torch.equal(stamped().float(), ref)
+            row = {"batch": b, "context": t, "kind": kind, "num_splits": ns,
+                   "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums)}
+            rows.append(row)
+            print(f"{kind} B={b} T={t}: {row['programs']} programs x {row['warps']} warps; step "
+                  f"{row['step_us_events']:.1f} us (events, unstamped), stamped span {row['span_us']:.1f} us, start "
+                  f"skew median {row['start_skew_us']['median']:.2f} / max {row['start_skew_us']['max']:.2f} us, "
+                  f"same output: {same}")
+            for name in ("prologue", "loop", "tail", "tail_last", "tail_others"):
+                st = row[name + "_us"]
+                if st["median"] is None:
+                    print(f"    {name:12s} (no such program)")
+                else:
+                    print(f"    {name:12s} median {st['median']:7.2f} us   max {st['max']:7.2f} us", flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"card": torch.cuda.get_device_name(dev), "commit": commit(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
