@@ -1,5 +1,6 @@
-"""Where the finishing table kernel's one-token step spends its time (CUDA): each warp of each program stamps the
-global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
+"""Where the finishing table kernel's one-token step spends its time, phase by phase (CUDA).
+
+Each warp of each program stamps the global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
 its exit (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
 stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
 the last program of each group (which merges the group) apart from the others.
