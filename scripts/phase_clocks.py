@@ -73,6 +73,17 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20, help="stamped launches per shape (the medians are over them)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    try:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+    except ValueError:
+        ap.error(f"--shapes {args.shapes!r}: give BxT pairs such as 1x131072,8x32768")
+    if any(len(s) != 2 or min(s) < 1 for s in shapes):
+        ap.error(f"--shapes {args.shapes!r}: give BxT pairs of positive integers such as 1x131072,8x32768")
+    kinds = args.kinds.split(",")
+    if any(k not in ("turbo4", "turbo3", "turbo2") for k in kinds):
+        ap.error(f"--kinds {args.kinds!r}: the finishing table kernel takes turbo4, turbo3 and turbo2")
+    if args.reps < 1:
+        ap.error(f"--reps {args.reps}: at least 1")
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_clock_shape,
@@ -80,9 +91,8 @@ def main(argv=None) -> int:
     from compactkv.bench.kernels import HKV, commit, decode_step
     dev = torch.device("cuda")
     rows = []
-    for shape in args.shapes.split(","):
-        b, t = (int(x) for x in shape.split("x"))
-        for kind in args.kinds.split(","):
+    for b, t in shapes:
+        for kind in kinds:
             bits = int(kind[-1])
             ns = lut_splits(b * HKV, t, LUT_WARPS, dev, 128, LUT_PIPE, LUT_FUSED_MAXNREG, bits)
             ns = -(-ns // LUT_WARPS) * LUT_WARPS

@@ -284,7 +284,6 @@ def encode_into(codec: Codec, x: torch.Tensor, target, positions: torch.Tensor,
     write_encoded(codec.encode(centered_scaled(x, center, scale)), target, positions)
 
 
-
 def _on_cuda(x: torch.Tensor) -> bool:
     return x.is_cuda
 

@@ -406,9 +406,9 @@ _CLOCK_PHASES = gl.constexpr(CLOCK_PHASES)  # (the kernels' copy)
 
 
 @gluon.jit
-def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, NPH: gl.constexpr, TIMER: gl.constexpr = False):
+def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, TIMER: gl.constexpr = False):
     """Lane 0 of each warp writes %clock64 (SM cycles; TIMER: %globaltimer, ns) at clk_ptr [program, phase, warp]
-    (int64 [programs, NPH, W], program = program_id(1) * num_programs(0) + program_id(0)). A diagnostic: where a
+    (int64 [programs, CLOCK_PHASES, W], program = program_id(1) * num_programs(0) + program_id(0)). A diagnostic: where a
     step's time goes inside the kernel (`scripts/phase_clocks.py`); without clk_ptr nothing of it is compiled."""
     L2: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
     wi = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, L2)), 1)
@@ -420,7 +420,7 @@ def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, NPH: gl.constexpr, TIM
         t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [wi * 32 + li], dtype=gl.int64,
                                       is_pure=False, pack=1)
     prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
-    gl.store(clk_ptr + (prog.to(gl.int64) * NPH + phase) * W + wi + li * 0, t, mask=li == 0)
+    gl.store(clk_ptr + (prog.to(gl.int64) * _CLOCK_PHASES + phase) * W + wi + li * 0, t, mask=li == 0)
 
 
 @gluon.jit
@@ -620,8 +620,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at its start, after the
     prologue (query, table), after the loop and at its exit, then the global timer at its exit."""
     if clk_ptr is not None:
-        _stamp(clk_ptr, 0, W, _CLOCK_PHASES, True)
-        _stamp(clk_ptr, 1, W, _CLOCK_PHASES)
+        _stamp(clk_ptr, 0, W, True)
+        _stamp(clk_ptr, 1, W)
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -717,7 +717,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         _keep(lut.slice(0, W, dim=0).load(FILL))
 
     if clk_ptr is not None:
-        _stamp(clk_ptr, 2, W, _CLOCK_PHASES)
+        _stamp(clk_ptr, 2, W)
 
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
@@ -873,7 +873,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             a3 = mma_v2(v3, pv, a3)
 
     if clk_ptr is not None:
-        _stamp(clk_ptr, 3, W, _CLOCK_PHASES)
+        _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
     # mo = g + 8 k (k < WV) of every part p, i.e. dims P (g WV + k) + p: D/8 consecutive dims of each of its query
     # rows, stored as one run (vector stores) after a register-only reorder (ncu, B=8 T=4K: the scattered 4-byte
@@ -902,8 +902,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         gl.store(mlp, m_i)
         gl.store(mlp + BLOCK_M, l_i)
     if clk_ptr is not None:
-        _stamp(clk_ptr, 4, W, _CLOCK_PHASES)
-        _stamp(clk_ptr, 5, W, _CLOCK_PHASES, True)
+        _stamp(clk_ptr, 4, W)
+        _stamp(clk_ptr, 5, W, True)
 
 
 @functools.lru_cache(maxsize=32)  # asked at every launch
