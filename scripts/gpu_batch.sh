@@ -40,6 +40,8 @@
 #   bash scripts/gpu_batch.sh phase-clocks  # the stamped table kernel's CUDA test, then where a finishing
 #                                     # table-kernel step's time goes (scripts/phase_clocks.py: prologue, loop,
 #                                     # merge / last program's tail, start skew; B=1 T=128K/32K, B=8 T=32K/128K)
+#   bash scripts/gpu_batch.sh kbytes  # K in byte order: table-kernel, dispatch, static-graph and finish CUDA tests
+#                                     # (SHARDS processes), then the finishing table kernel vs SDPA (graphs)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -232,6 +234,17 @@ phase-clocks)
     tail -3 "$OUT/pytest_clocks.txt"
     timeout 300 python scripts/phase_clocks.py --shapes "${SHAPES:-1x131072,1x32768,8x32768,8x131072}" \
         --kinds "${KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks.json" 2>&1 | tail -40
+    ;;
+kbytes)
+    # session 20: K decoded in byte order (turbo4 / turbo2; no pairing prmt): the table kernel's and its callers'
+    # CUDA tests in SHARDS (12) processes, then the finishing kernel vs SDPA (graphs) at the issue's shapes
+    python scripts/pytest_shards.py --shards "${SHARDS:-12}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
+        -k "not in_interpreter and not compiles_for_sm90" tests/test_lut_decode.py tests/test_triton_dispatch.py \
+        tests/test_static_graphs.py tests/test_triton_finish.py
+    timeout 280 python scripts/decode_sweep.py --kernels --json "$OUT/sweep-kbytes.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants '[{"gluon": true}]' > "$OUT/sweep-kbytes.txt" 2>&1
+    grep -E "SDPA|x [0-9]" "$OUT/sweep-kbytes.txt" | tail -30
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -130,7 +130,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
-    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
+    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     from compactkv.attention.triton.gluon import lut_config_error, lut_query_rows
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
         raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
@@ -151,9 +151,9 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
-    const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload,
-                 VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=qmap,
-                 QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks, KMEAN=sinks)
+    const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
+                 NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
+                 BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks, KMEAN=sinks)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -151,21 +151,25 @@ def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None
             return smem_base
         return int(x, 0) & M
 
+    def addr(x: str) -> int:  # [reg], [reg+imm]
+        base, _, off = x.strip(" ,[]").partition("+")
+        return (val(base) + (int(off, 0) if off else 0)) & M
+
     for line in asm.splitlines():
         line = line.strip().rstrip(";")
         if not line or line in "{}" or line.startswith(".reg"):
             continue
         op, rest = line.split(None, 1)
         if op == "ld.shared.v2.b32":  # {lo, hi}, [addr]: two consecutive words
-            dst, addr = rest.split("}")
+            dst, addr_s = rest.split("}")
             lo, hi = (x.strip() for x in dst.strip("{ ").split(","))
-            a = val(addr.strip(" ,[]"))
+            a = addr(addr_s)
             r[lo], r[hi] = shared[a] & M, shared[a + 4] & M
             continue
         args = [a.strip() for a in rest.split(",")]
         d = args[0]
         if op == "ld.shared.b32":
-            r[d] = shared[val(args[1].strip("[]"))] & M
+            r[d] = shared[addr(args[1])] & M
             continue
         s = [val(a) for a in args[1:]]
         if op in ("mov.b32", "mov.u32"):

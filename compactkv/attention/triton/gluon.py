@@ -326,22 +326,30 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     return None
 
 
+def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
+    """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 / turbo2 (K in byte order,
+    kernels_lut `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k % 2 (a
+    lane column's bytes are consecutive, a byte's codes one register); turbo3 (two part operands) row p NB + l is
+    dim P sq(l) + p (P = 2 codes per key, NB = D / 2 keys per row, sq the lane order of decode_gluon_kernel)."""
+    k = torch.arange(d, device=device)
+    if bits != 3:
+        return (d // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
+    nb = d // 2
+    l = k % nb
+    sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
+    return 2 * sq + k // nb
+
+
 def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
     """w (fp32 [D, D] or [H, D, D], `decode.map_query`'s map) with its columns in the order the table kernel's
-    operands read the mapped query (QMAP): column p NB + l is dim P sq(l) + p (P codes per table key, NB = D / P
-    keys per row, sq the kernel's operand order). Kept per map tensor (a layer's map is made once)."""
+    K product reads the mapped query (QMAP): column k is dim `lut_key_dims`[k]. Kept per map tensor (a layer's map
+    is made once)."""
     key = (id(w), bits)
     cached = _LUT_MAPS.get(key)
     if cached is not None and cached[0]() is w and cached[1] == _version(w):
         return cached[2]
-    d = w.shape[-1]
-    p = 4 if bits == 2 else 2
-    nb = d // p
-    wk = nb // 4
-    j = torch.arange(d, device=w.device)  # made on the device: no host copy (allowed while a graph is captured)
-    l = j % nb
-    sq = ((l // 2) % 4) * wk + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-    out = w.index_select(-1, p * sq + j // nb).contiguous()
+    # made on the device: no host copy (allowed while a graph is captured)
+    out = w.index_select(-1, lut_key_dims(w.shape[-1], bits, w.device)).contiguous()
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return out  # made by captured kernels: its values exist once the graph runs, so it is not kept
     if key not in _LUT_MAPS:  # the entry goes when w does (no device memory held for freed maps)
@@ -376,7 +384,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py)."""
-    from .kernels_lut import decode_lut_kernel, lut_asm, lut_layouts
+    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
@@ -422,7 +430,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
-        q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits), W=warps, BN=block_n,
+        q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits),
+        W=warps, BN=block_n,
         NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword,
         VWORD=vword, BITS=bits, QMAP=w is not None, QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, num_warps=warps,

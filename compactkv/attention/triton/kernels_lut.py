@@ -72,6 +72,32 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=8)  # asked at every launch
+def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
+    """The K decoder in byte order (`_k_bytes3`): a code byte's table entry is the A operand's register as it is
+    read, so no pairing prmt. turbo4 (pack 4): outputs $0, $1 = the entries of elements 0 and 2 (elements 1 and 3
+    repeat their bytes); turbo2 (pack 8): outputs $0..$3, the 8-byte entries of elements 0 and 2 into ($0, $2) and
+    ($1, $3) (the A operand's registers (row g, k), (row g + 8, k), (g, k + 8), (g + 8, k + 8)), each entry in two
+    4-byte reads. Inputs as
+    `lut_asm`'s, one per element (words: the words, then the lane offsets, then the selectors; else the packed code
+    bytes, then the lane offsets). turbo3: None (its K keys stay in part order)."""
+    if bits == 3:
+        return None
+    pack = 4 if bits == 4 else 8
+    i0 = pack // 2  # output registers
+    lines = ["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;"]
+    for r, el in ((0, 0), (1, 2)):
+        if words:
+            addr = f"${i0 + el}, ${i0 + pack + el}, ${i0 + 2 * pack + el}"
+        else:
+            addr = f"${i0 + el // 4}, ${i0 + pack // 4 + el}, {0x7604 + 16 * (el % 4):#x}"
+        lines += [f"prmt.b32 a, {addr};", "add.u32 a, a, b;", f"ld.shared.b32 ${r}, [a];"]
+        if bits == 2:  # two reads: one ld.shared.v2 would want ($r, $r + 2) adjacent, which the mma's 4 are not
+            lines.append(f"ld.shared.b32 ${r + 2}, [a+4];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def _lut3_asm() -> str:
     """turbo3 pack=4 decoder: outputs $0, $1 (part 0 = the even dim's code of elements 0,1 / 2,3), $2, $3 (part 1,
     the odd dim's); inputs per element k: $4+k, $8+k the low and high word of a 64-bit window holding its 6-bit key
@@ -232,6 +258,44 @@ def _v_arrange3(vc, A_OP: gl.constexpr):
     vc = gl.reshape(vc, [W, 8, NB // 8, BN])
     vc = gl.permute(vc, [0, 2, 1, 3])
     return gl.convert_layout(gl.reshape(vc, [W, NB, BN]), A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _k_bytes3(kc, A_OP: gl.constexpr, BITS: gl.constexpr):
+    """K codes [W, BN, NB] (lane column c holding bytes NB / 4 c .. NB / 4 (c + 1), as the loads give them) -> the
+    A operand [W, BN, D] in byte order, element (n, k) the byte whose table entry holds key dim qd(k) of token n
+    (`lut_key_dims`): turbo4 k-pair 8 s + 4 h + c is byte NB / 4 c + 2 s + h (k-step s, half h; both elements of
+    the pair hold it), turbo2 k-pairs 8 s + c and 8 s + 4 + c are codes 0, 1 and 2, 3 of byte NB / 4 c + s."""
+    W: gl.constexpr = kc.shape[0]
+    BN: gl.constexpr = kc.shape[1]
+    NB: gl.constexpr = kc.shape[2]
+    if BITS == 4:
+        x = gl.permute(gl.reshape(kc, [W, BN, 4, NB // 8, 2]), [0, 1, 3, 4, 2])  # (s, h, c)
+        x = gl.reshape(x, [W, BN, NB])
+        x = gl.reshape(gl.join(x, x), [W, BN, 2 * NB])  # (s, h, c, e)
+    else:
+        x = gl.permute(gl.reshape(kc, [W, BN, 4, NB // 4]), [0, 1, 3, 2])  # (s, c)
+        x = gl.join(x, x)  # (s, c, h)
+        x = gl.permute(x, [0, 1, 2, 4, 3])  # (s, h, c)
+        x = gl.reshape(gl.join(x, x), [W, BN, 4 * NB])  # (s, h, c, e)
+    return gl.convert_layout(x, A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr, BITS: gl.constexpr):
+    """K codes in byte order (`_k_bytes3`; uint8, or the int32 words holding them with their prmt selectors sel)
+    -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`)."""
+    if BITS == 4:
+        if codes.dtype == gl.int32:
+            return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 12, [codes, lofs, sel], dtype=gl.float16,
+                                             is_pure=True, pack=4)
+        return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 5, [codes, lofs], dtype=gl.float16, is_pure=True,
+                                         pack=4)
+    if codes.dtype == gl.int32:
+        return gl.inline_asm_elementwise(KASM, "=r" + ",=r" * 3 + ",r" * 24, [codes, lofs, sel], dtype=gl.float16,
+                                         is_pure=True, pack=8)
+    return gl.inline_asm_elementwise(KASM, "=r" + ",=r" * 3 + ",r" * 10, [codes, lofs], dtype=gl.float16,
+                                     is_pure=True, pack=8)
 
 
 @gluon.jit
@@ -591,7 +655,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
                       out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      clk_ptr, D: gl.constexpr, ASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr,
+                      clk_ptr, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr, BN: gl.constexpr,
+                      NH: gl.constexpr,
                       BLOCK_M: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
@@ -628,6 +693,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
     P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
+    KB: gl.constexpr = BITS != 3  # K decoded in byte order (KASM, `_k_bytes3`): one operand over the D dims
     NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
     RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
     WK: gl.constexpr = NB // 4
@@ -663,44 +729,46 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
-    # the query (same for every warp) in the K operand's dim order, as decode_gluon_kernel: operand row l of part
-    # p is dim P * sq(l) + p
+    # the query (same for every warp) in the K operand's dim order: KB, operand row k is dim qd(k)
+    # (`lut_key_dims`); else (turbo3, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
     QL: gl.constexpr = gl.SliceLayout(0, B_OP)
     nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
     if QMAP:
-        # q @ w here (w's columns in the operands' order: column p NB + l is dim P sq(l) + p), handed from the
-        # threads that made it to the ones that use it through the first rows of the table's memory, before the
-        # table is written there
+        # q @ w here (w's columns in the operands' order, `gluon.lut_query_map`), handed from the threads that
+        # made it to the ones that use it through the first rows of the table's memory, before the table is
+        # written there
         qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
         QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
         stage.slice(0, QR, dim=0).store(qm)
         gl.thread_barrier()
-        qt = stage.permute([1, 0])  # [D, NH]: row p NB + l = operand row l of part p (rows >= QR: not written)
-        live = gl.expand_dims(nq < MQ, 0)
-        q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
-        q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-        if P == 4:
-            q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-            q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+        qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r (KB) or row l of part p for r = p NB + l
+        live = gl.expand_dims(nq < MQ, 0)  # (rows >= QR: not written)
+        if KB:
+            qk = gl.where(live, qt.load(QL), 0.0).to(gl.float16)
+        else:
+            q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
+            q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
         gl.thread_barrier()  # every thread holds its query values: the table may overwrite them
     else:
-        lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
-        sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-        qp = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0) + gl.expand_dims(P * sq, 1)
+        qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
         qmask = gl.expand_dims(nq < MQ, 0)
-        q0 = gl.load(qp, mask=qmask, other=0.0).to(gl.float16)
-        q1 = gl.load(qp + 1, mask=qmask, other=0.0).to(gl.float16)
-        if P == 4:
-            q2 = gl.load(qp + 2, mask=qmask, other=0.0).to(gl.float16)
-            q3 = gl.load(qp + 3, mask=qmask, other=0.0).to(gl.float16)
+        if KB:
+            kq = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
+            qd = (D // 4) * ((kq // 2) % 4) + 4 * (kq // 16) + 2 * ((kq // 8) % 2) + kq % 2
+            qk = gl.load(qrow + gl.expand_dims(qd, 1), mask=qmask, other=0.0).to(gl.float16)
+        else:
+            lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
+            sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
+            q0 = gl.load(qrow + gl.expand_dims(P * sq, 1), mask=qmask, other=0.0).to(gl.float16)
+            q1 = gl.load(qrow + gl.expand_dims(P * sq + 1, 1), mask=qmask, other=0.0).to(gl.float16)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
-    q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
-    q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
-    if P == 4:
-        q2 = gl.expand_dims(q2, 0) + zero_w.to(gl.float16)
-        q3 = gl.expand_dims(q3, 0) + zero_w.to(gl.float16)
+    if KB:
+        qk = gl.expand_dims(qk, 0) + zero_w.to(gl.float16)
+    else:
+        q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
+        q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
@@ -748,13 +816,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     khi = gl.minimum(klo + split, L)
     vlo = (pid * W + vw3) * split
     vhi = gl.minimum(vlo + split, L)
-    klofs = _lane_offset(gl.zeros([W, BN, NB], gl.int32, A_OP))
+    klofs = _lane_offset(gl.zeros([W, BN, D if KB else NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
     if P == 4:  # 8-byte entries
         klofs = klofs * 2
         vlofs = vlofs * 2
     # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
-    ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
+    if KB:
+        ksel = _k_bytes3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP, BITS)
+    else:
+        ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
     if BITS == 3:  # turbo3: the funnel shift of each key's window instead (`lut3_shift`; K chunks of 16 keys, V of 8)
         ksel = _k_arrange3((6 * (kc3 % 16) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
@@ -835,15 +906,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
-        kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
-        k0, k1 = kd[0], kd[1]
-        if P == 4:
-            k2, k3 = kd[2], kd[3]
-        s = mma_v2(k0, q0, gl.zeros([W, BN, NH], gl.float32, MMA))
-        s = mma_v2(k1, q1, s)
-        if P == 4:
-            s = mma_v2(k2, q2, s)
-            s = mma_v2(k3, q3, s)
+        if KB:
+            s = mma_v2(_decode_kbytes(_k_bytes3(kc, A_OP, BITS), klofs, ksel, KASM, BITS), qk,
+                       gl.zeros([W, BN, NH], gl.float32, MMA))
+        else:  # turbo3: the keys' two codes paired into part operands
+            kd = _decode_operand(kc, kc_hi, klofs, ksel, ASM, BITS, False, A_OP)
+            s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
+            s = mma_v2(kd[1], q1, s)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
