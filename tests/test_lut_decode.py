@@ -60,47 +60,37 @@ def test_table_decoder_emulated(d, bits):
     assert _half(u[0]) < 0 < _half(u[-1])
 
 
-@pytest.mark.parametrize("d,bits", [(64, 4), (128, 4), (128, 2)])
-def test_key_decoder_in_byte_order_emulated(d, bits):
-    """The K decoder (lut_asm_k) at every code byte, several lanes and a table base away from 0: turbo4 gives each
-    byte's entry (centroids of its low and high code) as one register, $0 for element 0's byte and $1 for element
-    2's; turbo2 the byte's codes 0, 1 in $0 / $1 and 2, 3 in $2 / $3 (the A operand's k and k + 8 registers);
-    bytes packed four to a register, or taken from words at random places by their prmt selectors."""
+@pytest.mark.parametrize("d", [64, 128])
+def test_key_decoder_in_byte_order_emulated(d):
+    """turbo4's K decoder (lut_asm_k) at every code byte, several lanes and a table base away from 0: each byte's
+    entry (the centroids of its low and high code) as one register, $0 for element 0's byte and $1 for element 2's,
+    with the bytes packed four to a register or taken from words at random places by their prmt selectors."""
     from compactkv.attention.triton.fastasm import fp16_bits, run_asm
     from compactkv.attention.triton.gluon import lut_words
     from compactkv.attention.triton.kernels_lut import lut_asm_k
-    assert lut_asm_k(bits=3) is None and lut_asm_k(True, 3) is None
-    parts = 8 // bits
-    entry = 4 * parts // 2
-    pack = 4 if bits == 4 else 8
-    i0 = pack // 2
-    u = fp16_bits(d, bits)
-    words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), bits).tolist()]
+    assert lut_asm_k(bits=3) is None and lut_asm_k(True, 2) is None
+    u = fp16_bits(d, 4)
+    words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), 4).tolist()]
     base = 1 << 16
     gen = torch.Generator().manual_seed(1)
     for lane in (0, 3, 18, 31):
-        shared = {base + e * 256 + entry * lane + 4 * i: words[e * (entry // 4) + i]
-                  for e in range(256) for i in range(entry // 4)}
-        for e0 in range(0, 256, 2):
+        shared = {base + e * 256 + 4 * lane: words[e] for e in range(256)}
+        for e0 in range(256):
             pair = [e0, int(torch.randint(0, 256, (1,), generator=gen))]  # the bytes of elements 0 and 2
-            el = [pair[0], pair[0], pair[1], pair[1]] * (pack // 4)  # elements 1, 3 (.., 4..7) repeat them
-            regs = {f"${i0 + i}": int.from_bytes(bytes(el[4 * i:4 * i + 4]), "little") for i in range(pack // 4)}
-            regs.update({f"${i0 + pack // 4 + i}": entry * lane for i in range(pack)})
-            outs = [run_asm(lut_asm_k(bits=bits), regs, shared, smem_base=base)]
-            wregs = {f"${i0 + pack + i}": entry * lane for i in range(pack)}
+            el = [pair[0], pair[0], pair[1], pair[1]]  # elements 1 and 3 repeat them
+            regs = {"$2": int.from_bytes(bytes(el), "little"), **{f"${3 + i}": 4 * lane for i in range(4)}}
+            outs = [run_asm(lut_asm_k(bits=4), regs, shared, smem_base=base)]
+            wregs = {f"${6 + i}": 4 * lane for i in range(4)}
             for i, c in enumerate(el):
                 word = bytearray(torch.randint(0, 256, (4,), generator=gen).tolist())
                 pk = int(torch.randint(0, 4, (1,), generator=gen))
                 word[pk] = c
-                wregs[f"${i0 + i}"], wregs[f"${i0 + 2 * pack + i}"] = int.from_bytes(word, "little"), 0x7604 + 16 * pk
-            outs.append(run_asm(lut_asm_k(words=True, bits=bits), wregs, shared, smem_base=base))
-            mask = (1 << bits) - 1
+                wregs[f"${2 + i}"], wregs[f"${10 + i}"] = int.from_bytes(word, "little"), 0x7604 + 16 * pk
+            outs.append(run_asm(lut_asm_k(words=True, bits=4), wregs, shared, smem_base=base))
             for out in outs:
                 for r, c in enumerate(pair):
-                    for half in range(parts // 2):  # turbo2: codes 2, 3 two registers on
-                        got = out[f"${r + 2 * half}"]
-                        want = [u[(c >> (bits * (2 * half + e))) & mask] for e in range(2)]
-                        assert [got & 0xFFFF, got >> 16] == want, (lane, pair, r, half)
+                    got = out[f"${r}"]
+                    assert [got & 0xFFFF, got >> 16] == [u[c & 15], u[c >> 4]], (lane, pair, r)
 
 
 def test_turbo3_table_decoder_emulated():
@@ -176,8 +166,8 @@ def test_lut_unsupported_reasons():
 @pytest.mark.parametrize("qmap,fused", [(False, False), (True, False), (True, True)])
 def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fused):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
-    its start), one shared read per code byte in the loop (turbo2's K: two), per K byte one prmt (its address), per
-    V byte the address and one per pair of parts (turbo4: 2, turbo2: 3), and no other integer decoder."""
+    its start), one shared read per code byte in the loop, per code byte one prmt for its address and one per pair
+    of parts (turbo4: 2, but 1 for K, decoded in byte order; turbo2: 3), and no other integer decoder."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -197,7 +187,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
         assert "[global_smem+" + str(s["shared"] - 4) + "]" in s["ptx"]
     bits = int(kind[-1])
     per_lane = 32 * (d * bits // 8) // 32  # K (and V) code bytes of a 32-token tile per lane
-    reads = per_lane * (2 if bits == 2 else 1) + per_lane  # table reads: turbo2's K entries in two
+    reads = 2 * per_lane  # table reads
     # plus (pipe 1) the tile's 128 bytes per lane read back from the stages
     if pipe == 1:
         assert reads + 12 <= ops["LDS"] <= reads + 16
@@ -205,10 +195,11 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
         assert ops["LDS"] == reads
     assert ops["HMMA"] > 0
     assert ops["LDGSTS"] > 0 if pipe == 1 else ops["LDGSTS"] == 0
-    # K: the address; V: the address, then one per pair of parts (per 2 bytes: 2 per part); a few more (27-28 at
+    # the address, then one per pair of parts (per 2 bytes: 2 per part), turbo4's K none; a few more (27-28 at
     # pipe >= 2, session 20) and with pipe < 2 up to one per K byte (its uint8 codes repacked two bytes a register)
     extra = 32 + (per_lane if pipe < 2 else 0)
-    assert ops["PRMT"] <= per_lane + (1 + (8 // bits) // 2) * per_lane + extra
+    pairing = (8 // bits) // 2
+    assert ops["PRMT"] <= 2 * per_lane + pairing * per_lane * (1 if bits == 4 else 2) + extra
     assert ops["LOP3"] <= 8 and ops["SHF"] <= 8  # no bit-twiddling decoder
 
 
@@ -564,28 +555,24 @@ def test_planar_launchers_name_bad_input():
 
 @pytest.mark.parametrize("d", [64, 128])
 def test_key_dims_follow_the_operand_registers(d):
-    """lut_key_dims for K in byte order (turbo4, turbo2): a permutation of the dims in which the A operand's lane
-    column c (k // 2 % 4) reads only its own D / 4 consecutive dims (the NB / 4 consecutive code bytes its loads
-    hold), a register (k, k + 1) holds one byte's codes 2 i, 2 i + 1 (turbo4: the whole byte) and, for turbo2, the
-    registers k and k + 8 the two halves of one byte; turbo3 keeps the part order (row p NB + l: dim 2 sq(l) + p)."""
+    """lut_key_dims for turbo4's K in byte order: a permutation of the dims in which the A operand's lane column c
+    (k // 2 % 4) reads only its own D / 4 consecutive dims (the NB / 4 consecutive code bytes its loads hold) and a
+    register (k, k + 1) one whole byte (dims 2 i, 2 i + 1); turbo3 / turbo2 keep the part order (row p NB + l: dim
+    P sq(l) + p)."""
     from compactkv.attention.triton.gluon import lut_key_dims
-    for bits in (4, 2):
-        qd = lut_key_dims(d, bits).tolist()
-        assert sorted(qd) == list(range(d))
-        per = 8 // bits  # codes per byte
-        for k in range(d):
-            c = (k // 2) % 4
-            assert c * d // 4 <= qd[k] < (c + 1) * d // 4
-            if k % 2 == 0:
-                assert qd[k + 1] == qd[k] + 1 and qd[k] % 2 == 0
-                assert (qd[k] // per) == (qd[k + 1] // per)
-            if bits == 2 and (k // 8) % 2 == 0:
-                assert qd[k + 8] == qd[k] + 2 and qd[k] % 4 == k % 2
-    nb = 64
-    qd3 = lut_key_dims(128, 3).tolist()
-    for l in (0, 1, 5, 17, nb - 1):
-        sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-        assert qd3[l] == 2 * sq and qd3[nb + l] == 2 * sq + 1
+    qd = lut_key_dims(d, 4).tolist()
+    assert sorted(qd) == list(range(d))
+    for k in range(d):
+        c = (k // 2) % 4
+        assert c * d // 4 <= qd[k] < (c + 1) * d // 4
+        if k % 2 == 0:
+            assert qd[k + 1] == qd[k] + 1 and qd[k] % 2 == 0
+    for bits, p in ((3, 2), (2, 4)):
+        nb = d // p
+        got = lut_key_dims(d, bits).tolist()
+        for l in (x for x in (0, 1, 5, 11, 17, nb - 1) if x < nb):
+            sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
+            assert [got[part * nb + l] for part in range(p)] == [p * sq + part for part in range(p)]
 
 
 def test_lut_query_map_column_order():
@@ -786,8 +773,7 @@ def test_launch_rows_names_bad_input():
                                                  ("turbo2", 128, 2, 255), ("turbo4", 128, 3, 255),
                                                  ("turbo4", 64, 3, 232)])
 def test_table_kernel_over_rows_compiles_for_sm90(kind, d, pipe, maxnreg):
-    """sm_90 build of the row reader: the table still the only shared buffer and one shared read per code byte
-    (turbo2's K: two);
+    """sm_90 build of the row reader: the table still the only shared buffer and one shared read per code byte;
     each code word read as aligned words (a run's words plus one) and funnel-shifted, not byte by byte."""
     import sys
     from pathlib import Path
@@ -800,8 +786,7 @@ def test_table_kernel_over_rows_compiles_for_sm90(kind, d, pipe, maxnreg):
     ops = s["ops"]
     bits = int(kind[-1])
     assert s["shared"] == lut_smem(8, d, pipe, bits=bits)
-    # table keys of a tile's K and V per lane (turbo2's K entries in two reads)
-    assert ops["LDS"] == (2 * d // 2 if bits == 3 else (3 if bits == 2 else 2) * d * bits // 8)
+    assert ops["LDS"] == 2 * (d // 2 if bits == 3 else d * bits // 8)  # table keys of a tile's K and V per lane
     assert ops["LDL"] + ops["STL"] == 0
     words = 2 * (d * bits // 8) // 4  # K and V code words of a tile per lane
     assert words < ops["LDG"] <= 2 * words + 12  # (runs + one per run; chunk-table entries, norms)

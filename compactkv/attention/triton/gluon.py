@@ -327,17 +327,19 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
 
 
 def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
-    """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 / turbo2 (K in byte order,
-    kernels_lut `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k % 2 (a
-    lane column's bytes are consecutive, a byte's codes one register); turbo3 (two part operands) row p NB + l is
-    dim P sq(l) + p (P = 2 codes per key, NB = D / 2 keys per row, sq the lane order of decode_gluon_kernel)."""
+    """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 (K in byte order, kernels_lut
+    `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k % 2 (a lane
+    column's bytes are consecutive, a byte's two codes one register); turbo3 / turbo2 (P part operands of 2 / 4
+    codes per key) row p NB + l is dim P sq(l) + p (NB = D / P keys per row, sq the lane order of
+    decode_gluon_kernel)."""
     k = torch.arange(d, device=device)
-    if bits != 3:
+    if bits == 4:
         return (d // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
-    nb = d // 2
+    p = 4 if bits == 2 else 2
+    nb = d // p
     l = k % nb
     sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-    return 2 * sq + k // nb
+    return p * sq + k // nb
 
 
 def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:

@@ -72,28 +72,21 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=8)  # asked at every launch
+@functools.lru_cache(maxsize=4)  # asked at every launch
 def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
-    """The K decoder in byte order (`_k_bytes3`): a code byte's table entry is the A operand's register as it is
-    read, so no pairing prmt. turbo4 (pack 4): outputs $0, $1 = the entries of elements 0 and 2 (elements 1 and 3
-    repeat their bytes); turbo2 (pack 8): outputs $0..$3, the 8-byte entries of elements 0 and 2 into ($0, $2) and
-    ($1, $3) (the A operand's registers (row g, k), (row g + 8, k), (g, k + 8), (g + 8, k + 8)), each entry in two
-    4-byte reads. Inputs as
-    `lut_asm`'s, one per element (words: the words, then the lane offsets, then the selectors; else the packed code
-    bytes, then the lane offsets). turbo3: None (its K keys stay in part order)."""
-    if bits == 3:
+    """turbo4's K decoder in byte order (`_k_bytes3`): a code byte's table entry (c[low code], c[high code]) is the
+    A operand's register as it is read, so no pairing prmt (pack 4: outputs $0, $1 = the entries of elements 0 and
+    2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s, one per element (words: the 4 words, the 4 lane
+    offsets, the 4 selectors; else the 4 code bytes in one register, then the lane offsets). turbo3 and turbo2:
+    None, their K stays in part order (turbo2 in byte order, session 20: each 8-byte entry would feed registers k
+    and k + 8, which one ld.shared.v2 cannot fill without moves, and two 4-byte reads per byte timed 1-2% slower on
+    an H200 than the pairing prmt they replace)."""
+    if bits != 4:
         return None
-    pack = 4 if bits == 4 else 8
-    i0 = pack // 2  # output registers
     lines = ["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;"]
     for r, el in ((0, 0), (1, 2)):
-        if words:
-            addr = f"${i0 + el}, ${i0 + pack + el}, ${i0 + 2 * pack + el}"
-        else:
-            addr = f"${i0 + el // 4}, ${i0 + pack // 4 + el}, {0x7604 + 16 * (el % 4):#x}"
+        addr = f"${2 + el}, ${6 + el}, ${10 + el}" if words else f"$2, ${3 + el}, {0x7604 + 16 * el:#x}"
         lines += [f"prmt.b32 a, {addr};", "add.u32 a, a, b;", f"ld.shared.b32 ${r}, [a];"]
-        if bits == 2:  # two reads: one ld.shared.v2 would want ($r, $r + 2) adjacent, which the mma's 4 are not
-            lines.append(f"ld.shared.b32 ${r + 2}, [a+4];")
     lines.append("}")
     return "\n".join(lines)
 
@@ -261,41 +254,29 @@ def _v_arrange3(vc, A_OP: gl.constexpr):
 
 
 @gluon.jit
-def _k_bytes3(kc, A_OP: gl.constexpr, BITS: gl.constexpr):
-    """K codes [W, BN, NB] (lane column c holding bytes NB / 4 c .. NB / 4 (c + 1), as the loads give them) -> the
-    A operand [W, BN, D] in byte order, element (n, k) the byte whose table entry holds key dim qd(k) of token n
-    (`lut_key_dims`): turbo4 k-pair 8 s + 4 h + c is byte NB / 4 c + 2 s + h (k-step s, half h; both elements of
-    the pair hold it), turbo2 k-pairs 8 s + c and 8 s + 4 + c are codes 0, 1 and 2, 3 of byte NB / 4 c + s."""
+def _k_bytes3(kc, A_OP: gl.constexpr):
+    """turbo4 K codes [W, BN, NB] (lane column c holding bytes NB / 4 c .. NB / 4 (c + 1), as the loads give them)
+    -> the A operand [W, BN, D] in byte order: k-pair 8 s + 4 h + c (k-step s, half h) is byte NB / 4 c + 2 s + h,
+    both elements of the pair holding it, so element (n, k) is the byte whose table entry holds key dim qd(k) of
+    token n (`gluon.lut_key_dims`)."""
     W: gl.constexpr = kc.shape[0]
     BN: gl.constexpr = kc.shape[1]
     NB: gl.constexpr = kc.shape[2]
-    if BITS == 4:
-        x = gl.permute(gl.reshape(kc, [W, BN, 4, NB // 8, 2]), [0, 1, 3, 4, 2])  # (s, h, c)
-        x = gl.reshape(x, [W, BN, NB])
-        x = gl.reshape(gl.join(x, x), [W, BN, 2 * NB])  # (s, h, c, e)
-    else:
-        x = gl.permute(gl.reshape(kc, [W, BN, 4, NB // 4]), [0, 1, 3, 2])  # (s, c)
-        x = gl.join(x, x)  # (s, c, h)
-        x = gl.permute(x, [0, 1, 2, 4, 3])  # (s, h, c)
-        x = gl.reshape(gl.join(x, x), [W, BN, 4 * NB])  # (s, h, c, e)
+    x = gl.permute(gl.reshape(kc, [W, BN, 4, NB // 8, 2]), [0, 1, 3, 4, 2])  # (s, h, c)
+    x = gl.reshape(x, [W, BN, NB])
+    x = gl.reshape(gl.join(x, x), [W, BN, 2 * NB])  # (s, h, c, e)
     return gl.convert_layout(x, A_OP, assert_trivial=True)
 
 
 @gluon.jit
-def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr, BITS: gl.constexpr):
-    """K codes in byte order (`_k_bytes3`; uint8, or the int32 words holding them with their prmt selectors sel)
-    -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`)."""
-    if BITS == 4:
-        if codes.dtype == gl.int32:
-            return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 12, [codes, lofs, sel], dtype=gl.float16,
-                                             is_pure=True, pack=4)
-        return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 5, [codes, lofs], dtype=gl.float16, is_pure=True,
-                                         pack=4)
+def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr):
+    """turbo4 K codes in byte order (`_k_bytes3`; uint8, or the int32 words holding them with their prmt selectors
+    sel) -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`)."""
     if codes.dtype == gl.int32:
-        return gl.inline_asm_elementwise(KASM, "=r" + ",=r" * 3 + ",r" * 24, [codes, lofs, sel], dtype=gl.float16,
-                                         is_pure=True, pack=8)
-    return gl.inline_asm_elementwise(KASM, "=r" + ",=r" * 3 + ",r" * 10, [codes, lofs], dtype=gl.float16,
-                                     is_pure=True, pack=8)
+        return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 12, [codes, lofs, sel], dtype=gl.float16,
+                                         is_pure=True, pack=4)
+    return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 5, [codes, lofs], dtype=gl.float16, is_pure=True,
+                                     pack=4)
 
 
 @gluon.jit
@@ -693,7 +674,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
     P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
-    KB: gl.constexpr = BITS != 3  # K decoded in byte order (KASM, `_k_bytes3`): one operand over the D dims
+    KB: gl.constexpr = BITS == 4  # K decoded in byte order (KASM, `_k_bytes3`): one operand over the D dims
     NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
     RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
     WK: gl.constexpr = NB // 4
@@ -730,7 +711,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
     # the query (same for every warp) in the K operand's dim order: KB, operand row k is dim qd(k)
-    # (`lut_key_dims`); else (turbo3, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
+    # (`lut_key_dims`); else (turbo3, turbo2, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
     QL: gl.constexpr = gl.SliceLayout(0, B_OP)
     nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
     if QMAP:
@@ -749,6 +730,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
             q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+            if P == 4:
+                q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+                q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
         gl.thread_barrier()  # every thread holds its query values: the table may overwrite them
     else:
         qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
@@ -762,6 +746,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
             q0 = gl.load(qrow + gl.expand_dims(P * sq, 1), mask=qmask, other=0.0).to(gl.float16)
             q1 = gl.load(qrow + gl.expand_dims(P * sq + 1, 1), mask=qmask, other=0.0).to(gl.float16)
+            if P == 4:
+                q2 = gl.load(qrow + gl.expand_dims(P * sq + 2, 1), mask=qmask, other=0.0).to(gl.float16)
+                q3 = gl.load(qrow + gl.expand_dims(P * sq + 3, 1), mask=qmask, other=0.0).to(gl.float16)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
     if KB:
@@ -769,6 +756,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
         q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
+        if P == 4:
+            q2 = gl.expand_dims(q2, 0) + zero_w.to(gl.float16)
+            q3 = gl.expand_dims(q3, 0) + zero_w.to(gl.float16)
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
@@ -823,7 +813,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vlofs = vlofs * 2
     # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
     if KB:
-        ksel = _k_bytes3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP, BITS)
+        ksel = _k_bytes3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     else:
         ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
@@ -907,12 +897,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
         if KB:
-            s = mma_v2(_decode_kbytes(_k_bytes3(kc, A_OP, BITS), klofs, ksel, KASM, BITS), qk,
+            s = mma_v2(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), qk,
                        gl.zeros([W, BN, NH], gl.float32, MMA))
-        else:  # turbo3: the keys' two codes paired into part operands
-            kd = _decode_operand(kc, kc_hi, klofs, ksel, ASM, BITS, False, A_OP)
+        else:  # turbo3, turbo2: a key's codes paired into part operands
+            kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
             s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
             s = mma_v2(kd[1], q1, s)
+            if P == 4:
+                s = mma_v2(kd[2], q2, s)
+                s = mma_v2(kd[3], q3, s)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
