@@ -42,6 +42,7 @@
 #                                     # merge / last program's tail, start skew; B=1 T=128K/32K, B=8 T=32K/128K)
 #   bash scripts/gpu_batch.sh kbytes  # K in byte order: table-kernel, dispatch, static-graph and finish CUDA tests
 #                                     # (SHARDS processes), then the finishing table kernel vs SDPA (graphs)
+#   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -245,6 +246,20 @@ kbytes)
         --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
         --variants '[{"gluon": true}]' > "$OUT/sweep-kbytes.txt" 2>&1
     grep -E "SDPA|x [0-9]" "$OUT/sweep-kbytes.txt" | tail -30
+    ;;
+ncu-table)
+    # what the default finishing table kernel waits on (B=8 T=32K turbo4 and turbo2, B=1 T=128K turbo4): pipes,
+    # issue, stall reasons as shares of active warp cycles
+    stalls=$(printf 'smsp__warp_issue_stalled_%s_per_warp_active.pct,' long_scoreboard short_scoreboard mio_throttle \
+        lg_throttle math_pipe_throttle wait barrier not_selected selected dispatch_stall no_instruction branch_resolving)
+    for run in "turbo4 8 32768" "turbo2 8 32768" "turbo4 1 131072"; do
+        echo "== $run" >> "$OUT/ncu-table.txt"
+        timeout 150 ncu --clock-control none --kernel-name regex:decode_lut --launch-skip 3 --launch-count 1 \
+            --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
+            --metrics ${stalls}sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__inst_executed.sum \
+            python scripts/profile_decode.py $run '{"gluon": true}' >> "$OUT/ncu-table.txt" 2>&1
+    done
+    grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Memory Throughput" "$OUT/ncu-table.txt" | head -90
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH
