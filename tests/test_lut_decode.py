@@ -93,6 +93,40 @@ def test_key_decoder_in_byte_order_emulated(d):
                     assert [got & 0xFFFF, got >> 16] == [u[c & 15], u[c >> 4]], (lane, pair, r)
 
 
+@pytest.mark.parametrize("d", [64, 128])
+def test_value_pair_keys_emulated(d):
+    """turbo4 V (lut_pipe >= 2): real rows of two tokens (Codec.encode) taken as words, keyed by VKEY_ASM, then read
+    by the K decoder (lut_asm_k) at each byte's selector and several lanes: one register per dim and token pair,
+    (centroid of token 2 t's code, centroid of token 2 t + 1's code), even dims from the first key word, odd dims
+    from the second."""
+    from compactkv.attention.triton.fastasm import fp16_bits, run_asm
+    from compactkv.attention.triton.gluon import lut_words
+    from compactkv.attention.triton.kernels_lut import VKEY_ASM, lut_asm_k
+    from compactkv.core.packing import unpack_bits
+    codec = Codec("turbo4", d)
+    u = fp16_bits(d, 4)
+    table = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), 4).tolist()]
+    rows = codec.encode(torch.randn(6, d, generator=torch.Generator().manual_seed(5)))[:, 2:]  # [6, D/2] bytes
+    base = 1 << 15
+    asm = lut_asm_k(words=True, bits=4)
+    for t0 in range(0, 6, 2):
+        codes = [unpack_bits(rows[t0 + i], 4, d).tolist() for i in range(2)]
+        for wi in range(d // 8):
+            w0, w1 = (int.from_bytes(bytes(rows[t0 + i, 4 * wi:4 * wi + 4].tolist()), "little") for i in range(2))
+            keys = run_asm(VKEY_ASM, {"$2": w0, "$3": w1})
+            for lane in (0, 7, 30):
+                shared = {base + e * 256 + 4 * lane: table[e] for e in range(256)}
+                for part, key in ((0, keys["$0"]), (1, keys["$1"])):
+                    for k0 in (0, 2):  # bytes k0 and k0 + 1 of the key word as elements 0 and 2
+                        regs = {**{f"${2 + i}": key for i in range(4)}, **{f"${6 + i}": 4 * lane for i in range(4)},
+                                **{f"${10 + i}": 0x7604 + 16 * (k0 + i // 2) for i in range(4)}}
+                        out = run_asm(asm, regs, shared, smem_base=base)
+                        for r in range(2):
+                            dim = 2 * (4 * wi + k0 + r) + part
+                            got = out[f"${r}"]
+                            assert [got & 0xFFFF, got >> 16] == [u[codes[0][dim]], u[codes[1][dim]]], (t0, dim, lane)
+
+
 def test_turbo3_table_decoder_emulated():
     """turbo3: the keys of real rows (Codec.encode's 48-byte rows at head_dim 128) taken as the kernel takes them
     (K lane chunk c: words 3 c .. 3 c + 2 and a 0; V lane chunk g: the two words from floor(3 g / 2), shifted down
@@ -200,7 +234,10 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
     extra = 32 + (per_lane if pipe < 2 else 0)
     pairing = (8 // bits) // 2
     assert ops["PRMT"] <= 2 * per_lane + pairing * per_lane * (1 if bits == 4 else 2) + extra
-    assert ops["LOP3"] <= 8 and ops["SHF"] <= 8  # no bit-twiddling decoder
+    # no bit-twiddling decoder; turbo4 V at pipe >= 2 keys its token pairs (VKEY_ASM): per pair of words one
+    # shift and one lop3 for each of the two key words
+    pairs = per_lane // 8 if bits == 4 and pipe >= 2 else 0
+    assert ops["LOP3"] <= 8 + 2 * pairs and ops["SHF"] <= 8 + 2 * pairs  # (ptxas makes some shifts IMAD.SHL)
 
 
 @cuda

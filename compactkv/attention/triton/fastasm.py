@@ -180,6 +180,11 @@ def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None
             v = s[0] & s[1]
         elif op == "or.b32":
             v = s[0] | s[1]
+        elif op == "lop3.b32":  # a, b, c, immLut: bit i of the result = immLut bit (a_i b_i c_i as 3 bits)
+            a, b, c, lut = s
+            v = 0
+            for i in range(32):
+                v |= ((lut >> (4 * ((a >> i) & 1) + 2 * ((b >> i) & 1) + ((c >> i) & 1))) & 1) << i
         elif op == "xor.b32":
             v = s[0] ^ s[1]
         elif op == "shr.u32":

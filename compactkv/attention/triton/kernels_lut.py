@@ -91,6 +91,17 @@ def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
     return "\n".join(lines)
 
 
+# turbo4 V keys of token pairs (`_value_keys`): $2, $3 = the same code word of tokens 2 t and 2 t + 1; byte k of $0
+# = low code of $2's byte k | low code of $3's byte k << 4 (the table entry (c[even dim of 2 t], c[even dim of
+# 2 t + 1]): the V operand's register for that dim and token pair), of $1 the same for the high codes (odd dims)
+# (lop3 0xE4: (a & c) | (b & ~c), bits of a where the mask c is set, of b elsewhere)
+VKEY_ASM = "\n".join([
+    "{", ".reg .b32 t;",
+    "shl.b32 t, $3, 4;", "lop3.b32 $0, $2, t, 0x0F0F0F0F, 0xE4;",
+    "shr.b32 t, $2, 4;", "lop3.b32 $1, t, $3, 0x0F0F0F0F, 0xE4;", "}"])
+_VKEY_ASM = gl.constexpr(VKEY_ASM)  # (the kernels' copy)
+
+
 def _lut3_asm() -> str:
     """turbo3 pack=4 decoder: outputs $0, $1 (part 0 = the even dim's code of elements 0,1 / 2,3), $2, $3 (part 1,
     the odd dim's); inputs per element k: $4+k, $8+k the low and high word of a 64-bit window holding its 6-bit key
@@ -266,6 +277,37 @@ def _k_bytes3(kc, A_OP: gl.constexpr):
     x = gl.reshape(x, [W, BN, NB])
     x = gl.reshape(gl.join(x, x), [W, BN, 2 * NB])  # (s, h, c, e)
     return gl.convert_layout(x, A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _value_keys(vw, LAY: gl.constexpr):
+    """turbo4 V code words [W, BN, NC] (tokens 2 t and 2 t + 1 in one thread) -> the table keys of token pairs
+    (`VKEY_ASM`) of the even and the odd dims, each spread as `_spread` spreads words ([W, BN, 4 NC] in LAY, both
+    tokens of a pair the same key word): `_v_arrange3` and the K decoder (lut_asm_k) then give each V operand
+    register, (c[code of token 2 t], c[code of token 2 t + 1]) for one dim, from one table read."""
+    W: gl.constexpr = vw.shape[0]
+    BN: gl.constexpr = vw.shape[1]
+    NC: gl.constexpr = vw.shape[2]
+    w0, w1 = gl.split(gl.permute(gl.reshape(vw, [W, BN // 2, 2, NC]), [0, 1, 3, 2]))
+    x, y = gl.inline_asm_elementwise(_VKEY_ASM, "=r,=r,r,r", [w0, w1], dtype=(gl.int32, gl.int32), is_pure=True,
+                                     pack=1)
+    x = gl.reshape(gl.permute(gl.join(x, x), [0, 1, 3, 2]), [W, BN, NC])
+    y = gl.reshape(gl.permute(gl.join(y, y), [0, 1, 3, 2]), [W, BN, NC])
+    return _spread(x, LAY), _spread(y, LAY)
+
+
+@gluon.jit
+def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
+    """x [W, M, N] split along dim `axis` (1 or 2) into its two halves, each in layout LAY (a register split)."""
+    W: gl.constexpr = x.shape[0]
+    M: gl.constexpr = x.shape[1]
+    N: gl.constexpr = x.shape[2]
+    if axis == 1:
+        y = gl.permute(gl.reshape(x, [W, 2, M // 2, N]), [0, 2, 3, 1])
+    else:
+        y = gl.permute(gl.reshape(x, [W, M, 2, N // 2]), [0, 1, 3, 2])
+    lo, hi = gl.split(y)
+    return gl.convert_layout(lo, LAY, assert_trivial=True), gl.convert_layout(hi, LAY, assert_trivial=True)
 
 
 @gluon.jit
@@ -675,6 +717,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
     P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
     KB: gl.constexpr = BITS == 4  # K decoded in byte order (KASM, `_k_bytes3`): one operand over the D dims
+    VB: gl.constexpr = BITS == 4 and PIPE >= 2  # V read by token-pair keys (`_value_keys`), through KASM too
     NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
     RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
     WK: gl.constexpr = NB // 4
@@ -752,7 +795,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
     if KB:
-        qk = gl.expand_dims(qk, 0) + zero_w.to(gl.float16)
+        qk_lo, qk_hi = _halves(gl.expand_dims(qk, 0) + zero_w.to(gl.float16), 1, B_OP)
     else:
         q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
         q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
@@ -879,7 +922,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
             else:
                 kc = _spread(kw_n, KLOAD)
-                vc = _spread(vw_n, VLOAD)
+                if VB:
+                    vx, vy = _value_keys(vw_n, VLOAD)
+                else:
+                    vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             if CODEC_ROWS:
@@ -897,15 +943,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
         if KB:
-            s = mma_v2(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), qk,
-                       gl.zeros([W, BN, NH], gl.float32, MMA))
-        else:  # turbo3, turbo2: a key's codes paired into part operands
+            # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
+            k_lo, k_hi = _halves(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), 2, A_OP)
+            s = mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
+                + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
+        else:  # turbo3, turbo2: a key's codes paired into part operands (two accumulations, as above)
             kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
             s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
-            s = mma_v2(kd[1], q1, s)
+            s_b = mma_v2(kd[1], q1, gl.zeros([W, BN, NH], gl.float32, MMA))
             if P == 4:
                 s = mma_v2(kd[2], q2, s)
-                s = mma_v2(kd[3], q3, s)
+                s_b = mma_v2(kd[3], q3, s_b)
+            s = s + s_b
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
@@ -924,10 +973,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         m_i = m_new
         pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-        vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
-        v0, v1 = vd[0], vd[1]
-        if P == 4:
-            v2, v3 = vd[2], vd[3]
+        if VB:
+            v0 = _decode_kbytes(_v_arrange3(vx, A_OP), vlofs, vsel, KASM)
+            v1 = _decode_kbytes(_v_arrange3(vy, A_OP), vlofs, vsel, KASM)
+        else:
+            vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
+            v0, v1 = vd[0], vd[1]
+            if P == 4:
+                v2, v3 = vd[2], vd[3]
         a0 = mma_v2(v0, pv, a0)
         a1 = mma_v2(v1, pv, a1)
         if P == 4:
