@@ -11,6 +11,14 @@ decoders). The table (64 KB, half of each 256-byte row used) is shared by the pr
 runs the one-warp Gluon kernel's loop over a split of its own: every tensor has a leading warp dimension (the
 batched m16n8k16 products keep the warps apart), so no value crosses warps and the loop has no barrier.
 
+turbo4 drops both pairing prmt (session 20). K runs its head_dim dot in byte order (`_k_bytes3`,
+`gluon.lut_key_dims`): a byte's entry (c[dim 2 j], c[dim 2 j + 1]) is one A-operand register as read (one operand
+over all D dims, the query map's columns permuted to match; `lut_asm_k`). V (lut_pipe >= 2) is keyed by token
+pairs (`_value_keys`): one shift and one lop3 turn the same code word of tokens 2 t and 2 t + 1 into 4 keys (low
+code of 2 t | low code of 2 t + 1 << 4) of the even dims and 4 of the odd dims, and the same table read of such a
+key is the V operand's register (c[token 2 t], c[token 2 t + 1]) for one dim. The K product runs as two
+independent mma chains (dims in halves) added, every kind.
+
 Without a prefetch the loop waited on its own loads (ncu: long-scoreboard stalls 29% of warp cycles; session 10),
 so by default (PIPE 3) the code bytes of the next two tiles and their norms are loaded into registers while this
 tile is decoded. They travel as int32 words: a loop-carried uint8 tensor takes a register per byte. The decoder
@@ -706,7 +714,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per group (after the
     programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs, CLOCK_PHASES, W] where
     lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at its start, after the
-    prologue (query, table), after the loop and at its exit, then the global timer at its exit."""
+    prologue (query, table), after the loop and at its exit, then the global timer at its exit. KASM: turbo4's K
+    (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order, through ASM)."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
