@@ -237,8 +237,8 @@ phase-clocks)
         --kinds "${KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks.json" 2>&1 | tail -40
     ;;
 kbytes)
-    # session 20: K decoded in byte order (turbo4 / turbo2; no pairing prmt): the table kernel's and its callers'
-    # CUDA tests in SHARDS (12) processes, then the finishing kernel vs SDPA (graphs) at the issue's shapes
+    # session 20: K decoded in byte order (turbo4; turbo2 too at 8427b23, where this ran): the table kernel's and
+    # its callers' CUDA tests in SHARDS (12) processes, then the finishing kernel vs SDPA (graphs) at the issue's shapes
     python scripts/pytest_shards.py --shards "${SHARDS:-12}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
         -k "not in_interpreter and not compiles_for_sm90" tests/test_lut_decode.py tests/test_triton_dispatch.py \
         tests/test_static_graphs.py tests/test_triton_finish.py

@@ -19,7 +19,8 @@ from .provenance import commit as tree_commit
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
 CHUNK_TOKENS = CacheConfig().chunk_tokens  # the dynamic cache's chunks (its default)
-TABLE_OPTIONS = {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg", "clocks"}  # decode_step options attend_planes takes
+# decode_step options attend_planes takes
+TABLE_OPTIONS = {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg", "clocks"}
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
 
 
