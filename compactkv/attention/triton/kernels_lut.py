@@ -82,9 +82,9 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
 
 @functools.lru_cache(maxsize=4)  # asked at every launch
 def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
-    """turbo4's K decoder in byte order (`_k_bytes3`): a code byte's table entry (c[low code], c[high code]) is the
-    A operand's register as it is read, so no pairing prmt (pack 4: outputs $0, $1 = the entries of elements 0 and
-    2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s, one per element (words: the 4 words, the 4 lane
+    """turbo4's K decoder in byte order (`_k_bytes3`), and V's for token-pair keys (`_value_keys`): a key byte's
+    table entry (c[low code], c[high code]) is the A operand's register as it is read, so no pairing prmt (pack 4:
+    outputs $0, $1 = the entries of elements 0 and 2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s, one per element (words: the 4 words, the 4 lane
     offsets, the 4 selectors; else the 4 code bytes in one register, then the lane offsets). turbo3 and turbo2:
     None, their K stays in part order (turbo2 in byte order, session 20: each 8-byte entry would feed registers k
     and k + 8, which one ld.shared.v2 cannot fill without moves, and two 4-byte reads per byte timed 1-2% slower on
@@ -321,7 +321,8 @@ def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
 @gluon.jit
 def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr):
     """turbo4 K codes in byte order (`_k_bytes3`; uint8, or the int32 words holding them with their prmt selectors
-    sel) -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`)."""
+    sel) -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`). Also reads V's token-pair
+    key words (`_value_keys`, arranged by `_v_arrange3`) into a V part operand [W, NB, BN]."""
     if codes.dtype == gl.int32:
         return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 12, [codes, lofs, sel], dtype=gl.float16,
                                          is_pure=True, pack=4)
