@@ -84,8 +84,9 @@ def lut_asm(words: bool = False, bits: int = 4) -> str:
 def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
     """turbo4's K decoder in byte order (`_k_bytes3`), and V's for token-pair keys (`_value_keys`): a key byte's
     table entry (c[low code], c[high code]) is the A operand's register as it is read, so no pairing prmt (pack 4:
-    outputs $0, $1 = the entries of elements 0 and 2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s, one per element (words: the 4 words, the 4 lane
-    offsets, the 4 selectors; else the 4 code bytes in one register, then the lane offsets). turbo3 and turbo2:
+    outputs $0, $1 = the entries of elements 0 and 2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s,
+    one per element (words: the 4 words, the 4 lane offsets, the 4 selectors; else the 4 code bytes in one
+    register, then the lane offsets). turbo3 and turbo2:
     None, their K stays in part order (turbo2 in byte order, session 20: each 8-byte entry would feed registers k
     and k + 8, which one ld.shared.v2 cannot fill without moves, and two 4-byte reads per byte timed 1-2% slower on
     an H200 than the pairing prmt they replace)."""
