@@ -42,6 +42,7 @@
 #                                     # merge / last program's tail, start skew; B=1 T=128K/32K, B=8 T=32K/128K)
 #   bash scripts/gpu_batch.sh kbytes  # K in byte order: table-kernel, dispatch, static-graph and finish CUDA tests
 #                                     # (SHARDS processes), then the finishing table kernel vs SDPA (graphs)
+#   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
@@ -246,6 +247,22 @@ kbytes)
         --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
         --variants '[{"gluon": true}]' > "$OUT/sweep-kbytes.txt" 2>&1
     grep -E "SDPA|x [0-9]" "$OUT/sweep-kbytes.txt" | tail -30
+    ;;
+occupancy)
+    # session 21: more warps per scheduler (4-warp programs at 168 registers: three per SM) vs the default
+    # (one 8-warp program at 255) and one tile ahead at 168; each kind's builds compiled first in parallel (small
+    # shape, output dropped), then timed one at a time (graphs) next to SDPA
+    V=${VARIANTS:-'[{"gluon": true}, {"gluon": true, "lut_pipe": 2, "lut_maxnreg": 168}, {"gluon": true, "lut_warps": 4, "lut_pipe": 2, "lut_maxnreg": 168}, {"gluon": true, "lut_warps": 4, "lut_pipe": 2, "lut_maxnreg": 128}]'}
+    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
+        timeout 200 python scripts/decode_sweep.py --shapes 1x8192,8x8192 --kinds "$k" --variants "$V" \
+            > "$OUT/warm-$k.txt" 2>&1 &
+    done
+    wait
+    grep -h FAILED "$OUT"/warm-*.txt
+    timeout "${SWEEP_TIMEOUT:-330}" python scripts/decode_sweep.py --json "$OUT/sweep-occupancy.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants "$V" > "$OUT/sweep-occupancy.txt" 2>&1
+    grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-occupancy.txt" | tail -60
     ;;
 ncu-table)
     # what the default finishing table kernel waits on (B=8 T=32K turbo4 and turbo2, B=1 T=128K turbo4): pipes,
