@@ -43,6 +43,7 @@
 #   bash scripts/gpu_batch.sh kbytes  # K in byte order: table-kernel, dispatch, static-graph and finish CUDA tests
 #                                     # (SHARDS processes), then the finishing table kernel vs SDPA (graphs)
 #   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
+#   bash scripts/gpu_batch.sh stream  # the table kernel's bytes read by a load-only kernel (its pattern) vs the kernel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
@@ -263,6 +264,15 @@ occupancy)
         --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
         --variants "$V" > "$OUT/sweep-occupancy.txt" 2>&1
     grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-occupancy.txt" | tail -60
+    ;;
+stream)
+    # session 21: the table kernel's bytes read by a load-only kernel in its pattern (scripts/stream_bench.py),
+    # next to the table kernel's step and SDPA; then the node ids in IDS (if set)
+    timeout "${SWEEP_TIMEOUT:-300}" python scripts/stream_bench.py --json "$OUT/stream.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072}" --kinds "${KINDS:-turbo4,turbo2}" > "$OUT/stream.txt" 2>&1
+    tail -45 "$OUT/stream.txt"
+    [ -n "${IDS:-}" ] && python scripts/pytest_shards.py --shards "${SHARDS:-3}" --timeout "${TEST_TIMEOUT:-240}" \
+        --out "$OUT" --ids "$IDS" && summarize
     ;;
 ncu-table)
     # what the default finishing table kernel waits on (B=8 T=32K turbo4 and turbo2, B=1 T=128K turbo4): pipes,
