@@ -131,7 +131,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
-    from compactkv.attention.triton.gluon import lut_config_error, lut_query_rows
+    from compactkv.attention.triton.gluon import lut_config_error, lut_query_rows, lut_stage_layouts
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
         raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
     bits = int(kind[-1])
@@ -150,11 +150,13 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
-    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
+    keys = d // 4 if bits == 2 else d // 2
+    kload, vload, kword, vword = lut_layouts(warps, block_n, keys, words=True)
+    kstage, vstage = lut_stage_layouts(pipe, kword, vword)
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
-                 KMEAN=sinks)
+                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 
@@ -271,7 +273,7 @@ def main(argv=None) -> int:
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
                     help="the shared-memory table kernel (turbo4, turbo3 or turbo2; --warps splits per program, default 4)")
-    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3), default=0,
+    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead)")
     ap.add_argument("--qmap", action="store_true",

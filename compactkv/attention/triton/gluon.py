@@ -270,9 +270,11 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1; fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
+    `pipe` 1 (`pipe` 4: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
     table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
+    if pipe == 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
+        return 3 * LUT_TABLE_BYTES + 4 * fused
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
@@ -308,9 +310,11 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     `launch_gluon`'s lut_warps / lut_pipe / lut_maxnreg take; scripts/sass_decode.py asks the same)."""
     if warps not in (4, 8, 16):
         return f"lut_warps {warps}: takes 4, 8 or 16"
-    if pipe not in (0, 1, 2, 3):
+    if pipe not in (0, 1, 2, 3, 4):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
-                "ahead) or 3 (two tiles ahead)")
+                "ahead), 3 (two tiles ahead) or 4 (cp.async stages, several tiles ahead)")
+    if pipe == 4 and bits == 3:
+        return "lut_pipe=4 (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
     if pipe < 2 and bits == 3:
         return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
     if pipe == 1 and bits != 4:
@@ -320,10 +324,20 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     if lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits) < 1:
         return f"lut_maxnreg {maxnreg} with {warps} warps: a program needs more than a multiprocessor's 65536 registers"
     rows = lut_smem(warps, head_dim, pipe, block_n, bits) // 256
-    if rows & (rows - 1):
+    if pipe == 1 and rows & (rows - 1):
         return (f"lut_pipe=1 with {warps} warps at head_dim {head_dim}: the table and its stages must make a "
                 "power-of-two number of 256-byte rows (16 warps at head_dim 128)")
     return None
+
+
+def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
+    """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
+    keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2), else
+    (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
+    if pipe != 4:
+        return None, None
+    from .kernels_lut import lut_stage_layout
+    return lut_stage_layout(kword), lut_stage_layout(vword)
 
 
 def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
@@ -415,7 +429,11 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
-    kload, vload, kword, vword = lut_layouts(warps, block_n, d // 4 if bits == 2 else d // 2, words=True)
+    nb = d // 4 if bits == 2 else d // 2
+    kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
+    if pipe == 4 and row_source is not None:
+        raise ValueError("lut_pipe=4 reads code planes; codec rows take lut_pipe 2 or 3")
+    kstage, vstage = lut_stage_layouts(pipe, kword, vword)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
         k_tab, v_tab, shift = row_source
         k_codes = k_norms = k_tab
@@ -436,8 +454,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload,
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
-        CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, num_warps=warps,
-        maxnreg=maxnreg)
+        CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
+        VSTAGE=vstage, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)

@@ -242,6 +242,16 @@ def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.cons
 
 
 @gluon.jit
+def _copy_words(kst, vst, kwb, vwb, ktok, vtok, khi, vhi, kc3, vc3, NC: gl.constexpr):
+    """cp.async of a tile's K and V code words (tokens ktok / vtok [W, BN, 1] and word columns kc3 / vc3 in the
+    word layouts, NC words per row) into one stage each (`lut_stage_layout`), one commit group; tokens at or past
+    each warp's end (khi / vhi) are not read (their words 0)."""
+    async_copy.async_copy_global_to_shared(kst, kwb + ktok * NC + kc3, mask=ktok < khi)
+    async_copy.async_copy_global_to_shared(vst, vwb + vtok * NC + vc3, mask=vtok < vhi)
+    async_copy.commit_group()
+
+
+@gluon.jit
 def _coords3(LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
     """Warp [W, 1, 1], token [1, BN, 1] and column [1, 1, NC] coordinates of a [W, BN, NC] tensor in layout LAY."""
     w3 = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LAY))), 1), 2)
@@ -693,13 +703,17 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
-                      CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False):
+                      CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
     this tile is computed; 2 = the next tile's code bytes (int32 words in layouts KWORD / VWORD, `lut_layouts`)
     and norms loaded into registers during this one; 3 = as 2, two tiles ahead; 0 = loaded from global memory at
-    the tile's start. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
+    the tile's start; 4 = the code words of the next S - 1 tiles copied (cp.async) into S shared stages per
+    operand behind the table (KSTAGE / VSTAGE: `lut_stage_layout`, each lane's words at its own offsets, so the
+    lane that copies a word is the one that reads it and no barrier is needed), the norms two tiles ahead in
+    registers. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
@@ -753,7 +767,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-        lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], SM2)
+        if PIPE == 4:  # the table, then 64 KB of K stages, then 64 KB of V stages
+            stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], SM2)
+            lut = stages.index(0)
+        else:
+            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], SM2)
         QROWS: gl.constexpr = NH * D * 4 // 256
 
     pid = gl.program_id(0)
@@ -903,10 +921,22 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if CODEC_ROWS:
             kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
                                                 vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
-        else:
+        elif PIPE < 4:
             kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
                                                 vwc3, lo_r + tr, hi_r, RB // 4)
-        if PIPE == 3:  # and the tile after it
+        if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
+            NC: gl.constexpr = NB // 4
+            S: gl.constexpr = 65536 // (W * BN * NC * 4)
+            ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
+            vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
+            for j in gl.static_range(S - 1):
+                _copy_words(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi,
+                            vwhi, kwc3, vwc3, RB // 4)
+            kn_n = gl.load(knb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
+            vn_n = gl.load(vnb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
+            kn_m = gl.load(knb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
+            vn_m = gl.load(vnb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
+        elif PIPE == 3:  # and the tile after it
             if CODEC_ROWS:
                 kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
                                                     vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
@@ -928,6 +958,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             vc = vst.load(VLOAD)
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
         elif PIPE >= 2:  # this tile's words were loaded earlier; load the tile PIPE - 1 ahead now
+            if PIPE == 4:  # tile i's copies are done (S - 2 later ones may be in flight); the lane reads its own
+                async_copy.wait_group(S - 2)
+                kw_n = ks.index(i % S).load(KWORD)
+                vw_n = vs.index(i % S).load(VWORD)
+                # tile i + S - 1 into the stage tile i - 1 left (this lane read it last iteration)
+                _copy_words(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
+                            kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3,
+                            RB // 4)
             if BITS == 3:
                 kc, kc_hi = _keys3_k(kw_n, KLOAD)
                 vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
@@ -939,7 +977,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                     vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
-            if CODEC_ROWS:
+            if PIPE == 4:  # the norms two tiles ahead
+                kn_n, vn_n = kn_m, vn_m
+                kn_m = gl.load(knb + tok + 2 * BN, mask=tok + 2 * BN < hi_r, other=0.0).to(gl.float32)
+                vn_m = gl.load(vnb + tok + 2 * BN, mask=tok + 2 * BN < hi_r, other=0.0).to(gl.float32)
+            elif CODEC_ROWS:
                 nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
                                  kwhi, vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
             else:
@@ -948,7 +990,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             if PIPE == 3:
                 kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
                 kw_m, vw_m, kn_m, vn_m = nxt
-            else:
+            elif PIPE == 2:
                 kw_n, vw_n, kn_n, vn_n = nxt
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
@@ -1057,3 +1099,17 @@ def lut_layouts(w: int, bn: int, nb: int, words: bool = False) -> tuple[gl.Distr
                                           lane_bases=[div(x) for x in lay.lane_bases], warp_bases=lay.warp_bases,
                                           block_bases=[], shape=[w, bn, nb // 4])
     return k3, v3, word(k3), word(v3)
+
+
+def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
+    """Shared layout of one stage [W, BN, NC] of a word tile in register layout `word` (`lut_layouts`) whose
+    offsets follow the threads' registers: a lane's consecutive words (its vector) first, then the lanes, its
+    other registers, the warps (a [S, W, BN, NC] buffer of stages takes it for its trailing dims). A warp's copy or
+    read of one vector per lane is one contiguous run (no bank conflict), and each word is copied in and read back
+    by the same lane (no barrier between)."""
+    regs = [list(x) for x in word.reg_bases]
+    vec = 0
+    while vec < len(regs) and regs[vec] == [0, 0, 1 << vec]:
+        vec += 1
+    bases = regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases]
+    return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
