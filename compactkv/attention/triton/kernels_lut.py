@@ -777,62 +777,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    # the first tiles' loads go out before the prologue (query map, table fill), which hides their latency
-    # (the per-warp split ranges and bases in the layouts that use them)
-    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
-    hi_r = gl.minimum(lo_r + split, L)
-    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
-    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
-    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
-    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
-    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
-    if PIPE >= 2:
-        # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
-        # each (a uint8 tensor would take a register per byte)
-        kwb = kbase.to(gl.pointer_type(gl.int32))
-        vwb = vbase.to(gl.pointer_type(gl.int32))
-        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
-        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
-        kwlo = (pid * W + kwlo) * split
-        vwlo = (pid * W + vwlo) * split
-        kwhi = gl.minimum(kwlo + split, L)
-        vwhi = gl.minimum(vwlo + split, L)
-        if BITS == 3:
-            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
-            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
-            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
-            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
-            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
-            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
-            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
-        if CODEC_ROWS:
-            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
-                                                vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
-        elif PIPE < 4:
-            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
-                                                vwc3, lo_r + tr, hi_r, RB // 4)
-        if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
-            NC: gl.constexpr = NB // 4
-            S: gl.constexpr = 65536 // (W * BN * NC * 4)
-            ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
-            vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
-            for j in gl.static_range(S - 1):
-                _copy_words(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi,
-                            vwhi, kwc3, vwc3, RB // 4)
-            kn_n = gl.load(knb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
-            vn_n = gl.load(vnb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
-            kn_m = gl.load(knb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
-            vn_m = gl.load(vnb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
-        elif PIPE == 3:  # and the tile after it
-            if CODEC_ROWS:
-                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
-                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
-                                                    RB + 2, BITS)
-            else:
-                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
-                                                    vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
-
     if SINKS:  # the group's last program (the least loaded: the splits' remainder, empty at short contexts)
         if pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
@@ -905,6 +849,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
+    # per-warp split ranges, in the layouts that use them
+    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
+    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
@@ -914,6 +863,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
+    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
+    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
+    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
     # load coordinates [W, BN, NB] of the K and V code bytes (KLOAD / VLOAD: gluon_layouts with a warp dimension)
     kw3, kc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, KLOAD))),
                         gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, KLOAD))))
@@ -945,6 +898,52 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
+
+    if PIPE >= 2:
+        # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
+        # each (a uint8 tensor would take a register per byte)
+        kwb = kbase.to(gl.pointer_type(gl.int32))
+        vwb = vbase.to(gl.pointer_type(gl.int32))
+        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
+        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
+        if BITS == 3:
+            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
+            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
+            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
+            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
+            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
+            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
+            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
+        if CODEC_ROWS:
+            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
+                                                vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+        elif PIPE < 4:
+            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
+                                                vwc3, lo_r + tr, hi_r, RB // 4)
+        if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
+            NC: gl.constexpr = NB // 4
+            S: gl.constexpr = 65536 // (W * BN * NC * 4)
+            ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
+            vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
+            for j in gl.static_range(S - 1):
+                _copy_words(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi,
+                            vwhi, kwc3, vwc3, RB // 4)
+            kn_n = gl.load(knb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
+            vn_n = gl.load(vnb + lo_r + tr, mask=lo_r + tr < hi_r, other=0.0).to(gl.float32)
+            kn_m = gl.load(knb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
+            vn_m = gl.load(vnb + lo_r + BN + tr, mask=lo_r + BN + tr < hi_r, other=0.0).to(gl.float32)
+        elif PIPE == 3:  # and the tile after it
+            if CODEC_ROWS:
+                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
+                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
+                                                    RB + 2, BITS)
+            else:
+                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
+                                                    vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
     for i in range(n_iter):
         t = i * BN
