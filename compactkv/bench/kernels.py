@@ -21,6 +21,7 @@ HQ, HKV, HEAD_DIM = 32, 8, 128
 CHUNK_TOKENS = CacheConfig().chunk_tokens  # the dynamic cache's chunks (its default)
 # decode_step options attend_planes takes
 TABLE_OPTIONS = {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg", "clocks"}
+FUSED_OPTIONS = TABLE_OPTIONS | {"lut_block_n"}  # attend_planes' (the row reader tiles by 32 tokens)
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
 
 
@@ -140,7 +141,7 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         rk = rv = None
         from ..attention.triton.gluon import attend_planes, fused_unsupported
         fused = fused and fused_unsupported(pk, pv, HQ // HKV, adj) is None and kernel.get("lut", True) \
-            and set(kernel) <= TABLE_OPTIONS | {"lut"}
+            and set(kernel) <= FUSED_OPTIONS | {"lut"}
         fused_kw = {k: v for k, v in kernel.items() if k != "lut"}
         counters = torch.zeros(b * HKV, dtype=torch.int32, device=device)
     else:  # the dynamic cache's layout: chunks of CHUNK_TOKENS rows

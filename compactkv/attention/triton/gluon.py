@@ -310,6 +310,8 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     `launch_gluon`'s lut_warps / lut_pipe / lut_maxnreg take; scripts/sass_decode.py asks the same)."""
     if warps not in (4, 8, 16):
         return f"lut_warps {warps}: takes 4, 8 or 16"
+    if block_n not in (16, 32, 64):
+        return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
     if pipe not in (0, 1, 2, 3, 4):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
                 "ahead), 3 (two tiles ahead) or 4 (cp.async stages, several tiles ahead)")
@@ -483,7 +485,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
-                  clocks: torch.Tensor | None = None) -> torch.Tensor:
+                  clocks: torch.Tensor | None = None, lut_block_n: int = GLUON_BLOCK_N) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -496,7 +498,9 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     the mean subtracted from the compressed keys (their scores get q·mean back); both need qscale (softmax scale *
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
-    with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call)."""
+    with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_block_n:
+    tokens per tile of a warp (32, or 64 with lut_pipe <= 2: fewer instructions per token, as many bytes in
+    flight as two 32-token tiles)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -522,7 +526,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
         raise ValueError(f"out must be a contiguous fp16/bf16/fp32 [{b}, 1, {h * g}, {d}] tensor on {q.device}, "
                          f"got {out.dtype} {list(out.shape)}")
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
-                       num_splits=num_splits, block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe,
+                       num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
                        clocks=clocks)
 
