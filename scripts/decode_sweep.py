@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         q = torch.randn(b, HQ, 1, d, device=dev, dtype=torch.float16)
         k = torch.randn(b, HKV, t, d, device=dev, dtype=torch.float16)
         v = torch.randn_like(k)
+        torch.cuda.synchronize()  # do_bench_cudagraph runs on a side stream that does not wait for randn
         sdpa = tt.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), rep=100,
                                      return_mode="median") * 1e3
         del k, v

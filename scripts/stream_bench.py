@@ -110,6 +110,7 @@ def sdpa_us(b: int, t: int, dev) -> float:
     q = torch.randn(b, HQ, 1, HEAD_DIM, device=dev, dtype=torch.float16)
     k = torch.randn(b, HKV, t, HEAD_DIM, device=dev, dtype=torch.float16)
     v = torch.randn_like(k)
+    torch.cuda.synchronize()  # do_bench_cudagraph runs on a side stream that does not wait for randn
     return tt.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), rep=100,
                                  return_mode="median") * 1e3
 
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
         print(f"B={b} T={t}: SDPA fp16 {sdpa:.1f} us", flush=True)
         for kind in args.kinds.split(","):
             step, nbytes = decode_step(kind, b, t, dev, gluon=True)
+            step()  # on this stream first: do_bench_cudagraph's side stream does not wait for the setup's kernels
+            torch.cuda.synchronize()
             us = tt.do_bench_cudagraph(step, rep=100, return_mode="median") * 1e3
             del step
             r = {"batch": b, "context": t, "kind": kind, "what": "table kernel step", "us": us, "bytes": nbytes,
