@@ -359,6 +359,17 @@ def test_fused_table_kernel_vs_float64(kind, g):
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_fused_table_kernel_head_dim_64_vs_float64(g):
+    """turbo4 at head_dim 64 through the default finishing build (64-token tiles since session 21): ragged rows,
+    rows shorter than a tile, empty programs."""
+    from test_gluon_decode import TOL
+    assert _check_fused("turbo4", g, [777, 130, 3, 64], d=64) < TOL
+    assert _check_fused("turbo4", g, [5000, 2], num_splits=128, d=64) < TOL
+
+
+@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("qdtype,out_dtype,tol", [(torch.float16, torch.float16, 4e-3), (torch.bfloat16,
                                                   torch.bfloat16, 6e-3), (torch.float32, torch.float32, 3e-3)])
 def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
@@ -367,18 +378,20 @@ def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("warps,pipe,maxnreg", [(4, 3, 200), (8, 3, 232), (8, 2, 168), (8, 0, 128)])
-def test_fused_table_kernel_configurations(warps, pipe, maxnreg):
+@pytest.mark.parametrize("warps,pipe,maxnreg,bn", [(4, 3, 200, 32), (8, 3, 232, 32), (8, 2, 168, 32), (8, 0, 128, 32),
+                                                  (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16)])
+def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     from test_gluon_decode import TOL
-    kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg)
+    kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, lut_block_n=bn)
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
-    """The default finishing build (8 warps, pipe 3, LUT_FUSED_MAXNREG) with the sinks and key mean merged: no
-    spill traffic in the loop (turbo4 since session 20: one register stored before it and loaded after it, 8
-    bytes of stack), and no more shared memory than without them (the sinks' sums stay in a warp), the table at its
+    """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,
+    turbo3 / turbo2 32-token tiles two ahead; LUT_FUSED_MAXNREG) with the sinks and key mean merged: no spill
+    traffic in the loop (turbo4 since session 20: one register stored before it and loaded after it, 8 bytes of
+    stack), and no more shared memory than without them (the sinks' sums stay in a warp), the table at its
     start."""
     import sys
     from pathlib import Path
@@ -386,11 +399,12 @@ def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     sass_decode = pytest.importorskip("sass_decode")
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_smem
-    s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG,
-                            qmap=True, fused=True, sinks=True)
+    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_WARPS, lut_fused_build, lut_smem
+    pipe, bn = lut_fused_build(int(kind[-1]))
+    s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=pipe, maxnreg=LUT_FUSED_MAXNREG,
+                            qmap=True, fused=True, sinks=True, block_n=bn)
     assert s["ops"]["LDL"] + s["ops"]["STL"] == 0 and s["spills"] <= (8 if kind == "turbo4" else 0)
-    assert s["shared"] == lut_smem(LUT_WARPS, 128, LUT_PIPE, fused=True) == 256 * 256 + 4
+    assert s["shared"] == lut_smem(LUT_WARPS, 128, pipe, fused=True) == 256 * 256 + 4
     assert "[global_smem+65536]" in s["ptx"]
 
 
@@ -438,21 +452,27 @@ def test_phase_clock_summary_on_made_up_stamps():
 
 def test_stamped_table_kernel_compiles_for_sm90():
     """The finishing build with phase stamps (clocks): four SM clock reads and two global-timer reads, no spills,
-    and the loop as long as the default build's within a few instructions (scripts/sass_decode.py)."""
+    and the loop as long as the default build's within a few instructions (scripts/sass_decode.py); turbo4's
+    64-token tiles (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     sass_decode = pytest.importorskip("sass_decode")
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS
-    k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG, qmap=True,
-                                fused=True, clocks=True)
+    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build
+    pipe, bn = lut_fused_build(4)
+    assert (pipe, bn) == (2, 64)
+    k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=pipe, maxnreg=LUT_FUSED_MAXNREG, qmap=True,
+                                fused=True, clocks=True, block_n=bn)
     text, _, stack = sass_decode.sass(k)
     assert stack == 0
     assert text.count("SR_CLOCKLO") == 4 and text.count("SR_GLOBALTIMERLO") == 2
     loop = sass_decode.main_loop(*sass_decode.instrs(text))
-    assert len(loop) <= 680, len(loop)  # default build: 665, stamped 664 (docs/kernels.md, session 20)
+    assert len(loop) <= 1170, len(loop)  # per 64 tokens: default 1147, stamped 1147 (docs/kernels.md, session 21)
+    s32 = sass_decode.summary("turbo4", lut=True, d=128, warps=LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG,
+                              qmap=True, fused=True)  # 32-token tiles two ahead: 665 (session 20)
+    assert len(loop) / 64 < 0.9 * s32["loop"] / 32, (len(loop), s32["loop"])
 
 
 @cuda

@@ -33,6 +33,10 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
+LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not (LUT_PIPE,
+# GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
+# A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
+# 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -470,6 +474,15 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 
+def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None) -> tuple[int, int]:
+    """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
+    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles one ahead), else (LUT_PIPE, GLUON_BLOCK_N)."""
+    dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
+    if pipe is None and block_n is None:
+        return dp, dn
+    return (LUT_PIPE if pipe is None else pipe), (GLUON_BLOCK_N if block_n is None else block_n)
+
+
 def fused_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, adj: torch.Tensor | None) -> str | None:
     """Why `attend_planes` cannot finish this one-token step in the table kernel, or None."""
     if not lut_default(k_kind, v_kind):
@@ -482,10 +495,11 @@ def fused_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, adj: to
 def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor,
                   v_codes: torch.Tensor, v_norms: torch.Tensor, lengths: torch.Tensor, k_kind: PackedKind,
                   v_kind: PackedKind, *, max_len: int, counters: torch.Tensor, out_dtype: torch.dtype | None = None,
-                  out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE,
+                  out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS,
+                  lut_pipe: int | None = None,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
-                  clocks: torch.Tensor | None = None, lut_block_n: int = GLUON_BLOCK_N) -> torch.Tensor:
+                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -498,13 +512,13 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     the mean subtracted from the compressed keys (their scores get q·mean back); both need qscale (softmax scale *
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
-    with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_block_n:
-    tokens per tile of a warp (32, or 64 with lut_pipe <= 2: fewer instructions per token, as many bytes in
-    flight as two 32-token tiles)."""
+    with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
+    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
+    lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
     # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
     # table's 64 KB
