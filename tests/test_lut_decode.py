@@ -359,17 +359,6 @@ def test_fused_table_kernel_vs_float64(kind, g):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("g", [1, 4, 8])
-def test_fused_table_kernel_head_dim_64_vs_float64(g):
-    """turbo4 at head_dim 64 through the default finishing build (64-token tiles since session 21): ragged rows,
-    rows shorter than a tile, empty programs."""
-    from test_gluon_decode import TOL
-    assert _check_fused("turbo4", g, [777, 130, 3, 64], d=64) < TOL
-    assert _check_fused("turbo4", g, [5000, 2], num_splits=128, d=64) < TOL
-
-
-@cuda
-@pytest.mark.cuda
 @pytest.mark.parametrize("qdtype,out_dtype,tol", [(torch.float16, torch.float16, 4e-3), (torch.bfloat16,
                                                   torch.bfloat16, 6e-3), (torch.float32, torch.float32, 3e-3)])
 def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
