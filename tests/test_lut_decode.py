@@ -250,7 +250,8 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
                                                      (128, 8, 0, 80, 32), (128, 8, 2, 128, 16), (64, 16, 2, 128, 16),
                                                      (128, 8, 2, 168, 32), (64, 8, 2, 168, 32), (128, 8, 3, 200, 32),
                                                      (64, 8, 3, 200, 32), (128, 4, 3, 200, 32), (128, 8, 2, 255, 64),
-                                                     (128, 8, 3, 232, 32), (64, 8, 3, 232, 32)])
+                                                     (128, 8, 3, 232, 32), (64, 8, 3, 232, 32), (128, 8, 4, 255, 32),
+                                                     (64, 4, 4, 200, 32)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
     _check_table("turbo4", d, warps, pipe, maxnreg, bn, g)
@@ -269,7 +270,8 @@ def _check_table(kind, d, warps, pipe, maxnreg, bn, g):
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind,warps,pipe,maxnreg", [
     ("turbo2", 8, 3, 232), ("turbo2", 4, 3, 200), ("turbo2", 8, 2, 168), ("turbo2", 8, 0, 128), ("turbo2", 16, 0, 128),
-    ("turbo3", 8, 3, 232), ("turbo3", 4, 3, 200), ("turbo3", 8, 2, 168), ("turbo3", 8, 2, 128), ("turbo3", 16, 2, 128)])
+    ("turbo3", 8, 3, 232), ("turbo3", 4, 3, 200), ("turbo3", 8, 2, 168), ("turbo3", 8, 2, 128), ("turbo3", 16, 2, 128),
+    ("turbo2", 8, 4, 255)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_turbo2_turbo3_table_kernel_vs_float64(kind, warps, pipe, maxnreg, g):
     """turbo2 (8-byte table entries, 4 parts per byte) and turbo3 (6-bit keys of two codes, 48-byte rows read as
