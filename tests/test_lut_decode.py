@@ -638,6 +638,28 @@ def test_lut_query_map_column_order():
     assert lut_query_rows(1, 64, 16) == 8 and lut_query_rows(1, 128, 16) == 4
 
 
+@pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])
+def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
+    """lut_pipe 4 (session 21): the table and 64 KB each of K and V word stages in one 192 KB allocation (the
+    table at its start), the words copied with 16-byte (K) and 8-byte (V) cp.async and read back with
+    ld.shared.v4 / v2 (`lut_stage_layout`: each lane's words contiguous), no spill traffic in the loop. The
+    compiler's barrier analysis puts at most 3 CTA barriers per tile (H200: slower than the register prefetch,
+    docs/kernels.md session 21)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import lut_smem
+    s = sass_decode.summary(kind, lut=True, d=128, warps=8, pipe=4, maxnreg=255, qmap=True, fused=fused)
+    assert s["shared"] == lut_smem(8, 128, 4, bits=int(kind[-1]), fused=fused) == 3 * 65536 + 4 * fused
+    ops = s["ops"]
+    assert ops["LDGSTS"] > 0 and ops["LDL"] + ops["STL"] == 0 and ops["BAR"] <= 3
+    if kind == "turbo4":  # (turbo2's 32-byte rows give each lane 8-byte vectors)
+        assert "LDGSTS.E.BYPASS.128" in s["sass"] and "LDS.128" in s["sass"]
+
+
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])
 def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
     """sm_90 build of the turbo3 table kernel: no spill traffic, the 8 KB table is the only shared buffer, one
