@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         ap.error(f"--reps {args.reps}: at least 1")
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_clock_shape,
+    from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_WARPS, lut_clock_shape, lut_fused_build,
                                                   lut_splits)
     from compactkv.bench.kernels import HKV, commit, decode_step
     dev = torch.device("cuda")
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     for b, t in shapes:
         for kind in kinds:
             bits = int(kind[-1])
-            ns = lut_splits(b * HKV, t, LUT_WARPS, dev, 128, LUT_PIPE, LUT_FUSED_MAXNREG, bits)
+            ns = lut_splits(b * HKV, t, LUT_WARPS, dev, 128, lut_fused_build(bits)[0], LUT_FUSED_MAXNREG, bits)
             ns = -(-ns // LUT_WARPS) * LUT_WARPS
             clk = torch.zeros(lut_clock_shape(b, HKV, ns, LUT_WARPS), dtype=torch.int64, device=dev)
             torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared
