@@ -658,6 +658,9 @@ def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
     assert ops["LDGSTS"] > 0 and ops["LDL"] + ops["STL"] == 0 and ops["BAR"] <= 3
     if kind == "turbo4":  # (turbo2's 32-byte rows give each lane 8-byte vectors)
         assert "LDGSTS.E.BYPASS.128" in s["sass"] and "LDS.128" in s["sass"]
+    from compactkv.attention.triton.gluon import lut_config_error
+    assert lut_config_error(4, 128, 16, 4, 255, 64) is not None  # one stage would fit: no double buffer
+    assert lut_config_error(4, 128, 8, 4, 255, 64) is None and lut_config_error(3, 128, 8, 4, 255) is not None
 
 
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])

@@ -274,8 +274,9 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1 (`pipe` 4: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for every kind (the merge's staging reuses the
-    table's rows) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
+    `pipe` 1 (`pipe` 4: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
+    every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
+    group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
     if pipe == 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
@@ -321,6 +322,9 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
                 "ahead), 3 (two tiles ahead) or 4 (cp.async stages, several tiles ahead)")
     if pipe == 4 and bits == 3:
         return "lut_pipe=4 (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
+    if pipe == 4 and 2 * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
+        return (f"lut_pipe=4 with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
+                "two stages of a tile's codes per operand")
     if pipe < 2 and bits == 3:
         return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
     if pipe == 1 and bits != 4:
