@@ -275,7 +275,7 @@ def main(argv=None) -> int:
                     help="the shared-memory table kernel (turbo4, turbo3 or turbo2; --warps splits per program, default 4)")
     ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
-                         "two tiles ahead)")
+                         "two tiles ahead), or the next tiles' words through cp.async stages (4)")
     ap.add_argument("--qmap", action="store_true",
                     help="with --lut: the query map in the kernel's prologue (bf16 query rows and the fp32 map)")
     ap.add_argument("--fused", action="store_true",

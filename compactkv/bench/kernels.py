@@ -143,6 +143,8 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
         fused = fused and fused_unsupported(pk, pv, HQ // HKV, adj) is None and kernel.get("lut", True) \
             and set(kernel) <= FUSED_OPTIONS | {"lut"}
         fused_kw = {k: v for k, v in kernel.items() if k != "lut"}
+        if not fused and "lut_block_n" in kernel:  # launch_gluon names the table kernel's tile block_n
+            kernel["block_n"] = kernel.pop("lut_block_n")
         counters = torch.zeros(b * HKV, dtype=torch.int32, device=device)
     else:  # the dynamic cache's layout: chunks of CHUNK_TOKENS rows
         ck = [rk[:, :, i:i + CHUNK_TOKENS].contiguous() for i in range(0, t, CHUNK_TOKENS)]
