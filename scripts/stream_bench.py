@@ -146,11 +146,11 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"  {kind:7s} {'table kernel step':34s} {us:8.1f} us {r['gbps']:6.0f} GB/s  x{sdpa / us:4.2f}",
                   flush=True)
+            base = lut_splits(b * HKV, t, 8, dev, 128, bits=4) // 8  # the table kernel's programs per (b, h)
             for pattern in ("split", "block"):
                 for bn in (int(s) for s in args.bn.split(",")):
                     for mult in (1, 2):
                         try:
-                            base = lut_splits(b * HKV, t, 8, dev, 128, bits=4) // 8
                             st, nb, progs = stream_step(kind, b, t, bn, args.warps, pattern == "split", dev,
                                                         programs=base * mult)
                             got = st().reshape(b * HKV, progs)

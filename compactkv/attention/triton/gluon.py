@@ -441,8 +441,6 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
     nb = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
-    if pipe == 4 and row_source is not None:
-        raise ValueError("lut_pipe=4 reads code planes; codec rows take lut_pipe 2 or 3")
     kstage, vstage = lut_stage_layouts(pipe, kword, vword)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
         k_tab, v_tab, shift = row_source
