@@ -120,19 +120,33 @@ def main(argv=None) -> int:
     from compactkv.attention.triton.gluon import lut_splits
     from compactkv.bench.kernels import HKV, commit, copy_bandwidth, decode_step
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="8x32768,8x131072,1x131072")
-    ap.add_argument("--kinds", default="turbo4")
-    ap.add_argument("--bn", default="32,64,128", help="tokens per warp per iteration, comma-separated")
-    ap.add_argument("--warps", type=int, default=8)
+    ap.add_argument("--shapes", default="8x32768,8x131072,1x131072", help="BxT pairs, comma-separated")
+    ap.add_argument("--kinds", default="turbo4", help=f"comma-separated, of {', '.join(ROW_BYTES)}")
+    ap.add_argument("--bn", default="32,64,128", help="tokens per warp per iteration, comma-separated powers of two")
+    ap.add_argument("--warps", type=int, default=8, choices=(1, 2, 4, 8, 16))
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    try:
+        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+        bns = [int(x) for x in args.bn.split(",")]
+    except ValueError:
+        ap.error(f"--shapes takes BxT pairs (e.g. 8x32768,1x131072) and --bn integers, got {args.shapes!r} / "
+                 f"{args.bn!r}")
+    if any(len(x) != 2 or min(x) < 1 for x in shapes):
+        ap.error(f"--shapes takes positive BxT pairs, got {args.shapes!r}")
+    if any(n < 1 or n & (n - 1) for n in bns):
+        ap.error(f"--bn takes powers of two, got {args.bn!r}")
+    bad = [k for k in args.kinds.split(",") if k not in ROW_BYTES]
+    if bad:
+        ap.error(f"--kinds {','.join(bad)}: the load-only kernel reads {', '.join(ROW_BYTES)} planes")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
     copy_gbps = copy_bandwidth(dev)
     print(f"{card}: copy {copy_gbps:.0f} GB/s (read + write, bench.kernels.copy_bandwidth)", flush=True)
     rows = []
-    for shape in args.shapes.split(","):
-        b, t = (int(s) for s in shape.split("x"))
+    for b, t in shapes:
         sdpa = sdpa_us(b, t, dev)
         print(f"B={b} T={t}: SDPA fp16 {sdpa:.1f} us", flush=True)
         for kind in args.kinds.split(","):
@@ -148,7 +162,7 @@ def main(argv=None) -> int:
                   flush=True)
             base = lut_splits(b * HKV, t, 8, dev, 128, bits=4) // 8  # the table kernel's programs per (b, h)
             for pattern in ("split", "block"):
-                for bn in (int(s) for s in args.bn.split(",")):
+                for bn in bns:
                     for mult in (1, 2):
                         try:
                             st, nb, progs = stream_step(kind, b, t, bn, args.warps, pattern == "split", dev,
