@@ -71,9 +71,6 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="1x131072,1x32768,8x32768", help="BxT, comma-separated")
     ap.add_argument("--kinds", default="turbo4")
     ap.add_argument("--reps", type=int, default=20, help="stamped launches per shape (the medians are over them)")
-    ap.add_argument("--blocked", choices=("default", "on", "off"), default="default",
-                    help="the warps' token order (attend_planes' lut_blocked): the default build's, side by side, "
-                         "or a contiguous split each")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     try:
@@ -93,7 +90,6 @@ def main(argv=None) -> int:
                                                   lut_splits)
     from compactkv.bench.kernels import HKV, commit, decode_step
     dev = torch.device("cuda")
-    order = {} if args.blocked == "default" else {"lut_blocked": args.blocked == "on"}
     rows = []
     for b, t in shapes:
         for kind in kinds:
@@ -102,9 +98,9 @@ def main(argv=None) -> int:
             ns = -(-ns // LUT_WARPS) * LUT_WARPS
             clk = torch.zeros(lut_clock_shape(b, HKV, ns, LUT_WARPS), dtype=torch.int64, device=dev)
             torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared
-            plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, **order)
+            plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns)
             torch.manual_seed(0)
-            stamped, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, clocks=clk, **order)
+            stamped, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, clocks=clk)
             ref = plain().float()
             for _ in range(3):
                 plain(), stamped()
@@ -121,7 +117,7 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
                 sums.append(summarize(clk.cpu(), ns // LUT_WARPS))
             same = torch.equal(stamped().float(), ref)
-            row = {"batch": b, "context": t, "kind": kind, "num_splits": ns, "blocked": args.blocked,
+            row = {"batch": b, "context": t, "kind": kind, "num_splits": ns,
                    "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums)}
             rows.append(row)
             print(f"{kind} B={b} T={t}: {row['programs']} programs x {row['warps']} warps; step "

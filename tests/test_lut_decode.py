@@ -377,56 +377,6 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
-@pytest.mark.parametrize("kind,pipe,bn,fused,rows", [("turbo4", 2, 64, True, False), ("turbo3", 3, 32, True, False),
-                                                    ("turbo2", 3, 32, True, False), ("turbo4", 2, 32, False, True)])
-def test_blocked_token_order_compiles_for_sm90(kind, pipe, bn, fused, rows):
-    """The blocked builds (finishing, per kind; the row reader) compile for sm_90 with no more spill traffic in the
-    loop and about as many instructions per tile as the split order's (session 22: within 7)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
-    kw = dict(lut=True, d=128, warps=8, block_n=bn, pipe=pipe, maxnreg=255, qmap=True, fused=fused, rows=rows)
-    split = sass_decode.summary(kind, **kw)
-    blocked = sass_decode.summary(kind, blocked=True, **kw)
-    assert blocked["ops"]["LDL"] + blocked["ops"]["STL"] <= split["ops"]["LDL"] + split["ops"]["STL"]
-    assert abs(blocked["loop"] - split["loop"]) <= 12
-    assert blocked["ops"]["HMMA"] == split["ops"]["HMMA"] and blocked["ops"]["LDS"] == split["ops"]["LDS"]
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-@pytest.mark.parametrize("g", [1, 4, 8])
-def test_blocked_token_order_vs_float64(kind, g):
-    """lut_blocked (a program's warps take its tokens in tiles side by side, not a contiguous split each): the
-    finishing build (ragged rows, rows shorter than one round of the program's tiles, 16 programs per group, more
-    groups than warps), the split-partials build with the prologue map, and the row reader."""
-    from test_gluon_decode import TOL, _check
-    assert _check_fused(kind, g, [777, 130, 3, 64], lut_blocked=True) < TOL
-    assert _check_fused(kind, g, [5000, 2], num_splits=128, lut_blocked=True) < TOL
-    assert _check_fused(kind, g, [900, 33, 7], hkv=8, lut_blocked=True) < TOL
-    assert _check(kind, kind, 128, g, [3001, 100, 3, 1], num_splits=8, lut=True, qmap=torch.bfloat16,
-                  lut_blocked=True) < TOL
-    assert _check_rows(kind, g, [2100, 130, 3, 64], 1024, lut_blocked=True) < TOL
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("d,warps,pipe,maxnreg,bn", [(128, 8, 0, 128, 32), (128, 16, 1, 128, 32),
-                                                     (128, 8, 3, 232, 32), (64, 8, 3, 200, 32),
-                                                     (128, 8, 4, 255, 32), (64, 4, 4, 200, 32)])
-def test_blocked_token_order_configurations(d, warps, pipe, maxnreg, bn):
-    """lut_blocked through every way the table kernel loads a tile (at the tile's start, the cp.async stage,
-    registers two ahead, cp.async word stages), head_dim 64 and 128."""
-    from test_gluon_decode import TOL, _check
-    kw = dict(lut=True, lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, block_n=bn, lut_blocked=True)
-    assert _check("turbo4", "turbo4", d, 4, [777, 130, 3, 64], **kw) < TOL
-    assert _check("turbo4", "turbo4", d, 4, [200, 5], num_splits=8 * warps, **kw) < TOL
-
-
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,

@@ -37,7 +37,6 @@ LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishi
 # GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
 # A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
 # 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
-LUT_FUSED_BLOCKED = False  # the finishing build's token order (`_launch_lut`'s blocked)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -216,8 +215,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
-                 lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG,
-                 lut_blocked: bool = False) -> SplitPartials:
+                 lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e; or, with `w` (fp32 [D, D]
@@ -231,8 +229,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     `lut_warps` splits per program; default: `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the
     next tile's code bytes copied into a shared stage during this one, 2 the next tile's code bytes and norms
     loaded into registers during this one, 3 (default) the two next tiles'; lut_maxnreg: its register cap per
-    thread; lut_blocked: a program's warps read its tokens in tiles side by side rather than a contiguous split
-    each (`_launch_lut`).
+    thread.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = _check_query(q, k_kind)
@@ -253,7 +250,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
-                           maxnreg=lut_maxnreg, w=w, blocked=lut_blocked)
+                           maxnreg=lut_maxnreg, w=w)
     if w is not None:
         q = map_query(q, w)
     if num_splits is None:
@@ -405,15 +402,14 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, blocked=False) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
     extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
     `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
-    scripts/phase_clocks.py). blocked: a program's warps take its tokens in tiles side by side instead of one
-    contiguous split each (kernels_lut `_warp_span`)."""
+    scripts/phase_clocks.py)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -467,7 +463,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, BLOCKED=bool(blocked), num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
@@ -505,8 +501,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_pipe: int | None = None,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
-                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_blocked: bool | None = None) -> torch.Tensor:
+                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -520,8 +515,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
     with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
-    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind. lut_blocked: a
-    program's warps read its tokens in tiles side by side (`_launch_lut`); None: LUT_FUSED_BLOCKED."""
+    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -550,7 +544,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, blocked=LUT_FUSED_BLOCKED if lut_blocked is None else lut_blocked)
+                       clocks=clocks)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:
@@ -592,7 +586,7 @@ def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int,
 def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                 k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, w: torch.Tensor,
                 num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_ROWS_PIPE,
-                lut_maxnreg: int = LUT_ROWS_MAXNREG, lut_blocked: bool = False) -> SplitPartials:
+                lut_maxnreg: int = LUT_ROWS_MAXNREG) -> SplitPartials:
     """Split partials of a one-token decode step read from codec rows ([fp16 norm][codes]: the dynamic cache's
     chunks) by the table kernel, which maps the query in its prologue; `decode.finish_decode` merges them (with
     the fp16 windows, key mean and V inverse map).
@@ -601,7 +595,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
     scale * log2 e folded in). k_table / v_table: `decode.chunk_table`s of chunks uint8 [B, H, c, row_bytes] at
     even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer; K and V chunked
     alike); lengths: int32 [B] tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows
-    are read as words); lut_blocked: as `launch_gluon`'s."""
+    are read as words)."""
     b, h, g, d = _check_query(q, k_kind)
     why = rows_unsupported(k_kind, v_kind, g, 1, chunk)
     if why:
@@ -617,7 +611,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
     _check_lengths(lengths, b, q.device)
     return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
-                       row_source=(k_table, v_table, chunk.bit_length() - 1), blocked=lut_blocked)
+                       row_source=(k_table, v_table, chunk.bit_length() - 1))
 
 
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,

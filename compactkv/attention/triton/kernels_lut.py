@@ -242,21 +242,6 @@ def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.cons
 
 
 @gluon.jit
-def _warp_span(pid, w, split, L, W: gl.constexpr, BN: gl.constexpr, BLOCKED: gl.constexpr):
-    """(first token, end) of warp w of program pid, whose W warps share the program's W * split tokens: each its
-    own contiguous split (BLOCKED False: first (pid W + w) split, tiles BN apart), or the program's tokens W BN at a
-    time, the warps' tiles side by side (BLOCKED: first pid W split + w BN, tiles W BN apart; every tile lies in the
-    program's range, so only L ends it). w: any tensor of warp indices (the shape and layout of the results)."""
-    if BLOCKED:
-        lo = pid * W * split + w * BN
-        hi = gl.minimum(lo * 0 + (pid + 1) * W * split, L)
-    else:
-        lo = (pid * W + w) * split
-        hi = gl.minimum(lo + split, L)
-    return lo, hi
-
-
-@gluon.jit
 def _coords3(LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
     """Warp [W, 1, 1], token [1, BN, 1] and column [1, 1, NC] coordinates of a [W, BN, NC] tensor in layout LAY."""
     w3 = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LAY))), 1), 2)
@@ -720,7 +705,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, BLOCKED: gl.constexpr = False):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -867,8 +852,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
 
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    lo_r, hi_r = _warp_span(pid, gl.expand_dims(wr, 1), split, L, W, BN, BLOCKED)  # [W, 1] (ROWS)
-    STEP: gl.constexpr = W * BN if BLOCKED else BN  # tokens from a warp's tile to its next
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
     tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
@@ -890,8 +875,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     vw3, vc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, VLOAD))),
                         gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
     vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
-    klo, khi = _warp_span(pid, kw3, split, L, W, BN, BLOCKED)
-    vlo, vhi = _warp_span(pid, vw3, split, L, W, BN, BLOCKED)
+    klo = (pid * W + kw3) * split
+    khi = gl.minimum(klo + split, L)
+    vlo = (pid * W + vw3) * split
+    vhi = gl.minimum(vlo + split, L)
     klofs = _lane_offset(gl.zeros([W, BN, D if KB else NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
     if P == 4:  # 8-byte entries
@@ -920,8 +907,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwb = vbase.to(gl.pointer_type(gl.int32))
         kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
         vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
-        kwlo, kwhi = _warp_span(pid, kwlo, split, L, W, BN, BLOCKED)
-        vwlo, vwhi = _warp_span(pid, vwlo, split, L, W, BN, BLOCKED)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
         if BITS == 3:
             # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
             # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
@@ -942,21 +931,21 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
             vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
             for j in gl.static_range(S - 1):
-                _copy_kv(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * STEP + kwt3, vwlo + j * STEP + vwt3, kwhi, vwhi,
+                _copy_kv(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi, vwhi,
                          kwc3, vwc3, RB // 4)
             kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
-            kn_m, vn_m = _load_norms(knb, vnb, lo_r + STEP + tr, hi_r)
+            kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
         elif PIPE == 3:  # and the tile after it
             if CODEC_ROWS:
-                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + STEP, vwlo + STEP, kwt3,
-                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + STEP, tr, hi_r, KWORD, VWORD,
+                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
+                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
                                                     RB + 2, BITS)
             else:
-                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + STEP + kwt3, vwlo + STEP + vwt3, kwhi,
-                                                    vwhi, kwc3, vwc3, lo_r + STEP + tr, hi_r, RB // 4)
+                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
+                                                    vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
     for i in range(n_iter):
-        t = i * STEP
+        t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
         if PIPE == 1:
@@ -974,7 +963,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 vw_n = vs.index(i % S).load(VWORD)
                 # tile i + S - 1 into the stage tile i - 1 left (this lane read it last iteration)
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
-                         kwlo + t + (S - 1) * STEP + kwt3, vwlo + t + (S - 1) * STEP + vwt3, kwhi, vwhi, kwc3, vwc3, RB // 4)
+                         kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3, RB // 4)
             if BITS == 3:
                 kc, kc_hi = _keys3_k(kw_n, KLOAD)
                 vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
@@ -985,10 +974,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 else:
                     vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
-            ahead: gl.constexpr = (PIPE - 1) * STEP
+            ahead: gl.constexpr = (PIPE - 1) * BN
             if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
-                kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * STEP, hi_r)
+                kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
             elif CODEC_ROWS:
                 nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
                                  kwhi, vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
@@ -1017,7 +1006,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 s_b = mma_v2(kd[3], q3, s_b)
             s = s + s_b
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
-            _copy_kv(kst, vst, kbase, vbase, klo + t + STEP + kt3, vlo + t + STEP + vt3, khi, vhi, kc3, vc3, RB)
+            _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
         # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
