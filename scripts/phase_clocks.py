@@ -71,8 +71,17 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="1x131072,1x32768,8x32768", help="BxT, comma-separated")
     ap.add_argument("--kinds", default="turbo4")
     ap.add_argument("--reps", type=int, default=20, help="stamped launches per shape (the medians are over them)")
+    ap.add_argument("--options", default="{}",
+                    help="JSON object of attend_planes keywords for both builds, e.g. '{\"lut_early\": true}'")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    try:
+        options = json.loads(args.options)
+    except ValueError as e:
+        ap.error(f"--options {args.options!r}: not JSON ({e})")
+    if not isinstance(options, dict) or {"clocks", "num_splits"} & set(options):
+        ap.error(f"--options {args.options!r}: a JSON object of attend_planes keywords other than clocks and "
+                 "num_splits (the script sets those)")
     try:
         shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
     except ValueError:
@@ -98,9 +107,9 @@ def main(argv=None) -> int:
             ns = -(-ns // LUT_WARPS) * LUT_WARPS
             clk = torch.zeros(lut_clock_shape(b, HKV, ns, LUT_WARPS), dtype=torch.int64, device=dev)
             torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared
-            plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns)
+            plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, **options)
             torch.manual_seed(0)
-            stamped, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, clocks=clk)
+            stamped, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, clocks=clk, **options)
             ref = plain().float()
             for _ in range(3):
                 plain(), stamped()
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
                 sums.append(summarize(clk.cpu(), ns // LUT_WARPS))
             same = torch.equal(stamped().float(), ref)
-            row = {"batch": b, "context": t, "kind": kind, "num_splits": ns,
+            row = {"batch": b, "context": t, "kind": kind, "num_splits": ns, "options": options,
                    "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums)}
             rows.append(row)
             print(f"{kind} B={b} T={t}: {row['programs']} programs x {row['warps']} warps; step "
