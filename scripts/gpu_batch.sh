@@ -308,7 +308,7 @@ latency)
         --shapes "${SHAPES:-1x131072,8x32768,8x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
         --variants "$V" > "$OUT/sweep-latency.txt" 2>&1
     grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-latency.txt" | tail -60
-    for o in '{}' '{"lut_early": true, "lut_adj_smem": true}'; do
+    for o in '{"lut_early": true, "lut_adj_smem": true}'; do
         timeout 100 python scripts/phase_clocks.py --shapes 1x131072,8x32768 --kinds turbo4 --options "$o" \
             --json "$OUT/phase-clocks-$(echo "$o" | tr -dc a-z_).json" > "$OUT/phase.txt" 2>&1
         echo "== $o"; tail -14 "$OUT/phase.txt"
