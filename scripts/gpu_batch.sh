@@ -45,9 +45,6 @@
 #   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
 #   bash scripts/gpu_batch.sh stream  # the table kernel's bytes read by a load-only kernel (its pattern) vs the kernel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
-#   bash scripts/gpu_batch.sh latency  # the finishing kernel's first tiles' loads before its prologue (lut_early)
-#                                     # and its V inverse map in shared memory (lut_adj_smem): CUDA tests next to
-#                                     # warm compiles, the four builds vs SDPA (graphs), phase stamps (turbo4)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -290,29 +287,6 @@ ncu-table)
             python scripts/profile_decode.py $run '{"gluon": true}' >> "$OUT/ncu-table.txt" 2>&1
     done
     grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Memory Throughput" "$OUT/ncu-table.txt" | head -90
-    ;;
-latency)
-    # session 22: B=1 T=128K spends ~3.7 us in the prologue and ~4.4 us more in the group's last program than in
-    # the others (session 21's stamps); lut_early and lut_adj_smem each take a latency off those paths
-    V=${VARIANTS:-'[{"gluon": true}, {"gluon": true, "lut_early": true}, {"gluon": true, "lut_adj_smem": true}, {"gluon": true, "lut_early": true, "lut_adj_smem": true}]'}
-    python scripts/pytest_shards.py --shards "${SHARDS:-4}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
-        -k early_loads tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
-    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
-        timeout 240 python scripts/decode_sweep.py --shapes 1x8192,8x8192 --kinds "$k" --variants "$V" \
-            > "$OUT/warm-$k.txt" 2>&1 &
-    done
-    wait
-    tail -8 "$OUT/tests.txt"
-    grep -h FAILED "$OUT"/warm-*.txt
-    timeout "${SWEEP_TIMEOUT:-300}" python scripts/decode_sweep.py --json "$OUT/sweep-latency.json" \
-        --shapes "${SHAPES:-1x131072,8x32768,8x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
-        --variants "$V" > "$OUT/sweep-latency.txt" 2>&1
-    grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-latency.txt" | tail -60
-    for o in '{"lut_early": true, "lut_adj_smem": true}'; do
-        timeout 100 python scripts/phase_clocks.py --shapes 1x131072,8x32768 --kinds turbo4 --options "$o" \
-            --json "$OUT/phase-clocks-$(echo "$o" | tr -dc a-z_).json" > "$OUT/phase.txt" 2>&1
-        echo "== $o"; tail -14 "$OUT/phase.txt"
-    done
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -125,11 +125,9 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
-                rows: bool = False, sinks: bool = False, clocks: bool = False, early: bool = False,
-                adj_smem: bool = False):
+                rows: bool = False, sinks: bool = False, clocks: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
-    planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
-    early, adj_smem: decode_lut_kernel's EARLY and ADJ_SMEM."""
+    planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
@@ -158,7 +156,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
-                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, EARLY=early, ADJ_SMEM=adj_smem)
+                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

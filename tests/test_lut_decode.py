@@ -377,65 +377,6 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
-@pytest.mark.parametrize("kind,pipe,bn", [("turbo4", 2, 64), ("turbo3", 3, 32), ("turbo2", 3, 32)])
-@pytest.mark.parametrize("early,adj_smem", [(True, False), (False, True), (True, True)])
-def test_early_loads_and_shared_inverse_map_compile_for_sm90(kind, pipe, bn, early, adj_smem):
-    """The finishing builds with their first tiles' loads before the prologue (EARLY) and / or the V inverse map
-    copied into shared memory (ADJ_SMEM): no spill traffic, one shared buffer of lut_smem's size (the table at
-    its start, the map's 64 KB after it), the loop about as long as the default build's (session 22: within 6
-    instructions), and with ADJ_SMEM cp.async copies (LDGSTS) outside the loop only."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import lut_smem
-    kw = dict(lut=True, d=128, warps=8, block_n=bn, pipe=pipe, maxnreg=255, qmap=True, fused=True)
-    base = sass_decode.summary(kind, **kw)
-    s = sass_decode.summary(kind, early=early, adj_smem=adj_smem, **kw)
-    assert s["spills"] == 0 and s["ops"]["LDL"] + s["ops"]["STL"] == 0
-    assert s["shared"] == lut_smem(8, 128, pipe, bn, int(kind[-1]), True, adj_smem)
-    assert s["shared"] == 65540 + 65536 * adj_smem
-    assert abs(s["loop"] - base["loop"]) <= 12
-    assert s["ops"]["HMMA"] == base["ops"]["HMMA"] and s["ops"]["LDS"] == base["ops"]["LDS"]
-    assert s["ops"]["LDGSTS"] == 0
-    assert ("LDGSTS" in s["sass"]) == adj_smem
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-@pytest.mark.parametrize("early,adj_smem", [(True, False), (False, True), (True, True)])
-def test_early_loads_and_shared_inverse_map_vs_float64(kind, early, adj_smem):
-    """The finishing kernel with lut_early / lut_adj_smem: ragged rows, rows shorter than a tile, 16 programs per
-    group, more groups than warps, GQA 1 / 4 / 8, fp16 sinks with the key mean."""
-    from test_gluon_decode import TOL
-    kw = dict(lut_early=early, lut_adj_smem=adj_smem)
-    assert _check_fused(kind, 4, [777, 130, 3, 64], **kw) < TOL
-    assert _check_fused(kind, 1, [5000, 2], num_splits=128, **kw) < TOL
-    assert _check_fused(kind, 8, [900, 33, 7], hkv=8, **kw) < TOL
-    assert _check_fused_sinks(kind, 4, [777, 130, 3, 64], 4, True, **kw) < TOL
-
-
-def test_early_loads_and_shared_inverse_map_refuse_other_builds():
-    """lut_early needs the register pipeline over planes (lut_pipe 2 or 3), lut_adj_smem the finishing kernel
-    with room for the map (not lut_pipe 4): a clear ValueError before any launch (no GPU needed)."""
-    from compactkv.attention.triton import gluon
-    from compactkv.attention.triton.decode import packed_kind
-    kind = packed_kind(Codec("turbo4", 128))
-    q = torch.zeros(1, 2, 4, 128)
-    with pytest.raises(ValueError, match="lut_early.*lut_pipe 0"):
-        gluon._launch_lut(q, None, None, None, None, None, kind, kind, max_len=64, num_splits=8, block_n=32,
-                          warps=8, pipe=0, early=True)
-    with pytest.raises(ValueError, match="lut_adj_smem.*lut_pipe 4"):
-        gluon._launch_lut(q, None, None, None, None, None, kind, kind, max_len=64, num_splits=8, block_n=32,
-                          warps=8, pipe=4, fused=(None, None, None), adj_smem=True)
-    with pytest.raises(ValueError, match="lut_adj_smem"):
-        gluon._launch_lut(q, None, None, None, None, None, kind, kind, max_len=64, num_splits=8, block_n=32,
-                          warps=8, pipe=2, adj_smem=True)
-
-
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,
@@ -550,7 +491,7 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
 
 
-def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None, **kw):
+def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
     counters zero afterwards."""
@@ -571,7 +512,7 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
     out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
     attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
                   counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
-                  qscale=scale * LOG2E, **kw)
+                  qscale=scale * LOG2E)
     assert int(counters.abs().sum()) == 0
     k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
     if mean:

@@ -37,8 +37,6 @@ LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishi
 # GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
 # A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
 # 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
-LUT_FUSED_EARLY = False  # the finishing build's first tiles' loads before its prologue (`_launch_lut`'s early)
-LUT_FUSED_ADJ_SMEM = False  # and the V inverse map copied into shared memory at its start (adj_smem)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -274,16 +272,15 @@ _LUT_CHECKED: set = set()
 
 
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
-             fused: bool = False, adj_smem: bool = False) -> int:
+             fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
     `pipe` 1 (`pipe` 4: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
-    group counter's old value to all threads; adj_smem (fused): 64 KB more, the V inverse map's copy."""
+    group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
     if pipe == 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
-    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused \
-        + (fused and adj_smem) * LUT_TABLE_BYTES
+    return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
 def lut_clock_shape(batch: int, heads: int, num_splits: int, warps: int) -> tuple[int, int, int]:
@@ -405,28 +402,19 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, early=False, adj_smem=False) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
     extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
     `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
-    scripts/phase_clocks.py). early (lut_pipe 2 or 3 over planes): the first tiles' loads issued before the
-    prologue's query map and table fill; adj_smem (fused, lut_pipe 0, 2 or 3, head_dim 128): the V inverse map
-    copied into shared memory at the program's start for the last program's map (decode_lut_kernel's EARLY,
-    ADJ_SMEM)."""
+    scripts/phase_clocks.py)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
         raise ValueError(why)
-    if early and (pipe not in (2, 3) or row_source is not None):
-        raise ValueError(f"lut_early: the first tiles' loads move for lut_pipe 2 or 3 over code planes, not lut_pipe "
-                         f"{pipe}{' over codec rows' if row_source is not None else ''}")
-    if adj_smem and (fused is None or pipe not in (0, 2, 3) or q.shape[-1] != 128):
-        raise ValueError(f"lut_adj_smem: the finishing kernel (attend_planes) at head_dim 128 with lut_pipe 0, 2 or 3 "
-                         f"keeps the V inverse map in shared memory, not lut_pipe {pipe} at head_dim {q.shape[-1]}")
     bits = k_kind.bits
     b, h, g, d = q.shape
     if num_splits is None:
@@ -475,11 +463,10 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, EARLY=bool(early), ADJ_SMEM=bool(adj_smem), num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           bool(adj_smem))
+        VSTAGE=vstage, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
-        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None, bool(adj_smem))
+        want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
             raise RuntimeError(f"the table kernel uses {kernel.metadata.shared} bytes of shared memory, not its "
                                f"one buffer's {want}: the table's address is unknown")
@@ -514,8 +501,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_pipe: int | None = None,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
-                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_early: bool | None = None, lut_adj_smem: bool | None = None) -> torch.Tensor:
+                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -529,8 +515,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
     with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
-    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind. lut_early /
-    lut_adj_smem: `_launch_lut`'s early / adj_smem (None: LUT_FUSED_EARLY, LUT_FUSED_ADJ_SMEM)."""
+    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -559,8 +544,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, early=LUT_FUSED_EARLY if lut_early is None else lut_early,
-                       adj_smem=LUT_FUSED_ADJ_SMEM if lut_adj_smem is None else lut_adj_smem)
+                       clocks=clocks)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

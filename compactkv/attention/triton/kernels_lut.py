@@ -242,45 +242,6 @@ def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.cons
 
 
 @gluon.jit
-def _plane_bases(kc_ptr, vc_ptr, kn_ptr, vn_ptr, b, h, kcsb, kcsh, vcsb, vcsh, nsb, nsh):
-    """Row (b, h)'s K and V code planes and norm planes."""
-    return (kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh, vc_ptr + b.to(gl.int64) * vcsb
-            + h.to(gl.int64) * vcsh, kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh,
-            vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh)
-
-
-@gluon.jit
-def _warp_rows(pid, split, L, ROWS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr):
-    """Each warp's split (first token [W, 1], its end [W, 1]) and the tile's token offsets [1, BN], layout ROWS."""
-    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    lo_r = gl.expand_dims((pid * W + wr) * split, 1)
-    return lo_r, gl.minimum(lo_r + split, L), gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)
-
-
-@gluon.jit
-def _word_coords(pid, split, L, KWORD: gl.constexpr, VWORD: gl.constexpr, W: gl.constexpr, BN: gl.constexpr,
-                 NB: gl.constexpr, BITS: gl.constexpr):
-    """The code words' coordinates of each warp's first tile (PIPE >= 2): first token, token offset, word column
-    and split end of K, then of V, and (turbo3) V's bit offsets (else 0)."""
-    kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
-    vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
-    kwlo = (pid * W + kwlo) * split
-    vwlo = (pid * W + vwlo) * split
-    kwhi = gl.minimum(kwlo + split, L)
-    vwhi = gl.minimum(vwlo + split, L)
-    voff = 0
-    if BITS == 3:
-        # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
-        # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
-        voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
-        voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
-        kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
-        kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
-        vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
-    return kwlo, kwt3, kwc3, kwhi, vwlo, vwt3, vwc3, vwhi, voff
-
-
-@gluon.jit
 def _coords3(LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
     """Warp [W, 1, 1], token [1, BN, 1] and column [1, 1, NC] coordinates of a [W, BN, NC] tensor in layout LAY."""
     w3 = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LAY))), 1), 2)
@@ -517,12 +478,11 @@ def _load_rows(k_tab, v_tab, b, h, SHIFT, L, kstart, vstart, kt3, vt3, khi, vhi,
 
 @gluon.jit
 def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr,
-               FROM_SMEM: gl.constexpr = False, W_SMEM: gl.constexpr = False):
+               FROM_SMEM: gl.constexpr = False):
     """The query rows row0 .. row0 + MQ of q_ptr (any float dtype, D contiguous values each; rows MQ .. QR are 0)
     times w_ptr (fp32 [D, D]) in fp32 FMA products: [QR, D], lanes (row, column group) and the warps on the
     columns, so each warp reads its own columns of w once; the reduction is in each thread. FROM_SMEM: q_ptr is a
-    shared-memory fp32 [>= QR, D] stage instead, its rows 0 .. QR the input (row0, MQ unused); W_SMEM: w_ptr is
-    a shared-memory fp32 [D, D] copy of w."""
+    shared-memory fp32 [>= QR, D] stage instead, its rows 0 .. QR the input (row0, MQ unused)."""
     CT: gl.constexpr = D // ((32 // QR) * W)  # columns per thread
     KC: gl.constexpr = 64 // CT if CT > 4 else 16
     QM3: gl.constexpr = gl.BlockedLayout([1, KC, CT], [QR, 1, 32 // QR], [1, 1, W], [2, 1, 0])
@@ -537,18 +497,14 @@ def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.
     if not FROM_SMEM:
         qrow = q_ptr + gl.expand_dims((row0 + rq).to(gl.int64) * D, 1) + gl.expand_dims(kq, 0)
         qmask = gl.expand_dims(rq < MQ, 1)
-    if not W_SMEM:
-        wcol = w_ptr + gl.expand_dims(kw * D, 1) + gl.expand_dims(cw, 0)
+    wcol = w_ptr + gl.expand_dims(kw * D, 1) + gl.expand_dims(cw, 0)
     acc = gl.zeros([QR, D], gl.float32, gl.SliceLayout(1, QM3))
     for k0 in gl.static_range(0, D, KC):
         if FROM_SMEM:
             qc = q_ptr.slice(0, QR, dim=0).slice(k0, KC, dim=1).load(QC)
         else:
             qc = gl.load(qrow + k0, mask=qmask, other=0.0).to(gl.float32)
-        if W_SMEM:
-            wc = w_ptr.slice(k0, KC, dim=0).load(WC)
-        else:
-            wc = gl.load(wcol + k0 * D)
+        wc = gl.load(wcol + k0 * D)
         acc += gl.sum(gl.expand_dims(qc, 2) * gl.expand_dims(wc, 0), axis=1)
     return acc
 
@@ -620,7 +576,7 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, adj_s=None):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
@@ -630,8 +586,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 
     SINKS: the group's fp16 sinks are merged too, by log-sum-exp as decode_finish_kernel merges its windows: their
     partial (`_sink_partial`, original space, max shifted by the key mean) is at slot n_groups * n_prog + bh of
-    o_ptr / ml_ptr, and its values are added after the inverse map. adj_s: None, or the shared-memory copy of the
-    V inverse map that the program's cp.async group (its only one) is writing, read instead of adj_ptr."""
+    o_ptr / ml_ptr, and its values are added after the inverse map."""
     SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
@@ -643,8 +598,6 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     st_m = lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
     st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
     st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
-    if adj_s is not None:
-        async_copy.wait_group(0)
     gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
     st_a.store(acc)
     st_m.store(m_i)
@@ -731,10 +684,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         # the inverse V map: rows through shared memory to the threads that own w's columns
         st_o.store(res)
         gl.thread_barrier()
-        if adj_s is None:
-            out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
-        else:
-            out = _map_query(st_o, adj_s, 0, 0, D, QR, W, True, True)
+        out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
         OQ: gl.constexpr = out.type.layout
         if SINKS:
             out = out + st_w.slice(0, QR, dim=0).load(OQ)
@@ -755,8 +705,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, EARLY: gl.constexpr = False,
-                      ADJ_SMEM: gl.constexpr = False):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -783,11 +732,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs, CLOCK_PHASES, W] where
     lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at its start, after the
     prologue (query, table), after the loop and at its exit, then the global timer at its exit. KASM: turbo4's K
-    (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order, through ASM).
-    EARLY (PIPE 2 or 3 over planes): the first tiles' words and norms are requested right after the row's length,
-    before the query map and the table fill. ADJ_SMEM (FUSED, PIPE 0, 2 or 3): adj_ptr is copied (cp.async, the
-    program's first commit group) into 64 KB of shared memory after the table at the program's start, and the
-    last program's inverse map reads it there."""
+    (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order, through ASM)."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -814,7 +759,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         e3 = gl.arange(0, 64, layout=gl.SliceLayout(1, FILL3))
         j3 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL3))
         words = gl.load(lut_ptr + gl.expand_dims(e3, 1) + gl.expand_dims(j3 * 0, 0))
-        lut = gl.allocate_shared_memory(gl.int32, [(1024 if ADJ_SMEM else 512) if FUSED else 64, 32], SM2)
+        lut = gl.allocate_shared_memory(gl.int32, [512 if FUSED else 64, 32], SM2)  # (FUSED: its staging)
         QROWS: gl.constexpr = NH * D * 4 // 128  # the mapped query's bytes in table rows (QMAP)
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
@@ -827,35 +772,12 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], SM2)
             lut = stages.index(0)
         else:
-            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else
-                                            [512 if ADJ_SMEM else 256, 64], SM2)
+            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], SM2)
         QROWS: gl.constexpr = NH * D * 4 // 256
-
-    adj_s = None
-    if ADJ_SMEM:  # (FUSED) the V inverse map copied into the 64 KB after the table while the program works
-        AROW: gl.constexpr = 65536 // (128 if BITS == 3 else 256)  # the table's rows (turbo3: 128-byte rows)
-        adj_s = lut.slice(AROW, AROW, dim=0)._reinterpret(gl.float32, [D, D], SM2)
-        ADJL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [W, 1], [1, 0])
-        ra = gl.arange(0, D, layout=gl.SliceLayout(1, ADJL))
-        ca = gl.arange(0, D, layout=gl.SliceLayout(0, ADJL))
-        async_copy.async_copy_global_to_shared(adj_s, adj_ptr + gl.expand_dims(ra * D, 1) + gl.expand_dims(ca, 0))
-        async_copy.commit_group()
 
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    if EARLY:  # (PIPE 2 or 3 over planes) the first tiles' words and norms requested before the prologue's work
-        kbase, vbase, knb, vnb = _plane_bases(kc_ptr, vc_ptr, kn_ptr, vn_ptr, b, h, kcsb, kcsh, vcsb, vcsh, nsb, nsh)
-        lo_r, hi_r, tr = _warp_rows(pid, split, L, ROWS, W, BN)
-        kwb = kbase.to(gl.pointer_type(gl.int32))
-        vwb = vbase.to(gl.pointer_type(gl.int32))
-        kwlo, kwt3, kwc3, kwhi, vwlo, vwt3, vwc3, vwhi, voff = _word_coords(pid, split, L, KWORD, VWORD, W, BN, NB,
-                                                                            BITS)
-        kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3,
-                                            lo_r + tr, hi_r, RB // 4)
-        if PIPE == 3:
-            kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi,
-                                                kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
     if SINKS:  # the group's last program (the least loaded: the splits' remainder, empty at short contexts)
         if pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
@@ -917,7 +839,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         gl.thread_barrier()
         _keep(lut.slice(0, W, dim=0).load(FILL3))
     else:
-        if PIPE == 1 or ADJ_SMEM:
+        if PIPE == 1:
             lut.slice(0, 256, dim=0).store(words)
         else:
             lut.store(words)
@@ -928,8 +850,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
-    if not EARLY:  # per-warp split ranges, in the layouts that use them
-        lo_r, hi_r, tr = _warp_rows(pid, split, L, ROWS, W, BN)
+    # per-warp split ranges, in the layouts that use them
+    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
+    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
@@ -939,8 +864,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
-    if not EARLY:
-        kbase, vbase, knb, vnb = _plane_bases(kc_ptr, vc_ptr, kn_ptr, vn_ptr, b, h, kcsb, kcsh, vcsb, vcsh, nsb, nsh)
+    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
+    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
+    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
     # load coordinates [W, BN, NB] of the K and V code bytes (KLOAD / VLOAD: gluon_layouts with a warp dimension)
     kw3, kc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, KLOAD))),
                         gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, KLOAD))))
@@ -973,13 +900,25 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
 
-    if PIPE >= 2 and not EARLY:
+    if PIPE >= 2:
         # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
         # each (a uint8 tensor would take a register per byte)
         kwb = kbase.to(gl.pointer_type(gl.int32))
         vwb = vbase.to(gl.pointer_type(gl.int32))
-        kwlo, kwt3, kwc3, kwhi, vwlo, vwt3, vwc3, vwhi, voff = _word_coords(pid, split, L, KWORD, VWORD, W, BN, NB,
-                                                                            BITS)
+        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
+        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
+        if BITS == 3:
+            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
+            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
+            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
+            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
+            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
+            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
+            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
         if CODEC_ROWS:
             kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
                                                 vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
@@ -1113,7 +1052,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, adj_s)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
