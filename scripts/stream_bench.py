@@ -11,6 +11,7 @@ bandwidth (read + write of 1 GiB) in the same run: if the load-only kernel is no
 kernel, the loop waits on memory, not on its arithmetic.
 
     python scripts/stream_bench.py [--shapes 8x32768,1x131072] [--kinds turbo4] [--bn 32,64,128] [--json PATH]
+    python scripts/stream_bench.py --l2 ...   # the table kernel over its planes vs over one plane pair in L2
 """
 
 from __future__ import annotations
@@ -102,6 +103,36 @@ def expected_fold(k, v, kn, vn) -> torch.Tensor:
     return fold(k) ^ fold(v) ^ n.to(torch.int64)
 
 
+def table_step(kind: str, b: int, t: int, dev, shared: bool):
+    """A closure running the finishing table kernel (`attend_planes`, the default build) over random planes of
+    `kind` at (b, t): distinct planes per batch row and KV head, or (shared) one [t]-token plane pair viewed by
+    every (b, h) with stride 0, so the step reads the same tokens from L2 instead of DRAM (the same instructions
+    and the same L1 traffic); and the bytes the step reads."""
+    from compactkv.attention.triton.decode import LOG2E, codec_maps, packed_kind
+    from compactkv.attention.triton.gluon import attend_planes
+    from compactkv.bench.kernels import HEAD_DIM, HKV, HQ, random_rows
+    from compactkv.cache.static import rows_to_planes
+    from compactkv.core.codec import Codec
+    kc, vc = Codec(kind, HEAD_DIM, seed=0), Codec(kind, HEAD_DIM, seed=1)
+    nb, nh = (1, 1) if shared else (b, HKV)
+    (kcodes, knorms), (vcodes, vnorms) = (rows_to_planes(random_rows(c, nb, nh, t, dev)) for c in (kc, vc))
+    if shared:
+        kcodes, vcodes = (x.expand(b, HKV, t, x.shape[-1]) for x in (kcodes, vcodes))
+        knorms, vnorms = (x.expand(b, HKV, t) for x in (knorms, vnorms))
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    w = fwd * (HEAD_DIM ** -0.5 * LOG2E)
+    q = torch.randn(b, HKV, HQ // HKV, HEAD_DIM, device=dev, dtype=torch.float16)
+    lengths = torch.full((b,), t, dtype=torch.int32, device=dev)
+    counters = torch.zeros(b * HKV, dtype=torch.int32, device=dev)
+    out = torch.empty(b, 1, HQ, HEAD_DIM, dtype=torch.float16, device=dev)
+
+    def step():
+        return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, packed_kind(kc), packed_kind(vc),
+                             max_len=t, counters=counters, out=out)
+    return step, b * HKV * t * (kcodes.shape[-1] + vcodes.shape[-1] + 4)
+
+
 def sdpa_us(b: int, t: int, dev) -> float:
     """fp16 SDPA (enable_gqa) of one query token over t tokens at Llama-3.1-8B shapes: CUDA-graph median, us."""
     import triton.testing as tt
@@ -124,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="turbo4", help=f"comma-separated, of {', '.join(ROW_BYTES)}")
     ap.add_argument("--bn", default="32,64,128", help="tokens per warp per iteration, comma-separated powers of two")
     ap.add_argument("--warps", type=int, default=8, choices=(1, 2, 4, 8, 16))
+    ap.add_argument("--l2", action="store_true",
+                    help="only the table kernel over its planes vs over one plane pair every (b, h) shares "
+                         "(L2-resident): what DRAM costs it (no load-only kernel)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     try:
@@ -136,9 +170,11 @@ def main(argv=None) -> int:
         ap.error(f"--shapes takes positive BxT pairs, got {args.shapes!r}")
     if any(n < 1 or n & (n - 1) for n in bns):
         ap.error(f"--bn takes powers of two, got {args.bn!r}")
-    bad = [k for k in args.kinds.split(",") if k not in ROW_BYTES]
+    known = ("turbo4", "turbo3", "turbo2") if args.l2 else tuple(ROW_BYTES)
+    bad = [k for k in args.kinds.split(",") if k not in known]
     if bad:
-        ap.error(f"--kinds {','.join(bad)}: the load-only kernel reads {', '.join(ROW_BYTES)} planes")
+        ap.error(f"--kinds {','.join(bad)}: {'--l2 takes' if args.l2 else 'the load-only kernel reads'} "
+                 f"{', '.join(known)} planes")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
     dev = torch.device("cuda")
@@ -160,6 +196,23 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"  {kind:7s} {'table kernel step':34s} {us:8.1f} us {r['gbps']:6.0f} GB/s  x{sdpa / us:4.2f}",
                   flush=True)
+            if args.l2:
+                for shared in (False, True):
+                    st, nb = table_step(kind, b, t, dev, shared)
+                    st()
+                    torch.cuda.synchronize()
+                    us = tt.do_bench_cudagraph(st, rep=100, return_mode="median") * 1e3
+                    what = "attend_planes, " + ("one shared plane pair (L2)" if shared else "distinct planes")
+                    r = {"batch": b, "context": t, "kind": kind, "what": what, "us": us, "bytes": nb,
+                         "gbps": nb / us / 1e3, "x_sdpa": sdpa / us, "sdpa_us": sdpa}
+                    rows.append(r)
+                    print(f"  {kind:7s} {what:34s} {us:8.1f} us {r['gbps']:6.0f} GB/s  x{sdpa / us:4.2f}", flush=True)
+                    del st
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump({"card": card, "commit": commit(), "copy_gbps": copy_gbps, "rows": rows}, f,
+                                  indent=1)
+                continue
             base = lut_splits(b * HKV, t, 8, dev, 128, bits=4) // 8  # the table kernel's programs per (b, h)
             for pattern in ("split", "block"):
                 for bn in bns:
