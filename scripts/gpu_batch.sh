@@ -45,8 +45,6 @@
 #   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
 #   bash scripts/gpu_batch.sh stream  # the table kernel's bytes read by a load-only kernel (its pattern) vs the kernel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
-#   bash scripts/gpu_batch.sh l2      # the finishing kernel asking L2 for the tile 1-3 tiles ahead (lut_l2): its
-#                                     # CUDA tests next to warm compiles, then the builds vs SDPA (graphs)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -289,24 +287,6 @@ ncu-table)
             python scripts/profile_decode.py $run '{"gluon": true}' >> "$OUT/ncu-table.txt" 2>&1
     done
     grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Memory Throughput" "$OUT/ncu-table.txt" | head -90
-    ;;
-l2)
-    # session 22: the same step reads its planes 13 us faster at B=8 T=32K when they sit in L2 (stream_bench --l2),
-    # and the next tile's loads issue 32-82% into a tile (sm_90 SASS): L2 prefetches from the tile's start
-    V=${VARIANTS:-'[{"gluon": true}, {"gluon": true, "lut_l2": 1}, {"gluon": true, "lut_l2": 2}, {"gluon": true, "lut_l2": 3}]'}
-    python scripts/pytest_shards.py --shards "${SHARDS:-3}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
-        -k l2_prefetch tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
-    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
-        timeout 240 python scripts/decode_sweep.py --shapes 1x8192,8x8192 --kinds "$k" --variants "$V" \
-            > "$OUT/warm-$k.txt" 2>&1 &
-    done
-    wait
-    tail -6 "$OUT/tests.txt"
-    grep -h FAILED "$OUT"/warm-*.txt
-    timeout "${SWEEP_TIMEOUT:-300}" python scripts/decode_sweep.py --json "$OUT/sweep-l2.json" \
-        --shapes "${SHAPES:-1x131072,8x32768,8x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
-        --variants "$V" > "$OUT/sweep-l2.txt" 2>&1
-    grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-l2.txt" | tail -60
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -125,7 +125,7 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
-                rows: bool = False, sinks: bool = False, clocks: bool = False, l2: int = 0):
+                rows: bool = False, sinks: bool = False, clocks: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`)."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -156,7 +156,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
-                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, L2AHEAD=l2)
+                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 
@@ -285,8 +285,6 @@ def main(argv=None) -> int:
                     help="with --lut: the build with phase stamps (scripts/phase_clocks.py's)")
     ap.add_argument("--rows", action="store_true",
                     help="with --lut --pipe 2|3: codec rows (the dynamic cache's chunks) through chunk tables")
-    ap.add_argument("--l2", type=int, default=0,
-                    help="with --lut --pipe 2|3: tiles ahead each warp asks L2 to prefetch (0: none)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.fused and not args.lut:
@@ -315,7 +313,7 @@ def main(argv=None) -> int:
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
                         maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows,
-                        clocks=args.clocks, l2=args.l2)
+                        clocks=args.clocks)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

@@ -377,31 +377,6 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-@pytest.mark.parametrize("ahead", [1, 2])
-def test_l2_prefetch_vs_float64(kind, ahead):
-    """lut_l2 (each warp asks L2 for the tile `ahead` tiles on, addresses clamped to its rows) changes no output:
-    ragged rows, rows shorter than a tile, 16 programs per group, more groups than warps."""
-    from test_gluon_decode import TOL
-    assert _check_fused(kind, 4, [777, 130, 3, 64], lut_l2=ahead) < TOL
-    assert _check_fused(kind, 1, [5000, 2], num_splits=128, lut_l2=ahead) < TOL
-    assert _check_fused(kind, 8, [900, 33, 7], hkv=8, lut_l2=ahead) < TOL
-
-
-def test_l2_prefetch_refuses_other_builds():
-    """lut_l2 takes a tile count >= 0 at lut_pipe 2 or 3 over code planes: a clear ValueError otherwise (no GPU)."""
-    from compactkv.attention.triton import gluon
-    from compactkv.attention.triton.decode import packed_kind
-    kind = packed_kind(Codec("turbo4", 128))
-    q = torch.zeros(1, 2, 4, 128)
-    for pipe, l2 in ((0, 1), (4, 1), (2, -1)):
-        with pytest.raises(ValueError, match="lut_l2"):
-            gluon._launch_lut(q, None, None, None, None, None, kind, kind, max_len=64, num_splits=8, block_n=32,
-                              warps=8, pipe=pipe, l2=l2)
-
-
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,

@@ -142,14 +142,6 @@ def _lane_offset(like):
 
 
 @gluon.jit
-def _prefetch_l2(ptrs, on):
-    """prefetch.global.L2 of each element's address (int64 [..], one per lane) where `on` (int32, same shape) is
-    not 0: a hint, no register is loaded."""
-    gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-                              "=r,l,r", [ptrs, on], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def _keep(x):
     gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
 
@@ -713,7 +705,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, L2AHEAD: gl.constexpr = 0):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -722,9 +714,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the tile's start; 4 = the code words of the next S - 1 tiles copied (cp.async) into S shared stages per
     operand behind the table (KSTAGE / VSTAGE: `lut_stage_layout`, each lane's words at its own offsets, so the
     lane that copies a word is the one that reads it and no barrier is needed), the norms two tiles ahead in
-    registers. L2AHEAD (PIPE 2 or 3, planes): each warp also asks L2 to prefetch the code and norm bytes of the
-    tile that many tiles ahead (per operand one prefetch.global.L2 of 128 bytes per lane for the codes, one lane's
-    for the norms), so the register loads that follow find them there (0: none). BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
+    registers. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
@@ -954,18 +944,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
                                                     vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
-    if L2AHEAD > 0:  # one lane per 128-byte line of a warp's tile (lanes past the tile: the next one's lines)
-        PF: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
-        pf_lo = gl.expand_dims((pid * W + gl.arange(0, W, layout=gl.SliceLayout(1, PF))) * split, 1)  # [W, 1]
-        pf_last = gl.maximum(gl.minimum(pf_lo + split, L) - 1, 0)  # the warp's last token (clamped: in its rows)
-        pf_line = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, PF)), 0) * 128  # [1, 32] bytes
-        pf_code = gl.where(pf_line < BN * RB, 1, 0)  # the lanes whose line is in the tile's codes
-        pf_norm = gl.where(pf_line < (BN * 2 + 127) // 128 * 128, 1, 0)  # and the lanes of its norms' lines
-        kpf = kbase.to(gl.int64, bitcast=True)
-        vpf = vbase.to(gl.int64, bitcast=True)
-        knpf = knb.to(gl.int64, bitcast=True)
-        vnpf = vnb.to(gl.int64, bitcast=True)
-
     for i in range(n_iter):
         t = i * BN
         tok = lo_r + t + tr
@@ -997,13 +975,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                     vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
-            if L2AHEAD > 0:
-                pf = gl.minimum((pf_lo + t + L2AHEAD * BN) * RB + pf_line, pf_last * RB).to(gl.int64)
-                _prefetch_l2(kpf + pf, pf_code)
-                _prefetch_l2(vpf + pf, pf_code)
-                pfn = gl.minimum(pf_lo + t + L2AHEAD * BN + pf_line // 2, pf_last).to(gl.int64) * 2
-                _prefetch_l2(knpf + pfn, pf_norm)
-                _prefetch_l2(vnpf + pfn, pf_norm)
             if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
                 kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
