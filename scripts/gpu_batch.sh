@@ -45,8 +45,6 @@
 #   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
 #   bash scripts/gpu_batch.sh stream  # the table kernel's bytes read by a load-only kernel (its pattern) vs the kernel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
-#   bash scripts/gpu_batch.sh pipe5   # lut_pipe 5 (cp.async word stages in inline PTX, no CTA barrier): its CUDA
-#                                     # tests next to warm compiles, then it vs the default (graphs), phase stamps
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -289,27 +287,6 @@ ncu-table)
             python scripts/profile_decode.py $run '{"gluon": true}' >> "$OUT/ncu-table.txt" 2>&1
     done
     grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Memory Throughput" "$OUT/ncu-table.txt" | head -90
-    ;;
-pipe5)
-    # session 22: the default build issues the next tile's loads 32-82% into a tile (its registers are busy) and
-    # reads L2-resident planes 13 us faster at B=8 T=32K; lut_pipe 5 issues the copies at the tile's start
-    V=${VARIANTS:-'[{"gluon": true}, {"gluon": true, "lut_pipe": 5, "lut_block_n": 64}, {"gluon": true, "lut_pipe": 5, "lut_block_n": 32}]'}
-    python scripts/pytest_shards.py --shards "${SHARDS:-4}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
-        --ids scripts/ids/s22-pipe5.txt > "$OUT/tests.txt" 2>&1 &
-    for k in $(echo "${KINDS:-turbo4,turbo2}" | tr , ' '); do
-        timeout 240 python scripts/decode_sweep.py --shapes 1x8192,8x8192 --kinds "$k" --variants "$V" \
-            > "$OUT/warm-$k.txt" 2>&1 &
-    done
-    wait
-    tail -8 "$OUT/tests.txt"
-    grep -h FAILED "$OUT"/warm-*.txt
-    timeout "${SWEEP_TIMEOUT:-300}" python scripts/decode_sweep.py --json "$OUT/sweep-pipe5.json" \
-        --shapes "${SHAPES:-1x131072,8x32768,8x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo2}" \
-        --variants "$V" > "$OUT/sweep-pipe5.txt" 2>&1
-    grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-pipe5.txt" | tail -40
-    timeout 100 python scripts/phase_clocks.py --shapes 1x131072,8x32768 --kinds turbo4 \
-        --options '{"lut_pipe": 5, "lut_block_n": 64}' --json "$OUT/phase-clocks-pipe5.json" > "$OUT/phase.txt" 2>&1
-    tail -14 "$OUT/phase.txt"
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

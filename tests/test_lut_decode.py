@@ -251,8 +251,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
                                                      (128, 8, 2, 168, 32), (64, 8, 2, 168, 32), (128, 8, 3, 200, 32),
                                                      (64, 8, 3, 200, 32), (128, 4, 3, 200, 32), (128, 8, 2, 255, 64),
                                                      (128, 8, 3, 232, 32), (64, 8, 3, 232, 32), (128, 8, 4, 255, 32),
-                                                     (64, 4, 4, 200, 32), (128, 8, 5, 255, 32), (128, 8, 5, 255, 64),
-                                                     (64, 4, 5, 200, 32)])
+                                                     (64, 4, 4, 200, 32)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
     _check_table("turbo4", d, warps, pipe, maxnreg, bn, g)
@@ -272,7 +271,7 @@ def _check_table(kind, d, warps, pipe, maxnreg, bn, g):
 @pytest.mark.parametrize("kind,warps,pipe,maxnreg", [
     ("turbo2", 8, 3, 232), ("turbo2", 4, 3, 200), ("turbo2", 8, 2, 168), ("turbo2", 8, 0, 128), ("turbo2", 16, 0, 128),
     ("turbo3", 8, 3, 232), ("turbo3", 4, 3, 200), ("turbo3", 8, 2, 168), ("turbo3", 8, 2, 128), ("turbo3", 16, 2, 128),
-    ("turbo2", 8, 4, 255), ("turbo2", 8, 5, 255)])
+    ("turbo2", 8, 4, 255)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_turbo2_turbo3_table_kernel_vs_float64(kind, warps, pipe, maxnreg, g):
     """turbo2 (8-byte table entries, 4 parts per byte) and turbo3 (6-bit keys of two codes, 48-byte rows read as
@@ -371,8 +370,7 @@ def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("warps,pipe,maxnreg,bn", [(4, 3, 200, 32), (8, 3, 232, 32), (8, 2, 168, 32), (8, 0, 128, 32),
-                                                  (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16), (8, 5, 255, 64),
-                                                  (8, 5, 255, 32)])
+                                                  (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16)])
 def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     from test_gluon_decode import TOL
     kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, lut_block_n=bn)
@@ -663,44 +661,6 @@ def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
     from compactkv.attention.triton.gluon import lut_config_error
     assert lut_config_error(4, 128, 16, 4, 255, 64) is not None  # one stage would fit: no double buffer
     assert lut_config_error(4, 128, 8, 4, 255, 64) is None and lut_config_error(3, 128, 8, 4, 255) is not None
-
-
-@pytest.mark.parametrize("kind,bn", [("turbo4", 64), ("turbo4", 32), ("turbo2", 32)])
-def test_inline_ptx_stage_build_compiles_for_sm90(kind, bn):
-    """lut_pipe 5 (session 22): lut_pipe 4's stages with every copy, wait and read in inline PTX: in the loop one
-    cp.async wait, the stage reads (turbo4: ld.shared.v4 for K), cp.async copies of the tile S - 1 ahead and one
-    commit, and no CTA barrier and no spill traffic; the table still starts the one 192 KB allocation."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import lut_smem
-    s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=bn, pipe=5, maxnreg=255, qmap=True, fused=True)
-    assert s["shared"] == lut_smem(8, 128, 5, bn, int(kind[-1]), True) == 3 * 65536 + 4
-    ops = s["ops"]
-    assert ops["BAR"] == 0 and ops["LDL"] + ops["STL"] == 0 and s["spills"] == 0
-    assert ops["DEPBAR"] == 1 and ops["LDGDEPBAR"] == 1 and ops["LDGSTS"] > 0
-    if kind == "turbo4":
-        assert "LDS.128" in s["sass"] and "LDGSTS.E.BYPASS.128" in s["sass"]
-    assert "[global_smem+" + str(s["shared"] - 4) + "]" in s["ptx"]  # the table at the allocation's start
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
-@pytest.mark.parametrize("g", [1, 4, 8])
-def test_inline_ptx_stage_finishing_kernel_vs_float64(kind, g):
-    """The finishing kernel at lut_pipe 5 (turbo4 in 64- and 32-token tiles, turbo2 in 32): ragged rows, rows
-    shorter than a tile, 16 programs per group, more groups than warps, sinks with the key mean."""
-    from test_gluon_decode import TOL
-    for bn in ((64, 32) if kind == "turbo4" else (32,)):
-        kw = dict(lut_pipe=5, lut_block_n=bn)
-        assert _check_fused(kind, g, [777, 130, 3, 64], **kw) < TOL
-        assert _check_fused(kind, g, [5000, 2], num_splits=128, **kw) < TOL
-        assert _check_fused(kind, g, [900, 33, 7], hkv=8, **kw) < TOL
-        assert _check_fused_sinks(kind, g, [777, 130, 3, 64], 4, True, **kw) < TOL
 
 
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])

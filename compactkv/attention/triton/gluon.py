@@ -278,7 +278,7 @@ def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N,
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
     group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
-    if pipe >= 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
+    if pipe == 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
@@ -317,14 +317,14 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
         return f"lut_warps {warps}: takes 4, 8 or 16"
     if block_n not in (16, 32, 64):
         return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
-    if pipe not in (0, 1, 2, 3, 4, 5):
+    if pipe not in (0, 1, 2, 3, 4):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
-                "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead) or 5 (as 4 in inline PTX)")
-    if pipe >= 4 and bits == 3:
-        return f"lut_pipe={pipe} (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
-    if pipe >= 4 and 2 * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
-        return (f"lut_pipe={pipe} with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must "
-                "hold two stages of a tile's codes per operand")
+                "ahead), 3 (two tiles ahead) or 4 (cp.async stages, several tiles ahead)")
+    if pipe == 4 and bits == 3:
+        return "lut_pipe=4 (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
+    if pipe == 4 and 2 * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
+        return (f"lut_pipe=4 with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
+                "two stages of a tile's codes per operand")
     if pipe < 2 and bits == 3:
         return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
     if pipe == 1 and bits != 4:
@@ -342,22 +342,12 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
 
 def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
-    keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps and 32-token tiles, 8
-    for turbo2), else (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
+    keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2), else
+    (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
     if pipe != 4:
         return None, None
     from .kernels_lut import lut_stage_layout
     return lut_stage_layout(kword), lut_stage_layout(vword)
-
-
-def lut_stage_constants(pipe: int, kword, vword) -> dict:
-    """lut_pipe 5's constexprs (KGRP, VGRP, KSPEC, VSPEC, KVEC, VVEC: `kernels_lut.lut_stage_groups` of K and V),
-    else the kernel's defaults for them."""
-    if pipe != 5:
-        return dict(KGRP=None, VGRP=None, KSPEC=None, VSPEC=None, KVEC=1, VVEC=1)
-    from .kernels_lut import lut_stage_groups
-    (kg, ks, kv), (vg, vs, vv) = lut_stage_groups(kword), lut_stage_groups(vword)
-    return dict(KGRP=kg, VGRP=vg, KSPEC=ks, VSPEC=vs, KVEC=kv, VVEC=vv)
 
 
 def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
@@ -473,7 +463,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, **lut_stage_constants(pipe, kword, vword), num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)

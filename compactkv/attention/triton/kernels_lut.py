@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -140,79 +139,6 @@ def _lane_offset(like):
     """4 * lane id, shaped like `like` (int32)."""
     return gl.inline_asm_elementwise("{ .reg .b32 t; mov.u32 t, %laneid; shl.b32 $0, t, 2; }", "=r,r", [like],
                                      dtype=gl.int32, is_pure=True, pack=1)
-
-
-@gluon.jit
-def _stage_offsets(g3, t3, c3, SPEC: gl.constexpr, VEC: gl.constexpr):
-    """Byte offset in a lut_pipe 5 stage of each lane vector (coordinates in `lut_stage_groups`' layout): offset
-    bit log2(VEC) + k is coordinate bit SPEC[k]."""
-    off = g3 * 0 + t3 * 0 + c3 * 0
-    for k in gl.static_range(len(SPEC)):
-        if SPEC[k][0] == 0:
-            off = off | (((g3 >> SPEC[k][1]) & 1) << k)
-        elif SPEC[k][0] == 1:
-            off = off | (((t3 >> SPEC[k][1]) & 1) << k)
-        else:
-            off = off | (((c3 >> SPEC[k][1]) & 1) << k)
-    return off * (4 * VEC)
-
-
-@triton.constexpr_function
-def _copy_asm(vec):
-    """One cp.async of a lane vector (vec int32 words): $1 its shared byte offset from global_smem, $2 the global
-    address, $3 != 0: copy (else the vector is zero-filled); .cg (L2 only) for 16 bytes, .ca for 4 or 8."""
-    size = 4 * vec
-    level = "cg" if size == 16 else "ca"
-    return ("{ .reg .b32 a, n; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.s32 p, $3, 0; "
-            f"selp.u32 n, {size}, 0, p; cp.async.{level}.shared.global [a], [$2], {size}, n; mov.u32 $0, 0; }}")
-
-
-@triton.constexpr_function
-def _read_asm(vec):
-    """ld.shared of a lane vector (vec int32 words, outputs $0 ..) at shared byte offset $vec from global_smem."""
-    outs = ", ".join(f"${i}" for i in range(vec))
-    width = {1: "", 2: ".v2", 4: ".v4"}[vec]
-    return (f"{{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, ${vec}; ld.shared{width}.b32 {{{outs}}}, [a]; }}"
-            if vec > 1 else "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }")
-
-
-@triton.constexpr_function
-def _wait_asm(n):
-    return f"cp.async.wait_group {n}; mov.u32 $0, 0;"
-
-
-@gluon.jit
-def _stage_copy(off, ptrs, ok, VEC: gl.constexpr):
-    """lut_pipe 5: each lane vector's cp.async (`_copy_asm`) into global_smem + off, zero-filled where not ok."""
-    gl.inline_asm_elementwise(_copy_asm(VEC), "=r,r,l,r", [off, ptrs, ok.to(gl.int32)], dtype=gl.int32,
-                              is_pure=False, pack=1)
-
-
-@gluon.jit
-def _stage_read(off, VEC: gl.constexpr, LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr,
-                NC: gl.constexpr):
-    """lut_pipe 5: the lane vectors at global_smem + off ([W, BN, NC / VEC] in `lut_stage_groups`' layout) as the
-    word tile [W, BN, NC] in layout LAY (the vector's words are its consecutive registers: no data moves)."""
-    if VEC == 4:
-        o0, o1, o2, o3 = gl.inline_asm_elementwise(_read_asm(4), "=r,=r,=r,=r,r", [off],
-                                                   dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=False,
-                                                   pack=1)
-        x = gl.join(gl.join(o0, o2), gl.join(o1, o3))
-    elif VEC == 2:
-        o0, o1 = gl.inline_asm_elementwise(_read_asm(2), "=r,=r,r", [off], dtype=(gl.int32, gl.int32),
-                                           is_pure=False, pack=1)
-        x = gl.join(o0, o1)
-    else:
-        x = gl.inline_asm_elementwise(_read_asm(1), "=r,r", [off], dtype=gl.int32, is_pure=False, pack=1)
-    return gl.convert_layout(gl.reshape(x, [W, BN, NC]), LAY)
-
-
-@gluon.jit
-def _async_group(ASM: gl.constexpr, W: gl.constexpr):
-    """One inline-PTX statement per thread (cp.async.commit_group / wait_group): a [W * 32] tensor, one element
-    per thread."""
-    one = gl.zeros([W * 32], gl.int32, gl.BlockedLayout([1], [32], [W], [0]))
-    gl.inline_asm_elementwise(ASM, "=r,r", [one], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -779,9 +705,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, KGRP: gl.constexpr = None,
-                      VGRP: gl.constexpr = None, KSPEC: gl.constexpr = None, VSPEC: gl.constexpr = None,
-                      KVEC: gl.constexpr = 1, VVEC: gl.constexpr = 1):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -790,8 +714,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the tile's start; 4 = the code words of the next S - 1 tiles copied (cp.async) into S shared stages per
     operand behind the table (KSTAGE / VSTAGE: `lut_stage_layout`, each lane's words at its own offsets, so the
     lane that copies a word is the one that reads it and no barrier is needed), the norms two tiles ahead in
-    registers; 5 = as 4, with every copy, wait and read of the stages in inline PTX (KGRP / VGRP, KSPEC / VSPEC,
-    KVEC / VVEC: `lut_stage_groups`), which Triton's barrier analysis does not see: no CTA barrier in the loop. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
+    registers. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
@@ -845,7 +768,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-        if PIPE >= 4:  # the table, then 64 KB of K stages, then 64 KB of V stages
+        if PIPE == 4:  # the table, then 64 KB of K stages, then 64 KB of V stages
             stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], SM2)
             lut = stages.index(0)
         else:
@@ -1012,26 +935,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                          kwc3, vwc3, RB // 4)
             kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
             kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
-        elif PIPE == 5:  # lut_pipe 4's stages, every copy, wait and read in inline PTX: no CTA barrier
-            NC5: gl.constexpr = NB // 4
-            SB: gl.constexpr = W * BN * NC5 * 4  # bytes of one stage
-            S5: gl.constexpr = 65536 // SB
-            kg_w, kg_t, kg_c = _coords3(KGRP, W, BN, NC5 // KVEC)
-            vg_w, vg_t, vg_c = _coords3(VGRP, W, BN, NC5 // VVEC)
-            koff = 65536 + _stage_offsets(kg_w, kg_t, kg_c, KSPEC, KVEC)
-            voff5 = 131072 + _stage_offsets(vg_w, vg_t, vg_c, VSPEC, VVEC)
-            kglo = (pid * W + kg_w) * split + kg_t
-            vglo = (pid * W + vg_w) * split + vg_t
-            kghi = gl.minimum((pid * W + kg_w) * split + split, L)
-            vghi = gl.minimum((pid * W + vg_w) * split + split, L)
-            for j in gl.static_range(S5 - 1):
-                _stage_copy(koff + j * SB, _ptrs3(kwb, kglo + j * BN, kg_c * KVEC, RB // 4), kglo + j * BN < kghi,
-                            KVEC)
-                _stage_copy(voff5 + j * SB, _ptrs3(vwb, vglo + j * BN, vg_c * VVEC, RB // 4),
-                            vglo + j * BN < vghi, VVEC)
-                _async_group("cp.async.commit_group; mov.u32 $0, 0;", W)
-            kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
-            kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
         elif PIPE == 3:  # and the tile after it
             if CODEC_ROWS:
                 kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
@@ -1061,17 +964,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 # tile i + S - 1 into the stage tile i - 1 left (this lane read it last iteration)
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
                          kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3, RB // 4)
-            if PIPE == 5:  # tile i is in its stages (this lane's copies: no other lane's words are read)
-                _async_group(_wait_asm(S5 - 2), W)
-                kw_n = _stage_read(koff + (i % S5) * SB, KVEC, KWORD, W, BN, NC5)
-                vw_n = _stage_read(voff5 + (i % S5) * SB, VVEC, VWORD, W, BN, NC5)
-                # tile i + S - 1 into the stages tile i - 1 left (this lane read them last iteration)
-                nxt5 = t + (S5 - 1) * BN
-                _stage_copy(koff + ((i + S5 - 1) % S5) * SB, _ptrs3(kwb, kglo + nxt5, kg_c * KVEC, RB // 4),
-                            kglo + nxt5 < kghi, KVEC)
-                _stage_copy(voff5 + ((i + S5 - 1) % S5) * SB, _ptrs3(vwb, vglo + nxt5, vg_c * VVEC, RB // 4),
-                            vglo + nxt5 < vghi, VVEC)
-                _async_group("cp.async.commit_group; mov.u32 $0, 0;", W)
             if BITS == 3:
                 kc, kc_hi = _keys3_k(kw_n, KLOAD)
                 vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
@@ -1083,7 +975,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                     vc = _spread(vw_n, VLOAD)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
-            if PIPE >= 4:  # the norms two tiles ahead
+            if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
                 kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
             elif CODEC_ROWS:
@@ -1206,43 +1098,15 @@ def lut_layouts(w: int, bn: int, nb: int, words: bool = False) -> tuple[gl.Distr
     return k3, v3, word(k3), word(v3)
 
 
-def _stage_bases(word: gl.DistributedLinearLayout) -> tuple[list[list[int]], int]:
-    """(offset bases of `lut_stage_layout`, log2 of a lane's vector of consecutive words)."""
-    regs = [list(x) for x in word.reg_bases]
-    vec = 0
-    while vec < len(regs) and regs[vec] == [0, 0, 1 << vec]:
-        vec += 1
-    return regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases], vec
-
-
 def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
     """Shared layout of one stage [W, BN, NC] of a word tile in register layout `word` (`lut_layouts`) whose
     offsets follow the threads' registers: a lane's consecutive words (its vector) first, then the lanes, its
     other registers, the warps (a [S, W, BN, NC] buffer of stages takes it for its trailing dims). A warp's copy or
     read of one vector per lane is one contiguous run (no bank conflict), and each word is copied in and read back
     by the same lane (no barrier between)."""
-    return gl.SharedLinearLayout(offset_bases=_stage_bases(word)[0], alignment=16)
-
-
-def lut_stage_groups(word: gl.DistributedLinearLayout) -> tuple[gl.DistributedLinearLayout, tuple, int]:
-    """lut_pipe 5's view of a `lut_stage_layout` stage: (the layout of one element per lane vector, [W, BN, NC /
-    vec], the vector's words folded out of the column; the stage offset of a vector as (dim, bit) per offset bit
-    above the vector's, in that layout's coordinates; vec, the words per vector). `_stage_offsets` turns the
-    second into each vector's word offset, so a lane copies and reads its own words as lut_pipe 4's stages hold
-    them, through inline PTX."""
-    bases, v = _stage_bases(word)
-    w, bn, nc = word.shape
-
-    def fold(x):
-        assert x[2] % (1 << v) == 0, (x, v)
-        return [x[0], x[1], x[2] >> v]
-    group = gl.DistributedLinearLayout(reg_bases=[fold(x) for x in word.reg_bases[v:]],
-                                       lane_bases=[fold(x) for x in word.lane_bases], warp_bases=word.warp_bases,
-                                       block_bases=[], shape=[w, bn, nc >> v])
-    spec = []
-    for b in bases[v:]:
-        b = fold(b)
-        (dim,) = [i for i in range(3) if b[i]]
-        assert b[dim] & (b[dim] - 1) == 0, b  # one coordinate bit per offset bit
-        spec.append((dim, b[dim].bit_length() - 1))
-    return group, tuple(spec), 1 << v
+    regs = [list(x) for x in word.reg_bases]
+    vec = 0
+    while vec < len(regs) and regs[vec] == [0, 0, 1 << vec]:
+        vec += 1
+    bases = regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases]
+    return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
