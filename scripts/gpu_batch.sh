@@ -45,6 +45,9 @@
 #   bash scripts/gpu_batch.sh occupancy  # 4-warp table programs (three per SM) vs the default, warmed in parallel
 #   bash scripts/gpu_batch.sh stream  # the table kernel's bytes read by a load-only kernel (its pattern) vs the kernel
 #   bash scripts/gpu_batch.sh ncu-table  # stall reasons and pipes of the default finishing table kernel (ncu)
+#   AB=DIR bash scripts/gpu_batch.sh ab  # the finishing kernel's CUDA tests (this tree), then this tree's default
+#                                     # build vs the one in DIR (a `git archive <commit> compactkv` copy) in one
+#                                     # call, twice interleaved (graphs; KINDS, SHAPES override)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -287,6 +290,30 @@ ncu-table)
             python scripts/profile_decode.py $run '{"gluon": true}' >> "$OUT/ncu-table.txt" 2>&1
     done
     grep -E "^==|Duration|SM Frequency|Issue Slots Busy|pipe_|stalled|wavefronts|inst_executed.sum|Eligible Warps|Active Warps Per|DRAM Throughput|Memory Throughput" "$OUT/ncu-table.txt" | head -90
+    ;;
+ab)
+    # session 22: a same-card A/B of two trees' default builds (the other tree's package first on PYTHONPATH)
+    [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
+    python scripts/pytest_shards.py --shards "${SHARDS:-4}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
+        -k "fused_table_kernel_vs_float64 or sinks_and_key_mean or fused_table_kernel_dtypes" \
+        tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
+    V='[{"gluon": true}]'
+    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
+        timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" --variants "$V" > /dev/null 2>&1 &
+        PYTHONPATH="$AB:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" --variants "$V" \
+            > /dev/null 2>&1 &
+    done
+    wait
+    tail -8 "$OUT/tests.txt"
+    for r in 1 2; do
+        for tree in "$AB" .; do
+            name=$([ "$tree" = . ] && echo this || echo ab)
+            PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
+                --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-1x131072,8x32768}" \
+                --kinds "${KINDS:-turbo4,turbo3,turbo2}" --variants "$V" > "$OUT/sweep-$name-$r.txt" 2>&1
+            echo "== $name run $r"; grep -E "x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
+        done
+    done
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -624,7 +624,9 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     rd = gl.arange(0, D, layout=gl.SliceLayout(0, AL))
     rn1 = gl.arange(0, NH, layout=RL)
     slot = bh * n_prog + pid
-    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), ap)
+    # (rows QR .. NH hold no query: not stored, read back as 0)
+    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), ap,
+             mask=gl.expand_dims(rn < QR, 1))
     gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn1, mx)
     gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn1, lp)
     _fence_gpu(rn1)
@@ -649,8 +651,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
             lc = gl.load(ml_ptr + srow * 2 * NH + NH + gl.expand_dims(fn, 0), mask=live, other=0.0,
                          cache_modifier=".cg")
             ac = gl.load(o_ptr + (gl.expand_dims(srow * NH + gl.expand_dims(fn, 0), 2)) * D
-                         + gl.expand_dims(gl.expand_dims(fd, 0), 1), mask=gl.expand_dims(live, 2), other=0.0,
-                         cache_modifier=".cg")
+                         + gl.expand_dims(gl.expand_dims(fd, 0), 1),
+                         mask=gl.expand_dims(live & gl.expand_dims(fn < QR, 0), 2), other=0.0, cache_modifier=".cg")
             m_new = gl.maximum(m_r, gl.max(mc, axis=0))
             m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
             wc = gl.exp2(mc - gl.expand_dims(m_use, 0))
