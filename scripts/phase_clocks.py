@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="turbo4")
     ap.add_argument("--reps", type=int, default=20, help="stamped launches per shape (the medians are over them)")
     ap.add_argument("--options", default="{}",
-                    help="JSON object of attend_planes keywords for both builds, e.g. '{\"lut_early\": true}'")
+                    help="JSON object of attend_planes keywords for both builds, e.g. "
+                         "'{\"lut_pipe\": 3, \"lut_block_n\": 32}' (default: the default build)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     try:

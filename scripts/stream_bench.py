@@ -208,13 +208,8 @@ def main(argv=None) -> int:
                     rows.append(r)
                     print(f"  {kind:7s} {what:34s} {us:8.1f} us {r['gbps']:6.0f} GB/s  x{sdpa / us:4.2f}", flush=True)
                     del st
-                if args.json:
-                    with open(args.json, "w") as f:
-                        json.dump({"card": card, "commit": commit(), "copy_gbps": copy_gbps, "rows": rows}, f,
-                                  indent=1)
-                continue
             base = lut_splits(b * HKV, t, 8, dev, 128, bits=4) // 8  # the table kernel's programs per (b, h)
-            for pattern in ("split", "block"):
+            for pattern in () if args.l2 else ("split", "block"):
                 for bn in bns:
                     for mult in (1, 2):
                         try:

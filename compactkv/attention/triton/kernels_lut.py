@@ -724,7 +724,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
     is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no recent
     window, no mask; fp16 sinks with SINKS below): o_ptr / ml_ptr hold one partial per program
-    ([B*H, programs, NH, D] and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr
+    ([B*H, programs, NH, D], its rows QR .. NH not written, and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr
     the V inverse map, out_ptr the [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are
     codec rows ([fp16 norm][codes], 2 + RB bytes: the dynamic cache's chunks) found through the chunk tables
     k_tab / v_tab (`decode.chunk_table`) of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold
