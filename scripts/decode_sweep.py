@@ -58,7 +58,7 @@ def kernel_times(step, n: int = 5) -> list[tuple[str, float]]:
 def main(argv=None) -> int:
     import triton.testing as tt
     import torch.nn.functional as F
-    from compactkv.bench.kernels import HEAD_DIM, HKV, HQ, commit, decode_step
+    from compactkv.bench.kernels import HEAD_DIM, HKV, HQ, commit, decode_step, parse_shapes
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--shapes", default="8x32768,1x131072")
@@ -70,12 +70,22 @@ def main(argv=None) -> int:
     from compactkv.attention.triton.decode import HEAD_DIMS
     if args.head_dim not in HEAD_DIMS:
         ap.error(f"--head-dim {args.head_dim}: the kernels take {', '.join(map(str, HEAD_DIMS))}")
-    variants = json.loads(args.variants) if args.variants else VARIANTS
+    try:
+        shapes = parse_shapes(args.shapes)
+    except ValueError as e:
+        ap.error(f"--shapes: {e}")
+    try:
+        variants = json.loads(args.variants) if args.variants else VARIANTS
+    except ValueError as e:
+        ap.error(f"--variants {args.variants!r}: not JSON ({e})")
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        ap.error(f"--variants {args.variants!r}: a JSON list of objects (attend_packed keyword sets)")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
     rows = []
-    for shape in args.shapes.split(","):
-        b, t = (int(x) for x in shape.split("x"))
+    for b, t in shapes:
         d = args.head_dim
         q = torch.randn(b, HQ, 1, d, device=dev, dtype=torch.float16)
         k = torch.randn(b, HKV, t, d, device=dev, dtype=torch.float16)

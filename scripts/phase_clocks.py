@@ -83,12 +83,11 @@ def main(argv=None) -> int:
     if not isinstance(options, dict) or {"clocks", "num_splits"} & set(options):
         ap.error(f"--options {args.options!r}: a JSON object of attend_planes keywords other than clocks and "
                  "num_splits (the script sets those)")
+    from compactkv.bench.kernels import parse_shapes
     try:
-        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
-    except ValueError:
-        ap.error(f"--shapes {args.shapes!r}: give BxT pairs such as 1x131072,8x32768")
-    if any(len(s) != 2 or min(s) < 1 for s in shapes):
-        ap.error(f"--shapes {args.shapes!r}: give BxT pairs of positive integers such as 1x131072,8x32768")
+        shapes = parse_shapes(args.shapes)
+    except ValueError as e:
+        ap.error(f"--shapes: {e}")
     kinds = args.kinds.split(",")
     if any(k not in ("turbo4", "turbo3", "turbo2") for k in kinds):
         ap.error(f"--kinds {args.kinds!r}: the finishing table kernel takes turbo4, turbo3 and turbo2")
@@ -100,13 +99,15 @@ def main(argv=None) -> int:
                                                   lut_splits)
     from compactkv.bench.kernels import HKV, commit, decode_step
     dev = torch.device("cuda")
+    warps = options.get("lut_warps", LUT_WARPS)  # the build's (the splits, stamps and programs follow it)
     rows = []
     for b, t in shapes:
         for kind in kinds:
             bits = int(kind[-1])
-            ns = lut_splits(b * HKV, t, LUT_WARPS, dev, 128, lut_fused_build(bits)[0], LUT_FUSED_MAXNREG, bits)
-            ns = -(-ns // LUT_WARPS) * LUT_WARPS
-            clk = torch.zeros(lut_clock_shape(b, HKV, ns, LUT_WARPS), dtype=torch.int64, device=dev)
+            pipe = lut_fused_build(bits, options.get("lut_pipe"), options.get("lut_block_n"))[0]
+            ns = lut_splits(b * HKV, t, warps, dev, 128, pipe, options.get("lut_maxnreg", LUT_FUSED_MAXNREG), bits)
+            ns = -(-ns // warps) * warps
+            clk = torch.zeros(lut_clock_shape(b, HKV, ns, warps), dtype=torch.int64, device=dev)
             torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared
             plain, _ = decode_step(kind, b, t, dev, gluon=True, num_splits=ns, **options)
             torch.manual_seed(0)
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
                 times.append(ev[0].elapsed_time(ev[1]) * 1e3)
                 stamped()
                 torch.cuda.synchronize()
-                sums.append(summarize(clk.cpu(), ns // LUT_WARPS))
+                sums.append(summarize(clk.cpu(), ns // warps))
             same = torch.equal(stamped().float(), ref)
             row = {"batch": b, "context": t, "kind": kind, "num_splits": ns, "options": options,
                    "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums)}

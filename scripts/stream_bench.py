@@ -84,8 +84,8 @@ def stream_step(kind: str, b: int, t: int, bn: int, warps: int, warpsplit: bool,
     out = torch.empty(bh * programs, dtype=torch.int64, device=dev)
     words = rb // 8
     def step():
-        stream_kernel[(programs, bh)](k, v, kn, vn, out, t, split, split // bn, W=warps, BN=bn, WORDS=words, WARPSPLIT=warpsplit,
-                                      num_warps=warps)
+        stream_kernel[(programs, bh)](k, v, kn, vn, out, t, split, split // bn, W=warps, BN=bn, WORDS=words,
+                                      WARPSPLIT=warpsplit, num_warps=warps)
         return out
     step.planes = (k, v, kn, vn)  # for checking the fold
     return step, bh * t * (2 * rb + 4), programs
@@ -149,7 +149,7 @@ def sdpa_us(b: int, t: int, dev) -> float:
 def main(argv=None) -> int:
     import triton.testing as tt
     from compactkv.attention.triton.gluon import lut_splits
-    from compactkv.bench.kernels import HKV, commit, copy_bandwidth, decode_step
+    from compactkv.bench.kernels import HKV, commit, copy_bandwidth, decode_step, parse_shapes
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="8x32768,8x131072,1x131072", help="BxT pairs, comma-separated")
     ap.add_argument("--kinds", default="turbo4", help=f"comma-separated, of {', '.join(ROW_BYTES)}")
@@ -161,13 +161,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     try:
-        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+        shapes = parse_shapes(args.shapes)
+    except ValueError as e:
+        ap.error(f"--shapes: {e}")
+    try:
         bns = [int(x) for x in args.bn.split(",")]
     except ValueError:
-        ap.error(f"--shapes takes BxT pairs (e.g. 8x32768,1x131072) and --bn integers, got {args.shapes!r} / "
-                 f"{args.bn!r}")
-    if any(len(x) != 2 or min(x) < 1 for x in shapes):
-        ap.error(f"--shapes takes positive BxT pairs, got {args.shapes!r}")
+        ap.error(f"--bn takes comma-separated powers of two, got {args.bn!r}")
     if any(n < 1 or n & (n - 1) for n in bns):
         ap.error(f"--bn takes powers of two, got {args.bn!r}")
     known = ("turbo4", "turbo3", "turbo2") if args.l2 else tuple(ROW_BYTES)

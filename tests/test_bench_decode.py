@@ -77,3 +77,30 @@ def test_kernel_bench_names_what_the_dynamic_cache_runs():
     from compactkv.bench.kernels import kernel_name, rows_name
     assert rows_name("turbo4") and rows_name("turbo4", 64) and not rows_name("turbo2", 64) and not rows_name("q8_0")
     assert kernel_name("turbo4") == "table" and kernel_name("turbo4", rows=False) == "fast"
+
+
+def test_shape_lists_parse_or_name_what_is_accepted():
+    """`bench.kernels.parse_shapes`, the --shapes of decode_sweep / stream_bench / phase_clocks: BxT pairs, or a
+    ValueError naming the form; each script turns it into an argparse error (exit 2, no traceback; the two that
+    import Triton at start only where it is installed)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+    from compactkv.bench.kernels import parse_shapes
+    assert parse_shapes("8x32768,1x131072") == [(8, 32768), (1, 131072)]
+    for bad in ("8x", "0x5", "abc", "8x4x2", "", "8x-1"):
+        with pytest.raises(ValueError, match="BxT pairs of positive integers"):
+            parse_shapes(bad)
+    root = Path(__file__).resolve().parents[1]
+    scripts = ["phase_clocks.py"]
+    if importlib.util.find_spec("triton") is not None:
+        scripts += ["decode_sweep.py", "stream_bench.py"]
+    for script in scripts:
+        run = subprocess.run([sys.executable, str(root / "scripts" / script), "--shapes", "8x"], capture_output=True,
+                             text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        assert run.returncode == 2 and "--shapes: expected comma-separated BxT pairs" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr

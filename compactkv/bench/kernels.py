@@ -46,6 +46,18 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'8x32768,1x131072' -> [(8, 32768), (1, 131072)] (batch, context); ValueError naming what is accepted."""
+    try:
+        shapes = [tuple(int(x) for x in s.split("x")) for s in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise ValueError(f"expected comma-separated BxT pairs of positive integers such as 8x32768,1x131072, got "
+                         f"{text!r}")
+    return shapes
+
+
 def commit() -> str:
     """The tree's commit for reports (`provenance.commit`: $COMPACTKV_COMMIT first), or "unknown"."""
     return tree_commit() or "unknown"

@@ -724,17 +724,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
     is the mapped query, fp32 (`decode.map_query`). FUSED: the step finishes here (`_finish_fused`: no recent
     window, no mask; fp16 sinks with SINKS below): o_ptr / ml_ptr hold one partial per program
-    ([B*H, programs, NH, D], its rows QR .. NH not written, and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero again after the launch), adj_ptr
-    the V inverse map, out_ptr the [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2 or 3): the codes and norms are
-    codec rows ([fp16 norm][codes], 2 + RB bytes: the dynamic cache's chunks) found through the chunk tables
-    k_tab / v_tab (`decode.chunk_table`) of chunks of 2**CHUNK_SHIFT tokens (a multiple of BN; the last may hold
-    fewer); the plane arguments are then unused. SINKS (FUSED and QMAP): the group's fp16 sink tokens (sk_ptr,
-    sv_ptr: [B, H, n_sink, D], batch and head strides s_sb, s_sh) are attended by its last program
-    (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per group (after the
-    programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs, CLOCK_PHASES, W] where
-    lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at its start, after the
-    prologue (query, table), after the loop and at its exit, then the global timer at its exit. KASM: turbo4's K
-    (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order, through ASM)."""
+    ([B*H, programs, NH, D], its rows QR .. NH not written, and [.., 2, NH]), cnt_ptr int32 [B*H] zeros (zero
+    again after the launch), adj_ptr the V inverse map, out_ptr the [B, 1, H*MQ, D] output. CODEC_ROWS (PIPE 2
+    or 3): the codes and norms are codec rows ([fp16 norm][codes], 2 + RB bytes: the dynamic cache's chunks)
+    found through the chunk tables k_tab / v_tab (`decode.chunk_table`) of chunks of 2**CHUNK_SHIFT tokens (a
+    multiple of BN; the last may hold fewer); the plane arguments are then unused. SINKS (FUSED and QMAP): the
+    group's fp16 sink tokens (sk_ptr, sv_ptr: [B, H, n_sink, D], batch and head strides s_sb, s_sh) are attended
+    by its last program (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per
+    group (after the programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs,
+    CLOCK_PHASES, W] where lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at
+    its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit.
+    KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
+    through ASM)."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -965,7 +966,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 vw_n = vs.index(i % S).load(VWORD)
                 # tile i + S - 1 into the stage tile i - 1 left (this lane read it last iteration)
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
-                         kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3, RB // 4)
+                         kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3,
+                         RB // 4)
             if BITS == 3:
                 kc, kc_hi = _keys3_k(kw_n, KLOAD)
                 vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
