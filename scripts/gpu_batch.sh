@@ -48,6 +48,9 @@
 #   AB=DIR bash scripts/gpu_batch.sh ab  # the finishing kernel's CUDA tests (this tree), then this tree's default
 #                                     # build vs the one in DIR (a `git archive <commit> compactkv` copy) in one
 #                                     # call, twice interleaved (graphs; KINDS, SHAPES override)
+#   bash scripts/gpu_batch.sh hadamard  # the maps as Hadamard factors (session 23): the finishing kernel's CUDA
+#                                     # tests (both maps), then factors vs dense maps in one sweep (graphs)
+#   bash scripts/gpu_batch.sh hadamard-clocks  # the phase stamps of both, then the static-cache and dispatch tests
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -314,6 +317,32 @@ ab)
             echo "== $name run $r"; grep -E "x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
         done
     done
+    ;;
+hadamard)
+    python scripts/pytest_shards.py --shards "${SHARDS:-6}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
+        -k "fused or hadamard or stamped or sinks_and_key_mean" tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
+    V='[{"gluon": true}, {"gluon": true, "lut_hadamard": false}]'
+    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
+        timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" --variants "$V" > /dev/null 2>&1 &
+    done
+    wait
+    tail -8 "$OUT/tests.txt"
+    timeout "${SWEEP_TIMEOUT:-300}" python scripts/decode_sweep.py --json "$OUT/sweep-hadamard.json" \
+        --shapes "${SHAPES:-8x32768,8x131072,1x131072,1x32768}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+        --variants "$V" > "$OUT/sweep-hadamard.txt" 2>&1
+    grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-hadamard.txt" | tail -30
+    ;;
+hadamard-clocks)
+    t="timeout ${TEST_TIMEOUT:-300}"
+    $t python -m pytest -q -p no:warnings tests/test_static_graphs.py > "$OUT/pytest_static.txt" 2>&1 &
+    $t python -m pytest -q -p no:warnings tests/test_triton_dispatch.py > "$OUT/pytest_dispatch.txt" 2>&1 &
+    for o in '{}' '{"lut_hadamard": false}'; do
+        timeout 200 python scripts/phase_clocks.py --shapes "${SHAPES:-1x131072,8x32768}" \
+            --kinds "${KINDS:-turbo4,turbo2}" --options "$o" \
+            --json "$OUT/phase-clocks-$([ "$o" = '{}' ] && echo had || echo dense).json" 2>&1 | tail -14
+    done
+    wait
+    summarize
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -349,14 +349,38 @@ def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 @pytest.mark.parametrize("g", [1, 4, 8])
-def test_fused_table_kernel_vs_float64(kind, g):
+@pytest.mark.parametrize("had", [True, False])
+def test_fused_table_kernel_vs_float64(kind, g, had):
     """The whole step in one launch: ragged rows, a row shorter than a tile, programs whose warps are all empty,
-    one program per group (num_splits = warps) and many (16 programs), more groups than a program's warps."""
+    one program per group (num_splits = warps) and many (16 programs), more groups than a program's warps; the
+    maps as Hadamard factors (the default for these rotated maps) and dense."""
     from test_gluon_decode import TOL
-    assert _check_fused(kind, g, [777, 130, 3, 64]) < TOL
-    assert _check_fused(kind, g, [3001, 100, 3, 1], num_splits=8) < TOL
-    assert _check_fused(kind, g, [5000, 2], num_splits=128) < TOL
-    assert _check_fused(kind, g, [900, 33, 7], hkv=8) < TOL
+    assert _check_fused(kind, g, [777, 130, 3, 64], lut_hadamard=had) < TOL
+    assert _check_fused(kind, g, [3001, 100, 3, 1], num_splits=8, lut_hadamard=had) < TOL
+    assert _check_fused(kind, g, [5000, 2], num_splits=128, lut_hadamard=had) < TOL
+    assert _check_fused(kind, g, [900, 33, 7], hkv=8, lut_hadamard=had) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+@pytest.mark.parametrize("g", [4, 8])
+def test_fused_hadamard_maps_per_head_match_the_dense_ones(kind, g):
+    """A per-head query map (keys stored divided by a per-channel scale: [H, D, D]) and the V inverse map as
+    Hadamard factors give the dense maps' output (both fp32 maps of the same step), outputs poisoned with NaN."""
+    from test_gluon_decode import _rel
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import attend_planes
+    lengths, hkv = [2000, 77, 5], 8
+    kc, vc, _, _, planes, q, w, adj, counters, lens = _fused_case(kind, g, lengths, hkv, torch.bfloat16, 128)
+    w = w / (torch.rand(hkv, 128, 1, device=w.device) + 0.5)
+    outs = []
+    for had in (True, False):
+        out = torch.full((len(lengths), 1, hkv * g, 128), float("nan"), device=q.device)
+        attend_planes(q, w, adj, *planes, lens, packed_kind(kc), packed_kind(vc), max_len=max(lengths),
+                      counters=counters, out=out, lut_hadamard=had)
+        outs.append(out)
+    assert not outs[0].isnan().any() and _rel(outs[0], outs[1]) < 1e-5
 
 
 @cuda
@@ -579,6 +603,18 @@ def test_attend_planes_refuses_what_it_cannot_finish():
                       counters=torch.zeros(2, dtype=torch.int32), lut_warps=16)
 
 
+def test_attend_planes_names_maps_without_hadamard_factors():
+    """lut_hadamard=True over maps that are not diag(pre) H diag(post) is refused before anything runs."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import attend_planes
+    t4 = packed_kind(Codec("turbo4", 128))
+    kc, kn = torch.zeros(1, 2, 8, 64, dtype=torch.uint8), torch.zeros(1, 2, 8, dtype=torch.float16)
+    lens, q = torch.full((1,), 8, dtype=torch.int32), torch.zeros(1, 2, 4, 128)
+    with pytest.raises(ValueError, match=r"lut_hadamard=True: the query map and adj must each be diag\(pre\) H"):
+        attend_planes(q, torch.eye(128), torch.eye(128), kc, kn, kc, kn, lens, t4, t4, max_len=8,
+                      counters=torch.zeros(2, dtype=torch.int32), lut_hadamard=True)
+
+
 def test_planar_launchers_name_bad_input():
     """launch_gluon and attend_planes check the query, the planes and the lengths the same way (one helper each)
     and say what was wrong, before anything reaches a kernel."""
@@ -636,6 +672,66 @@ def test_lut_query_map_column_order():
         assert sorted(got[0, 0].tolist()) == sorted(w[0, 0].tolist())  # a permutation of the columns
     assert [lut_query_rows(g, 128, 8) for g in (1, 2, 3, 4, 5, 8)] == [4, 4, 4, 4, 8, 8]
     assert lut_query_rows(1, 64, 16) == 8 and lut_query_rows(1, 128, 16) == 4
+
+
+def test_lut_hadamard_maps_in_the_kernels_order():
+    """lut_hadamard_maps: the query map's factors with their dims in the K product's order (what the kernel
+    computes from them, the query's dims gathered by lut_key_dims, equals the dense map's permuted columns in
+    float64), per head or one for all, then the V inverse map's; kept per map pair; None for maps of another form,
+    a head_dim that is not a power of two and warps the layouts do not take."""
+    import random
+    from compactkv.attention.triton.decode import LOG2E, segment_maps
+    from compactkv.attention.triton.gluon import lut_hadamard_maps, lut_key_dims
+    from compactkv.core.rotation import fwht
+    d, seed = 128, random.SystemRandom().randrange(2**31)
+    fwd, adj = segment_maps(("turbo4", d, seed), torch.device("cpu"))
+    h = fwht(torch.eye(d, dtype=torch.float64)) * d ** 0.5
+    x = torch.randn(4, d, dtype=torch.float64)
+    for w in (fwd * (d ** -0.5 * LOG2E), fwd / (torch.rand(3, d, 1) + 0.5)):
+        for bits in (4, 3, 2):
+            f = lut_hadamard_maps(w, adj, bits, 8)
+            assert f.dtype == torch.float32
+            assert f.shape == ((3 if w.dim() == 3 else 1) + 1, 2, d)
+            assert lut_hadamard_maps(w, adj, bits, 8) is f  # kept
+            dims = lut_key_dims(d, bits)
+            for head in range(f.shape[0] - 1):
+                got = ((x[:, dims] * f[head, 0].double()) @ h) * f[head, 1].double()
+                want = (x @ (w[head] if w.dim() == 3 else w).double())[:, dims]
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+            got = ((x * f[-1, 0].double()) @ h) * f[-1, 1].double()
+            assert torch.allclose(got, x @ adj.double(), rtol=1e-5, atol=1e-6)
+    assert lut_hadamard_maps(torch.randn(d, d), adj, 4, 8) is None
+    assert lut_hadamard_maps(fwd, torch.randn(d, d), 4, 8) is None
+    assert lut_hadamard_maps(fwd, adj, 4, 32) is None  # 16 dims per i1 do not split over 32 warps
+    f96, a96 = segment_maps(("turbo4", 96, seed), torch.device("cpu"))
+    assert lut_hadamard_maps(f96, a96, 4, 4) is None
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+def test_hadamard_build_compiles_for_sm90(kind):
+    """The finishing build with the maps as Hadamard factors (sm_90, the kind's default tiles): the table is still
+    the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop less
+    than half the dense build's global loads (no 64 KB query map per program, no 64 KB V map in the last one)."""
+    import collections
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    from compactkv.attention.triton.gluon import lut_fused_build, lut_smem
+    bits = int(kind[-1])
+    pipe, bn = lut_fused_build(bits)
+    loads = {}
+    for had in (True, False):
+        s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=bn, pipe=pipe, maxnreg=255, qmap=True,
+                                fused=True, hadamard=had)
+        assert s["shared"] == lut_smem(8, 128, pipe, bn, bits, fused=True)
+        ins, _ = sass_decode.instrs(s["sass"])
+        ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
+        assert ops["LDL"] + ops["STL"] == 0
+        loads[had] = ops["LDG"] - s["ops"]["LDG"]
+    assert loads[True] < loads[False] / 2, loads
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

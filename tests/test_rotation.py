@@ -96,3 +96,35 @@ def test_cuda_equals_cpu(d):
         assert torch.equal(y_gpu, y_cpu)
     torch.testing.assert_close(y_gpu, y_cpu, rtol=0, atol=1e-6)
     torch.testing.assert_close(rot.inverse(y_cpu.cuda()).cpu(), rot.inverse(y_cpu), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_hadamard_factors_reproduce_rotations_and_scaled_rows(d):
+    """A rotation's matrix, its transpose, and the transpose with rows scaled per head (keys stored divided by a
+    per-channel scale) are diag(pre) H diag(post): x @ m from the factors equals the dense product in float64."""
+    from compactkv.core.rotation import hadamard_factors
+    g = torch.Generator().manual_seed(fresh_seed())
+    r = get_rotation(d, seed=fresh_seed()).matrix()
+    scaled = r.T / (torch.rand(3, d, 1, generator=g, dtype=torch.float64) + 0.5)
+    h = fwht(torch.eye(d, dtype=torch.float64)) * d ** 0.5
+    for m in (r, r.T, scaled):
+        f = hadamard_factors(m)
+        assert f is not None and f.shape == (*m.shape[:-2], 2, d) and f.dtype == torch.float64
+        x = torch.randn(5, d, generator=g, dtype=torch.float64)
+        got = ((x[..., None, :, :] * f[..., 0:1, :] if m.dim() == 3 else x * f[0]) @ h) \
+            * (f[..., 1:2, :] if m.dim() == 3 else f[1])
+        assert torch.allclose(got, x @ m, rtol=0, atol=1e-12)
+
+
+def test_hadamard_factors_refuse_other_maps():
+    """None for a map not of the form (random, identity, one entry off), a dim that is not a power of two, a
+    non-finite or zero map."""
+    from compactkv.core.rotation import hadamard_factors
+    r = get_rotation(128).matrix()
+    off = r.clone()
+    off[3, 7] += 1e-3
+    nan = r.clone()
+    nan[0, 0] = float("nan")
+    for m in (torch.randn(128, 128), torch.eye(128), off, get_rotation(96).matrix(), nan, torch.zeros(64, 64),
+              torch.randn(128, 64)):
+        assert hadamard_factors(m) is None

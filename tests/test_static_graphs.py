@@ -420,8 +420,8 @@ def test_static_layer_keeps_its_query_map():
     from compactkv.attention.triton import gluon
     w2 = w.clone()
     lut_query_map(w2, 4)
-    assert (id(w2), 4) in gluon._LUT_MAPS
-    key = (id(w2), 4)
+    key = (id(w2), ("cols", 4))
+    assert key in gluon._LUT_MAPS
     del w2
     assert key not in gluon._LUT_MAPS  # a freed map's entry goes with it
 

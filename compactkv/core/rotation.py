@@ -101,3 +101,33 @@ class Rotation:
 @functools.lru_cache(maxsize=None)
 def get_rotation(dim: int, seed: int = 0) -> Rotation:
     return Rotation(dim, seed)
+
+
+def hadamard_factors(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor | None:
+    """(pre, post) with m = diag(pre) H diag(post), H the unnormalised Sylvester Hadamard matrix of order D (a
+    power of two), as float64 [..., 2, D] on the CPU, one pair per leading index of m ([D, D] or [..., D, D]); None
+    where m is not of that form (to rtol of its largest entry), D is not a power of two or m is not finite.
+
+    Then x @ m = ((x * pre) @ H) * post: O(D log D) instead of a dense D x D product. A rotated segment map
+    (x @ fwd = R x, R = H diag(s) / sqrt(D)) and its inverse are of that form, and so is a map whose rows are
+    scaled (keys stored divided by a per-channel scale). Reads m on the host."""
+    d = m.shape[-1]
+    if m.dim() < 2 or m.shape[-2] != d or d < 2 or d & (d - 1):
+        return None
+    x = m.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        return None
+    h = fwht(torch.eye(d, dtype=torch.float64)) * math.sqrt(d)  # exact ±1
+    s = x * h  # = pre_i post_j where m is of the form: rank one
+    flat = s.reshape(-1, d, d)
+    pairs = []
+    for one in flat:
+        big = one.abs().max()
+        if big == 0:
+            return None
+        i, j = divmod(int(one.abs().argmax()), d)
+        pre, post = one[:, j], one[i, :] / one[i, j]
+        if (one - pre[:, None] * post[None, :]).abs().max() > rtol * big:
+            return None
+        pairs.append(torch.stack([pre, post]))
+    return torch.stack(pairs).reshape(*m.shape[:-2], 2, d)

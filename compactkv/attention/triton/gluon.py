@@ -7,6 +7,7 @@ import weakref
 
 import torch
 
+from ...core.rotation import hadamard_factors
 from .decode import (FAMILY_MSE, PackedKind, SplitPartials, _sm_count, _window_pair, check_query_map, choose_splits,
                      map_query, merge_partials)
 from .fastasm import decode_asm, fp16_bits, table_words
@@ -37,6 +38,7 @@ LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishi
 # GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
 # A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
 # 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
+HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -370,13 +372,52 @@ def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
     """w (fp32 [D, D] or [H, D, D], `decode.map_query`'s map) with its columns in the order the table kernel's
     K product reads the mapped query (QMAP): column k is dim `lut_key_dims`[k]. Kept per map tensor (a layer's map
     is made once)."""
-    key = (id(w), bits)
+    # made on the device: no host copy (allowed while a graph is captured)
+    return _per_map(w, ("cols", bits), lambda: w.index_select(-1, lut_key_dims(w.shape[-1], bits, w.device))
+                    .contiguous())
+
+
+def lut_hadamard_maps(w: torch.Tensor, adj: torch.Tensor, bits: int, warps: int) -> torch.Tensor | None:
+    """The finishing table kernel's maps as Hadamard factors (`rotation.hadamard_factors`), or None where either
+    map is not of that form or the kernel's layouts do not take head_dim D and `warps`: fp32 [H + 1, 2, D], rows
+    0 .. H the query map's (pre, post) per head (one row for a [D, D] map), their dims in the order the K product
+    reads them (`lut_key_dims`), then the V inverse map's in the natural order. The kernel then maps the query and
+    the output with two small ±1 products each instead of reading two dense D x D maps (64 KB each at head_dim 128)
+    in every program. Kept per pair of map tensors; reads them on the host once (a sync), so a pair first seen
+    while a graph is captured takes the dense maps."""
+    d = w.shape[-1]
+    if d & (d - 1) or d < 64 or (d // HAD_D1) % warps:
+        return None
+
+    def make():
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return _NOT_YET
+        fq, fa = hadamard_factors(w), hadamard_factors(adj)
+        if fq is None or fa is None or fa.dim() != 2:
+            return weakref.ref(adj), None
+        fq = fq.reshape(-1, 2, d).index_select(-1, lut_key_dims(d, bits))
+        return weakref.ref(adj), torch.cat([fq, fa[None]]).float().to(w.device)
+
+    tag = ("hadamard", bits, id(adj), _version(adj))
+    got = _per_map(w, tag, make)
+    if got is not _NOT_YET and got[0]() is not adj:  # another adj at a freed one's address: made again
+        _LUT_MAPS.pop((id(w), tag), None)
+        got = _per_map(w, tag, make)
+    return None if got is _NOT_YET else got[1]
+
+
+_NOT_YET = object()  # (`lut_hadamard_maps` while a graph is captured: not kept, the next call looks again)
+
+
+def _per_map(w: torch.Tensor, tag: tuple, make):
+    """make() kept per (map tensor, tag): the entry goes when w does, and is made again if w changes in place or
+    make returned _NOT_YET."""
+    key = (id(w), tag)
     cached = _LUT_MAPS.get(key)
     if cached is not None and cached[0]() is w and cached[1] == _version(w):
         return cached[2]
-    # made on the device: no host copy (allowed while a graph is captured)
-    out = w.index_select(-1, lut_key_dims(w.shape[-1], bits, w.device)).contiguous()
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    out = make()
+    if out is _NOT_YET or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         return out  # made by captured kernels: its values exist once the graph runs, so it is not kept
     if key not in _LUT_MAPS:  # the entry goes when w does (no device memory held for freed maps)
         weakref.finalize(w, _LUT_MAPS.pop, key, None)
@@ -390,7 +431,7 @@ def _version(w: torch.Tensor) -> int:
     return 0 if w.is_inference() else w._version
 
 
-_LUT_MAPS: dict = {}  # (id(w), bits) -> (weak reference to w, w's version, the permuted map); entries leave with w
+_LUT_MAPS: dict = {}  # (id(w), tag) -> (weak reference to w, w's version, what `_per_map` made); entries leave with w
 
 
 def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
@@ -402,14 +443,15 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
     extras = (sink_k, sink_v, k_mean, qscale) merged by the finishing program (fused only; sinks as
     `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
-    scripts/phase_clocks.py)."""
+    scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
+    (`lut_hadamard_maps`) instead of the dense maps, or None."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -430,11 +472,14 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     q = q.contiguous()
     if w is not None:
         check_query_map(q, w)
-        wq = lut_query_map(w, bits)
+        wq = lut_query_map(w, bits) if hadamard is None else hadamard
+        w_hs = (d * d if hadamard is None else 2 * d) if w.dim() == 3 else 0
     block_m = 16
     rows = b * h * num_splits * block_m  # partial rows: 16 per split
     if fused is not None:  # one partial per program: [B*H, programs, NH, D] and [.., 2, NH] (+ the sinks' per group)
         adj, counters, out = fused
+        if hadamard is not None:
+            adj = hadamard[-1]
         rows = b * h * (num_splits // warps + (extras is not None)) * GLUON_ROWS
     o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
@@ -455,7 +500,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         *strides, wq if w is not None else q,
-        d * d if w is not None and w.dim() == 3 else 0, counters if fused else lengths, adj if fused else q,
+        w_hs if w is not None else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
         q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits),
@@ -463,8 +508,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, num_warps=warps, maxnreg=maxnreg)
-    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None)
+        VSTAGE=vstage, HAD=hadamard is not None, num_warps=warps, maxnreg=maxnreg)
+    key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
+           hadamard is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -501,7 +547,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_pipe: int | None = None,
                   lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
-                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None) -> torch.Tensor:
+                  clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
+                  lut_hadamard: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -515,7 +562,10 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
     with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
-    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind."""
+    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind. lut_hadamard: the
+    maps applied as Hadamard factors (`lut_hadamard_maps`: rotated segment maps, the query's rows scaled or not)
+    where they are of that form (None), always (True: ValueError where they are not) or never (False: the dense
+    maps)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -535,6 +585,12 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
         raise ValueError(f"counters must be contiguous int32 zeros [{b * h}] on {q.device}, got {counters.dtype} "
                          f"{list(counters.shape)} on {counters.device}")
     _check_planes(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind)
+    check_query_map(q, w)
+    had = None if lut_hadamard is False else lut_hadamard_maps(w, adj, k_kind.bits, lut_warps)
+    if lut_hadamard and had is None:
+        raise ValueError("lut_hadamard=True: the query map and adj must each be diag(pre) H diag(post) (H the "
+                         "Sylvester Hadamard matrix; a rotated segment map, rows scaled or not), head_dim a power "
+                         f"of two >= 64 with head_dim / {HAD_D1} a multiple of lut_warps ({lut_warps})")
     if out is None:
         out = torch.empty(b, 1, h * g, d, dtype=out_dtype or q.dtype, device=q.device)
     elif tuple(out.shape) != (b, 1, h * g, d) or not out.is_contiguous() or out.device != q.device \
@@ -544,7 +600,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks)
+                       clocks=clocks, hadamard=had)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -509,6 +510,78 @@ def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.
     return acc
 
 
+@triton.constexpr_function
+def had_layout(qr, d, w, step):
+    """`_hadamard_map`'s product layouts: step 1 over [QR, D1, D2 (i2), D2 (j2)] (i2 in each thread, j2 over the
+    warps), step 2 over [QR, D1 (i1), D1 (j1), D2 (j2)] (i1 over the lanes); lanes are (row, i1) either way, so
+    step 1's result is step 2's operand where it was made. D1 = 8, D2 = D / 8."""
+    d1, d2, li = 8, d // 8, 32 // qr
+    inner = d2 if step == 1 else d1
+    return gl.BlockedLayout([1, d1 // li, inner, d2 // w], [qr, li, 1, 1], [1, 1, 1, w], [3, 2, 1, 0])
+
+
+@gluon.jit
+def _hadamard_sign(i, j):
+    """H[i, j] of the Sylvester Hadamard matrix: +1.0 where i & j has an even number of bits set, else -1.0."""
+    c = gl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [i & j], dtype=gl.int32, is_pure=True, pack=1)
+    return 1.0 - 2.0 * (c & 1).to(gl.float32)
+
+
+@gluon.jit
+def _had_index(QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr, OUT: gl.constexpr):
+    """(rows [QR, 1, 1], dims [1, 8, D / 8]) of `_hadamard_map`'s input (dim m = D2 i1 + i2) or, OUT, its output
+    (dim k = D2 j1 + j2), in its layout."""
+    if OUT:
+        LAY: gl.constexpr = gl.SliceLayout(1, had_layout(QR, D, W, 2))
+    else:
+        LAY: gl.constexpr = gl.SliceLayout(3, had_layout(QR, D, W, 1))
+    r = gl.arange(0, QR, layout=gl.SliceLayout(1, gl.SliceLayout(2, LAY)))
+    a = gl.arange(0, 8, layout=gl.SliceLayout(1, gl.SliceLayout(0, LAY)))
+    c = gl.arange(0, D // 8, layout=gl.SliceLayout(0, gl.SliceLayout(0, LAY)))
+    dims = gl.expand_dims(gl.expand_dims(a, 1) * (D // 8) + gl.expand_dims(c, 0), 0)
+    return gl.expand_dims(gl.expand_dims(r, 1), 2), dims
+
+
+@gluon.jit
+def _hadamard_map(x, f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
+    """((x * pre) @ H) * post for QR rows x [QR, 8, D / 8] (dim m = D2 i1 + i2, layout `_had_index`'s input one),
+    f_ptr fp32 [2, D] (pre, post; `gluon.lut_hadamard_maps`): H = H_8 (x) H_D2 (D2 = D / 8) as two ±1 products,
+    over i2 in each thread (32 products a thread at D = 128, 8 warps), then over i1 across the lanes (16 and a
+    shuffle sum). Returns [QR, 8, D2] (dim k = D2 j1 + j2) in `_had_index`'s output layout. What the dense fp32
+    [D, D] map took: D / 8 products a thread and 64 KB of loads per program."""
+    D2: gl.constexpr = D // 8
+    L1: gl.constexpr = had_layout(QR, D, W, 1)
+    L2: gl.constexpr = had_layout(QR, D, W, 2)
+    _, m = _had_index(QR, D, W, False)
+    x = x * gl.load(f_ptr + m)
+    H2L: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, L1))  # [i2, j2]
+    i2 = gl.arange(0, D2, layout=gl.SliceLayout(1, H2L))
+    j2 = gl.arange(0, D2, layout=gl.SliceLayout(0, H2L))
+    h2 = _hadamard_sign(gl.expand_dims(i2, 1), gl.expand_dims(j2, 0))
+    z = gl.sum(gl.expand_dims(x, 3) * gl.expand_dims(gl.expand_dims(h2, 0), 0), axis=2)  # [QR, i1, j2]
+    z = gl.convert_layout(z, gl.SliceLayout(2, L2))  # (the same threads and registers)
+    H1L: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(3, L2))  # [i1, j1]
+    i1 = gl.arange(0, 8, layout=gl.SliceLayout(1, H1L))
+    j1 = gl.arange(0, 8, layout=gl.SliceLayout(0, H1L))
+    h1 = _hadamard_sign(gl.expand_dims(i1, 1), gl.expand_dims(j1, 0))
+    y = gl.sum(gl.expand_dims(z, 2) * gl.expand_dims(gl.expand_dims(h1, 0), 3), axis=1)  # [QR, j1, j2]
+    _, k = _had_index(QR, D, W, True)
+    return y * gl.load(f_ptr + D + k)
+
+
+@gluon.jit
+def _key_dim(k, D: gl.constexpr, BITS: gl.constexpr):
+    """The dim that row k of the K product reads (`gluon.lut_key_dims`)."""
+    if BITS == 4:
+        return (D // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
+    else:
+        P: gl.constexpr = 4 if BITS == 2 else 2
+        NB: gl.constexpr = D // P
+        lq = k % NB
+        sq = ((lq // 2) % 4) * (NB // 4) + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
+        return P * sq + k // NB
+
+
 CLOCK_PHASES = 6  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`)
 _CLOCK_PHASES = gl.constexpr(CLOCK_PHASES)  # (the kernels' copy)
 
@@ -576,7 +649,7 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
@@ -686,14 +759,23 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         # the inverse V map: rows through shared memory to the threads that own w's columns
         st_o.store(res)
         gl.thread_barrier()
-        out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
-        OQ: gl.constexpr = out.type.layout
-        if SINKS:
-            out = out + st_w.slice(0, QR, dim=0).load(OQ)
-        on = gl.arange(0, QR, layout=gl.SliceLayout(1, OQ))
-        od = gl.arange(0, D, layout=gl.SliceLayout(0, OQ))
-        dst = out_ptr + ((b.to(gl.int64) * H + h) * MQ + gl.expand_dims(on, 1)) * D + gl.expand_dims(od, 0)
-        gl.store(dst, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(on < MQ, 1))
+        if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
+            S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
+            xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
+            out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), adj_ptr, QR, D, W)
+            if SINKS:
+                sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
+                out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
+            on, od = _had_index(QR, D, W, True)
+        else:
+            out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
+            OQ: gl.constexpr = out.type.layout
+            if SINKS:
+                out = out + st_w.slice(0, QR, dim=0).load(OQ)
+            on = gl.expand_dims(gl.arange(0, QR, layout=gl.SliceLayout(1, OQ)), 1)
+            od = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, OQ)), 0)
+        dst = out_ptr + ((b.to(gl.int64) * H + h) * MQ + on) * D + od
+        gl.store(dst, out.to(out_ptr.dtype.element_ty), mask=on < MQ)
         gl.store(cnt_ptr + bh, 0)
 
 
@@ -707,7 +789,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -794,10 +876,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         # q @ w here (w's columns in the operands' order, `gluon.lut_query_map`), handed from the threads that
         # made it to the ones that use it through the first rows of the table's memory, before the table is
         # written there
-        qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
         QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
-        stage.slice(0, QR, dim=0).store(qm)
+        if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order
+            rq3, mq3 = _had_index(QR, D, W, False)
+            xq = gl.load(q_ptr + (bh * MQ + rq3).to(gl.int64) * D + _key_dim(mq3, D, BITS), mask=rq3 < MQ,
+                         other=0.0).to(gl.float32)
+            qm = _hadamard_map(xq, w_ptr + h.to(gl.int64) * w_hs, QR, D, W)
+            SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
+            lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
+        else:
+            qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
+            stage.slice(0, QR, dim=0).store(qm)
         gl.thread_barrier()
         qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r (KB) or row l of part p for r = p NB + l
         live = gl.expand_dims(nq < MQ, 0)  # (rows >= QR: not written)
@@ -1056,7 +1146,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
