@@ -366,21 +366,23 @@ def test_fused_table_kernel_vs_float64(kind, g, had):
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 @pytest.mark.parametrize("g", [4, 8])
 def test_fused_hadamard_maps_per_head_match_the_dense_ones(kind, g):
-    """A per-head query map (keys stored divided by a per-channel scale: [H, D, D]) and the V inverse map as
-    Hadamard factors give the dense maps' output (both fp32 maps of the same step), outputs poisoned with NaN."""
-    from test_gluon_decode import _rel
+    """A per-head query map (keys stored divided by a per-channel scale s: [H, D, D], i.e. the query q / s in the
+    original space) and the V inverse map, as Hadamard factors and dense: each against float64 attention of q / s,
+    outputs poisoned with NaN."""
+    from test_gluon_decode import TOL, _rel
+    from compactkv.attention.reference import packed_dense_float64
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import attend_planes
-    lengths, hkv = [2000, 77, 5], 8
-    kc, vc, _, _, planes, q, w, adj, counters, lens = _fused_case(kind, g, lengths, hkv, torch.bfloat16, 128)
-    w = w / (torch.rand(hkv, 128, 1, device=w.device) + 0.5)
-    outs = []
+    lengths, hkv, d = [2000, 77, 5], 8, 128
+    kc, vc, rk, rv, planes, q, w, adj, counters, lens = _fused_case(kind, g, lengths, hkv, torch.bfloat16, d)
+    scale = torch.rand(hkv, d, device=w.device) + 0.5
+    w = w / scale[:, :, None]
+    ref = packed_dense_float64(kc, vc, rk, rv, q.float() / scale[None, :, None, :], d ** -0.5, lengths, 1)
     for had in (True, False):
-        out = torch.full((len(lengths), 1, hkv * g, 128), float("nan"), device=q.device)
+        out = torch.full((len(lengths), 1, hkv * g, d), float("nan"), device=q.device)
         attend_planes(q, w, adj, *planes, lens, packed_kind(kc), packed_kind(vc), max_len=max(lengths),
                       counters=counters, out=out, lut_hadamard=had)
-        outs.append(out)
-    assert not outs[0].isnan().any() and _rel(outs[0], outs[1]) < 1e-5
+        assert _rel(out.reshape(len(lengths), hkv, g, d), ref) < TOL
 
 
 @cuda
