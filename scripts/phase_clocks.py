@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         ap.error(f"--reps {args.reps}: at least 1")
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_WARPS, lut_clock_shape, lut_fused_build,
+    from compactkv.attention.triton.gluon import (LUT_WARPS, lut_clock_shape, lut_fused_build, lut_fused_maxnreg,
                                                   lut_splits)
     from compactkv.bench.kernels import HKV, commit, decode_step
     dev = torch.device("cuda")
@@ -105,7 +105,8 @@ def main(argv=None) -> int:
         for kind in kinds:
             bits = int(kind[-1])
             pipe = lut_fused_build(bits, options.get("lut_pipe"), options.get("lut_block_n"))[0]
-            ns = lut_splits(b * HKV, t, warps, dev, 128, pipe, options.get("lut_maxnreg", LUT_FUSED_MAXNREG), bits)
+            regs = options.get("lut_maxnreg", lut_fused_maxnreg(bits))
+            ns = lut_splits(b * HKV, t, warps, dev, 128, pipe, regs, bits)
             ns = -(-ns // warps) * warps
             clk = torch.zeros(lut_clock_shape(b, HKV, ns, warps), dtype=torch.int64, device=dev)
             torch.manual_seed(0)  # the same rows and query for both builds: their outputs are compared

@@ -721,13 +721,13 @@ def test_hadamard_build_compiles_for_sm90(kind):
     sass_decode = pytest.importorskip("sass_decode")
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import lut_fused_build, lut_smem
+    from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg, lut_smem
     bits = int(kind[-1])
     pipe, bn = lut_fused_build(bits)
     loads = {}
     for had in (True, False):
-        s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=bn, pipe=pipe, maxnreg=255, qmap=True,
-                                fused=True, hadamard=had)
+        s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=bn, pipe=pipe,
+                                maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True, hadamard=had)
         assert s["shared"] == lut_smem(8, 128, pipe, bn, bits, fused=True)
         ins, _ = sass_decode.instrs(s["sass"])
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)

@@ -38,6 +38,10 @@ LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishi
 # GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
 # A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
 # 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
+LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap where not LUT_FUSED_MAXNREG: turbo4 with
+# the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
+# T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
+# alike at both; session 23, docs/perf/sweep-regs-*-s23-h200.json)
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -522,6 +526,11 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 
+def lut_fused_maxnreg(bits: int) -> int:
+    """The finishing table kernel's register cap for `bits`-bit codes (`attend_planes`' default lut_maxnreg)."""
+    return LUT_FUSED_MAXNREGS.get(bits, LUT_FUSED_MAXNREG)
+
+
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
     given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles one ahead), else (LUT_PIPE, GLUON_BLOCK_N)."""
@@ -545,7 +554,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   v_kind: PackedKind, *, max_len: int, counters: torch.Tensor, out_dtype: torch.dtype | None = None,
                   out: torch.Tensor | None = None, num_splits: int | None = None, lut_warps: int = LUT_WARPS,
                   lut_pipe: int | None = None,
-                  lut_maxnreg: int = LUT_FUSED_MAXNREG, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
                   lut_hadamard: bool | None = None) -> torch.Tensor:
@@ -562,7 +571,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     log2 e, the factor of the unmapped query's scores). Returns [B, 1, H*G, D] in `out_dtype` (default q's dtype),
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
     with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
-    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind. lut_hadamard: the
+    lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind, lut_maxnreg None
+    `lut_fused_maxnreg`'s. lut_hadamard: the
     maps applied as Hadamard factors (`lut_hadamard_maps`: rotated segment maps, the query's rows scaled or not)
     where they are of that form (None), always (True: ValueError where they are not) or never (False: the dense
     maps)."""
@@ -571,6 +581,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     if why:
         raise ValueError(why)
     lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n)
+    if lut_maxnreg is None:
+        lut_maxnreg = lut_fused_maxnreg(k_kind.bits)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
     # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
     # table's 64 KB
