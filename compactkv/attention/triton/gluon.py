@@ -572,10 +572,9 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     written into `out` if given (contiguous, that shape). clocks: a diagnostic, int64 [`lut_clock_shape`] filled
     with each warp's timer stamps (`_launch_lut`; give num_splits to know its shape before the call). lut_pipe /
     lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind, lut_maxnreg None
-    `lut_fused_maxnreg`'s. lut_hadamard: the
-    maps applied as Hadamard factors (`lut_hadamard_maps`: rotated segment maps, the query's rows scaled or not)
-    where they are of that form (None), always (True: ValueError where they are not) or never (False: the dense
-    maps)."""
+    `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
+    maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
+    are not) or never (False: the dense maps)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:

@@ -547,8 +547,9 @@ def _hadamard_map(x, f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     """((x * pre) @ H) * post for QR rows x [QR, 8, D / 8] (dim m = D2 i1 + i2, layout `_had_index`'s input one),
     f_ptr fp32 [2, D] (pre, post; `gluon.lut_hadamard_maps`): H = H_8 (x) H_D2 (D2 = D / 8) as two ±1 products,
     over i2 in each thread (32 products a thread at D = 128, 8 warps), then over i1 across the lanes (16 and a
-    shuffle sum). Returns [QR, 8, D2] (dim k = D2 j1 + j2) in `_had_index`'s output layout. What the dense fp32
-    [D, D] map took: D / 8 products a thread and 64 KB of loads per program."""
+    shuffle sum). Returns [QR, 8, D2] (dim k = D2 j1 + j2) in `_had_index`'s output layout. The dense fp32 [D, D]
+    map (`_map_query`) takes QR D D / (32 W) products a thread (256 at QR 4, D 128, 8 warps) and D D 4 bytes of
+    loads per program."""
     D2: gl.constexpr = D // 8
     L1: gl.constexpr = had_layout(QR, D, W, 1)
     L2: gl.constexpr = had_layout(QR, D, W, 2)
@@ -652,7 +653,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
                   ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
-    the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors) and
+    the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
+    its Hadamard factors, fp32 [2, D], `_hadamard_map`) and
     writes the normalised rows g < MQ at out_ptr [B, 1, H * MQ, D] (the query's dtype), then zeroes the counter
     for the next launch. acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum
     (log2 units).
@@ -817,7 +819,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     CLOCK_PHASES, W] where lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at
     its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit.
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
-    through ASM)."""
+    through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
+    dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
+    `_hadamard_map` instead of the dense maps."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
