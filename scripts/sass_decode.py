@@ -286,6 +286,9 @@ def main(argv=None) -> int:
                     help="with --lut: the build with phase stamps (scripts/phase_clocks.py's)")
     ap.add_argument("--rows", action="store_true",
                     help="with --lut --pipe 2|3: codec rows (the dynamic cache's chunks) through chunk tables")
+    ap.add_argument("--hadamard", action="store_true",
+                    help="with --lut --qmap --fused: the query and V maps as Hadamard factors (attend_planes' default "
+                         "for rotated maps, gluon.lut_hadamard_maps)")
     ap.add_argument("--dump")
     args = ap.parse_args(argv)
     if args.fused and not args.lut:
@@ -294,6 +297,8 @@ def main(argv=None) -> int:
         ap.error("--rows is an option of the table kernel with --pipe 2 or 3")
     if args.qmap and not args.lut:
         ap.error("--qmap is an option of the table kernel (--lut)")
+    if args.hadamard and not (args.lut and args.qmap and args.fused):
+        ap.error("--hadamard is an option of the finishing table kernel (--lut --qmap --fused)")
     if args.gluon:
         args.warps = 1
     args.block_n = args.block_n or (32 if args.gluon or args.lut else 64)
@@ -314,7 +319,7 @@ def main(argv=None) -> int:
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
                         maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows,
-                        clocks=args.clocks)
+                        clocks=args.clocks, hadamard=args.hadamard)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,
