@@ -403,6 +403,18 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     assert _check_fused("turbo4", 4, [1500, 40, 2], **kw) < TOL
 
 
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind,pipe,bn", [("turbo2", 2, 64), ("turbo2", 3, 64), ("turbo3", 2, 64)])
+def test_fused_table_kernel_tiles_of_other_kinds(kind, pipe, bn):
+    """turbo2 / turbo3 in 64-token tiles (their default: 32 two ahead) against float64: ragged rows, a row shorter
+    than a tile, GQA 4 and 8."""
+    from test_gluon_decode import TOL
+    kw = dict(lut_pipe=pipe, lut_block_n=bn)
+    assert _check_fused(kind, 4, [1500, 40, 2], **kw) < TOL
+    assert _check_fused(kind, 8, [777, 130, 3, 64], num_splits=16, **kw) < TOL
+
+
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,
