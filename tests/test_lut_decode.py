@@ -418,21 +418,21 @@ def test_fused_table_kernel_tiles_of_other_kinds(kind, pipe, bn):
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 64-token tiles one ahead,
-    turbo3 / turbo2 32-token tiles two ahead; LUT_FUSED_MAXNREG) with the sinks and key mean merged: no spill
-    traffic in the loop (turbo4 since session 20: one register stored before it and loaded after it, 8 bytes of
-    stack), and no more shared memory than without them (the sinks' sums stay in a warp), the table at its
-    start."""
+    turbo2 two ahead, turbo3 32-token tiles two ahead; `lut_fused_maxnreg`; the Hadamard maps) with the sinks and
+    key mean merged: no spill traffic in the loop (at most 8 bytes of stack outside it), and no more shared memory
+    than without them (the sinks' sums stay in a warp), the table at its start."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     sass_decode = pytest.importorskip("sass_decode")
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
-    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_WARPS, lut_fused_build, lut_smem
-    pipe, bn = lut_fused_build(int(kind[-1]))
-    s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=pipe, maxnreg=LUT_FUSED_MAXNREG,
-                            qmap=True, fused=True, sinks=True, block_n=bn)
-    assert s["ops"]["LDL"] + s["ops"]["STL"] == 0 and s["spills"] <= (8 if kind == "turbo4" else 0)
+    from compactkv.attention.triton.gluon import LUT_WARPS, lut_fused_build, lut_fused_maxnreg, lut_smem
+    bits = int(kind[-1])
+    pipe, bn = lut_fused_build(bits)
+    s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=pipe, maxnreg=lut_fused_maxnreg(bits),
+                            qmap=True, fused=True, sinks=True, block_n=bn, hadamard=True)
+    assert s["ops"]["LDL"] + s["ops"]["STL"] == 0 and s["spills"] <= 8
     assert s["shared"] == lut_smem(LUT_WARPS, 128, pipe, fused=True) == 256 * 256 + 4
     assert "[global_smem+65536]" in s["ptx"]
 

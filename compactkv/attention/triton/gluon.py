@@ -34,10 +34,14 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (2, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not (LUT_PIPE,
-# GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200 same-card
-# A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1 T=128K
-# 58.3 / 58.7 -> 54.9 / 54.8; turbo2 86.8 -> 89.1 and turbo3 114.7 -> 115.5 were not faster; session 21)
+LUT_FUSED_TILES = {4: (2, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
+# (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200
+# same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
+# T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
+# Hadamard maps; 18.1 vs 18.8 instructions per token, 248 registers): B=8 T=32K 81.5 -> 78.2 us, B=8 T=128K 295.8 ->
+# 276.5, B=1 T=128K 46.3 -> 45.4, B=1 T=32K 18.0 -> 18.5 (one ahead: 86.9 / 314.6 / 49.0 / 17.9); turbo3 one ahead
+# in 64-token tiles 111.0 / 406.0 / 62.5 / 21.8 against 112.7 / 416.9 / 62.1 / 21.8 (not taken); one call, same card
+# (docs/perf/sweep-tiles-*-s23-h200.json). With the dense maps (session 21) turbo2 86.8 -> 89.1 one ahead.
 LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap where not LUT_FUSED_MAXNREG: turbo4 with
 # the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
 # T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
@@ -533,7 +537,8 @@ def lut_fused_maxnreg(bits: int) -> int:
 
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
-    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles one ahead), else (LUT_PIPE, GLUON_BLOCK_N)."""
+    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles one ahead, turbo2 two ahead), else (LUT_PIPE,
+    GLUON_BLOCK_N)."""
     dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
         return dp, dn
