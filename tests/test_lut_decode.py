@@ -14,6 +14,17 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def _sass_decode():
+    """scripts/sass_decode.py (sm_90 builds on any machine), or the test skipped where it cannot run."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sass_decode = pytest.importorskip("sass_decode")
+    if not Path(sass_decode.NVDISASM).exists():
+        pytest.skip("Triton's bundled nvdisasm is missing")
+    return sass_decode
+
+
 def _half(x: int) -> float:
     return struct.unpack("<e", struct.pack("<H", x & 0xFFFF))[0]
 
@@ -203,12 +214,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
     its start), one shared read per code byte in the loop, per code byte one prmt for its address and one per pair
     of parts (turbo2: 3; turbo4: 2 for V at pipe < 2, else 1: its K is decoded in byte order, its V at pipe >= 2 by
     token-pair keys, a shift and a lop3 per key word), and no other integer decoder."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     if fused and (warps > 8 or d != 128):
         pytest.skip("attend_planes takes head_dim 128 and 4 or 8 warps")
@@ -421,12 +427,7 @@ def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     turbo2 two ahead, turbo3 32-token tiles two ahead; `lut_fused_maxnreg`; the Hadamard maps) with the sinks and
     key mean merged: no spill traffic in the loop (at most 8 bytes of stack outside it), and no more shared memory
     than without them (the sinks' sums stay in a warp), the table at its start."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import LUT_WARPS, lut_fused_build, lut_fused_maxnreg, lut_smem
     bits = int(kind[-1])
     pipe, bn = lut_fused_build(bits)
@@ -483,12 +484,7 @@ def test_stamped_table_kernel_compiles_for_sm90():
     """The finishing build with phase stamps (clocks): four SM clock reads and two global-timer reads, no spills,
     and the loop as long as the default build's within a few instructions (scripts/sass_decode.py); turbo4's
     64-token tiles (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build
     pipe, bn = lut_fused_build(4)
     assert (pipe, bn) == (2, 64)
@@ -727,12 +723,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
     the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop less
     than half the dense build's global loads (no 64 KB query map per program, no 64 KB V map in the last one)."""
     import collections
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg, lut_smem
     bits = int(kind[-1])
     pipe, bn = lut_fused_build(bits)
@@ -755,12 +746,7 @@ def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
     ld.shared.v4 / v2 (`lut_stage_layout`: each lane's words contiguous), no spill traffic in the loop. The
     compiler's barrier analysis puts at most 3 CTA barriers per tile (H200: slower than the register prefetch,
     docs/kernels.md session 21)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary(kind, lut=True, d=128, warps=8, pipe=4, maxnreg=255, qmap=True, fused=fused)
     assert s["shared"] == lut_smem(8, 128, 4, bits=int(kind[-1]), fused=fused) == 3 * 65536 + 4 * fused
@@ -778,12 +764,7 @@ def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
     """sm_90 build of the turbo3 table kernel: no spill traffic, the 8 KB table is the only shared buffer, one
     shared read per key (two codes) in the loop, and per key one funnel shift, one and/or (LOP3) and one pairing
     prmt (with a little loop bookkeeping; the V windows' shift by 0 or 16 bits is two more per token and lane)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary("turbo3", lut=True, d=128, warps=warps, pipe=pipe, maxnreg=maxnreg)
     ops = s["ops"]
@@ -960,12 +941,7 @@ def test_launch_rows_names_bad_input():
 def test_table_kernel_over_rows_compiles_for_sm90(kind, d, pipe, maxnreg):
     """sm_90 build of the row reader: the table still the only shared buffer and one shared read per code byte;
     each code word read as aligned words (a run's words plus one) and funnel-shifted, not byte by byte."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    sass_decode = pytest.importorskip("sass_decode")
-    if not Path(sass_decode.NVDISASM).exists():
-        pytest.skip("Triton's bundled nvdisasm is missing")
+    sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary(kind, lut=True, d=d, warps=8, pipe=pipe, maxnreg=maxnreg, qmap=True, rows=True)
     ops = s["ops"]
