@@ -835,7 +835,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     VB: gl.constexpr = BITS == 4 and PIPE >= 2  # V read by token-pair keys (`_value_keys`), through KASM too
     NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
     RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
-    WK: gl.constexpr = NB // 4
     WV: gl.constexpr = NB // 8
 
     # the table: row e holds entry e for lanes 0..31 (its first 128 bytes); with PIPE, the K and V stages follow
@@ -909,16 +908,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         qmask = gl.expand_dims(nq < MQ, 0)
         if KB:
             kq = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
-            qd = (D // 4) * ((kq // 2) % 4) + 4 * (kq // 16) + 2 * ((kq // 8) % 2) + kq % 2
-            qk = gl.load(qrow + gl.expand_dims(qd, 1), mask=qmask, other=0.0).to(gl.float16)
-        else:
+            qk = gl.load(qrow + gl.expand_dims(_key_dim(kq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
+        else:  # part p's operand row l reads dim _key_dim(p NB + l)
             lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
-            sq = ((lq // 2) % 4) * WK + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-            q0 = gl.load(qrow + gl.expand_dims(P * sq, 1), mask=qmask, other=0.0).to(gl.float16)
-            q1 = gl.load(qrow + gl.expand_dims(P * sq + 1, 1), mask=qmask, other=0.0).to(gl.float16)
+            q0 = gl.load(qrow + gl.expand_dims(_key_dim(lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
+            q1 = gl.load(qrow + gl.expand_dims(_key_dim(NB + lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
             if P == 4:
-                q2 = gl.load(qrow + gl.expand_dims(P * sq + 2, 1), mask=qmask, other=0.0).to(gl.float16)
-                q3 = gl.load(qrow + gl.expand_dims(P * sq + 3, 1), mask=qmask, other=0.0).to(gl.float16)
+                q2 = gl.load(qrow + gl.expand_dims(_key_dim(2 * NB + lq, D, BITS), 1), mask=qmask,
+                             other=0.0).to(gl.float16)
+                q3 = gl.load(qrow + gl.expand_dims(_key_dim(3 * NB + lq, D, BITS), 1), mask=qmask,
+                             other=0.0).to(gl.float16)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
     if KB:
