@@ -687,8 +687,8 @@ def test_lut_query_map_column_order():
 def test_lut_hadamard_maps_in_the_kernels_order():
     """lut_hadamard_maps: the query map's factors with their dims in the K product's order (what the kernel
     computes from them, the query's dims gathered by lut_key_dims, equals the dense map's permuted columns in
-    float64), per head or one for all, then the V inverse map's; kept per map pair; None for maps of another form,
-    a head_dim that is not a power of two and warps the layouts do not take."""
+    float64), per head or one for all, and the V inverse map's; each kept per map tensor; None for maps of another
+    form, a head_dim that is not a power of two and warps the layouts do not take."""
     import random
     from compactkv.attention.triton.decode import LOG2E, segment_maps
     from compactkv.attention.triton.gluon import lut_hadamard_maps, lut_key_dims
@@ -699,16 +699,17 @@ def test_lut_hadamard_maps_in_the_kernels_order():
     x = torch.randn(4, d, dtype=torch.float64)
     for w in (fwd * (d ** -0.5 * LOG2E), fwd / (torch.rand(3, d, 1) + 0.5)):
         for bits in (4, 3, 2):
-            f = lut_hadamard_maps(w, adj, bits, 8)
-            assert f.dtype == torch.float32
-            assert f.shape == ((3 if w.dim() == 3 else 1) + 1, 2, d)
-            assert lut_hadamard_maps(w, adj, bits, 8) is f  # kept
+            fq, fa = lut_hadamard_maps(w, adj, bits, 8)
+            assert fq.dtype == fa.dtype == torch.float32
+            assert fq.shape == (3 if w.dim() == 3 else 1, 2, d) and fa.shape == (1, 2, d)
+            again = lut_hadamard_maps(w, adj, bits, 8)
+            assert again[0] is fq and again[1] is fa  # kept
             dims = lut_key_dims(d, bits)
-            for head in range(f.shape[0] - 1):
-                got = ((x[:, dims] * f[head, 0].double()) @ h) * f[head, 1].double()
+            for head in range(fq.shape[0]):
+                got = ((x[:, dims] * fq[head, 0].double()) @ h) * fq[head, 1].double()
                 want = (x @ (w[head] if w.dim() == 3 else w).double())[:, dims]
                 assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-            got = ((x * f[-1, 0].double()) @ h) * f[-1, 1].double()
+            got = ((x * fa[0, 0].double()) @ h) * fa[0, 1].double()
             assert torch.allclose(got, x @ adj.double(), rtol=1e-5, atol=1e-6)
     assert lut_hadamard_maps(torch.randn(d, d), adj, 4, 8) is None
     assert lut_hadamard_maps(fwd, torch.randn(d, d), 4, 8) is None

@@ -385,36 +385,38 @@ def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:
                     .contiguous())
 
 
-def lut_hadamard_maps(w: torch.Tensor, adj: torch.Tensor, bits: int, warps: int) -> torch.Tensor | None:
+def lut_hadamard_maps(w: torch.Tensor, adj: torch.Tensor, bits: int,
+                      warps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The finishing table kernel's maps as Hadamard factors (`rotation.hadamard_factors`), or None where either
-    map is not of that form or the kernel's layouts do not take head_dim D and `warps`: fp32 [H + 1, 2, D], rows
-    0 .. H the query map's (pre, post) per head (one row for a [D, D] map), their dims in the order the K product
-    reads them (`lut_key_dims`), then the V inverse map's in the natural order. The kernel then maps the query and
-    the output with two small ±1 products each instead of reading two dense D x D maps (64 KB each at head_dim 128)
-    in every program. Kept per pair of map tensors; reads them on the host once (a sync), so a pair first seen
-    while a graph is captured takes the dense maps."""
+    map is not of that form or the kernel's layouts do not take head_dim D and `warps`: (the query map's fp32 [H or
+    1, 2, D], one (pre, post) per head with their dims in the order the K product reads them (`lut_key_dims`), the V
+    inverse map's fp32 [1, 2, D] in the natural order). The kernel then maps the query and the output with two small
+    ±1 products each instead of reading two dense D x D maps (64 KB each at head_dim 128) in every program. Kept per
+    map tensor; each is read on the host once (a sync), so a map first seen while a graph is captured takes the
+    dense maps."""
     d = w.shape[-1]
     if d & (d - 1) or d < 64 or (d // HAD_D1) % warps:
         return None
-
-    def make():
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            return _NOT_YET
-        fq, fa = hadamard_factors(w), hadamard_factors(adj)
-        if fq is None or fa is None or fa.dim() != 2:
-            return weakref.ref(adj), None
-        fq = fq.reshape(-1, 2, d).index_select(-1, lut_key_dims(d, bits))
-        return weakref.ref(adj), torch.cat([fq, fa[None]]).float().to(w.device)
-
-    tag = ("hadamard", bits, id(adj), _version(adj))
-    got = _per_map(w, tag, make)
-    if got is not _NOT_YET and got[0]() is not adj:  # another adj at a freed one's address: made again
-        _LUT_MAPS.pop((id(w), tag), None)
-        got = _per_map(w, tag, make)
-    return None if got is _NOT_YET else got[1]
+    fq = _per_map(w, ("hadamard", bits), lambda: _hadamard_of(w, lut_key_dims(d, bits)))
+    fa = _per_map(adj, ("hadamard", None), lambda: _hadamard_of(adj, None))
+    if fq is None or fa is None or fq is _NOT_YET or fa is _NOT_YET or fa.shape[0] != 1:
+        return None
+    return fq, fa
 
 
-_NOT_YET = object()  # (`lut_hadamard_maps` while a graph is captured: not kept, the next call looks again)
+def _hadamard_of(m: torch.Tensor, dims: torch.Tensor | None):
+    """m's Hadamard factors as fp32 [-1, 2, D] on m's device, their dims reordered by `dims` (or not), None where m
+    has none, _NOT_YET while a graph is captured (the host read would break it)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return _NOT_YET
+    f = hadamard_factors(m)
+    if f is None:
+        return None
+    f = f.reshape(-1, 2, m.shape[-1])
+    return (f if dims is None else f.index_select(-1, dims)).float().to(m.device)
+
+
+_NOT_YET = object()  # (`_hadamard_of` while a graph is captured: not kept, the next call looks again)
 
 
 def _per_map(w: torch.Tensor, tag: tuple, make):
@@ -480,14 +482,14 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     q = q.contiguous()
     if w is not None:
         check_query_map(q, w)
-        wq = lut_query_map(w, bits) if hadamard is None else hadamard
+        wq = lut_query_map(w, bits) if hadamard is None else hadamard[0]
         w_hs = (d * d if hadamard is None else 2 * d) if w.dim() == 3 else 0
     block_m = 16
     rows = b * h * num_splits * block_m  # partial rows: 16 per split
     if fused is not None:  # one partial per program: [B*H, programs, NH, D] and [.., 2, NH] (+ the sinks' per group)
         adj, counters, out = fused
         if hadamard is not None:
-            adj = hadamard[-1]
+            adj = hadamard[1]
         rows = b * h * (num_splits // warps + (extras is not None)) * GLUON_ROWS
     o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
