@@ -51,6 +51,9 @@
 #   bash scripts/gpu_batch.sh hadamard  # the maps as Hadamard factors (session 23): the finishing kernel's CUDA
 #                                     # tests (both maps), then factors vs dense maps in one sweep (graphs)
 #   bash scripts/gpu_batch.sh hadamard-clocks  # the phase stamps of both, then the static-cache and dispatch tests
+#   AB=DIR bash scripts/gpu_batch.sh early  # session 24: the table kernel's, dispatch and static-cache CUDA tests
+#                                     # (this tree; SHARDS processes), then this tree vs DIR's (sweep, graphs; RUNS
+#                                     # times interleaved) and both trees' phase stamps
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -343,6 +346,38 @@ hadamard-clocks)
     done
     wait
     summarize
+    ;;
+early)
+    # session 24: the first tiles' loads issued before the prologue. The table kernel's CUDA tests (this tree) while
+    # both trees compile, then one same-card sweep of each tree and both trees' phase stamps
+    [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
+    python scripts/pytest_shards.py --shards "${SHARDS:-10}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
+        -k "${TESTK:-not sm90}" ${TESTS:-tests/test_lut_decode.py tests/test_triton_dispatch.py tests/test_static_graphs.py} \
+        > "$OUT/tests.txt" 2>&1 &
+    V='[{"gluon": true}]'
+    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
+        for tree in "$AB" .; do
+            PYTHONPATH="$tree:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
+                --variants "$V" > /dev/null 2>&1 &
+        done
+    done
+    wait
+    tail -8 "$OUT/tests.txt"
+    for r in $(seq "${RUNS:-1}"); do
+        for tree in "$AB" .; do
+            name=$([ "$tree" = . ] && echo this || echo ab)
+            PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
+                --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-1x131072,8x32768,8x131072}" \
+                --kinds "${KINDS:-turbo4,turbo3,turbo2}" --variants "$V" > "$OUT/sweep-$name-$r.txt" 2>&1
+            echo "== $name run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
+        done
+    done
+    for tree in "$AB" .; do
+        name=$([ "$tree" = . ] && echo this || echo ab)
+        echo "== phase stamps, $name"
+        PYTHONPATH="$tree:." timeout 150 python scripts/phase_clocks.py --shapes "${CLOCK_SHAPES:-1x131072}" \
+            --kinds "${CLOCK_KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks-$name.json" 2>&1 | tail -20
+    done
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH

@@ -3,7 +3,9 @@
 Each warp of each program stamps the global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
 its exit (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
 stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
-the last program of each group (which merges the group) apart from the others.
+the last program of each group (which merges the group) apart from the others; then where the loop's imbalance
+lies: the spread of a program's warps' loop ends (warp_spread) and each program's last loop end from the
+kernel's first start (program_loop_end).
 
     python scripts/phase_clocks.py [--shapes 1x131072,1x32768,8x32768] [--kinds turbo4] [--reps 20] [--json PATH]
 
@@ -53,6 +55,10 @@ def summarize(clk, n_prog: int) -> dict:
         out[name + "_us"] = stats(us[:, i, :])
     out["tail_last_us"] = stats(us[last, 2, :])
     out["tail_others_us"] = stats(us[~last, 2, :])
+    # where the loop's imbalance lies: between a program's warps, or between programs (SMs)
+    loop_end = gt0[:, :1] + (c[:, 2, :] - c[:, :1, 0]) * ns_per_cycle  # [P, W] ns on the global timer
+    out["warp_spread_us"] = stats((loop_end.max(dim=1).values - loop_end.min(dim=1).values) / 1e3)
+    out["program_loop_end_us"] = stats((loop_end.max(dim=1).values - t0) / 1e3)
     return out
 
 
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
                   f"{row['step_us_events']:.1f} us (events, unstamped), stamped span {row['span_us']:.1f} us, start "
                   f"skew median {row['start_skew_us']['median']:.2f} / max {row['start_skew_us']['max']:.2f} us, "
                   f"same output: {same}")
-            for name in ("prologue", "loop", "tail", "tail_last", "tail_others"):
+            for name in ("prologue", "loop", "tail", "tail_last", "tail_others", "warp_spread",
+                         "program_loop_end"):
                 st = row[name + "_us"]
                 if st["median"] is None:
                     print(f"    {name:12s} (no such program)")

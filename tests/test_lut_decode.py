@@ -470,6 +470,10 @@ def test_phase_clock_summary_on_made_up_stamps():
     assert s["loop_us"]["max"] == pytest.approx(2 * (1050 + 1) / 1e3)
     assert s["tail_last_us"]["median"] == pytest.approx(8.0) and s["tail_others_us"]["max"] == pytest.approx(0.4)
     assert s["start_skew_us"]["max"] == pytest.approx(0.5)
+    # warp 1 starts a clock after warp 0 and loops a clock longer; program p's last loop end (warp 1's) is at
+    # 100 p + 2 (1 + 50 + 1000 + 10 p + 1) ns
+    assert s["warp_spread_us"]["median"] == pytest.approx(0.004) and s["warp_spread_us"]["max"] == pytest.approx(0.004)
+    assert s["program_loop_end_us"]["max"] == pytest.approx((500 + 2 * (1 + 50 + 1050 + 1)) / 1e3)
     last_exit = 1000 + 500 + 2 * (50 + 1050 + 1 + 200)  # program 5 (not a group's last, but the latest start)
     assert s["span_us"] == pytest.approx((max(last_exit, 1000 + 400 + 2 * (50 + 1040 + 1 + 4000)) - 1000) / 1e3)
     bad = clk.clone()
@@ -481,15 +485,17 @@ def test_phase_clock_summary_on_made_up_stamps():
 
 
 def test_stamped_table_kernel_compiles_for_sm90():
-    """The finishing build with phase stamps (clocks): four SM clock reads and two global-timer reads, no spills,
-    and the loop as long as the default build's within a few instructions (scripts/sass_decode.py); turbo4's
-    64-token tiles (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
+    """The default finishing build (Hadamard maps, its register cap) with phase stamps (clocks), as
+    scripts/phase_clocks.py runs it: four SM clock reads and two global-timer reads, no spills, and the loop as long
+    as the default build's within a few instructions (scripts/sass_decode.py); turbo4's 64-token tiles
+    (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
     sass_decode = _sass_decode()
-    from compactkv.attention.triton.gluon import LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build
+    from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build,
+                                                  lut_fused_maxnreg)
     pipe, bn = lut_fused_build(4)
     assert (pipe, bn) == (2, 64)
-    k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=pipe, maxnreg=LUT_FUSED_MAXNREG, qmap=True,
-                                fused=True, clocks=True, block_n=bn)
+    k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=pipe, maxnreg=lut_fused_maxnreg(4), qmap=True,
+                                fused=True, clocks=True, block_n=bn, hadamard=True)
     text, _, stack = sass_decode.sass(k)
     assert stack == 0
     assert text.count("SR_CLOCKLO") == 4 and text.count("SR_GLOBALTIMERLO") == 2
@@ -721,8 +727,10 @@ def test_lut_hadamard_maps_in_the_kernels_order():
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 def test_hadamard_build_compiles_for_sm90(kind):
     """The finishing build with the maps as Hadamard factors (sm_90, the kind's default tiles): the table is still
-    the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop less
-    than half the dense build's global loads (no 64 KB query map per program, no 64 KB V map in the last one)."""
+    the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop at
+    least 200 global loads fewer than the dense build (no 64 KB query map per program, no 64 KB V map in the last
+    one: 232-240 fewer at 1909a1c, where the Hadamard build's first tiles are loaded early, in a branch whose
+    not-taken side holds the same loads again; session 23, before that: 393 -> 153 for turbo4)."""
     import collections
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg, lut_smem
@@ -737,7 +745,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
         assert ops["LDL"] + ops["STL"] == 0
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
-    assert loads[True] < loads[False] / 2, loads
+    assert loads[True] + 200 <= loads[False], loads
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

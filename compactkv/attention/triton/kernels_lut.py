@@ -478,6 +478,44 @@ def _load_rows(k_tab, v_tab, b, h, SHIFT, L, kstart, vstart, kt3, vt3, khi, vhi,
 
 
 @gluon.jit
+def _first_tiles(k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+                 lo_r, tr, hi_r, KWORD: gl.constexpr, VWORD: gl.constexpr, RB: gl.constexpr, BITS: gl.constexpr,
+                 BN: gl.constexpr, PIPE: gl.constexpr, CODEC_ROWS: gl.constexpr):
+    """The words and norms of a warp's first tile and (PIPE 3) the one after it (else the first one's again, not
+    used) for the register pipelines (PIPE 2, 3): planes (`_load_tile`) or codec rows (`_load_rows`, L and SHIFT
+    as it takes them), in a branch (L > 0; else nothing is read): the compiler issues the loads above it first."""
+    if L > 0:
+        return _tiles01(k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3,
+                        vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
+    else:
+        # (the same loads, every mask off: zeros instead would cost turbo4's sm_90 loop 7 register moves)
+        return _tiles01(k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi * 0,
+                        vwhi * 0, kwc3, vwc3, lo_r, tr, hi_r * 0, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
+
+
+@gluon.jit
+def _tiles01(k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+             lo_r, tr, hi_r, KWORD: gl.constexpr, VWORD: gl.constexpr, RB: gl.constexpr, BITS: gl.constexpr,
+             BN: gl.constexpr, PIPE: gl.constexpr, CODEC_ROWS: gl.constexpr):
+    """`_first_tiles`' loads."""
+    if CODEC_ROWS:
+        t0 = _load_rows(k_tab, v_tab, b, h, SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3, lo_r, tr,
+                        hi_r, KWORD, VWORD, RB + 2, BITS)
+    else:
+        t0 = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + tr, hi_r,
+                        RB // 4)
+    t1 = t0
+    if PIPE == 3:
+        if CODEC_ROWS:
+            t1 = _load_rows(k_tab, v_tab, b, h, SHIFT, L, kwlo + BN, vwlo + BN, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+                            lo_r + BN, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+        else:
+            t1 = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi, kwc3, vwc3,
+                            lo_r + BN + tr, hi_r, RB // 4)
+    return t0[0], t0[1], t0[2], t0[3], t1[0], t1[1], t1[2], t1[3]
+
+
+@gluon.jit
 def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr,
                FROM_SMEM: gl.constexpr = False):
     """The query rows row0 .. row0 + MQ of q_ptr (any float dtype, D contiguous values each; rows MQ .. QR are 0)
@@ -543,9 +581,18 @@ def _had_index(QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr, OUT: gl.const
 
 
 @gluon.jit
-def _hadamard_map(x, f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
+def _hadamard_factors(f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
+    """pre and post of f_ptr (fp32 [2, D], `gluon.lut_hadamard_maps`) in `_hadamard_map`'s input and output
+    layouts."""
+    _, m = _had_index(QR, D, W, False)
+    _, k = _had_index(QR, D, W, True)
+    return gl.load(f_ptr + m), gl.load(f_ptr + D + k)
+
+
+@gluon.jit
+def _hadamard_map(x, pre, post, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     """((x * pre) @ H) * post for QR rows x [QR, 8, D / 8] (dim m = D2 i1 + i2, layout `_had_index`'s input one),
-    f_ptr fp32 [2, D] (pre, post; `gluon.lut_hadamard_maps`): H = H_8 (x) H_D2 (D2 = D / 8) as two ±1 products,
+    pre / post from `_hadamard_factors`: H = H_8 (x) H_D2 (D2 = D / 8) as two ±1 products,
     over i2 in each thread (32 products a thread at D = 128, 8 warps), then over i1 across the lanes (16 and a
     shuffle sum). Returns [QR, 8, D2] (dim k = D2 j1 + j2) in `_had_index`'s output layout. The dense fp32 [D, D]
     map (`_map_query`) takes QR D D / (32 W) products a thread (256 at QR 4, D 128, 8 warps) and D D 4 bytes of
@@ -553,8 +600,7 @@ def _hadamard_map(x, f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     D2: gl.constexpr = D // 8
     L1: gl.constexpr = had_layout(QR, D, W, 1)
     L2: gl.constexpr = had_layout(QR, D, W, 2)
-    _, m = _had_index(QR, D, W, False)
-    x = x * gl.load(f_ptr + m)
+    x = x * pre
     H2L: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, L1))  # [i2, j2]
     i2 = gl.arange(0, D2, layout=gl.SliceLayout(1, H2L))
     j2 = gl.arange(0, D2, layout=gl.SliceLayout(0, H2L))
@@ -566,8 +612,7 @@ def _hadamard_map(x, f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     j1 = gl.arange(0, 8, layout=gl.SliceLayout(0, H1L))
     h1 = _hadamard_sign(gl.expand_dims(i1, 1), gl.expand_dims(j1, 0))
     y = gl.sum(gl.expand_dims(z, 2) * gl.expand_dims(gl.expand_dims(h1, 0), 3), axis=1)  # [QR, j1, j2]
-    _, k = _had_index(QR, D, W, True)
-    return y * gl.load(f_ptr + D + k)
+    return y * post
 
 
 @gluon.jit
@@ -764,7 +809,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
             S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
             xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
-            out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), adj_ptr, QR, D, W)
+            a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
+            out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
             if SINKS:
                 sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
                 out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
@@ -866,6 +912,61 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
+    if QMAP and HAD:  # the query rows and their map's factors (w_ptr: fp32 [2, D] per head), loaded first
+        rq3, mq3 = _had_index(QR, D, W, False)
+        xq = gl.load(q_ptr + (bh * MQ + rq3).to(gl.int64) * D + _key_dim(mq3, D, BITS), mask=rq3 < MQ,
+                     other=0.0).to(gl.float32)
+        q_pre, q_post = _hadamard_factors(w_ptr + h.to(gl.int64) * w_hs, QR, D, W)
+    # then (EARLY: PIPE 2 / 3, the query's map as factors or none) the first tile(s)' loads, before the prologue
+    # (query map, table fill) whose time covers their latency, in a branch of their own (`_first_tiles`): above
+    # it the table's, the query's and the factors' loads (the prologue's) are issued first, not queued behind the
+    # tiles' bytes. (The dense query map's prologue, 64 KB of loads, would spill with the tiles live across it.)
+    EARLY: gl.constexpr = HAD or not QMAP
+    # per-warp split ranges, in the layouts that use them
+    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
+    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
+    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
+    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
+    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
+    # load coordinates [W, BN, NB] of the K and V code bytes (KLOAD / VLOAD: gluon_layouts with a warp dimension)
+    kw3, kc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, KLOAD))),
+                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, KLOAD))))
+    kt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, KLOAD))), 0), 2)
+    vw3, vc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, VLOAD))),
+                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
+    vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
+    klo = (pid * W + kw3) * split
+    khi = gl.minimum(klo + split, L)
+    vlo = (pid * W + vw3) * split
+    vhi = gl.minimum(vlo + split, L)
+
+    if PIPE >= 2:
+        # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
+        # each (a uint8 tensor would take a register per byte)
+        kwb = kbase.to(gl.pointer_type(gl.int32))
+        vwb = vbase.to(gl.pointer_type(gl.int32))
+        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
+        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
+        if BITS == 3:
+            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
+            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
+            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
+            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
+            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
+            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
+            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
+        if (PIPE == 2 or PIPE == 3) and EARLY:
+            kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _first_tiles(
+                k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+                lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
+
     if SINKS:  # the group's last program (the least loaded: the splits' remainder, empty at short contexts)
         if pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
@@ -881,11 +982,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         # written there
         QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
-        if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order
-            rq3, mq3 = _had_index(QR, D, W, False)
-            xq = gl.load(q_ptr + (bh * MQ + rq3).to(gl.int64) * D + _key_dim(mq3, D, BITS), mask=rq3 < MQ,
-                         other=0.0).to(gl.float32)
-            qm = _hadamard_map(xq, w_ptr + h.to(gl.int64) * w_hs, QR, D, W)
+        if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order (xq)
+            qm = _hadamard_map(xq, q_pre, q_post, QR, D, W)
             SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
             lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
         else:
@@ -946,11 +1044,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
-    # per-warp split ranges, in the layouts that use them
-    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
-    hi_r = gl.minimum(lo_r + split, L)
-    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
 
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
@@ -960,21 +1053,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
-    kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
-    vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
-    knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
-    vnb = vn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
-    # load coordinates [W, BN, NB] of the K and V code bytes (KLOAD / VLOAD: gluon_layouts with a warp dimension)
-    kw3, kc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, KLOAD))),
-                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, KLOAD))))
-    kt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, KLOAD))), 0), 2)
-    vw3, vc3 = _expand3(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, VLOAD))),
-                        gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
-    vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
-    klo = (pid * W + kw3) * split
-    khi = gl.minimum(klo + split, L)
-    vlo = (pid * W + vw3) * split
-    vhi = gl.minimum(vlo + split, L)
     klofs = _lane_offset(gl.zeros([W, BN, D if KB else NB], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
     if P == 4:  # 8-byte entries
@@ -995,50 +1073,21 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
         vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
+    if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
+        NC: gl.constexpr = NB // 4
+        S: gl.constexpr = 65536 // (W * BN * NC * 4)
+        ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
+        vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
+        for j in gl.static_range(S - 1):
+            _copy_kv(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi, vwhi,
+                     kwc3, vwc3, RB // 4)
+        kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
+        kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
+    if (PIPE == 2 or PIPE == 3) and not EARLY:
+        kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _first_tiles(
+            k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+            lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
 
-    if PIPE >= 2:
-        # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
-        # each (a uint8 tensor would take a register per byte)
-        kwb = kbase.to(gl.pointer_type(gl.int32))
-        vwb = vbase.to(gl.pointer_type(gl.int32))
-        kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
-        vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
-        kwlo = (pid * W + kwlo) * split
-        vwlo = (pid * W + vwlo) * split
-        kwhi = gl.minimum(kwlo + split, L)
-        vwhi = gl.minimum(vwlo + split, L)
-        if BITS == 3:
-            # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
-            # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
-            voff = 16 * ((vwc3 // 2) % 2) + gl.zeros([W, BN, NB // 4], gl.int32, VWORD)
-            voff, _ = gl.split(gl.reshape(voff, [W, BN, NB // 8, 2]))
-            kwhi = gl.where(kwc3 % 4 < 3, kwhi, 0)
-            kwc3 = 3 * (kwc3 // 4) + kwc3 % 4
-            vwc3 = (3 * (vwc3 // 2)) // 2 + vwc3 % 2
-        if CODEC_ROWS:
-            kw_n, vw_n, kn_n, vn_n = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi,
-                                                vwhi, kwc3, vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
-        elif PIPE < 4:
-            kw_n, vw_n, kn_n, vn_n = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3,
-                                                vwc3, lo_r + tr, hi_r, RB // 4)
-        if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
-            NC: gl.constexpr = NB // 4
-            S: gl.constexpr = 65536 // (W * BN * NC * 4)
-            ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
-            vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
-            for j in gl.static_range(S - 1):
-                _copy_kv(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi, vwhi,
-                         kwc3, vwc3, RB // 4)
-            kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
-            kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
-        elif PIPE == 3:  # and the tile after it
-            if CODEC_ROWS:
-                kw_m, vw_m, kn_m, vn_m = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + BN, vwlo + BN, kwt3,
-                                                    vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + BN, tr, hi_r, KWORD, VWORD,
-                                                    RB + 2, BITS)
-            else:
-                kw_m, vw_m, kn_m, vn_m = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi,
-                                                    vwhi, kwc3, vwc3, lo_r + BN + tr, hi_r, RB // 4)
 
     for i in range(n_iter):
         t = i * BN
