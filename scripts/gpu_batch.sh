@@ -53,7 +53,8 @@
 #   bash scripts/gpu_batch.sh hadamard-clocks  # the phase stamps of both, then the static-cache and dispatch tests
 #   AB=DIR bash scripts/gpu_batch.sh early  # session 24: the table kernel's, dispatch and static-cache CUDA tests
 #                                     # (this tree; SHARDS processes), then this tree vs DIR's (sweep, graphs; RUNS
-#                                     # times interleaved) and both trees' phase stamps
+#                                     # times interleaved), T3TILES=1: turbo3 in 64-token tiles, then (CLOCKS=0:
+#                                     # not) both trees' phase stamps
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -372,6 +373,14 @@ early)
             echo "== $name run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
         done
     done
+    if [ -n "${T3TILES:-}" ]; then  # turbo3 in 64-token tiles one ahead vs its default (this tree)
+        timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py --json "$OUT/sweep-t3tiles.json" \
+            --shapes "${SHAPES:-1x131072,8x32768,8x131072}" --kinds turbo3 \
+            --variants '[{"gluon": true}, {"gluon": true, "lut_pipe": 2, "lut_block_n": 64}]' \
+            > "$OUT/sweep-t3tiles.txt" 2>&1
+        echo "== turbo3 tiles"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-t3tiles.txt"
+    fi
+    [ "${CLOCKS:-1}" = 0 ] && exit 0
     for tree in "$AB" .; do
         name=$([ "$tree" = . ] && echo this || echo ab)
         echo "== phase stamps, $name"

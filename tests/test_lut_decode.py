@@ -727,10 +727,8 @@ def test_lut_hadamard_maps_in_the_kernels_order():
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 def test_hadamard_build_compiles_for_sm90(kind):
     """The finishing build with the maps as Hadamard factors (sm_90, the kind's default tiles): the table is still
-    the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop at
-    least 200 global loads fewer than the dense build (no 64 KB query map per program, no 64 KB V map in the last
-    one: 232-240 fewer at 1909a1c, where the Hadamard build's first tiles are loaded early, in a branch whose
-    not-taken side holds the same loads again; session 23, before that: 393 -> 153 for turbo4)."""
+    the only shared buffer (the ±1 products stage through its rows), no spill traffic, and outside the loop less
+    than half the dense build's global loads (no 64 KB query map per program, no 64 KB V map in the last one)."""
     import collections
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg, lut_smem
@@ -745,7 +743,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
         assert ops["LDL"] + ops["STL"] == 0
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
-    assert loads[True] + 200 <= loads[False], loads
+    assert loads[True] < loads[False] / 2, loads
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

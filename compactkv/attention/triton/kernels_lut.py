@@ -590,6 +590,17 @@ def _hadamard_factors(f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr)
 
 
 @gluon.jit
+def _query_rows(q_ptr, f_ptr, bh, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr, BITS: gl.constexpr):
+    """The group's query rows (q_ptr row bh * MQ + r, fp32; rows MQ .. QR zero), dims in the K product's order
+    (`_key_dim`), in `_hadamard_map`'s input layout, and its map's factors (f_ptr, `_hadamard_factors`)."""
+    rq3, mq3 = _had_index(QR, D, W, False)
+    xq = gl.load(q_ptr + (bh * MQ + rq3).to(gl.int64) * D + _key_dim(mq3, D, BITS), mask=rq3 < MQ,
+                 other=0.0).to(gl.float32)
+    pre, post = _hadamard_factors(f_ptr, QR, D, W)
+    return xq, pre, post
+
+
+@gluon.jit
 def _hadamard_map(x, pre, post, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     """((x * pre) @ H) * post for QR rows x [QR, 8, D / 8] (dim m = D2 i1 + i2, layout `_had_index`'s input one),
     pre / post from `_hadamard_factors`: H = H_8 (x) H_D2 (D2 = D / 8) as two ±1 products,
@@ -912,16 +923,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    if QMAP and HAD:  # the query rows and their map's factors (w_ptr: fp32 [2, D] per head), loaded first
-        rq3, mq3 = _had_index(QR, D, W, False)
-        xq = gl.load(q_ptr + (bh * MQ + rq3).to(gl.int64) * D + _key_dim(mq3, D, BITS), mask=rq3 < MQ,
-                     other=0.0).to(gl.float32)
-        q_pre, q_post = _hadamard_factors(w_ptr + h.to(gl.int64) * w_hs, QR, D, W)
-    # then (EARLY: PIPE 2 / 3, the query's map as factors or none) the first tile(s)' loads, before the prologue
-    # (query map, table fill) whose time covers their latency, in a branch of their own (`_first_tiles`): above
-    # it the table's, the query's and the factors' loads (the prologue's) are issued first, not queued behind the
-    # tiles' bytes. (The dense query map's prologue, 64 KB of loads, would spill with the tiles live across it.)
-    EARLY: gl.constexpr = HAD or not QMAP
+    # EARLY (turbo3, PIPE 2 / 3, the query's map as factors or none): the first tile(s)' loads before the prologue
+    # (query map, table fill), in a branch of their own (`_first_tiles`) so that the table's, the query's and its
+    # factors' loads above it are issued first. Session 24 (H200, B=1 T=128K and B=8 T=32K / 128K): turbo3 1.3-2%
+    # faster; turbo4 and turbo2 not (the prologue waits ~2.3 us longer behind the tiles' loads, the loop gains as
+    # much), so they load them after it; the dense query map's prologue (64 KB of loads) would spill.
+    EARLY: gl.constexpr = BITS == 3 and (HAD or not QMAP)
+    if QMAP and HAD and EARLY:
+        xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
     lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
@@ -983,6 +992,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
         if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order (xq)
+            if not EARLY:
+                xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
             qm = _hadamard_map(xq, q_pre, q_post, QR, D, W)
             SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
             lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
@@ -1084,7 +1095,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
         kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
-        kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _first_tiles(
+        kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
             lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
 
