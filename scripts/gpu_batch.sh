@@ -80,6 +80,28 @@ summarize() {  # each pytest log's failures and counts, or that the time limit c
         grep -qE "passed|failed|no tests ran" "$f" || { echo "   no summary: cut by the time limit"; tail -c 300 "$f"; }
     done
 }
+ab_check() {  # AB: a directory holding another tree's compactkv package (a `git archive <commit> compactkv` copy)
+    [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
+}
+ab_warm() {  # both trees' default builds compiled in the background (one small sweep per kind and tree)
+    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
+        for tree in "$AB" .; do
+            PYTHONPATH="$tree:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
+                --variants '[{"gluon": true}]' > /dev/null 2>&1 &
+        done
+    done
+}
+ab_sweeps() {  # $1 runs of the AB tree's default build then this tree's, interleaved; $2 the shapes unless SHAPES
+    for r in $(seq "$1"); do
+        for tree in "$AB" .; do
+            name=$([ "$tree" = . ] && echo this || echo ab)
+            PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
+                --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-$2}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
+                --variants '[{"gluon": true}]' > "$OUT/sweep-$name-$r.txt" 2>&1
+            echo "== $name run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
+        done
+    done
+}
 case "${1:-}" in
 tests)
     # five processes at once (the GPU tests are mostly compile time; the device has 16 cores), each cut at 9 min
@@ -300,27 +322,14 @@ ncu-table)
     ;;
 ab)
     # session 22: a same-card A/B of two trees' default builds (the other tree's package first on PYTHONPATH)
-    [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
+    ab_check
     python scripts/pytest_shards.py --shards "${SHARDS:-4}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
         -k "fused_table_kernel_vs_float64 or sinks_and_key_mean or fused_table_kernel_dtypes" \
         tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
-    V='[{"gluon": true}]'
-    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
-        timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" --variants "$V" > /dev/null 2>&1 &
-        PYTHONPATH="$AB:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" --variants "$V" \
-            > /dev/null 2>&1 &
-    done
+    ab_warm
     wait
     tail -8 "$OUT/tests.txt"
-    for r in 1 2; do
-        for tree in "$AB" .; do
-            name=$([ "$tree" = . ] && echo this || echo ab)
-            PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
-                --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-1x131072,8x32768}" \
-                --kinds "${KINDS:-turbo4,turbo3,turbo2}" --variants "$V" > "$OUT/sweep-$name-$r.txt" 2>&1
-            echo "== $name run $r"; grep -E "x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
-        done
-    done
+    ab_sweeps 2 1x131072,8x32768
     ;;
 hadamard)
     python scripts/pytest_shards.py --shards "${SHARDS:-6}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
@@ -351,28 +360,14 @@ hadamard-clocks)
 early)
     # session 24: the first tiles' loads issued before the prologue. The table kernel's CUDA tests (this tree) while
     # both trees compile, then one same-card sweep of each tree and both trees' phase stamps
-    [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
+    ab_check
     python scripts/pytest_shards.py --shards "${SHARDS:-10}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
         -k "${TESTK:-not sm90}" ${TESTS:-tests/test_lut_decode.py tests/test_triton_dispatch.py tests/test_static_graphs.py} \
         > "$OUT/tests.txt" 2>&1 &
-    V='[{"gluon": true}]'
-    for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
-        for tree in "$AB" .; do
-            PYTHONPATH="$tree:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
-                --variants "$V" > /dev/null 2>&1 &
-        done
-    done
+    ab_warm
     wait
     tail -8 "$OUT/tests.txt"
-    for r in $(seq "${RUNS:-1}"); do
-        for tree in "$AB" .; do
-            name=$([ "$tree" = . ] && echo this || echo ab)
-            PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
-                --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-1x131072,8x32768,8x131072}" \
-                --kinds "${KINDS:-turbo4,turbo3,turbo2}" --variants "$V" > "$OUT/sweep-$name-$r.txt" 2>&1
-            echo "== $name run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
-        done
-    done
+    ab_sweeps "${RUNS:-1}" 1x131072,8x32768,8x131072
     if [ -n "${T3TILES:-}" ]; then  # turbo3 in 64-token tiles one ahead vs its default (this tree)
         timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py --json "$OUT/sweep-t3tiles.json" \
             --shapes "${SHAPES:-1x131072,8x32768,8x131072}" --kinds turbo3 \
