@@ -361,9 +361,9 @@ early)
     # session 24: the first tiles' loads issued before the prologue. The table kernel's CUDA tests (this tree) while
     # both trees compile, then one same-card sweep of each tree and both trees' phase stamps
     ab_check
+    files=${TESTS:-tests/test_lut_decode.py tests/test_triton_dispatch.py tests/test_static_graphs.py}
     python scripts/pytest_shards.py --shards "${SHARDS:-10}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
-        -k "${TESTK:-not sm90}" ${TESTS:-tests/test_lut_decode.py tests/test_triton_dispatch.py tests/test_static_graphs.py} \
-        > "$OUT/tests.txt" 2>&1 &
+        -k "${TESTK:-not sm90}" $files > "$OUT/tests.txt" 2>&1 &
     ab_warm
     wait
     tail -8 "$OUT/tests.txt"

@@ -925,7 +925,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     n_iter = split // BN
     # EARLY (turbo3, PIPE 2 / 3, the query's map as factors or none): the first tile(s)' loads before the prologue
     # (query map, table fill), in a branch of their own (`_first_tiles`) so that the table's, the query's and its
-    # factors' loads above it are issued first. Session 24 (H200, B=1 T=128K and B=8 T=32K / 128K): turbo3 1.3-2%
+    # factors' loads above it are issued first. Session 24 (H200, B=1 T=128K and B=8 T=32K / 128K): turbo3 2.1-2.3%
     # faster; turbo4 and turbo2 not (the prologue waits ~2.3 us longer behind the tiles' loads, the loop gains as
     # much), so they load them after it; the dense query map's prologue (64 KB of loads) would spill.
     EARLY: gl.constexpr = BITS == 3 and (HAD or not QMAP)
@@ -1055,7 +1055,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
-
     a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
     if P == 4:
@@ -1098,7 +1097,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
             lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
-
 
     for i in range(n_iter):
         t = i * BN
