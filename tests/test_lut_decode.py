@@ -369,6 +369,22 @@ def test_fused_table_kernel_vs_float64(kind, g, had):
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("early", [True, False])
+def test_fused_early_loads_either_way_vs_float64(kind, early):
+    """The first tiles' loads before the prologue or after it (`lut_early`, each kind the way it does not by
+    default too): ragged rows, a row shorter than a tile, warps with nothing to load, many programs; against
+    float64. Asked for with the dense maps: a ValueError that says why."""
+    from test_gluon_decode import TOL
+    assert _check_fused(kind, 4, [777, 130, 3, 64], lut_early=early) < TOL
+    assert _check_fused(kind, 4, [5000, 2], num_splits=128, lut_early=early) < TOL
+    if early:
+        with pytest.raises(ValueError, match="dense query map"):
+            _check_fused(kind, 4, [100], lut_early=True, lut_hadamard=False)
+
+
+@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 @pytest.mark.parametrize("g", [4, 8])
 def test_fused_hadamard_maps_per_head_match_the_dense_ones(kind, g):
@@ -744,6 +760,50 @@ def test_hadamard_build_compiles_for_sm90(kind):
         assert ops["LDL"] + ops["STL"] == 0
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
     assert loads[True] < loads[False] / 2, loads
+
+
+def test_lut_early_loads_rule():
+    """gluon.lut_early_loads: by default the kinds of LUT_EARLY_BITS (turbo3) load their first tiles before the
+    prologue where they can (lut_pipe 2 or 3, no dense query map); asked for where they cannot, a ValueError that
+    names what it needs."""
+    from compactkv.attention.triton.gluon import LUT_EARLY_BITS, lut_early_loads
+    assert LUT_EARLY_BITS == {3}
+    assert lut_early_loads(3, 3, False) and lut_early_loads(3, 2, False)
+    assert not lut_early_loads(3, 3, True)  # a dense query map: after the prologue
+    assert not lut_early_loads(3, 1, False) and not lut_early_loads(3, 4, False) and not lut_early_loads(3, 0, False)
+    assert not lut_early_loads(4, 2, False) and not lut_early_loads(2, 3, False)
+    assert lut_early_loads(4, 2, False, True) and lut_early_loads(2, 3, False, True)
+    assert not lut_early_loads(3, 3, False, False)
+    with pytest.raises(ValueError, match="lut_pipe 2 or 3.*got lut_pipe 1"):
+        lut_early_loads(4, 1, False, True)
+    with pytest.raises(ValueError, match="dense query map"):
+        lut_early_loads(4, 2, True, True)
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+def test_early_load_build_compiles_for_sm90(kind):
+    """The finishing build (Hadamard maps, the kind's default tiles and register cap) with and without the first
+    tiles' loads before the prologue (`lut_early`): no spill traffic either way, the same loop length within a
+    few instructions, and the early build issues at least one tile's K and V code words more (32 loads a thread)
+    before the prologue's first barrier."""
+    import collections
+    sass_decode = _sass_decode()
+    from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
+    bits = int(kind[-1])
+    pipe, bn = lut_fused_build(bits)
+    before, loops = {}, {}
+    for early in (False, True):
+        k = sass_decode.compile_lut(kind, 128, 8, pipe=pipe, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True,
+                                    block_n=bn, hadamard=True, early=early)
+        text, _, _ = sass_decode.sass(k)
+        ins, labels = sass_decode.instrs(text)
+        ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
+        assert ops["LDL"] + ops["STL"] == 0, (kind, early)
+        first_bar = next(i for i, (_, op, _) in enumerate(ins) if op.startswith("BAR"))
+        before[early] = sum(op.startswith("LDG") for _, op, _ in ins[:first_bar])
+        loops[early] = len(sass_decode.main_loop(ins, labels))
+    assert before[True] >= before[False] + 32, before
+    assert abs(loops[True] - loops[False]) <= 16, loops
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

@@ -46,6 +46,13 @@ LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap wher
 # the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
 # T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
 # alike at both; session 23, docs/perf/sweep-regs-*-s23-h200.json)
+LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose table kernel issues its first tiles' loads before the prologue
+# (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard factors or none). Session 24, H200, same-card A/B
+# against loading them after it, two interleaved runs, us at B=1 T=128K / B=8 T=32K / B=8 T=128K: turbo3 60.9 /
+# 110.2-110.3 / 408.2-409.3 against 62.2-62.3 / 112.7-112.9 / 417.4-417.7. turbo4 and turbo2 gained nothing steady
+# (52.7-52.9 vs 52.6, 96.5-96.6 vs 96.8, 356.9-358.5 vs 358.7; turbo2 45.1 vs 45.4, 78.6 vs 78.0, 287.1-289.4 vs
+# 284.7-286.7): their prologue waited ~2.3 us longer behind the tiles' loads and their loop gained as much
+# (docs/kernels.md, session 24). The dense query map's prologue (64 KB of loads) spilled with the tiles live.
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -453,7 +460,7 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, hadamard=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None, early=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -461,13 +468,15 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `decode._window_pair` gives them or None, k_mean fp32 [B*H, D] or None). clocks: None, or an int64 tensor of
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
-    (`lut_hadamard_maps`) instead of the dense maps, or None."""
+    (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
+    (`lut_early_loads`; None: the kind's default)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
         raise ValueError(why)
     bits = k_kind.bits
+    early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early)
     b, h, g, d = q.shape
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
@@ -518,9 +527,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None)
+           hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -530,6 +539,20 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if fused is not None:
         return out
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
+
+
+def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None) -> bool:
+    """Whether the table kernel issues its first tiles' loads before its prologue (its EARLY): `early` as given,
+    None: for the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no dense query map in the prologue).
+    ValueError for early=True where it cannot."""
+    can = pipe in (2, 3) and not dense_map
+    if early is None:
+        return can and bits in LUT_EARLY_BITS
+    if early and not can:
+        raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2 or 3 and the query "
+                         f"map as Hadamard factors or none, got lut_pipe {pipe}"
+                         + (" and a dense query map" if dense_map else ""))
+    return bool(early)
 
 
 def lut_fused_maxnreg(bits: int) -> int:
@@ -564,7 +587,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_hadamard: bool | None = None) -> torch.Tensor:
+                  lut_hadamard: bool | None = None, lut_early: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -581,7 +604,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     lut_block_n (tokens per tile of a warp): None takes `lut_fused_build`'s for the codes' kind, lut_maxnreg None
     `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
-    are not) or never (False: the dense maps)."""
+    are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
+    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -618,7 +642,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had)
+                       clocks=clocks, hadamard=had, early=lut_early)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

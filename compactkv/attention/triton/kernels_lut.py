@@ -848,7 +848,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
-                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False):
+                      KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
+                      EARLY: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -878,7 +879,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
-    `_hadamard_map` instead of the dense maps."""
+    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
+    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -923,12 +925,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    # EARLY (turbo3, PIPE 2 / 3, the query's map as factors or none): the first tile(s)' loads before the prologue
-    # (query map, table fill), in a branch of their own (`_first_tiles`) so that the table's, the query's and its
-    # factors' loads above it are issued first. Session 24 (H200, B=1 T=128K and B=8 T=32K / 128K): turbo3 2.1-2.3%
-    # faster; turbo4 and turbo2 not (the prologue waits ~2.3 us longer behind the tiles' loads, the loop gains as
-    # much), so they load them after it; the dense query map's prologue (64 KB of loads) would spill.
-    EARLY: gl.constexpr = BITS == 3 and (HAD or not QMAP)
+    # EARLY: the first tile(s)' loads before the prologue (query map, table fill), in a branch of their own
+    # (`_first_tiles`) so that the table's, the query's and its factors' loads above it are issued first
+    # (`gluon.LUT_EARLY_BITS` says where and why)
     if QMAP and HAD and EARLY:
         xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
     # per-warp split ranges, in the layouts that use them
