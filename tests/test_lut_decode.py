@@ -763,9 +763,9 @@ def test_hadamard_build_compiles_for_sm90(kind):
 
 
 def test_lut_early_loads_rule():
-    """gluon.lut_early_loads: by default the kinds of LUT_EARLY_BITS (turbo3) load their first tiles before the
-    prologue where they can (lut_pipe 2 or 3, no dense query map); asked for where they cannot, a ValueError that
-    names what it needs."""
+    """gluon.lut_early_loads: by default the finishing builds of the kinds of LUT_EARLY_BITS (turbo3) load their
+    first tiles before the prologue where they can (lut_pipe 2 or 3, no dense query map), the other launches not;
+    asked for where they cannot, a ValueError that names what it needs."""
     from compactkv.attention.triton.gluon import LUT_EARLY_BITS, lut_early_loads
     assert LUT_EARLY_BITS == {3}
     assert lut_early_loads(3, 3, False) and lut_early_loads(3, 2, False)
@@ -774,6 +774,7 @@ def test_lut_early_loads_rule():
     assert not lut_early_loads(4, 2, False) and not lut_early_loads(2, 3, False)
     assert lut_early_loads(4, 2, False, True) and lut_early_loads(2, 3, False, True)
     assert not lut_early_loads(3, 3, False, False)
+    assert not lut_early_loads(3, 2, False, fused=False) and lut_early_loads(3, 2, False, True, fused=False)
     with pytest.raises(ValueError, match="lut_pipe 2 or 3.*got lut_pipe 1"):
         lut_early_loads(4, 1, False, True)
     with pytest.raises(ValueError, match="dense query map"):

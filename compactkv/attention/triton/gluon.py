@@ -46,8 +46,9 @@ LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap wher
 # the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
 # T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
 # alike at both; session 23, docs/perf/sweep-regs-*-s23-h200.json)
-LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose table kernel issues its first tiles' loads before the prologue
-# (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard factors or none). Session 24, H200, same-card A/B
+LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (attend_planes) issues its first tiles'
+# loads before the prologue (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard factors or none; the other
+# launches, not timed that way, load them after it unless asked). Session 24, H200, same-card A/B
 # against loading them after it, two interleaved runs, us at B=1 T=128K / B=8 T=32K / B=8 T=128K: turbo3 60.9 /
 # 110.2-110.3 / 408.2-409.3 against 62.2-62.3 / 112.7-112.9 / 417.4-417.7. turbo4 and turbo2 gained nothing steady
 # (52.7-52.9 vs 52.6, 96.5-96.6 vs 96.8, 356.9-358.5 vs 358.7; turbo2 45.1 vs 45.4, 78.6 vs 78.0, 287.1-289.4 vs
@@ -469,14 +470,14 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
-    (`lut_early_loads`; None: the kind's default)."""
+    (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
         raise ValueError(why)
     bits = k_kind.bits
-    early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early)
+    early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
@@ -541,13 +542,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 
-def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None) -> bool:
+def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:
     """Whether the table kernel issues its first tiles' loads before its prologue (its EARLY): `early` as given,
-    None: for the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no dense query map in the prologue).
-    ValueError for early=True where it cannot."""
+    None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no
+    dense query map in the prologue). ValueError for early=True where it cannot."""
     can = pipe in (2, 3) and not dense_map
     if early is None:
-        return can and bits in LUT_EARLY_BITS
+        return can and fused and bits in LUT_EARLY_BITS
     if early and not can:
         raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2 or 3 and the query "
                          f"map as Hadamard factors or none, got lut_pipe {pipe}"
