@@ -5,7 +5,8 @@ its exit (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of it
 stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
 the last program of each group (which merges the group) apart from the others; then where the loop's imbalance
 lies: the spread of a program's warps' loop ends (warp_spread) and each program's last loop end from the
-kernel's first start (program_loop_end).
+kernel's first start (program_loop_end), and whether the same SMs end their loop late launch after launch
+(sm_lateness: each program's SM id is stamped too).
 
     python scripts/phase_clocks.py [--shapes 1x131072,1x32768,8x32768] [--kinds turbo4] [--reps 20] [--json PATH]
 
@@ -23,14 +24,15 @@ import sys
 
 
 def summarize(clk, n_prog: int) -> dict:
-    """clk: int64 [programs, 6, W] (rows bh * n_prog + pid) as the kernel fills it -> microseconds per phase.
+    """clk: int64 [programs, 6 or 7, W] (rows bh * n_prog + pid) as the kernel fills it (the 7th: SM ids, unused
+    here) -> microseconds per phase.
 
     SM clocks are converted with the ratio of global-timer nanoseconds to clocks over each program's warp 0 (start
     to exit), the median over programs. 'last' = per group, the program that exits last (it merged the group)."""
     import torch
     clk = torch.as_tensor(clk, dtype=torch.int64)
-    if clk.dim() != 3 or clk.shape[1] != 6 or clk.shape[0] % n_prog:
-        raise ValueError(f"clk must be [programs (a multiple of {n_prog}), 6, warps], got {list(clk.shape)}")
+    if clk.dim() != 3 or clk.shape[1] not in (6, 7) or clk.shape[0] % n_prog:
+        raise ValueError(f"clk must be [programs (a multiple of {n_prog}), 6 or 7, warps], got {list(clk.shape)}")
     gt0, gt1 = clk[:, 0, :].double(), clk[:, 5, :].double()
     c = clk[:, 1:5, :].double()
     cycles = c[:, 3, 0] - c[:, 0, 0]
@@ -60,6 +62,39 @@ def summarize(clk, n_prog: int) -> dict:
     out["warp_spread_us"] = stats((loop_end.max(dim=1).values - loop_end.min(dim=1).values) / 1e3)
     out["program_loop_end_us"] = stats((loop_end.max(dim=1).values - t0) / 1e3)
     return out
+
+
+def loop_ends(clk):
+    """clk: int64 [programs, 7, W] -> (SM id of each program, its last loop end in us after the launch's median
+    one): how late each program's loop ended, on the global timer (`summarize`'s conversion)."""
+    import torch
+    clk = torch.as_tensor(clk, dtype=torch.int64)
+    if clk.dim() != 3 or clk.shape[1] != 7:
+        raise ValueError(f"clk must be [programs, 7, warps] (with SM ids), got {list(clk.shape)}")
+    gt0, gt1, c = clk[:, 0, :].double(), clk[:, 5, :].double(), clk[:, 1:5, :].double()
+    ns_per_cycle = float(((gt1[:, 0] - gt0[:, 0]) / (c[:, 3, 0] - c[:, 0, 0])).median())
+    end = (gt0[:, :1] + (c[:, 2, :] - c[:, :1, 0]) * ns_per_cycle).max(dim=1).values
+    return clk[:, 6, 0].tolist(), ((end - end.median()) / 1e3).tolist()
+
+
+def sm_lateness(launches: list[tuple[list, list]]) -> dict:
+    """`loop_ends` of several launches -> whether the same SMs end late every time: the spread of one launch's
+    programs (median over launches of its latest program's lateness) next to the spread of each SM's mean
+    lateness over the launches (its max, min and standard deviation, over SMs seen in every launch). Random
+    lateness averages out (the SMs' means near 0, ~1/sqrt(launches) of a launch's spread); an SM that is slow
+    every launch keeps its mean."""
+    per_sm: dict = {}
+    for sms, late in launches:
+        for sm, x in zip(sms, late):
+            per_sm.setdefault(int(sm), []).append(x)
+    n = len(launches)
+    means = {sm: statistics.fmean(xs) for sm, xs in per_sm.items() if len(xs) == n}
+    if not means:
+        return {"launches": n, "sms": 0}
+    vals = list(means.values())
+    return {"launches": n, "sms": len(means), "launch_latest_us": statistics.median(max(late) for _, late in launches),
+            "sm_mean_max_us": max(vals), "sm_mean_min_us": min(vals),
+            "sm_mean_std_us": statistics.pstdev(vals), "per_sm_mean_us": {str(k): v for k, v in sorted(means.items())}}
 
 
 def _median_of(sums: list[dict]) -> dict:
@@ -124,7 +159,7 @@ def main(argv=None) -> int:
                 plain(), stamped()
             torch.cuda.synchronize()
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            times, sums = [], []
+            times, sums, ends = [], [], []
             for _ in range(args.reps):
                 ev[0].record()
                 plain()
@@ -134,9 +169,11 @@ def main(argv=None) -> int:
                 stamped()
                 torch.cuda.synchronize()
                 sums.append(summarize(clk.cpu(), ns // warps))
+                ends.append(loop_ends(clk.cpu()))
             same = torch.equal(stamped().float(), ref)
             row = {"batch": b, "context": t, "kind": kind, "num_splits": ns, "options": options,
-                   "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums)}
+                   "step_us_events": statistics.median(times), "same_output": same, **_median_of(sums),
+                   "sm_lateness": sm_lateness(ends)}
             rows.append(row)
             print(f"{kind} B={b} T={t}: {row['programs']} programs x {row['warps']} warps; step "
                   f"{row['step_us_events']:.1f} us (events, unstamped), stamped span {row['span_us']:.1f} us, start "
@@ -149,6 +186,12 @@ def main(argv=None) -> int:
                     print(f"    {name:12s} (no such program)")
                 else:
                     print(f"    {name:12s} median {st['median']:7.2f} us   max {st['max']:7.2f} us", flush=True)
+            late = row["sm_lateness"]
+            if late["sms"]:
+                print(f"    the latest program's loop end {late['launch_latest_us']:.2f} us after the median (a "
+                      f"launch's); per SM over {late['launches']} launches: mean lateness max "
+                      f"{late['sm_mean_max_us']:.2f} / min {late['sm_mean_min_us']:.2f} / std "
+                      f"{late['sm_mean_std_us']:.2f} us ({late['sms']} SMs)", flush=True)
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump({"card": torch.cuda.get_device_name(dev), "commit": commit(), "rows": rows}, f, indent=1)

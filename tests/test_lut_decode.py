@@ -500,11 +500,36 @@ def test_phase_clock_summary_on_made_up_stamps():
         summarize(clk, 4)
 
 
+def test_phase_clock_sm_lateness_on_made_up_stamps():
+    """scripts/phase_clocks.loop_ends / sm_lateness: 4 programs x 2 warps with SM ids (2 ns per clock), program 2's
+    loop 1 us longer: its lateness after the median; an SM late in every launch keeps its mean, lateness that moves
+    between SMs averages out; stamps without SM ids are refused."""
+    pc = _phase_clocks()
+    clk = torch.zeros(4, 7, 2, dtype=torch.int64)
+    for p in range(4):
+        loop = 1500 if p == 2 else 1000
+        for w in range(2):
+            clk[p, 0, w], clk[p, 1, w], clk[p, 2, w] = 1000, 10_000 * p, 10_000 * p + 50
+            clk[p, 3, w], clk[p, 4, w] = 10_000 * p + 50 + loop, 10_000 * p + 100 + loop
+            clk[p, 5, w] = 1000 + 2 * (100 + loop)
+            clk[p, 6, w] = 3 - p
+    sms, late = pc.loop_ends(clk)
+    assert sms == [3, 2, 1, 0] and late == pytest.approx([0.0, 0.0, 1.0, 0.0])
+    s = pc.sm_lateness([(sms, late), ([0, 1, 2, 3], [0.0, 1.0, 0.0, 0.0])])  # SM 1 late both times
+    assert s["sms"] == 4 and s["launch_latest_us"] == pytest.approx(1.0)
+    assert s["sm_mean_max_us"] == pytest.approx(1.0) and s["sm_mean_min_us"] == pytest.approx(0.0)
+    assert s["per_sm_mean_us"]["1"] == pytest.approx(1.0)
+    moving = pc.sm_lateness([([0, 1], [1.0, 0.0]), ([0, 1], [0.0, 1.0])])
+    assert moving["sm_mean_max_us"] == pytest.approx(0.5) and moving["sm_mean_std_us"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="with SM ids"):
+        pc.loop_ends(clk[:, :6])
+
+
 def test_stamped_table_kernel_compiles_for_sm90():
     """The default finishing build (Hadamard maps, its register cap) with phase stamps (clocks), as
-    scripts/phase_clocks.py runs it: four SM clock reads and two global-timer reads, no spills, and the loop as long
-    as the default build's within a few instructions (scripts/sass_decode.py); turbo4's 64-token tiles
-    (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
+    scripts/phase_clocks.py runs it: four SM clock reads, two global-timer reads and its SM's id, no spills, the
+    loop as long as the default build's within a few instructions (scripts/sass_decode.py); turbo4's 64-token
+    tiles (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build,
                                                   lut_fused_maxnreg)
@@ -515,6 +540,7 @@ def test_stamped_table_kernel_compiles_for_sm90():
     text, _, stack = sass_decode.sass(k)
     assert stack == 0
     assert text.count("SR_CLOCKLO") == 4 and text.count("SR_GLOBALTIMERLO") == 2
+    assert text.count("SR_VIRTUALSMID") == 1  # (%smid, its program's SM)
     loop = sass_decode.main_loop(*sass_decode.instrs(text))
     assert len(loop) <= 1170, len(loop)  # per 64 tokens: default 1147, stamped 1147 (docs/kernels.md, session 21)
     s32 = sass_decode.summary("turbo4", lut=True, d=128, warps=LUT_WARPS, pipe=LUT_PIPE, maxnreg=LUT_FUSED_MAXNREG,
@@ -525,8 +551,9 @@ def test_stamped_table_kernel_compiles_for_sm90():
 @cuda
 @pytest.mark.cuda
 def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
-    """attend_planes(clocks=...): the same output bytes as without stamps, every warp's stamps in order and the
-    summary computable; a clocks tensor of the wrong shape or dtype is refused with the shape it needs."""
+    """attend_planes(clocks=...): the same output bytes as without stamps, every warp's stamps in order, its SM id
+    one of the card's (the same for a program's warps) and the summary computable; a clocks tensor of the wrong
+    shape or dtype is refused with the shape it needs."""
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import LUT_WARPS, attend_planes, lut_clock_shape
     lengths = [3000, 77, 1]
@@ -542,6 +569,9 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
     assert bool((c[:, 1:5].diff(dim=1) >= 0).all()) and bool((c[:, 5] >= c[:, 0]).all()) and bool((c[:, 1] > 0).all())
     s = _phase_clocks().summarize(c, ns // LUT_WARPS)
     assert s["loop_us"]["max"] > 0 and s["span_us"] > 0
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert bool((c[:, 6] >= 0).all()) and bool((c[:, 6] < sms).all())  # each warp stamps its program's SM
+    assert bool((c[:, 6] == c[:, 6, :1]).all())
     for bad in (torch.zeros(3, 6, LUT_WARPS, dtype=torch.int64, device="cuda"), clk.int()):
         with pytest.raises(ValueError, match="clocks must be a contiguous int64 tensor"):
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)

@@ -639,19 +639,23 @@ def _key_dim(k, D: gl.constexpr, BITS: gl.constexpr):
         return P * sq + k // NB
 
 
-CLOCK_PHASES = 6  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`)
+CLOCK_PHASES = 7  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`; the last: the SM's id)
 _CLOCK_PHASES = gl.constexpr(CLOCK_PHASES)  # (the kernels' copy)
 
 
 @gluon.jit
-def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, TIMER: gl.constexpr = False):
-    """Lane 0 of each warp writes %clock64 (SM cycles; TIMER: %globaltimer, ns) at clk_ptr [program, phase, warp]
+def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, TIMER: gl.constexpr = False, SMID: gl.constexpr = False):
+    """Lane 0 of each warp writes %clock64 (SM cycles; TIMER: %globaltimer, ns; SMID: %smid, the multiprocessor's
+    id) at clk_ptr [program, phase, warp]
     (int64 [programs, CLOCK_PHASES, W], program = program_id(1) * num_programs(0) + program_id(0)). A diagnostic: where a
     step's time goes inside the kernel (`scripts/phase_clocks.py`); without clk_ptr nothing of it is compiled."""
     L2: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
     wi = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, L2)), 1)
     li = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)
-    if TIMER:
+    if SMID:
+        t = gl.inline_asm_elementwise("{ .reg .u32 s; mov.u32 s, %smid; cvt.u64.u32 $0, s; }", "=l,r",
+                                      [wi * 32 + li], dtype=gl.int64, is_pure=False, pack=1)
+    elif TIMER:
         t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [wi * 32 + li], dtype=gl.int64,
                                       is_pure=False, pack=1)
     else:
@@ -875,7 +879,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     by its last program (`_sink_partial`; KMEAN: kmean_ptr, the compressed keys' mean) into one more partial per
     group (after the programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs,
     CLOCK_PHASES, W] where lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at
-    its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit.
+    its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit
+    and the id of the SM it ran on.
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
@@ -884,6 +889,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
+        _stamp(clk_ptr, 6, W, SMID=True)
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1, 1], instr_shape=[1, 16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
