@@ -55,6 +55,9 @@
 #                                     # (this tree; SHARDS processes), then this tree vs DIR's (sweep, graphs; RUNS
 #                                     # times interleaved), T3TILES=1: turbo3 in 64-token tiles, then (CLOCKS=0:
 #                                     # not) both trees' phase stamps
+#   bash scripts/gpu_batch.sh early-options  # the lut_early and stamp tests, then each kind with its first tiles'
+#                                     # loads the other way (lut_early) vs its default (graphs), and the phase stamps
+#                                     # with the SMs' lateness (sm_lateness)
 #   IDS=FILE bash scripts/gpu_batch.sh ids  # node ids listed in FILE (a cut run's pytest_unreached.txt), 4 processes
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
@@ -382,6 +385,30 @@ early)
         PYTHONPATH="$tree:." timeout 150 python scripts/phase_clocks.py --shapes "${CLOCK_SHAPES:-1x131072}" \
             --kinds "${CLOCK_KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks-$name.json" 2>&1 | tail -20
     done
+    ;;
+early-options)
+    # prepared in session 24 (no device time left to run it): lut_early as an option of every kind
+    python scripts/pytest_shards.py --shards "${SHARDS:-6}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
+        -k "early or stamped or phase_clock" tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
+    for k in turbo4 turbo3 turbo2; do
+        other=$([ "$k" = turbo3 ] && echo false || echo true)
+        timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
+            --variants "[{\"gluon\": true}, {\"gluon\": true, \"lut_early\": $other}]" > /dev/null 2>&1 &
+    done
+    wait
+    tail -8 "$OUT/tests.txt"
+    for r in $(seq "${RUNS:-2}"); do
+        for k in turbo4 turbo3 turbo2; do
+            other=$([ "$k" = turbo3 ] && echo false || echo true)
+            timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py --json "$OUT/sweep-early-$k-$r.json" \
+                --shapes "${SHAPES:-1x131072,8x32768,8x131072}" --kinds "$k" \
+                --variants "[{\"gluon\": true}, {\"gluon\": true, \"lut_early\": $other}]" \
+                > "$OUT/sweep-early-$k-$r.txt" 2>&1
+            echo "== $k run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-early-$k-$r.txt"
+        done
+    done
+    timeout 200 python scripts/phase_clocks.py --shapes "${CLOCK_SHAPES:-1x131072,8x32768}" \
+        --kinds "${CLOCK_KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks.json" 2>&1 | tail -24
     ;;
 ids)
     # node ids from a file (IDS, e.g. a cut run's OUT/pytest_unreached.txt), SHARDS (4) processes, then BENCH
