@@ -552,7 +552,7 @@ def test_stamped_table_kernel_compiles_for_sm90():
 @pytest.mark.cuda
 def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
     """attend_planes(clocks=...): the same output bytes as without stamps, every warp's stamps in order, its SM id
-    one of the card's (the same for a program's warps) and the summary computable; a clocks tensor of the wrong
+    (the same for a program's warps, no more distinct ids than SMs) and the summary computable; a clocks tensor of the wrong
     shape or dtype is refused with the shape it needs."""
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import LUT_WARPS, attend_planes, lut_clock_shape
@@ -569,9 +569,10 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
     assert bool((c[:, 1:5].diff(dim=1) >= 0).all()) and bool((c[:, 5] >= c[:, 0]).all()) and bool((c[:, 1] > 0).all())
     s = _phase_clocks().summarize(c, ns // LUT_WARPS)
     assert s["loop_us"]["max"] > 0 and s["span_us"] > 0
+    # each warp stamps its program's SM (%smid: ids need not be contiguous, so only their count is bounded)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert bool((c[:, 6] >= 0).all()) and bool((c[:, 6] < sms).all())  # each warp stamps its program's SM
-    assert bool((c[:, 6] == c[:, 6, :1]).all())
+    assert bool((c[:, 6] >= 0).all()) and bool((c[:, 6] == c[:, 6, :1]).all())
+    assert 1 <= c[:, 6, 0].unique().numel() <= min(sms, c.shape[0])
     for bad in (torch.zeros(3, 6, LUT_WARPS, dtype=torch.int64, device="cuda"), clk.int()):
         with pytest.raises(ValueError, match="clocks must be a contiguous int64 tensor"):
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
