@@ -552,8 +552,8 @@ def test_stamped_table_kernel_compiles_for_sm90():
 @pytest.mark.cuda
 def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
     """attend_planes(clocks=...): the same output bytes as without stamps, every warp's stamps in order, its SM id
-    (the same for a program's warps, no more distinct ids than SMs) and the summary computable; a clocks tensor of the wrong
-    shape or dtype is refused with the shape it needs."""
+    (the same for a program's warps, no more distinct ids than SMs) and the summary computable; a clocks tensor of
+    the wrong shape or dtype is refused with the shape it needs."""
     from compactkv.attention.triton.decode import packed_kind
     from compactkv.attention.triton.gluon import LUT_WARPS, attend_planes, lut_clock_shape
     lengths = [3000, 77, 1]
