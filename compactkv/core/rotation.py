@@ -122,10 +122,11 @@ def hadamard_factors(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor | None
     flat = s.reshape(-1, d, d)
     pairs = []
     for one in flat:
-        big = one.abs().max()
+        mag = one.abs()
+        big = mag.max()
         if big == 0:
             return None
-        i, j = divmod(int(one.abs().argmax()), d)
+        i, j = divmod(int(mag.argmax()), d)
         pre, post = one[:, j], one[i, :] / one[i, j]
         if (one - pre[:, None] * post[None, :]).abs().max() > rtol * big:
             return None

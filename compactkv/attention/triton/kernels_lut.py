@@ -498,21 +498,27 @@ def _tiles01(k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3,
              lo_r, tr, hi_r, KWORD: gl.constexpr, VWORD: gl.constexpr, RB: gl.constexpr, BITS: gl.constexpr,
              BN: gl.constexpr, PIPE: gl.constexpr, CODEC_ROWS: gl.constexpr):
     """`_first_tiles`' loads."""
-    if CODEC_ROWS:
-        t0 = _load_rows(k_tab, v_tab, b, h, SHIFT, L, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3, lo_r, tr,
-                        hi_r, KWORD, VWORD, RB + 2, BITS)
-    else:
-        t0 = _load_tile(kwb, vwb, knb, vnb, kwlo + kwt3, vwlo + vwt3, kwhi, vwhi, kwc3, vwc3, lo_r + tr, hi_r,
-                        RB // 4)
+    t0 = _tile_at(0, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+                  lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, CODEC_ROWS)
     t1 = t0
     if PIPE == 3:
-        if CODEC_ROWS:
-            t1 = _load_rows(k_tab, v_tab, b, h, SHIFT, L, kwlo + BN, vwlo + BN, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
-                            lo_r + BN, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
-        else:
-            t1 = _load_tile(kwb, vwb, knb, vnb, kwlo + BN + kwt3, vwlo + BN + vwt3, kwhi, vwhi, kwc3, vwc3,
-                            lo_r + BN + tr, hi_r, RB // 4)
+        t1 = _tile_at(BN, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3,
+                      vwc3, lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, CODEC_ROWS)
     return t0[0], t0[1], t0[2], t0[3], t1[0], t1[1], t1[2], t1[3]
+
+
+@gluon.jit
+def _tile_at(off, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+             lo_r, tr, hi_r, KWORD: gl.constexpr, VWORD: gl.constexpr, RB: gl.constexpr, BITS: gl.constexpr,
+             CODEC_ROWS: gl.constexpr):
+    """The words and norms of the tile `off` tokens into each warp's split (the register pipelines' loads): codec
+    rows (`_load_rows`) or planes (`_load_tile`)."""
+    if CODEC_ROWS:
+        return _load_rows(k_tab, v_tab, b, h, SHIFT, L, kwlo + off, vwlo + off, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
+                          lo_r + off, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
+    else:
+        return _load_tile(kwb, vwb, knb, vnb, kwlo + off + kwt3, vwlo + off + vwt3, kwhi, vwhi, kwc3, vwc3,
+                          lo_r + off + tr, hi_r, RB // 4)
 
 
 @gluon.jit
@@ -1138,7 +1144,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
                 kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
-            elif CODEC_ROWS:
+            elif CODEC_ROWS:  # (`_tile_at`'s loads, written out: its sums of offsets change every build's sm_90 loop)
                 nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
                                  kwhi, vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
             else:
