@@ -55,6 +55,8 @@
 #                                     # (this tree; SHARDS processes), then this tree vs DIR's (sweep, graphs; RUNS
 #                                     # times interleaved), T3TILES=1: turbo3 in 64-token tiles, then (CLOCKS=0:
 #                                     # not) both trees' phase stamps
+#   AB=DIR THIS_VARIANTS='[...]' [CLOCK_OPTIONS='{...}'] bash scripts/gpu_batch.sh early  # the same with this
+#                                     # tree's variants (e.g. lut_dyn) in its sweeps, and its stamps with options
 #   bash scripts/gpu_batch.sh early-options  # the lut_early and stamp tests, then each kind with its first tiles'
 #                                     # loads the other way (lut_early) vs its default (graphs), and the phase stamps
 #                                     # with the SMs' lateness (sm_lateness)
@@ -86,11 +88,13 @@ summarize() {  # each pytest log's failures and counts, or that the time limit c
 ab_check() {  # AB: a directory holding another tree's compactkv package (a `git archive <commit> compactkv` copy)
     [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
 }
-ab_warm() {  # both trees' default builds compiled in the background (one small sweep per kind and tree)
+ab_warm() {  # both trees' builds compiled in the background (one small sweep per kind and tree; this tree's
+    # variants THIS_VARIANTS, default its default build)
     for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
         for tree in "$AB" .; do
+            v=$([ "$tree" = . ] && echo "${THIS_VARIANTS:-[{\"gluon\": true\}]}" || echo '[{"gluon": true}]')
             PYTHONPATH="$tree:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
-                --variants '[{"gluon": true}]' > /dev/null 2>&1 &
+                --variants "$v" > /dev/null 2>&1 &
         done
     done
 }
@@ -98,9 +102,10 @@ ab_sweeps() {  # $1 runs of the AB tree's default build then this tree's, interl
     for r in $(seq "$1"); do
         for tree in "$AB" .; do
             name=$([ "$tree" = . ] && echo this || echo ab)
+            v=$([ "$tree" = . ] && echo "${THIS_VARIANTS:-[{\"gluon\": true\}]}" || echo '[{"gluon": true}]')
             PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
                 --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-$2}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
-                --variants '[{"gluon": true}]' > "$OUT/sweep-$name-$r.txt" 2>&1
+                --variants "$v" > "$OUT/sweep-$name-$r.txt" 2>&1
             echo "== $name run $r"; grep -E "SDPA|x [0-9]|FAILED" "$OUT/sweep-$name-$r.txt"
         done
     done
@@ -385,6 +390,11 @@ early)
         PYTHONPATH="$tree:." timeout 150 python scripts/phase_clocks.py --shapes "${CLOCK_SHAPES:-1x131072}" \
             --kinds "${CLOCK_KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks-$name.json" 2>&1 | tail -20
     done
+    if [ -n "${CLOCK_OPTIONS:-}" ]; then  # and this tree's stamps with these attend_planes options
+        echo "== phase stamps, this, $CLOCK_OPTIONS"
+        timeout 150 python scripts/phase_clocks.py --shapes "${CLOCK_SHAPES:-1x131072}" --options "$CLOCK_OPTIONS" \
+            --kinds "${CLOCK_KINDS:-turbo4,turbo2}" --json "$OUT/phase-clocks-this-options.json" 2>&1 | tail -20
+    fi
     ;;
 early-options)
     # prepared in session 24 (no device time left to run it): lut_early as an option of every kind

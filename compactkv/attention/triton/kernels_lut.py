@@ -521,6 +521,119 @@ def _tile_at(off, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, 
                           lo_r + off + tr, hi_r, RB // 4)
 
 
+# DYN: a group's counter holds the tiles its warps took from the pool in bits 0..19 (`_grab`: atom.inc, which
+# ptxas does not aggregate across a warp into an atomic waited on at once, as it does a predicated atom.add) and its
+# programs' arrivals from bit _DYN_SHIFT up
+_DYN_SHIFT = gl.constexpr(20)
+_DYN_NONE = gl.constexpr(0x7FFFF)  # `_grab`'s value where nothing was grabbed: a pool tile past any context
+DYN_MAX_PROGRAMS = (1 << 11) - 1  # (the launcher's limits: arrivals in bits 20..30 of an int32, and the tiles
+DYN_MAX_TILES = (1 << 19) - 1  # grabbed below _DYN_NONE, so that a tile's token offset fits an int32)
+
+
+@gluon.jit
+def _warp_id():
+    """This warp's index in its program (%tid.x / 32): a scalar that differs between a program's warps (DYN: each
+    warp's own tile sequence and trip count; a warp's lanes agree)."""
+    return gl.inline_asm_elementwise("{ .reg .u32 t; mov.u32 t, %tid.x; shr.u32 $0, t, 5; }", "=r", [],
+                                     dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _grab(ptr, need):
+    """Where need != 0, lane 0 of the warp adds 1 to the int32 at ptr (atom.inc, relaxed) and gets its old value;
+    every other lane, and lane 0 without need, gets _DYN_NONE. The value is used an iteration later (`_lane0`), so
+    the atomic's round trip is not waited on."""
+    return gl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .u32 l, m; mov.u32 $0, 0x7FFFF; mov.u32 m, 0x7FFFFFFF; mov.u32 l, %laneid; "
+        "setp.eq.u32 p, l, 0; @p setp.ne.s32 p, $2, 0; @p atom.global.inc.u32 $0, [$1], m; }",
+        "=r,l,r", [ptr.to(gl.int64, bitcast=True), need], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _lane0(x):
+    """Lane 0's x in every lane of the warp (a scalar per warp)."""
+    return gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;", "=r,r", [x],
+                                     dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr):
+    """A register-pipelined tile's code words (PIPE >= 2) as the decoders take them: (kc, kc_hi, vc, vc_hi, vx,
+    vy): turbo3's K and V windows (kc_hi, vc_hi: their high words; voff its V bit offsets), turbo4's V as
+    token-pair keys (VB: vx, vy), else the words spread; what a kind does not use repeats kc."""
+    if BITS == 3:
+        kc, kc_hi = _keys3_k(kw, KLOAD)
+        vc, vc_hi = _keys3_v(vw, voff, VLOAD)
+        return kc, kc_hi, vc, vc_hi, kc, kc
+    else:
+        kc = _spread(kw, KLOAD)
+        if VB:
+            vx, vy = _value_keys(vw, VLOAD)
+            return kc, kc, kc, kc, vx, vy
+        else:
+            vc = _spread(vw, VLOAD)
+            return kc, kc, vc, vc, kc, kc
+
+
+@gluon.jit
+def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM: gl.constexpr, KASM: gl.constexpr,
+                 BITS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, A_OP: gl.constexpr,
+                 MMA: gl.constexpr):
+    """A tile's scores [W, BN, NH] (not yet times the K norms): turbo4 (K in byte order, qk_lo / qk_hi its query
+    halves) or turbo3 / turbo2 (a key's codes paired into part operands, q0 .. q3 the parts' query rows)."""
+    if BITS == 4:
+        # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
+        k_lo, k_hi = _halves(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), 2, A_OP)
+        s = mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
+            + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
+    else:  # (two accumulations, as above)
+        kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
+        s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
+        s_b = mma_v2(kd[1], q1, gl.zeros([W, BN, NH], gl.float32, MMA))
+        if BITS == 2:
+            s = mma_v2(kd[2], q2, s)
+            s_b = mma_v2(kd[3], q3, s_b)
+        s = s + s_b
+    return s
+
+
+@gluon.jit
+def _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM: gl.constexpr,
+                 KASM: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr):
+    """One tile's online-softmax step (base 2; a row that has seen no key keeps max -inf, sum 0) and its values
+    accumulated: (a0, a1, a2, a3, m_i, l_i) updated (a2, a3: turbo2's parts, else returned as given). s: the
+    tile's scores, valid [W, BN] its live tokens, kn / vn their K / V norms."""
+    s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_use)
+    p = gl.exp2(s - gl.expand_dims(m_use, 1))
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    sc = gl.expand_dims(alpha, 1)
+    a0 = a0 * sc
+    a1 = a1 * sc
+    if BITS == 2:
+        a2 = a2 * sc
+        a3 = a3 * sc
+    m_i = m_new
+    pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
+
+    if VB:
+        v0 = _decode_kbytes(_v_arrange3(vx, A_OP), vlofs, vsel, KASM)
+        v1 = _decode_kbytes(_v_arrange3(vy, A_OP), vlofs, vsel, KASM)
+    else:
+        vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
+        v0, v1 = vd[0], vd[1]
+        if BITS == 2:
+            v2, v3 = vd[2], vd[3]
+    a0 = mma_v2(v0, pv, a0)
+    a1 = mma_v2(v1, pv, a1)
+    if BITS == 2:
+        a2 = mma_v2(v2, pv, a2)
+        a3 = mma_v2(v3, pv, a3)
+    return a0, a1, a2, a3, m_i, l_i
+
+
 @gluon.jit
 def _map_query(q_ptr, w_ptr, row0, MQ, D: gl.constexpr, QR: gl.constexpr, W: gl.constexpr,
                FROM_SMEM: gl.constexpr = False):
@@ -716,7 +829,7 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, DYN: gl.constexpr = 0):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
@@ -770,9 +883,14 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
              mask=gl.expand_dims(rn < QR, 1))
     gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn1, mx)
     gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn1, lp)
+    if HAD:  # the V inverse map's factors, loaded before the counter (off the last program's path)
+        a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
     _fence_gpu(rn1)
     gl.thread_barrier()
-    done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    if DYN:  # (the counter's bits below _DYN_SHIFT count the tiles the group's warps took from its pool)
+        done = gl.atomic_add(cnt_ptr + bh, 1 << _DYN_SHIFT, sem="acq_rel", scope="gpu") >> _DYN_SHIFT
+    else:
+        done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
     if done == n_prog - 1:  # the group's other programs have stored their partials
         _fence_gpu(rn1)
         PB: gl.constexpr = 16  # programs' partials per load (all in one thread's registers)
@@ -830,7 +948,6 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
             S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
             xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
-            a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
             out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
             if SINKS:
                 sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
@@ -859,7 +976,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False):
+                      EARLY: gl.constexpr = False, DYN: gl.constexpr = 0):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -891,7 +1008,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
     `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
-    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
+    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it. DYN (FUSED, PIPE 2
+    or 3, planes; `gluon.lut_dyn_tiles`): each warp's first n_static = max(L // (warps of the group x BN) - DYN,
+    PIPE) tiles are its own, the tokens after all warps' static tiles a pool of BN-token tiles that the group's warps
+    take one at a time (`_grab`: an atomic on cnt_ptr[bh], whose low bits count the tiles taken and high bits the
+    programs' arrivals) once their own are done; each warp leaves its loop on its own (no barrier in it), at the
+    first tile past L it holds. Which warp sums which pool tile changes from launch to launch (results equal within
+    float32 rounding, not bit for bit)."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -937,6 +1060,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
+    span = split  # a warp's tokens end at its first one + span (DYN: at L, its pool tiles lie past its static ones)
+    if DYN:  # each warp's first n_static tiles are its own, the rest a pool that the group's warps take tiles from
+        nw = gl.num_programs(0) * W
+        n_static = gl.maximum(L // (nw * BN) - DYN, PIPE)  # (at least the tiles the pipeline loads before the loop)
+        split = n_static * BN
+        span = L
+        base = (pid * W + _warp_id()) * split  # this warp's first token
+        pool0 = nw * split  # the pool's first token
     # EARLY: the first tile(s)' loads before the prologue (query map, table fill), in a branch of their own
     # (`_first_tiles`) so that the table's, the query's and its factors' loads above it are issued first
     # (`gluon.LUT_EARLY_BITS` says where and why)
@@ -945,7 +1076,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
     lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
-    hi_r = gl.minimum(lo_r + split, L)
+    hi_r = gl.minimum(lo_r + span, L)
     tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
     kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
     vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
@@ -959,10 +1090,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                         gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
     vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
     klo = (pid * W + kw3) * split
-    khi = gl.minimum(klo + split, L)
+    khi = gl.minimum(klo + span, L)
     vlo = (pid * W + vw3) * split
-    vhi = gl.minimum(vlo + split, L)
+    vhi = gl.minimum(vlo + span, L)
 
+    voff = 0  # (turbo3's V word offsets below)
     if PIPE >= 2:
         # the codes as int32 words (4 bytes of a lane's load), which a loop-carried tensor keeps in one register
         # each (a uint8 tensor would take a register per byte)
@@ -972,8 +1104,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
         kwlo = (pid * W + kwlo) * split
         vwlo = (pid * W + vwlo) * split
-        kwhi = gl.minimum(kwlo + split, L)
-        vwhi = gl.minimum(vwlo + split, L)
+        kwhi = gl.minimum(kwlo + span, L)
+        vwhi = gl.minimum(vwlo + span, L)
         if BITS == 3:
             # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
             # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
@@ -1109,7 +1241,52 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
             lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
 
-    for i in range(n_iter):
+    if KB:  # (the helpers below take every query operand; the ones a kind does not use repeat one it does)
+        q0 = qk_lo
+        q1 = qk_lo
+        q2 = qk_lo
+        q3 = qk_lo
+    else:
+        qk_lo = q0
+        qk_hi = q0
+        if P == 2:
+            q2 = q0
+            q3 = q0
+    if DYN:  # each warp its static tiles, then tiles taken from the group's pool until it is empty (PIPE 2, 3)
+        tc = base * 0  # offsets from the warp's first token: this tile's, (PIPE 3) the next one's
+        t1 = tc + BN
+        kseq = tc  # this tile's place in the warp's sequence
+        raw = tc + _DYN_NONE  # lane 0's grab for the tile after the one loaded now (`_grab`)
+        while base + tc < L:
+            tok = lo_r + tc + tr
+            valid = tok < hi_r
+            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
+            kn, vn = kn_n, vn_n
+            # the tile PIPE - 1 ahead: static, or the pool's tile grabbed last iteration; then grab the next one
+            kf = kseq + PIPE - 1
+            st = (kf < n_static).to(gl.int32)
+            tf = st * (kf * BN) + (1 - st) * (pool0 + (_lane0(raw) & ((1 << _DYN_SHIFT) - 1)) * BN - base)
+            raw = _grab(cnt_ptr + bh, ((kf + 1 >= n_static) & (base + tf < L)).to(gl.int32))
+            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + tf + kwt3, vwlo + tf + vwt3, kwhi, vwhi, kwc3, vwc3,
+                             lo_r + tf + tr, hi_r, RB // 4)
+            if PIPE == 3:
+                kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
+                kw_m, vw_m, kn_m, vn_m = nxt
+                tc = t1
+                t1 = tf
+            else:
+                kw_n, vw_n, kn_n, vn_n = nxt
+                tc = tf
+            kseq += 1
+            s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP,
+                             MMA)
+            if P == 4:
+                a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx,
+                                                        vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
+            else:
+                a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi,
+                                                          vx, vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
+    for i in range(0 if DYN else n_iter):
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
@@ -1121,6 +1298,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc = kst.load(KLOAD)
             vc = vst.load(VLOAD)
             gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
+            kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         elif PIPE >= 2:  # this tile's words were loaded earlier; load the tile PIPE - 1 ahead now
             if PIPE == 4:  # tile i's copies are done (S - 2 later ones may be in flight); the lane reads its own
                 async_copy.wait_group(S - 2)
@@ -1130,15 +1308,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
                          kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3,
                          RB // 4)
-            if BITS == 3:
-                kc, kc_hi = _keys3_k(kw_n, KLOAD)
-                vc, vc_hi = _keys3_v(vw_n, voff, VLOAD)
-            else:
-                kc = _spread(kw_n, KLOAD)
-                if VB:
-                    vx, vy = _value_keys(vw_n, VLOAD)
-                else:
-                    vc = _spread(vw_n, VLOAD)
+            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             if PIPE == 4:  # the norms two tiles ahead
@@ -1158,50 +1328,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
-        if KB:
-            # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
-            k_lo, k_hi = _halves(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), 2, A_OP)
-            s = mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
-                + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
-        else:  # turbo3, turbo2: a key's codes paired into part operands (two accumulations, as above)
-            kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
-            s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
-            s_b = mma_v2(kd[1], q1, gl.zeros([W, BN, NH], gl.float32, MMA))
-            if P == 4:
-                s = mma_v2(kd[2], q2, s)
-                s_b = mma_v2(kd[3], q3, s_b)
-            s = s + s_b
+            kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
+        s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
-        s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
-        # online softmax per warp (base 2), every tile; a row that has seen no key keeps max -inf, sum 0
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp2(m_i - m_use)
-        p = gl.exp2(s - gl.expand_dims(m_use, 1))
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        sc = gl.expand_dims(alpha, 1)
-        a0 = a0 * sc
-        a1 = a1 * sc
         if P == 4:
-            a2 = a2 * sc
-            a3 = a3 * sc
-        m_i = m_new
-        pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
-
-        if VB:
-            v0 = _decode_kbytes(_v_arrange3(vx, A_OP), vlofs, vsel, KASM)
-            v1 = _decode_kbytes(_v_arrange3(vy, A_OP), vlofs, vsel, KASM)
+            a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy,
+                                                    vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
         else:
-            vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
-            v0, v1 = vd[0], vd[1]
-            if P == 4:
-                v2, v3 = vd[2], vd[3]
-        a0 = mma_v2(v0, pv, a0)
-        a1 = mma_v2(v1, pv, a1)
-        if P == 4:
-            a2 = mma_v2(v2, pv, a2)
-            a3 = mma_v2(v3, pv, a3)
+            a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
+                                                      vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
 
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
@@ -1218,7 +1354,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, DYN)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
