@@ -865,12 +865,13 @@ def test_lut_dyn_tiles_rule():
 
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_tile_pool_build_compiles_for_sm90(kind):
-    """The finishing build with a tile pool (`lut_dyn`): its loop (each warp's own trip count) holds no barrier
-    (warps leave it at different times) and one atomic (the grab), and takes at most 8% more instructions than the
-    build without the pool (its tiles' addresses are recomputed from the grabbed offset each iteration: sm_90
-    turbo4 1144 -> 1179 a 64-token tile, turbo3 944 -> 1007 a 32-token tile); turbo4 and turbo3 without spill
-    traffic."""
+    """The finishing build with a tile pool (`lut_dyn`): the warp's static tiles in the loop of the build without
+    it, its last tiles and the pool's in a second loop (each warp's own trip count), which holds no barrier (warps
+    leave it at different times) and one atomic (the grab); neither loop more than 20% longer than the build
+    without the pool (sm_90, instructions a tile, without / static loop / pool loop: turbo4 1144 / 1144 / 1179,
+    turbo3 944 / 1062 / 1091, turbo2 1157 / 1141 / 1206); turbo4 and turbo3 without spill traffic."""
     import collections
+    import re
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
     bits = int(kind[-1])
@@ -880,13 +881,23 @@ def test_tile_pool_build_compiles_for_sm90(kind):
         k = sass_decode.compile_lut(kind, 128, 8, pipe=pipe, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True,
                                     block_n=bn, hadamard=True, dyn=dyn)
         ins, labels = sass_decode.instrs(sass_decode.sass(k)[0])
-        loop = sass_decode.main_loop(ins, labels)
-        ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
-        assert ops["BAR"] == 0 and ops["ATOMG"] == (1 if dyn else 0), (kind, dyn, ops)
+        found = []  # the loops (backward branches) that run the tiles' HMMAs
+        for addr, _, line in ins:
+            m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+            if m and labels.get(m.group(1), addr) < addr:
+                body = [x for x in ins if labels[m.group(1)] <= x[0] <= addr]
+                if any(op.startswith("HMMA") for _, op, _ in body):
+                    found.append(body)
+        assert len(found) == (2 if dyn else 1), (kind, dyn, len(found))
+        for body in found:
+            ops = collections.Counter(op.split(".")[0] for _, op, _ in body)
+            assert ops["BAR"] == 0, (kind, dyn, ops)
+        loops[dyn] = [len(body) for body in found]
+        grabs = [sum(op.startswith("ATOMG") for _, op, _ in body) for body in found]
+        assert grabs == ([0, 1] if dyn else [0]), (kind, dyn, grabs)
         if kind != "turbo2":
             assert not any(op.split(".")[0] in ("LDL", "STL") for _, op, _ in ins), (kind, dyn)
-        loops[dyn] = len(loop)
-    assert loops[2] <= loops[0] * 1.08, loops
+    assert max(loops[2]) <= loops[0][0] * 1.2, loops
 
 
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])

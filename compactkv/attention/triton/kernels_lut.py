@@ -1252,41 +1252,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if P == 2:
             q2 = q0
             q3 = q0
-    if DYN:  # each warp its static tiles, then tiles taken from the group's pool until it is empty (PIPE 2, 3)
-        tc = base * 0  # offsets from the warp's first token: this tile's, (PIPE 3) the next one's
-        t1 = tc + BN
-        kseq = tc  # this tile's place in the warp's sequence
-        raw = tc + _DYN_NONE  # lane 0's grab for the tile after the one loaded now (`_grab`)
-        while base + tc < L:
-            tok = lo_r + tc + tr
-            valid = tok < hi_r
-            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
-            kn, vn = kn_n, vn_n
-            # the tile PIPE - 1 ahead: static, or the pool's tile grabbed last iteration; then grab the next one
-            kf = kseq + PIPE - 1
-            st = (kf < n_static).to(gl.int32)
-            tf = st * (kf * BN) + (1 - st) * (pool0 + (_lane0(raw) & ((1 << _DYN_SHIFT) - 1)) * BN - base)
-            raw = _grab(cnt_ptr + bh, ((kf + 1 >= n_static) & (base + tf < L)).to(gl.int32))
-            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + tf + kwt3, vwlo + tf + vwt3, kwhi, vwhi, kwc3, vwc3,
-                             lo_r + tf + tr, hi_r, RB // 4)
-            if PIPE == 3:
-                kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
-                kw_m, vw_m, kn_m, vn_m = nxt
-                tc = t1
-                t1 = tf
-            else:
-                kw_n, vw_n, kn_n, vn_n = nxt
-                tc = tf
-            kseq += 1
-            s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP,
-                             MMA)
-            if P == 4:
-                a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx,
-                                                        vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-            else:
-                a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi,
-                                                          vx, vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-    for i in range(0 if DYN else n_iter):
+    # (DYN: the warp's static tiles but the last PIPE here, the rest in the loop after this one)
+    for i in range(n_static - PIPE if DYN else n_iter):
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
@@ -1338,7 +1305,40 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
                                                       vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-
+    if DYN:  # the warp's last PIPE static tiles, then tiles taken from the group's pool until it is empty
+        kseq = base * 0 + n_static - PIPE  # this tile's place in the warp's sequence
+        tc = kseq * BN  # offsets from the warp's first token: this tile's, (PIPE 3) the next one's
+        t1 = tc + BN
+        raw = tc * 0 + _DYN_NONE  # lane 0's grab for the tile after the one loaded now (`_grab`)
+        while base + tc < L:
+            tok = lo_r + tc + tr
+            valid = tok < hi_r
+            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
+            kn, vn = kn_n, vn_n
+            # the tile PIPE - 1 ahead: static, or the pool's tile grabbed last iteration; then grab the next one
+            kf = kseq + PIPE - 1
+            st = (kf < n_static).to(gl.int32)
+            tf = st * (kf * BN) + (1 - st) * (pool0 + (_lane0(raw) & ((1 << _DYN_SHIFT) - 1)) * BN - base)
+            raw = _grab(cnt_ptr + bh, ((kf + 1 >= n_static) & (base + tf < L)).to(gl.int32))
+            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + tf + kwt3, vwlo + tf + vwt3, kwhi, vwhi, kwc3, vwc3,
+                             lo_r + tf + tr, hi_r, RB // 4)
+            if PIPE == 3:
+                kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
+                kw_m, vw_m, kn_m, vn_m = nxt
+                tc = t1
+                t1 = tf
+            else:
+                kw_n, vw_n, kn_n, vn_n = nxt
+                tc = tf
+            kseq += 1
+            s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP,
+                             MMA)
+            if P == 4:
+                a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx,
+                                                        vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
+            else:
+                a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi,
+                                                          vx, vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
