@@ -330,8 +330,7 @@ def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16
                  **kw):
     """attend_planes (one launch: query map, splits merged per program, the last program of each group finishing)
     vs float64, output poisoned with NaN; the counters are zero afterwards and a second launch gives the same
-    bytes (with a tile pool, `lut_dyn`, the same values within float32 rounding: which warp sums which tiles
-    changes from launch to launch)."""
+    bytes."""
     from test_gluon_decode import _rel
     from compactkv.attention.reference import packed_dense_float64
     from compactkv.attention.triton.decode import packed_kind
@@ -347,10 +346,7 @@ def _check_fused(kind, g, lengths, hkv=2, num_splits=None, qdtype=torch.bfloat16
                       counters=counters, out=out, num_splits=num_splits, **kw)
         assert int(counters.abs().sum()) == 0
         outs.append(out)
-    if kw.get("lut_dyn"):
-        assert _rel(outs[1].reshape(b, hkv, g, d), outs[0].reshape(b, hkv, g, d).double()) < 1e-5
-    else:
-        assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1])
     ref = packed_dense_float64(kc, vc, rk, rv, q.float(), d ** -0.5, lengths, 1)
     return _rel(outs[0].reshape(b, hkv, g, d), ref)
 
@@ -385,27 +381,6 @@ def test_fused_early_loads_either_way_vs_float64(kind, early):
     if early:
         with pytest.raises(ValueError, match="dense query map"):
             _check_fused(kind, 4, [100], lut_early=True, lut_hadamard=False)
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-@pytest.mark.parametrize("dyn", [1, 3])
-def test_fused_tile_pool_vs_float64(kind, dyn):
-    """Each warp's last `lut_dyn` tiles in the group's pool, taken by whichever warps are done first: ragged rows,
-    rows shorter than a warp's static tiles (an empty pool), one program per group and many, GQA 1 / 4 / 8,
-    more groups than a program's warps, the sinks' program; against float64, counters zero after each launch.
-    A pool the counter cannot hold: a ValueError that says why."""
-    from test_gluon_decode import TOL
-    assert _check_fused(kind, 4, [777, 130, 3, 64], lut_dyn=dyn) < TOL
-    assert _check_fused(kind, 1, [3001, 100, 3, 1], num_splits=8, lut_dyn=dyn) < TOL
-    assert _check_fused(kind, 8, [20000, 2], num_splits=128, lut_dyn=dyn) < TOL
-    assert _check_fused(kind, 4, [9000, 4097, 7], hkv=8, lut_dyn=dyn) < TOL
-    assert _check_fused_sinks(kind, 4, [6000, 3], 4, True, lut_dyn=dyn) < TOL
-    with pytest.raises(ValueError, match="lut_pipe 2 or 3"):
-        _check_fused(kind, 4, [100], lut_dyn=dyn, lut_pipe=4 if kind != "turbo3" else 1)
-    with pytest.raises(ValueError, match="holds at most"):
-        _check_fused(kind, 4, [100], lut_dyn=dyn, num_splits=8 * 4096)
 
 
 @cuda
@@ -603,7 +578,7 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
 
 
-def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None, **kw):
+def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
     counters zero afterwards."""
@@ -624,7 +599,7 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
     out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
     attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
                   counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
-                  qscale=scale * LOG2E, **kw)
+                  qscale=scale * LOG2E)
     assert int(counters.abs().sum()) == 0
     k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
     if mean:
@@ -835,69 +810,6 @@ def test_lut_early_loads_rule():
         lut_early_loads(4, 1, False, True)
     with pytest.raises(ValueError, match="dense query map"):
         lut_early_loads(4, 2, True, True)
-
-
-def test_lut_dyn_tiles_rule():
-    """gluon.lut_dyn_tiles: no pool unless asked (LUT_DYN_TILES' kinds by default) and only where it can be (the
-    finishing build over planes, lut_pipe 2 or 3); bad values and impossible builds: a ValueError that says why."""
-    from compactkv.attention.triton import gluon
-    from compactkv.attention.triton.gluon import LUT_DYN_TILES, lut_dyn_tiles
-    for bits in (4, 3, 2):
-        assert lut_dyn_tiles(bits, 2, True) == LUT_DYN_TILES.get(bits, 0)
-        assert lut_dyn_tiles(bits, 2, False) == 0 and lut_dyn_tiles(bits, 4, True) == 0
-        assert lut_dyn_tiles(bits, 3, True, 5) == 5 and lut_dyn_tiles(bits, 1, False, 0) == 0
-    old = dict(LUT_DYN_TILES)
-    try:
-        gluon.LUT_DYN_TILES.clear()
-        gluon.LUT_DYN_TILES[4] = 2
-        assert lut_dyn_tiles(4, 2, True) == 2 and lut_dyn_tiles(4, 2, False) == 0 and lut_dyn_tiles(3, 3, True) == 0
-    finally:
-        gluon.LUT_DYN_TILES.clear()
-        gluon.LUT_DYN_TILES.update(old)
-    for bad in (-1, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="number of tiles"):
-            lut_dyn_tiles(4, 2, True, bad)
-    with pytest.raises(ValueError, match="lut_pipe 2 or 3, got lut_pipe 4"):
-        lut_dyn_tiles(4, 4, True, 2)
-    with pytest.raises(ValueError, match="outside it"):
-        lut_dyn_tiles(4, 2, False, 2)
-
-
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-def test_tile_pool_build_compiles_for_sm90(kind):
-    """The finishing build with a tile pool (`lut_dyn`): the warp's static tiles in the loop of the build without
-    it, its last tiles and the pool's in a second loop (each warp's own trip count), which holds no barrier (warps
-    leave it at different times) and one atomic (the grab); neither loop more than 20% longer than the build
-    without the pool (sm_90, instructions a tile, without / static loop / pool loop: turbo4 1144 / 1144 / 1179,
-    turbo3 944 / 1062 / 1091, turbo2 1157 / 1141 / 1206); turbo4 and turbo3 without spill traffic."""
-    import collections
-    import re
-    sass_decode = _sass_decode()
-    from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
-    bits = int(kind[-1])
-    pipe, bn = lut_fused_build(bits)
-    loops = {}
-    for dyn in (0, 2):
-        k = sass_decode.compile_lut(kind, 128, 8, pipe=pipe, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True,
-                                    block_n=bn, hadamard=True, dyn=dyn)
-        ins, labels = sass_decode.instrs(sass_decode.sass(k)[0])
-        found = []  # the loops (backward branches) that run the tiles' HMMAs
-        for addr, _, line in ins:
-            m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
-            if m and labels.get(m.group(1), addr) < addr:
-                body = [x for x in ins if labels[m.group(1)] <= x[0] <= addr]
-                if any(op.startswith("HMMA") for _, op, _ in body):
-                    found.append(body)
-        assert len(found) == (2 if dyn else 1), (kind, dyn, len(found))
-        for body in found:
-            ops = collections.Counter(op.split(".")[0] for _, op, _ in body)
-            assert ops["BAR"] == 0, (kind, dyn, ops)
-        loops[dyn] = [len(body) for body in found]
-        grabs = [sum(op.startswith("ATOMG") for _, op, _ in body) for body in found]
-        assert grabs == ([0, 1] if dyn else [0]), (kind, dyn, grabs)
-        if kind != "turbo2":
-            assert not any(op.split(".")[0] in ("LDL", "STL") for _, op, _ in ins), (kind, dyn)
-    assert max(loops[2]) <= loops[0][0] * 1.2, loops
 
 
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])

@@ -54,9 +54,6 @@ LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (at
 # (52.7-52.9 vs 52.6, 96.5-96.6 vs 96.8, 356.9-358.5 vs 358.7; turbo2 45.1 vs 45.4, 78.6 vs 78.0, 287.1-289.4 vs
 # 284.7-286.7): their prologue waited ~2.3 us longer behind the tiles' loads and their loop gained as much
 # (docs/kernels.md, session 24). The dense query map's prologue (64 KB of loads) spilled with the tiles live.
-LUT_DYN_TILES: dict[int, int] = {}  # bits -> tiles each warp of the finishing table kernel leaves to its group's pool
-# (`lut_dyn_tiles`: its warps take them one at a time once their own are done, so that no program or warp ends its
-# loop long after the others). Not a default for any kind before it is timed on a GPU (session 25).
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -464,7 +461,7 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, hadamard=None, early=None, dyn=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None, early=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -473,8 +470,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
-    (`lut_early_loads`; None: the kind's default in the finishing build, else not). dyn: the tiles each warp leaves
-    to its group's pool (`lut_dyn_tiles`; fused, planes, lut_pipe 2 or 3)."""
+    (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -482,17 +478,10 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         raise ValueError(why)
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
-    dyn = lut_dyn_tiles(bits, pipe, fused is not None and row_source is None, dyn)
     b, h, g, d = q.shape
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
-    if dyn:
-        from .kernels_lut import DYN_MAX_PROGRAMS, DYN_MAX_TILES
-        if num_splits // warps > DYN_MAX_PROGRAMS or -(-max_len // block_n) + num_splits > DYN_MAX_TILES:
-            raise ValueError(f"lut_dyn {dyn}: a group's counter holds at most {DYN_MAX_PROGRAMS} programs and "
-                             f"{DYN_MAX_TILES} tiles with its warps, got {num_splits // warps} programs and "
-                             f"{-(-max_len // block_n)} tiles of {block_n} tokens")
     if clocks is not None:
         want = lut_clock_shape(b, h, num_splits, warps)
         if not isinstance(clocks, torch.Tensor) or clocks.dtype != torch.int64 or tuple(clocks.shape) != want \
@@ -539,9 +528,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, DYN=dyn, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early, dyn)
+           hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -565,22 +554,6 @@ def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = 
                          f"map as Hadamard factors or none, got lut_pipe {pipe}"
                          + (" and a dense query map" if dense_map else ""))
     return bool(early)
-
-
-def lut_dyn_tiles(bits: int, pipe: int, can: bool, dyn: int | None = None) -> int:
-    """The tiles each warp of the table kernel leaves to its (b, kv head) group's pool (its DYN; 0: every warp
-    takes its own split): `dyn` as given, None: LUT_DYN_TILES' for the kind where it can be (can: the finishing
-    build over planes; lut_pipe 2 or 3), else 0. A warp's first tiles are its own (at least lut_pipe of them); its
-    last `dyn` tiles join the pool, from which every warp of the group takes one tile at a time (an atomic on the
-    group's counter, read an iteration later) once its own are done. ValueError where it cannot be."""
-    if dyn is None:
-        return LUT_DYN_TILES.get(bits, 0) if can and pipe in (2, 3) else 0
-    if isinstance(dyn, bool) or not isinstance(dyn, int) or dyn < 0:
-        raise ValueError(f"lut_dyn {dyn!r}: takes a number of tiles >= 0 (0: no pool), or None")
-    if dyn and not (can and pipe in (2, 3)):
-        raise ValueError(f"lut_dyn {dyn}: the pool is the finishing table kernel's (attend_planes) over code planes "
-                         f"with lut_pipe 2 or 3, got lut_pipe {pipe}" + ("" if can else " outside it"))
-    return dyn
 
 
 def lut_fused_maxnreg(bits: int) -> int:
@@ -615,8 +588,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_hadamard: bool | None = None, lut_early: bool | None = None,
-                  lut_dyn: int | None = None) -> torch.Tensor:
+                  lut_hadamard: bool | None = None, lut_early: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -634,9 +606,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
     are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
-    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot).
-    lut_dyn: the tiles each warp leaves to its group's pool, taken by whichever warps are done first (`lut_dyn_tiles`;
-    None: LUT_DYN_TILES' for the kind, 0: none)."""
+    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -673,7 +643,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had, early=lut_early, dyn=lut_dyn)
+                       clocks=clocks, hadamard=had, early=lut_early)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -521,41 +521,6 @@ def _tile_at(off, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, 
                           lo_r + off + tr, hi_r, RB // 4)
 
 
-# DYN: a group's counter holds the tiles its warps took from the pool in bits 0..19 (`_grab`: atom.inc, which
-# ptxas does not aggregate across a warp into an atomic waited on at once, as it does a predicated atom.add) and its
-# programs' arrivals from bit _DYN_SHIFT up
-_DYN_SHIFT = gl.constexpr(20)
-_DYN_NONE = gl.constexpr(0x7FFFF)  # `_grab`'s value where nothing was grabbed: a pool tile past any context
-DYN_MAX_PROGRAMS = (1 << 11) - 1  # (the launcher's limits: arrivals in bits 20..30 of an int32, and the tiles
-DYN_MAX_TILES = (1 << 19) - 1  # grabbed below _DYN_NONE, so that a tile's token offset fits an int32)
-
-
-@gluon.jit
-def _warp_id():
-    """This warp's index in its program (%tid.x / 32): a scalar that differs between a program's warps (DYN: each
-    warp's own tile sequence and trip count; a warp's lanes agree)."""
-    return gl.inline_asm_elementwise("{ .reg .u32 t; mov.u32 t, %tid.x; shr.u32 $0, t, 5; }", "=r", [],
-                                     dtype=gl.int32, is_pure=True, pack=1)
-
-
-@gluon.jit
-def _grab(ptr, need):
-    """Where need != 0, lane 0 of the warp adds 1 to the int32 at ptr (atom.inc, relaxed) and gets its old value;
-    every other lane, and lane 0 without need, gets _DYN_NONE. The value is used an iteration later (`_lane0`), so
-    the atomic's round trip is not waited on."""
-    return gl.inline_asm_elementwise(
-        "{ .reg .pred p; .reg .u32 l, m; mov.u32 $0, 0x7FFFF; mov.u32 m, 0x7FFFFFFF; mov.u32 l, %laneid; "
-        "setp.eq.u32 p, l, 0; @p setp.ne.s32 p, $2, 0; @p atom.global.inc.u32 $0, [$1], m; }",
-        "=r,l,r", [ptr.to(gl.int64, bitcast=True), need], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _lane0(x):
-    """Lane 0's x in every lane of the warp (a scalar per warp)."""
-    return gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;", "=r,r", [x],
-                                     dtype=gl.int32, is_pure=False, pack=1)
-
-
 @gluon.jit
 def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr):
     """A register-pipelined tile's code words (PIPE >= 2) as the decoders take them: (kc, kc_hi, vc, vc_hi, vx,
@@ -829,7 +794,7 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, DYN: gl.constexpr = 0):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
@@ -887,10 +852,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
     _fence_gpu(rn1)
     gl.thread_barrier()
-    if DYN:  # (the counter's bits below _DYN_SHIFT count the tiles the group's warps took from its pool)
-        done = gl.atomic_add(cnt_ptr + bh, 1 << _DYN_SHIFT, sem="acq_rel", scope="gpu") >> _DYN_SHIFT
-    else:
-        done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
     if done == n_prog - 1:  # the group's other programs have stored their partials
         _fence_gpu(rn1)
         PB: gl.constexpr = 16  # programs' partials per load (all in one thread's registers)
@@ -976,7 +938,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False, DYN: gl.constexpr = 0):
+                      EARLY: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1008,13 +970,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
     `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
-    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it. DYN (FUSED, PIPE 2
-    or 3, planes; `gluon.lut_dyn_tiles`): each warp's first n_static = max(L // (warps of the group x BN) - DYN,
-    PIPE) tiles are its own, the tokens after all warps' static tiles a pool of BN-token tiles that the group's warps
-    take one at a time (`_grab`: an atomic on cnt_ptr[bh], whose low bits count the tiles taken and high bits the
-    programs' arrivals) once their own are done; each warp leaves its loop on its own (no barrier in it), at the
-    first tile past L it holds. Which warp sums which pool tile changes from launch to launch (results equal within
-    float32 rounding, not bit for bit)."""
+    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -1060,14 +1016,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     pid = gl.program_id(0)
     bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
     n_iter = split // BN
-    span = split  # a warp's tokens end at its first one + span (DYN: at L, its pool tiles lie past its static ones)
-    if DYN:  # each warp's first n_static tiles are its own, the rest a pool that the group's warps take tiles from
-        nw = gl.num_programs(0) * W
-        n_static = gl.maximum(L // (nw * BN) - DYN, PIPE)  # (at least the tiles the pipeline loads before the loop)
-        split = n_static * BN
-        span = L
-        base = (pid * W + _warp_id()) * split  # this warp's first token
-        pool0 = nw * split  # the pool's first token
     # EARLY: the first tile(s)' loads before the prologue (query map, table fill), in a branch of their own
     # (`_first_tiles`) so that the table's, the query's and its factors' loads above it are issued first
     # (`gluon.LUT_EARLY_BITS` says where and why)
@@ -1076,7 +1024,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
     lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
-    hi_r = gl.minimum(lo_r + span, L)
+    hi_r = gl.minimum(lo_r + split, L)
     tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
     kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
     vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
@@ -1090,9 +1038,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                         gl.arange(0, NB, layout=gl.SliceLayout(0, gl.SliceLayout(1, VLOAD))))
     vt3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, VLOAD))), 0), 2)
     klo = (pid * W + kw3) * split
-    khi = gl.minimum(klo + span, L)
+    khi = gl.minimum(klo + split, L)
     vlo = (pid * W + vw3) * split
-    vhi = gl.minimum(vlo + span, L)
+    vhi = gl.minimum(vlo + split, L)
 
     voff = 0  # (turbo3's V word offsets below)
     if PIPE >= 2:
@@ -1104,8 +1052,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
         kwlo = (pid * W + kwlo) * split
         vwlo = (pid * W + vwlo) * split
-        kwhi = gl.minimum(kwlo + span, L)
-        vwhi = gl.minimum(vwlo + span, L)
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
         if BITS == 3:
             # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
             # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
@@ -1252,8 +1200,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if P == 2:
             q2 = q0
             q3 = q0
-    # (DYN: the warp's static tiles but the last PIPE here, the rest in the loop after this one)
-    for i in range(n_static - PIPE if DYN else n_iter):
+    for i in range(n_iter):
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
@@ -1305,40 +1252,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
                                                       vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-    if DYN:  # the warp's last PIPE static tiles, then tiles taken from the group's pool until it is empty
-        kseq = base * 0 + n_static - PIPE  # this tile's place in the warp's sequence
-        tc = kseq * BN  # offsets from the warp's first token: this tile's, (PIPE 3) the next one's
-        t1 = tc + BN
-        raw = tc * 0 + _DYN_NONE  # lane 0's grab for the tile after the one loaded now (`_grab`)
-        while base + tc < L:
-            tok = lo_r + tc + tr
-            valid = tok < hi_r
-            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
-            kn, vn = kn_n, vn_n
-            # the tile PIPE - 1 ahead: static, or the pool's tile grabbed last iteration; then grab the next one
-            kf = kseq + PIPE - 1
-            st = (kf < n_static).to(gl.int32)
-            tf = st * (kf * BN) + (1 - st) * (pool0 + (_lane0(raw) & ((1 << _DYN_SHIFT) - 1)) * BN - base)
-            raw = _grab(cnt_ptr + bh, ((kf + 1 >= n_static) & (base + tf < L)).to(gl.int32))
-            nxt = _load_tile(kwb, vwb, knb, vnb, kwlo + tf + kwt3, vwlo + tf + vwt3, kwhi, vwhi, kwc3, vwc3,
-                             lo_r + tf + tr, hi_r, RB // 4)
-            if PIPE == 3:
-                kw_n, vw_n, kn_n, vn_n = kw_m, vw_m, kn_m, vn_m
-                kw_m, vw_m, kn_m, vn_m = nxt
-                tc = t1
-                t1 = tf
-            else:
-                kw_n, vw_n, kn_n, vn_n = nxt
-                tc = tf
-            kseq += 1
-            s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP,
-                             MMA)
-            if P == 4:
-                a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx,
-                                                        vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-            else:
-                a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi,
-                                                          vx, vy, vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
@@ -1354,7 +1267,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, DYN)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
