@@ -1,7 +1,7 @@
 """Where the finishing table kernel's one-token step spends its time, phase by phase (CUDA).
 
 Each warp of each program stamps the global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
-its exit (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
+its exit, and three times inside the finishing tail (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
 stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
 the last program of each group (which merges the group) apart from the others; then where the loop's imbalance
 lies: the spread of a program's warps' loop ends (warp_spread) and each program's last loop end from the
@@ -24,15 +24,20 @@ import sys
 
 
 def summarize(clk, n_prog: int) -> dict:
-    """clk: int64 [programs, 6 or 7, W] (rows bh * n_prog + pid) as the kernel fills it (the 7th: SM ids, unused
-    here) -> microseconds per phase.
+    """clk: int64 [programs, 6, 7 or 10, W] (rows bh * n_prog + pid) as the kernel fills it (the 7th: SM ids, unused
+    here; 8th-10th: stamps inside the finishing tail) -> microseconds per phase. With the tail's stamps the tail is
+    split: tail_wait (a warp's loop end to its program's first barrier: the program's other warps), tail_merge
+    (the program's warps merged through shared memory, its partial stored and fenced, the group's counter), and for
+    each group's finishing program (the one that stamped phase 9: clk must be zeroed before the launch)
+    final_merge (the group's partials loaded and merged) and final_map (the V map, the output stored).
 
     SM clocks are converted with the ratio of global-timer nanoseconds to clocks over each program's warp 0 (start
     to exit), the median over programs. 'last' = per group, the program that exits last (it merged the group)."""
     import torch
     clk = torch.as_tensor(clk, dtype=torch.int64)
-    if clk.dim() != 3 or clk.shape[1] not in (6, 7) or clk.shape[0] % n_prog:
-        raise ValueError(f"clk must be [programs (a multiple of {n_prog}), 6 or 7, warps], got {list(clk.shape)}")
+    if clk.dim() != 3 or clk.shape[1] not in (6, 7, 10) or clk.shape[0] % n_prog:
+        raise ValueError(f"clk must be [programs (a multiple of {n_prog}), 6, 7 or 10, warps], got "
+                         f"{list(clk.shape)}")
     gt0, gt1 = clk[:, 0, :].double(), clk[:, 5, :].double()
     c = clk[:, 1:5, :].double()
     cycles = c[:, 3, 0] - c[:, 0, 0]
@@ -57,6 +62,17 @@ def summarize(clk, n_prog: int) -> dict:
         out[name + "_us"] = stats(us[:, i, :])
     out["tail_last_us"] = stats(us[last, 2, :])
     out["tail_others_us"] = stats(us[~last, 2, :])
+    if clk.shape[1] == 10:  # the tail's stamps: after the first barrier, once the counter is known, (last) merged
+        t7, t8, t9 = clk[:, 7, :].double(), clk[:, 8, :].double(), clk[:, 9, :].double()
+        fin = clk[:, 9, 0] != 0  # the programs that merged their group (the others leave phase 9 as zeroed)
+        if int(fin.sum()) != groups or bool((t7 < c[:, 2]).any()) or bool((t8 < t7).any()) \
+                or bool((c[:, 3] < t8).any()) or bool((t9[fin] < t8[fin]).any()) or bool((c[fin, 3] < t9[fin]).any()):
+            raise ValueError("tail stamps out of order, or not one finishing program per group: not a clocks "
+                             "tensor zeroed before the launch and filled by it?")
+        out["tail_wait_us"] = stats((t7 - c[:, 2]) * ns_per_cycle / 1e3)
+        out["tail_merge_us"] = stats((t8 - t7) * ns_per_cycle / 1e3)
+        out["final_merge_us"] = stats((t9[fin] - t8[fin]) * ns_per_cycle / 1e3)
+        out["final_map_us"] = stats((c[fin, 3] - t9[fin]) * ns_per_cycle / 1e3)
     # where the loop's imbalance lies: between a program's warps, or between programs (SMs)
     loop_end = gt0[:, :1] + (c[:, 2, :] - c[:, :1, 0]) * ns_per_cycle  # [P, W] ns on the global timer
     out["warp_spread_us"] = stats((loop_end.max(dim=1).values - loop_end.min(dim=1).values) / 1e3)
@@ -65,12 +81,12 @@ def summarize(clk, n_prog: int) -> dict:
 
 
 def loop_ends(clk):
-    """clk: int64 [programs, 7, W] -> (SM id of each program, its last loop end in us after the launch's median
-    one): how late each program's loop ended, on the global timer (`summarize`'s conversion)."""
+    """clk: int64 [programs, 7 or 10, W] -> (SM id of each program, its last loop end in us after the launch's
+    median one): how late each program's loop ended, on the global timer (`summarize`'s conversion)."""
     import torch
     clk = torch.as_tensor(clk, dtype=torch.int64)
-    if clk.dim() != 3 or clk.shape[1] != 7:
-        raise ValueError(f"clk must be [programs, 7, warps] (with SM ids), got {list(clk.shape)}")
+    if clk.dim() != 3 or clk.shape[1] not in (7, 10):
+        raise ValueError(f"clk must be [programs, 7 or 10, warps] (with SM ids), got {list(clk.shape)}")
     gt0, gt1, c = clk[:, 0, :].double(), clk[:, 5, :].double(), clk[:, 1:5, :].double()
     ns_per_cycle = float(((gt1[:, 0] - gt0[:, 0]) / (c[:, 3, 0] - c[:, 0, 0])).median())
     end = (gt0[:, :1] + (c[:, 2, :] - c[:, :1, 0]) * ns_per_cycle).max(dim=1).values
@@ -166,6 +182,7 @@ def main(argv=None) -> int:
                 ev[1].record()
                 torch.cuda.synchronize()
                 times.append(ev[0].elapsed_time(ev[1]) * 1e3)
+                clk.zero_()  # (phase 9 is stamped by each group's finishing program only)
                 stamped()
                 torch.cuda.synchronize()
                 sums.append(summarize(clk.cpu(), ns // warps))
@@ -179,8 +196,10 @@ def main(argv=None) -> int:
                   f"{row['step_us_events']:.1f} us (events, unstamped), stamped span {row['span_us']:.1f} us, start "
                   f"skew median {row['start_skew_us']['median']:.2f} / max {row['start_skew_us']['max']:.2f} us, "
                   f"same output: {same}")
-            for name in ("prologue", "loop", "tail", "tail_last", "tail_others", "warp_spread",
-                         "program_loop_end"):
+            for name in ("prologue", "loop", "tail", "tail_last", "tail_others", "tail_wait", "tail_merge",
+                         "final_merge", "final_map", "warp_spread", "program_loop_end"):
+                if name + "_us" not in row:
+                    continue
                 st = row[name + "_us"]
                 if st["median"] is None:
                     print(f"    {name:12s} (no such program)")

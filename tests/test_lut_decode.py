@@ -498,6 +498,23 @@ def test_phase_clock_summary_on_made_up_stamps():
         summarize(bad, 3)
     with pytest.raises(ValueError, match="multiple of 4"):
         summarize(clk, 4)
+    # the tail's stamps (phases 7-9): its first barrier 10 clocks after the loop, the counter 30 later, and in
+    # each group's finishing program (program 1) its merge 100 clocks after the counter
+    c10 = torch.zeros(6, 10, 2, dtype=torch.int64)
+    c10[:, :6] = clk
+    c10[:, 6] = 7
+    c10[:, 7] = clk[:, 3] + 10
+    c10[:, 8] = clk[:, 3] + 40
+    c10[1::3, 9] = clk[1::3, 3] + 140
+    t = summarize(c10, 3)
+    assert t["loop_us"] == s["loop_us"] and t["tail_last_us"] == s["tail_last_us"]
+    assert t["tail_wait_us"]["max"] == pytest.approx(0.02) and t["tail_merge_us"]["median"] == pytest.approx(0.06)
+    assert t["final_merge_us"]["median"] == pytest.approx(0.2)
+    assert t["final_map_us"]["median"] == pytest.approx(2 * (4000 - 140) / 1e3)
+    no_finisher = c10.clone()
+    no_finisher[1, 9] = 0
+    with pytest.raises(ValueError, match="one finishing program per group"):
+        summarize(no_finisher, 3)
 
 
 def test_phase_clock_sm_lateness_on_made_up_stamps():
@@ -527,7 +544,7 @@ def test_phase_clock_sm_lateness_on_made_up_stamps():
 
 def test_stamped_table_kernel_compiles_for_sm90():
     """The default finishing build (Hadamard maps, its register cap) with phase stamps (clocks), as
-    scripts/phase_clocks.py runs it: four SM clock reads, two global-timer reads and its SM's id, no spills, the
+    scripts/phase_clocks.py runs it: seven SM clock reads, two global-timer reads and its SM's id, no spills, the
     loop as long as the default build's within a few instructions (scripts/sass_decode.py); turbo4's 64-token
     tiles (`lut_fused_build`) take fewer instructions per token than 32-token tiles two ahead."""
     sass_decode = _sass_decode()
@@ -539,7 +556,7 @@ def test_stamped_table_kernel_compiles_for_sm90():
                                 fused=True, clocks=True, block_n=bn, hadamard=True)
     text, _, stack = sass_decode.sass(k)
     assert stack == 0
-    assert text.count("SR_CLOCKLO") == 4 and text.count("SR_GLOBALTIMERLO") == 2
+    assert text.count("SR_CLOCKLO") == 7 and text.count("SR_GLOBALTIMERLO") == 2  # (3 inside the tail)
     assert text.count("SR_VIRTUALSMID") == 1  # (%smid, its program's SM)
     loop = sass_decode.main_loop(*sass_decode.instrs(text))
     assert len(loop) <= 1170, len(loop)  # per 64 tokens: default 1147, stamped 1147 (docs/kernels.md, session 21)
@@ -569,6 +586,7 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
     assert bool((c[:, 1:5].diff(dim=1) >= 0).all()) and bool((c[:, 5] >= c[:, 0]).all()) and bool((c[:, 1] > 0).all())
     s = _phase_clocks().summarize(c, ns // LUT_WARPS)
     assert s["loop_us"]["max"] > 0 and s["span_us"] > 0
+    assert s["tail_merge_us"]["max"] > 0 and s["final_merge_us"]["max"] > 0 and s["final_map_us"]["max"] > 0
     # each warp stamps its program's SM (%smid: ids need not be contiguous, so only their count is bounded)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert bool((c[:, 6] >= 0).all()) and bool((c[:, 6] == c[:, 6, :1]).all())

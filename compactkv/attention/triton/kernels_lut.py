@@ -723,7 +723,8 @@ def _key_dim(k, D: gl.constexpr, BITS: gl.constexpr):
         return P * sq + k // NB
 
 
-CLOCK_PHASES = 7  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`; the last: the SM's id)
+CLOCK_PHASES = 10  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`; 6: the SM's id; 7-9:
+# inside the finishing tail, `_finish_fused`)
 _CLOCK_PHASES = gl.constexpr(CLOCK_PHASES)  # (the kernels' copy)
 
 
@@ -794,7 +795,7 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 @gluon.jit
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
@@ -805,7 +806,9 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
 
     SINKS: the group's fp16 sinks are merged too, by log-sum-exp as decode_finish_kernel merges its windows: their
     partial (`_sink_partial`, original space, max shifted by the key mean) is at slot n_groups * n_prog + bh of
-    o_ptr / ml_ptr, and its values are added after the inverse map."""
+    o_ptr / ml_ptr, and its values are added after the inverse map. clk_ptr: the kernel's stamps (None: none), here
+    SM clocks after the first barrier (phase 7: every warp of the program past its loop), once the group's counter
+    is known (8) and, in the group's last program, after the partials' merge, before the V map (9)."""
     SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
@@ -818,6 +821,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
     st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
     gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 7, W)
     st_a.store(acc)
     st_m.store(m_i)
     st_l.store(l_i)
@@ -853,6 +858,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     _fence_gpu(rn1)
     gl.thread_barrier()
     done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 8, W)
     if done == n_prog - 1:  # the group's other programs have stored their partials
         _fence_gpu(rn1)
         PB: gl.constexpr = 16  # programs' partials per load (all in one thread's registers)
@@ -904,6 +911,8 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         else:
             inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
             res = a_r * gl.expand_dims(gl.convert_layout(inv, FR), 1)
+        if clk_ptr is not None:
+            _stamp(clk_ptr, 9, W)
         # the inverse V map: rows through shared memory to the threads that own w's columns
         st_o.store(res)
         gl.thread_barrier()
@@ -965,7 +974,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     group (after the programs' ones) and merged by the finishing program. clk_ptr: None, or int64 [programs,
     CLOCK_PHASES, W] where lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at
     its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit
-    and the id of the SM it ran on.
+    and the id of the SM it ran on, and three stamps inside the finishing tail (`_finish_fused`).
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
@@ -1267,7 +1276,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD)
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
