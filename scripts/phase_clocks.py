@@ -69,15 +69,15 @@ def summarize(clk, n_prog: int) -> dict:
                 or bool((c[:, 3] < t8).any()) or bool((t9[fin] < t8[fin]).any()) or bool((c[fin, 3] < t9[fin]).any()):
             raise ValueError("tail stamps out of order, or not one finishing program per group: not a clocks "
                              "tensor zeroed before the launch and filled by it?")
-        out["tail_wait_us"] = stats((t7 - c[:, 2]) * ns_per_cycle / 1e3)
+        out["tail_wait_us"] = stats((t7 - c[:, 2]) * ns_per_cycle / 1e3)  # (its max per program: the warps' spread)
         out["tail_merge_us"] = stats((t8 - t7) * ns_per_cycle / 1e3)
         out["final_merge_us"] = stats((t9[fin] - t8[fin]) * ns_per_cycle / 1e3)
         out["final_map_us"] = stats((c[fin, 3] - t9[fin]) * ns_per_cycle / 1e3)
     # where the loop's imbalance lies: between a program's warps, or between programs (SMs)
-    # [P, W] ns on the global timer: each warp's own clocks from its own start (a program's warps start together;
-    # their clock readings need not agree: session 25 found a program's warps at its first barrier within 0.05 us
-    # while their loop ends read against warp 0's clock spread 1.3 us)
-    loop_end = gt0[:, :1] + (c[:, 2, :] - c[:, 0, :]) * ns_per_cycle
+    # [P, W] ns on the global timer: each warp's own start timer plus its own clocks since (a program's warps' clock
+    # readings need not agree: session 25 found them at the program's first barrier within 0.05 us of each other
+    # while their loop ends read against warp 0's start clock spread 1.3 us)
+    loop_end = gt0 + (c[:, 2, :] - c[:, 0, :]) * ns_per_cycle
     out["warp_spread_us"] = stats((loop_end.max(dim=1).values - loop_end.min(dim=1).values) / 1e3)
     out["program_loop_end_us"] = stats((loop_end.max(dim=1).values - t0) / 1e3)
     return out
@@ -92,7 +92,7 @@ def loop_ends(clk):
         raise ValueError(f"clk must be [programs, 7 or 10, warps] (with SM ids), got {list(clk.shape)}")
     gt0, gt1, c = clk[:, 0, :].double(), clk[:, 5, :].double(), clk[:, 1:5, :].double()
     ns_per_cycle = float(((gt1[:, 0] - gt0[:, 0]) / (c[:, 3, 0] - c[:, 0, 0])).median())
-    end = (gt0[:, :1] + (c[:, 2, :] - c[:, 0, :]) * ns_per_cycle).max(dim=1).values  # (as `summarize`)
+    end = (gt0 + (c[:, 2, :] - c[:, 0, :]) * ns_per_cycle).max(dim=1).values  # (as `summarize`)
     return clk[:, 6, 0].tolist(), ((end - end.median()) / 1e3).tolist()
 
 

@@ -487,8 +487,8 @@ def test_phase_clock_summary_on_made_up_stamps():
     assert s["tail_last_us"]["median"] == pytest.approx(8.0) and s["tail_others_us"]["max"] == pytest.approx(0.4)
     assert s["start_skew_us"]["max"] == pytest.approx(0.5)
     # warp 1's clock reads a clock more than warp 0's from the start and it loops a clock longer: each warp's loop
-    # end is read from its own start, so program p's last loop end (warp 1's) is at 100 p + 2 (50 + 1000 + 10 p + 1)
-    # ns and the spread 2 ns
+    # end is read from its own start (timer and clock), so program p's last loop end (warp 1's) is at 100 p + 2 (50 +
+    # 1000 + 10 p + 1) ns and the spread 2 ns
     assert s["warp_spread_us"]["median"] == pytest.approx(0.002) and s["warp_spread_us"]["max"] == pytest.approx(0.002)
     assert s["program_loop_end_us"]["max"] == pytest.approx((500 + 2 * (50 + 1050 + 1)) / 1e3)
     last_exit = 1000 + 500 + 2 * (50 + 1050 + 1 + 200)  # program 5 (not a group's last, but the latest start)
