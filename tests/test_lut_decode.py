@@ -511,6 +511,7 @@ def test_phase_clock_summary_on_made_up_stamps():
     assert t["loop_us"] == s["loop_us"] and t["tail_last_us"] == s["tail_last_us"]
     assert t["tail_wait_us"]["max"] == pytest.approx(0.02) and t["tail_merge_us"]["median"] == pytest.approx(0.06)
     assert t["final_merge_us"]["median"] == pytest.approx(0.2)
+    assert t["warp_spread_us"]["max"] == pytest.approx(0.02)  # (the barrier waits, not the converted loop ends)
     assert t["final_map_us"]["median"] == pytest.approx(2 * (4000 - 140) / 1e3)
     no_finisher = c10.clone()
     no_finisher[1, 9] = 0
