@@ -128,6 +128,28 @@ def _load_tile(t0, hi, kbase, vbase, knb, vnb, kr, kcol, vr, vcol, tr, NBK: gl.c
 
 
 @gluon.jit
+def scale_acc(a0, a1, a2, a3, sc, FOUR: gl.constexpr):
+    """The value accumulators of 2 parts (FOUR: 4) times the rescale sc (the others returned as given)."""
+    a0 = a0 * sc
+    a1 = a1 * sc
+    if FOUR:
+        a2 = a2 * sc
+        a3 = a3 * sc
+    return a0, a1, a2, a3
+
+
+@gluon.jit
+def accumulate_pv(v0, v1, v2, v3, pv, a0, a1, a2, a3, FOUR: gl.constexpr):
+    """a_p += v_p @ pv for the 2 parts (FOUR: 4) of a tile's decoded values (the others returned as given)."""
+    a0 = mma_v2(v0, pv, a0)
+    a1 = mma_v2(v1, pv, a1)
+    if FOUR:
+        a2 = mma_v2(v2, pv, a2)
+        a3 = mma_v2(v3, pv, a3)
+    return a0, a1, a2, a3
+
+
+@gluon.jit
 def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q1, q2, q3,
           a0, a1, a2, a3, m_i, l_i, K_ASM: gl.constexpr, V_ASM: gl.constexpr, PK: gl.constexpr, PV: gl.constexpr,
           NBV: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, MMA: gl.constexpr,
@@ -154,13 +176,8 @@ def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q
     if gl.max(m_tile - m_i, axis=0) > LAZY_TAU:
         m_new = gl.maximum(m_i, m_tile)
         alpha = gl.exp2(m_i - m_new)
-        sc = gl.expand_dims(alpha, 0)
         l_i = l_i * alpha
-        a0 = a0 * sc
-        a1 = a1 * sc
-        if PV == 4:
-            a2 = a2 * sc
-            a3 = a3 * sc
+        a0, a1, a2, a3 = scale_acc(a0, a1, a2, a3, gl.expand_dims(alpha, 0), PV == 4)
         m_i = m_new
     p = gl.exp2(s - gl.expand_dims(m_i, 0))
     l_i = l_i + gl.sum(p, axis=0)
@@ -168,11 +185,7 @@ def _tile(t0, hi, kc, vc, kn, vn, vbase, vr, vcol, tr, kt0, kt1, vt0, vt1, q0, q
     if LATE_V:
         vc = _v_arrange(_rows(vbase, t0, hi, vr, vcol, NBV, MASKED), NBV, BN, A_OP)
     v0, v1, v2, v3 = _decode(vc, vt0, vt1, V_ASM, PV)
-    a0 = mma_v2(v0, pv, a0)
-    a1 = mma_v2(v1, pv, a1)
-    if PV == 4:
-        a2 = mma_v2(v2, pv, a2)
-        a3 = mma_v2(v3, pv, a3)
+    a0, a1, a2, a3 = accumulate_pv(v0, v1, v2, v3, pv, a0, a1, a2, a3, PV == 4)
     return a0, a1, a2, a3, m_i, l_i
 
 

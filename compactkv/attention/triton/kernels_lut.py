@@ -48,7 +48,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from .kernels_gluon import split_rule
+from .kernels_gluon import accumulate_pv, scale_acc, split_rule
 
 
 @functools.lru_cache(maxsize=16)  # asked at every launch
@@ -574,12 +574,7 @@ def _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy, 
     alpha = gl.exp2(m_i - m_use)
     p = gl.exp2(s - gl.expand_dims(m_use, 1))
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    sc = gl.expand_dims(alpha, 1)
-    a0 = a0 * sc
-    a1 = a1 * sc
-    if BITS == 2:
-        a2 = a2 * sc
-        a3 = a3 * sc
+    a0, a1, a2, a3 = scale_acc(a0, a1, a2, a3, gl.expand_dims(alpha, 1), BITS == 2)
     m_i = m_new
     pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
@@ -589,13 +584,10 @@ def _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy, 
     else:
         vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
         v0, v1 = vd[0], vd[1]
-        if BITS == 2:
-            v2, v3 = vd[2], vd[3]
-    a0 = mma_v2(v0, pv, a0)
-    a1 = mma_v2(v1, pv, a1)
+    v2, v3 = v0, v1
     if BITS == 2:
-        a2 = mma_v2(v2, pv, a2)
-        a3 = mma_v2(v3, pv, a3)
+        v2, v3 = vd[2], vd[3]
+    a0, a1, a2, a3 = accumulate_pv(v0, v1, v2, v3, pv, a0, a1, a2, a3, BITS == 2)
     return a0, a1, a2, a3, m_i, l_i
 
 
