@@ -56,7 +56,8 @@
 #                                     # times interleaved), T3TILES=1: turbo3 in 64-token tiles, then (CLOCKS=0:
 #                                     # not) both trees' phase stamps
 #   AB=DIR THIS_VARIANTS='[...]' [CLOCK_OPTIONS='{...}'] bash scripts/gpu_batch.sh early  # the same with this
-#                                     # tree's variants (e.g. lut_dyn) in its sweeps, and its stamps with options
+#                                     # tree's variants (attend_planes keywords, e.g. lut_early) in its sweeps, and
+#                                     # its stamps with those options
 #   bash scripts/gpu_batch.sh early-options  # the lut_early and stamp tests, then each kind with its first tiles'
 #                                     # loads the other way (lut_early) vs its default (graphs), and the phase stamps
 #                                     # with the SMs' lateness (sm_lateness)

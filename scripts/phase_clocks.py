@@ -1,12 +1,14 @@
 """Where the finishing table kernel's one-token step spends its time, phase by phase (CUDA).
 
-Each warp of each program stamps the global timer and its SM's clock at its start, after the prologue (query map, table fill), after the loop and at
-its exit, and three times inside the finishing tail (`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no
-stamps). Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with
-the last program of each group (which merges the group) apart from the others; then where the loop's imbalance
-lies: the spread of a program's warps' loop ends (warp_spread) and each program's last loop end from the
-kernel's first start (program_loop_end), and whether the same SMs end their loop late launch after launch
-(sm_lateness: each program's SM id is stamped too).
+Each warp of each program stamps the global timer and its SM's clock at its start, after the prologue (query map,
+table fill), after the loop and at its exit, and three times inside the finishing tail
+(`gluon.attend_planes(clocks=...)`, kernels_lut `_stamp`; a build of its own, the default build has no stamps).
+Printed per shape: the kernel's span, programs' start skew, and per-phase medians / maxima in us, with the last
+program of each group (which merges the group) apart from the others, and the tail split into its steps; then
+where the loop's imbalance lies: the spread of a program's warps' loop ends (warp_spread: the earliest warp's
+wait at the program's first barrier) and each program's last loop end from the kernel's first start
+(program_loop_end), and whether the same SMs end their loop late launch after launch (sm_lateness: each
+program's SM id is stamped too).
 
     python scripts/phase_clocks.py [--shapes 1x131072,1x32768,8x32768] [--kinds turbo4] [--reps 20] [--json PATH]
 
