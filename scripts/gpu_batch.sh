@@ -89,11 +89,14 @@ summarize() {  # each pytest log's failures and counts, or that the time limit c
 ab_check() {  # AB: a directory holding another tree's compactkv package (a `git archive <commit> compactkv` copy)
     [ -d "${AB:-}/compactkv" ] || { echo "AB=DIR: a directory holding another tree's compactkv package"; exit 2; }
 }
+ab_variants() {  # the sweep variants of tree $1: this tree's THIS_VARIANTS (default its default build), AB's default
+    [ "$1" = . ] && echo "${THIS_VARIANTS:-[{\"gluon\": true\}]}" || echo '[{"gluon": true}]'
+}
 ab_warm() {  # both trees' builds compiled in the background (one small sweep per kind and tree; this tree's
     # variants THIS_VARIANTS, default its default build)
     for k in $(echo "${KINDS:-turbo4,turbo3,turbo2}" | tr , ' '); do
         for tree in "$AB" .; do
-            v=$([ "$tree" = . ] && echo "${THIS_VARIANTS:-[{\"gluon\": true\}]}" || echo '[{"gluon": true}]')
+            v=$(ab_variants "$tree")
             PYTHONPATH="$tree:." timeout 200 python scripts/decode_sweep.py --shapes 1x8192 --kinds "$k" \
                 --variants "$v" > /dev/null 2>&1 &
         done
@@ -103,7 +106,7 @@ ab_sweeps() {  # $1 runs of the AB tree's default build then this tree's, interl
     for r in $(seq "$1"); do
         for tree in "$AB" .; do
             name=$([ "$tree" = . ] && echo this || echo ab)
-            v=$([ "$tree" = . ] && echo "${THIS_VARIANTS:-[{\"gluon\": true\}]}" || echo '[{"gluon": true}]')
+            v=$(ab_variants "$tree")
             PYTHONPATH="$tree:." timeout "${SWEEP_TIMEOUT:-120}" python scripts/decode_sweep.py \
                 --json "$OUT/sweep-$name-$r.json" --shapes "${SHAPES:-$2}" --kinds "${KINDS:-turbo4,turbo3,turbo2}" \
                 --variants "$v" > "$OUT/sweep-$name-$r.txt" 2>&1
@@ -398,7 +401,7 @@ early)
     fi
     ;;
 early-options)
-    # prepared in session 24 (no device time left to run it): lut_early as an option of every kind
+    # prepared in session 24, first run in session 25 (with RUNS=0): lut_early as an option of every kind
     python scripts/pytest_shards.py --shards "${SHARDS:-6}" --timeout "${TEST_TIMEOUT:-300}" --out "$OUT" \
         -k "early or stamped or phase_clock" tests/test_lut_decode.py > "$OUT/tests.txt" 2>&1 &
     for k in turbo4 turbo3 turbo2; do
