@@ -126,12 +126,11 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
                 rows: bool = False, sinks: bool = False, clocks: bool = False, hadamard: bool = False,
-                early: bool | None = None, span: bool = False):
+                early: bool | None = None):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
     hadamard: the maps as Hadamard factors (`gluon.lut_hadamard_maps`); early: the first tiles' loads before the
-    prologue (`gluon.lut_early_loads`; None: as the launcher would); span: the spanning grid's build (fused, its
-    SPAN: `gluon.lut_span_splits`)."""
+    prologue (`gluon.lut_early_loads`; None: as the launcher would)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
@@ -151,7 +150,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
                 v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10, sk_ptr=torch.empty(64, dtype=torch.bfloat16),
                 sv_ptr=torch.empty(64, dtype=torch.bfloat16), n_sink=4, s_sb=8 * 4 * d, s_sh=4 * d, kmean_ptr=f32,
-                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None, G=64)
+                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     keys = d // 4 if bits == 2 else d // 2
@@ -160,7 +159,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
-                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard, SPAN=span,
+                 KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
                  EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused))
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)

@@ -370,82 +370,6 @@ def test_fused_table_kernel_vs_float64(kind, g, had):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-@pytest.mark.parametrize("g", [1, 4, 8])
-def test_fused_spanning_grid_vs_float64(kind, g):
-    """The spanning grid (`lut_span`, a one-dimensional grid over every group's splits): programs holding the end
-    of one group and the start of the next (splits per group no multiple of the 8 warps), the two of different
-    lengths (ragged rows), rows shorter than a tile and empty warps, the last program's warps past the last group
-    (G * S no multiple of 8), groups over more programs than one merge round of the finishing program loads
-    (32), and a split count that is a multiple of the warps (no program spans); against float64, output poisoned,
-    counters zero after, the second launch the same bytes."""
-    from test_gluon_decode import TOL
-    assert _check_fused(kind, g, [3001, 100, 3, 1], num_splits=9, lut_span=True) < TOL  # 8 groups, 9 programs
-    assert _check_fused(kind, g, [777, 130, 64], hkv=1, num_splits=11, lut_span=True) < TOL  # 7 idle warps
-    assert _check_fused(kind, g, [900, 33, 7], hkv=8, num_splits=12, lut_span=True) < TOL
-    assert _check_fused(kind, g, [20000, 5000], num_splits=300, lut_span=True) < TOL  # 38-39 programs a group
-    assert _check_fused(kind, g, [1500, 40], num_splits=16, lut_span=True) < TOL
-
-
-@cuda
-@pytest.mark.cuda
-def test_fused_spanning_grid_by_default_where_it_uses_more_warps():
-    """Without num_splits the finishing kernel takes the spanning grid where `lut_span_splits` gives more splits
-    than whole programs per group (8 groups of a long row on a card whose multiprocessors 8 does not divide), and
-    the result matches the whole-program grid's within float32 rounding."""
-    from compactkv.attention.triton.gluon import _sm_count, lut_span_splits
-    dev = torch.device("cuda")
-    s = lut_span_splits(8, 40000, 8, dev, bits=4)
-    if _sm_count(dev) % 8 == 0:
-        assert s is None
-    else:
-        assert s is not None and s % 8
-    a = _check_fused("turbo4", 4, [40000], hkv=8)
-    b = _check_fused("turbo4", 4, [40000], hkv=8, lut_span=False)
-    from test_gluon_decode import TOL
-    assert a < TOL and b < TOL
-
-
-def test_spanning_grid_refusals_name_the_reason():
-    """`lut_span_unsupported`: the pipelines, maps and layouts the spanning grid cannot take, each named."""
-    from compactkv.attention.triton.gluon import lut_span_unsupported
-    kc = torch.zeros(2, 8, 100, 64, dtype=torch.uint8)
-    kn = torch.zeros(2, 8, 100, dtype=torch.float16)
-    ok = (kc, kc, kn, kn)
-    assert lut_span_unsupported(2, True, False, ok, 64) is None
-    assert "lut_pipe 2 or 3" in lut_span_unsupported(0, True, False, ok, 64)
-    assert "Hadamard" in lut_span_unsupported(3, False, False, ok, 64)
-    assert "codec rows" in lut_span_unsupported(3, True, True, ok, 64)
-    odd = torch.zeros(2 * 8 * 6432, dtype=torch.uint8).as_strided((2, 8, 100, 64), (8 * 6432, 6432, 64, 1))
-    assert "whole rows" in lut_span_unsupported(3, True, False, (odd, kc, kn, kn), 64)
-    vn = torch.zeros(2, 8, 200, dtype=torch.float16)[..., :100]  # V norms strided unlike K's
-    assert "whole rows" in lut_span_unsupported(3, True, False, (kc, kc, kn, vn), 64)
-
-
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-def test_spanning_grid_build_compiles_for_sm90(kind):
-    """The spanning grid's finishing build (the kind's default tiles, register cap and Hadamard maps): for the
-    kinds that take it by default (LUT_SPAN_BITS) no spill traffic and its loop within 4% of the whole-program
-    build's instruction count; for the others (LUT_SPAN_BITS says why) not so."""
-    sass_decode = _sass_decode()
-    from compactkv.attention.triton.gluon import LUT_SPAN_BITS, lut_fused_build, lut_fused_maxnreg
-    bits = int(kind[-1])
-    pipe, bn = lut_fused_build(bits)
-    loops, spills = {}, {}
-    for span in (False, True):
-        k = sass_decode.compile_lut(kind, 128, 8, pipe=pipe, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True,
-                                    block_n=bn, hadamard=True, span=span)
-        text, _, stack = sass_decode.sass(k)
-        ins, labels = sass_decode.instrs(text)
-        spills[span] = sum(op.startswith(("LDL", "STL")) for _, op, _ in ins) + stack
-        loops[span] = len(sass_decode.main_loop(ins, labels))
-    assert spills[False] == 0
-    fine = spills[True] == 0 and abs(loops[True] - loops[False]) <= 0.04 * loops[False]
-    assert fine == (bits in LUT_SPAN_BITS), (kind, loops, spills)
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 @pytest.mark.parametrize("early", [True, False])
 def test_fused_early_loads_either_way_vs_float64(kind, early):
     """The first tiles' loads before the prologue or after it (`lut_early`, each kind the way it does not by
@@ -674,8 +598,7 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
 
 
-def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None,
-                       **kw):
+def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
     counters zero afterwards."""
@@ -696,7 +619,7 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
     out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
     attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
                   counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
-                  qscale=scale * LOG2E, **kw)
+                  qscale=scale * LOG2E)
     assert int(counters.abs().sum()) == 0
     k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
     if mean:
@@ -723,17 +646,6 @@ def test_fused_table_kernel_merges_sinks_and_key_mean_vs_float64(kind, n_sink, m
     assert _check_fused_sinks(kind, 4, [777, 130, 3, 64], n_sink, mean) < TOL
     assert _check_fused_sinks(kind, 8, [5000, 2], n_sink, mean, num_splits=128) < TOL
     assert _check_fused_sinks(kind, 1, [900, 33, 7], n_sink, mean, hkv=8, qdtype=torch.float16) < TOL
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
-def test_fused_spanning_grid_merges_sinks_and_key_mean_vs_float64(kind):
-    """The spanning grid's sinks: attended by the program holding each group's last split (which may hold the
-    next group's first splits too), their partials in the grid's slots; with the key mean, ragged rows."""
-    from test_gluon_decode import TOL
-    assert _check_fused_sinks(kind, 4, [777, 130, 3, 64], 4, True, num_splits=9, lut_span=True) < TOL
-    assert _check_fused_sinks(kind, 8, [900, 33, 7], 3, False, hkv=8, num_splits=11, lut_span=True) < TOL
 
 
 def test_attend_planes_names_bad_sinks_and_key_mean():

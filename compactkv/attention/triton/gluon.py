@@ -54,9 +54,6 @@ LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (at
 # (52.7-52.9 vs 52.6, 96.5-96.6 vs 96.8, 356.9-358.5 vs 358.7; turbo2 45.1 vs 45.4, 78.6 vs 78.0, 287.1-289.4 vs
 # 284.7-286.7): their prologue waited ~2.3 us longer behind the tiles' loads and their loop gained as much
 # (docs/kernels.md, session 24). The dense query map's prologue (64 KB of loads) spilled with the tiles live.
-LUT_SPAN_BITS = frozenset({4})  # kinds (bits) whose finishing table kernel takes the spanning grid by default where it
-# uses more warps (`lut_span_splits`; session 26). turbo3's and turbo2's spanning builds are at 255 registers: sm_90
-# turbo3 989 loop instructions per tile instead of 946, turbo2 17 spill instructions in its loop.
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
@@ -304,13 +301,10 @@ def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N,
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
 
-def lut_clock_shape(batch: int, heads: int, num_splits: int, warps: int, span: bool = False) -> tuple[int, int, int]:
+def lut_clock_shape(batch: int, heads: int, num_splits: int, warps: int) -> tuple[int, int, int]:
     """The shape of a table-kernel launch's `clocks` tensor: (programs, phases, warps), programs = B x H x
-    num_splits / warps (num_splits as the launcher rounds it: a multiple of warps); span (`lut_span_splits`'s grid):
-    B x H x num_splits / warps rounded up."""
+    num_splits / warps (num_splits as the launcher rounds it: a multiple of warps)."""
     from .kernels_lut import CLOCK_PHASES
-    if span:
-        return -(-batch * heads * num_splits // warps), CLOCK_PHASES, warps
     return batch * heads * (num_splits // warps), CLOCK_PHASES, warps
 
 
@@ -331,39 +325,6 @@ def lut_splits(bh: int, max_len: int, warps: int, device: torch.device, head_dim
     per_bh = max(1, slots // max(bh, 1))
     need = max(1, -(-max(max_len, 1) // (LUT_MIN_WARP_TOKENS * warps)))
     return min(per_bh, need) * warps
-
-
-def lut_span_splits(groups: int, max_len: int, warps: int, device: torch.device, head_dim: int = 128,
-                    pipe: int = LUT_PIPE, maxnreg: int = LUT_MAXNREG, bits: int = 4) -> int | None:
-    """Splits per (b, h) group for the finishing table kernel's spanning grid (its SPAN), or None where it would
-    not use more warps than `lut_splits`' whole programs per group: one wave's warps shared out evenly, a program
-    holding the end of one group and the start of the next where the count is no multiple of `warps` (H200, 132
-    multiprocessors: 8 groups take 132 splits each instead of 128, so no multiprocessor idles at B=1), each split
-    at least LUT_MIN_WARP_TOKENS tokens and at least `warps` splits (a program holds at most two groups)."""
-    slots = _sm_count(device) * lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits)
-    s = min(slots * warps // max(groups, 1), -(-max(max_len, 1) // LUT_MIN_WARP_TOKENS))
-    whole = lut_splits(groups, max_len, warps, device, head_dim, pipe, maxnreg, bits)
-    return s if s >= warps and s > whole else None
-
-
-def lut_span_unsupported(pipe: int, hadamard: bool, rows: bool, planes: tuple[torch.Tensor, ...],
-                         row_bytes: int) -> str | None:
-    """Why the finishing table kernel cannot take the spanning grid (`lut_span_splits`) for these planes (K
-    codes, V codes, K norms, V norms), or None: its warps of a program's second group address their rows from the
-    first group's planes, so the batch and head strides must be whole rows and the offsets fit in int32."""
-    if pipe not in (2, 3):
-        return f"lut_span: the spanning grid takes lut_pipe 2 or 3, got {pipe}"
-    if not hadamard:
-        return "lut_span: the spanning grid takes the query and V maps as Hadamard factors (lut_hadamard)"
-    if rows:
-        return "lut_span: the spanning grid reads code planes, not codec rows"
-    kc, vc, kn, vn = planes
-    if any(t.stride(i) % row_bytes for t in (kc, vc) for i in (0, 1)) or kn.stride() != vn.stride():
-        return (f"lut_span: the code planes' batch and head strides must be whole rows ({row_bytes} bytes) and the "
-                "K and V norms strided alike")
-    if max(kc.numel(), vc.numel(), kn.numel(), vn.numel()) >= 2 ** 31:
-        return "lut_span: the planes' offsets must fit int32 (each plane under 2**31 elements)"
-    return None
 
 
 def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: int,
@@ -500,7 +461,7 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, hadamard=None, early=None, span=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None, early=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -509,9 +470,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
-    (`lut_early_loads`; None: the kind's default in the finishing build, else not). span (fused only): the
-    spanning grid (`lut_span_splits`; num_splits then counts splits per group, not rounded to whole programs):
-    None where it can and uses more warps, True (ValueError where it cannot), False never."""
+    (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -520,27 +479,11 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
-    if span and fused is None:
-        raise ValueError("lut_span: the spanning grid is the finishing kernel's (attend_planes)")
-    if span is not False and fused is not None:
-        why = lut_span_unsupported(pipe, hadamard is not None, row_source is not None,
-                                   (k_codes, v_codes, k_norms, v_norms), d * bits // 8)
-        if span and why:
-            raise ValueError(why)
-        if why is None and num_splits is None and (span or bits in LUT_SPAN_BITS):
-            num_splits = lut_span_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
-            span = span or num_splits is not None
-            if num_splits is None and span:  # asked for, no gain: the whole programs' splits on its grid
-                num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
-        if span and num_splits < warps:
-            raise ValueError(f"lut_span: num_splits {num_splits} per group, at least lut_warps ({warps}) needed")
-    span = bool(span)
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
-    if not span:
-        num_splits = -(-num_splits // warps) * warps
+    num_splits = -(-num_splits // warps) * warps
     if clocks is not None:
-        want = lut_clock_shape(b, h, num_splits, warps, span)
+        want = lut_clock_shape(b, h, num_splits, warps)
         if not isinstance(clocks, torch.Tensor) or clocks.dtype != torch.int64 or tuple(clocks.shape) != want \
                 or not clocks.is_contiguous() or clocks.device != q.device:
             raise ValueError(f"clocks must be a contiguous int64 tensor {list(want)} on {q.device} ([programs, "
@@ -557,8 +500,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         adj, counters, out = fused
         if hadamard is not None:
             adj = hadamard[1]
-        per_group = -(-num_splits // warps) + 1 if span else num_splits // warps  # (SPAN: its MAXP)
-        rows = b * h * (per_group + (extras is not None)) * GLUON_ROWS
+        rows = b * h * (num_splits // warps + (extras is not None)) * GLUON_ROWS
     o = torch.empty(rows * d, dtype=torch.float32, device=q.device)
     ml = torch.empty(rows * 2, dtype=torch.float32, device=q.device)
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
@@ -575,21 +517,20 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         strides = (k_codes.stride(0), k_codes.stride(1), v_codes.stride(0), v_codes.stride(1), k_norms.stride(0),
                    k_norms.stride(1))
     sk, sv, kmean, qscale = extras if extras is not None else (None, None, None, 0.0)
-    grid = (-(-b * h * num_splits // warps), 1) if span else (num_splits // warps, b * h)
-    kernel = decode_lut_kernel[grid](
+    kernel = decode_lut_kernel[(num_splits // warps, b * h)](
         q, k_codes, k_norms, v_codes, v_norms, lengths, o, ml, lut_words(d, q.device, bits), h, g, num_splits,
         *strides, wq if w is not None else q,
         w_hs if w is not None else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
-        q if kmean is None else kmean, qscale, clocks, b * h, D=d, ASM=lut_asm(pipe >= 2, bits),
+        q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits),
         KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload,
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, SPAN=span, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early, span)
+           hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -647,8 +588,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_hadamard: bool | None = None, lut_early: bool | None = None,
-                  lut_span: bool | None = None) -> torch.Tensor:
+                  lut_hadamard: bool | None = None, lut_early: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -666,11 +606,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
     are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
-    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot).
-    lut_span: the spanning grid (`lut_span_splits`: every multiprocessor a program where the groups' whole
-    programs leave some idle; num_splits then counts each group's warp splits as given): None where it can
-    (`lut_span_unsupported`) and uses more warps (num_splits not given), True (ValueError where it cannot),
-    False never."""
+    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -707,7 +643,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had, early=lut_early, span=lut_span)
+                       clocks=clocks, hadamard=had, early=lut_early)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -657,49 +657,6 @@ def _had_index(QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr, OUT: gl.const
 
 
 @gluon.jit
-def _query_operands(qt, live, QL: gl.constexpr, NB: gl.constexpr, KB: gl.constexpr, P: gl.constexpr):
-    """The mapped query read back from its stage qt [D, NH] (fp32 smem) as fp16 operands in layout QL, rows
-    where `live` and 0 elsewhere: (the K operand over all D dims, part 0, 1, 2, 3): KB uses the first, the others
-    the parts (operand row l of part p is stage row p NB + l; parts 2 and 3 repeat 0 and 1 unless P == 4)."""
-    if KB:
-        qk = gl.where(live, qt.load(QL), 0.0).to(gl.float16)
-        return qk, qk, qk, qk, qk
-    else:
-        q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
-        q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-        if P == 4:
-            q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-            q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-            return q0, q0, q1, q2, q3
-        return q0, q0, q1, q0, q1
-
-
-@gluon.jit
-def _warp_query(x, x1, zero_w, second, SPAN: gl.constexpr):
-    """A query operand [.., NH] given every warp ([W, .., NH]: zero_w's warp dimension): x, or (SPAN) x1 for the
-    warps where `second` [W, 1, 1] (the program's second group)."""
-    out = gl.expand_dims(x, 0) + zero_w.to(gl.float16)
-    if SPAN:
-        out = gl.where(second, gl.expand_dims(x1, 0) + zero_w.to(gl.float16), out)
-    return out
-
-
-@gluon.jit
-def _span_range(w, s0, k, S, g0, g1, split0, split1, L0, L1, delta):
-    """SPAN: the token range [lo, hi) of warps w (an int32 tensor of warp indices, any layout) of the program
-    whose first warp holds split s0: warps before k are splits s0 + w - g0 S of group g0 (split0 tokens each, L0
-    in all), the others of group g1 (split1, L1), their range shifted by `delta` (the offset of g1's rows from
-    g0's in the plane they index). Warps past the last group (g1 = g0, clamped) get empty ranges."""
-    two = w >= k
-    j = s0 + w - gl.where(two, g1, g0) * S
-    sp = gl.where(two, split1, split0)
-    lo = j * sp
-    hi = gl.minimum(lo + sp, gl.where(two, L1, L0))
-    d = gl.where(two, delta, 0)
-    return lo + d, hi + d
-
-
-@gluon.jit
 def _hadamard_factors(f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     """pre and post of f_ptr (fp32 [2, D], `gluon.lut_hadamard_maps`) in `_hadamard_map`'s input and output
     layouts."""
@@ -786,16 +743,6 @@ def _stamp(clk_ptr, phase: gl.constexpr, W: gl.constexpr, TIMER: gl.constexpr = 
 
 
 @gluon.jit
-def _program_x(W: gl.constexpr):
-    """program_id(0) read again (%ctaid.x in an asm statement, which the compiler neither merges with the
-    prologue's read nor moves: that value would otherwise be kept in a register through the loop)."""
-    L1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
-    x = gl.inline_asm_elementwise("mov.u32 $0, %ctaid.x;", "=r,r", [gl.zeros([1], gl.int32, L1)], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-    return gl.max(x, axis=0)
-
-
-@gluon.jit
 def _fence_gpu(x):
     """fence.acq_rel.gpu in every thread (x: any int32 tensor, returned)."""
     return gl.inline_asm_elementwise("fence.acq_rel.gpu;\nmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
@@ -838,152 +785,33 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 
 
 @gluon.jit
-def _merge_warps(a3, m3, l3, keep):
-    """The program's warps' splits (`_finish_fused`'s staging read back: a3 [W, NH, D], m3 / l3 [W, NH], all W
-    splits of an element in one thread) merged into (max, sum [NH], values [NH, D]); keep: None (every warp) or
-    [W, 1], the warps to merge (SPAN: one group's; the others weigh 0)."""
-    if keep is not None:
-        m3 = gl.where(keep, m3, float("-inf"))
-    mx = gl.max(m3, axis=0)
-    mu = gl.where(mx == float("-inf"), 0.0, mx)
-    sw = gl.exp2(m3 - gl.expand_dims(mu, 0))
-    lp = gl.sum(l3 * sw, axis=0)
-    ap = gl.sum(a3 * gl.expand_dims(sw, 2), axis=0)  # [NH, D]
-    return mx, lp, ap
-
-
-@gluon.jit
-def _store_partial(o_ptr, ml_ptr, slot, ap, mx, lp, rn, rd, rn1, NH: gl.constexpr, D: gl.constexpr,
-                   QR: gl.constexpr):
-    """A program's partial (values [NH, D], max and sum [NH]) at `slot` of o_ptr / ml_ptr; rows QR .. NH hold no
-    query: not stored (read back as 0)."""
-    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), ap,
-             mask=gl.expand_dims(rn < QR, 1))
-    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn1, mx)
-    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn1, lp)
-
-
-@gluon.jit
-def _finish_group(lut, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, g, slot0, count, sslot, a_pre, a_post, MQ,
-                  D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr, ROWB: gl.constexpr,
-                  SINKS: gl.constexpr, HAD: gl.constexpr, PB: gl.constexpr, SYNC: gl.constexpr, clk_ptr):
-    """Group g's `count` partials (slots slot0 ..; the sinks' at sslot with SINKS) merged, mapped back through
-    adj_ptr (or its Hadamard factors a_pre / a_post with HAD) and written as rows g * MQ .. of out_ptr; then the
-    group's counter zeroed for the next launch. PB partials per load (all in one thread's registers). SYNC: a
-    barrier first (the program finished another group just before: its threads may still read the staging)."""
-    SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-    A_ROWS: gl.constexpr = W * NH * D * 4 // ROWB
-    O_ROWS: gl.constexpr = NH * D * 4 // ROWB
-    st_o = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)
-    st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
-    CT: gl.constexpr = D // ((32 // NH) * W)
-    FIN: gl.constexpr = gl.BlockedLayout([PB, 1, CT], [1, NH, 32 // NH], [1, 1, W], [2, 1, 0])
-    FL: gl.constexpr = gl.SliceLayout(2, FIN)
-    fp = gl.arange(0, PB, layout=gl.SliceLayout(1, FL))
-    fn = gl.arange(0, NH, layout=gl.SliceLayout(0, FL))
-    fd = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, FIN)))
-    m_r = gl.full([NH], float("-inf"), gl.float32, gl.SliceLayout(0, FL))
-    l_r = gl.zeros([NH], gl.float32, gl.SliceLayout(0, FL))
-    a_r = gl.zeros([NH, D], gl.float32, gl.SliceLayout(0, FIN))
-    for c0 in range(0, count, PB):
-        live = gl.expand_dims(c0 + fp < count, 1)  # [PB, 1]
-        srow = (slot0 + c0 + gl.expand_dims(fp, 1)).to(gl.int64)  # [PB, 1]
-        mc = gl.load(ml_ptr + srow * 2 * NH + gl.expand_dims(fn, 0), mask=live, other=float("-inf"),
-                     cache_modifier=".cg")
-        lc = gl.load(ml_ptr + srow * 2 * NH + NH + gl.expand_dims(fn, 0), mask=live, other=0.0,
-                     cache_modifier=".cg")
-        ac = gl.load(o_ptr + (gl.expand_dims(srow * NH + gl.expand_dims(fn, 0), 2)) * D
-                     + gl.expand_dims(gl.expand_dims(fd, 0), 1),
-                     mask=gl.expand_dims(live & gl.expand_dims(fn < QR, 0), 2), other=0.0, cache_modifier=".cg")
-        m_new = gl.maximum(m_r, gl.max(mc, axis=0))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        wc = gl.exp2(mc - gl.expand_dims(m_use, 0))
-        alpha = gl.exp2(m_r - m_use)
-        l_r = l_r * alpha + gl.sum(lc * wc, axis=0)
-        a_r = a_r * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1) \
-            + gl.sum(ac * gl.expand_dims(wc, 2), axis=0)
-        m_r = m_new
-    FA: gl.constexpr = gl.SliceLayout(0, FIN)  # [NH, D]
-    FR: gl.constexpr = gl.SliceLayout(1, FA)  # [NH]
-    if SYNC:
-        gl.thread_barrier()
-    if SINKS:  # the sinks' partial, made by one of the group's programs in its prologue (`_sink_partial`)
-        wn = gl.arange(0, NH, layout=FR)
-        wd = gl.arange(0, D, layout=gl.SliceLayout(0, FA))
-        m_w = gl.load(ml_ptr + sslot * 2 * NH + wn, cache_modifier=".cg")
-        l_w = gl.load(ml_ptr + sslot * 2 * NH + NH + wn, cache_modifier=".cg")
-        a_w = gl.load(o_ptr + (sslot * NH + gl.expand_dims(wn, 1)) * D + gl.expand_dims(wd, 0),
-                      cache_modifier=".cg")
-        m_c = gl.convert_layout(m_r, FR)
-        m_t = gl.maximum(m_c, m_w)
-        m_u = gl.where(m_t == float("-inf"), 0.0, m_t)
-        wc = gl.exp2(m_c - m_u)
-        ww = gl.exp2(m_w - m_u)
-        tot = gl.convert_layout(l_r, FR) * wc + l_w * ww
-        inv = gl.where(tot > 0, 1.0 / gl.where(tot > 0, tot, 1.0), 0.0)
-        res = a_r * gl.expand_dims(wc * inv, 1)
-        st_w.store(a_w * gl.expand_dims(ww * inv, 1))  # the sinks' share, original space
-    else:
-        inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
-        res = a_r * gl.expand_dims(gl.convert_layout(inv, FR), 1)
-    if clk_ptr is not None:
-        _stamp(clk_ptr, 9, W)
-    # the inverse V map: rows through shared memory to the threads that own w's columns
-    st_o.store(res)
-    gl.thread_barrier()
-    if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
-        S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-        xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
-        out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
-        if SINKS:
-            sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
-            out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
-        on, od = _had_index(QR, D, W, True)
-    else:
-        out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
-        OQ: gl.constexpr = out.type.layout
-        if SINKS:
-            out = out + st_w.slice(0, QR, dim=0).load(OQ)
-        on = gl.expand_dims(gl.arange(0, QR, layout=gl.SliceLayout(1, OQ)), 1)
-        od = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, OQ)), 0)
-    dst = out_ptr + (g.to(gl.int64) * MQ + on) * D + od
-    gl.store(dst, out.to(out_ptr.dtype.element_ty), mask=on < MQ)
-    gl.store(cnt_ptr + g, 0)
-
-
-@gluon.jit
-def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, pid, n_prog, MQ,
+def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None,
-                  SPAN: gl.constexpr = False, S=0):
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None):
     """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
-    stored as the program's partial; the last program of the (b, h) group bh to get there (a counter per group)
-    merges the group's partials (`_finish_group`), maps the result back through adj_ptr (fp32 [D, D], the V
-    inverse map on row vectors; HAD: its Hadamard factors, fp32 [2, D], `_hadamard_map`) and writes the normalised
-    rows g < MQ at out_ptr [B, 1, H * MQ, D] (the query's dtype), then zeroes the counter for the next launch.
-    acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum (log2 units).
-
-    Without SPAN the n_prog programs pid of group bh store their partials at slots bh * n_prog + pid. SPAN: warp w
-    of program pid holds split s = W pid + w of the S splits of each of the n_groups groups, group bh = s // S
-    for its first warps and bh + 1 for warps from k = S (bh + 1) - W pid on (when k < W): a partial for each group
-    it holds, at slot g * MAXP + (its index among the group's programs), MAXP = ceil(S / W) + 1.
+    stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
+    the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
+    its Hadamard factors, fp32 [2, D], `_hadamard_map`) and
+    writes the normalised rows g < MQ at out_ptr [B, 1, H * MQ, D] (the query's dtype), then zeroes the counter
+    for the next launch. acc: [W, NH, D] accumulators (V segment space), m_i / l_i: [W, NH] running max and sum
+    (log2 units).
 
     SINKS: the group's fp16 sinks are merged too, by log-sum-exp as decode_finish_kernel merges its windows: their
-    partial (`_sink_partial`, original space, max shifted by the key mean) is at slot n_groups * n_prog + bh
-    (SPAN: n_groups * MAXP + bh) of o_ptr / ml_ptr, and its values are added after the inverse map. clk_ptr: the
-    kernel's stamps (None: none), here SM clocks after the first barrier (phase 7: every warp of the program past
-    its loop), once the group's counter is known (8) and, in the group's last program, after the partials' merge,
-    before the V map (9)."""
+    partial (`_sink_partial`, original space, max shifted by the key mean) is at slot n_groups * n_prog + bh of
+    o_ptr / ml_ptr, and its values are added after the inverse map. clk_ptr: the kernel's stamps (None: none), here
+    SM clocks after the first barrier (phase 7: every warp of the program past its loop), once the group's counter
+    is known (8) and, in the group's last program, after the partials' merge, before the V map (9)."""
     SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-    # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum (and,
-    # in `_finish_group`, the output rows and the sinks' share)
+    # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
     A_ROWS: gl.constexpr = W * NH * D * 4 // ROWB
     O_ROWS: gl.constexpr = NH * D * 4 // ROWB
     M_ROWS: gl.constexpr = W * NH * 4 // ROWB if W * NH * 4 >= ROWB else 1
     st_a = lut.slice(0, A_ROWS, dim=0)._reinterpret(gl.float32, [W, NH, D], SMF)
+    st_o = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)
     st_m = lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
     st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
+    st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
     gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
     if clk_ptr is not None:
         _stamp(clk_ptr, 7, W)
@@ -999,72 +827,119 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     a3 = st_a.load(MRG)
     m3 = st_m.load(ML)
     l3 = st_l.load(ML)
+    mx = gl.max(m3, axis=0)
+    mu = gl.where(mx == float("-inf"), 0.0, mx)
+    sw = gl.exp2(m3 - gl.expand_dims(mu, 0))
+    lp = gl.sum(l3 * sw, axis=0)
+    ap = gl.sum(a3 * gl.expand_dims(sw, 2), axis=0)  # [NH, D]
 
-    # the program's partial(s), then the group's counter (stores fenced before it: the last program reads them)
+    # the program's partial, then the group's counter (stores fenced before it: the last program reads them)
     AL: gl.constexpr = gl.SliceLayout(0, MRG)
     RL: gl.constexpr = gl.SliceLayout(0, ML)
     rn = gl.arange(0, NH, layout=gl.SliceLayout(1, AL))
     rd = gl.arange(0, D, layout=gl.SliceLayout(0, AL))
     rn1 = gl.arange(0, NH, layout=RL)
-    if SPAN:
-        k = (bh + 1) * S - pid * W  # the program's first warp of group bh + 1 (>= W: none)
-        two = (k < W) & (bh + 1 < n_groups)
-        maxp = (S + W - 1) // W + 1
-        first = (bh * S) // W  # the group's first program
-        wk = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, ML)), 1)
-        mx, lp, ap = _merge_warps(a3, m3, l3, wk < k)
-        _store_partial(o_ptr, ml_ptr, bh * maxp + pid - first, ap, mx, lp, rn, rd, rn1, NH, D, QR)
-        if two:  # the next group's first program: its partial in the group's first slot
-            mx1, lp1, ap1 = _merge_warps(a3, m3, l3, wk >= k)
-            _store_partial(o_ptr, ml_ptr, (bh + 1) * maxp, ap1, mx1, lp1, rn, rd, rn1, NH, D, QR)
-    else:
-        mx, lp, ap = _merge_warps(a3, m3, l3, None)
-        _store_partial(o_ptr, ml_ptr, bh * n_prog + pid, ap, mx, lp, rn, rd, rn1, NH, D, QR)
-    a_pre = 0.0
-    a_post = 0.0
+    slot = bh * n_prog + pid
+    # (rows QR .. NH hold no query: not stored, read back as 0)
+    gl.store(o_ptr + (slot.to(gl.int64) * NH + gl.expand_dims(rn, 1)) * D + gl.expand_dims(rd, 0), ap,
+             mask=gl.expand_dims(rn < QR, 1))
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + rn1, mx)
+    gl.store(ml_ptr + slot.to(gl.int64) * 2 * NH + NH + rn1, lp)
     if HAD:  # the V inverse map's factors, loaded before the counter (off the last program's path)
         a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
     _fence_gpu(rn1)
     gl.thread_barrier()
-    PB: gl.constexpr = 32 if SPAN else 16  # partials per load in `_finish_group` (SPAN: ~S / W + 1 per group)
-    if SPAN:
-        done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
-        done1 = gl.atomic_add(cnt_ptr + bh + 1, 1, mask=two, sem="acq_rel", scope="gpu")
+    done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    if clk_ptr is not None:
+        _stamp(clk_ptr, 8, W)
+    if done == n_prog - 1:  # the group's other programs have stored their partials
+        _fence_gpu(rn1)
+        PB: gl.constexpr = 16  # programs' partials per load (all in one thread's registers)
+        FIN: gl.constexpr = gl.BlockedLayout([PB, 1, CT], [1, NH, 32 // NH], [1, 1, W], [2, 1, 0])
+        FL: gl.constexpr = gl.SliceLayout(2, FIN)
+        fp = gl.arange(0, PB, layout=gl.SliceLayout(1, FL))
+        fn = gl.arange(0, NH, layout=gl.SliceLayout(0, FL))
+        fd = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, FIN)))
+        m_r = gl.full([NH], float("-inf"), gl.float32, gl.SliceLayout(0, FL))
+        l_r = gl.zeros([NH], gl.float32, gl.SliceLayout(0, FL))
+        a_r = gl.zeros([NH, D], gl.float32, gl.SliceLayout(0, FIN))
+        for c0 in range(0, n_prog, PB):
+            live = gl.expand_dims(c0 + fp < n_prog, 1)  # [PB, 1]
+            srow = (bh * n_prog + c0 + gl.expand_dims(fp, 1)).to(gl.int64)  # [PB, 1]
+            mc = gl.load(ml_ptr + srow * 2 * NH + gl.expand_dims(fn, 0), mask=live, other=float("-inf"),
+                         cache_modifier=".cg")
+            lc = gl.load(ml_ptr + srow * 2 * NH + NH + gl.expand_dims(fn, 0), mask=live, other=0.0,
+                         cache_modifier=".cg")
+            ac = gl.load(o_ptr + (gl.expand_dims(srow * NH + gl.expand_dims(fn, 0), 2)) * D
+                         + gl.expand_dims(gl.expand_dims(fd, 0), 1),
+                         mask=gl.expand_dims(live & gl.expand_dims(fn < QR, 0), 2), other=0.0, cache_modifier=".cg")
+            m_new = gl.maximum(m_r, gl.max(mc, axis=0))
+            m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+            wc = gl.exp2(mc - gl.expand_dims(m_use, 0))
+            alpha = gl.exp2(m_r - m_use)
+            l_r = l_r * alpha + gl.sum(lc * wc, axis=0)
+            a_r = a_r * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, gl.SliceLayout(0, FIN))), 1) \
+                + gl.sum(ac * gl.expand_dims(wc, 2), axis=0)
+            m_r = m_new
+        FA: gl.constexpr = gl.SliceLayout(0, FIN)  # [NH, D]
+        FR: gl.constexpr = gl.SliceLayout(1, FA)  # [NH]
+        if SINKS:  # the sinks' partial, made by the group's last program in its prologue (`_sink_partial`)
+            sslot = (n_groups * n_prog + bh).to(gl.int64)
+            wn = gl.arange(0, NH, layout=FR)
+            wd = gl.arange(0, D, layout=gl.SliceLayout(0, FA))
+            m_w = gl.load(ml_ptr + sslot * 2 * NH + wn, cache_modifier=".cg")
+            l_w = gl.load(ml_ptr + sslot * 2 * NH + NH + wn, cache_modifier=".cg")
+            a_w = gl.load(o_ptr + (sslot * NH + gl.expand_dims(wn, 1)) * D + gl.expand_dims(wd, 0),
+                          cache_modifier=".cg")
+            m_c = gl.convert_layout(m_r, FR)
+            m_t = gl.maximum(m_c, m_w)
+            m_u = gl.where(m_t == float("-inf"), 0.0, m_t)
+            wc = gl.exp2(m_c - m_u)
+            ww = gl.exp2(m_w - m_u)
+            tot = gl.convert_layout(l_r, FR) * wc + l_w * ww
+            inv = gl.where(tot > 0, 1.0 / gl.where(tot > 0, tot, 1.0), 0.0)
+            res = a_r * gl.expand_dims(wc * inv, 1)
+            st_w.store(a_w * gl.expand_dims(ww * inv, 1))  # the sinks' share, original space
+        else:
+            inv = gl.where(l_r > 0, 1.0 / gl.where(l_r > 0, l_r, 1.0), 0.0)
+            res = a_r * gl.expand_dims(gl.convert_layout(inv, FR), 1)
         if clk_ptr is not None:
-            _stamp(clk_ptr, 8, W)
-        last0 = done == ((bh + 1) * S - 1) // W - first  # the group's other programs have stored their partials
-        last1 = two & (done1 == ((bh + 2) * S - 1) // W - pid)
-        for i in range(2):  # (one copy of the finishing code for either group)
-            if gl.where(i == 0, last0, last1):
-                gi = bh + i
-                fi = (gi * S) // W
-                _fence_gpu(rn1)
-                _finish_group(lut, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, gi, gi * maxp,
-                              ((gi + 1) * S - 1) // W - fi + 1, (n_groups * maxp + gi).to(gl.int64), a_pre, a_post,
-                              MQ, D, W, NH, QR, ROWB, SINKS, HAD, PB, True, clk_ptr)
-    else:
-        done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
-        if clk_ptr is not None:
-            _stamp(clk_ptr, 8, W)
-        if done == n_prog - 1:  # the group's other programs have stored their partials
-            _fence_gpu(rn1)
-            _finish_group(lut, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, bh * n_prog, n_prog,
-                          (n_groups * n_prog + bh).to(gl.int64), a_pre, a_post, MQ, D, W, NH, QR, ROWB, SINKS,
-                          HAD, PB, False, clk_ptr)
+            _stamp(clk_ptr, 9, W)
+        # the inverse V map: rows through shared memory to the threads that own w's columns
+        st_o.store(res)
+        gl.thread_barrier()
+        if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
+            S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
+            xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
+            out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
+            if SINKS:
+                sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
+                out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
+            on, od = _had_index(QR, D, W, True)
+        else:
+            out = _map_query(st_o, adj_ptr, 0, 0, D, QR, W, True)  # [QR, D]
+            OQ: gl.constexpr = out.type.layout
+            if SINKS:
+                out = out + st_w.slice(0, QR, dim=0).load(OQ)
+            on = gl.expand_dims(gl.arange(0, QR, layout=gl.SliceLayout(1, OQ)), 1)
+            od = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, OQ)), 0)
+        dst = out_ptr + ((b.to(gl.int64) * H + h) * MQ + on) * D + od
+        gl.store(dst, out.to(out_ptr.dtype.element_ty), mask=on < MQ)
+        gl.store(cnt_ptr + bh, 0)
 
 
 @gluon.jit
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
                       out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      clk_ptr, G, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
+                      clk_ptr, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
                       BN: gl.constexpr, NH: gl.constexpr, BLOCK_M: gl.constexpr, KLOAD: gl.constexpr,
                       VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False, SPAN: gl.constexpr = False):
+                      EARLY: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1096,13 +971,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
     `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
-    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it. SPAN (FUSED, HAD,
-    PIPE 2 / 3, planes): a one-dimensional grid over the G = B * H groups' num_splits splits each, split s = W *
-    program_id(0) + w of group s // num_splits (`gluon.lut_span_splits`): a program holds the end of one group
-    and the start of the next where num_splits is no multiple of W, so that every multiprocessor has a program;
-    its warps of the second group read their rows through offsets from the first group's planes (strides in
-    whole rows), their query from a second copy in shared memory, and `_finish_fused` stores a partial for each
-    group."""
+    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -1146,27 +1015,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         QROWS: gl.constexpr = NH * D * 4 // 256
 
     pid = gl.program_id(0)
-    if SPAN:  # groups g0 = bh and (from warp k on, if k < W) g1; the planes' offsets of g1's rows from g0's
-        bh = (pid * W) // num_splits
-        g1 = gl.minimum(bh + 1, G - 1)
-        k_span = (bh + 1) * num_splits - pid * W
-        b = bh // H
-        h = bh % H
-        b1 = g1 // H
-        h1 = g1 % H
-        L0 = gl.load(len_ptr + b)
-        L1 = gl.load(len_ptr + b1)
-        split = gl.cdiv(gl.cdiv(L0, num_splits), BN) * BN
-        split1 = gl.cdiv(gl.cdiv(L1, num_splits), BN) * BN
-        L = gl.maximum(L0, L1)
-        n_iter = gl.maximum(split, split1) // BN
-        RB0: gl.constexpr = D * BITS // 8
-        dk = ((b1 - b) * kcsb + (h1 - h) * kcsh) // RB0
-        dv = ((b1 - b) * vcsb + (h1 - h) * vcsh) // RB0
-        dn = (b1 - b) * nsb + (h1 - h) * nsh
-    else:
-        bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
-        n_iter = split // BN
+    bh, b, h, L, split = split_rule(len_ptr, H, num_splits, BN)
+    n_iter = split // BN
     # EARLY: the first tile(s)' loads before the prologue (query map, table fill), in a branch of their own
     # (`_first_tiles`) so that the table's, the query's and its factors' loads above it are issued first
     # (`gluon.LUT_EARLY_BITS` says where and why)
@@ -1174,11 +1024,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
     # per-warp split ranges, in the layouts that use them
     wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    if SPAN:
-        lo_r, hi_r = _span_range(gl.expand_dims(wr, 1), pid * W, k_span, num_splits, bh, g1, split, split1, L0, L1, dn)
-    else:
-        lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
-        hi_r = gl.minimum(lo_r + split, L)
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    hi_r = gl.minimum(lo_r + split, L)
     tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
     kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
     vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
@@ -1204,14 +1051,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vwb = vbase.to(gl.pointer_type(gl.int32))
         kwlo, kwt3, kwc3 = _coords3(KWORD, W, BN, NB // 4)
         vwlo, vwt3, vwc3 = _coords3(VWORD, W, BN, NB // 4)
-        if SPAN:
-            kwlo, kwhi = _span_range(kwlo, pid * W, k_span, num_splits, bh, g1, split, split1, L0, L1, dk)
-            vwlo, vwhi = _span_range(vwlo, pid * W, k_span, num_splits, bh, g1, split, split1, L0, L1, dv)
-        else:
-            kwlo = (pid * W + kwlo) * split
-            vwlo = (pid * W + vwlo) * split
-            kwhi = gl.minimum(kwlo + split, L)
-            vwhi = gl.minimum(vwlo + split, L)
+        kwlo = (pid * W + kwlo) * split
+        vwlo = (pid * W + vwlo) * split
+        kwhi = gl.minimum(kwlo + split, L)
+        vwhi = gl.minimum(vwlo + split, L)
         if BITS == 3:
             # turbo3 rows: 12 words; K lane chunk c (keys 16 c ..) = words 3 c .. 3 c + 2 (a 4th slot kept 0);
             # V lane chunk g (keys 8 g ..) within words floor(3 g / 2) and the next, from bit 16 (g % 2)
@@ -1226,11 +1069,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
 
     if SINKS:  # the group's last program (the least loaded: the splits' remainder, empty at short contexts)
-        if SPAN:  # the program that holds the group's last split (SPAN's slots: `_finish_fused`)
-            if k_span <= W:
-                _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
-                              G * ((num_splits + W - 1) // W + 1) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
-        elif pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
+        if pid == gl.num_programs(0) - 1:  # attends its fp16 sinks first, the others in their loops meanwhile
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
@@ -1250,23 +1089,20 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             qm = _hadamard_map(xq, q_pre, q_post, QR, D, W)
             SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
             lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
-            if SPAN:  # the second group's rows (if the program holds one) in the next QROWS rows
-                if k_span < W:
-                    xq1, q_pre1, q_post1 = _query_rows(q_ptr, w_ptr + h1.to(gl.int64) * w_hs, g1, MQ, D, QR, W,
-                                                       BITS)
-                    qm1 = _hadamard_map(xq1, q_pre1, q_post1, QR, D, W)
-                    lut.slice(QROWS, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(
-                        0, QR, dim=0).store(qm1)
         else:
             qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
             stage.slice(0, QR, dim=0).store(qm)
         gl.thread_barrier()
         qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r (KB) or row l of part p for r = p NB + l
         live = gl.expand_dims(nq < MQ, 0)  # (rows >= QR: not written)
-        qk, q0, q1, q2, q3 = _query_operands(qt, live, QL, NB, KB, P)
-        if SPAN:  # (read whether or not the program holds a second group: warps of none pick it below)
-            qt1 = lut.slice(QROWS, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM).permute([1, 0])
-            qk_1, q0_1, q1_1, q2_1, q3_1 = _query_operands(qt1, live, QL, NB, KB, P)
+        if KB:
+            qk = gl.where(live, qt.load(QL), 0.0).to(gl.float16)
+        else:
+            q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
+            q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+            if P == 4:
+                q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+                q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
         gl.thread_barrier()  # every thread holds its query values: the table may overwrite them
     else:
         qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
@@ -1283,26 +1119,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                              other=0.0).to(gl.float16)
                 q3 = gl.load(qrow + gl.expand_dims(_key_dim(3 * NB + lq, D, BITS), 1), mask=qmask,
                              other=0.0).to(gl.float16)
-    w_op = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1), 2)
-    zero_w = w_op * 0
-    if not SPAN:  # (every warp takes the group's query)
-        k_span = W
-        if KB:
-            qk_1 = qk
-        else:
-            q0_1 = q0
-            q1_1 = q1
-            if P == 4:
-                q2_1 = q2
-                q3_1 = q3
+    zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
+                            2) * 0
     if KB:
-        qk_lo, qk_hi = _halves(_warp_query(qk, qk_1, zero_w, w_op >= k_span, SPAN), 1, B_OP)
+        qk_lo, qk_hi = _halves(gl.expand_dims(qk, 0) + zero_w.to(gl.float16), 1, B_OP)
     else:
-        q0 = _warp_query(q0, q0_1, zero_w, w_op >= k_span, SPAN)
-        q1 = _warp_query(q1, q1_1, zero_w, w_op >= k_span, SPAN)
+        q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
+        q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
         if P == 4:
-            q2 = _warp_query(q2, q2_1, zero_w, w_op >= k_span, SPAN)
-            q3 = _warp_query(q3, q3_1, zero_w, w_op >= k_span, SPAN)
+            q2 = gl.expand_dims(q2, 0) + zero_w.to(gl.float16)
+            q3 = gl.expand_dims(q3, 0) + zero_w.to(gl.float16)
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
@@ -1441,11 +1267,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = P (g WV + k) + p
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
-        if SPAN:  # the program's first group again from %ctaid.x (not kept in a register through the loop)
-            pid = _program_x(W)
-            bh = (pid * W) // num_splits
-        _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, pid, gl.num_programs(0), MQ,
-                      G if SPAN else gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr, SPAN, num_splits)
+        _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
