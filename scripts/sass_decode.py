@@ -126,15 +126,14 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
                 rows: bool = False, sinks: bool = False, clocks: bool = False, hadamard: bool = False,
-                early: bool | None = None, l2pf: int = 0):
+                early: bool | None = None):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
     hadamard: the maps as Hadamard factors (`gluon.lut_hadamard_maps`); early: the first tiles' loads before the
-    prologue (`gluon.lut_early_loads`; None: as the launcher would); l2pf: the L2 bulk prefetches that many tiles
-    ahead (`gluon.attend_planes(lut_l2_prefetch=...)`)."""
+    prologue (`gluon.lut_early_loads`; None: as the launcher would)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
-    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_l2_asm, lut_layouts
+    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     from compactkv.attention.triton.gluon import lut_config_error, lut_early_loads, lut_query_rows, lut_stage_layouts
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
         raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
@@ -161,8 +160,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
                  KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
-                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused), L2PF=l2pf,
-                 L2ASM=lut_l2_asm(block_n, d * bits // 8) if l2pf else None)
+                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused))
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -461,7 +461,7 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, hadamard=None, early=None, l2pf=0) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None, early=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -470,17 +470,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
-    (`lut_early_loads`; None: the kind's default in the finishing build, else not). l2pf: tiles ahead of the
-    register loads that each warp's lane 0 has the copy engine prefetch into L2 (0: none; planes, pipe 2 or 3)."""
-    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_l2_asm, lut_layouts
+    (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
+    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
         raise ValueError(why)
     bits = k_kind.bits
-    if l2pf and (pipe not in (2, 3) or row_source is not None or not 0 < l2pf <= 8):
-        raise ValueError(f"lut_l2_prefetch {l2pf}: 1 to 8 tiles ahead, over code planes with lut_pipe 2 or 3 "
-                         f"(got lut_pipe {pipe}{', codec rows' if row_source is not None else ''})")
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
     if num_splits is None:
@@ -532,10 +528,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, L2PF=l2pf,
-        L2ASM=lut_l2_asm(block_n, d * bits // 8) if l2pf else None, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early, l2pf)
+           hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -593,8 +588,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_hadamard: bool | None = None, lut_early: bool | None = None,
-                  lut_l2_prefetch: int = 0) -> torch.Tensor:
+                  lut_hadamard: bool | None = None, lut_early: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -612,8 +606,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
     are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
-    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot).
-    lut_l2_prefetch: tiles ahead of the register loads that the copy engine prefetches into L2 (0: none)."""
+    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -650,7 +643,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had, early=lut_early, l2pf=lut_l2_prefetch)
+                       clocks=clocks, hadamard=had, early=lut_early)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -656,36 +656,6 @@ def _had_index(QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr, OUT: gl.const
     return gl.expand_dims(gl.expand_dims(r, 1), 2), dims
 
 
-def lut_l2_asm(bn: int, row_bytes: int) -> str:
-    """`_l2_prefetch`'s PTX: where $1 (lane 0, a whole tile inside the warp's split), bulk prefetches into L2 of
-    a tile's K codes ($2), V codes ($3) (bn rows of row_bytes each) and K and V norms ($4, $5: bn fp16)."""
-    n, m = bn * row_bytes, bn * 2
-    if n % 16 or m % 16:
-        raise ValueError(f"bulk prefetches take multiples of 16 bytes: {bn} rows of {row_bytes} bytes, {bn} norms")
-    return ("{ .reg .pred p; setp.ne.b32 p, $1, 0;\n"
-            f"@p cp.async.bulk.prefetch.L2.global [$2], {n};\n@p cp.async.bulk.prefetch.L2.global [$3], {n};\n"
-            f"@p cp.async.bulk.prefetch.L2.global [$4], {m};\n@p cp.async.bulk.prefetch.L2.global [$5], {m};\n"
-            "mov.b32 $0, 0; }")
-
-
-@gluon.jit
-def _l2_prefetch(kbase, vbase, knb, vnb, pid, split, L, off, W: gl.constexpr, BN: gl.constexpr, RB: gl.constexpr,
-                 ASM: gl.constexpr):
-    """Lane 0 of each warp: the tile `off` tokens into the warp's split (W pid + w of `split` tokens, L in all)
-    prefetched into L2 by the copy engine (cp.async.bulk.prefetch.L2, no registers held) where the whole tile lies
-    inside the split (a partial last tile is not prefetched)."""
-    L2: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
-    wi = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, L2)), 1)
-    li = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)
-    lo = (pid * W + wi) * split + off  # [W, 1]
-    ok = (lo + BN <= gl.minimum((pid * W + wi) * split + split, L)) & (li == 0)  # [W, 32]
-    tok = (lo + li * 0).to(gl.int64)
-    gl.inline_asm_elementwise(ASM, "=r,r,l,l,l,l",
-                              [ok.to(gl.int32), (kbase + tok * RB).to(gl.int64), (vbase + tok * RB).to(gl.int64),
-                               (knb + tok).to(gl.int64), (vnb + tok).to(gl.int64)],
-                              dtype=gl.int32, is_pure=False, pack=1)
-
-
 @gluon.jit
 def _hadamard_factors(f_ptr, QR: gl.constexpr, D: gl.constexpr, W: gl.constexpr):
     """pre and post of f_ptr (fp32 [2, D], `gluon.lut_hadamard_maps`) in `_hadamard_map`'s input and output
@@ -969,7 +939,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False, L2PF: gl.constexpr = 0, L2ASM: gl.constexpr = None):
+                      EARLY: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1001,10 +971,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
     `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
-    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it. L2PF (planes,
-    PIPE 2 / 3): lane 0 of each warp asks the copy engine to prefetch the warp's tile L2PF tiles past the one its
-    registers load next into L2 (`_l2_prefetch`: L2ASM, `lut_l2_asm`, one bulk prefetch per plane and tile),
-    tiles 1 .. L2PF in the prologue."""
+    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -1218,9 +1185,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                      kwc3, vwc3, RB // 4)
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
         kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
-    if L2PF:
-        for j in gl.static_range(1, L2PF + 1):
-            _l2_prefetch(kbase, vbase, knb, vnb, pid, split, L, j * BN, W, BN, RB, L2ASM)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
@@ -1241,8 +1205,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
-        if L2PF:
-            _l2_prefetch(kbase, vbase, knb, vnb, pid, split, L, t + (L2PF + 1) * BN, W, BN, RB, L2ASM)
         if PIPE == 1:
             kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)  # in flight during the wait
             vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
