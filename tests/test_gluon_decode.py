@@ -51,11 +51,11 @@ def test_gluon_kernel_compiles_for_sm90(kind, d):
     if not Path(sass_decode.NVDISASM).exists():
         pytest.skip("Triton's bundled nvdisasm is missing")
     s = sass_decode.summary(kind, gluon=True, d=d, block_n=32, maxnreg=None)
-    assert s["spills"] == 0
+    assert sass_decode.within_budget(s["spills"], 0)
     assert s["ops"]["HMMA"] > 0 and s["ops"]["LDS"] == 0 and s["ops"]["STS"] == 0
     # the cp.async pipeline: code bytes copied asynchronously into shared memory, read back once per tile
     s = sass_decode.summary(kind, gluon=True, d=d, block_n=32, maxnreg=None, prefetch=2, stages=3)
-    assert s["spills"] == 0
+    assert sass_decode.within_budget(s["spills"], 0)
     assert s["ops"]["HMMA"] > 0 and s["ops"]["LDGSTS"] > 0 and s["ops"]["LDS"] > 0
 
 

@@ -223,7 +223,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
     # (the finishing epilogue's live pointers cost a few spills in the loop at a 128-register cap, as do the stage
     # reads of pipe 1 at 16 warps since K is decoded in byte order, session 20: 4)
     spills = (2 if pipe >= 2 else 4 if pipe == 1 else 0) + (6 if fused and maxnreg <= 128 else 0)
-    assert ops["LDL"] + ops["STL"] <= spills
+    assert sass_decode.within_budget(ops["LDL"] + ops["STL"], spills)
     assert s["shared"] == lut_smem(warps, d, pipe, fused=fused) == 256 * 256 + (pipe == 1) * warps * 32 * d + 4 * fused
     if fused:  # the table still starts shared memory: the compiler's 4 bytes (the counter's old value) follow it
         assert "[global_smem+" + str(s["shared"] - 4) + "]" in s["ptx"]
@@ -808,7 +808,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
         assert s["shared"] == lut_smem(8, 128, pipe, bn, bits, fused=True)
         ins, _ = sass_decode.instrs(s["sass"])
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
-        assert ops["LDL"] + ops["STL"] == 0
+        assert sass_decode.within_budget(ops["LDL"] + ops["STL"], 0)
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
     assert loads[True] < loads[False] / 2, loads
 
@@ -887,7 +887,7 @@ def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary("turbo3", lut=True, d=128, warps=warps, pipe=pipe, maxnreg=maxnreg)
     ops = s["ops"]
-    assert ops["LDL"] + ops["STL"] <= (0 if maxnreg >= 232 else 2)
+    assert sass_decode.within_budget(ops["LDL"] + ops["STL"], 0 if maxnreg >= 232 else 2)
     assert s["shared"] == lut_smem(warps, 128, pipe, bits=3) == 64 * 128
     keys = 32 * 64 * 2 // 32  # K and V keys of a 32-token tile per lane
     assert ops["LDS"] == keys and ops["HMMA"] > 0

@@ -287,3 +287,24 @@ def test_cuda_layer_encodes_its_first_update_with_the_kernel(monkeypatch):
     layer.update(k, v)
     assert layer.encoder is not None and layer.n_compressed > 0
     assert torch.equal(torch.cat(layer.chunks_v, -2).cpu(), layer.v_codec.encode(v[..., :layer.n_compressed, :].cpu()))
+
+
+def test_a_triton_older_than_the_kernels_is_named_and_not_used(monkeypatch):
+    """triton older than dispatch.TRITON_MIN (no Gluon API as the kernels use it): `auto` keeps the torch
+    reference and says why; a current or development release is taken."""
+    import sys
+    import types
+    from compactkv.attention import dispatch
+
+    for version, want in (("3.4.1", "older than 3.6"), ("3.6.0", None), ("3.9.0", None), ("3.10.0+git1a2b", None),
+                          ("main", None)):
+        monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=version))
+        dispatch._triton_missing.cache_clear()
+        why = dispatch._triton_missing()
+        assert (why is None) if want is None else (want in why and version in why), (version, why)
+        assert dispatch._has_triton() == (want is None)
+    monkeypatch.setitem(sys.modules, "triton", None)  # an import that fails
+    dispatch._triton_missing.cache_clear()
+    assert dispatch._triton_missing() == "triton is not installed"
+    monkeypatch.undo()
+    dispatch._triton_missing.cache_clear()

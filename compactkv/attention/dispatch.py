@@ -18,6 +18,7 @@ from .reference import compressed_attention
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "COMPACTKV_BACKEND"
+TRITON_MIN = (3, 6)  # the kernels' Gluon names and layouts: 3.6 (timed) to 3.9 (compiled in tests, not timed)
 
 
 def resolve_backend(backend: str | None = None) -> str:
@@ -29,14 +30,26 @@ def resolve_backend(backend: str | None = None) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _has_triton() -> bool:
-    """Whether triton imports (asked once per process: a failed import is not cached by Python and would search
-    the file system again on every attention call)."""
+def _triton_missing() -> str | None:
+    """Why the kernels' triton is not there (not installed, or older than TRITON_MIN), or None (asked once per
+    process: a failed import is not cached by Python and would search the file system again on every call)."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
-        return False
-    return True
+        return "triton is not installed"
+    try:
+        version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    except ValueError:
+        return None  # (a development build: let it try)
+    if version < TRITON_MIN:
+        return (f"triton {triton.__version__} is older than {'.'.join(map(str, TRITON_MIN))}, the first release "
+                "with the Gluon API the kernels use")
+    return None
+
+
+def _has_triton() -> bool:
+    """Whether the kernels' triton imports (`_triton_missing`)."""
+    return _triton_missing() is None
 
 
 def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None) -> str | None:
@@ -44,7 +57,7 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
     if not query.is_cuda:
         return "the query is not on a CUDA device"
     if not _has_triton():
-        return "triton is not installed"
+        return _triton_missing()
     from .triton import backend
     if getattr(layer, "k_scale", None) is not None and not getattr(backend, "SUPPORTS_KEY_SCALE", False):
         return "the layer's keys are stored with a per-channel scale (scale_keys) the kernels do not apply"

@@ -33,6 +33,23 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+# Gluon names that later triton releases changed (3.6 is the timed one; 3.9 compiles these kernels too):
+# a CTA-wide barrier (gl.thread_barrier up to 3.6, gl.barrier after), a cp.async copy into shared memory
+# (async_copy_global_to_shared, then async_load: same arguments), a shared buffer seen as another dtype / shape /
+# layout (_reinterpret, then reinterpret: `smem_view`)
+cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
+async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
+
+
+@gluon.jit
+def smem_view(buf, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+    """Shared buffer `buf` reinterpreted as `dtype` [`shape`] in `layout` (no copy)."""
+    if _PUBLIC_REINTERPRET:
+        return buf.reinterpret(dtype, shape, layout)
+    else:
+        return buf._reinterpret(dtype, shape, layout)
+
 
 @gluon.jit
 def _opaque(w):
@@ -103,10 +120,10 @@ def _copy_tile(t0, hi, kbase, vbase, kr, kcol, vr, vcol, ks, vs, NBK: gl.constex
                COPY_V: gl.constexpr):
     """cp.async of tokens t0 + [0, BN)'s K (and if COPY_V, V) code bytes into shared stages ks / vs, one commit
     group; rows >= hi are not read (their bytes in shared memory are zeros)."""
-    async_copy.async_copy_global_to_shared(ks, _row_ptrs(kbase, t0, kr, kcol, NBK),
+    async_load(ks, _row_ptrs(kbase, t0, kr, kcol, NBK),
                                            mask=gl.expand_dims(t0 + kr < hi, 1))
     if COPY_V:
-        async_copy.async_copy_global_to_shared(vs, _row_ptrs(vbase, t0, vr, vcol, NBV),
+        async_load(vs, _row_ptrs(vbase, t0, vr, vcol, NBV),
                                                mask=gl.expand_dims(t0 + vr < hi, 1))
     async_copy.commit_group()
 
@@ -293,13 +310,13 @@ def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, m
         it = 0
         for t0 in range(lo, hi_full, BN):
             nxt = (it + STAGES - 1) % STAGES
-            gl.thread_barrier()  # every lane is done reading the stage the next copy overwrites
+            cta_barrier()  # every lane is done reading the stage the next copy overwrites
             _copy_tile(t0 + (STAGES - 1) * BN, hi_full, kbase, vbase, kr, kcol, vr, vcol, ksm.index(nxt),
                        vsm.index(nxt), NBK, NBV, COPY_V)
             kn2 = gl.load(knb + t0 + BN + tr, mask=t0 + BN + tr < hi_full, other=0.0)
             vn2 = gl.load(vnb + t0 + BN + tr, mask=t0 + BN + tr < hi_full, other=0.0)
             async_copy.wait_group(STAGES - 1)  # tile it's copies have landed
-            gl.thread_barrier()  # ... those of every lane
+            cta_barrier()  # ... those of every lane
             cur = it % STAGES
             kc = _k_arrange(ksm.index(cur).load(KLOAD), NBK, BN, A_OP)
             vc = kc

@@ -48,7 +48,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from .kernels_gluon import accumulate_pv, scale_acc, split_rule
+from .kernels_gluon import accumulate_pv, async_load, cta_barrier, scale_acc, smem_view, split_rule
 
 
 @functools.lru_cache(maxsize=16)  # asked at every launch
@@ -237,8 +237,8 @@ def _ptrs3(base, tok, col, NB: gl.constexpr):
 def _copy_kv(kst, vst, kbase, vbase, ktok, vtok, khi, vhi, kc3, vc3, NB: gl.constexpr):
     """cp.async of the K and V code bytes (or, with int32 bases, words: NB per row) of tokens ktok / vtok into the
     stages, one commit group; tokens at or past each warp's end (khi / vhi) are not read (zero-filled)."""
-    async_copy.async_copy_global_to_shared(kst, _ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi)
-    async_copy.async_copy_global_to_shared(vst, _ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi)
+    async_load(kst, _ptrs3(kbase, ktok, kc3, NB), mask=ktok < khi)
+    async_load(vst, _ptrs3(vbase, vtok, vc3, NB), mask=vtok < vhi)
     async_copy.commit_group()
 
 
@@ -807,18 +807,18 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     A_ROWS: gl.constexpr = W * NH * D * 4 // ROWB
     O_ROWS: gl.constexpr = NH * D * 4 // ROWB
     M_ROWS: gl.constexpr = W * NH * 4 // ROWB if W * NH * 4 >= ROWB else 1
-    st_a = lut.slice(0, A_ROWS, dim=0)._reinterpret(gl.float32, [W, NH, D], SMF)
-    st_o = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)
-    st_m = lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
-    st_l = lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0)._reinterpret(gl.float32, [W, NH], SM2)
-    st_w = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, D], SM2)  # (SINKS)
-    gl.thread_barrier()  # every warp is past the loop: nobody reads the table any more
+    st_a = smem_view(lut.slice(0, A_ROWS, dim=0), gl.float32, [W, NH, D], SMF)
+    st_o = smem_view(lut.slice(A_ROWS, O_ROWS, dim=0), gl.float32, [NH, D], SM2)
+    st_m = smem_view(lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0), gl.float32, [W, NH], SM2)
+    st_l = smem_view(lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0), gl.float32, [W, NH], SM2)
+    st_w = smem_view(lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0), gl.float32, [NH, D], SM2)  # (SINKS)
+    cta_barrier()  # every warp is past the loop: nobody reads the table any more
     if clk_ptr is not None:
         _stamp(clk_ptr, 7, W)
     st_a.store(acc)
     st_m.store(m_i)
     st_l.store(l_i)
-    gl.thread_barrier()
+    cta_barrier()
 
     # lanes (row, dim group), all W splits of an element in one thread: the merges below are in-thread
     CT: gl.constexpr = D // ((32 // NH) * W)
@@ -848,7 +848,7 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     if HAD:  # the V inverse map's factors, loaded before the counter (off the last program's path)
         a_pre, a_post = _hadamard_factors(adj_ptr, QR, D, W)
     _fence_gpu(rn1)
-    gl.thread_barrier()
+    cta_barrier()
     done = gl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
     if clk_ptr is not None:
         _stamp(clk_ptr, 8, W)
@@ -907,13 +907,13 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
             _stamp(clk_ptr, 9, W)
         # the inverse V map: rows through shared memory to the threads that own w's columns
         st_o.store(res)
-        gl.thread_barrier()
+        cta_barrier()
         if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
             S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-            xo = lut.slice(A_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
+            xo = smem_view(lut.slice(A_ROWS, O_ROWS, dim=0), gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
             out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
             if SINKS:
-                sw3 = lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], S3)
+                sw3 = smem_view(lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0), gl.float32, [NH, 8, D // 8], S3)
                 out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
             on, od = _had_index(QR, D, W, True)
         else:
@@ -1082,17 +1082,17 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         # made it to the ones that use it through the first rows of the table's memory, before the table is
         # written there
         QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-        stage = lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, D], QSM)
+        stage = smem_view(lut.slice(0, QROWS, dim=0), gl.float32, [NH, D], QSM)
         if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order (xq)
             if not EARLY:
                 xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
             qm = _hadamard_map(xq, q_pre, q_post, QR, D, W)
             SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-            lut.slice(0, QROWS, dim=0)._reinterpret(gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
+            smem_view(lut.slice(0, QROWS, dim=0), gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
         else:
             qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
             stage.slice(0, QR, dim=0).store(qm)
-        gl.thread_barrier()
+        cta_barrier()
         qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r (KB) or row l of part p for r = p NB + l
         live = gl.expand_dims(nq < MQ, 0)  # (rows >= QR: not written)
         if KB:
@@ -1103,7 +1103,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             if P == 4:
                 q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
                 q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-        gl.thread_barrier()  # every thread holds its query values: the table may overwrite them
+        cta_barrier()  # every thread holds its query values: the table may overwrite them
     else:
         qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
         qmask = gl.expand_dims(nq < MQ, 0)
@@ -1133,14 +1133,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
         lut.slice(0, 64, dim=0).store(words)
-        gl.thread_barrier()
+        cta_barrier()
         _keep(lut.slice(0, W, dim=0).load(FILL3))
     else:
         if PIPE == 1:
             lut.slice(0, 256, dim=0).store(words)
         else:
             lut.store(words)
-        gl.thread_barrier()
+        cta_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
 
@@ -1172,14 +1172,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
 
     if PIPE == 1:
         SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-        kst = lut.slice(256, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
-        vst = lut.slice(256 + SROWS, SROWS, dim=0)._reinterpret(gl.uint8, [W, BN, RB], SM3)
+        kst = smem_view(lut.slice(256, SROWS, dim=0), gl.uint8, [W, BN, RB], SM3)
+        vst = smem_view(lut.slice(256 + SROWS, SROWS, dim=0), gl.uint8, [W, BN, RB], SM3)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
     if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
         NC: gl.constexpr = NB // 4
         S: gl.constexpr = 65536 // (W * BN * NC * 4)
-        ks = stages.index(1)._reinterpret(gl.int32, [S, W, BN, NC], KSTAGE)
-        vs = stages.index(2)._reinterpret(gl.int32, [S, W, BN, NC], VSTAGE)
+        ks = smem_view(stages.index(1), gl.int32, [S, W, BN, NC], KSTAGE)
+        vs = smem_view(stages.index(2), gl.int32, [S, W, BN, NC], VSTAGE)
         for j in gl.static_range(S - 1):
             _copy_kv(ks.index(j), vs.index(j), kwb, vwb, kwlo + j * BN + kwt3, vwlo + j * BN + vwt3, kwhi, vwhi,
                      kwc3, vwc3, RB // 4)
@@ -1209,10 +1209,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)  # in flight during the wait
             vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
             async_copy.wait_group(0)
-            gl.thread_barrier()  # tile i's bytes (every lane's copies) are in the stages
+            cta_barrier()  # tile i's bytes (every lane's copies) are in the stages
             kc = kst.load(KLOAD)
             vc = vst.load(VLOAD)
-            gl.thread_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
+            cta_barrier()  # every lane has read the stages: tile i + 1 may overwrite them
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         elif PIPE >= 2:  # this tile's words were loaded earlier; load the tile PIPE - 1 ahead now
             if PIPE == 4:  # tile i's copies are done (S - 2 later ones may be in flight); the lane reads its own
