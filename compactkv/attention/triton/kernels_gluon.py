@@ -42,9 +42,17 @@ async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_gl
 _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
 
 
+# row-major shared layouts of 2-D and 3-D blocks, also of stacks of them ([n, ...]: `smem_view` with the block's
+# layout, then .index(i) takes block i)
+FLAT2 = gl.constexpr(gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+FLAT3 = gl.constexpr(gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0]))
+
+
 @gluon.jit
 def smem_view(buf, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
-    """Shared buffer `buf` reinterpreted as `dtype` [`shape`] in `layout` (no copy)."""
+    """Shared buffer `buf` reinterpreted as `dtype` [`shape`] in `layout` (no copy). Take a part of a buffer by
+    viewing the whole buffer as a stack of such parts and indexing it: triton 3.8 refuses to reinterpret a
+    subview (a .slice or .index of a buffer)."""
     if _PUBLIC_REINTERPRET:
         return buf.reinterpret(dtype, shape, layout)
     else:

@@ -48,7 +48,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from .kernels_gluon import accumulate_pv, async_load, cta_barrier, scale_acc, smem_view, split_rule
+from .kernels_gluon import FLAT2, FLAT3, accumulate_pv, async_load, cta_barrier, scale_acc, smem_view, split_rule
 
 
 @functools.lru_cache(maxsize=16)  # asked at every launch
@@ -801,17 +801,18 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     o_ptr / ml_ptr, and its values are added after the inverse map. clk_ptr: the kernel's stamps (None: none), here
     SM clocks after the first barrier (phase 7: every warp of the program past its loop), once the group's counter
     is known (8) and, in the group's last program, after the partials' merge, before the V map (9)."""
-    SMF: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-    SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # staging regions in table rows, each at a multiple of its length: accumulators, output rows, max, sum
     A_ROWS: gl.constexpr = W * NH * D * 4 // ROWB
     O_ROWS: gl.constexpr = NH * D * 4 // ROWB
     M_ROWS: gl.constexpr = W * NH * 4 // ROWB if W * NH * 4 >= ROWB else 1
-    st_a = smem_view(lut.slice(0, A_ROWS, dim=0), gl.float32, [W, NH, D], SMF)
-    st_o = smem_view(lut.slice(A_ROWS, O_ROWS, dim=0), gl.float32, [NH, D], SM2)
-    st_m = smem_view(lut.slice(A_ROWS + O_ROWS, M_ROWS, dim=0), gl.float32, [W, NH], SM2)
-    st_l = smem_view(lut.slice(A_ROWS + O_ROWS + M_ROWS, M_ROWS, dim=0), gl.float32, [W, NH], SM2)
-    st_w = smem_view(lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0), gl.float32, [NH, D], SM2)  # (SINKS)
+    # (each a block of the whole buffer seen as a stack of such blocks: `smem_view`)
+    LR: gl.constexpr = lut.shape[0]
+    MB: gl.constexpr = W * NH * 4  # bytes of the max / sum blocks
+    st_a = smem_view(lut, gl.float32, [LR // A_ROWS, W, NH, D], FLAT3).index(0)
+    st_o = smem_view(lut, gl.float32, [LR // O_ROWS, NH, D], FLAT2).index(A_ROWS // O_ROWS)
+    st_m = smem_view(lut, gl.float32, [LR * ROWB // MB, W, NH], FLAT2).index((A_ROWS + O_ROWS) * ROWB // MB)
+    st_l = smem_view(lut, gl.float32, [LR * ROWB // MB, W, NH], FLAT2).index((A_ROWS + O_ROWS + M_ROWS) * ROWB // MB)
+    st_w = smem_view(lut, gl.float32, [LR // O_ROWS, NH, D], FLAT2).index((A_ROWS + 2 * O_ROWS) // O_ROWS)  # (SINKS)
     cta_barrier()  # every warp is past the loop: nobody reads the table any more
     if clk_ptr is not None:
         _stamp(clk_ptr, 7, W)
@@ -909,11 +910,12 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         st_o.store(res)
         cta_barrier()
         if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
-            S3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-            xo = smem_view(lut.slice(A_ROWS, O_ROWS, dim=0), gl.float32, [NH, 8, D // 8], S3).slice(0, QR, dim=0)
+            xo = smem_view(lut, gl.float32, [LR // O_ROWS, NH, 8, D // 8], FLAT3).index(A_ROWS // O_ROWS).slice(
+                0, QR, dim=0)
             out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
             if SINKS:
-                sw3 = smem_view(lut.slice(A_ROWS + 2 * O_ROWS, O_ROWS, dim=0), gl.float32, [NH, 8, D // 8], S3)
+                sw3 = smem_view(lut, gl.float32, [LR // O_ROWS, NH, 8, D // 8], FLAT3).index(
+                    (A_ROWS + 2 * O_ROWS) // O_ROWS)
                 out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
             on, od = _had_index(QR, D, W, True)
         else:
@@ -1081,14 +1083,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         # q @ w here (w's columns in the operands' order, `gluon.lut_query_map`), handed from the threads that
         # made it to the ones that use it through the first rows of the table's memory, before the table is
         # written there
-        QSM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-        stage = smem_view(lut.slice(0, QROWS, dim=0), gl.float32, [NH, D], QSM)
+        stage = smem_view(lut, gl.float32, [lut.shape[0] // QROWS, NH, D], FLAT2).index(0)
         if HAD:  # w_ptr: the map's Hadamard factors, the query's dims gathered in the K product's order (xq)
             if not EARLY:
                 xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
             qm = _hadamard_map(xq, q_pre, q_post, QR, D, W)
-            SQ3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-            smem_view(lut.slice(0, QROWS, dim=0), gl.float32, [NH, 8, D // 8], SQ3).slice(0, QR, dim=0).store(qm)
+            smem_view(lut, gl.float32, [lut.shape[0] // QROWS, NH, 8, D // 8], FLAT3).index(0).slice(
+                0, QR, dim=0).store(qm)
         else:
             qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
             stage.slice(0, QR, dim=0).store(qm)
@@ -1171,9 +1172,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vsel = _v_arrange3((6 * (vc3 % 8) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
 
     if PIPE == 1:
-        SM3: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[2, 1, 0])
-        kst = smem_view(lut.slice(256, SROWS, dim=0), gl.uint8, [W, BN, RB], SM3)
-        vst = smem_view(lut.slice(256 + SROWS, SROWS, dim=0), gl.uint8, [W, BN, RB], SM3)
+        kst = smem_view(lut, gl.uint8, [lut.shape[0] // SROWS, W, BN, RB], FLAT3).index(256 // SROWS)
+        vst = smem_view(lut, gl.uint8, [lut.shape[0] // SROWS, W, BN, RB], FLAT3).index(256 // SROWS + 1)
         _copy_kv(kst, vst, kbase, vbase, klo + kt3, vlo + vt3, khi, vhi, kc3, vc3, RB)
     if PIPE == 4:  # the words of tiles 0 .. S - 2 into their stages, one commit group per tile
         NC: gl.constexpr = NB // 4
