@@ -272,6 +272,32 @@ def summary(kind: str, gluon: bool = False, lut: bool = False, **kw) -> dict:
             "smem_cycles": sum(smem_cycles(op) for _, op, _ in loop), "sass": text, "ptx": k.asm["ptx"]}
 
 
+def build_hashes() -> list[str]:
+    """One line per default build: its name, the SHA-1 of its sm_90 disassembly (12 hex digits), registers and
+    stack bytes. Two trees (or triton releases) whose lines match build the same machine code."""
+    import hashlib
+    from compactkv.attention.triton.gluon import (LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG, LUT_ROWS_PIPE,
+                                                  lut_fused_build, lut_fused_maxnreg)
+    out = []
+    for kind in ("turbo4", "turbo3", "turbo2"):
+        bits = int(kind[-1])
+        pipe, bn = lut_fused_build(bits)
+        fused = dict(pipe=pipe, block_n=bn, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True, hadamard=True)
+        builds = {"fused": fused, "fused-early": dict(fused, early=True),
+                  "planes": dict(pipe=LUT_PIPE, block_n=32, maxnreg=LUT_MAXNREG),
+                  "rows": dict(pipe=LUT_ROWS_PIPE, block_n=32, maxnreg=LUT_ROWS_MAXNREG, rows=True),
+                  "rows3": dict(pipe=3, block_n=32, maxnreg=LUT_ROWS_MAXNREG, rows=True)}
+        for name, kw in builds.items():
+            text, regs, stack = sass(compile_lut(kind, 128, 8, **kw))
+            out.append(f"table {kind} {name} {hashlib.sha1(text.encode()).hexdigest()[:12]} regs {regs} stack {stack}")
+    for kind in ("turbo4", "turbo2"):
+        for pf in (0, 1, 2):
+            text, regs, stack = sass(compile_gluon(kind, 128, prefetch=pf))
+            out.append(f"gluon {kind} prefetch {pf} {hashlib.sha1(text.encode()).hexdigest()[:12]} regs {regs} "
+                       f"stack {stack}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default="turbo4,turbo2", help="kinds, or K/V pairs such as turbo4/turbo2")
@@ -309,7 +335,14 @@ def main(argv=None) -> int:
                     help="with --lut --qmap --fused: the query and V maps as Hadamard factors (attend_planes' default "
                          "for rotated maps, gluon.lut_hadamard_maps)")
     ap.add_argument("--dump")
+    ap.add_argument("--hashes", action="store_true",
+                    help="a SHA-1 of each default build's sm_90 SASS (the table kernel's finishing, early, planes and "
+                         "rows builds of turbo4/turbo3/turbo2, the Gluon kernel's): compare two trees or releases")
     args = ap.parse_args(argv)
+    if args.hashes:
+        for line in build_hashes():
+            print(line, flush=True)
+        return 0
     if args.fused and not args.lut:
         ap.error("--fused is an option of the table kernel (--lut)")
     if args.rows and not (args.lut and args.pipe >= 2):
