@@ -18,7 +18,7 @@ from .reference import compressed_attention
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "COMPACTKV_BACKEND"
-TRITON_MIN = (3, 6)  # the kernels' Gluon names and layouts: 3.6 (timed) to 3.9 (compiled in tests, not timed)
+TRITON_MIN = (3, 6)  # the kernels' Gluon API: 3.6 (timed), 3.7-3.9 (compiled in tests, not run on a GPU)
 
 
 def resolve_backend(backend: str | None = None) -> str:

@@ -33,7 +33,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-# Gluon names that later triton releases changed (3.6 is the timed one; 3.9 compiles these kernels too):
+# Gluon names that later triton releases changed (3.6 is the timed one; 3.7.1-3.9.0 compile these kernels too):
 # a CTA-wide barrier (gl.thread_barrier up to 3.6, gl.barrier after), a cp.async copy into shared memory
 # (async_copy_global_to_shared, then async_load: same arguments), a shared buffer seen as another dtype / shape /
 # layout (_reinterpret, then reinterpret: `smem_view`)
@@ -128,11 +128,9 @@ def _copy_tile(t0, hi, kbase, vbase, kr, kcol, vr, vcol, ks, vs, NBK: gl.constex
                COPY_V: gl.constexpr):
     """cp.async of tokens t0 + [0, BN)'s K (and if COPY_V, V) code bytes into shared stages ks / vs, one commit
     group; rows >= hi are not read (their bytes in shared memory are zeros)."""
-    async_load(ks, _row_ptrs(kbase, t0, kr, kcol, NBK),
-                                           mask=gl.expand_dims(t0 + kr < hi, 1))
+    async_load(ks, _row_ptrs(kbase, t0, kr, kcol, NBK), mask=gl.expand_dims(t0 + kr < hi, 1))
     if COPY_V:
-        async_load(vs, _row_ptrs(vbase, t0, vr, vcol, NBV),
-                                               mask=gl.expand_dims(t0 + vr < hi, 1))
+        async_load(vs, _row_ptrs(vbase, t0, vr, vcol, NBV), mask=gl.expand_dims(t0 + vr < hi, 1))
     async_copy.commit_group()
 
 
