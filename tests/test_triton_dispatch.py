@@ -303,6 +303,9 @@ def test_a_triton_older_than_the_kernels_is_named_and_not_used(monkeypatch):
         why = dispatch._triton_missing()
         assert (why is None) if want is None else (want in why and version in why), (version, why)
         assert dispatch._has_triton() == (want is None)
+        cuda_query = types.SimpleNamespace(is_cuda=True)  # (what triton_unavailable reads first)
+        if want is not None:  # the reason reaches the backend choice (auto: torch; triton: a ValueError naming it)
+            assert dispatch.triton_unavailable(None, cuda_query, None, None) == why
     monkeypatch.setitem(sys.modules, "triton", None)  # an import that fails
     dispatch._triton_missing.cache_clear()
     assert dispatch._triton_missing() == "triton is not installed"
