@@ -56,8 +56,9 @@ def triton_unavailable(layer, query: torch.Tensor, mask: torch.Tensor | None, so
     """Why the Triton kernels cannot run this call, or None when they can."""
     if not query.is_cuda:
         return "the query is not on a CUDA device"
-    if not _has_triton():
-        return _triton_missing()
+    why = _triton_missing()
+    if why:
+        return why
     from .triton import backend
     if getattr(layer, "k_scale", None) is not None and not getattr(backend, "SUPPORTS_KEY_SCALE", False):
         return "the layer's keys are stored with a per-channel scale (scale_keys) the kernels do not apply"

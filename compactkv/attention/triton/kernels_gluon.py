@@ -305,9 +305,8 @@ def decode_gluon_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, m
         # are loaded one tile ahead. cp.async moves 4 bytes per thread at least: V rows of turbo2 at head_dim 64 (2
         # bytes per thread and token) are loaded from global memory after the softmax instead
         COPY_V: gl.constexpr = NBV // 8 >= 4
-        SMEM: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-        ksm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBK], SMEM)
-        vsm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBV], SMEM)
+        ksm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBK], FLAT2)
+        vsm = gl.allocate_shared_memory(gl.uint8, [STAGES, BN, NBV], FLAT2)
         for i in gl.static_range(STAGES - 1):
             _copy_tile(lo + i * BN, hi_full, kbase, vbase, kr, kcol, vr, vcol, ksm.index(i), vsm.index(i), NBK, NBV,
                        COPY_V)

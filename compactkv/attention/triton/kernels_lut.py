@@ -993,14 +993,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # the table: row e holds entry e for lanes 0..31 (its first 128 bytes); with PIPE, the K and V stages follow
     # it in the same allocation (256-byte rows), so the table is at the start of shared memory either way
     FILL: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [W, 1], [1, 0])
-    SM2: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     SROWS: gl.constexpr = W * BN * RB // 256  # rows of one stage (K or V)
     if BITS == 3:  # 64 entries x 128-byte rows: lane l's copy in column l
         FILL3: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
         e3 = gl.arange(0, 64, layout=gl.SliceLayout(1, FILL3))
         j3 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL3))
         words = gl.load(lut_ptr + gl.expand_dims(e3, 1) + gl.expand_dims(j3 * 0, 0))
-        lut = gl.allocate_shared_memory(gl.int32, [512 if FUSED else 64, 32], SM2)  # (FUSED: its staging)
+        lut = gl.allocate_shared_memory(gl.int32, [512 if FUSED else 64, 32], FLAT2)  # (FUSED: its staging)
         QROWS: gl.constexpr = NH * D * 4 // 128  # the mapped query's bytes in table rows (QMAP)
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
@@ -1010,10 +1009,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
         if PIPE == 4:  # the table, then 64 KB of K stages, then 64 KB of V stages
-            stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], SM2)
+            stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], FLAT2)
             lut = stages.index(0)
         else:
-            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], SM2)
+            lut = gl.allocate_shared_memory(gl.int32, [256 + 2 * SROWS, 64] if PIPE == 1 else [256, 64], FLAT2)
         QROWS: gl.constexpr = NH * D * 4 // 256
 
     pid = gl.program_id(0)
