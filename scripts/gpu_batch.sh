@@ -65,6 +65,12 @@
 #                                     # then, with BENCH=<mode>, that mode
 #   bash scripts/gpu_batch.sh encode-bench  # the encode table alone (scripts/encode_bench.py), compiled first in
 #                                     # 15 processes
+#   bash scripts/gpu_batch.sh swap-record  # session 27: the swap checks (default decode / encode / layer / graph
+#                                     # tests, decode sweep, encode bench) with every kernel compile recorded
+#                                     # (scripts/triton_swap.py); $OUT/swap-rec.tgz holds the records
+#   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-replay  # the same checks with another triton release's builds of
+#                                     # those kernels (triton_swap.py build) swapped in; sweep and encode bench also
+#                                     # with this release's own builds in the same call
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -80,6 +86,15 @@ mkdir -p "$OUT"
 export PYTHONPATH=.
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader
 
+swap_ids() {  # session 27: the tests of the default paths that run with another release's builds swapped in
+    c="python -m pytest --collect-only -q -p no:warnings"
+    { $c tests/test_lut_decode.py -k "fused_table_kernel_vs_float64 or \
+sinks_and_key_mean or fused_table_kernel_dtypes or table_kernel_over_rows_vs_float64 or stamped_finishing"
+      $c tests/test_triton_encode.py -k "(row and d128 and bit_identical) or pair_kernel_bit_identical"
+      $c tests/test_triton_dispatch.py
+      $c tests/test_static_graphs.py -k "static_kernels_match or graph_replay or merges_sinks_in_one_launch"
+    } | grep '::'
+}
 summarize() {  # each pytest log's failures and counts, or that the time limit cut it
     for f in "$OUT"/pytest_*.txt; do
         echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
@@ -607,6 +622,40 @@ pipeline)
         --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
         > "$OUT/sweep-pipeline.txt" 2>&1
     tail -80 "$OUT/sweep-pipeline.txt"
+    ;;
+swap-record|swap-replay)
+    mkdir -p /tmp/swap-rec "$OUT/swap"
+    if [ "$1" = swap-record ]; then
+        wrap() { echo "scripts/triton_swap.py record /tmp/swap-rec/$1.json --"; }
+        tag=rec
+    else
+        mkdir -p /tmp/swap-builds && tar -xzf "${SWAP:?SWAP=the builds tarball}" -C /tmp/swap-builds
+        b=$(dirname "$(find /tmp/swap-builds -name '*.cubin' | head -1)")
+        wrap() { echo "scripts/triton_swap.py replay $b --summary /tmp/swap-rec/$1.json --"; }
+        tag=replay
+    fi
+    swap_ids > /tmp/swap-ids.txt
+    echo "$(wc -l < /tmp/swap-ids.txt) test ids"
+    python scripts/pytest_shards.py --shards "${SHARDS:-14}" --timeout "${TEST_TIMEOUT:-330}" --out /tmp/swap-shards \
+        --ids /tmp/swap-ids.txt --wrap "$(wrap 'tests.{shard}')" > "$OUT/swap/tests-$tag.txt" 2>&1
+    cat /tmp/swap-shards/pytest_shards.txt >> "$OUT/swap/tests-$tag.txt"
+    grep -E "^shard|^total|FAILED|ERROR" "$OUT/swap/tests-$tag.txt" | head -40
+    sweep() {  # $1: a wrap or nothing, $2: a name
+        timeout 150 python $1 scripts/decode_sweep.py --json "$OUT/swap/sweep-$2.json" --shapes 8x32768,1x131072 \
+            --kinds turbo4,turbo3,turbo2 --variants '[{"gluon": true}]' > "$OUT/swap/sweep-$2.txt" 2>&1
+        echo "== sweep $2"; grep -E "SDPA|x [0-9]|FAILED|triton_swap|Error" "$OUT/swap/sweep-$2.txt"
+    }
+    encode() {
+        timeout 200 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" > "$OUT/swap/encode-$2.txt" 2>&1
+        echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
+    }
+    if [ "$1" = swap-record ]; then
+        sweep "$(wrap sweep)" rec; encode "$(wrap encode)" rec
+    else
+        for r in 1 2; do sweep "" own-$r; sweep "$(wrap sweep-$r)" swapped-$r; done
+        encode "" own; encode "$(wrap encode)" swapped
+    fi
+    tar -C /tmp -czf "$OUT/swap-$tag.tgz" swap-rec
     ;;
 *)
     echo "usage: bash scripts/gpu_batch.sh tests|sweep|ncu|bench|graphs|gluon|pipeline|ncu-gluon|lut|defaults|lut-turbo2|turbo3|ttft" >&2

@@ -2,6 +2,7 @@
 
     python scripts/pytest_shards.py --shards 12 --timeout 480 --out OUT tests/test_a.py tests/test_b.py [-k EXPR]
     python scripts/pytest_shards.py --ids FILE ...   # node ids (one per line) from FILE as well
+    python scripts/pytest_shards.py --wrap "scripts/triton_swap.py record OUT/rec.{shard}.json --" ...
 
 Collects the node ids once, deals them round-robin into the shards (so the slow cases of one file spread out),
 runs one pytest process per shard with a time limit, writes the shards' logs one after the other to
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=12)
     ap.add_argument("--timeout", type=float, default=480.0, help="seconds per shard")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--wrap", default="", help="a python program that runs each shard's pytest (its arguments, "
+                    "split like a shell line, {shard} replaced by the shard's number; e.g. scripts/triton_swap.py)")
     args = ap.parse_args(argv)
     if args.shards < 1:
         ap.error("--shards must be at least 1")
@@ -70,7 +74,8 @@ def main(argv=None) -> int:
     start = time.time()
     for i, part in enumerate(s for s in shards if s):
         log = open(os.path.join(logs, f"pytest_shard_{i:02d}.txt"), "w")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-rfE", *part]
+        wrap = [w.replace("{shard}", f"{i:02d}") for w in shlex.split(args.wrap)]
+        cmd = [sys.executable, *wrap, "-m", "pytest", "-q", "-p", "no:warnings", "-rfE", *part]
         procs.append((i, part, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                       start_new_session=True)))
     total = dict(passed=0, failed=0, skipped=0, errors=0, cut=0)
