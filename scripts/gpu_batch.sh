@@ -68,9 +68,10 @@
 #   bash scripts/gpu_batch.sh swap-record  # session 27: the swap checks (default decode / encode / layer / graph
 #                                     # tests, decode sweep, encode bench) with every kernel compile recorded
 #                                     # (scripts/triton_swap.py); $OUT/swap-rec.tgz holds the records
-#   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-replay  # the same checks with another triton release's builds of
-#                                     # those kernels (triton_swap.py build) swapped in; sweep and encode bench also
-#                                     # with this release's own builds in the same call
+#   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-replay  # the same tests with another triton release's builds of
+#                                     # those kernels (triton_swap.py build) swapped in; the encode bench with this
+#                                     # release's builds, then with the other's
+#   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-ab  # the decode sweep, this release's builds and the other's, twice
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -623,7 +624,7 @@ pipeline)
         > "$OUT/sweep-pipeline.txt" 2>&1
     tail -80 "$OUT/sweep-pipeline.txt"
     ;;
-swap-record|swap-replay)
+swap-record|swap-replay|swap-ab)
     mkdir -p /tmp/swap-rec "$OUT/swap"
     if [ "$1" = swap-record ]; then
         wrap() { echo "scripts/triton_swap.py record /tmp/swap-rec/$1.json --"; }
@@ -632,28 +633,36 @@ swap-record|swap-replay)
         mkdir -p /tmp/swap-builds && tar -xzf "${SWAP:?SWAP=the builds tarball}" -C /tmp/swap-builds
         b=$(dirname "$(find /tmp/swap-builds -name '*.cubin' | head -1)")
         wrap() { echo "scripts/triton_swap.py replay $b --summary /tmp/swap-rec/$1.json --"; }
-        tag=replay
+        tag=${1#swap-}
     fi
-    swap_ids > /tmp/swap-ids.txt
-    echo "$(wc -l < /tmp/swap-ids.txt) test ids"
-    python scripts/pytest_shards.py --shards "${SHARDS:-14}" --timeout "${TEST_TIMEOUT:-330}" --out /tmp/swap-shards \
-        --ids /tmp/swap-ids.txt --wrap "$(wrap 'tests.{shard}')" > "$OUT/swap/tests-$tag.txt" 2>&1
-    cat /tmp/swap-shards/pytest_shards.txt >> "$OUT/swap/tests-$tag.txt"
-    grep -E "^shard|^total|FAILED|ERROR" "$OUT/swap/tests-$tag.txt" | head -40
     sweep() {  # $1: a wrap or nothing, $2: a name
-        timeout 150 python $1 scripts/decode_sweep.py --json "$OUT/swap/sweep-$2.json" --shapes 8x32768,1x131072 \
+        timeout 120 python $1 scripts/decode_sweep.py --json "$OUT/swap/sweep-$2.json" --shapes 8x32768,1x131072 \
             --kinds turbo4,turbo3,turbo2 --variants '[{"gluon": true}]' > "$OUT/swap/sweep-$2.txt" 2>&1
         echo "== sweep $2"; grep -E "SDPA|x [0-9]|FAILED|triton_swap|Error" "$OUT/swap/sweep-$2.txt"
     }
     encode() {
-        timeout 200 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" > "$OUT/swap/encode-$2.txt" 2>&1
+        timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" > "$OUT/swap/encode-$2.txt" 2>&1
         echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
     }
-    if [ "$1" = swap-record ]; then
-        sweep "$(wrap sweep)" rec; encode "$(wrap encode)" rec
-    else
+    if [ "$1" = swap-ab ]; then  # this release's builds and the other's, interleaved, same call
         for r in 1 2; do sweep "" own-$r; sweep "$(wrap sweep-$r)" swapped-$r; done
-        encode "" own; encode "$(wrap encode)" swapped
+    else
+        swap_ids > /tmp/swap-ids.txt
+        echo "$(wc -l < /tmp/swap-ids.txt) test ids"
+        # the encode bench's configurations compile in the background meanwhile (the disk cache serves it later)
+        python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm(4)" \
+            > /tmp/swap-warm.txt 2>&1 &
+        python scripts/pytest_shards.py --shards "${SHARDS:-11}" --timeout "${TEST_TIMEOUT:-300}" \
+            --out /tmp/swap-shards --ids /tmp/swap-ids.txt --wrap "$(wrap 'tests.{shard}')" \
+            > "$OUT/swap/tests-$tag.txt" 2>&1
+        wait
+        cat /tmp/swap-shards/pytest_shards.txt >> "$OUT/swap/tests-$tag.txt"
+        grep -E "^shard|^total|FAILED|ERROR|triton_swap" "$OUT/swap/tests-$tag.txt" | head -60
+        if [ "$1" = swap-record ]; then
+            sweep "$(wrap sweep)" rec; encode "$(wrap encode)" rec
+        else
+            encode "" own; encode "$(wrap encode)" swapped
+        fi
     fi
     tar -C /tmp -czf "$OUT/swap-$tag.tgz" swap-rec
     ;;
