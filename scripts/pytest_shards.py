@@ -89,7 +89,8 @@ def main(argv=None) -> int:
             proc.wait()
         log.close()
         text = open(log.name).read()
-        tail = text.splitlines()[-1] if text.strip() else ""
+        # pytest's summary is its last line, unless a --wrap program writes after it: the last line with counts
+        tail = next((ln for ln in reversed(text.splitlines()) if COUNTS.search(ln) and " in " in ln), "")
         got = {k.rstrip("s") if k.startswith("error") else k: int(n) for n, k in COUNTS.findall(tail)}
         finished = bool(got) and proc.returncode is not None and proc.returncode >= 0
         if not finished:
