@@ -158,7 +158,10 @@ def build_one(rec: dict):
     else:
         Source = triton.compiler.ASTSource
     constexprs = {tuple(k): decode_value(v) for k, v in rec["constexprs"]}
-    attrs = {tuple(k): [tuple(a) for a in v] for k, v in rec["attrs"]}
+    # (triton 3.6's launcher also gives string constexprs "attributes" parsed from their text, e.g. divisibility
+    # where an inline-asm string holds a "D"; 3.6 ignores them, 3.9 fails on them: the arguments are constexprs)
+    attrs = {tuple(k): [tuple(a) for a in v] for k, v in rec["attrs"]
+             if rec["signature"][fn.arg_names[k[0]]] != "constexpr"}
     src = Source(fn, dict(rec["signature"]), constexprs, attrs)
     known = {f.name for f in dataclasses.fields(CUDAOptions)}
     options = {k: decode_value(v) for k, v in rec["options"].items() if k in known}
