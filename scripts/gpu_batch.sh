@@ -72,6 +72,7 @@
 #                                     # those kernels (triton_swap.py build) swapped in; the encode bench with this
 #                                     # release's builds, then with the other's
 #   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-ab  # the decode sweep, this release's builds and the other's, twice
+#   SWAPS="A.tgz B.tgz" bash scripts/gpu_batch.sh swap-ab  # several build sets: sweeps (twice) and the encode bench
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -630,7 +631,7 @@ swap-record|swap-replay|swap-ab)
         wrap() { echo "scripts/triton_swap.py record /tmp/swap-rec/$1.json --"; }
         tag=rec
     else
-        mkdir -p /tmp/swap-builds && tar -xzf "${SWAP:?SWAP=the builds tarball}" -C /tmp/swap-builds
+        [ -n "${SWAPS:-}" ] || { mkdir -p /tmp/swap-builds && tar -xzf "${SWAP:?SWAP=the builds tarball}" -C /tmp/swap-builds; }
         b=$(dirname "$(find /tmp/swap-builds -name '*.cubin' | head -1)")
         wrap() { echo "scripts/triton_swap.py replay $b --summary /tmp/swap-rec/$1.json --"; }
         tag=${1#swap-}
@@ -644,7 +645,17 @@ swap-record|swap-replay|swap-ab)
         timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" > "$OUT/swap/encode-$2.txt" 2>&1
         echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
     }
-    if [ "$1" = swap-ab ]; then  # this release's builds and the other's, interleaved, same call
+    if [ "$1" = swap-ab ] && [ -n "${SWAPS:-}" ]; then  # several build sets (SWAPS: tarballs), sweeps and encodes
+        for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
+        swrap() { d=$(dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)")
+                  echo "scripts/triton_swap.py replay $d --summary /tmp/swap-rec/$2.json --"; }
+        for r in 1 2; do
+            sweep "" own-$r
+            for t in $SWAPS; do n=$(basename "$t" .tgz); sweep "$(swrap "$n" "sweep-$n-$r")" "$n-$r"; done
+        done
+        encode "" own
+        for t in $SWAPS; do n=$(basename "$t" .tgz); encode "$(swrap "$n" "encode-$n")" "$n"; done
+    elif [ "$1" = swap-ab ]; then  # this release's builds and the other's, interleaved, same call
         for r in 1 2; do sweep "" own-$r; sweep "$(wrap sweep-$r)" swapped-$r; done
     else
         swap_ids > /tmp/swap-ids.txt

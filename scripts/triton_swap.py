@@ -176,7 +176,7 @@ def build_one(rec: dict):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def build(paths: list[str], out: str, only: str | None, jobs: int) -> int:
+def build(paths: list[str], out: str, only: str | None, jobs: int, ptxas=None) -> int:
     import triton
     recs = {}
     for path in paths:
@@ -190,30 +190,51 @@ def build(paths: list[str], out: str, only: str | None, jobs: int) -> int:
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(jobs) as pool:
-            for key, err in pool.imap_unordered(_build_key, [(k, recs[k], str(outdir)) for k in todo]):
+            for key, err in pool.imap_unordered(_build_key, [(k, recs[k], str(outdir), ptxas) for k in todo]):
                 failed += err is not None
                 print(f"{key} {recs[key]['name']}: {err or 'built'}", flush=True)
     else:
         for k in todo:
-            _, err = _build_key((k, recs[k], str(outdir)))
+            _, err = _build_key((k, recs[k], str(outdir), ptxas))
             failed += err is not None
             print(f"{k} {recs[k]['name']}: {err or 'built'}", flush=True)
     return 1 if failed else 0
 
 
+def assemble(ptx: str, ptxas: str, args: list[str], fp_fusion: bool = True, version: str | None = None) -> bytes:
+    """ptx for sm_90a with another ptxas or other options (the rest as triton's make_cubin: -lineinfo, -v, no
+    fused multiply-adds where the kernel asked for none); version: the PTX ISA version written in its header (an
+    older ptxas refuses a newer number even where the code uses nothing newer)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
+        if version:
+            ptx = re.sub(r"^\.version \d+\.\d+", f".version {version}", ptx, count=1, flags=re.M)
+        src.write_text(ptx)
+        cmd = [ptxas, "-lineinfo", *([] if fp_fusion else ["--fmad=false"]), "-v", *args, "--gpu-name=sm_90a",
+               str(src), "-o", str(dst)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        return dst.read_bytes()
+
+
 def _build_key(job):
     import triton
-    key, rec, outdir = job
+    key, rec, outdir, ptxas = job
     try:
         kernel = build_one(rec)
+        cubin = kernel.asm["cubin"]
+        if ptxas is not None:  # (path, arguments): this triton's PTX, assembled another way
+            cubin = assemble(kernel.asm["ptx"], ptxas[0], ptxas[1], kernel.metadata.enable_fp_fusion, ptxas[2])
     except Exception as e:  # noqa: BLE001 (reported per request; the others still build)
         return key, f"FAILED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     meta = {k: getattr(kernel.metadata, k) for k in SWAP_FIELDS + AGREE_FIELDS if hasattr(kernel.metadata, k)}
     meta = {k: list(v) if isinstance(v, tuple) else v for k, v in meta.items()}
-    meta["triton"] = triton.__version__
+    meta["triton"] = triton.__version__ + ("" if ptxas is None else f" PTX ({ptxas[2] or 'its'} ISA version), "
+                                                                     f"{' '.join([ptxas[0], *ptxas[1]])}")
     meta["params"] = ptx_params(kernel.asm["ptx"])
     Path(outdir, f"{key}.json").write_text(json.dumps(meta, sort_keys=True))
-    Path(outdir, f"{key}.cubin").write_bytes(kernel.asm["cubin"])
+    Path(outdir, f"{key}.cubin").write_bytes(cubin)
     return key, None
 
 
@@ -295,6 +316,11 @@ def main(argv=None) -> int:
     b.add_argument("rec", nargs="+")
     b.add_argument("--only", help="only the kernels whose name contains this")
     b.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
+    b.add_argument("--ptxas", help="assemble this triton's PTX with this ptxas instead of triton's own step")
+    b.add_argument("--ptxas-args", default="", help="with --ptxas: its options besides -lineinfo, -v, --fmad and "
+                   "--gpu-name (e.g. --regAllocOptLevel=2, which triton 3.7-3.9 pass)")
+    b.add_argument("--ptx-version", help="with --ptxas: write this PTX ISA version in the header (e.g. 8.7 for "
+                   "the ptxas of CUDA 12.8, which triton 3.6 carries)")
     p = sub.add_parser("replay", help="run a program with the other release's builds swapped in")
     p.add_argument("builds")
     p.add_argument("--summary", help="JSON: which kernels ran which build")
@@ -302,7 +328,9 @@ def main(argv=None) -> int:
     if args.cmd == "record":
         record(args.rec, rest)
     elif args.cmd == "build":
-        return build(args.rec, args.out, args.only, args.jobs)
+        import shlex
+        ptxas = (args.ptxas, shlex.split(args.ptxas_args), args.ptx_version) if args.ptxas else None
+        return build(args.rec, args.out, args.only, args.jobs, ptxas)
     else:
         replay(args.builds, rest, args.summary)
     return 0
