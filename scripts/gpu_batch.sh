@@ -647,12 +647,15 @@ swap-record|swap-replay|swap-ab)
     }
     if [ "$1" = swap-ab ] && [ -n "${SWAPS:-}" ]; then  # several build sets (SWAPS: tarballs), sweeps and encodes
         for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
+        python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm(8)" \
+            > /tmp/swap-warm.txt 2>&1 &  # (this release's encode builds, for the launchers, meanwhile)
         swrap() { d=$(dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)")
                   echo "scripts/triton_swap.py replay $d --summary /tmp/swap-rec/$2.json --"; }
         for r in 1 2; do
             sweep "" own-$r
             for t in $SWAPS; do n=$(basename "$t" .tgz); sweep "$(swrap "$n" "sweep-$n-$r")" "$n-$r"; done
         done
+        wait
         encode "" own
         for t in $SWAPS; do n=$(basename "$t" .tgz); encode "$(swrap "$n" "encode-$n")" "$n"; done
     elif [ "$1" = swap-ab ]; then  # this release's builds and the other's, interleaved, same call
