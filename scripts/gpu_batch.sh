@@ -73,6 +73,9 @@
 #                                     # release's builds, then with the other's
 #   SWAP=FILE.tgz bash scripts/gpu_batch.sh swap-ab  # the decode sweep, this release's builds and the other's, twice
 #   SWAPS="A.tgz B.tgz" bash scripts/gpu_batch.sh swap-ab  # several build sets: sweeps (twice) and the encode bench
+#   AB=DIR SWAPS="A.tgz B.tgz" bash scripts/gpu_batch.sh encode-swap  # session 27: the encode kernels' CUDA tests
+#                                     # (this tree: every row-kernel case; with the first of SWAPS swapped in: the
+#                                     # recorded d128 cases), then the encode bench: this tree, DIR's tree, each of SWAPS
 #   bash scripts/gpu_batch.sh turbo3  # the turbo3 table kernel's tests and static-cache tests, turbo3 sweep (table
 #                                     # vs split kernel), e2e B=8 T=32K (graphs), dynamic TTFT, the prefill's syncs
 #
@@ -624,6 +627,32 @@ pipeline)
         --kinds "${KINDS:-turbo4,turbo2}" --head-dim "${HEAD_DIM:-128}" --variants "${VARIANTS:-$default}" \
         > "$OUT/sweep-pipeline.txt" 2>&1
     tail -80 "$OUT/sweep-pipeline.txt"
+    ;;
+encode-swap)
+    mkdir -p /tmp/swap-rec "$OUT/swap"
+    for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
+    swdir() { dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)"; }
+    first=$(basename "${SWAPS%% *}" .tgz)
+    warm='import sys; sys.path.insert(0, "scripts"); import encode_bench; encode_bench.warm(4)'
+    PYTHONPATH="$AB:." python -c "$warm" > /tmp/warm-ab.txt 2>&1 &
+    python -c "$warm" > /tmp/warm-this.txt 2>&1 &
+    python scripts/pytest_shards.py --shards 4 --timeout 300 --out /tmp/enc-own -k \
+        "(row and bit_identical) or pair_kernel_bit_identical" tests/test_triton_encode.py > "$OUT/swap/enc-tests-own.txt" 2>&1 &
+    python scripts/pytest_shards.py --shards 4 --timeout 300 --out /tmp/enc-sw -k \
+        "(row and d128 and bit_identical) or pair_kernel_bit_identical" tests/test_triton_encode.py \
+        --wrap "scripts/triton_swap.py replay $(swdir "$first") --summary /tmp/swap-rec/enc-tests.{shard}.json --" \
+        > "$OUT/swap/enc-tests-$first.txt" 2>&1 &
+    wait
+    for f in "$OUT"/swap/enc-tests-*.txt; do echo "== $f"; grep -E "^shard|^total|FAILED|triton_swap" "$f"; done
+    enc() {  # $1: extra python arguments (a wrap) or nothing, $2: name, $3: PYTHONPATH
+        PYTHONPATH="$3" timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" \
+            > "$OUT/swap/encode-$2.txt" 2>&1
+        echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | grep -E "block_rows 64|lanes kernel.*16|copy|swap"
+    }
+    enc "" this .
+    enc "" ab "$AB:."
+    for t in $SWAPS; do n=$(basename "$t" .tgz); enc "scripts/triton_swap.py replay $(swdir "$n") --" "$n" .; done
+    tar -C /tmp -czf "$OUT/swap-encode.tgz" swap-rec
     ;;
 swap-record|swap-replay|swap-ab)
     mkdir -p /tmp/swap-rec "$OUT/swap"

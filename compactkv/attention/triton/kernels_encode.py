@@ -17,6 +17,8 @@ mul+add fusion.
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -211,15 +213,36 @@ def _halves(x, R: tl.constexpr, M: tl.constexpr):
 
 @triton.jit
 def _columns8(x, R: tl.constexpr):
-    """x [R, 8] -> its 8 columns ([R] each) in order."""
-    a, b = _halves(x, R, 4)
-    a0, a1 = _halves(a, R, 2)
-    b0, b1 = _halves(b, R, 2)
-    c0, c1 = tl.split(a0)
-    c2, c3 = tl.split(a1)
-    c4, c5 = tl.split(b0)
-    c6, c7 = tl.split(b1)
+    """x [R, 8] -> its 8 columns ([R] each) in order, by even / odd splits of the last axis only (no permute:
+    triton 3.9 lowers the permuted split through shared memory, with a barrier per tile; docs/kernels.md,
+    session 27)."""
+    e, o = tl.split(tl.reshape(x, (R, 4, 2)))  # columns 0 2 4 6 and 1 3 5 7
+    e0, e1 = tl.split(tl.reshape(e, (R, 2, 2)))  # 0 4, 2 6
+    o0, o1 = tl.split(tl.reshape(o, (R, 2, 2)))  # 1 5, 3 7
+    c0, c4 = tl.split(e0)
+    c2, c6 = tl.split(e1)
+    c1, c5 = tl.split(o0)
+    c3, c7 = tl.split(o1)
     return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+# Triton's interpreter (TRITON_INTERPRET=1 at import: the CPU tests) has no inline assembly
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def _gather_f32(ptrs, keep):
+    """One float32 per element from ptrs (a read-only table), in the pointers' own layout, and keep (int32, the
+    same shape) passed through. A `tl.load` of a gather gets a layout of its own from triton 3.9's coalesce pass
+    (one element per thread across the tile), and its result came back through shared memory with a barrier per
+    tile; `keep` ties the load to where its caller uses what passes through (triton 3.9's LLVM moved the loads
+    after everything they do not feed, holding every tile's codes live until there; docs/kernels.md, session
+    27)."""
+    if _INTERPRETED:
+        return tl.load(ptrs), keep
+    else:
+        return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$2];\n\tmov.b32 $1, $3;", "=r,=r,l,r",
+                                         [ptrs, keep], dtype=(tl.float32, tl.int32), is_pure=True, pack=1)
 
 
 @triton.jit
@@ -239,10 +262,8 @@ def _tile8(c, R: tl.constexpr, o: tl.constexpr):
 def _sum8(t, R: tl.constexpr):
     """t [R, 8] -> [R]: quantizer.tree_sum's order (first half + second half) within the tile; on codes shifted
     apart, their bits side by side (adds, which the compiler fuses with the shifts, unlike ORs)."""
-    a, b = _halves(t, R, 4)
-    a, b = _halves(a + b, R, 2)
-    a, b = tl.split(a + b)
-    return a + b
+    c0, c1, c2, c3, c4, c5, c6, c7 = _columns8(t, R)
+    return ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7))
 
 
 @triton.jit
@@ -377,7 +398,13 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
             cand = nxt
         if NORM_CORR:  # the centroids squared, gathered two tiles at a time: every memory op costs compile time
             if j % 2 == 1:
-                c2a, c2b = _halves(tl.load(c2_ptr + _cat(prev, idx, BLOCK_R, 8)), BLOCK_R, 8)
+                pair = tl.join(prev, idx)
+                c2, through = _gather_f32(c2_ptr + pair, pair)
+                c2a, c2b = tl.split(c2)
+                if BITS == 4:  # the codes go on through the load, so their words come after it (sm_90 stack
+                    # bytes at head_dim 128, triton 3.6 / 3.9: 96 / 72 this way, 48 / 856 without; turbo3 and
+                    # turbo2 spill nothing without, and turbo2 does with it on 3.6)
+                    prev, idx = tl.split(through)
                 acc, csum = _tree_push(acc, c2a, j - 1, LOG2T)
                 acc, csum = _tree_push(acc, c2b, j, LOG2T)
             else:
