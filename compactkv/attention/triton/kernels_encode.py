@@ -206,12 +206,6 @@ def _zero_tiles(N: tl.constexpr, R: tl.constexpr):
 
 
 @triton.jit
-def _halves(x, R: tl.constexpr, M: tl.constexpr):
-    """x [R, 2M] -> (x[:, :M], x[:, M:])."""
-    return tl.split(tl.permute(tl.reshape(x, (R, 2, M)), (0, 2, 1)))
-
-
-@triton.jit
 def _columns8(x, R: tl.constexpr):
     """x [R, 8] -> its 8 columns ([R] each) in order, by even / odd splits of the last axis only (no permute:
     triton 3.9 lowers the permuted split through shared memory, with a barrier per tile; docs/kernels.md,
