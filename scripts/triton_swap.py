@@ -10,9 +10,10 @@ The device machine has triton 3.6 and cannot install another; the kernels also h
 `record` runs a Python program (a script path, or `-m module`) with `triton.compiler.compile` wrapped: each kernel
 compile it asks for (the kernel, its signature, constexprs, specialization attributes and options) is written to
 REC.json. `build` compiles every record for sm_90 with the triton that runs it and stores each cubin with the
-metadata that the launch needs. `replay` runs a program with this triton's compile wrapped again: each kernel is
-compiled as usual (the launcher, the cache), then its cubin and launch metadata (shared memory, scratch sizes) are
-replaced by the other release's, so the program launches the other release's machine code. Kernels without a build
+metadata that the launch needs (a cubin already in DIR is kept: after a source change, build into a fresh DIR, as
+the keys name the request, not the source). `replay` runs a program with this triton's compile wrapped again: each
+kernel is compiled as usual (the launcher, the cache), then its cubin and launch metadata (shared memory, scratch
+sizes) are replaced by the other release's, so the program launches the other release's machine code. Kernels without a build
 run this triton's own code; the summary names them and the counts go to stderr when the program ends.
 Constexpr values cross releases as data: numbers, strings, tuples, triton dtypes and Gluon layouts (dataclasses,
 rebuilt from their fields by the other release's classes of the same name).
@@ -124,7 +125,6 @@ def _run_program(argv: list[str]) -> None:
 
 def record(path: str, argv: list[str]) -> None:
     seen: dict[str, dict] = {}
-
     skipped: dict[str, str] = {}
 
     def on_compile(src, options, kernel):
