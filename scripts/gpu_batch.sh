@@ -100,6 +100,16 @@ sinks_and_key_mean or fused_table_kernel_dtypes or table_kernel_over_rows_vs_flo
       $c tests/test_static_graphs.py -k "static_kernels_match or graph_replay or merges_sinks_in_one_launch"
     } | grep '::'
 }
+swap_unpack() {  # each tarball of $SWAPS into /tmp/sw-<its name>
+    for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
+}
+swap_dir() {  # the folder holding the cubins of build set $1 (a tarball's name)
+    dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)"
+}
+warm_encode() {  # the encode bench's configurations compiled in $1 processes in the background (a tree: $2)
+    PYTHONPATH="${2:-.}" python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm($1)" \
+        > "/tmp/warm-encode-$RANDOM.txt" 2>&1 &
+}
 summarize() {  # each pytest log's failures and counts, or that the time limit cut it
     for f in "$OUT"/pytest_*.txt; do
         echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
@@ -630,17 +640,15 @@ pipeline)
     ;;
 encode-swap)
     mkdir -p /tmp/swap-rec "$OUT/swap"
-    for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
-    swdir() { dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)"; }
+    swap_unpack
     first=$(basename "${SWAPS%% *}" .tgz)
-    warm='import sys; sys.path.insert(0, "scripts"); import encode_bench; encode_bench.warm(4)'
-    PYTHONPATH="$AB:." python -c "$warm" > /tmp/warm-ab.txt 2>&1 &
-    python -c "$warm" > /tmp/warm-this.txt 2>&1 &
+    warm_encode 4 "$AB:."
+    warm_encode 4
     python scripts/pytest_shards.py --shards 4 --timeout 300 --out /tmp/enc-own -k \
         "(row and bit_identical) or pair_kernel_bit_identical" tests/test_triton_encode.py > "$OUT/swap/enc-tests-own.txt" 2>&1 &
     python scripts/pytest_shards.py --shards 4 --timeout 300 --out /tmp/enc-sw -k \
         "(row and d128 and bit_identical) or pair_kernel_bit_identical" tests/test_triton_encode.py \
-        --wrap "scripts/triton_swap.py replay $(swdir "$first") --summary /tmp/swap-rec/enc-tests.{shard}.json --" \
+        --wrap "scripts/triton_swap.py replay $(swap_dir "$first") --summary /tmp/swap-rec/enc-tests.{shard}.json --" \
         > "$OUT/swap/enc-tests-$first.txt" 2>&1 &
     wait
     for f in "$OUT"/swap/enc-tests-*.txt; do echo "== $f"; grep -E "^shard|^total|FAILED|triton_swap" "$f"; done
@@ -651,7 +659,7 @@ encode-swap)
     }
     enc "" this .
     enc "" ab "$AB:."
-    for t in $SWAPS; do n=$(basename "$t" .tgz); enc "scripts/triton_swap.py replay $(swdir "$n") --" "$n" .; done
+    for t in $SWAPS; do n=$(basename "$t" .tgz); enc "scripts/triton_swap.py replay $(swap_dir "$n") --" "$n" .; done
     tar -C /tmp -czf "$OUT/swap-encode.tgz" swap-rec
     ;;
 swap-record|swap-replay|swap-ab)
@@ -675,11 +683,9 @@ swap-record|swap-replay|swap-ab)
         echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
     }
     if [ "$1" = swap-ab ] && [ -n "${SWAPS:-}" ]; then  # several build sets (SWAPS: tarballs), sweeps and encodes
-        for t in $SWAPS; do n=$(basename "$t" .tgz); mkdir -p "/tmp/sw-$n" && tar -xzf "$t" -C "/tmp/sw-$n"; done
-        python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm(8)" \
-            > /tmp/swap-warm.txt 2>&1 &  # (this release's encode builds, for the launchers, meanwhile)
-        swrap() { d=$(dirname "$(find "/tmp/sw-$1" -name '*.cubin' | head -1)")
-                  echo "scripts/triton_swap.py replay $d --summary /tmp/swap-rec/$2.json --"; }
+        swap_unpack
+        warm_encode 8  # (this release's encode builds, for the launchers, meanwhile)
+        swrap() { echo "scripts/triton_swap.py replay $(swap_dir "$1") --summary /tmp/swap-rec/$2.json --"; }
         for r in 1 2; do
             sweep "" own-$r
             for t in $SWAPS; do n=$(basename "$t" .tgz); sweep "$(swrap "$n" "sweep-$n-$r")" "$n-$r"; done
@@ -693,8 +699,7 @@ swap-record|swap-replay|swap-ab)
         swap_ids > /tmp/swap-ids.txt
         echo "$(wc -l < /tmp/swap-ids.txt) test ids"
         # the encode bench's configurations compile in the background meanwhile (the disk cache serves it later)
-        python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm(4)" \
-            > /tmp/swap-warm.txt 2>&1 &
+        warm_encode 4
         python scripts/pytest_shards.py --shards "${SHARDS:-11}" --timeout "${TEST_TIMEOUT:-300}" \
             --out /tmp/swap-shards --ids /tmp/swap-ids.txt --wrap "$(wrap 'tests.{shard}')" \
             > "$OUT/swap/tests-$tag.txt" 2>&1
