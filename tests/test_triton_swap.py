@@ -10,6 +10,10 @@ import os
 import pytest
 
 triton = pytest.importorskip("triton")
+from compactkv.attention.dispatch import _triton_missing  # noqa: E402
+
+if _triton_missing():
+    pytest.skip(_triton_missing(), allow_module_level=True)
 
 HERE = os.path.dirname(__file__)
 spec = importlib.util.spec_from_file_location("triton_swap", os.path.join(HERE, "..", "scripts", "triton_swap.py"))
