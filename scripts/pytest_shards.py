@@ -59,6 +59,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.shards < 1:
         ap.error("--shards must be at least 1")
+    try:
+        shlex.split(args.wrap)
+    except ValueError as e:
+        ap.error(f"--wrap {args.wrap!r}: {e} (a python program and its arguments, quoted as in a shell)")
     if args.ids:
         args.files += [ln.strip() for ln in open(args.ids) if ln.strip()]
     if not args.files:

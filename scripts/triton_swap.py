@@ -112,8 +112,6 @@ def _wrap_compile(on_compile):
 
 
 def _run_program(argv: list[str]) -> None:
-    if not argv:
-        raise SystemExit("name a program after --: a script path or -m module, and its arguments")
     if argv[0] == "-m":
         sys.argv = [argv[1]] + argv[2:]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
@@ -229,7 +227,7 @@ def _build_key(job):
     except Exception as e:  # noqa: BLE001 (reported per request; the others still build)
         return key, f"FAILED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     meta = {k: getattr(kernel.metadata, k) for k in SWAP_FIELDS + AGREE_FIELDS if hasattr(kernel.metadata, k)}
-    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in meta.items()}
+    meta = {k: _norm(v) for k, v in meta.items()}
     meta["triton"] = triton.__version__ + ("" if ptxas is None else f" PTX ({ptxas[2] or 'its'} ISA version), "
                                                                      f"{' '.join([ptxas[0], *ptxas[1]])}")
     meta["params"] = ptx_params(kernel.asm["ptx"])
@@ -325,13 +323,29 @@ def main(argv=None) -> int:
     p.add_argument("builds")
     p.add_argument("--summary", help="JSON: which kernels ran which build")
     args = ap.parse_args(argv)
+    if args.cmd in ("record", "replay") and (not rest or rest == ["-m"]):
+        ap.error(f"{args.cmd}: name the program after --: a script path or -m module, and its arguments")
     if args.cmd == "record":
         record(args.rec, rest)
     elif args.cmd == "build":
         import shlex
-        ptxas = (args.ptxas, shlex.split(args.ptxas_args), args.ptx_version) if args.ptxas else None
+        missing = [r for r in args.rec if not Path(r).is_file()]
+        if missing:
+            ap.error(f"no such record file: {', '.join(missing)} (REC.json files written by `record`)")
+        if args.jobs < 1:
+            ap.error(f"--jobs must be at least 1, not {args.jobs}")
+        if (args.ptxas_args or args.ptx_version) and not args.ptxas:
+            ap.error("--ptxas-args and --ptx-version go with --ptxas (the assembler they are for)")
+        if args.ptxas and not os.access(args.ptxas, os.X_OK):
+            ap.error(f"--ptxas {args.ptxas}: not an executable file")
+        try:
+            ptxas = (args.ptxas, shlex.split(args.ptxas_args), args.ptx_version) if args.ptxas else None
+        except ValueError as e:
+            ap.error(f"--ptxas-args {args.ptxas_args!r}: {e}")
         return build(args.rec, args.out, args.only, args.jobs, ptxas)
     else:
+        if not any(Path(args.builds).glob("*.cubin")):
+            ap.error(f"{args.builds} holds no builds (*.cubin from `build`): nothing would be swapped")
         replay(args.builds, rest, args.summary)
     return 0
 

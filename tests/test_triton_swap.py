@@ -69,3 +69,16 @@ def test_request_key_and_swap_into_a_compiled_kernel():
     triton_swap.swap_into(kernel, b"other cubin", meta)
     assert kernel.kernel == b"other cubin" and kernel.asm["cubin"] == b"other cubin"
     assert kernel.metadata.shared == meta["shared"]
+
+
+def test_command_line_names_bad_input(tmp_path, capsys):
+    cases = [(["build", str(tmp_path / "out"), str(tmp_path / "none.json")], "no such record file"),
+             (["replay", str(tmp_path), "--", "-c", "pass"], "holds no builds"),
+             (["record", str(tmp_path / "r.json")], "name the program after --"),
+             (["build", str(tmp_path / "out"), __file__, "--ptx-version", "8.7"], "go with --ptxas")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            triton_swap.main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()  # (nothing recorded, nothing written)
