@@ -110,6 +110,11 @@ warm_encode() {  # the encode bench's configurations compiled in $1 processes in
     PYTHONPATH="${2:-.}" python -c "import sys; sys.path.insert(0, 'scripts'); import encode_bench; encode_bench.warm($1)" \
         > "/tmp/warm-encode-$RANDOM.txt" 2>&1 &
 }
+swap_encode() {  # the encode bench: $1 a wrap (triton_swap.py ...) or nothing, $2 a name, $3 PYTHONPATH (.)
+    PYTHONPATH="${3:-.}" timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" \
+        > "$OUT/swap/encode-$2.txt" 2>&1
+    echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
+}
 summarize() {  # each pytest log's failures and counts, or that the time limit cut it
     for f in "$OUT"/pytest_*.txt; do
         echo "== $f"; grep -E "^FAILED|passed|failed|error" "$f" | tail -20
@@ -652,14 +657,9 @@ encode-swap)
         > "$OUT/swap/enc-tests-$first.txt" 2>&1 &
     wait
     for f in "$OUT"/swap/enc-tests-*.txt; do echo "== $f"; grep -E "^shard|^total|FAILED|triton_swap" "$f"; done
-    enc() {  # $1: extra python arguments (a wrap) or nothing, $2: name, $3: PYTHONPATH
-        PYTHONPATH="$3" timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" \
-            > "$OUT/swap/encode-$2.txt" 2>&1
-        echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | grep -E "block_rows 64|lanes kernel.*16|copy|swap"
-    }
-    enc "" this .
-    enc "" ab "$AB:."
-    for t in $SWAPS; do n=$(basename "$t" .tgz); enc "scripts/triton_swap.py replay $(swap_dir "$n") --" "$n" .; done
+    swap_encode "" this
+    swap_encode "" ab "$AB:."
+    for t in $SWAPS; do n=$(basename "$t" .tgz); swap_encode "scripts/triton_swap.py replay $(swap_dir "$n") --" "$n"; done
     tar -C /tmp -czf "$OUT/swap-encode.tgz" swap-rec
     ;;
 swap-record|swap-replay|swap-ab)
@@ -678,10 +678,6 @@ swap-record|swap-replay|swap-ab)
             --kinds turbo4,turbo3,turbo2 --variants '[{"gluon": true}]' > "$OUT/swap/sweep-$2.txt" 2>&1
         echo "== sweep $2"; grep -E "SDPA|x [0-9]|FAILED|triton_swap|Error" "$OUT/swap/sweep-$2.txt"
     }
-    encode() {
-        timeout 150 python $1 scripts/encode_bench.py --json "$OUT/swap/encode-$2.json" > "$OUT/swap/encode-$2.txt" 2>&1
-        echo "== encode $2"; grep -v Warn "$OUT/swap/encode-$2.txt" | tail -20
-    }
     if [ "$1" = swap-ab ] && [ -n "${SWAPS:-}" ]; then  # several build sets (SWAPS: tarballs), sweeps and encodes
         swap_unpack
         warm_encode 8  # (this release's encode builds, for the launchers, meanwhile)
@@ -691,8 +687,8 @@ swap-record|swap-replay|swap-ab)
             for t in $SWAPS; do n=$(basename "$t" .tgz); sweep "$(swrap "$n" "sweep-$n-$r")" "$n-$r"; done
         done
         wait
-        encode "" own
-        for t in $SWAPS; do n=$(basename "$t" .tgz); encode "$(swrap "$n" "encode-$n")" "$n"; done
+        swap_encode "" own
+        for t in $SWAPS; do n=$(basename "$t" .tgz); swap_encode "$(swrap "$n" "encode-$n")" "$n"; done
     elif [ "$1" = swap-ab ]; then  # this release's builds and the other's, interleaved, same call
         for r in 1 2; do sweep "" own-$r; sweep "$(wrap sweep-$r)" swapped-$r; done
     else
@@ -707,9 +703,9 @@ swap-record|swap-replay|swap-ab)
         cat /tmp/swap-shards/pytest_shards.txt >> "$OUT/swap/tests-$tag.txt"
         grep -E "^shard|^total|FAILED|ERROR|triton_swap" "$OUT/swap/tests-$tag.txt" | head -60
         if [ "$1" = swap-record ]; then
-            sweep "$(wrap sweep)" rec; encode "$(wrap encode)" rec
+            sweep "$(wrap sweep)" rec; swap_encode "$(wrap encode)" rec
         else
-            encode "" own; encode "$(wrap encode)" swapped
+            swap_encode "" own; swap_encode "$(wrap encode)" swapped
         fi
     fi
     tar -C /tmp -czf "$OUT/swap-$tag.tgz" swap-rec
