@@ -18,7 +18,8 @@ from .reference import compressed_attention
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "COMPACTKV_BACKEND"
-TRITON_MIN = (3, 6)  # the kernels' Gluon API: 3.6 (timed), 3.7-3.9 (compiled in tests, not run on a GPU)
+TRITON_MIN = (3, 6)  # the kernels' Gluon API: 3.6 (timed); 3.7-3.9 compile too, and their builds ran on an H200
+# (scripts/triton_swap.py; 3.8 and 3.9 decode 8-20% slower: README, Limitations)
 
 
 def resolve_backend(backend: str | None = None) -> str:
