@@ -257,7 +257,7 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
                                                      (128, 8, 2, 168, 32), (64, 8, 2, 168, 32), (128, 8, 3, 200, 32),
                                                      (64, 8, 3, 200, 32), (128, 4, 3, 200, 32), (128, 8, 2, 255, 64),
                                                      (128, 8, 3, 232, 32), (64, 8, 3, 232, 32), (128, 8, 4, 255, 32),
-                                                     (64, 4, 4, 200, 32)])
+                                                     (64, 4, 4, 200, 32), (128, 8, 6, 248, 64), (128, 4, 6, 248, 32)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_table_kernel_vs_float64(d, warps, pipe, maxnreg, bn, g):
     _check_table("turbo4", d, warps, pipe, maxnreg, bn, g)
@@ -418,7 +418,8 @@ def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("warps,pipe,maxnreg,bn", [(4, 3, 200, 32), (8, 3, 232, 32), (8, 2, 168, 32), (8, 0, 128, 32),
-                                                  (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16)])
+                                                  (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16), (8, 6, 248, 64),
+                                                  (8, 6, 248, 32)])
 def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     from test_gluon_decode import TOL
     kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, lut_block_n=bn)
@@ -427,7 +428,7 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind,pipe,bn", [("turbo2", 2, 64), ("turbo2", 3, 64), ("turbo3", 2, 64)])
+@pytest.mark.parametrize("kind,pipe,bn", [("turbo2", 2, 64), ("turbo2", 3, 64), ("turbo3", 2, 64), ("turbo2", 6, 64)])
 def test_fused_table_kernel_tiles_of_other_kinds(kind, pipe, bn):
     """turbo2 / turbo3 in 64-token tiles (their default: 32 two ahead) against float64: ragged rows, a row shorter
     than a tile, GQA 4 and 8."""
@@ -856,6 +857,28 @@ def test_early_load_build_compiles_for_sm90(kind):
         loops[early] = len(sass_decode.main_loop(ins, labels))
     assert before[True] >= before[False] + 32, before
     assert abs(loops[True] - loops[False]) <= 16, loops
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+def test_bulk_stage_build_compiles_for_sm90(kind):
+    """lut_pipe 6: the finishing build with each warp's tiles copied by the copy engine (one UBLKCP per operand and
+    tile, issued by one lane) into stages behind the table (one 192 KB allocation), an mbarrier per warp and stage
+    (SYNCS: the expecting arrival, the wait), the words read back with ld.shared (turbo4: 16-byte K, 8-byte V
+    vectors), no CTA barrier and no spill stores in the loop."""
+    sass_decode = _sass_decode()
+    from compactkv.attention.triton.gluon import lut_config_error, lut_smem
+    s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=64, pipe=6, maxnreg=248, qmap=True, fused=True,
+                            hadamard=True)
+    assert s["shared"] == lut_smem(8, 128, 6, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
+    ops = s["ops"]
+    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 1)
+    assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
+    if kind == "turbo4":
+        assert "LDS.128" in s["sass"] and "LDS.64" in s["sass"]
+    assert lut_config_error(4, 128, 16, 6, 255, 64) is not None  # one stage of 16 warps' tiles fills 64 KB
+    assert lut_config_error(2, 128, 16, 6, 255, 64) is not None  # turbo2: three stages and the mbarriers
+    assert lut_config_error(4, 128, 8, 6, 248, 64) is None and lut_config_error(3, 128, 8, 6, 248) is not None
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

@@ -292,11 +292,11 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1 (`pipe` 4: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
+    `pipe` 1 (`pipe` 4 and 6: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
     group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
-    if pipe == 4:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
+    if pipe in (4, 6):  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
@@ -335,9 +335,15 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
         return f"lut_warps {warps}: takes 4, 8 or 16"
     if block_n not in (16, 32, 64):
         return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
-    if pipe not in (0, 1, 2, 3, 4):
+    if pipe not in (0, 1, 2, 3, 4, 6):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
-                "ahead), 3 (two tiles ahead) or 4 (cp.async stages, several tiles ahead)")
+                "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead) or 6 (bulk copies per warp "
+                "into stages, several tiles ahead)")
+    if pipe == 6 and bits == 3:
+        return "lut_pipe=6 (bulk copies of the planes' rows) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
+    if pipe == 6 and (2 if bits == 4 else 3) * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
+        return (f"lut_pipe=6 with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
+                f"{'two' if bits == 4 else 'three'} stages of a tile's codes per operand")
     if pipe == 4 and bits == 3:
         return "lut_pipe=4 (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
     if pipe == 4 and 2 * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
@@ -471,7 +477,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
     (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
-    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
+    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts, lut_word_vectors
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
@@ -507,6 +513,10 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     nb = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
     kstage, vstage = lut_stage_layouts(pipe, kword, vword)
+    (kgrp, kvec), (vgrp, vvec) = ((lut_word_vectors(kword), lut_word_vectors(vword)) if pipe == 6
+                                  else ((None, 1), (None, 1)))
+    if pipe == 6:
+        _check_bulk(q, k_codes, v_codes, row_source)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
         k_tab, v_tab, shift = row_source
         k_codes = k_norms = k_tab
@@ -528,7 +538,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, KGRP=kgrp, VGRP=vgrp, KVEC=kvec, VVEC=vvec,
+        num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
            hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
@@ -540,6 +551,21 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if fused is not None:
         return out
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
+
+
+def _check_bulk(q, k_codes, v_codes, row_source) -> None:
+    """lut_pipe 6's copies (cp.async.bulk, sm_90 and later) take planes whose rows start at 16-byte boundaries."""
+    if row_source is not None:
+        raise ValueError("lut_pipe=6 copies planes; codec rows (launch_rows) take lut_pipe 2 or 3")
+    if q.is_cuda and torch.cuda.get_device_capability(q.device) < (9, 0):
+        raise ValueError(f"lut_pipe=6 (cp.async.bulk) needs compute capability 9.0 or later, "
+                         f"{torch.cuda.get_device_name(q.device)} has "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability(q.device)))}")
+    for name, x in (("K", k_codes), ("V", v_codes)):
+        if x.data_ptr() % 16 or x.stride(-1) != 1 or any(st % 16 for st in x.stride()[:-1]):
+            raise ValueError(f"lut_pipe=6: the {name} code planes must start at a 16-byte boundary with rows, "
+                             f"heads and batches 16-byte multiples apart, got address {x.data_ptr():#x} and strides "
+                             f"{tuple(x.stride())}")
 
 
 def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:

@@ -142,6 +142,105 @@ def _lane_offset(like):
                                      dtype=gl.int32, is_pure=True, pack=1)
 
 
+# lut_pipe 6: each warp's tiles copied by the copy engine (cp.async.bulk, issued by lane 0) into S stages of its own
+# behind the table, one mbarrier per warp and stage, waited on by the warp's lanes, each of which then reads its own
+# words with ld.shared (every step in inline PTX, which Triton's barrier analysis does not see: no CTA barrier)
+@triton.constexpr_function
+def _bulk_init_asm(stages, step):
+    """Lane 0 ($1 == 0) initialises the warp's `stages` mbarriers (arrival count 1) at global_smem + $2 + s *
+    step; fenced for the copy engine, the warp then synchronised."""
+    lines = ["{", ".reg .pred p;", ".reg .b32 a;", "setp.eq.u32 p, $1, 0;", "mov.u32 a, global_smem;",
+             "add.u32 a, a, $2;"]
+    lines += [f"@p mbarrier.init.shared::cta.b64 [a+{s * step}], 1;" for s in range(stages)]
+    lines += ["fence.mbarrier_init.release.cluster;", "fence.proxy.async.shared::cta;", "bar.warp.sync -1;",
+              "mov.u32 $0, 0;", "}"]
+    return "\n".join(lines)
+
+
+@triton.constexpr_function
+def _bulk_inval_asm(stages, step):
+    """Lane 0 ($1 == 0) invalidates the warp's mbarriers (their memory is then reused)."""
+    lines = ["{", ".reg .pred p;", ".reg .b32 a;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
+             "mov.u32 a, global_smem;", "add.u32 a, a, $2;"]
+    lines += [f"@p mbarrier.inval.shared::cta.b64 [a+{s * step}];" for s in range(stages)]
+    lines += ["mov.u32 $0, 0;", "}"]
+    return "\n".join(lines)
+
+
+# $1 lane, $2 the stage's mbarrier, $3 / $5 the K / V stage (byte offsets from global_smem), $4 / $6 the K / V
+# source addresses, $7 the bytes of each (0: nothing to copy, the barrier's phase completes at the arrival). The
+# warp's lanes synchronise first: they have read the stage's last words (their values are used before this).
+_BULK_COPY_ASM = gl.constexpr("\n".join([
+    "{", ".reg .pred p, q;", ".reg .b32 s, bar, kd, vd, tx;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
+    "setp.ne.and.u32 q, $7, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;", "add.u32 kd, s, $3;",
+    "add.u32 vd, s, $5;", "shl.b32 tx, $7, 1;",
+    "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;",
+    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [kd], [$4], $7, [bar];",
+    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [vd], [$6], $7, [bar];",
+    "mov.u32 $0, 0;", "}"]))
+
+# every lane: wait until the mbarrier at global_smem + $1 has completed the phase of parity $2
+_BULK_WAIT_ASM = gl.constexpr("\n".join([
+    "{", ".reg .pred p;", ".reg .b32 a;", "mov.u32 a, global_smem;", "add.u32 a, a, $1;", "BULK_WAIT:",
+    "mbarrier.try_wait.parity.shared::cta.b64 p, [a], $2;", "@!p bra BULK_WAIT;", "mov.u32 $0, 0;", "}"]))
+
+
+@gluon.jit
+def _bulk_init(lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
+    gl.inline_asm_elementwise(_bulk_init_asm(STAGES, STEP), "=r,r,r", [lane, bar], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@gluon.jit
+def _bulk_inval(lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
+    gl.inline_asm_elementwise(_bulk_inval_asm(STAGES, STEP), "=r,r,r", [lane, bar], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
+    """lut_pipe 6: the K and V code rows of the tile starting at token `tok` (per thread: its warp's), at most BN
+    and none at or past `hi`, copied into the stages at kdst / vdst, completing the mbarrier at `bar`."""
+    n = gl.minimum(gl.maximum(hi - tok, 0), BN)
+    src = tok.to(gl.int64) * RB
+    gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r,l,r", [lane, bar, kdst, kbase + src, vdst, vbase + src,
+                                                                   n * RB], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bulk_wait(bar, parity):
+    gl.inline_asm_elementwise(_BULK_WAIT_ASM, "=r,r,r", [bar, bar * 0 + parity], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@triton.constexpr_function
+def _read_asm(vec):
+    """ld.shared of a lane vector (vec int32 words, outputs $0 ..) at shared byte offset $vec from global_smem."""
+    outs = ", ".join(f"${i}" for i in range(vec))
+    width = {1: "", 2: ".v2", 4: ".v4"}[vec]
+    return (f"{{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, ${vec}; ld.shared{width}.b32 {{{outs}}}, [a]; }}"
+            if vec > 1 else "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }")
+
+
+@gluon.jit
+def _stage_read(off, VEC: gl.constexpr, LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
+    """lut_pipe 6: the word tile [W, BN, NC] in layout LAY whose lane vectors (VEC consecutive words; `off` [W, BN,
+    NC / VEC] their byte offsets from global_smem, in `lut_word_vectors`' layout) are read by the lanes that hold
+    them (no data crosses lanes)."""
+    if VEC == 4:
+        o0, o1, o2, o3 = gl.inline_asm_elementwise(_read_asm(4), "=r,=r,=r,=r,r", [off],
+                                                   dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=False,
+                                                   pack=1)
+        x = gl.join(gl.join(o0, o2), gl.join(o1, o3))
+    elif VEC == 2:
+        o0, o1 = gl.inline_asm_elementwise(_read_asm(2), "=r,=r,r", [off], dtype=(gl.int32, gl.int32),
+                                           is_pure=False, pack=1)
+        x = gl.join(o0, o1)
+    else:
+        x = gl.inline_asm_elementwise(_read_asm(1), "=r,r", [off], dtype=gl.int32, is_pure=False, pack=1)
+    return gl.convert_layout(gl.reshape(x, [W, BN, NC]), LAY)
+
+
 @gluon.jit
 def _keep(x):
     gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
@@ -941,7 +1040,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False):
+                      EARLY: gl.constexpr = False, KGRP: gl.constexpr = None, VGRP: gl.constexpr = None,
+                      KVEC: gl.constexpr = 1, VVEC: gl.constexpr = 1):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -950,7 +1050,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the tile's start; 4 = the code words of the next S - 1 tiles copied (cp.async) into S shared stages per
     operand behind the table (KSTAGE / VSTAGE: `lut_stage_layout`, each lane's words at its own offsets, so the
     lane that copies a word is the one that reads it and no barrier is needed), the norms two tiles ahead in
-    registers. BITS: 4 (turbo4 K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
+    registers; 6 = each warp's tiles copied by the copy engine (cp.async.bulk from lane 0, `_bulk_tile`) into
+    stages of its own behind the table (as 4's, but in the planes' byte order), one mbarrier per warp and stage,
+    the next S - 1 tiles in flight, each lane reading its words back with ld.shared (KGRP / VGRP, KVEC / VVEC:
+    `lut_word_vectors`), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90). BITS: 4 (turbo4
+    K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
@@ -1008,7 +1112,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-        if PIPE == 4:  # the table, then 64 KB of K stages, then 64 KB of V stages
+        if PIPE == 4 or PIPE == 6:  # the table, then 64 KB of K stages, then 64 KB of V stages
             stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], FLAT2)
             lut = stages.index(0)
         else:
@@ -1143,6 +1247,25 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         cta_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
+    if PIPE == 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
+        SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
+        S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
+        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (written above), else after the
+        # K stages
+        BSTEP: gl.constexpr = 256 if BITS == 4 else 8
+        BAR0: gl.constexpr = 128 if BITS == 4 else 65536 + S6 * SB6
+        T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
+        e6 = gl.arange(0, W * 32, layout=T1)
+        lane6 = e6 % 32
+        w6 = e6 // 32
+        bar6 = BAR0 + w6 * (S6 * BSTEP)
+        _bulk_init(lane6, bar6, S6, BSTEP)
+        lo6 = (pid * W + w6) * split
+        hi6 = gl.minimum(lo6 + split, L)
+        dst6 = 65536 + w6 * (BN * RB)
+        for j in gl.static_range(S6):
+            _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
+                       hi6, BN, RB)
 
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
@@ -1184,6 +1307,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                      kwc3, vwc3, RB // 4)
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
         kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
+    if PIPE == 6:  # the stages as [slots, W, BN, NC] words (the copies' byte order); the norms one tile ahead
+        NC6: gl.constexpr = RB // 4
+        SLOTS6: gl.constexpr = 65536 // SB6
+        st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], FLAT3)
+        kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
@@ -1222,12 +1350,22 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
                          kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3,
                          RB // 4)
-            kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
+            if PIPE == 6:  # tile i's copies have landed in its stages (the warp's mbarrier); each lane reads its K
+                # words now, its V words after the scores (fewer live registers)
+                s6 = i % S6
+                _bulk_wait(bar6 + s6 * BSTEP, (i // S6) & 1)
+                kw_n = st6.index(SLOTS6 + s6).load(KWORD)
+                kc = _spread(kw_n, KLOAD)
+                kc_hi = kc
+            else:
+                kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
                 kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
+            elif PIPE == 6:  # the norms one tile ahead
+                kn_n, vn_n = _load_norms(knb, vnb, tok + BN, hi_r)
             elif CODEC_ROWS:  # (`_tile_at`'s loads, written out: its sums of offsets change every build's sm_90 loop)
                 nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
                                  kwhi, vwhi, kwc3, vwc3, lo_r + t + ahead, tr, hi_r, KWORD, VWORD, RB + 2, BITS)
@@ -1244,6 +1382,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                                         tok, hi_r, RB)
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
+        if PIPE == 6:
+            vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
+            _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         if P == 4:
@@ -1252,6 +1393,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
                                                       vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
+        if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
+            _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
+                       lo6 + t + S6 * BN, hi6, BN, RB)
+    if PIPE == 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
+        _bulk_inval(lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
@@ -1325,3 +1471,22 @@ def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
         vec += 1
     bases = regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases]
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
+
+
+def lut_word_vectors(word: gl.DistributedLinearLayout) -> tuple[gl.DistributedLinearLayout, int]:
+    """lut_pipe 6's view of a word tile [W, BN, NC] in register layout `word` (`lut_layouts`): (the layout of one
+    element per lane vector, [W, BN, NC / vec], the vector's consecutive words folded out of the column; vec, the
+    words per vector: 4 for turbo4's K, 2 for its V). `_stage_read` reads each vector with one ld.shared."""
+    regs = [list(x) for x in word.reg_bases]
+    v = 0
+    while v < len(regs) and regs[v] == [0, 0, 1 << v]:
+        v += 1
+    w, bn, nc = word.shape
+
+    def fold(x):
+        assert x[2] % (1 << v) == 0, (x, v)
+        return [x[0], x[1], x[2] >> v]
+    group = gl.DistributedLinearLayout(reg_bases=[fold(x) for x in regs[v:]],
+                                       lane_bases=[fold(x) for x in word.lane_bases], warp_bases=word.warp_bases,
+                                       block_bases=[], shape=[w, bn, nc >> v])
+    return group, 1 << v
