@@ -871,7 +871,7 @@ def test_bulk_stage_build_compiles_for_sm90(kind):
                             hadamard=True)
     assert s["shared"] == lut_smem(8, 128, 6, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
     ops = s["ops"]
-    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 4 and ops["BAR"] == 0, ops  # K and V: own barriers
     assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 1)
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
     if kind == "turbo4":
