@@ -14,6 +14,9 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+BULK_SPILLS = 16  # spill loads + stores of turbo4's bulk-copy finishing build (lut_pipe 6, sm_90, triton 3.6: 14)
+
+
 def _sass_decode():
     """scripts/sass_decode.py (sm_90 builds on any machine), or the test skipped where it cannot run."""
     import sys
@@ -376,11 +379,15 @@ def test_fused_early_loads_either_way_vs_float64(kind, early):
     default too): ragged rows, a row shorter than a tile, warps with nothing to load, many programs; against
     float64. Asked for with the dense maps: a ValueError that says why."""
     from test_gluon_decode import TOL
-    assert _check_fused(kind, 4, [777, 130, 3, 64], lut_early=early) < TOL
-    assert _check_fused(kind, 4, [5000, 2], num_splits=128, lut_early=early) < TOL
+    from compactkv.attention.triton.gluon import lut_fused_build
+    # (turbo4's default copies its tiles in bulk, lut_pipe 6, which has no early loads: its register build here)
+    pipe, bn = lut_fused_build(int(kind[-1]), bulk=False)
+    kw = dict(lut_early=early, lut_pipe=pipe, lut_block_n=bn)
+    assert _check_fused(kind, 4, [777, 130, 3, 64], **kw) < TOL
+    assert _check_fused(kind, 4, [5000, 2], num_splits=128, **kw) < TOL
     if early:
         with pytest.raises(ValueError, match="dense query map"):
-            _check_fused(kind, 4, [100], lut_early=True, lut_hadamard=False)
+            _check_fused(kind, 4, [100], lut_hadamard=False, **kw)
 
 
 @cuda
@@ -450,9 +457,11 @@ def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     pipe, bn = lut_fused_build(bits)
     s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=pipe, maxnreg=lut_fused_maxnreg(bits),
                             qmap=True, fused=True, sinks=True, block_n=bn, hadamard=True)
-    assert s["ops"]["LDL"] + s["ops"]["STL"] == 0 and s["spills"] <= 8
-    assert s["shared"] == lut_smem(LUT_WARPS, 128, pipe, fused=True) == 256 * 256 + 4
-    assert "[global_smem+65536]" in s["ptx"]
+    # (turbo4's bulk-copy build, lut_pipe 6: 40 stack bytes, three reloads in its loop at 248 registers)
+    assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 3 if pipe == 6 else 0, "spills in the loop")
+    assert sass_decode.within_budget(s["spills"], 40 if pipe == 6 else 8, "stack bytes")
+    assert s["shared"] == lut_smem(LUT_WARPS, 128, pipe, fused=True) == (3 if pipe == 6 else 1) * 256 * 256 + 4
+    assert f"[global_smem+{s['shared'] - 4}]" in s["ptx"]
 
 
 def _phase_clocks():
@@ -554,11 +563,11 @@ def test_stamped_table_kernel_compiles_for_sm90():
     from compactkv.attention.triton.gluon import (LUT_FUSED_MAXNREG, LUT_PIPE, LUT_WARPS, lut_fused_build,
                                                   lut_fused_maxnreg)
     pipe, bn = lut_fused_build(4)
-    assert (pipe, bn) == (2, 64)
+    assert (pipe, bn) == (6, 64) and lut_fused_build(4, bulk=False) == (2, 64)
     k = sass_decode.compile_lut("turbo4", 128, LUT_WARPS, pipe=pipe, maxnreg=lut_fused_maxnreg(4), qmap=True,
                                 fused=True, clocks=True, block_n=bn, hadamard=True)
     text, _, stack = sass_decode.sass(k)
-    assert stack == 0
+    assert sass_decode.within_budget(stack, 48, "stack bytes")  # (lut_pipe 6: 48, 32 unstamped)
     assert text.count("SR_CLOCKLO") == 7 and text.count("SR_GLOBALTIMERLO") == 2  # (3 inside the tail)
     assert text.count("SR_VIRTUALSMID") == 1  # (%smid, its program's SM)
     loop = sass_decode.main_loop(*sass_decode.instrs(text))
@@ -809,7 +818,9 @@ def test_hadamard_build_compiles_for_sm90(kind):
         assert s["shared"] == lut_smem(8, 128, pipe, bn, bits, fused=True)
         ins, _ = sass_decode.instrs(s["sass"])
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
-        assert sass_decode.within_budget(ops["LDL"] + ops["STL"], 0)
+        # (turbo4's bulk-copy build, lut_pipe 6, keeps a few values of its copies on the stack, outside its loop)
+        assert sass_decode.within_budget(ops["LDL"] + ops["STL"], BULK_SPILLS if pipe == 6 else 0)
+        assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 1 if pipe == 6 else 0, "spills in the loop")
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
     assert loads[True] < loads[False] / 2, loads
 
@@ -843,7 +854,7 @@ def test_early_load_build_compiles_for_sm90(kind):
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
     bits = int(kind[-1])
-    pipe, bn = lut_fused_build(bits)
+    pipe, bn = lut_fused_build(bits, bulk=False)  # (turbo4's default, lut_pipe 6, has no early loads)
     before, loops = {}, {}
     for early in (False, True):
         k = sass_decode.compile_lut(kind, 128, 8, pipe=pipe, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True,
@@ -871,7 +882,7 @@ def test_bulk_stage_build_compiles_for_sm90(kind):
                             hadamard=True)
     assert s["shared"] == lut_smem(8, 128, 6, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
     ops = s["ops"]
-    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 4 and ops["BAR"] == 0, ops  # K and V: own barriers
+    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
     assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 1)
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
     if kind == "turbo4":

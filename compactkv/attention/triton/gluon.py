@@ -34,7 +34,7 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (2, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
+LUT_FUSED_TILES = {4: (6, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
 # (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200
 # same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
 # T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
@@ -42,6 +42,10 @@ LUT_FUSED_TILES = {4: (2, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # 276.5, B=1 T=128K 46.3 -> 45.4, B=1 T=32K 18.0 -> 18.5 (one ahead: 86.9 / 314.6 / 49.0 / 17.9); turbo3 one ahead
 # in 64-token tiles 111.0 / 406.0 / 62.5 / 21.8 against 112.7 / 416.9 / 62.1 / 21.8 (not taken); one call, same card
 # (docs/perf/sweep-tiles-*-s23-h200.json). With the dense maps (session 21) turbo2 86.8 -> 89.1 one ahead.
+# Session 28: turbo4 with per-warp bulk copies into stages (lut_pipe 6): H200, same calls, B=8 T=32K 92.4 -> 87.6 us
+# and 94.5-94.7 -> 89.2-89.7 (with the 4fcb747 build), B=1 T=128K 51.9 -> 50.4 and 52.4 -> 50.7
+# (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken.
+LUT_FUSED_FALLBACK = (2, 64)  # turbo4's finishing build where lut_pipe 6 cannot run (before sm_90, unaligned planes)
 LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap where not LUT_FUSED_MAXNREG: turbo4 with
 # the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
 # T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
@@ -553,19 +557,26 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 
-def _check_bulk(q, k_codes, v_codes, row_source) -> None:
-    """lut_pipe 6's copies (cp.async.bulk, sm_90 and later) take planes whose rows start at 16-byte boundaries."""
-    if row_source is not None:
-        raise ValueError("lut_pipe=6 copies planes; codec rows (launch_rows) take lut_pipe 2 or 3")
+def bulk_unsupported(q, k_codes, v_codes) -> str | None:
+    """Why lut_pipe 6's copies (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these planes, or
+    None."""
     if q.is_cuda and torch.cuda.get_device_capability(q.device) < (9, 0):
-        raise ValueError(f"lut_pipe=6 (cp.async.bulk) needs compute capability 9.0 or later, "
-                         f"{torch.cuda.get_device_name(q.device)} has "
-                         f"{'.'.join(map(str, torch.cuda.get_device_capability(q.device)))}")
+        return (f"lut_pipe=6 (cp.async.bulk) needs compute capability 9.0 or later, "
+                f"{torch.cuda.get_device_name(q.device)} has "
+                f"{'.'.join(map(str, torch.cuda.get_device_capability(q.device)))}")
     for name, x in (("K", k_codes), ("V", v_codes)):
         if x.data_ptr() % 16 or x.stride(-1) != 1 or any(st % 16 for st in x.stride()[:-1]):
-            raise ValueError(f"lut_pipe=6: the {name} code planes must start at a 16-byte boundary with rows, "
-                             f"heads and batches 16-byte multiples apart, got address {x.data_ptr():#x} and strides "
-                             f"{tuple(x.stride())}")
+            return (f"lut_pipe=6: the {name} code planes must start at a 16-byte boundary with rows, heads and "
+                    f"batches 16-byte multiples apart, got address {x.data_ptr():#x} and strides {tuple(x.stride())}")
+    return None
+
+
+def _check_bulk(q, k_codes, v_codes, row_source) -> None:
+    if row_source is not None:
+        raise ValueError("lut_pipe=6 copies planes; codec rows (launch_rows) take lut_pipe 2 or 3")
+    why = bulk_unsupported(q, k_codes, v_codes)
+    if why:
+        raise ValueError(why)
 
 
 def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:
@@ -587,13 +598,15 @@ def lut_fused_maxnreg(bits: int) -> int:
     return LUT_FUSED_MAXNREGS.get(bits, LUT_FUSED_MAXNREG)
 
 
-def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None) -> tuple[int, int]:
+def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
+                    bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
-    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles one ahead, turbo2 two ahead), else (LUT_PIPE,
+    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles through per-warp bulk copies, lut_pipe 6, or
+    LUT_FUSED_FALLBACK where `bulk` is False: `bulk_unsupported`; turbo2 two ahead in registers), else (LUT_PIPE,
     GLUON_BLOCK_N)."""
     dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
-        return dp, dn
+        return LUT_FUSED_FALLBACK if dp == 6 and not bulk else (dp, dn)
     return (LUT_PIPE if pipe is None else pipe), (GLUON_BLOCK_N if block_n is None else block_n)
 
 
@@ -637,7 +650,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
-    lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n)
+    lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
+                                            bulk_unsupported(q, k_codes, v_codes) is None)
     if lut_maxnreg is None:
         lut_maxnreg = lut_fused_maxnreg(k_kind.bits)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)

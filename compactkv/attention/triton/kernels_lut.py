@@ -167,14 +167,16 @@ def _bulk_inval_asm(stages, step):
     return "\n".join(lines)
 
 
-# $1 lane, $2 the stage's mbarrier, $3 the stage (byte offsets from global_smem), $4 the source address, $5 the
-# bytes (0: nothing to copy, the barrier's phase completes at the arrival). The warp's lanes synchronise first:
-# they have read the stage's last words (their values are used before this).
+# $1 lane, $2 the stage's mbarrier, $3 / $5 the K / V stage (byte offsets from global_smem), $4 / $6 the K / V
+# source addresses, $7 the bytes of each (0: nothing to copy, the barrier's phase completes at the arrival). The
+# warp's lanes synchronise first: they have read the stage's last words (their values are used before this).
 _BULK_COPY_ASM = gl.constexpr("\n".join([
-    "{", ".reg .pred p, q;", ".reg .b32 s, bar, d;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
-    "setp.ne.and.u32 q, $5, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;", "add.u32 d, s, $3;",
-    "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], $5;",
-    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [d], [$4], $5, [bar];",
+    "{", ".reg .pred p, q;", ".reg .b32 s, bar, kd, vd, tx;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
+    "setp.ne.and.u32 q, $7, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;", "add.u32 kd, s, $3;",
+    "add.u32 vd, s, $5;", "shl.b32 tx, $7, 1;",
+    "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;",
+    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [kd], [$4], $7, [bar];",
+    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [vd], [$6], $7, [bar];",
     "mov.u32 $0, 0;", "}"]))
 
 # every lane: wait until the mbarrier at global_smem + $1 has completed the phase of parity $2
@@ -196,12 +198,13 @@ def _bulk_inval(lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
 
 
 @gluon.jit
-def _bulk_tile(lane, bar, dst, base, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
-    """lut_pipe 6: the code rows (K or V) of the tile starting at token `tok` (per thread: its warp's), at most BN
-    and none at or past `hi`, copied into the stage at `dst`, completing the mbarrier at `bar`."""
+def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
+    """lut_pipe 6: the K and V code rows of the tile starting at token `tok` (per thread: its warp's), at most BN
+    and none at or past `hi`, copied into the stages at kdst / vdst, completing the mbarrier at `bar`."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
-    gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r", [lane, bar, dst, base + tok.to(gl.int64) * RB, n * RB],
-                              dtype=gl.int32, is_pure=False, pack=1)
+    src = tok.to(gl.int64) * RB
+    gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r,l,r", [lane, bar, kdst, kbase + src, vdst, vbase + src,
+                                                                   n * RB], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -1247,22 +1250,22 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if PIPE == 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
         SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
         S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
-        # mbarriers k = 2 (S6 w + s) (K) and k + 1 (V): turbo4 in the unused second half of table row k (written
-        # above), else after the K stages
+        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (written above), else after the
+        # K stages
         BSTEP: gl.constexpr = 256 if BITS == 4 else 8
         BAR0: gl.constexpr = 128 if BITS == 4 else 65536 + S6 * SB6
         T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
         e6 = gl.arange(0, W * 32, layout=T1)
         lane6 = e6 % 32
         w6 = e6 // 32
-        bar6 = BAR0 + w6 * (2 * S6 * BSTEP)
-        _bulk_init(lane6, bar6, 2 * S6, BSTEP)
+        bar6 = BAR0 + w6 * (S6 * BSTEP)
+        _bulk_init(lane6, bar6, S6, BSTEP)
         lo6 = (pid * W + w6) * split
         hi6 = gl.minimum(lo6 + split, L)
         dst6 = 65536 + w6 * (BN * RB)
         for j in gl.static_range(S6):
-            _bulk_tile(lane6, bar6 + 2 * j * BSTEP, dst6 + j * SB6, kbase, lo6 + j * BN, hi6, BN, RB)
-            _bulk_tile(lane6, bar6 + (2 * j + 1) * BSTEP, dst6 + 65536 + j * SB6, vbase, lo6 + j * BN, hi6, BN, RB)
+            _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
+                       hi6, BN, RB)
 
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
@@ -1350,7 +1353,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             if PIPE == 6:  # tile i's copies have landed in its stages (the warp's mbarrier); each lane reads its K
                 # words now, its V words after the scores (fewer live registers)
                 s6 = i % S6
-                _bulk_wait(bar6 + 2 * s6 * BSTEP, (i // S6) & 1)
+                _bulk_wait(bar6 + s6 * BSTEP, (i // S6) & 1)
                 kw_n = st6.index(SLOTS6 + s6).load(KWORD)
                 kc = _spread(kw_n, KLOAD)
                 kc_hi = kc
@@ -1379,9 +1382,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                                         tok, hi_r, RB)
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
-        if PIPE == 6:  # tile i + S6's K rows into the stage tile i's K words leave (used above); then its V words
-            _bulk_tile(lane6, bar6 + 2 * s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB)
-            _bulk_wait(bar6 + (2 * s6 + 1) * BSTEP, (i // S6) & 1)
+        if PIPE == 6:
             vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
             _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
@@ -1392,11 +1393,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
                                                       vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-        if PIPE == 6:  # tile i + S6's V rows into the stage tile i's V words leave (used above)
-            _bulk_tile(lane6, bar6 + (2 * s6 + 1) * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
-                       RB)
+        if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
+            _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
+                       lo6 + t + S6 * BN, hi6, BN, RB)
     if PIPE == 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
-        _bulk_inval(lane6, bar6, 2 * S6, BSTEP)
+        _bulk_inval(lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
