@@ -820,7 +820,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
         # (turbo4's bulk-copy build, lut_pipe 6, keeps a few values of its copies on the stack, outside its loop)
         assert sass_decode.within_budget(ops["LDL"] + ops["STL"], BULK_SPILLS if pipe == 6 else 0)
-        assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 1 if pipe == 6 else 0, "spills in the loop")
+        assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 2 if pipe == 6 else 0, "spills in the loop")
         loads[had] = ops["LDG"] - s["ops"]["LDG"]
     assert loads[True] < loads[False] / 2, loads
 

@@ -650,8 +650,6 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
-    lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
-                                            bulk_unsupported(q, k_codes, v_codes) is None)
     if lut_maxnreg is None:
         lut_maxnreg = lut_fused_maxnreg(k_kind.bits)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
@@ -669,6 +667,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                          f"{list(counters.shape)} on {counters.device}")
     _check_planes(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind)
     check_query_map(q, w)
+    lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
+                                            bulk_unsupported(q, k_codes, v_codes) is None)
     had = None if lut_hadamard is False else lut_hadamard_maps(w, adj, k_kind.bits, lut_warps)
     if lut_hadamard and had is None:
         raise ValueError("lut_hadamard=True: the query map and adj must each be diag(pre) H diag(post) (H the "
