@@ -1108,12 +1108,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
         j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
-        if P == 2 and PIPE == 6:  # (only the first 128 bytes of each row: the mbarriers sit in the others)
-            FILL32: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
-            e32 = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL32))
-            j32 = gl.arange(0, 32, layout=gl.SliceLayout(0, FILL32))
-            words = gl.load(lut_ptr + gl.expand_dims(e32, 1) + gl.expand_dims(j32 * 0, 0))
-        elif P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
+        if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
@@ -1152,27 +1147,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     khi = gl.minimum(klo + split, L)
     vlo = (pid * W + vw3) * split
     vhi = gl.minimum(vlo + split, L)
-
-    if PIPE == 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp) before the
-        # prologue: the copy engine fetches them while the query is mapped and the table written
-        SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
-        S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
-        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row 128 + k (the table fill below leaves
-        # it alone; the query's staging takes the first rows), else after the K stages
-        BSTEP: gl.constexpr = 256 if BITS == 4 else 8
-        BAR0: gl.constexpr = 128 * 256 + 128 if BITS == 4 else 65536 + S6 * SB6
-        T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
-        e6 = gl.arange(0, W * 32, layout=T1)
-        lane6 = e6 % 32
-        w6 = e6 // 32
-        bar6 = BAR0 + w6 * (S6 * BSTEP)
-        _bulk_init(lane6, bar6, S6, BSTEP)
-        lo6 = (pid * W + w6) * split
-        hi6 = gl.minimum(lo6 + split, L)
-        dst6 = 65536 + w6 * (BN * RB)
-        for j in gl.static_range(S6):
-            _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
-                       hi6, BN, RB)
 
     voff = 0  # (turbo3's V word offsets below)
     if PIPE >= 2:
@@ -1268,13 +1242,31 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         if PIPE == 1:
             lut.slice(0, 256, dim=0).store(words)
-        elif PIPE == 6 and P == 2:
-            lut.slice(0, 32, dim=1).store(words)
         else:
             lut.store(words)
         cta_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
+    if PIPE == 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
+        SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
+        S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
+        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (written above), else after the
+        # K stages
+        BSTEP: gl.constexpr = 256 if BITS == 4 else 8
+        BAR0: gl.constexpr = 128 if BITS == 4 else 65536 + S6 * SB6
+        T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
+        e6 = gl.arange(0, W * 32, layout=T1)
+        lane6 = e6 % 32
+        w6 = e6 // 32
+        bar6 = BAR0 + w6 * (S6 * BSTEP)
+        _bulk_init(lane6, bar6, S6, BSTEP)
+        lo6 = (pid * W + w6) * split
+        hi6 = gl.minimum(lo6 + split, L)
+        dst6 = 65536 + w6 * (BN * RB)
+        for j in gl.static_range(S6):
+            _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
+                       hi6, BN, RB)
+
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
