@@ -133,7 +133,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     prologue (`gluon.lut_early_loads`; None: as the launcher would)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS
-    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts, lut_word_vectors
+    from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     from compactkv.attention.triton.gluon import lut_config_error, lut_early_loads, lut_query_rows, lut_stage_layouts
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
         raise ValueError("the table kernel reads turbo4, turbo3 or turbo2 K and V codes (the same kind) only")
@@ -156,14 +156,11 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     keys = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, keys, words=True)
     kstage, vstage = lut_stage_layouts(pipe, kword, vword)
-    (kgrp, kvec), (vgrp, vvec) = ((lut_word_vectors(kword), lut_word_vectors(vword)) if pipe == 6
-                                  else ((None, 1), (None, 1)))
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
                  KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
-                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused), KGRP=kgrp, VGRP=vgrp,
-                 KVEC=kvec, VVEC=vvec)
+                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused))
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -481,7 +481,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
     (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
-    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts, lut_word_vectors
+    from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
@@ -517,8 +517,6 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     nb = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
     kstage, vstage = lut_stage_layouts(pipe, kword, vword)
-    (kgrp, kvec), (vgrp, vvec) = ((lut_word_vectors(kword), lut_word_vectors(vword)) if pipe == 6
-                                  else ((None, 1), (None, 1)))
     if pipe == 6:
         _check_bulk(q, k_codes, v_codes, row_source)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
@@ -542,8 +540,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, KGRP=kgrp, VGRP=vgrp, KVEC=kvec, VVEC=vvec,
-        num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
            hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
@@ -557,13 +554,17 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     return SplitPartials(o, ml, num_splits, block_m, g, 1, 1, 1)
 
 
+@functools.lru_cache(maxsize=16)  # asked at every attend_planes call
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def bulk_unsupported(q, k_codes, v_codes) -> str | None:
     """Why lut_pipe 6's copies (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these planes, or
     None."""
-    if q.is_cuda and torch.cuda.get_device_capability(q.device) < (9, 0):
+    if q.is_cuda and _capability(q.device) < (9, 0):
         return (f"lut_pipe=6 (cp.async.bulk) needs compute capability 9.0 or later, "
-                f"{torch.cuda.get_device_name(q.device)} has "
-                f"{'.'.join(map(str, torch.cuda.get_device_capability(q.device)))}")
+                f"{torch.cuda.get_device_name(q.device)} has {'.'.join(map(str, _capability(q.device)))}")
     for name, x in (("K", k_codes), ("V", v_codes)):
         if x.data_ptr() % 16 or x.stride(-1) != 1 or any(st % 16 for st in x.stride()[:-1]):
             return (f"lut_pipe=6: the {name} code planes must start at a 16-byte boundary with rows, heads and "
@@ -572,6 +573,7 @@ def bulk_unsupported(q, k_codes, v_codes) -> str | None:
 
 
 def _check_bulk(q, k_codes, v_codes, row_source) -> None:
+    """lut_pipe 6 asked for where it cannot run: a ValueError that says why."""
     if row_source is not None:
         raise ValueError("lut_pipe=6 copies planes; codec rows (launch_rows) take lut_pipe 2 or 3")
     why = bulk_unsupported(q, k_codes, v_codes)

@@ -143,8 +143,10 @@ def _lane_offset(like):
 
 
 # lut_pipe 6: each warp's tiles copied by the copy engine (cp.async.bulk, issued by lane 0) into S stages of its own
-# behind the table, one mbarrier per warp and stage, waited on by the warp's lanes, each of which then reads its own
-# words with ld.shared (every step in inline PTX, which Triton's barrier analysis does not see: no CTA barrier)
+# behind the table, one mbarrier per warp and stage, waited on by the warp's lanes, which then read their words
+# (Gluon loads of a view of the stages). Init, arrival, copy and wait are inline PTX, which Triton's barrier
+# analysis does not see: no CTA barrier. The loads stay after the wait: LLVM keeps memory accesses in order around
+# a side-effecting asm statement, and a load that depends on the tile index is not hoisted.
 @triton.constexpr_function
 def _bulk_init_asm(stages, step):
     """Lane 0 ($1 == 0) initialises the warp's `stages` mbarriers (arrival count 1) at global_smem + $2 + s *
@@ -211,34 +213,6 @@ def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, R
 def _bulk_wait(bar, parity):
     gl.inline_asm_elementwise(_BULK_WAIT_ASM, "=r,r,r", [bar, bar * 0 + parity], dtype=gl.int32, is_pure=False,
                               pack=1)
-
-
-@triton.constexpr_function
-def _read_asm(vec):
-    """ld.shared of a lane vector (vec int32 words, outputs $0 ..) at shared byte offset $vec from global_smem."""
-    outs = ", ".join(f"${i}" for i in range(vec))
-    width = {1: "", 2: ".v2", 4: ".v4"}[vec]
-    return (f"{{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, ${vec}; ld.shared{width}.b32 {{{outs}}}, [a]; }}"
-            if vec > 1 else "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }")
-
-
-@gluon.jit
-def _stage_read(off, VEC: gl.constexpr, LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.constexpr):
-    """lut_pipe 6: the word tile [W, BN, NC] in layout LAY whose lane vectors (VEC consecutive words; `off` [W, BN,
-    NC / VEC] their byte offsets from global_smem, in `lut_word_vectors`' layout) are read by the lanes that hold
-    them (no data crosses lanes)."""
-    if VEC == 4:
-        o0, o1, o2, o3 = gl.inline_asm_elementwise(_read_asm(4), "=r,=r,=r,=r,r", [off],
-                                                   dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=False,
-                                                   pack=1)
-        x = gl.join(gl.join(o0, o2), gl.join(o1, o3))
-    elif VEC == 2:
-        o0, o1 = gl.inline_asm_elementwise(_read_asm(2), "=r,=r,r", [off], dtype=(gl.int32, gl.int32),
-                                           is_pure=False, pack=1)
-        x = gl.join(o0, o1)
-    else:
-        x = gl.inline_asm_elementwise(_read_asm(1), "=r,r", [off], dtype=gl.int32, is_pure=False, pack=1)
-    return gl.convert_layout(gl.reshape(x, [W, BN, NC]), LAY)
 
 
 @gluon.jit
@@ -1040,8 +1014,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False, KGRP: gl.constexpr = None, VGRP: gl.constexpr = None,
-                      KVEC: gl.constexpr = 1, VVEC: gl.constexpr = 1):
+                      EARLY: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1052,8 +1025,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     lane that copies a word is the one that reads it and no barrier is needed), the norms two tiles ahead in
     registers; 6 = each warp's tiles copied by the copy engine (cp.async.bulk from lane 0, `_bulk_tile`) into
     stages of its own behind the table (as 4's, but in the planes' byte order), one mbarrier per warp and stage,
-    the next S - 1 tiles in flight, each lane reading its words back with ld.shared (KGRP / VGRP, KVEC / VVEC:
-    `lut_word_vectors`), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90). BITS: 4 (turbo4
+    the next S - 1 tiles in flight, each lane reading its words back with ld.shared (K at the tile's start, V after
+    the scores), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90). BITS: 4 (turbo4
     K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
@@ -1472,21 +1445,3 @@ def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
     bases = regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases]
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
 
-
-def lut_word_vectors(word: gl.DistributedLinearLayout) -> tuple[gl.DistributedLinearLayout, int]:
-    """lut_pipe 6's view of a word tile [W, BN, NC] in register layout `word` (`lut_layouts`): (the layout of one
-    element per lane vector, [W, BN, NC / vec], the vector's consecutive words folded out of the column; vec, the
-    words per vector: 4 for turbo4's K, 2 for its V). `_stage_read` reads each vector with one ld.shared."""
-    regs = [list(x) for x in word.reg_bases]
-    v = 0
-    while v < len(regs) and regs[v] == [0, 0, 1 << v]:
-        v += 1
-    w, bn, nc = word.shape
-
-    def fold(x):
-        assert x[2] % (1 << v) == 0, (x, v)
-        return [x[0], x[1], x[2] >> v]
-    group = gl.DistributedLinearLayout(reg_bases=[fold(x) for x in regs[v:]],
-                                       lane_bases=[fold(x) for x in word.lane_bases], warp_bases=word.warp_bases,
-                                       block_bases=[], shape=[w, bn, nc >> v])
-    return group, 1 << v
