@@ -892,6 +892,24 @@ def test_bulk_stage_build_compiles_for_sm90(kind):
     assert lut_config_error(4, 128, 8, 6, 248, 64) is None and lut_config_error(3, 128, 8, 6, 248) is not None
 
 
+def test_bulk_copies_name_what_they_cannot_read():
+    """lut_pipe 6 reads planes with 16-byte bulk copies: planes off a 16-byte boundary (or rows apart by other than
+    a multiple of 16) get a reason (attend_planes then takes the register build, LUT_FUSED_FALLBACK), codec rows a
+    ValueError; aligned planes none."""
+    from compactkv.attention.triton.gluon import LUT_FUSED_FALLBACK, _check_bulk, bulk_unsupported, lut_fused_build
+    q = torch.zeros(2, 8, 4, 128)
+    planes = torch.zeros(2, 8, 100, 64, dtype=torch.uint8)
+    assert bulk_unsupported(q, planes, planes) is None
+    odd = torch.zeros(2 * 8 * 100 * 64 + 1, dtype=torch.uint8)[1:].view(2, 8, 100, 64)
+    why = bulk_unsupported(q, planes, odd)
+    assert why is not None and "V code planes" in why and "16-byte" in why
+    heads = torch.zeros(2 * 8 * 6408, dtype=torch.uint8).as_strided((2, 8, 100, 64), (8 * 6408, 6408, 64, 1))
+    assert "K code planes" in bulk_unsupported(q, heads, planes)  # heads 6408 bytes apart
+    with pytest.raises(ValueError, match="codec rows"):
+        _check_bulk(q, planes, planes, (planes, planes, 10))
+    assert lut_fused_build(4, bulk=False) == LUT_FUSED_FALLBACK and lut_fused_build(2, bulk=False) == (3, 64)
+
+
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])
 def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
     """lut_pipe 4 (session 21): the table and 64 KB each of K and V word stages in one 192 KB allocation (the
