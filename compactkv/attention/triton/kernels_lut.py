@@ -148,25 +148,16 @@ def _lane_offset(like):
 # analysis does not see: no CTA barrier. The loads stay after the wait: LLVM keeps memory accesses in order around
 # a side-effecting asm statement, and a load that depends on the tile index is not hoisted.
 @triton.constexpr_function
-def _bulk_init_asm(stages, step):
-    """Lane 0 ($1 == 0) initialises the warp's `stages` mbarriers (arrival count 1) at global_smem + $2 + s *
-    step; fenced for the copy engine, the warp then synchronised."""
-    lines = ["{", ".reg .pred p;", ".reg .b32 a;", "setp.eq.u32 p, $1, 0;", "mov.u32 a, global_smem;",
-             "add.u32 a, a, $2;"]
-    lines += [f"@p mbarrier.init.shared::cta.b64 [a+{s * step}], 1;" for s in range(stages)]
-    lines += ["fence.mbarrier_init.release.cluster;", "fence.proxy.async.shared::cta;", "bar.warp.sync -1;",
-              "mov.u32 $0, 0;", "}"]
-    return "\n".join(lines)
-
-
-@triton.constexpr_function
-def _bulk_inval_asm(stages, step):
-    """Lane 0 ($1 == 0) invalidates the warp's mbarriers (their memory is then reused)."""
-    lines = ["{", ".reg .pred p;", ".reg .b32 a;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
-             "mov.u32 a, global_smem;", "add.u32 a, a, $2;"]
-    lines += [f"@p mbarrier.inval.shared::cta.b64 [a+{s * step}];" for s in range(stages)]
-    lines += ["mov.u32 $0, 0;", "}"]
-    return "\n".join(lines)
+def _bulk_barriers_asm(op, stages, step):
+    """Lane 0 ($1 == 0) applies `op` to the warp's `stages` mbarriers at global_smem + $2 + s * step: "init"
+    (arrival count 1; fenced for the copy engine, the warp then synchronised) or "inval" (the warp synchronised
+    first; their memory is then reused)."""
+    body = ([f"@p mbarrier.init.shared::cta.b64 [a+{s * step}], 1;" for s in range(stages)]
+            + ["fence.mbarrier_init.release.cluster;", "fence.proxy.async.shared::cta;", "bar.warp.sync -1;"]
+            if op == "init" else [f"@p mbarrier.inval.shared::cta.b64 [a+{s * step}];" for s in range(stages)])
+    first = [] if op == "init" else ["bar.warp.sync -1;"]
+    return "\n".join(["{", ".reg .pred p;", ".reg .b32 a;", *first, "setp.eq.u32 p, $1, 0;", "mov.u32 a, global_smem;",
+                      "add.u32 a, a, $2;", *body, "mov.u32 $0, 0;", "}"])
 
 
 # $1 lane, $2 the stage's mbarrier, $3 / $5 the K / V stage (byte offsets from global_smem), $4 / $6 the K / V
@@ -188,14 +179,8 @@ _BULK_WAIT_ASM = gl.constexpr("\n".join([
 
 
 @gluon.jit
-def _bulk_init(lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
-    gl.inline_asm_elementwise(_bulk_init_asm(STAGES, STEP), "=r,r,r", [lane, bar], dtype=gl.int32, is_pure=False,
-                              pack=1)
-
-
-@gluon.jit
-def _bulk_inval(lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
-    gl.inline_asm_elementwise(_bulk_inval_asm(STAGES, STEP), "=r,r,r", [lane, bar], dtype=gl.int32,
+def _bulk_barriers(OP: gl.constexpr, lane, bar, STAGES: gl.constexpr, STEP: gl.constexpr):
+    gl.inline_asm_elementwise(_bulk_barriers_asm(OP, STAGES, STEP), "=r,r,r", [lane, bar], dtype=gl.int32,
                               is_pure=False, pack=1)
 
 
@@ -1232,7 +1217,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         lane6 = e6 % 32
         w6 = e6 // 32
         bar6 = BAR0 + w6 * (S6 * BSTEP)
-        _bulk_init(lane6, bar6, S6, BSTEP)
+        _bulk_barriers("init", lane6, bar6, S6, BSTEP)
         lo6 = (pid * W + w6) * split
         hi6 = gl.minimum(lo6 + split, L)
         dst6 = 65536 + w6 * (BN * RB)
@@ -1370,7 +1355,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
                        lo6 + t + S6 * BN, hi6, BN, RB)
     if PIPE == 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
-        _bulk_inval(lane6, bar6, S6, BSTEP)
+        _bulk_barriers("inval", lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
