@@ -875,7 +875,8 @@ def test_bulk_stage_build_compiles_for_sm90(kind):
     """lut_pipe 6: the finishing build with each warp's tiles copied by the copy engine (one UBLKCP per operand and
     tile, issued by one lane) into stages behind the table (one 192 KB allocation), an mbarrier per warp and stage
     (SYNCS: the expecting arrival, the wait), the words read back with ld.shared (turbo4: 16-byte K, 8-byte V
-    vectors), no CTA barrier and no spill stores in the loop."""
+    vectors), no CTA barrier, and in the loop no more spill traffic than the timed build's (triton 3.6: 5 LDL/STL
+    with turbo4's traded rows, `bulk_stage_layout`; 1 before them)."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_config_error, lut_smem
     s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=64, pipe=6, maxnreg=248, qmap=True, fused=True,
@@ -883,13 +884,44 @@ def test_bulk_stage_build_compiles_for_sm90(kind):
     assert s["shared"] == lut_smem(8, 128, 6, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
     ops = s["ops"]
     assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
-    assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 1)
+    assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 5 if kind == "turbo4" else 1)
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
     if kind == "turbo4":
         assert "LDS.128" in s["sass"] and "LDS.64" in s["sass"]
     assert lut_config_error(4, 128, 16, 6, 255, 64) is not None  # one stage of 16 warps' tiles fills 64 KB
     assert lut_config_error(2, 128, 16, 6, 255, 64) is not None  # turbo2: three stages and the mbarriers
     assert lut_config_error(4, 128, 8, 6, 248, 64) is None and lut_config_error(3, 128, 8, 6, 248) is not None
+
+
+@pytest.mark.parametrize("w,bn", [(8, 64), (4, 32)])
+def test_bulk_stage_trade_halves_the_value_reads_conflicts(w, bn):
+    """lut_pipe 6's stages hold the copies' rows (64 bytes per turbo4 token): read plainly, each 8-byte V read
+    meets 4-way bank conflicts (4 tokens' same 32 bytes per half-warp), 4x the wavefronts its bytes need; with
+    `bulk_stage_layout`'s trade of rows 4 m + 2 and 4 m + 3, 2x, and K's 16-byte reads stay at their bytes'
+    minimum. The trade is a permutation of rows within aligned groups of 4 tokens and is its own inverse (the
+    kernel's `_traded` token index)."""
+    from compactkv.attention.triton.gluon import lut_stage_layouts
+    from compactkv.attention.triton.kernels_lut import bulk_stage_layout, lut_layouts, shared_wavefronts
+    _k, _v, kword, vword = lut_layouts(w, bn, 64, words=True)
+    nc = 16
+    plain = ([[0, 0, 1 << i] for i in range(4)] + [[0, 1 << i, 0] for i in range(bn.bit_length() - 1)]
+             + [[1 << i, 0, 0] for i in range(w.bit_length() - 1)])
+    traded = bulk_stage_layout(w, bn, nc).offset_bases
+    least = bn * nc * 4 // 128  # wavefronts of 128 bytes one warp's tile needs
+    assert shared_wavefronts(kword, plain) == least and shared_wavefronts(vword, plain) == 4 * least
+    assert shared_wavefronts(kword, traded) == least and shared_wavefronts(vword, traded) == 2 * least
+    rows = []
+    for r in range(bn):  # the token kept at row r: the xor of the bases of r's bits
+        t = 0
+        for i in range(bn.bit_length() - 1):
+            if r >> i & 1:
+                t ^= traded[4 + i][1]
+        rows.append(t)
+    assert sorted(rows) == list(range(bn)) and all(rows[rows[r]] == r for r in range(bn))
+    assert all(rows[r] // 4 == r // 4 and rows[r] == r ^ ((r >> 1) & 1) for r in range(bn))
+    assert lut_stage_layouts(6, kword, vword)[0] == bulk_stage_layout(w, bn, nc)
+    _k2, _v2, kword2, vword2 = lut_layouts(w, bn, 32, words=True)  # turbo2's 32-byte rows keep the copies' order
+    assert lut_stage_layouts(6, kword2, vword2) == (None, None)
 
 
 def test_bulk_copies_name_what_they_cannot_read():

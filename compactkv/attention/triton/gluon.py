@@ -370,11 +370,18 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
 
 def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
-    keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2), else
+    keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2); at
+    lut_pipe 6 (KSTAGE, None), KSTAGE the view of the whole buffer with turbo4's token rows traded
+    (`kernels_lut.bulk_stage_layout`: half the V reads' bank conflicts), None for turbo2 (plain rows); else
     (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
+    from .kernels_lut import bulk_stage_layout, lut_stage_layout
+    if pipe == 6:
+        w, bn, nc = kword.shape
+        if nc != 16:  # (turbo2's 32-byte rows: not measured with the trade)
+            return None, None
+        return bulk_stage_layout(w, bn, nc), None
     if pipe != 4:
         return None, None
-    from .kernels_lut import lut_stage_layout
     return lut_stage_layout(kword), lut_stage_layout(vword)
 
 

@@ -201,6 +201,15 @@ def _bulk_wait(bar, parity):
 
 
 @gluon.jit
+def _traded(tr):
+    """Tile tokens tr [1, BN], each moved to the token whose row `bulk_stage_layout` puts at its place: j ^ ((j >>
+    1) & 1) (the trade is its own inverse). Written on tr's two low bits, which are a lane's and the same in all
+    its registers, so the compiler keeps one per-lane offset (tr ^ ((tr >> 1) & 1) took a register per token and
+    spilled)."""
+    return tr + ((((tr & 2) >> 1) ^ (tr & 1)) - (tr & 1))
+
+
+@gluon.jit
 def _keep(x):
     gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
 
@@ -1268,7 +1277,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if PIPE == 6:  # the stages as [slots, W, BN, NC] words (the copies' byte order); the norms one tile ahead
         NC6: gl.constexpr = RB // 4
         SLOTS6: gl.constexpr = 65536 // SB6
-        st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], FLAT3)
+        if KSTAGE is None:
+            st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], FLAT3)
+        else:  # `bulk_stage_layout`: tokens 4 m + 2, 4 m + 3 in each other's rows, so every token index trades too
+            st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], KSTAGE)
+            tr = _traded(tr)
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
@@ -1429,4 +1442,59 @@ def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
         vec += 1
     bases = regs[:vec] + [list(x) for x in word.lane_bases] + regs[vec:] + [list(x) for x in word.warp_bases]
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
+
+
+def bulk_stage_layout(w: int, bn: int, nc: int) -> gl.SharedLinearLayout:
+    """Shared layout of one of lut_pipe 6's stages [W, BN, NC] of int32 words (a stack of them views the kernel's
+    one buffer): the copies' byte order (row t of a warp's stage = token t of its tile, NC words), except that
+    tokens 4 m + 2 and 4 m + 3 trade rows.
+
+    Why: a V word read (`lut_layouts`' VWORD, ld.shared.v2) gives the 16 lanes of each half-warp the same 32
+    bytes of tokens t, t + 2, t + 4, t + 6; in 64-byte rows those sit in the same 8 banks (4-way conflicts, 8
+    wavefronts per read). With the trade, token j's row is j ^ ((j >> 1) & 1): two of the four rows are odd (the
+    other 8 banks of their 128 bytes), so 4 wavefronts; K's ld.shared.v4 (tokens 2 m, 2 m + 1 per quarter-warp)
+    still reads two adjacent rows (`shared_wavefronts` counts both). The kernel reads every token-indexed thing
+    (norms, the valid mask) at the traded index too, so scores and values stay paired."""
+    def bits_of(n):
+        return n.bit_length() - 1
+    bases = [[0, 0, 1 << i] for i in range(bits_of(nc))]
+    bases += [[0, 3 if i == 1 else 1 << i, 0] for i in range(bits_of(bn))]  # row 2 holds token 3, so 3 holds 2
+    bases += [[1 << i, 0, 0] for i in range(bits_of(w))]
+    return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
+
+
+def shared_wavefronts(word: gl.DistributedLinearLayout, offset_bases: list) -> int:
+    """Shared-memory wavefronts of one warp reading a [1, BN, NC] word tile in register layout `word` (its
+    first registers a lane's contiguous vector) from a buffer whose word offset bit i holds coordinate
+    offset_bases[i] ([W, BN, NC]): the hardware splits a read of v-byte vectors into
+    phases of 128 / v lanes, and a phase costs as many wavefronts as the most distinct words it asks of one of
+    the 32 banks (lanes reading the same word share it)."""
+    def xor(bases, n):
+        out = [0] * len(bases[0]) if bases else []
+        for i, base in enumerate(bases):
+            if n >> i & 1:
+                out = [a ^ b for a, b in zip(out, base)]
+        return out
+    rank = len(word.reg_bases[0])
+    where = {}
+    for off in range(1 << len(offset_bases)):
+        c = xor(offset_bases, off)
+        where[tuple(c)] = off
+    regs = word.reg_bases
+    vec = 0
+    while vec < len(regs) and regs[vec] == [0] * (rank - 1) + [1 << vec]:
+        vec += 1
+    width = 4 << vec
+    per_phase = max(1, 128 // width)
+    total = 0
+    for r in range(1 << (len(regs) - vec)):
+        lead = xor(regs[vec:], r)
+        offs = [where[tuple(a ^ b for a, b in zip(lead, xor(word.lane_bases, lane)))] for lane in range(32)]
+        for p in range(0, 32, per_phase):
+            banks: dict[int, set] = {}
+            for off in offs[p:p + per_phase]:
+                for k in range(1 << vec):
+                    banks.setdefault((off + k) % 32, set()).add(off + k)
+            total += max(len(x) for x in banks.values())
+    return total
 
