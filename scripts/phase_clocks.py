@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         for kind in kinds:
             bits = int(kind[-1])
             pipe = lut_fused_build(bits, options.get("lut_pipe"), options.get("lut_block_n"))[0]
-            regs = options.get("lut_maxnreg", lut_fused_maxnreg(bits))
+            regs = options.get("lut_maxnreg", lut_fused_maxnreg(bits, pipe))
             ns = lut_splits(b * HKV, t, warps, dev, 128, pipe, regs, bits)
             ns = -(-ns // warps) * warps
             clk = torch.zeros(lut_clock_shape(b, HKV, ns, warps), dtype=torch.int64, device=dev)

@@ -276,7 +276,7 @@ def build_hashes() -> list[str]:
     """One line per default build: its name, the SHA-1 of its sm_90 disassembly (12 hex digits), registers and
     stack bytes. Two trees (or triton releases) whose lines match build the same machine code."""
     import hashlib
-    from compactkv.attention.triton.gluon import (LUT_FUSED_FALLBACK, LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG,
+    from compactkv.attention.triton.gluon import (LUT_FUSED_FALLBACKS, LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG,
                                                   LUT_ROWS_PIPE, lut_fused_build, lut_fused_maxnreg)
     out = []
     for kind in ("turbo4", "turbo3", "turbo2"):
@@ -284,8 +284,10 @@ def build_hashes() -> list[str]:
         pipe, bn = lut_fused_build(bits)
         fused = dict(pipe=pipe, block_n=bn, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True, hadamard=True)
         bulk = None
-        if pipe == 6:  # (turbo4 since session 28: its register build, named as before, is the fallback before sm_90)
-            fused, bulk = dict(fused, pipe=LUT_FUSED_FALLBACK[0], block_n=LUT_FUSED_FALLBACK[1]), fused
+        if pipe == 6:  # (turbo4 since session 28, turbo2 since 29: the register build, named as before, is the
+            # fallback before sm_90)
+            back = LUT_FUSED_FALLBACKS[bits]
+            fused, bulk = dict(fused, pipe=back[0], block_n=back[1], maxnreg=lut_fused_maxnreg(bits, back[0])), fused
         builds = {"fused": fused, "fused-early": dict(fused, early=True),
                   "planes": dict(pipe=LUT_PIPE, block_n=32, maxnreg=LUT_MAXNREG),
                   "rows": dict(pipe=LUT_ROWS_PIPE, block_n=32, maxnreg=LUT_ROWS_MAXNREG, rows=True),

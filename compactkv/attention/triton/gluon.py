@@ -34,7 +34,7 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (6, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
+LUT_FUSED_TILES = {4: (6, 64), 2: (6, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
 # (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200
 # same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
 # T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
@@ -44,12 +44,19 @@ LUT_FUSED_TILES = {4: (6, 64), 2: (3, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # (docs/perf/sweep-tiles-*-s23-h200.json). With the dense maps (session 21) turbo2 86.8 -> 89.1 one ahead.
 # Session 28: turbo4 with per-warp bulk copies into stages (lut_pipe 6): H200, same calls, B=8 T=32K 92.4 -> 87.6 us
 # and 94.5-94.7 -> 89.2-89.7 (with the 4fcb747 build), B=1 T=128K 51.9 -> 50.4 and 52.4 -> 50.7
-# (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken.
-LUT_FUSED_FALLBACK = (2, 64)  # turbo4's finishing build where lut_pipe 6 cannot run (before sm_90, unaligned planes)
-LUT_FUSED_MAXNREGS = {4: 248}  # bits -> the finishing build's register cap where not LUT_FUSED_MAXNREG: turbo4 with
-# the Hadamard maps at 248 (ptxas schedules its loop otherwise; H200, two interleaved runs, us at B=1 T=128K / B=8
-# T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9 against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2
-# alike at both; session 23, docs/perf/sweep-regs-*-s23-h200.json)
+# (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken. Session 29: the stages' rows
+# traded (`kernels_lut.bulk_stage_layout`); turbo2 on lut_pipe 6 too: H200, same call, two rounds, B=8 T=32K
+# 78.1-78.4 -> 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0
+# (docs/perf/sweep-trade-*-s29-h200.json).
+LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where lut_pipe 6 cannot run (before
+# sm_90, unaligned planes): the register pipelines that were the defaults before
+LUT_FUSED_MAXNREGS = {(4, 2): 248}  # (bits, lut_pipe) -> the finishing build's register cap where not
+# LUT_FUSED_MAXNREG: turbo4's register pipeline with the Hadamard maps at 248 (ptxas schedules its loop otherwise;
+# H200, two interleaved runs, us at B=1 T=128K / B=8 T=32K / B=8 T=128K: 52.2-52.7 / 95.1-95.6 / 353.9-354.9
+# against 53.5-53.9 / 96.7 / 360.0-360.6 at 255; turbo2 alike at both; session 23,
+# docs/perf/sweep-regs-*-s23-h200.json). The bulk-copy builds (lut_pipe 6) at 255: no spill in their sm_90 loops
+# (turbo4 at 248: 5 spill loads / stores per tile), H200 same call, two rounds, turbo4 82.8-83.3 / 47.5 / 307.4-308.4
+# us at B=8 T=32K / B=1 T=128K / B=8 T=128K against 83.2 / 47.9 / 308.6-309.5 at 248 (session 29).
 LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (attend_planes) issues its first tiles'
 # loads before the prologue (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard factors or none; the other
 # launches, not timed that way, load them after it unless asked). Session 24, H200, same-card A/B
@@ -371,14 +378,12 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
 def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
     keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2); at
-    lut_pipe 6 (KSTAGE, None), KSTAGE the view of the whole buffer with turbo4's token rows traded
-    (`kernels_lut.bulk_stage_layout`: half the V reads' bank conflicts), None for turbo2 (plain rows); else
-    (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
+    lut_pipe 6 (KSTAGE, None), KSTAGE the layout of each stage with token rows traded
+    (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads); else (None, None). kword / vword:
+    `kernels_lut.lut_layouts`'s."""
     from .kernels_lut import bulk_stage_layout, lut_stage_layout
     if pipe == 6:
         w, bn, nc = kword.shape
-        if nc != 16:  # (turbo2's 32-byte rows: not measured with the trade)
-            return None, None
         return bulk_stage_layout(w, bn, nc), None
     if pipe != 4:
         return None, None
@@ -602,20 +607,23 @@ def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = 
     return bool(early)
 
 
-def lut_fused_maxnreg(bits: int) -> int:
-    """The finishing table kernel's register cap for `bits`-bit codes (`attend_planes`' default lut_maxnreg)."""
-    return LUT_FUSED_MAXNREGS.get(bits, LUT_FUSED_MAXNREG)
+def lut_fused_maxnreg(bits: int, pipe: int | None = None) -> int:
+    """The finishing table kernel's register cap for `bits`-bit codes on lut_pipe `pipe` (None: the kind's default
+    build, `lut_fused_build`), `attend_planes`' default lut_maxnreg."""
+    if pipe is None:
+        pipe = lut_fused_build(bits)[0]
+    return LUT_FUSED_MAXNREGS.get((bits, pipe), LUT_FUSED_MAXNREG)
 
 
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
-    given, else LUT_FUSED_TILES' for the kind (turbo4: 64-token tiles through per-warp bulk copies, lut_pipe 6, or
-    LUT_FUSED_FALLBACK where `bulk` is False: `bulk_unsupported`; turbo2 two ahead in registers), else (LUT_PIPE,
+    given, else LUT_FUSED_TILES' for the kind (turbo4 and turbo2: 64-token tiles through per-warp bulk copies,
+    lut_pipe 6, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`), else (LUT_PIPE,
     GLUON_BLOCK_N)."""
     dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
-        return LUT_FUSED_FALLBACK if dp == 6 and not bulk else (dp, dn)
+        return LUT_FUSED_FALLBACKS[bits] if dp == 6 and not bulk else (dp, dn)
     return (LUT_PIPE if pipe is None else pipe), (GLUON_BLOCK_N if block_n is None else block_n)
 
 
@@ -659,8 +667,6 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
         raise ValueError(why)
-    if lut_maxnreg is None:
-        lut_maxnreg = lut_fused_maxnreg(k_kind.bits)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
     # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
     # table's 64 KB
@@ -678,6 +684,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     check_query_map(q, w)
     lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
                                             bulk_unsupported(q, k_codes, v_codes) is None)
+    if lut_maxnreg is None:
+        lut_maxnreg = lut_fused_maxnreg(k_kind.bits, lut_pipe)
     had = None if lut_hadamard is False else lut_hadamard_maps(w, adj, k_kind.bits, lut_warps)
     if lut_hadamard and had is None:
         raise ValueError("lut_hadamard=True: the query map and adj must each be diag(pre) H diag(post) (H the "

@@ -200,13 +200,20 @@ def _bulk_wait(bar, parity):
                               pack=1)
 
 
+@triton.constexpr_function
+def trade_bit(nc):
+    """The token bit k of `bulk_stage_layout`'s trade for rows of nc int32 words: 1 for 64-byte rows (turbo4 at
+    head_dim 128), 2 for 32-byte rows (turbo2)."""
+    return {16: 1, 8: 2}[nc]
+
+
 @gluon.jit
-def _traded(tr):
+def _traded(tr, K: gl.constexpr):
     """Tile tokens tr [1, BN], each moved to the token whose row `bulk_stage_layout` puts at its place: j ^ ((j >>
-    1) & 1) (the trade is its own inverse). Written on tr's two low bits, which are a lane's and the same in all
-    its registers, so the compiler keeps one per-lane offset (tr ^ ((tr >> 1) & 1) took a register per token and
+    K) & 1) (the trade is its own inverse). Written on tr's low bits, which are a lane's and the same in all its
+    registers, so the compiler keeps one per-lane offset (tr ^ ((tr >> 1) & 1) took a register per token and
     spilled)."""
-    return tr + ((((tr & 2) >> 1) ^ (tr & 1)) - (tr & 1))
+    return tr + (((((tr >> K) & 1)) ^ (tr & 1)) - (tr & 1))
 
 
 @gluon.jit
@@ -1281,7 +1288,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], FLAT3)
         else:  # `bulk_stage_layout`: tokens 4 m + 2, 4 m + 3 in each other's rows, so every token index trades too
             st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], KSTAGE)
-            tr = _traded(tr)
+            tr = _traded(tr, trade_bit(NC6))
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
@@ -1447,18 +1454,21 @@ def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
 def bulk_stage_layout(w: int, bn: int, nc: int) -> gl.SharedLinearLayout:
     """Shared layout of one of lut_pipe 6's stages [W, BN, NC] of int32 words (a stack of them views the kernel's
     one buffer): the copies' byte order (row t of a warp's stage = token t of its tile, NC words), except that
-    tokens 4 m + 2 and 4 m + 3 trade rows.
+    tokens whose bit k (`trade_bit`) is set trade rows in pairs: token j sits in row j ^ ((j >> k) & 1).
 
-    Why: a V word read (`lut_layouts`' VWORD, ld.shared.v2) gives the 16 lanes of each half-warp the same 32
-    bytes of tokens t, t + 2, t + 4, t + 6; in 64-byte rows those sit in the same 8 banks (4-way conflicts, 8
-    wavefronts per read). With the trade, token j's row is j ^ ((j >> 1) & 1): two of the four rows are odd (the
-    other 8 banks of their 128 bytes), so 4 wavefronts; K's ld.shared.v4 (tokens 2 m, 2 m + 1 per quarter-warp)
-    still reads two adjacent rows (`shared_wavefronts` counts both). The kernel reads every token-indexed thing
-    (norms, the valid mask) at the traded index too, so scores and values stay paired."""
+    Why: a V word read (`lut_layouts`' VWORD) gives a phase of lanes the same bytes of tokens t, t + 2, t + 4,
+    t + 6 (bits 1 and 2 of the token from the lane). A 128-byte bank cycle holds 2 rows of 64 bytes (turbo4) or
+    4 of 32 bytes (turbo2), so in the copies' order those tokens' bytes sit in the same banks: 4-way (turbo4) or
+    2-way (turbo2) conflicts. With the trade the row's low bits (which pick the banks) become token bits that
+    differ within the phase: turbo4 (k = 1) halves its V reads' wavefronts (2 rows per cycle cannot hold 4
+    tokens apart), turbo2 (k = 2) reads V without conflict; K's reads (consecutive tokens per phase) keep
+    their bytes' minimum (`shared_wavefronts` counts both). The kernel reads every token-indexed thing (norms,
+    the valid mask) at the traded index too, so scores and values stay paired."""
     def bits_of(n):
         return n.bit_length() - 1
+    k = trade_bit(nc)
     bases = [[0, 0, 1 << i] for i in range(bits_of(nc))]
-    bases += [[0, 3 if i == 1 else 1 << i, 0] for i in range(bits_of(bn))]  # row 2 holds token 3, so 3 holds 2
+    bases += [[0, (1 << i) + (i == k), 0] for i in range(bits_of(bn))]  # row 2^k holds token 2^k + 1
     bases += [[1 << i, 0, 0] for i in range(bits_of(w))]
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
 
