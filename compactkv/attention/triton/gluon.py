@@ -379,12 +379,13 @@ def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
     keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2); at
     lut_pipe 6 (KSTAGE, None), KSTAGE the layout of each stage with token rows traded
-    (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads); else (None, None). kword / vword:
+    (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads; rows of 32 or 64 bytes, the others
+    read in the copies' order); else (None, None). kword / vword:
     `kernels_lut.lut_layouts`'s."""
     from .kernels_lut import bulk_stage_layout, lut_stage_layout
     if pipe == 6:
         w, bn, nc = kword.shape
-        return bulk_stage_layout(w, bn, nc), None
+        return (bulk_stage_layout(w, bn, nc), None) if nc in (8, 16) else (None, None)
     if pipe != 4:
         return None, None
     return lut_stage_layout(kword), lut_stage_layout(vword)

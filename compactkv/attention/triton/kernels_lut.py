@@ -203,7 +203,8 @@ def _bulk_wait(bar, parity):
 @triton.constexpr_function
 def trade_bit(nc):
     """The token bit k of `bulk_stage_layout`'s trade for rows of nc int32 words: 1 for 64-byte rows (turbo4 at
-    head_dim 128), 2 for 32-byte rows (turbo2)."""
+    head_dim 128), 2 for 32-byte rows (turbo2; turbo4 at head_dim 64). (Other widths keep the copies' order:
+    `gluon.lut_stage_layouts`.)"""
     return {16: 1, 8: 2}[nc]
 
 
@@ -213,7 +214,7 @@ def _traded(tr, K: gl.constexpr):
     K) & 1) (the trade is its own inverse). Written on tr's low bits, which are a lane's and the same in all its
     registers, so the compiler keeps one per-lane offset (tr ^ ((tr >> 1) & 1) took a register per token and
     spilled)."""
-    return tr + (((((tr >> K) & 1)) ^ (tr & 1)) - (tr & 1))
+    return tr + ((((tr >> K) & 1) ^ (tr & 1)) - (tr & 1))
 
 
 @gluon.jit
@@ -1286,7 +1287,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         SLOTS6: gl.constexpr = 65536 // SB6
         if KSTAGE is None:
             st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], FLAT3)
-        else:  # `bulk_stage_layout`: tokens 4 m + 2, 4 m + 3 in each other's rows, so every token index trades too
+        else:  # `bulk_stage_layout`: pairs of tokens in each other's rows, so every token index trades too
             st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], KSTAGE)
             tr = _traded(tr, trade_bit(NC6))
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
@@ -1507,4 +1508,3 @@ def shared_wavefronts(word: gl.DistributedLinearLayout, offset_bases: list) -> i
                     banks.setdefault((off + k) % 32, set()).add(off + k)
             total += max(len(x) for x in banks.values())
     return total
-
