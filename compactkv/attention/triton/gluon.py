@@ -382,12 +382,12 @@ def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads; rows of 32 or 64 bytes, the others
     read in the copies' order); else (None, None). kword / vword:
     `kernels_lut.lut_layouts`'s."""
+    if pipe not in (4, 6):
+        return None, None
     from .kernels_lut import bulk_stage_layout, lut_stage_layout
     if pipe == 6:
         w, bn, nc = kword.shape
         return (bulk_stage_layout(w, bn, nc), None) if nc in (8, 16) else (None, None)
-    if pipe != 4:
-        return None, None
     return lut_stage_layout(kword), lut_stage_layout(vword)
 
 

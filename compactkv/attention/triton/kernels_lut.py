@@ -1452,6 +1452,7 @@ def lut_stage_layout(word: gl.DistributedLinearLayout) -> gl.SharedLinearLayout:
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
 
 
+@functools.lru_cache(maxsize=16)  # asked at every lut_pipe 6 launch (`gluon.lut_stage_layouts`)
 def bulk_stage_layout(w: int, bn: int, nc: int) -> gl.SharedLinearLayout:
     """Shared layout of one of lut_pipe 6's stages [W, BN, NC] of int32 words (a stack of them views the kernel's
     one buffer): the copies' byte order (row t of a warp's stage = token t of its tile, NC words), except that
