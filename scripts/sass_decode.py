@@ -276,7 +276,7 @@ def build_hashes() -> list[str]:
     """One line per default build: its name, the SHA-1 of its sm_90 disassembly (12 hex digits), registers and
     stack bytes. Two trees (or triton releases) whose lines match build the same machine code."""
     import hashlib
-    from compactkv.attention.triton.gluon import (LUT_FUSED_FALLBACKS, LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG,
+    from compactkv.attention.triton.gluon import (BULK_PIPES, LUT_FUSED_FALLBACKS, LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG,
                                                   LUT_ROWS_PIPE, lut_fused_build, lut_fused_maxnreg)
     out = []
     for kind in ("turbo4", "turbo3", "turbo2"):
@@ -284,7 +284,7 @@ def build_hashes() -> list[str]:
         pipe, bn = lut_fused_build(bits)
         fused = dict(pipe=pipe, block_n=bn, maxnreg=lut_fused_maxnreg(bits), qmap=True, fused=True, hadamard=True)
         bulk = None
-        if pipe == 6:  # (turbo4 since session 28, turbo2 since 29: the register build, named as before, is the
+        if pipe in BULK_PIPES:  # (turbo4 since session 28, turbo2 since 29: the register build, named as before, is the
             # fallback before sm_90)
             back = LUT_FUSED_FALLBACKS[bits]
             fused, bulk = dict(fused, pipe=back[0], block_n=back[1], maxnreg=lut_fused_maxnreg(bits, back[0])), fused
@@ -326,10 +326,10 @@ def main(argv=None) -> int:
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
                     help="the shared-memory table kernel (turbo4, turbo3 or turbo2; --warps splits per program, default 4)")
-    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4, 6), default=0,
+    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4, 6, 7), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead), or the next tiles' words through cp.async stages (4) or per-warp bulk "
-                         "copies into stages (6)")
+                         "copies into stages (6; 7: each operand's copy issued once its stage is read)")
     ap.add_argument("--qmap", action="store_true",
                     help="with --lut: the query map in the kernel's prologue (bf16 query rows and the fp32 map)")
     ap.add_argument("--fused", action="store_true",

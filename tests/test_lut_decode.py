@@ -427,7 +427,7 @@ def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
 @pytest.mark.cuda
 @pytest.mark.parametrize("warps,pipe,maxnreg,bn", [(4, 3, 200, 32), (8, 3, 232, 32), (8, 2, 168, 32), (8, 0, 128, 32),
                                                   (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16), (8, 6, 248, 64),
-                                                  (8, 6, 248, 32)])
+                                                  (8, 6, 248, 32), (8, 7, 255, 64), (8, 7, 255, 32)])
 def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     from test_gluon_decode import TOL
     kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, lut_block_n=bn)
@@ -436,7 +436,8 @@ def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind,pipe,bn", [("turbo2", 2, 64), ("turbo2", 3, 64), ("turbo3", 2, 64), ("turbo2", 6, 64)])
+@pytest.mark.parametrize("kind,pipe,bn", [("turbo2", 2, 64), ("turbo2", 3, 64), ("turbo3", 2, 64), ("turbo2", 6, 64),
+                                          ("turbo2", 7, 64)])
 def test_fused_table_kernel_tiles_of_other_kinds(kind, pipe, bn):
     """turbo2 / turbo3 in 64-token tiles (their default: 32 two ahead) against float64: ragged rows, a row shorter
     than a tile, GQA 4 and 8."""
@@ -871,21 +872,23 @@ def test_early_load_build_compiles_for_sm90(kind):
     assert abs(loops[True] - loops[False]) <= 16, loops
 
 
-@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
-def test_bulk_stage_build_compiles_for_sm90(kind):
+@pytest.mark.parametrize("kind,pipe", [("turbo4", 6), ("turbo2", 6), ("turbo4", 7), ("turbo2", 7)])
+def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
     """lut_pipe 6: the finishing build with each warp's tiles copied by the copy engine (one UBLKCP per operand and
     tile, issued by one lane) into stages behind the table (one 192 KB allocation), an mbarrier per warp and stage
     (SYNCS: the expecting arrival, the wait), the words read back with ld.shared (turbo4: 16-byte K, 8-byte V
     vectors), no CTA barrier and no spill traffic in the loop (at the default cap, `lut_fused_maxnreg`: 255; at
-    248, with the traded rows of `bulk_stage_layout`, turbo4 spilled 5 times per tile)."""
+    248, with the traded rows of `bulk_stage_layout`, turbo4 spilled 5 times per tile). lut_pipe 7: the same
+    copies, each after a fence of the lanes' reads against the copy engine's writes (FENCE.VIEW.ASYNC.S)."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_config_error, lut_fused_maxnreg, lut_smem
-    assert lut_fused_maxnreg(int(kind[-1])) == lut_fused_maxnreg(int(kind[-1]), 6) == 255
-    s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=64, pipe=6, maxnreg=255, qmap=True, fused=True,
-                            hadamard=True)
-    assert s["shared"] == lut_smem(8, 128, 6, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
+    assert lut_fused_maxnreg(int(kind[-1])) == lut_fused_maxnreg(int(kind[-1]), pipe) == 255
+    s = sass_decode.summary(kind, lut=True, d=128, warps=8, block_n=64, pipe=pipe, maxnreg=255, qmap=True,
+                            fused=True, hadamard=True)
+    assert s["shared"] == lut_smem(8, 128, pipe, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
     ops = s["ops"]
     assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    assert ops["FENCE"] == (2 if pipe == 7 else 0), ops
     assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 0)
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
     if kind == "turbo4":

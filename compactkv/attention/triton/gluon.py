@@ -48,6 +48,7 @@ LUT_FUSED_TILES = {4: (6, 64), 2: (6, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # traded (`kernels_lut.bulk_stage_layout`); turbo2 on lut_pipe 6 too: H200, same call, two rounds, B=8 T=32K
 # 78.1-78.4 -> 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0
 # (docs/perf/sweep-trade-*-s29-h200.json).
+BULK_PIPES = (6, 7)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
 LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where lut_pipe 6 cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
 LUT_FUSED_MAXNREGS = {(4, 2): 248}  # (bits, lut_pipe) -> the finishing build's register cap where not
@@ -307,7 +308,7 @@ def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N,
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
     group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
-    if pipe in (4, 6):  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
+    if pipe == 4 or pipe in BULK_PIPES:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
     return table + (pipe == 1) * 2 * warps * block_n * head_dim // 2 + 4 * fused
 
@@ -346,14 +347,15 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
         return f"lut_warps {warps}: takes 4, 8 or 16"
     if block_n not in (16, 32, 64):
         return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
-    if pipe not in (0, 1, 2, 3, 4, 6):
+    if pipe not in (0, 1, 2, 3, 4, 6, 7):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
-                "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead) or 6 (bulk copies per warp "
-                "into stages, several tiles ahead)")
-    if pipe == 6 and bits == 3:
-        return "lut_pipe=6 (bulk copies of the planes' rows) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
-    if pipe == 6 and (2 if bits == 4 else 3) * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
-        return (f"lut_pipe=6 with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
+                "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead), 6 (bulk copies per warp "
+                "into stages, several tiles ahead) or 7 (as 6, each operand's copy issued once its stage is read)")
+    if pipe in BULK_PIPES and bits == 3:
+        return (f"lut_pipe={pipe} (bulk copies of the planes' rows) takes turbo4 and turbo2 codes; turbo3 takes 2 "
+                "or 3")
+    if pipe in BULK_PIPES and (2 if bits == 4 else 3) * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
+        return (f"lut_pipe={pipe} with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
                 f"{'two' if bits == 4 else 'three'} stages of a tile's codes per operand")
     if pipe == 4 and bits == 3:
         return "lut_pipe=4 (cp.async stages of words) takes turbo4 and turbo2 codes; turbo3 takes 2 or 3"
@@ -382,10 +384,10 @@ def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads; rows of 32 or 64 bytes, the others
     read in the copies' order); else (None, None). kword / vword:
     `kernels_lut.lut_layouts`'s."""
-    if pipe not in (4, 6):
+    if pipe != 4 and pipe not in BULK_PIPES:
         return None, None
     from .kernels_lut import bulk_stage_layout, lut_stage_layout
-    if pipe == 6:
+    if pipe in BULK_PIPES:
         w, bn, nc = kword.shape
         return (bulk_stage_layout(w, bn, nc), None) if nc in (8, 16) else (None, None)
     return lut_stage_layout(kword), lut_stage_layout(vword)
@@ -530,7 +532,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     nb = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
     kstage, vstage = lut_stage_layouts(pipe, kword, vword)
-    if pipe == 6:
+    if pipe in BULK_PIPES:
         _check_bulk(q, k_codes, v_codes, row_source)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
         k_tab, v_tab, shift = row_source
@@ -624,7 +626,7 @@ def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = No
     GLUON_BLOCK_N)."""
     dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
-        return LUT_FUSED_FALLBACKS[bits] if dp == 6 and not bulk else (dp, dn)
+        return LUT_FUSED_FALLBACKS[bits] if dp in BULK_PIPES and not bulk else (dp, dn)
     return (LUT_PIPE if pipe is None else pipe), (GLUON_BLOCK_N if block_n is None else block_n)
 
 

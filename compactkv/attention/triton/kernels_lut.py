@@ -172,6 +172,23 @@ _BULK_COPY_ASM = gl.constexpr("\n".join([
     "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [vd], [$6], $7, [bar];",
     "mov.u32 $0, 0;", "}"]))
 
+# lut_pipe 7: the same copies issued one operand at a time, each as soon as the warp has read that operand's words
+# from the stage (K's at the tile's start, V's after the scores) instead of once both are used: $1 lane, $2 the
+# stage's mbarrier, $3 the stage (byte offset from global_smem), $4 the source address, $5 the bytes of each operand.
+# K's (ARRIVE) arrives at the barrier expecting both operands' bytes, V's only copies: the phase completes when both
+# have landed. Every lane fences its reads of the stage against the copy engine's writes (the async proxy), then
+# the warp synchronises.
+@triton.constexpr_function
+def _bulk_op_asm(arrive):
+    return "\n".join([
+        "{", ".reg .pred p, q;", ".reg .b32 s, bar, d, tx;", "fence.proxy.async.shared::cta;", "bar.warp.sync -1;",
+        "setp.eq.u32 p, $1, 0;", "setp.ne.and.u32 q, $5, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;",
+        "add.u32 d, s, $3;", "shl.b32 tx, $5, 1;",
+        *(["@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;"] if arrive else []),
+        "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [d], [$4], $5, [bar];",
+        "mov.u32 $0, 0;", "}"])
+
+
 # every lane: wait until the mbarrier at global_smem + $1 has completed the phase of parity $2
 _BULK_WAIT_ASM = gl.constexpr("\n".join([
     "{", ".reg .pred p;", ".reg .b32 a;", "mov.u32 a, global_smem;", "add.u32 a, a, $1;", "BULK_WAIT:",
@@ -192,6 +209,15 @@ def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, R
     src = tok.to(gl.int64) * RB
     gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r,l,r", [lane, bar, kdst, kbase + src, vdst, vbase + src,
                                                                    n * RB], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
+    """lut_pipe 7: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage at
+    dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes."""
+    n = gl.minimum(gl.maximum(hi - tok, 0), BN)
+    gl.inline_asm_elementwise(_bulk_op_asm(ARRIVE), "=r,r,r,r,l,r", [lane, bar, dst, base + tok.to(gl.int64) * RB,
+                                                                     n * RB], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -1028,7 +1054,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     registers; 6 = each warp's tiles copied by the copy engine (cp.async.bulk from lane 0, `_bulk_tile`) into
     stages of its own behind the table (as 4's, but in the planes' byte order), one mbarrier per warp and stage,
     the next S - 1 tiles in flight, each lane reading its words back with ld.shared (K at the tile's start, V after
-    the scores), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90). BITS: 4 (turbo4
+    the scores), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90); 7 = as 6, but each
+    operand's copy of tile i + S is issued as soon as the warp has read that operand's words of tile i (K's before
+    the scores, V's before the values: `_bulk_op`) instead of after both are used, so a tile's copies have two
+    tiles' compute to land instead of one. BITS: 4 (turbo4
     K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
@@ -1087,7 +1116,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
-        if PIPE == 4 or PIPE == 6:  # the table, then 64 KB of K stages, then 64 KB of V stages
+        if PIPE == 4 or PIPE >= 6:  # the table, then 64 KB of K stages, then 64 KB of V stages
             stages = gl.allocate_shared_memory(gl.int32, [3, 256, 64], FLAT2)
             lut = stages.index(0)
         else:
@@ -1222,7 +1251,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         cta_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
-    if PIPE == 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
+    if PIPE >= 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
         SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
         S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
         # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (written above), else after the
@@ -1282,7 +1311,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                      kwc3, vwc3, RB // 4)
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
         kn_m, vn_m = _load_norms(knb, vnb, lo_r + BN + tr, hi_r)
-    if PIPE == 6:  # the stages as [slots, W, BN, NC] words (the copies' byte order); the norms one tile ahead
+    if PIPE >= 6:  # the stages as [slots, W, BN, NC] words (the copies' byte order); the norms one tile ahead
         NC6: gl.constexpr = RB // 4
         SLOTS6: gl.constexpr = 65536 // SB6
         if KSTAGE is None:
@@ -1329,11 +1358,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 _copy_kv(ks.index((i + S - 1) % S), vs.index((i + S - 1) % S), kwb, vwb,
                          kwlo + t + (S - 1) * BN + kwt3, vwlo + t + (S - 1) * BN + vwt3, kwhi, vwhi, kwc3, vwc3,
                          RB // 4)
-            if PIPE == 6:  # tile i's copies have landed in its stages (the warp's mbarrier); each lane reads its K
+            if PIPE >= 6:  # tile i's copies have landed in its stages (the warp's mbarrier); each lane reads its K
                 # words now, its V words after the scores (fewer live registers)
                 s6 = i % S6
                 _bulk_wait(bar6 + s6 * BSTEP, (i // S6) & 1)
                 kw_n = st6.index(SLOTS6 + s6).load(KWORD)
+                if PIPE == 7:  # tile i + S6's K rows into the stage the warp has just read
+                    _bulk_op(True, lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB)
                 kc = _spread(kw_n, KLOAD)
                 kc_hi = kc
             else:
@@ -1343,7 +1374,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             if PIPE == 4:  # the norms two tiles ahead
                 kn_n, vn_n = kn_m, vn_m
                 kn_m, vn_m = _load_norms(knb, vnb, tok + 2 * BN, hi_r)
-            elif PIPE == 6:  # the norms one tile ahead
+            elif PIPE >= 6:  # the norms one tile ahead
                 kn_n, vn_n = _load_norms(knb, vnb, tok + BN, hi_r)
             elif CODEC_ROWS:  # (`_tile_at`'s loads, written out: its sums of offsets change every build's sm_90 loop)
                 nxt = _load_rows(k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwlo + t + ahead, vwlo + t + ahead, kwt3, vwt3,
@@ -1361,8 +1392,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                                         tok, hi_r, RB)
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
-        if PIPE == 6:
+        if PIPE >= 6:
             vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
+            if PIPE == 7:  # and its V rows
+                _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
+                         RB)
             _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
@@ -1375,7 +1409,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
                        lo6 + t + S6 * BN, hi6, BN, RB)
-    if PIPE == 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
+    if PIPE >= 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
         _bulk_barriers("inval", lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
