@@ -394,6 +394,22 @@ def test_fused_early_loads_either_way_vs_float64(kind, early):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+@pytest.mark.parametrize("pipe", [6, 7])
+def test_fused_bulk_copies_early_vs_float64(kind, pipe):
+    """The bulk copies' mbarriers and first stages set up before the prologue (`lut_early=True` with lut_pipe 6 / 7:
+    turbo4's mbarriers then sit past the query map's staging, its table fill leaving them alone): ragged rows, a
+    row shorter than a tile, warps with nothing to copy, one and many programs a group, GQA 4 and 8; against
+    float64."""
+    from test_gluon_decode import TOL
+    kw = dict(lut_early=True, lut_pipe=pipe, lut_block_n=64)
+    assert _check_fused(kind, 4, [777, 130, 3, 64], **kw) < TOL
+    assert _check_fused(kind, 8, [3001, 100, 3, 1], num_splits=8, **kw) < TOL
+    assert _check_fused(kind, 4, [5000, 2], num_splits=128, **kw) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 @pytest.mark.parametrize("g", [4, 8])
 def test_fused_hadamard_maps_per_head_match_the_dense_ones(kind, g):
     """A per-head query map (keys stored divided by a per-channel scale s: [H, D, D], i.e. the query q / s in the
@@ -829,8 +845,8 @@ def test_hadamard_build_compiles_for_sm90(kind):
 
 def test_lut_early_loads_rule():
     """gluon.lut_early_loads: by default the finishing builds of the kinds of LUT_EARLY_BITS (turbo3) load their
-    first tiles before the prologue where they can (lut_pipe 2 or 3, no dense query map), the other launches not;
-    asked for where they cannot, a ValueError that names what it needs."""
+    first tiles before the prologue where they can (lut_pipe 2 or 3, or the bulk copies' 6 / 7 when asked; no dense
+    query map), the other launches not; asked for where they cannot, a ValueError that names what it needs."""
     from compactkv.attention.triton.gluon import LUT_EARLY_BITS, lut_early_loads
     assert LUT_EARLY_BITS == {3}
     assert lut_early_loads(3, 3, False) and lut_early_loads(3, 2, False)
@@ -840,7 +856,8 @@ def test_lut_early_loads_rule():
     assert lut_early_loads(4, 2, False, True) and lut_early_loads(2, 3, False, True)
     assert not lut_early_loads(3, 3, False, False)
     assert not lut_early_loads(3, 2, False, fused=False) and lut_early_loads(3, 2, False, True, fused=False)
-    with pytest.raises(ValueError, match="lut_pipe 2 or 3.*got lut_pipe 1"):
+    assert lut_early_loads(4, 6, False, True) and lut_early_loads(2, 7, False, True) and not lut_early_loads(4, 6, False)
+    with pytest.raises(ValueError, match="lut_pipe 2, 3, 6 or 7.*got lut_pipe 1"):
         lut_early_loads(4, 1, False, True)
     with pytest.raises(ValueError, match="dense query map"):
         lut_early_loads(4, 2, True, True)
@@ -870,6 +887,29 @@ def test_early_load_build_compiles_for_sm90(kind):
         loops[early] = len(sass_decode.main_loop(ins, labels))
     assert before[True] >= before[False] + 32, before
     assert abs(loops[True] - loops[False]) <= 16, loops
+
+
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+def test_bulk_early_build_issues_its_copies_before_the_prologue(kind):
+    """lut_pipe 6 with `lut_early`: the mbarriers' init and the first stages' copies (SYNCS.EXCH, UBLKCP) come
+    before the prologue's first CTA barrier in sm_90 SASS (after it without), the loop the same length within a
+    few instructions, no spill traffic in it."""
+    import collections
+    sass_decode = _sass_decode()
+    first, loops = {}, {}
+    for early in (False, True):
+        k = sass_decode.compile_lut(kind, 128, 8, pipe=6, maxnreg=255, qmap=True, fused=True, block_n=64,
+                                    hadamard=True, early=early)
+        text, _, _ = sass_decode.sass(k)
+        ins, labels = sass_decode.instrs(text)
+        loop = sass_decode.main_loop(ins, labels)
+        ops = collections.Counter(op.split(".")[0] for _, op, _ in loop)
+        assert ops["LDL"] + ops["STL"] == 0, (kind, early)
+        first_bar = next(i for i, (_, op, _) in enumerate(ins) if op.startswith("BAR"))
+        first[early] = sum(op.startswith("UBLKCP") for _, op, _ in ins[:first_bar])
+        loops[early] = len(loop)
+    assert first[False] == 0 and first[True] >= 2, first
+    assert abs(loops[True] - loops[False]) <= 8, loops
 
 
 @pytest.mark.parametrize("kind,pipe", [("turbo4", 6), ("turbo2", 6), ("turbo4", 7), ("turbo2", 7)])

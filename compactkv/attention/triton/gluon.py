@@ -598,14 +598,14 @@ def _check_bulk(q, k_codes, v_codes, row_source) -> None:
 
 def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:
     """Whether the table kernel issues its first tiles' loads before its prologue (its EARLY): `early` as given,
-    None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no
-    dense query map in the prologue). ValueError for early=True where it cannot."""
-    can = pipe in (2, 3) and not dense_map
+    None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2, 3 or the bulk
+    copies' 6, 7, and no dense query map in the prologue). ValueError for early=True where it cannot."""
+    can = (pipe in (2, 3) or pipe in BULK_PIPES) and not dense_map
     if early is None:
         return can and fused and bits in LUT_EARLY_BITS
     if early and not can:
-        raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2 or 3 and the query "
-                         f"map as Hadamard factors or none, got lut_pipe {pipe}"
+        raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2, 3, 6 or 7 and "
+                         f"the query map as Hadamard factors or none, got lut_pipe {pipe}"
                          + (" and a dense query map" if dense_map else ""))
     return bool(early)
 

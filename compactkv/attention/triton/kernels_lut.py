@@ -221,6 +221,27 @@ def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constex
 
 
 @gluon.jit
+def _bulk_start(pid, split, L, kbase, vbase, W: gl.constexpr, BN: gl.constexpr, RB: gl.constexpr,
+                S6: gl.constexpr, SB6: gl.constexpr, BAR0: gl.constexpr, BSTEP: gl.constexpr):
+    """lut_pipe 6 / 7: each warp's S6 mbarriers (at BAR0 + (S6 w + s) BSTEP) initialised and its first S6 tiles'
+    copies issued (K stages from 64 KB, V from 128 KB, SB6 bytes a stage of all warps); (lane, mbarrier, split
+    start and end, K stage offset) per thread for the loop."""
+    T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
+    e6 = gl.arange(0, W * 32, layout=T1)
+    lane6 = e6 % 32
+    w6 = e6 // 32
+    bar6 = BAR0 + w6 * (S6 * BSTEP)
+    _bulk_barriers("init", lane6, bar6, S6, BSTEP)
+    lo6 = (pid * W + w6) * split
+    hi6 = gl.minimum(lo6 + split, L)
+    dst6 = 65536 + w6 * (BN * RB)
+    for j in gl.static_range(S6):
+        _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
+                   hi6, BN, RB)
+    return lane6, bar6, lo6, hi6, dst6
+
+
+@gluon.jit
 def _bulk_wait(bar, parity):
     gl.inline_asm_elementwise(_BULK_WAIT_ASM, "=r,r,r", [bar, bar * 0 + parity], dtype=gl.int32, is_pure=False,
                               pack=1)
@@ -1080,8 +1101,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
-    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3; QMAP only with HAD; `gluon.lut_early_loads`): the
-    first tile(s)' loads issued before the prologue (query map, table fill) instead of after it."""
+    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3, 6 / 7; QMAP only with HAD; `gluon.lut_early_loads`):
+    the first tile(s)' loads (PIPE 6 / 7: the mbarriers' init and the first stages' copies) issued before the
+    prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -1112,7 +1134,12 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
         j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
-        if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
+        if P == 2 and PIPE >= 6 and EARLY:  # (the rows' second halves hold mbarriers already: not written)
+            FILLH: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
+            e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILLH))
+            j = gl.arange(0, 32, layout=gl.SliceLayout(0, FILLH))
+            words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
+        elif P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
@@ -1151,6 +1178,16 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     khi = gl.minimum(klo + split, L)
     vlo = (pid * W + vw3) * split
     vhi = gl.minimum(vlo + split, L)
+    if PIPE >= 6:  # the bulk copies: S6 stages of SB6 bytes per operand, one mbarrier per warp and stage
+        SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
+        S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
+        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (EARLY: of row QROWS + k, past the
+        # query map's staging), else after the K stages
+        BSTEP: gl.constexpr = 256 if BITS == 4 else 8
+        BAR0: gl.constexpr = (QROWS * 256 + 128 if EARLY else 128) if BITS == 4 else 65536 + S6 * SB6
+        if EARLY:  # each warp's mbarriers and its first S6 tiles' copies before the prologue (the copy engine's
+            # traffic does not queue the prologue's loads and shared stores behind it as registers loads did)
+            lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vbase, W, BN, RB, S6, SB6, BAR0, BSTEP)
 
     voff = 0  # (turbo3's V word offsets below)
     if PIPE >= 2:
@@ -1246,30 +1283,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         if PIPE == 1:
             lut.slice(0, 256, dim=0).store(words)
+        elif P == 2 and PIPE >= 6 and EARLY:
+            lut.slice(0, 32, dim=1).store(words)
         else:
             lut.store(words)
         cta_barrier()
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
-    if PIPE >= 6:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
-        SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
-        S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
-        # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (written above), else after the
-        # K stages
-        BSTEP: gl.constexpr = 256 if BITS == 4 else 8
-        BAR0: gl.constexpr = 128 if BITS == 4 else 65536 + S6 * SB6
-        T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
-        e6 = gl.arange(0, W * 32, layout=T1)
-        lane6 = e6 % 32
-        w6 = e6 // 32
-        bar6 = BAR0 + w6 * (S6 * BSTEP)
-        _bulk_barriers("init", lane6, bar6, S6, BSTEP)
-        lo6 = (pid * W + w6) * split
-        hi6 = gl.minimum(lo6 + split, L)
-        dst6 = 65536 + w6 * (BN * RB)
-        for j in gl.static_range(S6):
-            _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
-                       hi6, BN, RB)
+    if PIPE >= 6 and not EARLY:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
+        lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vbase, W, BN, RB, S6, SB6, BAR0, BSTEP)
 
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
