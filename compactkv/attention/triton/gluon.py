@@ -34,7 +34,7 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (6, 64), 2: (6, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
+LUT_FUSED_TILES = {4: (6, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
 # (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200
 # same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
 # T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
@@ -47,9 +47,13 @@ LUT_FUSED_TILES = {4: (6, 64), 2: (6, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken. Session 29: the stages' rows
 # traded (`kernels_lut.bulk_stage_layout`); turbo2 on lut_pipe 6 too: H200, same call, two rounds, B=8 T=32K
 # 78.1-78.4 -> 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0
-# (docs/perf/sweep-trade-*-s29-h200.json).
+# (docs/perf/sweep-trade-*-s29-h200.json). Session 30: turbo2 on lut_pipe 7 (each operand's copy issued once its
+# stage is read) with the first copies before the prologue: H200, same call, two rounds, B=8 T=32K 75.1 -> 73.1-73.3
+# us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K 263.1-263.2 -> 261.0; turbo4 stays on lut_pipe 6 (lut_pipe 7 with
+# the early copies: 84.7-85.0 / 45.3-45.6 / 324.3-328.6 us against 85.2-85.3 / 46.3-46.4 / 321.9-322.4 on 6;
+# docs/perf/sweep-early-*-s30-h200.*).
 BULK_PIPES = (6, 7)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
-LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where lut_pipe 6 cannot run (before
+LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where the bulk copies cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
 LUT_FUSED_MAXNREGS = {(4, 2): 248}  # (bits, lut_pipe) -> the finishing build's register cap where not
 # LUT_FUSED_MAXNREG: turbo4's register pipeline with the Hadamard maps at 248 (ptxas schedules its loop otherwise;
@@ -59,8 +63,11 @@ LUT_FUSED_MAXNREGS = {(4, 2): 248}  # (bits, lut_pipe) -> the finishing build's 
 # (turbo4 at 248: 5 spill loads / stores per tile), H200 same call, two rounds, turbo4 82.8-83.3 / 47.5 / 307.4-308.4
 # us at B=8 T=32K / B=1 T=128K / B=8 T=128K against 83.2 / 47.9 / 308.6-309.5 at 248 (session 29).
 LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (attend_planes) issues its first tiles'
-# loads before the prologue (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard factors or none; the other
-# launches, not timed that way, load them after it unless asked). Session 24, H200, same-card A/B
+# loads before the prologue on the register pipelines (`lut_early_loads`; lut_pipe 2 / 3, the query map as Hadamard
+# factors or none; the other launches, not timed that way, load them after it unless asked). The bulk copies
+# (BULK_PIPES) start before the prologue in every finishing build since session 30 (H200, same call, two rounds,
+# turbo4 on lut_pipe 6 at B=8 T=32K / B=1 T=128K / B=8 T=128K: 85.9 / 47.6 / 321.1-322.9 us -> 85.2-85.3 / 46.3-46.4
+# / 321.9-322.4; the prologue 3.3 -> 2.6 us, docs/perf/*-s30-h200.*). Session 24, H200, same-card A/B
 # against loading them after it, two interleaved runs, us at B=1 T=128K / B=8 T=32K / B=8 T=128K: turbo3 60.9 /
 # 110.2-110.3 / 408.2-409.3 against 62.2-62.3 / 112.7-112.9 / 417.4-417.7. turbo4 and turbo2 gained nothing steady
 # (52.7-52.9 vs 52.6, 96.5-96.6 vs 96.8, 356.9-358.5 vs 358.7; turbo2 45.1 vs 45.4, 78.6 vs 78.0, 287.1-289.4 vs
@@ -575,22 +582,22 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def bulk_unsupported(q, k_codes, v_codes) -> str | None:
-    """Why lut_pipe 6's copies (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these planes, or
-    None."""
+    """Why the bulk copies of lut_pipe 6 / 7 (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these
+    planes, or None."""
     if q.is_cuda and _capability(q.device) < (9, 0):
-        return (f"lut_pipe=6 (cp.async.bulk) needs compute capability 9.0 or later, "
+        return (f"lut_pipe=6 / 7 (cp.async.bulk) needs compute capability 9.0 or later, "
                 f"{torch.cuda.get_device_name(q.device)} has {'.'.join(map(str, _capability(q.device)))}")
     for name, x in (("K", k_codes), ("V", v_codes)):
         if x.data_ptr() % 16 or x.stride(-1) != 1 or any(st % 16 for st in x.stride()[:-1]):
-            return (f"lut_pipe=6: the {name} code planes must start at a 16-byte boundary with rows, heads and "
+            return (f"lut_pipe=6 / 7: the {name} code planes must start at a 16-byte boundary with rows, heads and "
                     f"batches 16-byte multiples apart, got address {x.data_ptr():#x} and strides {tuple(x.stride())}")
     return None
 
 
 def _check_bulk(q, k_codes, v_codes, row_source) -> None:
-    """lut_pipe 6 asked for where it cannot run: a ValueError that says why."""
+    """lut_pipe 6 / 7 asked for where it cannot run: a ValueError that says why."""
     if row_source is not None:
-        raise ValueError("lut_pipe=6 copies planes; codec rows (launch_rows) take lut_pipe 2 or 3")
+        raise ValueError("lut_pipe=6 / 7 copy planes; codec rows (launch_rows) take lut_pipe 2 or 3")
     why = bulk_unsupported(q, k_codes, v_codes)
     if why:
         raise ValueError(why)
@@ -598,11 +605,12 @@ def _check_bulk(q, k_codes, v_codes, row_source) -> None:
 
 def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:
     """Whether the table kernel issues its first tiles' loads before its prologue (its EARLY): `early` as given,
-    None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2, 3 or the bulk
-    copies' 6, 7, and no dense query map in the prologue). ValueError for early=True where it cannot."""
+    None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no dense
+    query map in the prologue), and in every finishing build on the bulk copies (lut_pipe 6 or 7, no dense query
+    map). ValueError for early=True where it cannot."""
     can = (pipe in (2, 3) or pipe in BULK_PIPES) and not dense_map
     if early is None:
-        return can and fused and bits in LUT_EARLY_BITS
+        return can and fused and (bits in LUT_EARLY_BITS or pipe in BULK_PIPES)
     if early and not can:
         raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2, 3, 6 or 7 and "
                          f"the query map as Hadamard factors or none, got lut_pipe {pipe}"
@@ -622,7 +630,7 @@ def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = No
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
     given, else LUT_FUSED_TILES' for the kind (turbo4 and turbo2: 64-token tiles through per-warp bulk copies,
-    lut_pipe 6, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`), else (LUT_PIPE,
+    lut_pipe 6 and 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`), else (LUT_PIPE,
     GLUON_BLOCK_N)."""
     dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
