@@ -52,6 +52,12 @@ LUT_FUSED_TILES = {4: (6, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K 263.1-263.2 -> 261.0; turbo4 stays on lut_pipe 6 (lut_pipe 7 with
 # the early copies: 84.7-85.0 / 45.3-45.6 / 324.3-328.6 us against 85.2-85.3 / 46.3-46.4 / 321.9-322.4 on 6;
 # docs/perf/sweep-early-*-s30-h200.*).
+LUT_FUSED_TILES_SINCE = {(3, 9): {4: (7, 64)}}  # triton release -> LUT_FUSED_TILES entries from that release on:
+# triton 3.9's register allocation spills turbo4's lut_pipe 6 loop (sm_90: 13 reloads a tile, 80 stack bytes) but not
+# lut_pipe 7's (254 registers, no stack). Session 30, H200, its builds run through scripts/triton_swap.py, same
+# call, two rounds, B=8 T=32K / B=1 T=128K / B=8 T=128K: 3.9 on lut_pipe 6 88.4-88.7 / 50.7-50.8 / 330.2-331.3 us,
+# on 7 84.8-85.4 / 45.9-46.3 / 323.0-324.9 (3.6 on 6: 83.8-83.9 / 46.2-47.0 / 316.0-317.8); 3.8 on 6 84.2-84.6 /
+# 46.6-46.8 / 321.5, on 7 84.9 / 45.8-45.9 / 321.1-323.7 (kept on 6; docs/perf/triton-swap-s30-h200.*)
 BULK_PIPES = (6, 7)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
 LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where the bulk copies cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
@@ -626,13 +632,25 @@ def lut_fused_maxnreg(bits: int, pipe: int | None = None) -> int:
     return LUT_FUSED_MAXNREGS.get((bits, pipe), LUT_FUSED_MAXNREG)
 
 
+@functools.lru_cache(maxsize=1)
+def _fused_tiles() -> dict:
+    """LUT_FUSED_TILES with the entries of LUT_FUSED_TILES_SINCE that the installed triton release has reached."""
+    import triton
+    release = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    tiles = dict(LUT_FUSED_TILES)
+    for since, entries in sorted(LUT_FUSED_TILES_SINCE.items()):
+        if release >= since:
+            tiles.update(entries)
+    return tiles
+
+
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
     given, else LUT_FUSED_TILES' for the kind (turbo4 and turbo2: 64-token tiles through per-warp bulk copies,
-    lut_pipe 6 and 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`), else (LUT_PIPE,
-    GLUON_BLOCK_N)."""
-    dp, dn = LUT_FUSED_TILES.get(bits, (LUT_PIPE, GLUON_BLOCK_N))
+    lut_pipe 6 and 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`; from triton 3.9
+    on turbo4 on 7 too: LUT_FUSED_TILES_SINCE), else (LUT_PIPE, GLUON_BLOCK_N)."""
+    dp, dn = _fused_tiles().get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
         return LUT_FUSED_FALLBACKS[bits] if dp in BULK_PIPES and not bulk else (dp, dn)
     return (LUT_PIPE if pipe is None else pipe), (GLUON_BLOCK_N if block_n is None else block_n)
