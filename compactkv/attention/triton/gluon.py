@@ -317,7 +317,7 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1 (`pipe` 4 and 6: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
+    `pipe` 1 (`pipe` 4, 6 and 7: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
     group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES

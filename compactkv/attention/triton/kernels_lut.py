@@ -160,33 +160,31 @@ def _bulk_barriers_asm(op, stages, step):
                       "add.u32 a, a, $2;", *body, "mov.u32 $0, 0;", "}"])
 
 
-# $1 lane, $2 the stage's mbarrier, $3 / $5 the K / V stage (byte offsets from global_smem), $4 / $6 the K / V
-# source addresses, $7 the bytes of each (0: nothing to copy, the barrier's phase completes at the arrival). The
-# warp's lanes synchronise first: they have read the stage's last words (their values are used before this).
-_BULK_COPY_ASM = gl.constexpr("\n".join([
-    "{", ".reg .pred p, q;", ".reg .b32 s, bar, kd, vd, tx;", "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
-    "setp.ne.and.u32 q, $7, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;", "add.u32 kd, s, $3;",
-    "add.u32 vd, s, $5;", "shl.b32 tx, $7, 1;",
-    "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;",
-    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [kd], [$4], $7, [bar];",
-    "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [vd], [$6], $7, [bar];",
-    "mov.u32 $0, 0;", "}"]))
-
-# lut_pipe 7: the same copies issued one operand at a time, each as soon as the warp has read that operand's words
-# from the stage (K's at the tile's start, V's after the scores) instead of once both are used: $1 lane, $2 the
-# stage's mbarrier, $3 the stage (byte offset from global_smem), $4 the source address, $5 the bytes of each operand.
-# K's (ARRIVE) arrives at the barrier expecting both operands' bytes, V's only copies: the phase completes when both
-# have landed. Every lane fences its reads of the stage against the copy engine's writes (the async proxy), then
-# the warp synchronises.
 @triton.constexpr_function
-def _bulk_op_asm(arrive):
+def _bulk_copy_asm(operands, arrive, fence):
+    """lane 0's copies of `operands` (1 or 2) tiles into their stages, completing one stage mbarrier: $1 lane, $2
+    the mbarrier, then per operand its stage (byte offset from global_smem) and source address, then the bytes of
+    each operand (0: nothing to copy; the phase then completes at the arrival). `arrive`: lane 0 first arrives at
+    the barrier expecting two operands' bytes. The warp's lanes synchronise first: they have read the stage's last
+    words; `fence`: each lane first orders those reads before the copy engine's writes (the async proxy), for
+    reads whose values may not be used yet."""
+    n = f"${2 + 2 * operands + 1}"
+    dst = [f"d{k}" for k in range(operands)]
     return "\n".join([
-        "{", ".reg .pred p, q;", ".reg .b32 s, bar, d, tx;", "fence.proxy.async.shared::cta;", "bar.warp.sync -1;",
-        "setp.eq.u32 p, $1, 0;", "setp.ne.and.u32 q, $5, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;",
-        "add.u32 d, s, $3;", "shl.b32 tx, $5, 1;",
+        "{", ".reg .pred p, q;", f".reg .b32 s, bar, {', '.join(dst)}, tx;",
+        *(["fence.proxy.async.shared::cta;"] if fence else []), "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
+        f"setp.ne.and.u32 q, {n}, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;",
+        *[f"add.u32 {d}, s, ${3 + 2 * k};" for k, d in enumerate(dst)], f"shl.b32 tx, {n}, 1;",
         *(["@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;"] if arrive else []),
-        "@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [d], [$4], $5, [bar];",
+        *[f"@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{d}], [${4 + 2 * k}], {n}, [bar];"
+          for k, d in enumerate(dst)],
         "mov.u32 $0, 0;", "}"])
+
+
+# lut_pipe 6: a tile's K and V rows in one go, after the warp has used both stages' words; lut_pipe 7 (`_bulk_op`):
+# one operand at a time, each as soon as the warp has read that operand's words (K's at the tile's start, V's after
+# the scores), K's arriving for both, so the phase completes when both have landed
+_BULK_COPY_ASM = gl.constexpr(_bulk_copy_asm(2, True, False))
 
 
 # every lane: wait until the mbarrier at global_smem + $1 has completed the phase of parity $2
@@ -216,7 +214,7 @@ def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constex
     """lut_pipe 7: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage at
     dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
-    gl.inline_asm_elementwise(_bulk_op_asm(ARRIVE), "=r,r,r,r,l,r", [lane, bar, dst, base + tok.to(gl.int64) * RB,
+    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, True), "=r,r,r,r,l,r", [lane, bar, dst, base + tok.to(gl.int64) * RB,
                                                                      n * RB], dtype=gl.int32, is_pure=False, pack=1)
 
 
@@ -1186,7 +1184,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         BSTEP: gl.constexpr = 256 if BITS == 4 else 8
         BAR0: gl.constexpr = (QROWS * 256 + 128 if EARLY else 128) if BITS == 4 else 65536 + S6 * SB6
         if EARLY:  # each warp's mbarriers and its first S6 tiles' copies before the prologue (the copy engine's
-            # traffic does not queue the prologue's loads and shared stores behind it as registers loads did)
+            # traffic does not queue the prologue's loads and shared stores behind it as the register loads did)
             lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vbase, W, BN, RB, S6, SB6, BAR0, BSTEP)
 
     voff = 0  # (turbo3's V word offsets below)
