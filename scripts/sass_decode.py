@@ -276,8 +276,8 @@ def build_hashes() -> list[str]:
     """One line per default build: its name, the SHA-1 of its sm_90 disassembly (12 hex digits), registers and
     stack bytes. Two trees (or triton releases) whose lines match build the same machine code."""
     import hashlib
-    from compactkv.attention.triton.gluon import (BULK_PIPES, LUT_FUSED_FALLBACKS, LUT_MAXNREG, LUT_PIPE, LUT_ROWS_MAXNREG,
-                                                  LUT_ROWS_PIPE, lut_fused_build, lut_fused_maxnreg)
+    from compactkv.attention.triton.gluon import (BULK_PIPES, LUT_FUSED_FALLBACKS, LUT_MAXNREG, LUT_PIPE,
+                                                  LUT_ROWS_MAXNREG, LUT_ROWS_PIPE, lut_fused_build, lut_fused_maxnreg)
     out = []
     for kind in ("turbo4", "turbo3", "turbo2"):
         bits = int(kind[-1])

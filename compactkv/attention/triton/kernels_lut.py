@@ -214,8 +214,9 @@ def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constex
     """lut_pipe 7: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage at
     dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
-    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, True), "=r,r,r,r,l,r", [lane, bar, dst, base + tok.to(gl.int64) * RB,
-                                                                     n * RB], dtype=gl.int32, is_pure=False, pack=1)
+    src = base + tok.to(gl.int64) * RB
+    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, True), "=r,r,r,r,l,r", [lane, bar, dst, src, n * RB],
+                              dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
