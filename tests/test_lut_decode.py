@@ -937,9 +937,11 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
     if kind == "turbo4":
         assert "LDS.128" in s["sass"] and "LDS.64" in s["sass"]
-    assert lut_config_error(4, 128, 16, 6, 255, 64) is not None  # one stage of 16 warps' tiles fills 64 KB
-    assert lut_config_error(2, 128, 16, 6, 255, 64) is not None  # turbo2: three stages and the mbarriers
-    assert lut_config_error(4, 128, 8, 6, 248, 64) is None and lut_config_error(3, 128, 8, 6, 248) is not None
+    assert lut_config_error(4, 128, 16, pipe, 255, 64) is not None  # one stage of 16 warps' tiles fills 64 KB
+    assert lut_config_error(2, 128, 16, pipe, 255, 64) is not None  # turbo2: three stages and the mbarriers
+    assert lut_config_error(4, 128, 8, pipe, 248, 64) is None
+    assert f"lut_pipe={pipe}" in lut_config_error(3, 128, 8, pipe, 248)  # turbo3: not on the bulk copies
+    assert "7 (as 6" in lut_config_error(4, 128, 8, 5, 255, 64)  # (the pipes it takes, named)
 
 
 @pytest.mark.parametrize("nb,w,bn", [(64, 8, 64), (64, 4, 32), (32, 8, 64), (32, 4, 32)])
