@@ -326,7 +326,7 @@ def main(argv=None) -> int:
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
                     help="the shared-memory table kernel (turbo4, turbo3 or turbo2; --warps splits per program, default 4)")
-    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4, 6, 7), default=0,
+    ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4, 6, 7, 8), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead), or the next tiles' words through cp.async stages (4) or per-warp bulk "
                          "copies into stages (6; 7: each operand's copy issued once its stage is read)")

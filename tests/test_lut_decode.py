@@ -394,7 +394,7 @@ def test_fused_early_loads_either_way_vs_float64(kind, early):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
-@pytest.mark.parametrize("pipe", [6, 7])
+@pytest.mark.parametrize("pipe", [6, 7, 8])
 def test_fused_bulk_copies_early_vs_float64(kind, pipe):
     """The bulk copies' mbarriers and first stages set up before the prologue (`lut_early=True` with lut_pipe 6 / 7:
     turbo4's mbarriers then sit past the query map's staging, its table fill leaving them alone): ragged rows, a
@@ -443,7 +443,8 @@ def test_fused_table_kernel_dtypes(qdtype, out_dtype, tol):
 @pytest.mark.cuda
 @pytest.mark.parametrize("warps,pipe,maxnreg,bn", [(4, 3, 200, 32), (8, 3, 232, 32), (8, 2, 168, 32), (8, 0, 128, 32),
                                                   (8, 3, 255, 32), (4, 2, 255, 64), (8, 2, 255, 16), (8, 6, 248, 64),
-                                                  (8, 6, 248, 32), (8, 7, 255, 64), (8, 7, 255, 32)])
+                                                  (8, 6, 248, 32), (8, 7, 255, 64), (8, 7, 255, 32),
+                                                  (8, 8, 255, 64)])
 def test_fused_table_kernel_configurations(warps, pipe, maxnreg, bn):
     from test_gluon_decode import TOL
     kw = dict(lut_warps=warps, lut_pipe=pipe, lut_maxnreg=maxnreg, lut_block_n=bn)

@@ -58,7 +58,7 @@ LUT_FUSED_TILES_SINCE = {(3, 9): {4: (7, 64)}}  # triton release -> LUT_FUSED_TI
 # call, two rounds, B=8 T=32K / B=1 T=128K / B=8 T=128K: 3.9 on lut_pipe 6 88.4-88.7 / 50.7-50.8 / 330.2-331.3 us,
 # on 7 84.8-85.4 / 45.9-46.3 / 323.0-324.9 (3.6 on 6: 83.8-83.9 / 46.2-47.0 / 316.0-317.8); 3.8 on 6 84.2-84.6 /
 # 46.6-46.8 / 321.5, on 7 84.9 / 45.8-45.9 / 321.1-323.7 (kept on 6; docs/perf/triton-swap-s30-h200.*)
-BULK_PIPES = (6, 7)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
+BULK_PIPES = (6, 7, 8)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
 LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where the bulk copies cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
 LUT_FUSED_MAXNREGS = {(4, 2): 248}  # (bits, lut_pipe) -> the finishing build's register cap where not
@@ -360,10 +360,11 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
         return f"lut_warps {warps}: takes 4, 8 or 16"
     if block_n not in (16, 32, 64):
         return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
-    if pipe not in (0, 1, 2, 3, 4, 6, 7):
+    if pipe not in (0, 1, 2, 3, 4, 6, 7, 8):
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
                 "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead), 6 (bulk copies per warp "
-                "into stages, several tiles ahead) or 7 (as 6, each operand's copy issued once its stage is read)")
+                "into stages, several tiles ahead), 7 (as 6, each operand's copy issued once its stage is read) or 8 "
+                "(as 7 for K, as 6 for V)")
     if pipe in BULK_PIPES and bits == 3:
         return (f"lut_pipe={pipe} (bulk copies of the planes' rows) takes turbo4 and turbo2 codes; turbo3 takes 2 "
                 "or 3")

@@ -210,12 +210,14 @@ def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, R
 
 
 @gluon.jit
-def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
-    """lut_pipe 7: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage at
-    dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes."""
+def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constexpr, RB: gl.constexpr,
+             FENCE: gl.constexpr = True):
+    """lut_pipe 7 / 8: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage
+    at dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes. FENCE:
+    the lanes' reads of the stage are fenced first (their values may not be used yet)."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
     src = base + tok.to(gl.int64) * RB
-    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, True), "=r,r,r,r,l,r", [lane, bar, dst, src, n * RB],
+    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, FENCE), "=r,r,r,r,l,r", [lane, bar, dst, src, n * RB],
                               dtype=gl.int32, is_pure=False, pack=1)
 
 
@@ -1077,7 +1079,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the scores), the norms one tile ahead in registers (turbo4 and turbo2 planes, sm_90); 7 = as 6, but each
     operand's copy of tile i + S is issued as soon as the warp has read that operand's words of tile i (K's before
     the scores, V's before the values: `_bulk_op`) instead of after both are used, so a tile's copies have two
-    tiles' compute to land instead of one. BITS: 4 (turbo4
+    tiles' compute to land instead of one; 8 = K's copy as 7's, V's as 6's (after the values). BITS: 4 (turbo4
     K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
     6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
     byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
@@ -1384,7 +1386,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 s6 = i % S6
                 _bulk_wait(bar6 + s6 * BSTEP, (i // S6) & 1)
                 kw_n = st6.index(SLOTS6 + s6).load(KWORD)
-                if PIPE == 7:  # tile i + S6's K rows into the stage the warp has just read
+                if PIPE >= 7:  # tile i + S6's K rows into the stage the warp has just read
                     _bulk_op(True, lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB)
                 kc = _spread(kw_n, KLOAD)
                 kc_hi = kc
@@ -1430,6 +1432,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
                        lo6 + t + S6 * BN, hi6, BN, RB)
+        if PIPE == 8:  # (K's went out at the tile's start) V's, its words used above
+            _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
+                     RB, False)
     if PIPE >= 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
         _bulk_barriers("inval", lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
