@@ -34,7 +34,7 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (6, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
+LUT_FUSED_TILES = {4: (8, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where not
 # (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token; H200
 # same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
 # T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
@@ -49,15 +49,18 @@ LUT_FUSED_TILES = {4: (6, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # 78.1-78.4 -> 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0
 # (docs/perf/sweep-trade-*-s29-h200.json). Session 30: turbo2 on lut_pipe 7 (each operand's copy issued once its
 # stage is read) with the first copies before the prologue: H200, same call, two rounds, B=8 T=32K 75.1 -> 73.1-73.3
-# us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K 263.1-263.2 -> 261.0; turbo4 stays on lut_pipe 6 (lut_pipe 7 with
-# the early copies: 84.7-85.0 / 45.3-45.6 / 324.3-328.6 us against 85.2-85.3 / 46.3-46.4 / 321.9-322.4 on 6;
-# docs/perf/sweep-early-*-s30-h200.*).
+# us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K 263.1-263.2 -> 261.0 (docs/perf/sweep-early-*-s30-h200.*). turbo4 on
+# lut_pipe 8 (K's copy issued as 7's, V's as 6's; 199 registers): same call, three rounds, B=8 T=32K 83.5-83.9 ->
+# 81.7-82.1 us (2.90-2.92x -> 2.97-2.98x), B=1 T=128K 46.5-46.7 -> 44.2-44.5, B=8 T=128K 314.2-316.3 -> 312.1-317.4;
+# on 7 83.2-83.7 / 45.4 / 323.5-326.4 (7 with the early copies lost 1-3% at B=8 T=128K in four calls); turbo2 on 8
+# 74.0 / 42.0 / 266.4 against 73.3 / 42.6 / 257.8 on 7 (docs/perf/sweep-pipe8-*-s30-h200.*).
 LUT_FUSED_TILES_SINCE = {(3, 9): {4: (7, 64)}}  # triton release -> LUT_FUSED_TILES entries from that release on:
 # triton 3.9's register allocation spills turbo4's lut_pipe 6 loop (sm_90: 13 reloads a tile, 80 stack bytes) but not
 # lut_pipe 7's (254 registers, no stack). Session 30, H200, its builds run through scripts/triton_swap.py, same
 # call, two rounds, B=8 T=32K / B=1 T=128K / B=8 T=128K: 3.9 on lut_pipe 6 88.4-88.7 / 50.7-50.8 / 330.2-331.3 us,
 # on 7 84.8-85.4 / 45.9-46.3 / 323.0-324.9 (3.6 on 6: 83.8-83.9 / 46.2-47.0 / 316.0-317.8); 3.8 on 6 84.2-84.6 /
-# 46.6-46.8 / 321.5, on 7 84.9 / 45.8-45.9 / 321.1-323.7 (kept on 6; docs/perf/triton-swap-s30-h200.*)
+# 46.6-46.8 / 321.5, on 7 84.9 / 45.8-45.9 / 321.1-323.7 (docs/perf/triton-swap-s30-h200.*). lut_pipe 8 (the default
+# before 3.9) compiles without spills on 3.8 and 3.9 (198 / 218 registers) but was not timed with them.
 BULK_PIPES = (6, 7, 8)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
 LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where the bulk copies cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
