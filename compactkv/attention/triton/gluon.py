@@ -592,22 +592,22 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def bulk_unsupported(q, k_codes, v_codes) -> str | None:
-    """Why the bulk copies of lut_pipe 6 / 7 (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these
+    """Why the bulk copies of lut_pipe 6 - 8 (cp.async.bulk: sm_90 and later, 16-byte aligned rows) cannot read these
     planes, or None."""
     if q.is_cuda and _capability(q.device) < (9, 0):
-        return (f"lut_pipe=6 / 7 (cp.async.bulk) needs compute capability 9.0 or later, "
+        return (f"lut_pipe=6 / 7 / 8 (cp.async.bulk) needs compute capability 9.0 or later, "
                 f"{torch.cuda.get_device_name(q.device)} has {'.'.join(map(str, _capability(q.device)))}")
     for name, x in (("K", k_codes), ("V", v_codes)):
         if x.data_ptr() % 16 or x.stride(-1) != 1 or any(st % 16 for st in x.stride()[:-1]):
-            return (f"lut_pipe=6 / 7: the {name} code planes must start at a 16-byte boundary with rows, heads and "
+            return (f"lut_pipe=6 / 7 / 8: the {name} code planes must start at a 16-byte boundary with rows, heads and "
                     f"batches 16-byte multiples apart, got address {x.data_ptr():#x} and strides {tuple(x.stride())}")
     return None
 
 
 def _check_bulk(q, k_codes, v_codes, row_source) -> None:
-    """lut_pipe 6 / 7 asked for where it cannot run: a ValueError that says why."""
+    """lut_pipe 6 / 7 / 8 asked for where it cannot run: a ValueError that says why."""
     if row_source is not None:
-        raise ValueError("lut_pipe=6 / 7 copy planes; codec rows (launch_rows) take lut_pipe 2 or 3")
+        raise ValueError("lut_pipe=6 / 7 / 8 copy planes; codec rows (launch_rows) take lut_pipe 2 or 3")
     why = bulk_unsupported(q, k_codes, v_codes)
     if why:
         raise ValueError(why)
@@ -616,7 +616,7 @@ def _check_bulk(q, k_codes, v_codes, row_source) -> None:
 def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = None, fused: bool = True) -> bool:
     """Whether the table kernel issues its first tiles' loads before its prologue (its EARLY): `early` as given,
     None: in the finishing build (fused) of the kinds of LUT_EARLY_BITS where it can (lut_pipe 2 or 3, and no dense
-    query map in the prologue), and in every finishing build on the bulk copies (lut_pipe 6 or 7, no dense query
+    query map in the prologue), and in every finishing build on the bulk copies (lut_pipe 6, 7 or 8, no dense query
     map). ValueError for early=True where it cannot."""
     can = (pipe in (2, 3) or pipe in BULK_PIPES) and not dense_map
     if early is None:

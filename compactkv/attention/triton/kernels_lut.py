@@ -224,7 +224,7 @@ def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constex
 @gluon.jit
 def _bulk_start(pid, split, L, kbase, vbase, W: gl.constexpr, BN: gl.constexpr, RB: gl.constexpr,
                 S6: gl.constexpr, SB6: gl.constexpr, BAR0: gl.constexpr, BSTEP: gl.constexpr):
-    """lut_pipe 6 / 7: each warp's S6 mbarriers (at BAR0 + (S6 w + s) BSTEP) initialised and its first S6 tiles'
+    """lut_pipe 6 - 8: each warp's S6 mbarriers (at BAR0 + (S6 w + s) BSTEP) initialised and its first S6 tiles'
     copies issued (K stages from 64 KB, V from 128 KB, SB6 bytes a stage of all warps); (lane, mbarrier, split
     start and end, K stage offset) per thread for the loop."""
     T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
@@ -1102,8 +1102,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
     through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
     dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
-    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3, 6 / 7; QMAP only with HAD; `gluon.lut_early_loads`):
-    the first tile(s)' loads (PIPE 6 / 7: the mbarriers' init and the first stages' copies) issued before the
+    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3, 6 - 8; QMAP only with HAD; `gluon.lut_early_loads`):
+    the first tile(s)' loads (PIPE 6 - 8: the mbarriers' init and the first stages' copies) issued before the
     prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
