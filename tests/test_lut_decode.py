@@ -396,7 +396,7 @@ def test_fused_early_loads_either_way_vs_float64(kind, early):
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 @pytest.mark.parametrize("pipe", [6, 7, 8])
 def test_fused_bulk_copies_early_vs_float64(kind, pipe):
-    """The bulk copies' mbarriers and first stages set up before the prologue (`lut_early=True` with lut_pipe 6 / 7:
+    """The bulk copies' mbarriers and first stages set up before the prologue (`lut_early=True` with lut_pipe 6 - 8:
     turbo4's mbarriers then sit past the query map's staging, its table fill leaving them alone): ragged rows, a
     row shorter than a tile, warps with nothing to copy, one and many programs a group, GQA 4 and 8; against
     float64."""
@@ -476,7 +476,7 @@ def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     pipe, bn = lut_fused_build(bits)
     s = sass_decode.summary(kind, lut=True, d=128, warps=LUT_WARPS, pipe=pipe, maxnreg=lut_fused_maxnreg(bits),
                             qmap=True, fused=True, sinks=True, block_n=bn, hadamard=True)
-    # (the bulk-copy builds, lut_pipe 6 / 7: up to 40 stack bytes and three reloads in the loop allowed)
+    # (the bulk-copy builds, lut_pipe 6 - 8: up to 40 stack bytes and three reloads in the loop allowed)
     bulk = pipe in (6, 7, 8)
     assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 3 if bulk else 0, "spills in the loop")
     assert sass_decode.within_budget(s["spills"], 40 if bulk else 8, "stack bytes")
@@ -838,7 +838,7 @@ def test_hadamard_build_compiles_for_sm90(kind):
         assert s["shared"] == lut_smem(8, 128, pipe, bn, bits, fused=True)
         ins, _ = sass_decode.instrs(s["sass"])
         ops = collections.Counter(op.split(".")[0] for _, op, _ in ins)
-        # (the bulk-copy builds, lut_pipe 6 / 7, keep a few values of their copies on the stack, outside the loop)
+        # (the bulk-copy builds, lut_pipe 6 - 8, keep a few values of their copies on the stack, outside the loop)
         bulk = pipe in (6, 7, 8)
         assert sass_decode.within_budget(ops["LDL"] + ops["STL"], BULK_SPILLS if bulk else 0)
         assert sass_decode.within_budget(s["ops"]["LDL"] + s["ops"]["STL"], 2 if bulk else 0, "spills in the loop")
@@ -848,8 +848,9 @@ def test_hadamard_build_compiles_for_sm90(kind):
 
 def test_lut_early_loads_rule():
     """gluon.lut_early_loads: by default the finishing builds of the kinds of LUT_EARLY_BITS (turbo3) load their
-    first tiles before the prologue where they can (lut_pipe 2 or 3, or the bulk copies' 6 / 7 when asked; no dense
-    query map), the other launches not; asked for where they cannot, a ValueError that names what it needs."""
+    first tiles before the prologue where they can (lut_pipe 2 or 3; the bulk copies' 6 - 8 in every finishing
+    build; no dense query map), the other launches not; asked for where they cannot, a ValueError that names what it
+    needs."""
     from compactkv.attention.triton.gluon import LUT_EARLY_BITS, lut_early_loads
     assert LUT_EARLY_BITS == {3}
     assert lut_early_loads(3, 3, False) and lut_early_loads(3, 2, False)
@@ -862,7 +863,7 @@ def test_lut_early_loads_rule():
     assert lut_early_loads(4, 6, False, True) and lut_early_loads(2, 7, False, True)
     assert lut_early_loads(4, 6, False) and lut_early_loads(2, 7, False)  # the bulk copies: early by default
     assert not lut_early_loads(4, 6, False, fused=False) and not lut_early_loads(4, 6, True)
-    with pytest.raises(ValueError, match="lut_pipe 2, 3, 6 or 7.*got lut_pipe 1"):
+    with pytest.raises(ValueError, match="lut_pipe 2, 3, 6, 7 or 8.*got lut_pipe 1"):
         lut_early_loads(4, 1, False, True)
     with pytest.raises(ValueError, match="dense query map"):
         lut_early_loads(4, 2, True, True)
@@ -924,7 +925,8 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
     (SYNCS: the expecting arrival, the wait), the words read back with ld.shared (turbo4: 16-byte K, 8-byte V
     vectors), no CTA barrier and no spill traffic in the loop (at the default cap, `lut_fused_maxnreg`: 255; at
     248, with the traded rows of `bulk_stage_layout`, turbo4 spilled 5 times per tile). lut_pipe 7: the same
-    copies, each after a fence of the lanes' reads against the copy engine's writes (FENCE.VIEW.ASYNC.S)."""
+    copies, each after a fence of the lanes' reads against the copy engine's writes (FENCE.VIEW.ASYNC.S); lut_pipe
+    8: K's so, V's as 6's (one fence)."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_config_error, lut_fused_maxnreg, lut_smem
     assert lut_fused_maxnreg(int(kind[-1])) == lut_fused_maxnreg(int(kind[-1]), pipe) == 255

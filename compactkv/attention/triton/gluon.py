@@ -622,7 +622,7 @@ def lut_early_loads(bits: int, pipe: int, dense_map: bool, early: bool | None = 
     if early is None:
         return can and fused and (bits in LUT_EARLY_BITS or pipe in BULK_PIPES)
     if early and not can:
-        raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2, 3, 6 or 7 and "
+        raise ValueError(f"lut_early=True: the first tiles load before the prologue with lut_pipe 2, 3, 6, 7 or 8 and "
                          f"the query map as Hadamard factors or none, got lut_pipe {pipe}"
                          + (" and a dense query map" if dense_map else ""))
     return bool(early)
