@@ -997,9 +997,27 @@ def test_bulk_copies_name_what_they_cannot_read():
         _check_bulk(q, planes, planes, (planes, planes, 10))
     assert lut_fused_build(4, bulk=False) == LUT_FUSED_FALLBACKS[4] == (2, 64)
     assert lut_fused_build(2, bulk=False) == LUT_FUSED_FALLBACKS[2] == (3, 64)
-    triton = pytest.importorskip("triton")
-    release = tuple(int(p) for p in triton.__version__.split(".")[:2])
-    assert lut_fused_build(4) == ((7, 64) if release >= (3, 9) else (8, 64)) and lut_fused_build(2) == (7, 64)
+    pytest.importorskip("triton")
+    from compactkv.attention.triton import triton_release
+    release = triton_release()
+    newer = release is not None and release >= (3, 9)
+    assert lut_fused_build(4) == ((7, 64) if newer else (8, 64)) and lut_fused_build(2) == (7, 64)
+
+
+def test_fused_tiles_follow_the_triton_release(monkeypatch):
+    """LUT_FUSED_TILES_SINCE applies from its release on; a development build whose version does not parse keeps
+    LUT_FUSED_TILES (as dispatch lets it run), with no error; the version parser is the one dispatch uses."""
+    import sys
+    import types
+    from compactkv.attention.triton import gluon, triton_release
+    assert triton_release("3.10.0+git1a2b") == (3, 10) and triton_release("main") is None
+    for version, turbo4 in (("3.6.0", (8, 64)), ("3.8.0", (8, 64)), ("3.9.0", (7, 64)), ("3.10.1", (7, 64)),
+                            ("main", (8, 64))):
+        monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=version))
+        gluon._fused_tiles.cache_clear()
+        assert gluon.lut_fused_build(4) == turbo4 and gluon.lut_fused_build(2) == (7, 64), version
+    monkeypatch.undo()
+    gluon._fused_tiles.cache_clear()
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

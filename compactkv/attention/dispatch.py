@@ -38,9 +38,9 @@ def _triton_missing() -> str | None:
         import triton
     except ImportError:
         return "triton is not installed"
-    try:
-        version = tuple(int(p) for p in triton.__version__.split(".")[:2])
-    except ValueError:
+    from .triton import triton_release
+    version = triton_release(triton.__version__)
+    if version is None:
         return None  # (a development build: let it try)
     if version < TRITON_MIN:
         return (f"triton {triton.__version__} is older than {'.'.join(map(str, TRITON_MIN))}, the first release "

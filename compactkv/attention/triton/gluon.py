@@ -320,7 +320,7 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1 (`pipe` 4, 6 and 7: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
+    `pipe` 1 (`pipe` 4 and BULK_PIPES: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
     every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
     group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
@@ -363,7 +363,7 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
         return f"lut_warps {warps}: takes 4, 8 or 16"
     if block_n not in (16, 32, 64):
         return f"block_n {block_n}: the table kernel's tiles take 16, 32 or 64 tokens"
-    if pipe not in (0, 1, 2, 3, 4, 6, 7, 8):
+    if pipe not in (0, 1, 2, 3, 4) + BULK_PIPES:
         return (f"lut_pipe {pipe}: takes 0 (loads at the tile's start), 1 (cp.async stage), 2 (registers, one tile "
                 "ahead), 3 (two tiles ahead), 4 (cp.async stages, several tiles ahead), 6 (bulk copies per warp "
                 "into stages, several tiles ahead), 7 (as 6, each operand's copy issued once its stage is read) or 8 "
@@ -397,7 +397,7 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
 def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
     keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2); at
-    lut_pipe 6 (KSTAGE, None), KSTAGE the layout of each stage with token rows traded
+    the bulk copies' lut_pipe 6 - 8 (KSTAGE, None), KSTAGE the layout of each stage with token rows traded
     (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads; rows of 32 or 64 bytes, the others
     read in the copies' order); else (None, None). kword / vword:
     `kernels_lut.lut_layouts`'s."""
@@ -638,12 +638,13 @@ def lut_fused_maxnreg(bits: int, pipe: int | None = None) -> int:
 
 @functools.lru_cache(maxsize=1)
 def _fused_tiles() -> dict:
-    """LUT_FUSED_TILES with the entries of LUT_FUSED_TILES_SINCE that the installed triton release has reached."""
-    import triton
-    release = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    """LUT_FUSED_TILES with the entries of LUT_FUSED_TILES_SINCE that the installed triton release has reached (none
+    for a development build whose version does not parse)."""
+    from . import triton_release
+    release = triton_release()
     tiles = dict(LUT_FUSED_TILES)
     for since, entries in sorted(LUT_FUSED_TILES_SINCE.items()):
-        if release >= since:
+        if release is not None and release >= since:
             tiles.update(entries)
     return tiles
 
@@ -652,8 +653,8 @@ def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = No
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
     given, else LUT_FUSED_TILES' for the kind (turbo4 and turbo2: 64-token tiles through per-warp bulk copies,
-    lut_pipe 6 and 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`; from triton 3.9
-    on turbo4 on 7 too: LUT_FUSED_TILES_SINCE), else (LUT_PIPE, GLUON_BLOCK_N)."""
+    turbo4 on lut_pipe 8, turbo2 on 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`;
+    from triton 3.9 on turbo4 on 7 too: LUT_FUSED_TILES_SINCE), else (LUT_PIPE, GLUON_BLOCK_N)."""
     dp, dn = _fused_tiles().get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
         return LUT_FUSED_FALLBACKS[bits] if dp in BULK_PIPES and not bulk else (dp, dn)
