@@ -329,7 +329,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pipe", type=int, choices=(0, 1, 2, 3, 4, 6, 7, 8), default=0,
                     help="with --lut: the next tile's code bytes through a cp.async stage (1) or registers (2; 3: "
                          "two tiles ahead), or the next tiles' words through cp.async stages (4) or per-warp bulk "
-                         "copies into stages (6; 7: each operand's copy issued once its stage is read)")
+                         "copies into stages (6; 7: each operand's copy issued once its stage is read; 8: K's so)")
     ap.add_argument("--qmap", action="store_true",
                     help="with --lut: the query map in the kernel's prologue (bf16 query rows and the fp32 map)")
     ap.add_argument("--fused", action="store_true",

@@ -1133,14 +1133,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         lut = gl.allocate_shared_memory(gl.int32, [512 if FUSED else 64, 32], FLAT2)  # (FUSED: its staging)
         QROWS: gl.constexpr = NH * D * 4 // 128  # the mapped query's bytes in table rows (QMAP)
     else:
-        e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILL))
-        j = gl.arange(0, 64, layout=gl.SliceLayout(0, FILL))
-        if P == 2 and PIPE >= 6 and EARLY:  # (the rows' second halves hold mbarriers already: not written)
-            FILLH: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0])
-            e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILLH))
-            j = gl.arange(0, 32, layout=gl.SliceLayout(0, FILLH))
-            words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
-        elif P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
+        # HALF (turbo4 with the bulk copies started before the prologue): the rows' second halves hold mbarriers
+        # already, so only the first halves are written
+        HALF: gl.constexpr = P == 2 and PIPE >= 6 and EARLY
+        FILLW: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [W, 1], [1, 0]) if HALF else FILL
+        e = gl.arange(0, 256, layout=gl.SliceLayout(1, FILLW))
+        j = gl.arange(0, 32 if HALF else 64, layout=gl.SliceLayout(0, FILLW))
+        if P == 2:  # 4-byte entries: lane l's copy in column l (the first 128 bytes of the row)
             words = gl.load(lut_ptr + gl.expand_dims(e, 1) + gl.expand_dims(j * 0, 0))
         else:  # 8-byte entries: lane l's copy in columns 2 l, 2 l + 1 (the whole row)
             words = gl.load(lut_ptr + gl.expand_dims(2 * e, 1) + gl.expand_dims(j % 2, 0))
@@ -1284,7 +1283,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         if PIPE == 1:
             lut.slice(0, 256, dim=0).store(words)
-        elif P == 2 and PIPE >= 6 and EARLY:
+        elif HALF:
             lut.slice(0, 32, dim=1).store(words)
         else:
             lut.store(words)
