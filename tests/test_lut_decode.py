@@ -410,6 +410,23 @@ def test_fused_bulk_copies_early_vs_float64(kind, pipe):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
+@pytest.mark.parametrize("pipe", [6, 7, 8])
+def test_fused_sixteen_warps_vs_float64(kind, pipe):
+    """16 warps of 32-token tiles at 128 registers through the bulk copies (the merge staged in the table's and the
+    stages' memory): ragged rows, a row shorter than a tile, warps with nothing to copy, one and many programs a
+    group, GQA 1 / 4 / 8, the maps dense and as Hadamard factors, fp16 sinks and the key mean; against float64."""
+    from test_gluon_decode import TOL
+    kw = dict(lut_warps=16, lut_pipe=pipe, lut_block_n=32, lut_maxnreg=128)
+    assert _check_fused(kind, 4, [777, 130, 3, 64], **kw) < TOL
+    assert _check_fused(kind, 8, [3001, 100, 3, 1], num_splits=16, **kw) < TOL
+    assert _check_fused(kind, 1, [5000, 2], num_splits=256, lut_hadamard=False, **kw) < TOL
+    assert _check_fused_sinks(kind, 4, [777, 130, 3, 64], 4, True, **kw) < TOL
+    assert _check_fused_sinks(kind, 8, [5000, 2], 3, False, num_splits=256, **kw) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2"])
 @pytest.mark.parametrize("g", [4, 8])
 def test_fused_hadamard_maps_per_head_match_the_dense_ones(kind, g):
     """A per-head query map (keys stored divided by a per-channel scale s: [H, D, D], i.e. the query q / s in the
@@ -628,7 +645,7 @@ def test_stamped_finishing_kernel_gives_the_same_output_and_ordered_stamps():
             attend_planes(*args, max_len=t, counters=counters, num_splits=ns, clocks=bad)
 
 
-def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None):
+def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloat16, d=128, num_splits=None, **kw):
     """attend_planes with fp16 sinks (a strided view, as a static layer's) and/or a key mean merged by its
     finishing program vs float64: softmax over the sinks and the compressed keys plus the mean; output poisoned,
     counters zero afterwards."""
@@ -649,7 +666,7 @@ def _check_fused_sinks(kind, g, lengths, n_sink, mean, hkv=2, qdtype=torch.bfloa
     out = torch.full((b, 1, hkv * g, d), float("nan"), dtype=torch.float32, device=dev)
     attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lens, packed_kind(kc), packed_kind(vc), max_len=t,
                   counters=counters, out=out, num_splits=num_splits, sinks=sinks, k_mean=k_mean,
-                  qscale=scale * LOG2E)
+                  qscale=scale * LOG2E, **kw)
     assert int(counters.abs().sum()) == 0
     k, v = kc.decode(rk.cpu()).double(), vc.decode(rv.cpu()).double()
     if mean:
@@ -711,9 +728,15 @@ def test_attend_planes_refuses_what_it_cannot_finish():
     with pytest.raises(ValueError, match="adj must be fp32"):
         attend_planes(q, adj, adj.double(), None, None, None, None, None, t4, t4, max_len=64,
                       counters=torch.zeros(2, dtype=torch.int32))
-    with pytest.raises(ValueError, match="4 or 8 warps"):  # 16 warps' accumulators do not fit the table's memory
-        attend_planes(q, adj, adj, None, None, None, None, None, t4, t4, max_len=64,
-                      counters=torch.zeros(2, dtype=torch.int32), lut_warps=16)
+    # 16 warps' accumulators do not fit the table's memory, only with the bulk copies' stages beside it, whose
+    # 64-token tiles at 16 warps leave room for one stage
+    kc, kn = torch.zeros(1, 2, 8, 64, dtype=torch.uint8), torch.zeros(1, 2, 8, dtype=torch.float16)
+    lens = torch.full((1,), 8, dtype=torch.int32)
+    for pipe, bn, why in ((3, 32, "4 or 8 warps at head_dim 128, 16 with lut_pipe 6 / 7 / 8"),
+                          (8, 64, "64 KB must hold two stages")):
+        with pytest.raises(ValueError, match=why):
+            attend_planes(q, adj, adj, kc, kn, kc, kn, lens, t4, t4, max_len=8,
+                          counters=torch.zeros(2, dtype=torch.int32), lut_warps=16, lut_pipe=pipe, lut_block_n=bn)
 
 
 def test_attend_planes_names_maps_without_hadamard_factors():

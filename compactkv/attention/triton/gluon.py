@@ -702,12 +702,6 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     if why:
         raise ValueError(why)
     extras = _fused_extras(sinks, k_mean, qscale, b, h, d, q.device)
-    # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
-    # table's 64 KB
-    staging = (lut_warps + 1 + (extras is not None)) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
-    if staging > LUT_TABLE_BYTES:
-        raise ValueError(f"lut_warps {lut_warps}: the finishing table kernel stages {staging} bytes in the table's "
-                         f"{LUT_TABLE_BYTES}; it takes 4 or 8 warps at head_dim {d}")
     if adj.dtype != torch.float32 or tuple(adj.shape) != (d, d):
         raise ValueError(f"adj must be fp32 [{d}, {d}], got {adj.dtype} {list(adj.shape)}")
     if counters.dtype != torch.int32 or counters.numel() != b * h or counters.device != q.device \
@@ -718,6 +712,14 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     check_query_map(q, w)
     lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
                                             bulk_unsupported(q, k_codes, v_codes) is None)
+    # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
+    # table's 64 KB (16 warps with the bulk copies: in the table's and the stages' 192 KB, `_finish_fused`)
+    staging = (lut_warps + 1 + (extras is not None)) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
+    room = LUT_TABLE_BYTES * (3 if lut_pipe in BULK_PIPES and lut_warps > 8 else 1)
+    if staging > room:
+        raise ValueError(f"lut_warps {lut_warps}: the finishing table kernel stages {staging} bytes in {room} of "
+                         f"shared memory; it takes 4 or 8 warps at head_dim {d}, 16 with lut_pipe "
+                         f"{' / '.join(map(str, BULK_PIPES))}")
     if lut_maxnreg is None:
         lut_maxnreg = lut_fused_maxnreg(k_kind.bits, lut_pipe)
     had = None if lut_hadamard is False else lut_hadamard_maps(w, adj, k_kind.bits, lut_warps)

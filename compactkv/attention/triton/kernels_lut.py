@@ -911,7 +911,8 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
                   ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None):
-    """The program's W splits merged (through the table's shared memory, free once every warp is past the loop),
+    """The program's W splits merged (through the table's shared memory `lut`, free once every warp is past the loop;
+    with 16 warps and the bulk copies the whole allocation, table and stages),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
     its Hadamard factors, fp32 [2, D], `_hadamard_map`) and
@@ -1450,8 +1451,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = P (g WV + k) + p
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
-        _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
+        if PIPE >= 6 and W > 8:  # 16 warps' accumulators outgrow the table: the merge stages them in the whole
+            # allocation (table and stages, every copy landed and read)
+            _finish_fused(smem_view(stages, gl.int32, [3 * 256, 64], FLAT2), acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr,
+                          adj_ptr, out_ptr, bh, b, h, pid, gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH,
+                          QR, ROWB, SINKS, HAD, clk_ptr)
+        else:
+            _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
+                          gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
