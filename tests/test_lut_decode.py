@@ -1028,19 +1028,25 @@ def test_bulk_copies_name_what_they_cannot_read():
 
 
 def test_fused_tiles_follow_the_triton_release(monkeypatch):
-    """LUT_FUSED_TILES_SINCE applies from its release on; a development build whose version does not parse keeps
-    LUT_FUSED_TILES (as dispatch lets it run), with no error; the version parser is the one dispatch uses."""
+    """LUT_FUSED_TILES_SINCE applies from its release on (an entry as session 30's, turbo4 on lut_pipe 7 from 3.9;
+    the table is empty since session 31 timed lut_pipe 8 with 3.9 too); a development build whose version does not
+    parse keeps LUT_FUSED_TILES (as dispatch lets it run), with no error; the version parser is the one dispatch
+    uses."""
     import sys
     import types
     from compactkv.attention.triton import gluon, triton_release
     assert triton_release("3.10.0+git1a2b") == (3, 10) and triton_release("main") is None
-    for version, turbo4 in (("3.6.0", (8, 64)), ("3.8.0", (8, 64)), ("3.9.0", (7, 64)), ("3.10.1", (7, 64)),
-                            ("main", (8, 64))):
-        monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=version))
-        gluon._fused_tiles.cache_clear()
-        assert gluon.lut_fused_build(4) == turbo4 and gluon.lut_fused_build(2) == (7, 64), version
+    cases = (("3.6.0", (8, 64), (8, 64)), ("3.8.0", (8, 64), (8, 64)), ("3.9.0", (8, 64), (7, 64)),
+             ("3.10.1", (8, 64), (7, 64)), ("main", (8, 64), (8, 64)))
+    for since, col in (({}, 1), ({(3, 9): {4: (7, 64)}}, 2)):
+        monkeypatch.setattr(gluon, "LUT_FUSED_TILES_SINCE", since)
+        for case in cases:
+            monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=case[0]))
+            gluon._fused_tiles.cache_clear()
+            assert gluon.lut_fused_build(4) == case[col] and gluon.lut_fused_build(2) == (7, 64), (case, since)
     monkeypatch.undo()
     gluon._fused_tiles.cache_clear()
+    assert gluon.LUT_FUSED_TILES_SINCE == {} and gluon.lut_fused_build(4) == (8, 64)
 
 
 @pytest.mark.parametrize("kind,fused", [("turbo4", True), ("turbo2", False)])

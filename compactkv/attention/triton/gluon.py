@@ -54,13 +54,13 @@ LUT_FUSED_TILES = {4: (8, 64), 2: (7, 64)}  # bits -> (lut_pipe, lut_block_n) of
 # 81.7-82.1 us (2.90-2.92x -> 2.97-2.98x), B=1 T=128K 46.5-46.7 -> 44.2-44.5, B=8 T=128K 314.2-316.3 -> 312.1-317.4;
 # on 7 83.2-83.7 / 45.4 / 323.5-326.4 (7 with the early copies lost 1-3% at B=8 T=128K in four calls); turbo2 on 8
 # 74.0 / 42.0 / 266.4 against 73.3 / 42.6 / 257.8 on 7 (docs/perf/sweep-pipe8-*-s30-h200.*).
-LUT_FUSED_TILES_SINCE = {(3, 9): {4: (7, 64)}}  # triton release -> LUT_FUSED_TILES entries from that release on:
-# triton 3.9's register allocation spills turbo4's lut_pipe 6 loop (sm_90: 13 reloads a tile, 80 stack bytes) but not
-# lut_pipe 7's (254 registers, no stack). Session 30, H200, its builds run through scripts/triton_swap.py, same
-# call, two rounds, B=8 T=32K / B=1 T=128K / B=8 T=128K: 3.9 on lut_pipe 6 88.4-88.7 / 50.7-50.8 / 330.2-331.3 us,
-# on 7 84.8-85.4 / 45.9-46.3 / 323.0-324.9 (3.6 on 6: 83.8-83.9 / 46.2-47.0 / 316.0-317.8); 3.8 on 6 84.2-84.6 /
-# 46.6-46.8 / 321.5, on 7 84.9 / 45.8-45.9 / 321.1-323.7 (docs/perf/triton-swap-s30-h200.*). lut_pipe 8 (the default
-# before 3.9) compiles without spills on 3.8 and 3.9 (198 / 218 registers) but was not timed with them.
+LUT_FUSED_TILES_SINCE = {}  # triton release -> LUT_FUSED_TILES entries from that release on (none now). Session
+# 30 kept turbo4 on lut_pipe 7 from triton 3.9 on: 3.9 spills turbo4's lut_pipe 6 loop (sm_90: 13 reloads a tile),
+# and its lut_pipe 6 / 7 builds did 88.4-88.7 / 84.8-85.4 us at B=8 T=32K (3.6 on 6: 83.8-83.9; docs/perf/
+# triton-swap-s30-h200.*). Session 31 timed lut_pipe 8 with 3.9 (scripts/triton_swap.py, H200, same call, two
+# rounds, B=8 T=32K / B=1 T=128K / B=8 T=128K): 79.7-80.0 / 44.6 / 299.7-300.9 us on 8 against 81.4-82.3 / 45.9-46.1 /
+# 311.4-312.2 on 7 (3.6 on 8 in the call before: 79.3 / 43.6 / 300.7), so 8 for every release
+# (docs/perf/triton-swap-s31-h200.txt).
 BULK_PIPES = (6, 7, 8)  # lut_pipe values that copy with cp.async.bulk (sm_90+, 16-byte aligned planes)
 LUT_FUSED_FALLBACKS = {4: (2, 64), 2: (3, 64)}  # bits -> the finishing build where the bulk copies cannot run (before
 # sm_90, unaligned planes): the register pipelines that were the defaults before
@@ -654,7 +654,7 @@ def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = No
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
     given, else LUT_FUSED_TILES' for the kind (turbo4 and turbo2: 64-token tiles through per-warp bulk copies,
     turbo4 on lut_pipe 8, turbo2 on 7, or the kind's LUT_FUSED_FALLBACKS where `bulk` is False: `bulk_unsupported`;
-    from triton 3.9 on turbo4 on 7 too: LUT_FUSED_TILES_SINCE), else (LUT_PIPE, GLUON_BLOCK_N)."""
+    entries of LUT_FUSED_TILES_SINCE from their triton release on), else (LUT_PIPE, GLUON_BLOCK_N)."""
     dp, dn = _fused_tiles().get(bits, (LUT_PIPE, GLUON_BLOCK_N))
     if pipe is None and block_n is None:
         return LUT_FUSED_FALLBACKS[bits] if dp in BULK_PIPES and not bulk else (dp, dn)
