@@ -970,6 +970,24 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
     assert "7 (as 6" in lut_config_error(4, 128, 8, 5, 255, 64)  # (the pipes it takes, named)
 
 
+@pytest.mark.parametrize("sinks", [False, True])
+def test_sixteen_warp_bulk_build_compiles_for_sm90(sinks):
+    """turbo4's finishing build with 16 warps of 32-token tiles on lut_pipe 8 (session 31; an option, slower than
+    the default): the one 192 KB allocation the launcher checks (the merge of 16 warps' accumulators staged in all
+    of it), no spill traffic in the loop at 128 registers (4 warps a scheduler), two copies and one mbarrier wait a
+    tile, one table read per code byte; the launcher takes these options (`lut_config_error`)."""
+    sass_decode = _sass_decode()
+    from compactkv.attention.triton.gluon import lut_config_error, lut_smem
+    assert lut_config_error(4, 128, 16, 8, 128, 32) is None
+    s = sass_decode.summary("turbo4", lut=True, d=128, warps=16, block_n=32, pipe=8, maxnreg=128, qmap=True,
+                            fused=True, sinks=sinks, hadamard=True)
+    assert s["shared"] == lut_smem(16, 128, 8, 32, 4, fused=True) == 3 * 65536 + 4
+    ops = s["ops"]
+    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 0)
+    assert 2 * 32 * 64 // 32 <= ops["LDS"] <= 2 * 32 * 64 // 32 + 16, ops  # table reads, then the stages' words
+
+
 @pytest.mark.parametrize("nb,w,bn", [(64, 8, 64), (64, 4, 32), (32, 8, 64), (32, 4, 32)])
 def test_bulk_stage_trade_cuts_the_value_reads_conflicts(nb, w, bn):
     """lut_pipe 6's stages hold the copies' rows (64 bytes per token for turbo4, nb = 64 table keys; 32 for
