@@ -713,9 +713,9 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     lut_pipe, lut_block_n = lut_fused_build(k_kind.bits, lut_pipe, lut_block_n,
                                             bulk_unsupported(q, k_codes, v_codes) is None)
     # the merge stages the W warps' accumulators, the output rows (and the sinks' share) and max / sum in the
-    # table's 64 KB (16 warps with the bulk copies: in the table's and the stages' 192 KB, `_finish_fused`)
+    # table's 64 KB (16 warps with the bulk copies: in the table's and the K stages' 128 KB, `_finish_fused`)
     staging = (lut_warps + 1 + (extras is not None)) * GLUON_ROWS * d * 4 + 2 * lut_warps * GLUON_ROWS * 4
-    room = LUT_TABLE_BYTES * (3 if lut_pipe in BULK_PIPES and lut_warps > 8 else 1)
+    room = LUT_TABLE_BYTES * (2 if lut_pipe in BULK_PIPES and lut_warps > 8 else 1)
     if staging > room:
         raise ValueError(f"lut_warps {lut_warps}: the finishing table kernel stages {staging} bytes in {room} of "
                          f"shared memory; it takes 4 or 8 warps at head_dim {d}, 16 with lut_pipe "

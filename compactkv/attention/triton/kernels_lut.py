@@ -908,11 +908,14 @@ def _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, 
 
 
 @gluon.jit
-def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
+def _finish_fused(lut, rest, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid, n_prog, H, MQ,
                   n_groups, D: gl.constexpr, W: gl.constexpr, NH: gl.constexpr, QR: gl.constexpr,
-                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None):
-    """The program's W splits merged (through the table's shared memory `lut`, free once every warp is past the loop;
-    with 16 warps and the bulk copies the whole allocation, table and stages),
+                  ROWB: gl.constexpr, SINKS: gl.constexpr, HAD: gl.constexpr = False, clk_ptr=None,
+                  SEP: gl.constexpr = False):
+    """The program's W splits merged (through the table's shared memory `lut`, free once every warp is past the loop:
+    the accumulators from its start, the rest after them in `rest`, the same buffer; SEP: `rest` another buffer of
+    the table's size, from its start: 16 warps' accumulators fill the table, and with the bulk copies the K stages
+    follow it),
     stored as the program's partial; the last program of the (b, h) group to get there (a counter per group) merges
     the group's partials, maps the result back through adj_ptr (fp32 [D, D], the V inverse map on row vectors; HAD:
     its Hadamard factors, fp32 [2, D], `_hadamard_map`) and
@@ -931,12 +934,14 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
     M_ROWS: gl.constexpr = W * NH * 4 // ROWB if W * NH * 4 >= ROWB else 1
     # (each a block of the whole buffer seen as a stack of such blocks: `smem_view`)
     LR: gl.constexpr = lut.shape[0]
+    RR: gl.constexpr = rest.shape[0]
+    R0: gl.constexpr = 0 if SEP else A_ROWS  # the rest's first row
     MB: gl.constexpr = W * NH * 4  # bytes of the max / sum blocks
     st_a = smem_view(lut, gl.float32, [LR // A_ROWS, W, NH, D], FLAT3).index(0)
-    st_o = smem_view(lut, gl.float32, [LR // O_ROWS, NH, D], FLAT2).index(A_ROWS // O_ROWS)
-    st_m = smem_view(lut, gl.float32, [LR * ROWB // MB, W, NH], FLAT2).index((A_ROWS + O_ROWS) * ROWB // MB)
-    st_l = smem_view(lut, gl.float32, [LR * ROWB // MB, W, NH], FLAT2).index((A_ROWS + O_ROWS + M_ROWS) * ROWB // MB)
-    st_w = smem_view(lut, gl.float32, [LR // O_ROWS, NH, D], FLAT2).index((A_ROWS + 2 * O_ROWS) // O_ROWS)  # (SINKS)
+    st_o = smem_view(rest, gl.float32, [RR // O_ROWS, NH, D], FLAT2).index(R0 // O_ROWS)
+    st_m = smem_view(rest, gl.float32, [RR * ROWB // MB, W, NH], FLAT2).index((R0 + O_ROWS) * ROWB // MB)
+    st_l = smem_view(rest, gl.float32, [RR * ROWB // MB, W, NH], FLAT2).index((R0 + O_ROWS + M_ROWS) * ROWB // MB)
+    st_w = smem_view(rest, gl.float32, [RR // O_ROWS, NH, D], FLAT2).index((R0 + 2 * O_ROWS) // O_ROWS)  # (SINKS)
     cta_barrier()  # every warp is past the loop: nobody reads the table any more
     if clk_ptr is not None:
         _stamp(clk_ptr, 7, W)
@@ -1034,12 +1039,12 @@ def _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, 
         st_o.store(res)
         cta_barrier()
         if HAD:  # adj_ptr: its Hadamard factors (fp32 [2, D])
-            xo = smem_view(lut, gl.float32, [LR // O_ROWS, NH, 8, D // 8], FLAT3).index(A_ROWS // O_ROWS).slice(
+            xo = smem_view(rest, gl.float32, [RR // O_ROWS, NH, 8, D // 8], FLAT3).index(R0 // O_ROWS).slice(
                 0, QR, dim=0)
             out = _hadamard_map(xo.load(gl.SliceLayout(3, had_layout(QR, D, W, 1))), a_pre, a_post, QR, D, W)
             if SINKS:
-                sw3 = smem_view(lut, gl.float32, [LR // O_ROWS, NH, 8, D // 8], FLAT3).index(
-                    (A_ROWS + 2 * O_ROWS) // O_ROWS)
+                sw3 = smem_view(rest, gl.float32, [RR // O_ROWS, NH, 8, D // 8], FLAT3).index(
+                    (R0 + 2 * O_ROWS) // O_ROWS)
                 out = out + sw3.slice(0, QR, dim=0).load(out.type.layout)
             on, od = _had_index(QR, D, W, True)
         else:
@@ -1451,13 +1456,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = P (g WV + k) + p
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
-        if PIPE >= 6 and W > 8:  # 16 warps' accumulators outgrow the table: the merge stages them in the whole
-            # allocation (table and stages, every copy landed and read)
-            _finish_fused(smem_view(stages, gl.int32, [3 * 256, 64], FLAT2), acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr,
-                          adj_ptr, out_ptr, bh, b, h, pid, gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH,
-                          QR, ROWB, SINKS, HAD, clk_ptr)
+        if PIPE >= 6 and W > 8:  # 16 warps' accumulators fill the table: the rest of the merge is staged in the K
+            # stages (every copy landed and read)
+            _finish_fused(lut, stages.index(1), acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h,
+                          pid, gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr,
+                          True)
         else:
-            _finish_fused(lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
+            _finish_fused(lut, lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
                           gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
     else:
         OL: gl.constexpr = acc.type.layout
