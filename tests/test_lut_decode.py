@@ -973,9 +973,10 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
 @pytest.mark.parametrize("sinks", [False, True])
 def test_sixteen_warp_bulk_build_compiles_for_sm90(sinks):
     """turbo4's finishing build with 16 warps of 32-token tiles on lut_pipe 8 (session 31; an option, slower than
-    the default): the one 192 KB allocation the launcher checks (the merge of 16 warps' accumulators staged in its
-    first 128 KB, a view triton 3.9 takes too), no spill traffic in the loop at 128 registers (4 warps a scheduler), two copies and one mbarrier wait a
-    tile, one table read per code byte; the launcher takes these options (`lut_config_error`)."""
+    the default): the one 192 KB allocation the launcher checks (16 warps' accumulators merged through the table,
+    the rest of the merge through the K stages), no spill traffic in the loop at 128 registers (4 warps a
+    scheduler), two copies and one mbarrier wait a tile, one table read per code byte; the launcher takes these
+    options (`lut_config_error`)."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_config_error, lut_smem
     assert lut_config_error(4, 128, 16, 8, 128, 32) is None

@@ -320,9 +320,9 @@ _LUT_CHECKED: set = set()
 def lut_smem(warps: int, head_dim: int, pipe: int, block_n: int = GLUON_BLOCK_N, bits: int = 4,
              fused: bool = False) -> int:
     """Shared memory of a table-kernel program: the table (64 KB; turbo3 8 KB), plus one K and one V stage with
-    `pipe` 1 (`pipe` 4 and BULK_PIPES: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel): 64 KB for
-    every kind (the merge's staging reuses the table's rows) and the 4 bytes after it where the compiler hands the
-    group counter's old value to all threads."""
+    `pipe` 1 (`pipe` 4 and BULK_PIPES: 64 KB of K and 64 KB of V stages); fused (the step finished in the kernel):
+    64 KB for every kind (the merge's staging reuses the table's rows; 16 warps with the bulk copies the K stages'
+    too) and the 4 bytes after it where the compiler hands the group counter's old value to all threads."""
     table = LUT3_TABLE_BYTES if bits == 3 and not fused else LUT_TABLE_BYTES
     if pipe == 4 or pipe in BULK_PIPES:  # the table, 64 KB of K stages and 64 KB of V stages in one allocation
         return 3 * LUT_TABLE_BYTES + 4 * fused
