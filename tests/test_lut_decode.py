@@ -33,7 +33,7 @@ def _half(x: int) -> float:
     return struct.unpack("<e", struct.pack("<H", x & 0xFFFF))[0]
 
 
-@pytest.mark.parametrize("d,bits", [(64, 4), (128, 4), (128, 2)])
+@pytest.mark.parametrize("d,bits", [(64, 4), (128, 4)])
 def test_table_decoder_emulated(d, bits):
     """Every code byte through the inline PTX (addresses, shared reads, half pairing) at every lane and a table base
     away from 0: part p of element k = centroid of code p of byte k, for the lane's own copy; the same with the
@@ -83,7 +83,7 @@ def test_key_decoder_in_byte_order_emulated(d):
     from compactkv.attention.triton.fastasm import fp16_bits, run_asm
     from compactkv.attention.triton.gluon import lut_words
     from compactkv.attention.triton.kernels_lut import lut_asm_k
-    assert lut_asm_k(bits=3) is None and lut_asm_k(True, 2) is None
+    assert lut_asm_k(bits=3) is None and lut_asm_k(False, 2) is None
     u = fp16_bits(d, 4)
     words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), 4).tolist()]
     base = 1 << 16
@@ -140,6 +140,49 @@ def test_value_pair_keys_emulated(d):
                             dim = 2 * (4 * wi + k0 + r) + part
                             got = out[f"${r}"]
                             assert [got & 0xFFFF, got >> 16] == [u[codes[0][dim]], u[codes[1][dim]]], (t0, dim, lane)
+
+
+def test_turbo2_pair_keys_emulated():
+    """turbo2 (lut_pipe >= 2): real rows (Codec.encode) taken as words, K keyed over tokens g and g + 8 (VKEY_ASM), V
+    over tokens 2 t and 2 t + 1 (V2KEY_ASM), each key byte read by `lut_asm_k(bits=2)` (one ld.shared.v2 of its
+    8-byte entry) at its selector and several lanes: K's $0 = (centroids of dims 4 b + 2 nu, + 1 of token g), $1
+    the same of token g + 8 (byte b, nibble nu); V's $0 = (dim 4 b + p of token 2 t, of 2 t + 1), $1 the same of dim
+    4 b + p + 2 (p = 0 from the first key word, 1 from the second)."""
+    from compactkv.attention.triton.fastasm import fp16_bits, run_asm
+    from compactkv.attention.triton.gluon import lut_words
+    from compactkv.attention.triton.kernels_lut import V2KEY_ASM, VKEY_ASM, lut_asm_k
+    from compactkv.core.packing import unpack_bits
+    d = 128
+    codec = Codec("turbo2", d)
+    u = fp16_bits(d, 2)
+    table = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), 2).tolist()]
+    rows = codec.encode(torch.randn(4, d, generator=torch.Generator().manual_seed(6)))[:, 2:]  # [4, 32] bytes
+    assert rows.shape == (4, d // 4)
+    codes = [unpack_bits(r, 2, d).tolist() for r in rows]
+    base = 1 << 15
+    asm = lut_asm_k(words=True, bits=2)
+    c = lambda x: [x & 0xFFFF, x >> 16]  # noqa: E731
+    for lane in (0, 9, 31):
+        shared = {base + e * 256 + 8 * lane + 4 * i: table[2 * e + i] for e in range(256) for i in range(2)}
+        for t0, t1 in ((0, 1), (2, 3), (3, 0)):
+            for wi in range(d // 16):
+                w0, w1 = (int.from_bytes(bytes(rows[t, 4 * wi:4 * wi + 4].tolist()), "little") for t in (t0, t1))
+                kk, vk = run_asm(VKEY_ASM, {"$2": w0, "$3": w1}), run_asm(V2KEY_ASM, {"$2": w0, "$3": w1})
+                for y in range(4):
+                    b = 4 * wi + y
+                    regs = {**{f"${6 + i}": 8 * lane for i in range(4)}, **{f"${10 + i}": 0x7604 + 16 * y
+                                                                            for i in range(4)}}
+                    for nu in range(2):  # K: tokens t0 (as g) and t1 (as g + 8)
+                        out = run_asm(asm, {**regs, **{f"${2 + i}": kk[f"${nu}"] for i in range(4)}}, shared,
+                                      smem_base=base)
+                        dm = 4 * b + 2 * nu
+                        assert c(out["$0"]) == [u[codes[t0][dm]], u[codes[t0][dm + 1]]], (lane, t0, dm)
+                        assert c(out["$1"]) == [u[codes[t1][dm]], u[codes[t1][dm + 1]]], (lane, t1, dm)
+                    for p in range(2):  # V: tokens t0 (as 2 t) and t1 (as 2 t + 1)
+                        out = run_asm(asm, {**regs, **{f"${2 + i}": vk[f"${p}"] for i in range(4)}}, shared,
+                                      smem_base=base)
+                        for r, dm in ((0, 4 * b + p), (1, 4 * b + p + 2)):
+                            assert c(out[f"${r}"]) == [u[codes[t0][dm]], u[codes[t1][dm]]], (lane, t0, dm)
 
 
 def test_turbo3_table_decoder_emulated():
@@ -216,8 +259,9 @@ def test_lut_unsupported_reasons():
 def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fused):
     """sm_90 build: no spill traffic in the loop, the table is the only shared buffer (the decoders address it from
     its start), one shared read per code byte in the loop, per code byte one prmt for its address and one per pair
-    of parts (turbo2: 3; turbo4: 2 for V at pipe < 2, else 1: its K is decoded in byte order, its V at pipe >= 2 by
-    token-pair keys, a shift and a lop3 per key word), and no other integer decoder."""
+    of parts (turbo4: 2 for V at pipe < 2, else 1: its K is decoded in byte order, its V at pipe >= 2 by token-pair
+    keys, a shift and a lop3 per key word; turbo2 none: its K and V are keyed by token pairs, one 8-byte entry per
+    key), and no other integer decoder."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     if fused and (warps > 8 or d != 128):
@@ -244,11 +288,11 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
     # the address, then one per pair of parts (per 2 bytes: 2 per part), turbo4's K none; a few more (27-28 at
     # pipe >= 2, session 20) and with pipe < 2 up to one per K byte (its uint8 codes repacked two bytes a register)
     extra = 32 + (per_lane if pipe < 2 else 0)
-    pairing = (8 // bits) // 2
-    assert ops["PRMT"] <= 2 * per_lane + pairing * per_lane * (1 if bits == 4 else 2) + extra
-    # no bit-twiddling decoder; turbo4 V at pipe >= 2 keys its token pairs (VKEY_ASM): per pair of words one
-    # shift and one lop3 for each of the two key words
-    pairs = per_lane // 8 if bits == 4 and pipe >= 2 else 0
+    pairing = 1 if bits == 4 else 0
+    assert ops["PRMT"] <= 2 * per_lane + pairing * per_lane + extra
+    # no bit-twiddling decoder; turbo4 V at pipe >= 2 keys its token pairs (VKEY_ASM), turbo2 its K and V
+    # (VKEY_ASM, V2KEY_ASM): per pair of words one shift and one lop3 for each of the two key words
+    pairs = (per_lane // 8) * (1 if bits == 4 else 2) if pipe >= 2 else 0
     assert ops["LOP3"] <= 8 + 2 * pairs and ops["SHF"] <= 8 + 2 * pairs  # (ptxas makes some shifts IMAD.SHL)
 
 
@@ -279,13 +323,13 @@ def _check_table(kind, d, warps, pipe, maxnreg, bn, g):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind,warps,pipe,maxnreg", [
-    ("turbo2", 8, 3, 232), ("turbo2", 4, 3, 200), ("turbo2", 8, 2, 168), ("turbo2", 8, 0, 128), ("turbo2", 16, 0, 128),
+    ("turbo2", 8, 3, 232), ("turbo2", 4, 3, 200), ("turbo2", 8, 2, 168), ("turbo2", 8, 2, 128), ("turbo2", 16, 2, 128),
     ("turbo3", 8, 3, 232), ("turbo3", 4, 3, 200), ("turbo3", 8, 2, 168), ("turbo3", 8, 2, 128), ("turbo3", 16, 2, 128),
     ("turbo2", 8, 4, 255)])
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_turbo2_turbo3_table_kernel_vs_float64(kind, warps, pipe, maxnreg, g):
-    """turbo2 (8-byte table entries, 4 parts per byte) and turbo3 (6-bit keys of two codes, 48-byte rows read as
-    words) K and V at head_dim 128, both the default there."""
+    """turbo2 (8-byte table entries, K and V keyed by token pairs) and turbo3 (6-bit keys of two codes, 48-byte rows
+    read as words) K and V at head_dim 128, both the default there."""
     _check_table(kind, 128, warps, pipe, maxnreg, 32, g)
 
 
@@ -777,24 +821,27 @@ def test_planar_launchers_name_bad_input():
 
 @pytest.mark.parametrize("d", [64, 128])
 def test_key_dims_follow_the_operand_registers(d):
-    """lut_key_dims for turbo4's K in byte order: a permutation of the dims in which the A operand's lane column c
-    (k // 2 % 4) reads only its own D / 4 consecutive dims (the NB / 4 consecutive code bytes its loads hold) and a
-    register (k, k + 1) one whole byte (dims 2 i, 2 i + 1); turbo3 / turbo2 keep the part order (row p NB + l: dim
-    P sq(l) + p)."""
+    """lut_key_dims for turbo4's K in byte order and turbo2's keyed by token pairs: a permutation of the dims in
+    which the A operand's lane column c (k // 2 % 4) reads only its own D / 4 consecutive dims (the code bytes its
+    loads hold) and a register (k, k + 1) one table key's two codes (turbo4: a byte's, dims 2 i, 2 i + 1; turbo2: a
+    nibble's, dims 2 i, 2 i + 1, of the byte (k // 16) % 4 of its word, the key byte the selector takes); turbo3
+    keeps the part order (row p NB + l: dim 2 sq(l) + p)."""
     from compactkv.attention.triton.gluon import lut_key_dims
-    qd = lut_key_dims(d, 4).tolist()
-    assert sorted(qd) == list(range(d))
-    for k in range(d):
-        c = (k // 2) % 4
-        assert c * d // 4 <= qd[k] < (c + 1) * d // 4
-        if k % 2 == 0:
-            assert qd[k + 1] == qd[k] + 1 and qd[k] % 2 == 0
-    for bits, p in ((3, 2), (2, 4)):
-        nb = d // p
-        got = lut_key_dims(d, bits).tolist()
-        for l in (x for x in (0, 1, 5, 11, 17, nb - 1) if x < nb):
-            sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-            assert [got[part * nb + l] for part in range(p)] == [p * sq + part for part in range(p)]
+    for bits in (4, 2):
+        qd = lut_key_dims(d, bits).tolist()
+        assert sorted(qd) == list(range(d))
+        for k in range(d):
+            c = (k // 2) % 4
+            assert c * d // 4 <= qd[k] < (c + 1) * d // 4
+            if k % 2 == 0:
+                assert qd[k + 1] == qd[k] + 1 and qd[k] % 2 == 0
+            if bits == 2:
+                assert (qd[k] // 4) % 4 == (k // 16) % 4  # the byte of its word: the selector's
+    nb = d // 2
+    got = lut_key_dims(d, 3).tolist()
+    for l in (x for x in (0, 1, 5, 11, 17, nb - 1) if x < nb):
+        sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
+        assert [got[part * nb + l] for part in range(2)] == [2 * sq + part for part in range(2)]
 
 
 def test_lut_query_map_column_order():
@@ -1106,9 +1153,10 @@ def test_turbo2_table_kernel_refuses_the_cp_async_stage(monkeypatch):
     from compactkv.attention.triton.decode import packed_kind
     t2 = packed_kind(Codec("turbo2", 128))
     q = torch.zeros(1, 1, 4, 128)
-    with pytest.raises(ValueError, match="lut_pipe=1"):
-        gluon._launch_lut(q, None, None, None, None, None, t2, t2, max_len=64, num_splits=None, block_n=32,
-                          warps=16, pipe=1)
+    for pipe in (0, 1):  # turbo2 keys pair two tokens' words
+        with pytest.raises(ValueError, match=f"lut_pipe={pipe}: turbo2 codes are read as words only"):
+            gluon._launch_lut(q, None, None, None, None, None, t2, t2, max_len=64, num_splits=None, block_n=32,
+                              warps=16 if pipe else 8, pipe=pipe)
     t3 = packed_kind(Codec("turbo3", 128))
     for pipe in (0, 1):  # turbo3 keys are read from words only
         with pytest.raises(ValueError, match="lut_pipe 2 or 3"):

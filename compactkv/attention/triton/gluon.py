@@ -381,8 +381,9 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
                 "two stages of a tile's codes per operand")
     if pipe < 2 and bits == 3:
         return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
-    if pipe == 1 and bits != 4:
-        return "lut_pipe=1 (the cp.async stage) takes turbo4 codes only; turbo2 takes 0, 2 or 3"
+    if pipe < 2 and bits == 2:
+        return (f"lut_pipe={pipe}: turbo2 codes are read as words only (its keys pair two tokens' words), lut_pipe "
+                "2, 3, 4, 6, 7 or 8")
     if not 64 <= maxnreg <= 255:
         return f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread"
     if lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits) < 1:
@@ -413,17 +414,20 @@ def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
 def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
     """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 (K in byte order, kernels_lut
     `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k % 2 (a lane
-    column's bytes are consecutive, a byte's two codes one register); turbo3 / turbo2 (P part operands of 2 / 4
-    codes per key) row p NB + l is dim P sq(l) + p (NB = D / P keys per row, sq the lane order of
-    decode_gluon_kernel)."""
+    column's bytes are consecutive, a byte's two codes one register); turbo2 (K keyed by token pairs,
+    `_pair_keys_k`) D/4 ((k // 2) % 4) + 16 (k // 64) + 4 ((k // 16) % 4) + 2 ((k // 8) % 2) + k % 2 (a lane
+    column's bytes are consecutive, a key's two codes one register, the key byte (k // 16) % 4 of its word);
+    turbo3 (2 part operands of a key's 2 codes) row p NB + l is dim 2 sq(l) + p (NB = D / 2 keys per row, sq the
+    lane order of decode_gluon_kernel)."""
     k = torch.arange(d, device=device)
     if bits == 4:
         return (d // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
-    p = 4 if bits == 2 else 2
-    nb = d // p
+    if bits == 2:
+        return (d // 4) * ((k // 2) % 4) + 16 * (k // 64) + 4 * ((k // 16) % 4) + 2 * ((k // 8) % 2) + k % 2
+    nb = d // 2
     l = k % nb
     sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-    return p * sq + k // nb
+    return 2 * sq + k // nb
 
 
 def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:

@@ -25,9 +25,14 @@ tile is decoded. They travel as int32 words: a loop-carried uint8 tensor takes a
 then takes each byte from its word with a prmt selector (a constant per register) in the same prmt that forms
 its table address, so the words cost no extra instruction.
 
-turbo2 (BITS 2): a byte holds 4 codes, so an entry is 8 bytes (parts 0,1 | parts 2,3), read with one
-ld.shared.v2 per byte (entry e of lane l at byte 256 e + 8 l: a warp's read is 256 bytes, two conflict-free
-wavefronts), and each of the 4 parts is its own operand and accumulator, as in the Gluon kernel.
+turbo2 (BITS 2, words only): a byte holds 4 codes, so an entry is 8 bytes (c[bits 0-1], c[bits 2-3] | c[bits
+4-5], c[bits 6-7]), read with one ld.shared.v2 (entry e of lane l at byte 256 e + 8 l: a warp's read is 256 bytes,
+two conflict-free wavefronts). Since session 32 its keys pair two tokens, so that an entry is two registers of an
+operand as read (no pairing prmt; `_pair_asm`): K keys (VKEY_ASM over tokens g and g + 8) hold a nibble (two dims)
+of each, the entry rows g and g + 8 of the A operand for those dims (`_pair_keys_k`, K one operand over the D dims
+as turbo4's); V keys (V2KEY_ASM over tokens 2 t and 2 t + 1) hold codes 0 and 2 (or 1 and 3) of a byte of each,
+the entry the V operand's rows of those two dims for the token pair (`_pair_keys_v`): two V operands and
+accumulators of D / 2 rows, as turbo4's.
 
 turbo3 (BITS 3, words only): the codec packs code i at row bits [3 i, 3 i + 3), so the codes of dims 2 j, 2 j + 1
 form the 6-bit key at bits [6 j, 6 j + 6), which plays the part of a turbo4 byte (same operands, query order and
@@ -52,31 +57,25 @@ from .kernels_gluon import FLAT2, FLAT3, accumulate_pv, async_load, cta_barrier,
 
 
 @functools.lru_cache(maxsize=16)  # asked at every launch
-def lut_asm(words: bool = False, bits: int = 4) -> str:
-    """pack=4 decoder (bits 3: `_lut3_asm`) of P = 8 / bits parts: outputs first ($0, $1 = part 0 of elements
-    0,1 / 2,3; $2, $3 = part 1;
-    ... part p holds code p of each byte, bits [bits p, bits p + bits)), then inputs from $2P: the 4 code bytes
-    (words: the 4 int32 words holding them), then the lane's byte offset (entry bytes x lane), with words the 4
-    prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]), one
-    ld.shared.b32 per byte; turbo2 entries 8 bytes (parts 0,1 | parts 2,3), one ld.shared.v2.b32."""
+def lut_asm(words: bool = False, bits: int = 4) -> str | None:
+    """pack=4 decoder of a byte's 2 parts (bits 3: `_lut3_asm`, of a 6-bit key's): outputs first ($0, $1 = part 0
+    of elements 0,1 / 2,3; $2, $3 = part 1: part p holds code p of each byte, bits [4 p, 4 p + 4)), then inputs
+    from $4: the 4 code bytes (words: the 4 int32 words holding them), then the lane's byte offset (4 x lane), with
+    words the 4 prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]),
+    one ld.shared.b32 per byte. turbo2: None (its keys pair two tokens, `lut_asm_k`)."""
     if bits == 3:
         return _lut3_asm()
-    parts = 8 // bits
-    i0 = 2 * parts  # first input operand
+    if bits == 2:
+        return None
     if words:
-        addr = [f"${i0 + k}, ${i0 + 4}, ${i0 + 8 + k}" for k in range(4)]
+        addr = [f"${4 + k}, $8, ${12 + k}" for k in range(4)]
     else:
-        addr = [f"${i0}, ${i0 + 1}, {0x7604 + 16 * k:#x}" for k in range(4)]
-    regs = [f"l{k}" for k in range(4)] + ([f"h{k}" for k in range(4)] if parts == 4 else [])
-    lines = ["{", f".reg .b32 b, a, {', '.join(regs)};", "mov.u32 b, global_smem;"]
+        addr = [f"$4, $5, {0x7604 + 16 * k:#x}" for k in range(4)]
+    lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
     for k in range(4):
-        load = f"ld.shared.b32 l{k}, [a];" if parts == 2 else f"ld.shared.v2.b32 {{l{k}, h{k}}}, [a];"
-        lines += [f"prmt.b32 a, {addr[k]};", "add.u32 a, a, b;", load]
+        lines += [f"prmt.b32 a, {addr[k]};", "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
     for x, y, half in ((0, 1, 0), (2, 3, 1)):  # elements x, y -> the half-th register of each part
-        for p in range(parts):
-            src = "l" if p < 2 else "h"
-            sel = "0x5410" if p % 2 == 0 else "0x7632"
-            lines.append(f"prmt.b32 ${2 * p + half}, {src}{x}, {src}{y}, {sel};")
+        lines += [f"prmt.b32 ${half}, l{x}, l{y}, 0x5410;", f"prmt.b32 ${2 + half}, l{x}, l{y}, 0x7632;"]
     lines.append("}")
     return "\n".join(lines)
 
@@ -87,10 +86,11 @@ def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
     table entry (c[low code], c[high code]) is the A operand's register as it is read, so no pairing prmt (pack 4:
     outputs $0, $1 = the entries of elements 0 and 2; elements 1 and 3 repeat their bytes). Inputs as `lut_asm`'s,
     one per element (words: the 4 words, the 4 lane offsets, the 4 selectors; else the 4 code bytes in one
-    register, then the lane offsets). turbo3 and turbo2:
-    None, their K stays in part order (turbo2 in byte order, session 20: each 8-byte entry would feed registers k
-    and k + 8, which one ld.shared.v2 cannot fill without moves, and two 4-byte reads per byte timed 1-2% slower on
-    an H200 than the pairing prmt they replace)."""
+    register, then the lane offsets). turbo2 (words only): `_pair_asm`, its K and V keyed by token pairs (session
+    32; in byte order, session 20 found, each 8-byte entry would feed registers k and k + 8, which one ld.shared.v2
+    cannot fill without moves). turbo3: None, its K stays in part order."""
+    if bits == 2:
+        return _pair_asm() if words else None
     if bits != 4:
         return None
     lines = ["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;"]
@@ -99,6 +99,15 @@ def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
         lines += [f"prmt.b32 a, {addr};", "add.u32 a, a, b;", f"ld.shared.b32 ${r}, [a];"]
     lines.append("}")
     return "\n".join(lines)
+
+
+def _pair_asm() -> str:
+    """turbo2's decoder of token-pair keys (`_pair_keys_k`, `_pair_keys_v`; pack 4, the 4 elements of one key: the
+    operand's registers of rows g and g + 8 for one k pair): one ld.shared.v2 of the key's 8-byte entry straight into
+    the outputs $0, $1, no pairing prmt. Inputs as `lut_asm_k(words=True)`'s (the 4 key words, the 4 lane offsets,
+    the 4 selectors; element 0's used)."""
+    return "\n".join(["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;", "prmt.b32 a, $2, $6, $10;",
+                      "add.u32 a, a, b;", "ld.shared.v2.b32 {$0, $1}, [a];", "}"])
 
 
 # turbo4 V keys of token pairs (`_value_keys`): $2, $3 = the same code word of tokens 2 t and 2 t + 1; byte k of $0
@@ -110,6 +119,19 @@ VKEY_ASM = "\n".join([
     "shl.b32 t, $3, 4;", "lop3.b32 $0, $2, t, 0x0F0F0F0F, 0xE4;",
     "shr.b32 t, $2, 4;", "lop3.b32 $1, t, $3, 0x0F0F0F0F, 0xE4;", "}"])
 _VKEY_ASM = gl.constexpr(VKEY_ASM)  # (the kernels' copy)
+
+# turbo2 V keys of token pairs (`_pair_keys_v`): $2, $3 = the same code word of tokens 2 t and 2 t + 1; byte k of $0
+# = codes 0 and 2 of $2's byte k at bits 0-1 and 4-5, of $3's at bits 2-3 and 6-7, so its table entry is (c[code 0
+# of 2 t], c[code 0 of 2 t + 1] | c[code 2 of 2 t], c[code 2 of 2 t + 1]): the V operand's registers of two dims
+# (rows g and g + 8) for that token pair; $1 the same for codes 1 and 3. (turbo2 K pairs tokens g and g + 8 with
+# VKEY_ASM: byte k of $0 = the low nibble of token g's byte k | token g + 8's << 4, whose entry is (c[code 0],
+# c[code 1] of g | the same of g + 8), the A operand's registers of rows g and g + 8 for two dims; $1 the high
+# nibbles.)
+V2KEY_ASM = "\n".join([
+    "{", ".reg .b32 t;",
+    "shl.b32 t, $3, 2;", "lop3.b32 $0, $2, t, 0x33333333, 0xE4;",
+    "shr.b32 t, $2, 2;", "lop3.b32 $1, t, $3, 0x33333333, 0xE4;", "}"])
+_V2KEY_ASM = gl.constexpr(V2KEY_ASM)  # (the kernels' copy)
 
 
 def _lut3_asm() -> str:
@@ -283,17 +305,6 @@ def _decode_lut(codes, lofs, sel, ASM: gl.constexpr):
 
 
 @gluon.jit
-def _decode_lut4(codes, lofs, sel, ASM: gl.constexpr):
-    """turbo2: parts 0..3 of the codes (inputs as `_decode_lut`)."""
-    if codes.dtype == gl.int32:
-        return gl.inline_asm_elementwise(ASM, "=r" + ",=r" * 7 + ",r" * 12, [codes, lofs, sel],
-                                         dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True,
-                                         pack=4)
-    return gl.inline_asm_elementwise(ASM, "=r" + ",=r" * 7 + ",r" * 5, [codes, lofs],
-                                     dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4)
-
-
-@gluon.jit
 def _decode_lut3(lo, hi, lofs, sh, ASM: gl.constexpr):
     """turbo3: (part 0, part 1) of the keys, each element's key in the window (hi:lo) at shift sh (`_lut3_asm`)."""
     return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 16, [lo, hi, lofs, sh],
@@ -430,6 +441,60 @@ def _value_keys(vw, LAY: gl.constexpr):
 
 
 @gluon.jit
+def _pair_keys_k(kw, A_OP: gl.constexpr):
+    """turbo2 K code words [W, BN, NC] (KWORD: lane column c holds words NC / 4 c .. NC / 4 (c + 1) of tokens g and
+    g + 8 of each 16) -> the keys of token pairs (g, g + 8) (VKEY_ASM) as the A operand [W, BN, D]: element (n, k)
+    holds the key word of its token pair whose byte y = (k // 16) % 4 (the selector's) is the key of dims (k-pair
+    order, `_key_dim`) 4 (4 (NC / 4 c + b) + y) + 2 nu + (0, 1), c = (k // 2) % 4, nu = (k // 8) % 2 (the
+    nibble), b = k // 64; rows g and g + 8 of a k pair share it, so `_pair_asm` reads the 4 elements' registers as
+    one entry."""
+    W: gl.constexpr = kw.shape[0]
+    BN: gl.constexpr = kw.shape[1]
+    NC: gl.constexpr = kw.shape[2]
+    lo, hi = gl.split(gl.permute(gl.reshape(kw, [W, BN // 16, 2, 8, NC]), [0, 1, 3, 4, 2]))  # tokens g, g + 8
+    kx, ky = gl.inline_asm_elementwise(_VKEY_ASM, "=r,=r,r,r", [lo, hi], dtype=(gl.int32, gl.int32), is_pure=True,
+                                       pack=1)
+    z = gl.join(kx, ky)  # [W, BN / 16, 8 (g), NC, 2 (nu)]
+    z = gl.join(z, z)  # the key word's byte y = 2 y1 + y0 is the selector's: copies (one register)
+    z = gl.join(z, z)
+    z = gl.join(z, z)  # the k pair's two elements
+    z = gl.join(z, z)  # rows g and g + 8
+    z = gl.reshape(z, [W, BN // 16, 8, 4, NC // 4, 2, 2, 2, 2, 2])  # (g, c, b, nu, y0, y1, e, t8)
+    z = gl.permute(z, [0, 1, 9, 2, 4, 7, 6, 5, 3, 8])  # token (t8, g), k (b, y1, y0, nu, c, e)
+    return gl.convert_layout(gl.reshape(z, [W, BN, 16 * NC]), A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _pair_rows(x, A_OP: gl.constexpr):
+    """turbo2 V key words of token pairs [W, BN / 2, NC] (word g of pair t in lane row g) -> the V operand [W, 8 NC,
+    BN] of their keys: row 16 m + 8 h + g, tokens 2 t and 2 t + 1 hold key byte m (the selector's) of pair t's word
+    g, that is byte 4 g + m's codes 2 h (operand X) or 2 h + 1 (Y): dim 4 (4 g + m) + 2 h (+ 1)."""
+    W: gl.constexpr = x.shape[0]
+    BN2: gl.constexpr = x.shape[1]
+    NC: gl.constexpr = x.shape[2]
+    z = gl.join(x, x)  # byte m = 2 m1 + m0 (copies)
+    z = gl.join(z, z)
+    z = gl.join(z, z)  # rows g and g + 8 (h)
+    z = gl.join(z, z)  # tokens 2 t, 2 t + 1 (e)
+    z = gl.permute(z, [0, 4, 3, 5, 2, 1, 6])  # (m1, m0, h, g, t, e)
+    return gl.convert_layout(gl.reshape(z, [W, 8 * NC, 2 * BN2]), A_OP, assert_trivial=True)
+
+
+@gluon.jit
+def _pair_keys_v(vw, A_OP: gl.constexpr):
+    """turbo2 V code words [W, BN, NC] (VWORD: tokens 2 t and 2 t + 1 in one thread, lane row g holding word g) ->
+    the V operands (X: codes 0 and 2 of each byte, Y: codes 1 and 3) of their token-pair keys (V2KEY_ASM), each
+    [W, 8 NC, BN] as `_pair_rows` lays them out."""
+    W: gl.constexpr = vw.shape[0]
+    BN: gl.constexpr = vw.shape[1]
+    NC: gl.constexpr = vw.shape[2]
+    w0, w1 = gl.split(gl.permute(gl.reshape(vw, [W, BN // 2, 2, NC]), [0, 1, 3, 2]))
+    x, y = gl.inline_asm_elementwise(_V2KEY_ASM, "=r,=r,r,r", [w0, w1], dtype=(gl.int32, gl.int32), is_pure=True,
+                                     pack=1)
+    return _pair_rows(x, A_OP), _pair_rows(y, A_OP)
+
+
+@gluon.jit
 def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
     """x [W, M, N] split along dim `axis` (1 or 2) into its two halves, each in layout LAY (a register split)."""
     W: gl.constexpr = x.shape[0]
@@ -459,14 +524,12 @@ def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr):
 def _decode_operand(codes, codes_hi, lofs, sel, ASM: gl.constexpr, BITS: gl.constexpr, V: gl.constexpr,
                     A_OP: gl.constexpr):
     """One tile's K (V False) or V codes [W, BN, NB], arranged as the A operand (`_k_arrange3` / `_v_arrange3`),
-    through the table: (part 0, part 1), turbo2 parts 0..3. codes_hi: turbo3's high window words (else unused)."""
+    through the table: (part 0, part 1) (turbo4, turbo3). codes_hi: turbo3's high window words (else unused)."""
     x = _v_arrange3(codes, A_OP) if V else _k_arrange3(codes, A_OP)
     if BITS == 3:
         return _decode_lut3(x, _v_arrange3(codes_hi, A_OP) if V else _k_arrange3(codes_hi, A_OP), lofs, sel, ASM)
-    elif BITS == 4:
-        return _decode_lut(x, lofs, sel, ASM)
     else:
-        return _decode_lut4(x, lofs, sel, ASM)
+        return _decode_lut(x, lofs, sel, ASM)
 
 
 @gluon.jit
@@ -645,11 +708,17 @@ def _tile_at(off, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, 
 
 
 @gluon.jit
-def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr):
+def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr,
+                  A_OP: gl.constexpr):
     """A register-pipelined tile's code words (PIPE >= 2) as the decoders take them: (kc, kc_hi, vc, vc_hi, vx,
     vy): turbo3's K and V windows (kc_hi, vc_hi: their high words; voff its V bit offsets), turbo4's V as
-    token-pair keys (VB: vx, vy), else the words spread; what a kind does not use repeats kc."""
-    if BITS == 3:
+    token-pair keys (VB: vx, vy), turbo2's K and V as token-pair keys already in their operands (kc: `_pair_keys_k`,
+    vx, vy: `_pair_keys_v`), else the words spread; what a kind does not use repeats kc."""
+    if BITS == 2:
+        vx, vy = _pair_keys_v(vw, A_OP)
+        kc = _pair_keys_k(kw, A_OP)
+        return kc, kc, kc, kc, vx, vy
+    elif BITS == 3:
         kc, kc_hi = _keys3_k(kw, KLOAD)
         vc, vc_hi = _keys3_v(vw, voff, VLOAD)
         return kc, kc_hi, vc, vc_hi, kc, kc
@@ -664,54 +733,54 @@ def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: 
 
 
 @gluon.jit
-def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM: gl.constexpr, KASM: gl.constexpr,
+def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, ASM: gl.constexpr, KASM: gl.constexpr,
                  BITS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, A_OP: gl.constexpr,
                  MMA: gl.constexpr):
-    """A tile's scores [W, BN, NH] (not yet times the K norms): turbo4 (K in byte order, qk_lo / qk_hi its query
-    halves) or turbo3 / turbo2 (a key's codes paired into part operands, q0 .. q3 the parts' query rows)."""
-    if BITS == 4:
+    """A tile's scores [W, BN, NH] (not yet times the K norms): turbo4 (K in byte order) or turbo2 (K keyed by
+    token pairs, kc already the operand's keys: `_pair_keys_k`), qk_lo / qk_hi their query halves, or turbo3 (a
+    key's codes paired into part operands, q0, q1 the parts' query rows)."""
+    if BITS != 3:
         # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
-        k_lo, k_hi = _halves(_decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM), 2, A_OP)
+        kx = _k_bytes3(kc, A_OP) if BITS == 4 else kc
+        k_lo, k_hi = _halves(_decode_kbytes(kx, klofs, ksel, KASM), 2, A_OP)
         s = mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
             + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
     else:  # (two accumulations, as above)
         kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
         s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
         s_b = mma_v2(kd[1], q1, gl.zeros([W, BN, NH], gl.float32, MMA))
-        if BITS == 2:
-            s = mma_v2(kd[2], q2, s)
-            s_b = mma_v2(kd[3], q3, s_b)
         s = s + s_b
     return s
 
 
 @gluon.jit
-def _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM: gl.constexpr,
+def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM: gl.constexpr,
                  KASM: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr):
     """One tile's online-softmax step (base 2; a row that has seen no key keeps max -inf, sum 0) and its values
-    accumulated: (a0, a1, a2, a3, m_i, l_i) updated (a2, a3: turbo2's parts, else returned as given). s: the
-    tile's scores, valid [W, BN] its live tokens, kn / vn their K / V norms."""
+    accumulated: (a0, a1, m_i, l_i) updated (the two V operands' accumulators: turbo4 / turbo3 parts 0 and 1,
+    turbo2 codes 0, 2 and 1, 3 of a byte, `_pair_keys_v`). s: the tile's scores, valid [W, BN] its live tokens, kn /
+    vn their K / V norms."""
     s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
     p = gl.exp2(s - gl.expand_dims(m_use, 1))
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    a0, a1, a2, a3 = scale_acc(a0, a1, a2, a3, gl.expand_dims(alpha, 1), BITS == 2)
+    a0, a1, _a2, _a3 = scale_acc(a0, a1, a0, a1, gl.expand_dims(alpha, 1), False)
     m_i = m_new
     pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
-    if VB:
+    if BITS == 2:  # token-pair keys in their operands already
+        v0 = _decode_kbytes(vx, vlofs, vsel, KASM)
+        v1 = _decode_kbytes(vy, vlofs, vsel, KASM)
+    elif VB:
         v0 = _decode_kbytes(_v_arrange3(vx, A_OP), vlofs, vsel, KASM)
         v1 = _decode_kbytes(_v_arrange3(vy, A_OP), vlofs, vsel, KASM)
     else:
         vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
         v0, v1 = vd[0], vd[1]
-    v2, v3 = v0, v1
-    if BITS == 2:
-        v2, v3 = vd[2], vd[3]
-    a0, a1, a2, a3 = accumulate_pv(v0, v1, v2, v3, pv, a0, a1, a2, a3, BITS == 2)
-    return a0, a1, a2, a3, m_i, l_i
+    a0, a1, _a2, _a3 = accumulate_pv(v0, v1, v0, v1, pv, a0, a1, a0, a1, False)
+    return a0, a1, m_i, l_i
 
 
 @gluon.jit
@@ -830,12 +899,13 @@ def _key_dim(k, D: gl.constexpr, BITS: gl.constexpr):
     """The dim that row k of the K product reads (`gluon.lut_key_dims`)."""
     if BITS == 4:
         return (D // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
+    elif BITS == 2:  # (`_pair_keys_k`) code 2 nu + k % 2 of byte 4 (D / 64 c + b) + y
+        return (D // 4) * ((k // 2) % 4) + 16 * (k // 64) + 4 * ((k // 16) % 4) + 2 * ((k // 8) % 2) + k % 2
     else:
-        P: gl.constexpr = 4 if BITS == 2 else 2
-        NB: gl.constexpr = D // P
+        NB: gl.constexpr = D // 2
         lq = k % NB
         sq = ((lq // 2) % 4) * (NB // 4) + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-        return P * sq + k // NB
+        return 2 * sq + k // NB
 
 
 CLOCK_PHASES = 10  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`; 6: the SM's id; 7-9:
@@ -1121,11 +1191,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
     P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
-    KB: gl.constexpr = BITS == 4  # K decoded in byte order (KASM, `_k_bytes3`): one operand over the D dims
-    VB: gl.constexpr = BITS == 4 and PIPE >= 2  # V read by token-pair keys (`_value_keys`), through KASM too
-    NB: gl.constexpr = D // P  # table keys per row (the operands' k or m extent)
+    # K as one operand over the D dims, through KASM: turbo4 in byte order (`_k_bytes3`), turbo2 keyed by token pairs
+    # (`_pair_keys_k`; its V too, `_pair_keys_v`)
+    KB: gl.constexpr = BITS != 3
+    VB: gl.constexpr = BITS == 4 and PIPE >= 2  # turbo4's V read by token-pair keys (`_value_keys`), through KASM too
+    NB: gl.constexpr = D // P  # table keys per row (the load layouts' extent)
+    NA: gl.constexpr = D // 2  # rows of each of the two V operands and their accumulators
     RB: gl.constexpr = D * BITS // 8  # code bytes per row (= NB but for turbo3)
-    WV: gl.constexpr = NB // 8
+    WV: gl.constexpr = NA // 8
 
     # the table: row e holds entry e for lanes 0..31 (its first 128 bytes); with PIPE, the K and V stages follow
     # it in the same allocation (256-byte rows), so the table is at the start of shared memory either way
@@ -1226,7 +1299,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
     # the query (same for every warp) in the K operand's dim order: KB, operand row k is dim qd(k)
-    # (`lut_key_dims`); else (turbo3, turbo2, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
+    # (`lut_key_dims`); else (turbo3, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
     QL: gl.constexpr = gl.SliceLayout(0, B_OP)
     nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
     if QMAP:
@@ -1251,9 +1324,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:
             q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
             q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-            if P == 4:
-                q2 = gl.where(live, qt.slice(2 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
-                q3 = gl.where(live, qt.slice(3 * NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
         cta_barrier()  # every thread holds its query values: the table may overwrite them
     else:
         qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
@@ -1265,11 +1335,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
             q0 = gl.load(qrow + gl.expand_dims(_key_dim(lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
             q1 = gl.load(qrow + gl.expand_dims(_key_dim(NB + lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
-            if P == 4:
-                q2 = gl.load(qrow + gl.expand_dims(_key_dim(2 * NB + lq, D, BITS), 1), mask=qmask,
-                             other=0.0).to(gl.float16)
-                q3 = gl.load(qrow + gl.expand_dims(_key_dim(3 * NB + lq, D, BITS), 1), mask=qmask,
-                             other=0.0).to(gl.float16)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
     if KB:
@@ -1277,9 +1342,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
         q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
-        if P == 4:
-            q2 = gl.expand_dims(q2, 0) + zero_w.to(gl.float16)
-            q3 = gl.expand_dims(q3, 0) + zero_w.to(gl.float16)
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
@@ -1302,16 +1364,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
 
-    a0 = gl.zeros([W, NB, NH], gl.float32, MMA)
-    a1 = gl.zeros([W, NB, NH], gl.float32, MMA)
-    if P == 4:
-        a2 = gl.zeros([W, NB, NH], gl.float32, MMA)
-        a3 = gl.zeros([W, NB, NH], gl.float32, MMA)
+    a0 = gl.zeros([W, NA, NH], gl.float32, MMA)
+    a1 = gl.zeros([W, NA, NH], gl.float32, MMA)
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
     klofs = _lane_offset(gl.zeros([W, BN, D if KB else NB], gl.int32, A_OP))
-    vlofs = _lane_offset(gl.zeros([W, NB, BN], gl.int32, A_OP))
+    vlofs = _lane_offset(gl.zeros([W, NA, BN], gl.int32, A_OP))
     if P == 4:  # 8-byte entries
         klofs = klofs * 2
         vlofs = vlofs * 2
@@ -1321,6 +1380,14 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     else:
         ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
+    if BITS == 2:  # turbo2's token-pair keys: byte (k // 16) % 4 of K's key words (`_pair_keys_k`), byte (row // 16)
+        # % 4 of V's (`_pair_rows`)
+        kk = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, A_OP)))
+        ksel = 0x7604 + 16 * gl.expand_dims(gl.expand_dims((kk // 16) % 4, 0), 1) + gl.zeros([W, BN, D], gl.int32,
+                                                                                             A_OP)
+        vr = gl.arange(0, NA, layout=gl.SliceLayout(0, gl.SliceLayout(2, A_OP)))
+        vsel = 0x7604 + 16 * gl.expand_dims(gl.expand_dims((vr // 16) % 4, 0), 2) + gl.zeros([W, NA, BN], gl.int32,
+                                                                                             A_OP)
     if BITS == 3:  # turbo3: the funnel shift of each key's window instead (`lut3_shift`; K chunks of 16 keys, V of 8)
         ksel = _k_arrange3((6 * (kc3 % 16) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
         vsel = _v_arrange3((6 * (vc3 % 8) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
@@ -1356,14 +1423,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if KB:  # (the helpers below take every query operand; the ones a kind does not use repeat one it does)
         q0 = qk_lo
         q1 = qk_lo
-        q2 = qk_lo
-        q3 = qk_lo
     else:
         qk_lo = q0
         qk_hi = q0
-        if P == 2:
-            q2 = q0
-            q3 = q0
     for i in range(n_iter):
         t = i * BN
         tok = lo_r + t + tr
@@ -1393,10 +1455,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 kw_n = st6.index(SLOTS6 + s6).load(KWORD)
                 if PIPE >= 7:  # tile i + S6's K rows into the stage the warp has just read
                     _bulk_op(True, lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB)
-                kc = _spread(kw_n, KLOAD)
+                kc = _pair_keys_k(kw_n, A_OP) if BITS == 2 else _spread(kw_n, KLOAD)
                 kc_hi = kc
             else:
-                kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
+                kc, kc_hi, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB, A_OP)
             kn, vn = kn_n, vn_n
             ahead: gl.constexpr = (PIPE - 1) * BN
             if PIPE == 4:  # the norms two tiles ahead
@@ -1419,21 +1481,17 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
-        s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, q2, q3, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
+        s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
         if PIPE >= 6:
             vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
             if PIPE == 7:  # and its V rows
                 _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
                          RB)
-            _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB)
+            _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB, A_OP)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
-        if P == 4:
-            a0, a1, a2, a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a2, a3, m_i, l_i, vc, vc_hi, vx, vy,
-                                                    vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
-        else:
-            a0, a1, _a2, _a3, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, a0, a1, m_i, l_i, vc, vc_hi, vx, vy,
-                                                      vlofs, vsel, ASM, KASM, BITS, VB, A_OP, B_OP)
+        a0, a1, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM, KASM,
+                                        BITS, VB, A_OP, B_OP)
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
                        lo6 + t + S6 * BN, hi6, BN, RB)
@@ -1445,15 +1503,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if clk_ptr is not None:
         _stamp(clk_ptr, 3, W)
     # partials: split W * pid + w, rows >= MQ never read (not stored). Thread (g, c) of the accumulators holds rows
-    # mo = g + 8 k (k < WV) of every part p, i.e. dims P (g WV + k) + p: D/8 consecutive dims of each of its query
-    # rows, stored as one run (vector stores) after a register-only reorder (ncu, B=8 T=4K: the scattered 4-byte
-    # stores were 29% of the warps' stall samples)
-    if P == 2:
-        acc = gl.join(a0, a1)  # [W, NB, NH, P]
-    else:
-        acc = gl.reshape(gl.join(gl.join(a0, a2), gl.join(a1, a3)), [W, NB, NH, P])
-    acc = gl.reshape(gl.permute(acc, [0, 2, 1, 3]), [W, NH, WV, 8, P])  # mo = 8 k + g
-    acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = P (g WV + k) + p
+    # mo = g + 8 k (k < WV) of both, i.e. dims 2 (g WV + k) + p for accumulator p (turbo2: row 16 m + 8 h + g of
+    # accumulator p is code 2 h + p of byte 4 g + m, dim 4 (4 g + m) + 2 h + p, the same with k = 2 m + h): D/8
+    # consecutive dims of each of its query rows, stored as one run (vector stores) after a register-only reorder
+    # (ncu, B=8 T=4K: the scattered 4-byte stores were 29% of the warps' stall samples)
+    acc = gl.join(a0, a1)  # [W, NA, NH, 2]
+    acc = gl.reshape(gl.permute(acc, [0, 2, 1, 3]), [W, NH, WV, 8, 2])  # mo = 8 k + g
+    acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = 2 (g WV + k) + p
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
         if PIPE >= 6 and W > 8:  # 16 warps' accumulators fill the table: the rest of the merge is staged in the K
