@@ -83,7 +83,7 @@ def test_key_decoder_in_byte_order_emulated(d):
     from compactkv.attention.triton.fastasm import fp16_bits, run_asm
     from compactkv.attention.triton.gluon import lut_words
     from compactkv.attention.triton.kernels_lut import lut_asm_k
-    assert lut_asm_k(bits=3) is None and lut_asm_k(False, 2) is None
+    assert lut_asm_k(bits=3) is None and lut_asm_k(False, 2) is None  # (turbo3, turbo2: words only)
     u = fp16_bits(d, 4)
     words = [w & 0xFFFFFFFF for w in lut_words(d, torch.device("cpu"), 4).tolist()]
     base = 1 << 16
@@ -188,50 +188,63 @@ def test_turbo2_pair_keys_emulated():
 def test_turbo3_table_decoder_emulated():
     """turbo3: the keys of real rows (Codec.encode's 48-byte rows at head_dim 128) taken as the kernel takes them
     (K lane chunk c: words 3 c .. 3 c + 2 and a 0; V lane chunk g: the two words from floor(3 g / 2), shifted down
-    by 16 (g % 2) bits; key k's window (w_i+1 : w_i), i = floor((6 k - 7) / 32), at shift lut3_shift(k)) through
-    the inline PTX at several lanes and a table base away from 0: parts 0 and 1 = the centroids of dims 2 j and
-    2 j + 1."""
+    by 16 (g % 2) bits, two tokens' keyed by V3KEY_ASM; key k's window (w_i+1 : w_i), i = floor((6 k - 7) / 32), at
+    shift lut3_shift(k)) through the K decoder in key order (lut_asm_k: elements 0 and 2's keys, one register each)
+    at several lanes and a table base away from 0: a K key's entry is (c[dim 2 j], c[dim 2 j + 1]) of its token, a V
+    key's (c[token 2 t], c[token 2 t + 1]) of its dim."""
     from compactkv.attention.triton.fastasm import fp16_bits, run_asm
     from compactkv.attention.triton.gluon import lut_words
-    from compactkv.attention.triton.kernels_lut import lut3_shift, lut_asm
+    from compactkv.attention.triton.kernels_lut import V3KEY_ASM, lut3_shift, lut_asm, lut_asm_k
     from compactkv.core.packing import unpack_bits
+    assert lut_asm(True, 3) is None and lut_asm_k(False, 3) is None  # (turbo3: key windows of words only)
     codec = Codec("turbo3", 128)
     u = fp16_bits(128, 3)
     table = [w & 0xFFFFFFFF for w in lut_words(128, torch.device("cpu"), 3).tolist()]
     assert len(table) == 64 and all(table[e] == u[e & 7] | (u[e >> 3] << 16) for e in range(64))
-    x = torch.randn(6, 128, generator=torch.Generator().manual_seed(3))
-    rows = codec.encode(x)[:, 2:]  # [6, 48] code bytes
-    assert rows.shape == (6, 48)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(3))
+    rows = codec.encode(x)[:, 2:]  # [4, 48] code bytes
+    assert rows.shape == (4, 48)
     base = 1 << 15
-    asm = lut_asm(words=True, bits=3)
+    kasm = lut_asm_k(words=True, bits=3)
+    words, codes = [], []
     for row in rows:
-        words = [int.from_bytes(bytes(row[4 * i:4 * i + 4].tolist()), "little") for i in range(12)] + [0]
+        words.append([int.from_bytes(bytes(row[4 * i:4 * i + 4].tolist()), "little") for i in range(12)] + [0])
         bits384 = int.from_bytes(bytes(row.tolist()), "little")
-        codes = [(bits384 >> (3 * i)) & 7 for i in range(128)]  # code i at row bits [3 i, 3 i + 3)
-        assert codes == unpack_bits(row, 3, 128).tolist()
-        chunks = []  # (key numbers, window words, shifts)
-        for c in range(4):  # K: 16 keys per lane chunk
-            w = words[3 * c:3 * c + 3] + [0]
-            win = [((w[max(i, 0)], w[i + 1]), lut3_shift(k)) for k in range(16) for i in [(6 * k - 7) // 32]]
-            chunks.append((list(range(16 * c, 16 * c + 16)), win))
-        for g in range(8):  # V: 8 keys per lane chunk
-            wa, wb, off = words[3 * g // 2], words[3 * g // 2 + 1], 16 * (g % 2)
-            n = [(((wb << 32) | wa) >> off) & 0xFFFFFFFF, wb >> off]
-            win = [((n[max(i, 0)], n[min(i + 1, 1)]), lut3_shift(k)) for k in range(8) for i in [(6 * k - 7) // 32]]
-            chunks.append((list(range(8 * g, 8 * g + 8)), win))
-        for lane in (0, 5, 31):
-            shared = {base + e * 128 + 4 * lane: table[e] for e in range(64)}
-            for keys, win in chunks:
-                for q in range(0, len(keys), 4):
-                    regs = {"$12": 4 * lane}
-                    for k in range(4):
-                        (lo, hi), sh = win[q + k]
-                        regs.update({f"${4 + k}": lo, f"${8 + k}": hi, f"${16 + k}": sh})
-                    out = run_asm(asm, regs, shared, smem_base=base)
-                    got = [[out[f"${2 * p}"] & 0xFFFF, out[f"${2 * p}"] >> 16, out[f"${2 * p + 1}"] & 0xFFFF,
-                            out[f"${2 * p + 1}"] >> 16] for p in range(2)]
-                    want = [[u[codes[2 * j + p]] for j in keys[q:q + 4]] for p in range(2)]
-                    assert got == want, (lane, keys[q])
+        codes.append([(bits384 >> (3 * i)) & 7 for i in range(128)])  # code i at row bits [3 i, 3 i + 3)
+        assert codes[-1] == unpack_bits(row, 3, 128).tolist()
+
+    def windows(lo, hi):  # the 8 keys of 48 bits (hi: its low 16 bits)
+        w = [lo, hi]
+        return [((w[max(i, 0)], w[min(i + 1, 1)]), lut3_shift(k)) for k in range(8) for i in [(6 * k - 7) // 32]]
+
+    cases = []  # (window and shift, want: the register's two halves)
+    for t, w in enumerate(words):  # K: 16 keys per lane chunk
+        for c in range(4):
+            ww = w[3 * c:3 * c + 3] + [0]
+            for k in range(16):
+                i, j = (6 * k - 7) // 32, 16 * c + k
+                cases.append((((ww[max(i, 0)], ww[i + 1]), lut3_shift(k)), [u[codes[t][2 * j]], u[codes[t][2 * j + 1]]]))
+    for ta, tb in ((0, 1), (2, 3), (3, 0)):  # V: tokens ta (as 2 t) and tb (as 2 t + 1), 8 keys per lane chunk
+        for g in range(8):
+            norm = []
+            for t in (ta, tb):
+                wa, wb, off = words[t][3 * g // 2], words[t][3 * g // 2 + 1], 16 * (g % 2)
+                norm += [(((wb << 32) | wa) >> off) & 0xFFFFFFFF, wb >> off]
+            keys = run_asm(V3KEY_ASM, {f"${4 + i}": v for i, v in enumerate(norm)})
+            for p, (lo, hi) in enumerate(((keys["$0"], keys["$1"]), (keys["$2"], keys["$3"]))):
+                for k, win in enumerate(windows(lo, hi)):
+                    dim = 16 * g + 2 * k + p
+                    cases.append((win, [u[codes[ta][dim]], u[codes[tb][dim]]]))
+    for lane in (0, 5, 31):
+        shared = {base + e * 128 + 4 * lane: table[e] for e in range(64)}
+        for n in range(0, len(cases), 2):  # two keys as elements 0 and 2 (1 and 3 repeating them)
+            regs = {}
+            for e, ((lo, hi), sh) in enumerate([cases[n][0]] * 2 + [cases[n + 1][0]] * 2):
+                regs.update({f"${2 + e}": lo, f"${6 + e}": hi, f"${10 + e}": 4 * lane, f"${14 + e}": sh})
+            out = run_asm(kasm, regs, shared, smem_base=base)
+            for r in range(2):
+                got = out[f"${r}"]
+                assert [got & 0xFFFF, got >> 16] == cases[n + r][1], (lane, n + r)
 
 
 def test_lut_unsupported_reasons():
@@ -821,12 +834,13 @@ def test_planar_launchers_name_bad_input():
 
 @pytest.mark.parametrize("d", [64, 128])
 def test_key_dims_follow_the_operand_registers(d):
-    """lut_key_dims for turbo4's K in byte order and turbo2's keyed by token pairs: a permutation of the dims in
-    which the A operand's lane column c (k // 2 % 4) reads only its own D / 4 consecutive dims (the code bytes its
-    loads hold) and a register (k, k + 1) one table key's two codes (turbo4: a byte's, dims 2 i, 2 i + 1; turbo2: a
-    nibble's, dims 2 i, 2 i + 1, of the byte (k // 16) % 4 of its word, the key byte the selector takes); turbo3
-    keeps the part order (row p NB + l: dim 2 sq(l) + p)."""
+    """lut_key_dims for turbo4's K in byte order, turbo3's in key order and turbo2's keyed by token pairs: a
+    permutation of the dims in which the A operand's lane column c (k // 2 % 4) reads only its own D / 4
+    consecutive dims (the code bytes or keys its loads hold) and a register (k, k + 1) one table key's two codes
+    (dims 2 i, 2 i + 1: a turbo4 byte's, a turbo3 key's, a turbo2 nibble's of the byte (k // 16) % 4 of its word,
+    the key byte the selector takes); turbo4 and turbo3 in the same order."""
     from compactkv.attention.triton.gluon import lut_key_dims
+    assert torch.equal(lut_key_dims(d, 3), lut_key_dims(d, 4))
     for bits in (4, 2):
         qd = lut_key_dims(d, bits).tolist()
         assert sorted(qd) == list(range(d))
@@ -837,11 +851,6 @@ def test_key_dims_follow_the_operand_registers(d):
                 assert qd[k + 1] == qd[k] + 1 and qd[k] % 2 == 0
             if bits == 2:
                 assert (qd[k] // 4) % 4 == (k // 16) % 4  # the byte of its word: the selector's
-    nb = d // 2
-    got = lut_key_dims(d, 3).tolist()
-    for l in (x for x in (0, 1, 5, 11, 17, nb - 1) if x < nb):
-        sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-        assert [got[part * nb + l] for part in range(2)] == [2 * sq + part for part in range(2)]
 
 
 def test_lut_query_map_column_order():
@@ -1134,8 +1143,9 @@ def test_cp_async_stage_build_compiles_for_sm90(kind, fused):
 @pytest.mark.parametrize("warps,pipe,maxnreg", [(8, 3, 232), (4, 3, 232), (8, 2, 168)])
 def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
     """sm_90 build of the turbo3 table kernel: no spill traffic, the 8 KB table is the only shared buffer, one
-    shared read per key (two codes) in the loop, and per key one funnel shift, one and/or (LOP3) and one pairing
-    prmt (with a little loop bookkeeping; the V windows' shift by 0 or 16 bits is two more per token and lane)."""
+    shared read per key (two codes) in the loop, and per key one funnel shift and one and/or (LOP3), no pairing
+    prmt (K in key order, V keyed by token pairs; with a little loop bookkeeping; the V windows' shift by 0 or 16
+    bits is two more per token and lane, V3KEY_ASM four shifts and four lop3 per token pair and lane)."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_smem
     s = sass_decode.summary("turbo3", lut=True, d=128, warps=warps, pipe=pipe, maxnreg=maxnreg)
@@ -1144,8 +1154,9 @@ def test_turbo3_table_kernel_compiles_for_sm90(warps, pipe, maxnreg):
     assert s["shared"] == lut_smem(warps, 128, pipe, bits=3) == 64 * 128
     keys = 32 * 64 * 2 // 32  # K and V keys of a 32-token tile per lane
     assert ops["LDS"] == keys and ops["HMMA"] > 0
-    assert keys <= ops["SHF"] <= keys + 8 * 2 + 8 and keys <= ops["LOP3"] <= keys + 8
-    assert ops["PRMT"] <= 1.25 * keys
+    pairs = 4  # token pairs of a lane's V in a 32-token tile
+    assert keys <= ops["SHF"] <= keys + 8 * 2 + 8 + 4 * pairs and keys <= ops["LOP3"] <= keys + 8 + 4 * pairs
+    assert ops["PRMT"] <= keys // 4  # (was 1.25 keys with the pairing prmt)
 
 
 def test_turbo2_table_kernel_refuses_the_cp_async_stage(monkeypatch):

@@ -195,6 +195,8 @@ def run_asm(asm: str, regs: dict[str, int], shared: dict[int, int] | None = None
             v = s[0] >> min(s[1], 32)
         elif op == "shf.r.clamp.b32":  # funnel shift right of (s[1]:s[0]), amount clamped to 32
             v = ((s[1] << 32) | s[0]) >> min(s[2], 32)
+        elif op == "shf.l.clamp.b32":  # funnel shift left of (s[1]:s[0]), the high word, amount clamped to 32
+            v = (((s[1] << 32) | s[0]) << min(s[2], 32)) >> 32
         elif op == "sub.u32":
             v = s[0] - s[1]
         elif op == "add.u32":

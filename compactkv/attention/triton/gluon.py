@@ -412,22 +412,15 @@ def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
 
 
 def lut_key_dims(d: int, bits: int, device=None) -> torch.Tensor:
-    """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 (K in byte order, kernels_lut
-    `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k % 2 (a lane
-    column's bytes are consecutive, a byte's two codes one register); turbo2 (K keyed by token pairs,
+    """The dim each row of the table kernel's K product reads (int64 [D]): turbo4 and turbo3 (K in byte / key
+    order, kernels_lut `_k_bytes3`) row k is dim qd(k) = D/4 ((k // 2) % 4) + 4 (k // 16) + 2 ((k // 8) % 2) + k %
+    2 (a lane column's keys are consecutive, a key's two codes one register); turbo2 (K keyed by token pairs,
     `_pair_keys_k`) D/4 ((k // 2) % 4) + 16 (k // 64) + 4 ((k // 16) % 4) + 2 ((k // 8) % 2) + k % 2 (a lane
-    column's bytes are consecutive, a key's two codes one register, the key byte (k // 16) % 4 of its word);
-    turbo3 (2 part operands of a key's 2 codes) row p NB + l is dim 2 sq(l) + p (NB = D / 2 keys per row, sq the
-    lane order of decode_gluon_kernel)."""
+    column's bytes are consecutive, a key's two codes one register, the key byte (k // 16) % 4 of its word)."""
     k = torch.arange(d, device=device)
-    if bits == 4:
-        return (d // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
     if bits == 2:
         return (d // 4) * ((k // 2) % 4) + 16 * (k // 64) + 4 * ((k // 16) % 4) + 2 * ((k // 8) % 2) + k % 2
-    nb = d // 2
-    l = k % nb
-    sq = ((l // 2) % 4) * (nb // 4) + (l // 16) * 4 + ((l // 8) % 2) * 2 + l % 2
-    return 2 * sq + k // nb
+    return (d // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
 
 
 def lut_query_map(w: torch.Tensor, bits: int) -> torch.Tensor:

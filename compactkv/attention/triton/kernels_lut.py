@@ -38,7 +38,10 @@ turbo3 (BITS 3, words only): the codec packs code i at row bits [3 i, 3 i + 3), 
 form the 6-bit key at bits [6 j, 6 j + 6), which plays the part of a turbo4 byte (same operands, query order and
 output dims): one read of a 64-entry half2 table (128-byte rows of 32 lane copies, 8 KB) at an address made by one
 funnel shift of the 64-bit window holding the key and one and/or. A K lane's 16 keys are 12 bytes (3 words), a V
-lane's 8 keys 6 bytes starting at bit 0 or 16 of a word (`_keys3_k`, `_keys3_v`, `lut3_shift`).
+lane's 8 keys 6 bytes starting at bit 0 or 16 of a word (`_keys3_k`, `_keys3_pairs`, `lut3_shift`). Since session
+32 without pairing prmt, as turbo4: K in key order (`_k_bytes3` over its windows, a key's entry (c[dim 2 j], c[dim
+2 j + 1]) one register), V keyed by token pairs (V3KEY_ASM: a shift and a lop3 per word give keys (code of token
+2 t, code of token 2 t + 1) of one dim, whose entry is the V operand's register); `_lut3_asm_k` reads both.
 
 The table must sit at the start of the program's shared memory (the decoder addresses it from `global_smem`):
 the launcher checks that the compiled kernel uses exactly the table's bytes (no other shared buffer).
@@ -58,14 +61,12 @@ from .kernels_gluon import FLAT2, FLAT3, accumulate_pv, async_load, cta_barrier,
 
 @functools.lru_cache(maxsize=16)  # asked at every launch
 def lut_asm(words: bool = False, bits: int = 4) -> str | None:
-    """pack=4 decoder of a byte's 2 parts (bits 3: `_lut3_asm`, of a 6-bit key's): outputs first ($0, $1 = part 0
-    of elements 0,1 / 2,3; $2, $3 = part 1: part p holds code p of each byte, bits [4 p, 4 p + 4)), then inputs
-    from $4: the 4 code bytes (words: the 4 int32 words holding them), then the lane's byte offset (4 x lane), with
-    words the 4 prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]),
-    one ld.shared.b32 per byte. turbo2: None (its keys pair two tokens, `lut_asm_k`)."""
-    if bits == 3:
-        return _lut3_asm()
-    if bits == 2:
+    """turbo4's pack=4 decoder of a byte's 2 parts (its V at lut_pipe < 2): outputs first ($0, $1 = part 0 of
+    elements 0,1 / 2,3; $2, $3 = part 1: part p holds code p of each byte, bits [4 p, 4 p + 4)), then inputs from
+    $4: the 4 code bytes (words: the 4 int32 words holding them), then the lane's byte offset (4 x lane), with words
+    the 4 prmt selectors that take each byte from its word. turbo4 entries are 4 bytes (c[part 0], c[part 1]), one
+    ld.shared.b32 per byte. turbo3 and turbo2: None (their K and V keys go through `lut_asm_k`)."""
+    if bits != 4:
         return None
     if words:
         addr = [f"${4 + k}, $8, ${12 + k}" for k in range(4)]
@@ -91,8 +92,8 @@ def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
     cannot fill without moves). turbo3: None, its K stays in part order."""
     if bits == 2:
         return _pair_asm() if words else None
-    if bits != 4:
-        return None
+    if bits == 3:
+        return _lut3_asm_k() if words else None
     lines = ["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;"]
     for r, el in ((0, 0), (1, 2)):
         addr = f"${2 + el}, ${6 + el}, ${10 + el}" if words else f"$2, ${3 + el}, {0x7604 + 16 * el:#x}"
@@ -134,18 +135,29 @@ V2KEY_ASM = "\n".join([
 _V2KEY_ASM = gl.constexpr(V2KEY_ASM)  # (the kernels' copy)
 
 
-def _lut3_asm() -> str:
-    """turbo3 pack=4 decoder: outputs $0, $1 (part 0 = the even dim's code of elements 0,1 / 2,3), $2, $3 (part 1,
-    the odd dim's); inputs per element k: $4+k, $8+k the low and high word of a 64-bit window holding its 6-bit key
-    (two 3-bit codes), $12 the lane's byte offset (4 x lane), $16+k the window's shift that puts the key at bits
-    7..12, so the key times 128 (a 128-byte table row: 32 lane copies of 4 bytes) is one funnel shift and one
-    and/or away."""
-    lines = ["{", ".reg .b32 b, a, l0, l1, l2, l3;", "mov.u32 b, global_smem;"]
-    for k in range(4):
-        lines += [f"shf.r.clamp.b32 a, ${4 + k}, ${8 + k}, ${16 + k};", "and.b32 a, a, 0x1F80;", "or.b32 a, a, $12;",
-                  "add.u32 a, a, b;", f"ld.shared.b32 l{k}, [a];"]
-    for x, y, half in ((0, 1, 0), (2, 3, 1)):
-        lines += [f"prmt.b32 ${half}, l{x}, l{y}, 0x5410;", f"prmt.b32 ${2 + half}, l{x}, l{y}, 0x7632;"]
+# turbo3 V keys of token pairs (`_keys3_pairs`): $4, $5 and $6, $7 = the 48 bits (low word, high word: its bits 0..15)
+# of a lane chunk's 16 codes (code i at bits [3 i, 3 i + 3)) of tokens 2 t and 2 t + 1; out ($0 low, $1 high) the
+# even dims' keys, key j at bits [6 j, 6 j + 6) = code 2 j of 2 t | code 2 j of 2 t + 1 << 3, so its table entry is
+# (c[token 2 t], c[token 2 t + 1]) of dim 2 j: the V operand's register for that dim and token pair; ($2, $3) the odd
+# dims' (codes 2 j + 1). (lop3 0xE4 takes the mask's bits, [6 j, 6 j + 3), from its first operand.)
+V3KEY_ASM = "\n".join([
+    "{", ".reg .b32 t;",
+    "shl.b32 t, $6, 3;", "lop3.b32 $0, $4, t, 0xC71C71C7, 0xE4;",
+    "shf.l.clamp.b32 t, $6, $7, 3;", "lop3.b32 $1, $5, t, 0x1C71, 0xE4;",
+    "shf.r.clamp.b32 t, $4, $5, 3;", "lop3.b32 $2, t, $6, 0xC71C71C7, 0xE4;",
+    "shr.b32 t, $5, 3;", "lop3.b32 $3, t, $7, 0x1C71, 0xE4;", "}"])
+_V3KEY_ASM = gl.constexpr(V3KEY_ASM)  # (the kernels' copy)
+
+
+def _lut3_asm_k() -> str:
+    """turbo3's K decoder in key order (`_k_bytes3` over its key windows, session 32): a key's entry (c[even dim],
+    c[odd dim]) is the A operand's register as read, no pairing prmt (pack 4: outputs $0, $1 = the entries of
+    elements 0 and 2; elements 1 and 3 repeat their keys). Inputs per element: $2.. the windows' low words, $6.. their
+    high words, $10.. the lane offsets (4 x lane), $14.. the shifts (`lut3_shift`)."""
+    lines = ["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;"]
+    for r, el in ((0, 0), (1, 2)):
+        lines += [f"shf.r.clamp.b32 a, ${2 + el}, ${6 + el}, ${14 + el};", "and.b32 a, a, 0x1F80;",
+                  f"or.b32 a, a, ${10 + el};", "add.u32 a, a, b;", f"ld.shared.b32 ${r}, [a];"]
     lines.append("}")
     return "\n".join(lines)
 
@@ -305,10 +317,11 @@ def _decode_lut(codes, lofs, sel, ASM: gl.constexpr):
 
 
 @gluon.jit
-def _decode_lut3(lo, hi, lofs, sh, ASM: gl.constexpr):
-    """turbo3: (part 0, part 1) of the keys, each element's key in the window (hi:lo) at shift sh (`_lut3_asm`)."""
-    return gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r" + ",r" * 16, [lo, hi, lofs, sh],
-                                     dtype=(gl.float16, gl.float16), is_pure=True, pack=4)
+def _decode_k3(lo, hi, lofs, sh, KASM: gl.constexpr):
+    """turbo3 K keys in key order (the windows lo, hi and shifts sh arranged by `_k_bytes3`) -> the fp16 A operand
+    [W, BN, D], each register one table read (`_lut3_asm_k`)."""
+    return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 16, [lo, hi, lofs, sh], dtype=gl.float16, is_pure=True,
+                                     pack=4)
 
 
 @gluon.jit
@@ -337,22 +350,48 @@ def _keys3_k(kw, LAY: gl.constexpr):
 
 
 @gluon.jit
-def _keys3_v(vw, off, LAY: gl.constexpr):
-    """turbo3 V words [W, BN, 2 G] (lane chunk g: the 2 words holding its 8 keys, from bit off = 0 or 16) -> the
-    (lo, hi) windows of the keys [W, BN, 8 G] in LAY (the words first shifted down by off)."""
+def _windows3(na, nb):
+    """The (lo, hi) windows [W, N, 8 G] of 8 keys per chunk held in 48 bits (na low word, nb high word) [W, N, G]
+    (`lut3_shift`'s windows: key k in (hi : lo) = (w_i+1 : w_i), i = floor((6 k - 7) / 32), w_-1 = w_0)."""
+    W: gl.constexpr = na.shape[0]
+    N: gl.constexpr = na.shape[1]
+    G: gl.constexpr = na.shape[2]
+    lo = gl.reshape(_join8(na, na, na, na, na, na, na, nb), [W, N, 8 * G])
+    hi = gl.reshape(_join8(na, na, nb, nb, nb, nb, nb, nb), [W, N, 8 * G])
+    return lo, hi
+
+
+@gluon.jit
+def _pair_tokens(x, LAY: gl.constexpr):
+    """x [W, BN / 2, N] of token pairs -> [W, BN, N] in LAY, both tokens of a pair holding it (one register)."""
+    W: gl.constexpr = x.shape[0]
+    BN2: gl.constexpr = x.shape[1]
+    N: gl.constexpr = x.shape[2]
+    x = gl.reshape(gl.permute(gl.join(x, x), [0, 1, 3, 2]), [W, 2 * BN2, N])
+    return gl.convert_layout(x, LAY, assert_trivial=True)
+
+
+@gluon.jit
+def _keys3_pairs(vw, off, LAY: gl.constexpr):
+    """turbo3 V words [W, BN, 2 G] (lane chunk g: the 2 words holding its 8 keys, from bit off = 0 or 16; tokens
+    2 t and 2 t + 1 in one thread) -> the windows of their token-pair keys (V3KEY_ASM) in LAY, [W, BN, 8 G] each
+    and both tokens of a pair the same: (lo, hi) of the even dims' keys, (lo, hi) of the odd dims'. `_v_arrange3`
+    and the K decoder (`_lut3_asm_k`) then give each V operand register, (c[code of token 2 t], c[code of token
+    2 t + 1]) for one dim, from one table read."""
     W: gl.constexpr = vw.shape[0]
     BN: gl.constexpr = vw.shape[1]
     G: gl.constexpr = vw.shape[2] // 2
     wa, wb = gl.split(gl.reshape(vw, [W, BN, G, 2]))
-    na = gl.inline_asm_elementwise("shf.r.clamp.b32 $0, $1, $2, $3;", "=r,r,r,r", [wa, wb, off], dtype=gl.int32,
-                                   is_pure=True, pack=1)
+    na = _funnel(wa, wb, off)
     nb = gl.inline_asm_elementwise("shr.b32 $0, $1, $2;", "=r,r,r", [wb, off], dtype=gl.int32, is_pure=True,
                                    pack=1)
-    lo = _join8(na, na, na, na, na, na, na, nb)
-    hi = _join8(na, na, nb, nb, nb, nb, nb, nb)
-    lo = gl.convert_layout(gl.reshape(lo, [W, BN, 8 * G]), LAY, assert_trivial=True)
-    hi = gl.convert_layout(gl.reshape(hi, [W, BN, 8 * G]), LAY, assert_trivial=True)
-    return lo, hi
+    na0, na1 = gl.split(gl.permute(gl.reshape(na, [W, BN // 2, 2, G]), [0, 1, 3, 2]))
+    nb0, nb1 = gl.split(gl.permute(gl.reshape(nb, [W, BN // 2, 2, G]), [0, 1, 3, 2]))
+    le, he, lo, ho = gl.inline_asm_elementwise(_V3KEY_ASM, "=r,=r,=r,=r,r,r,r,r", [na0, nb0, na1, nb1],
+                                               dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+    le, he = _windows3(le, he)
+    lo, ho = _windows3(lo, ho)
+    return (_pair_tokens(le, LAY), _pair_tokens(he, LAY), _pair_tokens(lo, LAY), _pair_tokens(ho, LAY))
 
 
 @gluon.jit
@@ -383,17 +422,6 @@ def _coords3(LAY: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NC: gl.conste
     t3 = gl.expand_dims(gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, gl.SliceLayout(2, LAY))), 0), 2)
     c3 = gl.expand_dims(gl.expand_dims(gl.arange(0, NC, layout=gl.SliceLayout(0, gl.SliceLayout(1, LAY))), 0), 1)
     return w3, t3, c3
-
-
-@gluon.jit
-def _k_arrange3(kc, A_OP: gl.constexpr):
-    """K codes [W, BN, NB] -> the A operand in the kernel's dim order (decode_gluon_kernel._k_arrange)."""
-    W: gl.constexpr = kc.shape[0]
-    BN: gl.constexpr = kc.shape[1]
-    NB: gl.constexpr = kc.shape[2]
-    kc = gl.reshape(kc, [W, BN, 4, NB // 16, 2, 2])
-    kc = gl.permute(kc, [0, 1, 3, 4, 2, 5])
-    return gl.convert_layout(gl.reshape(kc, [W, BN, NB]), A_OP, assert_trivial=True)
 
 
 @gluon.jit
@@ -520,16 +548,7 @@ def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr):
                                      pack=4)
 
 
-@gluon.jit
-def _decode_operand(codes, codes_hi, lofs, sel, ASM: gl.constexpr, BITS: gl.constexpr, V: gl.constexpr,
-                    A_OP: gl.constexpr):
-    """One tile's K (V False) or V codes [W, BN, NB], arranged as the A operand (`_k_arrange3` / `_v_arrange3`),
-    through the table: (part 0, part 1) (turbo4, turbo3). codes_hi: turbo3's high window words (else unused)."""
-    x = _v_arrange3(codes, A_OP) if V else _k_arrange3(codes, A_OP)
-    if BITS == 3:
-        return _decode_lut3(x, _v_arrange3(codes_hi, A_OP) if V else _k_arrange3(codes_hi, A_OP), lofs, sel, ASM)
-    else:
-        return _decode_lut(x, lofs, sel, ASM)
+
 
 
 @gluon.jit
@@ -718,10 +737,10 @@ def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: 
         vx, vy = _pair_keys_v(vw, A_OP)
         kc = _pair_keys_k(kw, A_OP)
         return kc, kc, kc, kc, vx, vy
-    elif BITS == 3:
+    elif BITS == 3:  # (V: the even dims' key windows in vc, vc_hi, the odd dims' in vx, vy)
         kc, kc_hi = _keys3_k(kw, KLOAD)
-        vc, vc_hi = _keys3_v(vw, voff, VLOAD)
-        return kc, kc_hi, vc, vc_hi, kc, kc
+        vc, vc_hi, vx, vy = _keys3_pairs(vw, voff, VLOAD)
+        return kc, kc_hi, vc, vc_hi, vx, vy
     else:
         kc = _spread(kw, KLOAD)
         if VB:
@@ -733,24 +752,21 @@ def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: 
 
 
 @gluon.jit
-def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, ASM: gl.constexpr, KASM: gl.constexpr,
-                 BITS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr, NH: gl.constexpr, A_OP: gl.constexpr,
-                 MMA: gl.constexpr):
-    """A tile's scores [W, BN, NH] (not yet times the K norms): turbo4 (K in byte order) or turbo2 (K keyed by
-    token pairs, kc already the operand's keys: `_pair_keys_k`), qk_lo / qk_hi their query halves, or turbo3 (a
-    key's codes paired into part operands, q0, q1 the parts' query rows)."""
-    if BITS != 3:
-        # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
-        kx = _k_bytes3(kc, A_OP) if BITS == 4 else kc
-        k_lo, k_hi = _halves(_decode_kbytes(kx, klofs, ksel, KASM), 2, A_OP)
-        s = mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
-            + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
-    else:  # (two accumulations, as above)
-        kd = _decode_operand(kc, kc_hi if BITS == 3 else kc, klofs, ksel, ASM, BITS, False, A_OP)
-        s = mma_v2(kd[0], q0, gl.zeros([W, BN, NH], gl.float32, MMA))
-        s_b = mma_v2(kd[1], q1, gl.zeros([W, BN, NH], gl.float32, MMA))
-        s = s + s_b
-    return s
+def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, KASM: gl.constexpr, BITS: gl.constexpr, W: gl.constexpr,
+                 BN: gl.constexpr, NH: gl.constexpr, A_OP: gl.constexpr, MMA: gl.constexpr):
+    """A tile's scores [W, BN, NH] (not yet times the K norms), K one operand over the D dims decoded through KASM:
+    turbo4 in byte order, turbo3 in key order (kc, kc_hi its keys' windows, ksel their shifts), turbo2 keyed by
+    token pairs (kc already the operand's keys: `_pair_keys_k`); qk_lo / qk_hi the query's halves."""
+    if BITS == 3:
+        k = _decode_k3(_k_bytes3(kc, A_OP), _k_bytes3(kc_hi, A_OP), klofs, ksel, KASM)
+    elif BITS == 4:
+        k = _decode_kbytes(_k_bytes3(kc, A_OP), klofs, ksel, KASM)
+    else:
+        k = _decode_kbytes(kc, klofs, ksel, KASM)
+    # two independent accumulations (dims in halves), added: chains of D / 32 dependent mma, not D / 16
+    k_lo, k_hi = _halves(k, 2, A_OP)
+    return mma_v2(k_lo, qk_lo, gl.zeros([W, BN, NH], gl.float32, MMA)) \
+        + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
 
 
 @gluon.jit
@@ -773,12 +789,14 @@ def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, v
     if BITS == 2:  # token-pair keys in their operands already
         v0 = _decode_kbytes(vx, vlofs, vsel, KASM)
         v1 = _decode_kbytes(vy, vlofs, vsel, KASM)
+    elif BITS == 3:  # token-pair keys' windows (`_keys3_pairs`): even dims, odd dims
+        v0 = _decode_k3(_v_arrange3(vc, A_OP), _v_arrange3(vc_hi, A_OP), vlofs, vsel, KASM)
+        v1 = _decode_k3(_v_arrange3(vx, A_OP), _v_arrange3(vy, A_OP), vlofs, vsel, KASM)
     elif VB:
         v0 = _decode_kbytes(_v_arrange3(vx, A_OP), vlofs, vsel, KASM)
         v1 = _decode_kbytes(_v_arrange3(vy, A_OP), vlofs, vsel, KASM)
-    else:
-        vd = _decode_operand(vc, vc_hi if BITS == 3 else vc, vlofs, vsel, ASM, BITS, True, A_OP)
-        v0, v1 = vd[0], vd[1]
+    else:  # turbo4 at lut_pipe < 2: its bytes' parts
+        v0, v1 = _decode_lut(_v_arrange3(vc, A_OP), vlofs, vsel, ASM)
     a0, a1, _a2, _a3 = accumulate_pv(v0, v1, v0, v1, pv, a0, a1, a0, a1, False)
     return a0, a1, m_i, l_i
 
@@ -897,15 +915,10 @@ def _hadamard_map(x, pre, post, QR: gl.constexpr, D: gl.constexpr, W: gl.constex
 @gluon.jit
 def _key_dim(k, D: gl.constexpr, BITS: gl.constexpr):
     """The dim that row k of the K product reads (`gluon.lut_key_dims`)."""
-    if BITS == 4:
+    if BITS != 2:  # turbo4's bytes and turbo3's keys (dims 2 j, 2 j + 1) in the same order
         return (D // 4) * ((k // 2) % 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
-    elif BITS == 2:  # (`_pair_keys_k`) code 2 nu + k % 2 of byte 4 (D / 64 c + b) + y
+    else:  # turbo2 (`_pair_keys_k`): code 2 nu + k % 2 of byte 4 (D / 64 c + b) + y
         return (D // 4) * ((k // 2) % 4) + 16 * (k // 64) + 4 * ((k // 16) % 4) + 2 * ((k // 8) % 2) + k % 2
-    else:
-        NB: gl.constexpr = D // 2
-        lq = k % NB
-        sq = ((lq // 2) % 4) * (NB // 4) + (lq // 16) * 4 + ((lq // 8) % 2) * 2 + lq % 2
-        return 2 * sq + k // NB
 
 
 CLOCK_PHASES = 10  # decode_lut_kernel's clk_ptr: int64 [programs, CLOCK_PHASES, W] (`_stamp`; 6: the SM's id; 7-9:
@@ -1191,9 +1204,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     ROWS: gl.constexpr = gl.SliceLayout(2, MMA)  # [W, BN] tokens
     COLS: gl.constexpr = gl.SliceLayout(1, MMA)  # [W, NH] query rows
     P: gl.constexpr = 8 // BITS  # codes (parts) per table key: a byte (turbo4, turbo2) or 6 bits (turbo3)
-    # K as one operand over the D dims, through KASM: turbo4 in byte order (`_k_bytes3`), turbo2 keyed by token pairs
-    # (`_pair_keys_k`; its V too, `_pair_keys_v`)
-    KB: gl.constexpr = BITS != 3
+    # K is one operand over the D dims, decoded through KASM: turbo4 in byte order (`_k_bytes3`), turbo3 in key
+    # order (the same arrangement of its key windows), turbo2 keyed by token pairs (`_pair_keys_k`; its V too)
     VB: gl.constexpr = BITS == 4 and PIPE >= 2  # turbo4's V read by token-pair keys (`_value_keys`), through KASM too
     NB: gl.constexpr = D // P  # table keys per row (the load layouts' extent)
     NA: gl.constexpr = D // 2  # rows of each of the two V operands and their accumulators
@@ -1298,8 +1310,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             _sink_partial(q_ptr, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale, o_ptr, ml_ptr,
                           gl.num_programs(1) * gl.num_programs(0) + bh, bh, b, h, MQ, D, NH, W, KMEAN)
 
-    # the query (same for every warp) in the K operand's dim order: KB, operand row k is dim qd(k)
-    # (`lut_key_dims`); else (turbo3, as decode_gluon_kernel) operand row l of part p is dim P * sq(l) + p
+    # the query (same for every warp) in the K operand's dim order: operand row k is dim qd(k) (`lut_key_dims`)
     QL: gl.constexpr = gl.SliceLayout(0, B_OP)
     nq = gl.arange(0, NH, layout=gl.SliceLayout(0, QL))
     if QMAP:
@@ -1317,31 +1328,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             qm = _map_query(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh * MQ, MQ, D, QR, W)
             stage.slice(0, QR, dim=0).store(qm)
         cta_barrier()
-        qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r (KB) or row l of part p for r = p NB + l
+        qt = stage.permute([1, 0])  # [D, NH]: row r = operand row r
         live = gl.expand_dims(nq < MQ, 0)  # (rows >= QR: not written)
-        if KB:
-            qk = gl.where(live, qt.load(QL), 0.0).to(gl.float16)
-        else:
-            q0 = gl.where(live, qt.slice(0, NB, dim=0).load(QL), 0.0).to(gl.float16)
-            q1 = gl.where(live, qt.slice(NB, NB, dim=0).load(QL), 0.0).to(gl.float16)
+        qk = gl.where(live, qt.load(QL), 0.0).to(gl.float16)
         cta_barrier()  # every thread holds its query values: the table may overwrite them
     else:
         qrow = q_ptr + gl.expand_dims((bh * MQ + nq).to(gl.int64) * D, 0)
         qmask = gl.expand_dims(nq < MQ, 0)
-        if KB:
-            kq = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
-            qk = gl.load(qrow + gl.expand_dims(_key_dim(kq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
-        else:  # part p's operand row l reads dim _key_dim(p NB + l)
-            lq = gl.arange(0, NB, layout=gl.SliceLayout(1, QL))
-            q0 = gl.load(qrow + gl.expand_dims(_key_dim(lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
-            q1 = gl.load(qrow + gl.expand_dims(_key_dim(NB + lq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
+        kq = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
+        qk = gl.load(qrow + gl.expand_dims(_key_dim(kq, D, BITS), 1), mask=qmask, other=0.0).to(gl.float16)
     zero_w = gl.expand_dims(gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, B_OP))), 1),
                             2) * 0
-    if KB:
-        qk_lo, qk_hi = _halves(gl.expand_dims(qk, 0) + zero_w.to(gl.float16), 1, B_OP)
-    else:
-        q0 = gl.expand_dims(q0, 0) + zero_w.to(gl.float16)
-        q1 = gl.expand_dims(q1, 0) + zero_w.to(gl.float16)
+    qk_lo, qk_hi = _halves(gl.expand_dims(qk, 0) + zero_w.to(gl.float16), 1, B_OP)
 
     # the table: its rows at the start of shared memory (with PIPE 1 the K and V stages after them)
     if BITS == 3:
@@ -1369,16 +1367,13 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
     l_i = gl.zeros([W, NH], gl.float32, COLS)
 
-    klofs = _lane_offset(gl.zeros([W, BN, D if KB else NB], gl.int32, A_OP))
+    klofs = _lane_offset(gl.zeros([W, BN, D], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NA, BN], gl.int32, A_OP))
     if P == 4:  # 8-byte entries
         klofs = klofs * 2
         vlofs = vlofs * 2
     # PIPE >= 2: the prmt selector that puts byte (column % 4) of a code's word into byte 1 of its table address
-    if KB:
-        ksel = _k_bytes3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
-    else:
-        ksel = _k_arrange3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
+    ksel = _k_bytes3(0x7604 + 16 * (kc3 % 4) + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
     vsel = _v_arrange3(0x7604 + 16 * (vc3 % 4) + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
     if BITS == 2:  # turbo2's token-pair keys: byte (k // 16) % 4 of K's key words (`_pair_keys_k`), byte (row // 16)
         # % 4 of V's (`_pair_rows`)
@@ -1389,7 +1384,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         vsel = 0x7604 + 16 * gl.expand_dims(gl.expand_dims((vr // 16) % 4, 0), 2) + gl.zeros([W, NA, BN], gl.int32,
                                                                                              A_OP)
     if BITS == 3:  # turbo3: the funnel shift of each key's window instead (`lut3_shift`; K chunks of 16 keys, V of 8)
-        ksel = _k_arrange3((6 * (kc3 % 16) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
+        ksel = _k_bytes3((6 * (kc3 % 16) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, KLOAD), A_OP)
         vsel = _v_arrange3((6 * (vc3 % 8) + 25) % 32 + gl.zeros([W, BN, NB], gl.int32, VLOAD), A_OP)
 
     if PIPE == 1:
@@ -1420,12 +1415,6 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             k_tab, v_tab, b, h, CHUNK_SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, kwt3, vwt3, kwhi, vwhi, kwc3, vwc3,
             lo_r, tr, hi_r, KWORD, VWORD, RB, BITS, BN, PIPE, CODEC_ROWS)
 
-    if KB:  # (the helpers below take every query operand; the ones a kind does not use repeat one it does)
-        q0 = qk_lo
-        q1 = qk_lo
-    else:
-        qk_lo = q0
-        qk_hi = q0
     for i in range(n_iter):
         t = i * BN
         tok = lo_r + t + tr
@@ -1481,7 +1470,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc, vc, kn, vn = _load_tile(kbase, vbase, knb, vnb, klo + t + kt3, vlo + t + vt3, khi, vhi, kc3, vc3,
                                         tok, hi_r, RB)
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
-        s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, q0, q1, ASM, KASM, BITS, W, BN, NH, A_OP, MMA)
+        s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, KASM, BITS, W, BN, NH, A_OP, MMA)
         if PIPE >= 6:
             vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
             if PIPE == 7:  # and its V rows
