@@ -223,7 +223,8 @@ def test_turbo3_table_decoder_emulated():
             ww = w[3 * c:3 * c + 3] + [0]
             for k in range(16):
                 i, j = (6 * k - 7) // 32, 16 * c + k
-                cases.append((((ww[max(i, 0)], ww[i + 1]), lut3_shift(k)), [u[codes[t][2 * j]], u[codes[t][2 * j + 1]]]))
+                want = [u[codes[t][2 * j]], u[codes[t][2 * j + 1]]]
+                cases.append((((ww[max(i, 0)], ww[i + 1]), lut3_shift(k)), want))
     for ta, tb in ((0, 1), (2, 3), (3, 0)):  # V: tokens ta (as 2 t) and tb (as 2 t + 1), 8 keys per lane chunk
         for g in range(8):
             norm = []
@@ -541,7 +542,7 @@ def test_fused_table_kernel_tiles_of_other_kinds(kind, pipe, bn):
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_finishing_table_kernel_with_sinks_compiles_for_sm90(kind):
     """The default finishing build (8 warps, `lut_fused_build`'s pipe and tile: turbo4 and turbo2 64-token tiles
-    through bulk copies, turbo3 32-token tiles two ahead; `lut_fused_maxnreg`; the Hadamard maps) with the sinks and
+    through bulk copies, turbo3 32-token tiles one ahead; `lut_fused_maxnreg`; the Hadamard maps) with the sinks and
     key mean merged: no spill traffic in the loop (at most 8 bytes of stack outside it), and no more shared memory
     than without them (the sinks' sums stay in a warp), the table at its start."""
     sass_decode = _sass_decode()
@@ -1096,6 +1097,7 @@ def test_bulk_copies_name_what_they_cannot_read():
     assert lut_fused_build(4, bulk=False) == LUT_FUSED_FALLBACKS[4] == (2, 64)
     assert lut_fused_build(2, bulk=False) == LUT_FUSED_FALLBACKS[2] == (3, 64)
     assert lut_fused_build(4) == (8, 64) and lut_fused_build(2) == (7, 64)  # (every triton release since session 31)
+    assert lut_fused_build(3) == lut_fused_build(3, bulk=False) == (2, 32)  # (registers one ahead, session 32)
 
 
 def test_fused_tiles_follow_the_triton_release(monkeypatch):
