@@ -452,6 +452,17 @@ def _k_bytes3(kc, A_OP: gl.constexpr):
 
 
 @gluon.jit
+def _pair_words(vw, ASM: gl.constexpr):
+    """V code words [W, BN, NC] (tokens 2 t and 2 t + 1 in one thread) -> the two key words ASM makes of each token
+    pair's words ([W, BN / 2, NC] each; VKEY_ASM, V2KEY_ASM)."""
+    W: gl.constexpr = vw.shape[0]
+    BN: gl.constexpr = vw.shape[1]
+    NC: gl.constexpr = vw.shape[2]
+    w0, w1 = gl.split(gl.permute(gl.reshape(vw, [W, BN // 2, 2, NC]), [0, 1, 3, 2]))
+    return gl.inline_asm_elementwise(ASM, "=r,=r,r,r", [w0, w1], dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
+
+
+@gluon.jit
 def _value_keys(vw, LAY: gl.constexpr):
     """turbo4 V code words [W, BN, NC] (tokens 2 t and 2 t + 1 in one thread) -> the table keys of token pairs
     (`VKEY_ASM`) of the even and the odd dims, each spread as `_spread` spreads words ([W, BN, 4 NC] in LAY, both
@@ -460,9 +471,7 @@ def _value_keys(vw, LAY: gl.constexpr):
     W: gl.constexpr = vw.shape[0]
     BN: gl.constexpr = vw.shape[1]
     NC: gl.constexpr = vw.shape[2]
-    w0, w1 = gl.split(gl.permute(gl.reshape(vw, [W, BN // 2, 2, NC]), [0, 1, 3, 2]))
-    x, y = gl.inline_asm_elementwise(_VKEY_ASM, "=r,=r,r,r", [w0, w1], dtype=(gl.int32, gl.int32), is_pure=True,
-                                     pack=1)
+    x, y = _pair_words(vw, _VKEY_ASM)
     x = gl.reshape(gl.permute(gl.join(x, x), [0, 1, 3, 2]), [W, BN, NC])
     y = gl.reshape(gl.permute(gl.join(y, y), [0, 1, 3, 2]), [W, BN, NC])
     return _spread(x, LAY), _spread(y, LAY)
@@ -513,12 +522,7 @@ def _pair_keys_v(vw, A_OP: gl.constexpr):
     """turbo2 V code words [W, BN, NC] (VWORD: tokens 2 t and 2 t + 1 in one thread, lane row g holding word g) ->
     the V operands (X: codes 0 and 2 of each byte, Y: codes 1 and 3) of their token-pair keys (V2KEY_ASM), each
     [W, 8 NC, BN] as `_pair_rows` lays them out."""
-    W: gl.constexpr = vw.shape[0]
-    BN: gl.constexpr = vw.shape[1]
-    NC: gl.constexpr = vw.shape[2]
-    w0, w1 = gl.split(gl.permute(gl.reshape(vw, [W, BN // 2, 2, NC]), [0, 1, 3, 2]))
-    x, y = gl.inline_asm_elementwise(_V2KEY_ASM, "=r,=r,r,r", [w0, w1], dtype=(gl.int32, gl.int32), is_pure=True,
-                                     pack=1)
+    x, y = _pair_words(vw, _V2KEY_ASM)
     return _pair_rows(x, A_OP), _pair_rows(y, A_OP)
 
 
