@@ -34,30 +34,30 @@ LUT_ROWS_MAXNREG = 255  # the row reader's build (launch_rows): sm_90 loop of tu
 # (H200, CUDA graphs, B=8 T=32K turbo4: 143.2 us at 255, 167.3 at 232; docs/perf/sweep-rows-s13-h200.json)
 LUT_ROWS_PIPE = 2  # and one tile ahead: 871 / 993 / 691 instructions per tile; H200 turbo4 B=8 T=32K 131.1 vs 143.2
 # us (two ahead), T=128K 486.2 vs 517.2, B=1 T=128K 75.9 vs 82.8, B=1 T=32K 30.4 vs 31.2 (turbo3, turbo2 likewise)
-LUT_FUSED_TILES = {4: (8, 64), 2: (7, 64), 3: (2, 32)}  # bits -> (lut_pipe, lut_block_n) of the finishing build
-# where not (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per
-# token; H200 same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8, B=1
-# T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
+LUT_FUSED_TILES = {4: (8, 64), 2: (7, 64), 3: (2, 32)}  # bits -> (lut_pipe, lut_block_n) of the finishing build where
+# not (LUT_PIPE, GLUON_BLOCK_N): turbo4 in 64-token tiles, one ahead (sm_90 loop 17.9 vs 20.8 instructions per token;
+# H200 same-card A/B, two calls: B=8 T=32K 102.5 / 101.6 -> 97.3 / 96.2 us, B=8 T=128K 386.0 / 380.5 -> 365.0 / 357.8,
+# B=1 T=128K 58.3 / 58.7 -> 54.9 / 54.8; session 21). turbo2 in 64-token tiles two ahead since session 23 (with the
 # Hadamard maps; 18.1 vs 18.8 instructions per token, 248 registers): B=8 T=32K 81.5 -> 78.2 us, B=8 T=128K 295.8 ->
-# 276.5, B=1 T=128K 46.3 -> 45.4, B=1 T=32K 18.0 -> 18.5 (one ahead: 86.9 / 314.6 / 49.0 / 17.9); turbo3 one ahead
-# in 64-token tiles 111.0 / 406.0 / 62.5 / 21.8 against 112.7 / 416.9 / 62.1 / 21.8 (not taken); one call, same card
-# (docs/perf/sweep-tiles-*-s23-h200.json). With the dense maps (session 21) turbo2 86.8 -> 89.1 one ahead.
-# Session 28: turbo4 with per-warp bulk copies into stages (lut_pipe 6): H200, same calls, B=8 T=32K 92.4 -> 87.6 us
-# and 94.5-94.7 -> 89.2-89.7 (with the 4fcb747 build), B=1 T=128K 51.9 -> 50.4 and 52.4 -> 50.7
-# (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken. Session 29: the stages' rows
-# traded (`kernels_lut.bulk_stage_layout`); turbo2 on lut_pipe 6 too: H200, same call, two rounds, B=8 T=32K
-# 78.1-78.4 -> 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0
-# (docs/perf/sweep-trade-*-s29-h200.json). Session 30: turbo2 on lut_pipe 7 (each operand's copy issued once its
-# stage is read) with the first copies before the prologue: H200, same call, two rounds, B=8 T=32K 75.1 -> 73.1-73.3
-# us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K 263.1-263.2 -> 261.0 (docs/perf/sweep-early-*-s30-h200.*). turbo4 on
-# lut_pipe 8 (K's copy issued as 7's, V's as 6's; 199 registers): same call, three rounds, B=8 T=32K 83.5-83.9 ->
-# 81.7-82.1 us (2.90-2.92x -> 2.97-2.98x), B=1 T=128K 46.5-46.7 -> 44.2-44.5, B=8 T=128K 314.2-316.3 -> 312.1-317.4;
-# on 7 83.2-83.7 / 45.4 / 323.5-326.4 (7 with the early copies lost 1-3% at B=8 T=128K in four calls); turbo2 on 8
-# 74.0 / 42.0 / 266.4 against 73.3 / 42.6 / 257.8 on 7 (docs/perf/sweep-pipe8-*-s30-h200.*). Session 32 (turbo3
-# without pairing prmt): turbo3 one ahead (lut_pipe 2) in 32-token tiles, H200, same call, B=8 T=32K / B=1 T=128K /
-# B=8 T=128K 100.2 / 54.8 / 381.2 us against 102.7 / 56.4 / 390.3 two ahead (64-token tiles one ahead 100.2 / 55.9 /
-# 382.8; docs/perf/sweep-t3-*-s32-h200.*). turbo2 on lut_pipe 8 / 6 in 64-token tiles 65.6 / 38.0 / 236.5 and 63.6 /
-# 37.7 / 230.4 against 61.7 / 36.6 / 226.7 on 7 after its token-pair keys (same call).
+# 276.5, B=1 T=128K 46.3 -> 45.4, B=1 T=32K 18.0 -> 18.5 (one ahead: 86.9 / 314.6 / 49.0 / 17.9); turbo3 one ahead in
+# 64-token tiles 111.0 / 406.0 / 62.5 / 21.8 against 112.7 / 416.9 / 62.1 / 21.8 (not taken); one call, same card
+# (docs/perf/sweep-tiles-*-s23-h200.json). With the dense maps (session 21) turbo2 86.8 -> 89.1 one ahead. Session 28:
+# turbo4 with per-warp bulk copies into stages (lut_pipe 6): H200, same calls, B=8 T=32K 92.4 -> 87.6 us and 94.5-94.7
+# -> 89.2-89.7 (with the 4fcb747 build), B=1 T=128K 51.9 -> 50.4 and 52.4 -> 50.7
+# (docs/perf/sweep-bulk-*-s28-h200.json); turbo2 there 78.0 / 45.0-45.6, not taken. Session 29: the stages' rows traded
+# (`kernels_lut.bulk_stage_layout`); turbo2 on lut_pipe 6 too: H200, same call, two rounds, B=8 T=32K 78.1-78.4 ->
+# 74.8-75.2 us, B=8 T=128K 278.0-278.4 -> 261.5-261.6, B=1 T=128K 45.1 -> 44.0 (docs/perf/sweep-trade-*-s29-h200.json).
+# Session 30: turbo2 on lut_pipe 7 (each operand's copy issued once its stage is read) with the first copies before the
+# prologue: H200, same call, two rounds, B=8 T=32K 75.1 -> 73.1-73.3 us, B=1 T=128K 44.2-44.4 -> 42.4, B=8 T=128K
+# 263.1-263.2 -> 261.0 (docs/perf/sweep-early-*-s30-h200.*). turbo4 on lut_pipe 8 (K's copy issued as 7's, V's as 6's;
+# 199 registers): same call, three rounds, B=8 T=32K 83.5-83.9 -> 81.7-82.1 us (2.90-2.92x -> 2.97-2.98x), B=1 T=128K
+# 46.5-46.7 -> 44.2-44.5, B=8 T=128K 314.2-316.3 -> 312.1-317.4; on 7 83.2-83.7 / 45.4 / 323.5-326.4 (7 with the early
+# copies lost 1-3% at B=8 T=128K in four calls); turbo2 on 8 74.0 / 42.0 / 266.4 against 73.3 / 42.6 / 257.8 on 7
+# (docs/perf/sweep-pipe8-*-s30-h200.*). Session 32 (turbo3 without pairing prmt): turbo3 one ahead (lut_pipe 2) in
+# 32-token tiles, H200, same call, B=8 T=32K / B=1 T=128K / B=8 T=128K 100.2 / 54.8 / 381.2 us against 102.7 / 56.4 /
+# 390.3 two ahead (64-token tiles one ahead 100.2 / 55.9 / 382.8; docs/perf/sweep-t3-*-s32-h200.*). turbo2 on lut_pipe 8
+# / 6 in 64-token tiles 65.6 / 38.0 / 236.5 and 63.6 / 37.7 / 230.4 against 61.7 / 36.6 / 226.7 on 7 after its
+# token-pair keys (same call).
 LUT_FUSED_TILES_SINCE = {}  # triton release -> LUT_FUSED_TILES entries from that release on (none now). Session
 # 30 kept turbo4 on lut_pipe 7 from triton 3.9 on: 3.9 spills turbo4's lut_pipe 6 loop (sm_90: 13 reloads a tile),
 # and its lut_pipe 6 / 7 builds did 88.4-88.7 / 84.8-85.4 us at B=8 T=32K (3.6 on 6: 83.8-83.9; docs/perf/

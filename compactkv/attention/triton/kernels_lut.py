@@ -89,7 +89,8 @@ def lut_asm_k(words: bool = False, bits: int = 4) -> str | None:
     one per element (words: the 4 words, the 4 lane offsets, the 4 selectors; else the 4 code bytes in one
     register, then the lane offsets). turbo2 (words only): `_pair_asm`, its K and V keyed by token pairs (session
     32; in byte order, session 20 found, each 8-byte entry would feed registers k and k + 8, which one ld.shared.v2
-    cannot fill without moves). turbo3: None, its K stays in part order."""
+    cannot fill without moves). turbo3 (words only): `_lut3_asm_k`, its K in key order and V keyed by token pairs
+    (session 32)."""
     if bits == 2:
         return _pair_asm() if words else None
     if bits == 3:
@@ -544,15 +545,13 @@ def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
 def _decode_kbytes(codes, lofs, sel, KASM: gl.constexpr):
     """turbo4 K codes in byte order (`_k_bytes3`; uint8, or the int32 words holding them with their prmt selectors
     sel) -> the fp16 A operand [W, BN, D], each register one table read (`lut_asm_k`). Also reads V's token-pair
-    key words (`_value_keys`, arranged by `_v_arrange3`) into a V part operand [W, NB, BN]."""
+    key words (`_value_keys`, arranged by `_v_arrange3`) into a V part operand [W, NB, BN], and turbo2's key words
+    (`_pair_keys_k`, `_pair_keys_v`: `_pair_asm`, one read a key, two registers)."""
     if codes.dtype == gl.int32:
         return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 12, [codes, lofs, sel], dtype=gl.float16,
                                          is_pure=True, pack=4)
     return gl.inline_asm_elementwise(KASM, "=r,=r" + ",r" * 5, [codes, lofs], dtype=gl.float16, is_pure=True,
                                      pack=4)
-
-
-
 
 
 @gluon.jit
@@ -734,9 +733,10 @@ def _tile_at(off, k_tab, v_tab, b, h, SHIFT, L, kwb, vwb, knb, vnb, kwlo, vwlo, 
 def _unpack_words(kw, vw, voff, KLOAD: gl.constexpr, VLOAD: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr,
                   A_OP: gl.constexpr):
     """A register-pipelined tile's code words (PIPE >= 2) as the decoders take them: (kc, kc_hi, vc, vc_hi, vx,
-    vy): turbo3's K and V windows (kc_hi, vc_hi: their high words; voff its V bit offsets), turbo4's V as
-    token-pair keys (VB: vx, vy), turbo2's K and V as token-pair keys already in their operands (kc: `_pair_keys_k`,
-    vx, vy: `_pair_keys_v`), else the words spread; what a kind does not use repeats kc."""
+    vy): turbo3's K key windows (kc, kc_hi: their low and high words) and V token-pair key windows (vc, vc_hi of
+    the even dims, vx, vy of the odd dims; voff its V bit offsets: `_keys3_pairs`), turbo4's V as token-pair keys
+    (VB: vx, vy), turbo2's K and V as token-pair keys already in their operands (kc: `_pair_keys_k`, vx, vy:
+    `_pair_keys_v`), else the words spread; what a kind does not use repeats kc."""
     if BITS == 2:
         vx, vy = _pair_keys_v(vw, A_OP)
         kc = _pair_keys_k(kw, A_OP)
@@ -1174,8 +1174,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     the scores, V's before the values: `_bulk_op`) instead of after both are used, so a tile's copies have two
     tiles' compute to land instead of one; 8 = K's copy as 7's, V's as 6's (after the values). BITS: 4 (turbo4
     K and V, lut_ptr int32 [256]), 3 (turbo3, lut_ptr int32 [64], PIPE 2 or 3:
-    6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; 4 parts per
-    byte, each its own operand and accumulator). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
+    6-bit keys of two codes) or 2 (turbo2, lut_ptr int32 [512]: entry e's two words at 2 e, 2 e + 1; PIPE >= 2,
+    keys of token pairs). QMAP: q_ptr holds the query rows as they come (fp16/bf16/fp32,
     not mapped) and each program multiplies its group's rows by w_ptr + h * w_hs (fp32 [D, D], the query map with
     its columns in the operands' order, `gluon.lut_query_map`) in its prologue, through the table's shared memory
     before the table is written (QR: rows computed, a power of two >= MQ, `gluon.lut_query_rows`); without it q_ptr
@@ -1192,10 +1192,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     CLOCK_PHASES, W] where lane 0 of each warp records (`_stamp`) the global timer at its start, then SM clocks at
     its start, after the prologue (query, table), after the loop and at its exit, then the global timer at its exit
     and the id of the SM it ran on, and three stamps inside the finishing tail (`_finish_fused`).
-    KASM: turbo4's K (and token-pair V) decoder (`lut_asm_k`), None for turbo3 / turbo2 (their keys in part order,
-    through ASM). HAD (QMAP, FUSED): w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart,
-    dims in the K product's order) and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by
-    `_hadamard_map` instead of the dense maps. EARLY (PIPE 2 / 3, 6 - 8; QMAP only with HAD; `gluon.lut_early_loads`):
+    KASM: the K (and token-pair V) decoder (`lut_asm_k`: turbo4's bytes, turbo3's key windows, turbo2's token-pair
+    keys); ASM: turbo4's part decoder for its V at PIPE < 2 (`lut_asm`), None for the others. HAD (QMAP, FUSED):
+    w_ptr holds the query map's Hadamard factors (fp32 [2, D] per head, w_hs apart, dims in the K product's order)
+    and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by `_hadamard_map` instead of the
+    dense maps. EARLY (PIPE 2 / 3, 6 - 8; QMAP only with HAD; `gluon.lut_early_loads`):
     the first tile(s)' loads (PIPE 6 - 8: the mbarriers' init and the first stages' copies) issued before the
     prologue (query map, table fill) instead of after it."""
     if clk_ptr is not None:
