@@ -383,11 +383,9 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     if pipe == 4 and 2 * warps * block_n * head_dim * bits // 8 > LUT_TABLE_BYTES:
         return (f"lut_pipe=4 with {warps} warps and {block_n}-token tiles at head_dim {head_dim}: 64 KB must hold "
                 "two stages of a tile's codes per operand")
-    if pipe < 2 and bits == 3:
-        return f"lut_pipe={pipe}: turbo3 codes are read as words only, lut_pipe 2 or 3"
-    if pipe < 2 and bits == 2:
-        return (f"lut_pipe={pipe}: turbo2 codes are read as words only (its keys pair two tokens' words), lut_pipe "
-                "2, 3, 4, 6, 7 or 8")
+    if pipe < 2 and bits != 4:  # (turbo3's keys straddle bytes, turbo2's pair two tokens' words)
+        return (f"lut_pipe={pipe}: turbo{bits} codes are read as words only, lut_pipe "
+                + ("2 or 3" if bits == 3 else "2, 3, 4, 6, 7 or 8"))
     if not 64 <= maxnreg <= 255:
         return f"lut_maxnreg {maxnreg}: takes 64 to 255 registers per thread"
     if lut_programs_per_sm(warps, head_dim, pipe, maxnreg, bits) < 1:

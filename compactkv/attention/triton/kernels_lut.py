@@ -1506,14 +1506,15 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = 2 (g WV + k) + p
     if FUSED:
         ROWB: gl.constexpr = 128 if BITS == 3 else 256
-        if PIPE >= 6 and W > 8:  # 16 warps' accumulators fill the table: the rest of the merge is staged in the K
-            # stages (every copy landed and read)
-            _finish_fused(lut, stages.index(1), acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h,
-                          pid, gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr,
-                          True)
+        # 16 warps' accumulators fill the table: with the bulk copies the rest of the merge is staged in the K stages
+        # (every copy landed and read)
+        SEP: gl.constexpr = PIPE >= 6 and W > 8
+        if SEP:
+            rest = stages.index(1)
         else:
-            _finish_fused(lut, lut, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
-                          gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr)
+            rest = lut
+        _finish_fused(lut, rest, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out_ptr, bh, b, h, pid,
+                      gl.num_programs(0), H, MQ, gl.num_programs(1), D, W, NH, QR, ROWB, SINKS, HAD, clk_ptr, SEP)
     else:
         OL: gl.constexpr = acc.type.layout
         ow = gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, OL)))
