@@ -126,13 +126,14 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
                 rows: bool = False, sinks: bool = False, clocks: bool = False, hadamard: bool = False,
-                early: bool | None = None):
+                early: bool | None = None, compact: bool | None = None):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
     hadamard: the maps as Hadamard factors (`gluon.lut_hadamard_maps`); early: the first tiles' loads before the
-    prologue (`gluon.lut_early_loads`; None: as the launcher would)."""
+    prologue (`gluon.lut_early_loads`; None: as the launcher would); compact: the softmax over query rows 0-3
+    only (None: as the launcher would, `gluon.lut_compact` of the 4 query rows here)."""
     from triton.experimental.gluon._runtime import GluonASTSource
-    from compactkv.attention.triton.gluon import GLUON_ROWS
+    from compactkv.attention.triton.gluon import GLUON_ROWS, lut_compact
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     from compactkv.attention.triton.gluon import lut_config_error, lut_early_loads, lut_query_rows, lut_stage_layouts
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
@@ -160,7 +161,8 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
                  KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
-                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused))
+                 EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused),
+                 COMPACT=lut_compact(4, warps) if compact is None else compact)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 
@@ -342,6 +344,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hadamard", action="store_true",
                     help="with --lut --qmap --fused: the query and V maps as Hadamard factors (attend_planes' default "
                          "for rotated maps, gluon.lut_hadamard_maps)")
+    ap.add_argument("--compact", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --lut: the softmax over query rows 0-3 only (4 query rows here), half the values a lane "
+                         "(default: gluon.lut_compact's)")
     ap.add_argument("--dump")
     ap.add_argument("--hashes", action="store_true",
                     help="a SHA-1 of each default build's sm_90 SASS (the table kernel's finishing, early, planes and "
@@ -379,7 +384,7 @@ def main(argv=None) -> int:
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
                         maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows,
-                        clocks=args.clocks, hadamard=args.hadamard)
+                        clocks=args.clocks, hadamard=args.hadamard, compact=args.compact)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

@@ -87,6 +87,11 @@ LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (at
 # 284.7-286.7): their prologue waited ~2.3 us longer behind the tiles' loads and their loop gained as much
 # (docs/kernels.md, session 24). The dense query map's prologue (64 KB of loads) spilled with the tiles live.
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
+LUT_COMPACT = True  # the table kernel's softmax over query rows 0-3 only where a KV head has at most 4 (G * Tq <= 4;
+# kernels_lut `compact_layout`) and a program at most 8 warps (`lut_compact`): the m16n8 products' padding columns
+# (rows 4-7) cost each lane half its softmax work and norm loads. sm_90 loops of the finishing builds: turbo4 1067 ->
+# 966, turbo2 816 -> 718, turbo3 778 -> 744 instructions per tile; H200 B=8 T=32K turbo4 83.3-83.8 -> 82.3-82.5 us,
+# turbo3 98.4-99.2 -> 96.6-96.7, turbo2 62.1-62.2 -> 62.0 (docs/kernels.md, session 33)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -502,7 +507,8 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
-                extras=None, clocks=None, hadamard=None, early=None) -> SplitPartials | torch.Tensor:
+                extras=None, clocks=None, hadamard=None, early=None,
+                compact=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -511,7 +517,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     `lut_clock_shape(...)` that each warp's stamps fill (kernels_lut `_stamp`; a diagnostic:
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
-    (`lut_early_loads`; None: the kind's default in the finishing build, else not)."""
+    (`lut_early_loads`; None: the kind's default in the finishing build, else not). compact: the softmax over query
+    rows 0-3 only (True needs at most 4 query rows per KV head; None: `lut_compact`)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -520,6 +527,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
+    if compact and g > 4:
+        raise ValueError(f"lut_compact=True: the compact softmax takes at most 4 query rows per KV head, got {g}")
+    compact = lut_compact(g, warps) if compact is None else compact
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
@@ -571,7 +581,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, COMPACT=compact, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
            hadamard is not None, early)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
@@ -648,6 +658,12 @@ def _fused_tiles() -> dict:
     return tiles
 
 
+def lut_compact(g: int, warps: int) -> bool:
+    """Whether the table kernel's softmax runs compact by default: LUT_COMPACT, at most 4 query rows per KV head (g)
+    and at most 8 warps a program (the 16-warp option's loop, 128 registers, would spill one with it)."""
+    return LUT_COMPACT and g <= 4 and warps <= 8
+
+
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
@@ -677,7 +693,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   lut_maxnreg: int | None = None, sinks: tuple[torch.Tensor, torch.Tensor] | None = None,
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
-                  lut_hadamard: bool | None = None, lut_early: bool | None = None) -> torch.Tensor:
+                  lut_hadamard: bool | None = None, lut_early: bool | None = None,
+                  lut_compact: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -695,7 +712,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     `lut_fused_maxnreg`'s. lut_hadamard: w and adj applied as Hadamard factors (`lut_hadamard_maps`: rotated segment
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
     are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
-    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot)."""
+    (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot).
+    lut_compact: the softmax over query rows 0-3 only (`_launch_lut`'s compact; None: `lut_compact`)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -735,7 +753,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had, early=lut_early)
+                       clocks=clocks, hadamard=had, early=lut_early, compact=lut_compact)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

@@ -773,22 +773,118 @@ def _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, KASM: gl.constexpr, BITS:
         + mma_v2(k_hi, qk_hi, gl.zeros([W, BN, NH], gl.float32, MMA))
 
 
+@triton.constexpr_function
+def compact_layout(w, bn):
+    """[W, BN, 4]: a tile's scores of query rows 0-3 (G * Tq <= 4 of the 8 an m16n8k16 product gives), one value per
+    lane and register: the m16n8 result's lane (g, c) keeps rows g + 8 j and columns 2 (c % 2) + {0, 1}, and its
+    lanes c >= 2 (whose columns 4-7 are padding) take the tile's upper half of tokens (`_compact`)."""
+    reg = [[0, 0, 1]] + [[0, 8 << i, 0] for i in range(bn.bit_length() - 5)]
+    lanes = [[0, 0, 2], [0, bn // 2, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]]
+    warps = [[1 << i, 0, 0] for i in range(w.bit_length() - 1)]
+    return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=lanes, warp_bases=warps, block_bases=[],
+                                      shape=[w, bn, 4])
+
+
+@triton.constexpr_function
+def compact_split_layout(w, bn):
+    """`compact_layout` [W, BN, 4] with a trailing dim of 2 in registers (query row bit 2: rows 4-7)."""
+    y = compact_layout(w, bn)
+    return gl.DistributedLinearLayout(reg_bases=[[0, 0, 0, 1]] + [[*x, 0] for x in y.reg_bases],
+                                      lane_bases=[[*x, 0] for x in y.lane_bases],
+                                      warp_bases=[[*x, 0] for x in y.warp_bases], block_bases=[],
+                                      shape=[w, bn, 4, 2])
+
+
+@triton.constexpr_function
+def pick_asm(n):
+    """PTX of `_compact`'s exchange for n values a lane: outputs $0 .. $n-1; lanes with lane bit 1 set take the
+    value of their partner lane ^ 2 in the upper half ($2n ..), the others keep their own lower half ($n ..)."""
+    ops = [f"shfl.sync.bfly.b32 t, ${2 * n + i}, 2, 0x1f, 0xffffffff; selp.b32 ${i}, t, ${n + i}, p;"
+           for i in range(n)]
+    return "\n".join(["{", ".reg .pred p;", ".reg .b32 l, t;", "mov.u32 l, %laneid;", "and.b32 l, l, 2;",
+                      "setp.ne.u32 p, l, 0;", *ops, "}"])
+
+
+@triton.constexpr_function
+def asm_constraints(n_out, n_in):
+    return ",".join(["=r"] * n_out + ["r"] * n_in)
+
+
+@gluon.jit
+def _tokens_half(x, HALF: gl.constexpr):
+    """x [W, BN, N] (tokens on a register bit at BN / 2) -> its tokens [0, BN / 2) or [BN / 2, BN) [W, BN / 2, N]."""
+    W: gl.constexpr = x.shape[0]
+    BN: gl.constexpr = x.shape[1]
+    N: gl.constexpr = x.shape[2]
+    lo, hi = gl.split(gl.permute(gl.reshape(x, [W, 2, BN // 2, N]), [0, 2, 3, 1]))
+    if HALF:
+        return hi
+    return lo
+
+
+@gluon.jit
+def _compact(s):
+    """s [W, BN, 8] (the mma result) -> its query rows 0-3 [W, BN, 4] in `compact_layout`: lanes c >= 2 (columns
+    4-7, padding) take their partner's (lane ^ 2) values of the upper tokens, one shuffle and one select a value."""
+    W: gl.constexpr = s.shape[0]
+    BN: gl.constexpr = s.shape[1]
+    lo = _tokens_half(s, False).to(gl.int32, bitcast=True)
+    hi = _tokens_half(s, True).to(gl.int32, bitcast=True)
+    N: gl.constexpr = lo.numel // (32 * W)
+    y = gl.inline_asm_elementwise(pick_asm(N), asm_constraints(N, 2 * N), [lo, hi], dtype=gl.int32, is_pure=True,
+                                  pack=N).to(gl.float32, bitcast=True)
+    # [W, BN / 2, 8] whose columns 4-7 are the upper tokens' columns 0-3: token = BN / 2 * (column // 4) + t
+    y = gl.reshape(gl.permute(gl.reshape(y, [W, BN // 2, 2, 4]), [0, 2, 1, 3]), [W, BN, 4])
+    return gl.convert_layout(y, compact_layout(W, BN), assert_trivial=True)
+
+
+@gluon.jit
+def _uncompact(p, MMA: gl.constexpr):
+    """p [W, BN, 4] fp16 (`compact_layout`) -> [W, BN, 8] in MMA, columns 4-7 arbitrary (finite): lanes c < 2 take
+    the upper tokens from their partner lane ^ 2 (one shuffle a register of two values)."""
+    W: gl.constexpr = p.shape[0]
+    BN: gl.constexpr = p.shape[1]
+    z = gl.reshape(gl.permute(gl.reshape(p, [W, 2, BN // 2, 4]), [0, 2, 1, 3]), [W, BN // 2, 8])
+    zh = gl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, 0xffffffff;", "=r,r", [z],
+                                   dtype=gl.float16, is_pure=True, pack=2)
+    full = gl.reshape(gl.permute(gl.join(z, zh), [0, 3, 1, 2]), [W, BN, 8])
+    return gl.convert_layout(full, MMA, assert_trivial=True)
+
+
+@gluon.jit
+def _dup(x, LAY: gl.constexpr):
+    """x [W, 4] (a compact layout's query rows) -> [W, 8] in LAY, rows 4-7 copies of rows 0-3."""
+    z = gl.reshape(gl.permute(gl.join(x, x), [0, 2, 1]), [x.shape[0], 8])
+    return gl.convert_layout(z, LAY)
+
+
 @gluon.jit
 def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM: gl.constexpr,
-                 KASM: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr):
+                 KASM: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr,
+                 COMPACT: gl.constexpr = False, MMA: gl.constexpr = None):
     """One tile's online-softmax step (base 2; a row that has seen no key keeps max -inf, sum 0) and its values
     accumulated: (a0, a1, m_i, l_i) updated (the two V operands' accumulators: turbo4 / turbo3 parts 0 and 1,
     turbo2 codes 0, 2 and 1, 3 of a byte, `_pair_keys_v`). s: the tile's scores, valid [W, BN] its live tokens, kn /
     vn their K / V norms."""
+    if COMPACT:  # query rows 0-3 only, each lane's values half as many (valid, kn, vn, m_i, l_i in its layout)
+        s = _compact(s)
     s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
     p = gl.exp2(s - gl.expand_dims(m_use, 1))
-    l_i = l_i * alpha + gl.sum(p, axis=1)
+    if COMPACT:  # l_i [W, BN, 4]: each lane's own sums, reduced once after the loop
+        l_i = l_i * gl.expand_dims(alpha, 1) + p
+    else:
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+    if COMPACT:  # the accumulators' columns 4-7 (padding) take rows 0-3's factors
+        alpha = _dup(alpha, gl.SliceLayout(1, MMA))
     a0, a1, _a2, _a3 = scale_acc(a0, a1, a0, a1, gl.expand_dims(alpha, 1), False)
     m_i = m_new
-    pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
+    if COMPACT:
+        pv = gl.convert_layout(_uncompact((p * gl.expand_dims(vn, 2)).to(gl.float16), MMA), B_OP)
+    else:
+        pv = gl.convert_layout((p * gl.expand_dims(vn, 2)).to(gl.float16), B_OP)
 
     if BITS == 2:  # token-pair keys in their operands already
         v0 = _decode_kbytes(vx, vlofs, vsel, KASM)
@@ -1157,7 +1253,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False):
+                      EARLY: gl.constexpr = False, COMPACT: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1255,10 +1351,18 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if QMAP and HAD and EARLY:
         xq, q_pre, q_post = _query_rows(q_ptr, w_ptr + h.to(gl.int64) * w_hs, bh, MQ, D, QR, W, BITS)
     # per-warp split ranges, in the layouts that use them
-    wr = gl.arange(0, W, layout=gl.SliceLayout(1, ROWS))
-    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (ROWS)
+    if COMPACT:  # the scores' layout after `_compact`
+        NR: gl.constexpr = gl.SliceLayout(2, compact_layout(W, BN))
+        MR: gl.constexpr = gl.SliceLayout(1, compact_layout(W, BN))
+        NM: gl.constexpr = 4
+    else:
+        NR: gl.constexpr = ROWS
+        MR: gl.constexpr = COLS
+        NM: gl.constexpr = NH
+    wr = gl.arange(0, W, layout=gl.SliceLayout(1, NR))
+    lo_r = gl.expand_dims((pid * W + wr) * split, 1)  # [W, 1] (NR)
     hi_r = gl.minimum(lo_r + split, L)
-    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, ROWS)), 0)  # [1, BN]
+    tr = gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, NR)), 0)  # [1, BN]
     kbase = kc_ptr + b.to(gl.int64) * kcsb + h.to(gl.int64) * kcsh
     vbase = vc_ptr + b.to(gl.int64) * vcsb + h.to(gl.int64) * vcsh
     knb = kn_ptr + b.to(gl.int64) * nsb + h.to(gl.int64) * nsh
@@ -1369,8 +1473,11 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
 
     a0 = gl.zeros([W, NA, NH], gl.float32, MMA)
     a1 = gl.zeros([W, NA, NH], gl.float32, MMA)
-    m_i = gl.full([W, NH], float("-inf"), gl.float32, COLS)
-    l_i = gl.zeros([W, NH], gl.float32, COLS)
+    m_i = gl.full([W, NM], float("-inf"), gl.float32, MR)
+    if COMPACT:
+        l_i = gl.zeros([W, BN, 4], gl.float32, compact_layout(W, BN))
+    else:
+        l_i = gl.zeros([W, NH], gl.float32, COLS)
 
     klofs = _lane_offset(gl.zeros([W, BN, D], gl.int32, A_OP))
     vlofs = _lane_offset(gl.zeros([W, NA, BN], gl.int32, A_OP))
@@ -1485,7 +1592,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         a0, a1, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM, KASM,
-                                        BITS, VB, A_OP, B_OP)
+                                        BITS, VB, A_OP, B_OP, COMPACT, MMA)
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
                        lo6 + t + S6 * BN, hi6, BN, RB)
@@ -1501,6 +1608,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     # accumulator p is code 2 h + p of byte 4 g + m, dim 4 (4 g + m) + 2 h + p, the same with k = 2 m + h): D/8
     # consecutive dims of each of its query rows, stored as one run (vector stores) after a register-only reorder
     # (ncu, B=8 T=4K: the scattered 4-byte stores were 29% of the warps' stall samples)
+    if COMPACT:
+        m_i = _dup(m_i, COLS)
+        l_i = _dup(gl.sum(l_i, axis=1), COLS)
     acc = gl.join(a0, a1)  # [W, NA, NH, 2]
     acc = gl.reshape(gl.permute(acc, [0, 2, 1, 3]), [W, NH, WV, 8, 2])  # mo = 8 k + g
     acc = gl.reshape(gl.permute(acc, [0, 1, 3, 2, 4]), [W, NH, D])  # dim = 2 (g WV + k) + p
