@@ -162,7 +162,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
                  KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
                  EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused),
-                 COMPACT=lut_compact(4, warps) if compact is None else compact)
+                 COMPACT=lut_compact(4, warps, bits, rows) if compact is None else compact)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -307,7 +307,9 @@ def test_table_kernel_compiles_for_sm90(kind, d, warps, pipe, maxnreg, qmap, fus
     # no bit-twiddling decoder; turbo4 V at pipe >= 2 keys its token pairs (VKEY_ASM), turbo2 its K and V
     # (VKEY_ASM, V2KEY_ASM): per pair of words one shift and one lop3 for each of the two key words
     pairs = (per_lane // 8) * (1 if bits == 4 else 2) if pipe >= 2 else 0
-    assert ops["LOP3"] <= 8 + 2 * pairs and ops["SHF"] <= 8 + 2 * pairs  # (ptxas makes some shifts IMAD.SHL)
+    # (ptxas makes some shifts IMAD.SHL; the compact softmax's exchanges add a few lop3 / shifts: 12, not 8, with
+    # triton 3.8's build of the 168-register finishing kernel)
+    assert ops["LOP3"] <= 12 + 2 * pairs and ops["SHF"] <= 12 + 2 * pairs
 
 
 @cuda

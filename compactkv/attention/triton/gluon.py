@@ -88,10 +88,11 @@ LUT_EARLY_BITS = frozenset({3})  # kinds (bits) whose finishing table kernel (at
 # (docs/kernels.md, session 24). The dense query map's prologue (64 KB of loads) spilled with the tiles live.
 HAD_D1 = 8  # the finishing table kernel's Hadamard maps: H_D = H_8 (x) H_{D/8} (kernels_lut `_hadamard_map`)
 LUT_COMPACT = True  # the table kernel's softmax over query rows 0-3 only where a KV head has at most 4 (G * Tq <= 4;
-# kernels_lut `compact_layout`) and a program at most 8 warps (`lut_compact`): the m16n8 products' padding columns
-# (rows 4-7) cost each lane half its softmax work and norm loads. sm_90 loops of the finishing builds: turbo4 1067 ->
-# 966, turbo2 816 -> 718, turbo3 778 -> 744 instructions per tile; H200 B=8 T=32K turbo4 83.3-83.8 -> 82.3-82.5 us,
-# turbo3 98.4-99.2 -> 96.6-96.7, turbo2 62.1-62.2 -> 62.0 (docs/kernels.md, session 33)
+# kernels_lut `compact_layout`), a program at most 8 warps, not turbo3's codec rows (`lut_compact`): the m16n8
+# products' padding columns (rows 4-7) cost each lane half its softmax work and norm loads. sm_90 loops of the
+# finishing builds: turbo4 1067 -> 966, turbo2 816 -> 718, turbo3 778 -> 744 instructions per tile; H200 B=8 T=32K
+# turbo4 83.3-83.8 -> 82.3-82.5 us, turbo3 98.4-99.2 -> 96.6-96.7, turbo2 62.1-62.2 -> 62.0; over codec rows turbo4
+# 136.3-136.5 -> 128.4-128.6, turbo2 118.3-118.7 -> 99.5-99.6 (docs/kernels.md, session 33)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -529,7 +530,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     b, h, g, d = q.shape
     if compact and g > 4:
         raise ValueError(f"lut_compact=True: the compact softmax takes at most 4 query rows per KV head, got {g}")
-    compact = lut_compact(g, warps) if compact is None else compact
+    compact = lut_compact(g, warps, bits, row_source is not None) if compact is None else compact
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
@@ -658,10 +659,12 @@ def _fused_tiles() -> dict:
     return tiles
 
 
-def lut_compact(g: int, warps: int) -> bool:
-    """Whether the table kernel's softmax runs compact by default: LUT_COMPACT, at most 4 query rows per KV head (g)
-    and at most 8 warps a program (the 16-warp option's loop, 128 registers, would spill one with it)."""
-    return LUT_COMPACT and g <= 4 and warps <= 8
+def lut_compact(g: int, warps: int, bits: int = 4, rows: bool = False) -> bool:
+    """Whether the table kernel's softmax runs compact by default: LUT_COMPACT, at most 4 query rows per KV head (g),
+    at most 8 warps a program (the 16-warp option's loop, 128 registers, would spill one with it), and not turbo3
+    over codec rows (`launch_rows`: 7-10% slower with it on the H200 although 37 fewer instructions a tile, session
+    33; turbo4's rows 5-6% and turbo2's 16-18% faster)."""
+    return LUT_COMPACT and g <= 4 and warps <= 8 and not (bits == 3 and rows)
 
 
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
