@@ -865,7 +865,9 @@ def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, v
     """One tile's online-softmax step (base 2; a row that has seen no key keeps max -inf, sum 0) and its values
     accumulated: (a0, a1, m_i, l_i) updated (the two V operands' accumulators: turbo4 / turbo3 parts 0 and 1,
     turbo2 codes 0, 2 and 1, 3 of a byte, `_pair_keys_v`). s: the tile's scores, valid [W, BN] its live tokens, kn /
-    vn their K / V norms."""
+    vn their K / V norms. COMPACT (at most 4 query rows): the softmax on `_compact`'s [W, BN, 4] (valid, kn, vn and
+    m_i in its slices), l_i each lane's own running sums [W, BN, 4] (summed after the loop), P back through
+    `_uncompact`."""
     if COMPACT:  # query rows 0-3 only, each lane's values half as many (valid, kn, vn, m_i, l_i in its layout)
         s = _compact(s)
     s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
@@ -1294,7 +1296,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     and adj_ptr the V inverse map's ([2, D]; `gluon.lut_hadamard_maps`), applied by `_hadamard_map` instead of the
     dense maps. EARLY (PIPE 2 / 3, 6 - 8; QMAP only with HAD; `gluon.lut_early_loads`):
     the first tile(s)' loads (PIPE 6 - 8: the mbarriers' init and the first stages' copies) issued before the
-    prologue (query map, table fill) instead of after it."""
+    prologue (query map, table fill) instead of after it. COMPACT (MQ <= 4; `gluon.lut_compact`): the softmax over
+    query rows 0-3 only, in `compact_layout` (`_tile_values`); the norms and the valid mask loaded in its layout."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
