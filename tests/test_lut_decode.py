@@ -446,6 +446,8 @@ def test_fused_compact_softmax_vs_float64(kind, g):
         assert _check_fused(kind, g, [900, 33, 7], hkv=8, lut_compact=compact) < TOL
     with pytest.raises(ValueError, match="at most 4 query rows per KV head, got 8"):
         _check_fused(kind, 8, [100], lut_compact=True)
+    with pytest.raises(ValueError, match="lut_compact 'yes': takes True, False or None"):
+        _check_fused(kind, 4, [100], lut_compact="yes")
 
 
 @cuda
@@ -1044,6 +1046,24 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
     assert lut_config_error(4, 128, 8, pipe, 248, 64) is None
     assert f"lut_pipe={pipe}" in lut_config_error(3, 128, 8, pipe, 248)  # turbo3: not on the bulk copies
     assert "7 (as 6" in lut_config_error(4, 128, 8, 5, 255, 64)  # (the pipes it takes, named)
+
+
+def test_compact_softmax_rule_and_refusals():
+    """`lut_compact`: compact where a KV head has at most 4 query rows and a program at most 8 warps, except
+    turbo3 over codec rows (slower there, session 33); the launcher refuses compact=True with more rows and a
+    non-boolean, before any launch, naming what it takes."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import _launch_lut, lut_compact
+    from compactkv.core.codec import Codec
+    assert lut_compact(4, 8) and lut_compact(1, 4, 2, True) and lut_compact(4, 8, 3, False)
+    assert not lut_compact(5, 8) and not lut_compact(4, 16) and not lut_compact(4, 8, 3, True)
+    kind = packed_kind(Codec("turbo4", 128))
+    lengths = torch.zeros(1, dtype=torch.int32)
+    for g, compact, msg in [(8, True, "at most 4 query rows per KV head, got 8"),
+                            (4, "yes", "lut_compact 'yes': takes True, False or None")]:
+        with pytest.raises(ValueError, match=msg):
+            _launch_lut(torch.zeros(1, 2, g, 128), None, None, None, None, lengths, kind, kind, max_len=64,
+                        num_splits=8, block_n=32, warps=8, pipe=3, compact=compact)
 
 
 @pytest.mark.parametrize("kind", ["turbo4", "turbo2"])

@@ -528,6 +528,8 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
+    if compact not in (None, True, False):
+        raise ValueError(f"lut_compact {compact!r}: takes True, False or None (the default rule, `lut_compact`)")
     if compact and g > 4:
         raise ValueError(f"lut_compact=True: the compact softmax takes at most 4 query rows per KV head, got {g}")
     compact = lut_compact(g, warps, bits, row_source is not None) if compact is None else compact
@@ -584,7 +586,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
         VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, COMPACT=compact, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early)
+           hadamard is not None, early, compact)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
