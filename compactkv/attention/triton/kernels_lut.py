@@ -363,13 +363,16 @@ def _windows3(na, nb):
 
 
 @gluon.jit
-def _pair_tokens(x, LAY: gl.constexpr):
-    """x [W, BN / 2, N] of token pairs -> [W, BN, N] in LAY, both tokens of a pair holding it (one register)."""
+def _pair_tokens(x, LAY: gl.constexpr = None):
+    """x [W, BN / 2, N] of token pairs -> [W, BN, N] in LAY (None: as the join leaves it), both tokens of a pair
+    holding it (one register)."""
     W: gl.constexpr = x.shape[0]
     BN2: gl.constexpr = x.shape[1]
     N: gl.constexpr = x.shape[2]
     x = gl.reshape(gl.permute(gl.join(x, x), [0, 1, 3, 2]), [W, 2 * BN2, N])
-    return gl.convert_layout(x, LAY, assert_trivial=True)
+    if LAY is not None:
+        x = gl.convert_layout(x, LAY, assert_trivial=True)
+    return x
 
 
 @gluon.jit
@@ -469,13 +472,8 @@ def _value_keys(vw, LAY: gl.constexpr):
     (`VKEY_ASM`) of the even and the odd dims, each spread as `_spread` spreads words ([W, BN, 4 NC] in LAY, both
     tokens of a pair the same key word): `_v_arrange3` and the K decoder (lut_asm_k) then give each V operand
     register, (c[code of token 2 t], c[code of token 2 t + 1]) for one dim, from one table read."""
-    W: gl.constexpr = vw.shape[0]
-    BN: gl.constexpr = vw.shape[1]
-    NC: gl.constexpr = vw.shape[2]
     x, y = _pair_words(vw, _VKEY_ASM)
-    x = gl.reshape(gl.permute(gl.join(x, x), [0, 1, 3, 2]), [W, BN, NC])
-    y = gl.reshape(gl.permute(gl.join(y, y), [0, 1, 3, 2]), [W, BN, NC])
-    return _spread(x, LAY), _spread(y, LAY)
+    return _spread(_pair_tokens(x), LAY), _spread(_pair_tokens(y), LAY)
 
 
 @gluon.jit
@@ -528,8 +526,9 @@ def _pair_keys_v(vw, A_OP: gl.constexpr):
 
 
 @gluon.jit
-def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
-    """x [W, M, N] split along dim `axis` (1 or 2) into its two halves, each in layout LAY (a register split)."""
+def _halves(x, axis: gl.constexpr, LAY: gl.constexpr = None):
+    """x [W, M, N] split along dim `axis` (1 or 2) into its two halves, each in layout LAY (a register split; None:
+    the split's own layout)."""
     W: gl.constexpr = x.shape[0]
     M: gl.constexpr = x.shape[1]
     N: gl.constexpr = x.shape[2]
@@ -538,7 +537,10 @@ def _halves(x, axis: gl.constexpr, LAY: gl.constexpr):
     else:
         y = gl.permute(gl.reshape(x, [W, M, 2, N // 2]), [0, 1, 3, 2])
     lo, hi = gl.split(y)
-    return gl.convert_layout(lo, LAY, assert_trivial=True), gl.convert_layout(hi, LAY, assert_trivial=True)
+    if LAY is not None:
+        lo = gl.convert_layout(lo, LAY, assert_trivial=True)
+        hi = gl.convert_layout(hi, LAY, assert_trivial=True)
+    return lo, hi
 
 
 @gluon.jit
@@ -811,25 +813,14 @@ def asm_constraints(n_out, n_in):
 
 
 @gluon.jit
-def _tokens_half(x, HALF: gl.constexpr):
-    """x [W, BN, N] (tokens on a register bit at BN / 2) -> its tokens [0, BN / 2) or [BN / 2, BN) [W, BN / 2, N]."""
-    W: gl.constexpr = x.shape[0]
-    BN: gl.constexpr = x.shape[1]
-    N: gl.constexpr = x.shape[2]
-    lo, hi = gl.split(gl.permute(gl.reshape(x, [W, 2, BN // 2, N]), [0, 2, 3, 1]))
-    if HALF:
-        return hi
-    return lo
-
-
-@gluon.jit
 def _compact(s):
     """s [W, BN, 8] (the mma result) -> its query rows 0-3 [W, BN, 4] in `compact_layout`: lanes c >= 2 (columns
     4-7, padding) take their partner's (lane ^ 2) values of the upper tokens, one shuffle and one select a value."""
     W: gl.constexpr = s.shape[0]
     BN: gl.constexpr = s.shape[1]
-    lo = _tokens_half(s, False).to(gl.int32, bitcast=True)
-    hi = _tokens_half(s, True).to(gl.int32, bitcast=True)
+    lo, hi = _halves(s, 1)  # tokens [0, BN / 2), [BN / 2, BN): a register bit of the mma layout
+    lo = lo.to(gl.int32, bitcast=True)
+    hi = hi.to(gl.int32, bitcast=True)
     N: gl.constexpr = lo.numel // (32 * W)
     y = gl.inline_asm_elementwise(pick_asm(N), asm_constraints(N, 2 * N), [lo, hi], dtype=gl.int32, is_pure=True,
                                   pack=N).to(gl.float32, bitcast=True)
@@ -875,12 +866,12 @@ def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, v
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
     p = gl.exp2(s - gl.expand_dims(m_use, 1))
-    if COMPACT:  # l_i [W, BN, 4]: each lane's own sums, reduced once after the loop
+    if COMPACT:  # l_i [W, BN, 4]: each lane's own sums, reduced once after the loop; the accumulators' columns 4-7
+        # (padding) take rows 0-3's factors
         l_i = l_i * gl.expand_dims(alpha, 1) + p
+        alpha = _dup(alpha, gl.SliceLayout(1, MMA))
     else:
         l_i = l_i * alpha + gl.sum(p, axis=1)
-    if COMPACT:  # the accumulators' columns 4-7 (padding) take rows 0-3's factors
-        alpha = _dup(alpha, gl.SliceLayout(1, MMA))
     a0, a1, _a2, _a3 = scale_acc(a0, a1, a0, a1, gl.expand_dims(alpha, 1), False)
     m_i = m_new
     if COMPACT:
