@@ -126,14 +126,15 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
                 rows: bool = False, sinks: bool = False, clocks: bool = False, hadamard: bool = False,
-                early: bool | None = None, compact: bool | None = None):
+                early: bool | None = None, compact: bool | None = None, tma: bool | None = None):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
     hadamard: the maps as Hadamard factors (`gluon.lut_hadamard_maps`); early: the first tiles' loads before the
     prologue (`gluon.lut_early_loads`; None: as the launcher would); compact: the softmax over query rows 0-3
-    only (None: as the launcher would, `gluon.lut_compact` of the 4 query rows here)."""
+    only (None: as the launcher would, `gluon.lut_compact` of the 4 query rows here); tma: V's tiles through a
+    tensor map (None: as the launcher would, `gluon.lut_tma`)."""
     from triton.experimental.gluon._runtime import GluonASTSource
-    from compactkv.attention.triton.gluon import GLUON_ROWS, lut_compact
+    from compactkv.attention.triton.gluon import GLUON_ROWS, lut_compact, lut_tma
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     from compactkv.attention.triton.gluon import lut_config_error, lut_early_loads, lut_query_rows, lut_stage_layouts
     if kind not in ("turbo4", "turbo3", "turbo2") or (v_kind or kind) != kind:
@@ -151,12 +152,13 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
                 v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10, sk_ptr=torch.empty(64, dtype=torch.bfloat16),
                 sv_ptr=torch.empty(64, dtype=torch.bfloat16), n_sink=4, s_sb=8 * 4 * d, s_sh=4 * d, kmean_ptr=f32,
-                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None)
+                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None, vmap_ptr=u8)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     keys = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, keys, words=True)
-    kstage, vstage = lut_stage_layouts(pipe, kword, vword)
+    tma = lut_tma(pipe, d * bits // 8, rows) if tma is None else tma
+    kstage, vstage = lut_stage_layouts(pipe, kword, vword, tma)
     const = dict(D=d, ASM=lut_asm(pipe >= 2, bits), KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n,
                  NH=GLUON_ROWS, BLOCK_M=16, KLOAD=kload, VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword,
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
@@ -347,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compact", action=argparse.BooleanOptionalAction, default=None,
                     help="with --lut: the softmax over query rows 0-3 only (4 query rows here), half the values a lane "
                          "(default: gluon.lut_compact's)")
+    ap.add_argument("--tma", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --lut --pipe 6|7|8: V's tiles through a tensor map with the 64-byte swizzle (turbo4 at "
+                         "head_dim 128; default: gluon.lut_tma's)")
     ap.add_argument("--dump")
     ap.add_argument("--hashes", action="store_true",
                     help="a SHA-1 of each default build's sm_90 SASS (the table kernel's finishing, early, planes and "
@@ -384,7 +389,8 @@ def main(argv=None) -> int:
         if args.lut:
             s = summary(kind, lut=True, d=args.d, warps=args.warps, block_n=args.block_n, pipe=args.pipe,
                         maxnreg=args.maxnreg, qmap=args.qmap, fused=args.fused, rows=args.rows,
-                        clocks=args.clocks, hadamard=args.hadamard, compact=args.compact)
+                        clocks=args.clocks, hadamard=args.hadamard, compact=args.compact,
+                        tma=args.tma)
             args.warps = 1  # instructions per warp: each warp runs its own split
         elif args.gluon:
             s = summary(kind, gluon=True, d=args.d, block_n=args.block_n, maxnreg=args.maxnreg,

@@ -450,6 +450,30 @@ def test_fused_compact_softmax_vs_float64(kind, g):
         _check_fused(kind, 4, [100], lut_compact="yes")
 
 
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_fused_tma_value_copies_vs_float64(g):
+    """turbo4's V tiles through a tensor map with the 64-byte swizzle (`lut_tma`, the default on the bulk copies)
+    and through the linear bulk copies, both against float64: ragged rows, rows shorter than a tile and not a
+    multiple of it (the last box reaches past the plane: zero-filled, masked), warps with nothing to copy, many
+    programs, 8 KV heads; the split-partials build (`launch_gluon`) too. Asked for where it cannot run: a
+    ValueError before any launch."""
+    from test_gluon_decode import TOL
+    from compactkv.attention.triton import tma as maps
+    made = len(maps._MAPS)
+    for tma in (True, False):
+        assert _check_fused("turbo4", g, [777, 130, 3, 64], lut_tma=tma) < TOL
+        assert len(maps._MAPS) > made  # (the maps were made: the launches used them)
+        assert _check_fused("turbo4", g, [5000, 2], num_splits=128, lut_tma=tma) < TOL
+        assert _check_fused("turbo4", g, [900, 33, 7], hkv=8, lut_tma=tma) < TOL
+    with pytest.raises(ValueError, match="lut_tma=True: the tensor copies take planes of 64-byte rows"):
+        _check_fused("turbo2", g, [100], lut_tma=True)
+    with pytest.raises(ValueError, match="lut_tma=True: the tensor copies take planes of 64-byte rows"):
+        _check_fused("turbo4", g, [100], lut_tma=True, lut_pipe=2)
+
+
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
@@ -1035,7 +1059,9 @@ def test_bulk_stage_build_compiles_for_sm90(kind, pipe):
                             fused=True, hadamard=True)
     assert s["shared"] == lut_smem(8, 128, pipe, bits=int(kind[-1]), fused=True) == 3 * 65536 + 4
     ops = s["ops"]
-    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    # (turbo4's V through its tensor map by default, `lut_tma`: one UTMALDG in place of V's UBLKCP)
+    assert ops["UBLKCP"] + ops["UTMALDG"] == 2 and ops["UTMALDG"] == (kind == "turbo4"), ops
+    assert ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
     assert ops["FENCE"] == {6: 0, 7: 2, 8: 1}[pipe], ops  # (8: K's copy only)
     assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 0)
     assert "SYNCS.EXCH.64" in s["sass"] and "mbarrier.try_wait.parity" in s["ptx"]
@@ -1087,6 +1113,92 @@ def test_compact_softmax_build_compiles_for_sm90(kind):
     assert ops["LDG"] < ops_full["LDG"], (ops["LDG"], ops_full["LDG"])
 
 
+
+def test_tma_rule_and_refusals():
+    """`lut_tma`: V through a tensor map on the bulk-copy builds of planes with 64-byte rows only (turbo4 at
+    head_dim 128); the launcher refuses tma=True elsewhere and a non-boolean, before any launch, naming what it
+    takes; `tma.map_arguments` gives the driver's dims / strides / box of a plane view and refuses planes the
+    accelerator cannot read."""
+    from compactkv.attention.triton.decode import packed_kind
+    from compactkv.attention.triton.gluon import _launch_lut, lut_tma
+    from compactkv.attention.triton.tma import map_arguments
+    from compactkv.core.codec import Codec
+    assert lut_tma(8, 64) and lut_tma(6, 64) and lut_tma(7, 64)
+    assert not lut_tma(2, 64) and not lut_tma(8, 32) and not lut_tma(8, 64, True)
+    lengths = torch.zeros(1, dtype=torch.int32)
+    for kind, pipe, tma, msg in [("turbo2", 7, True, "64-byte rows .* got 32-byte rows on lut_pipe 7"),
+                                 ("turbo4", 3, True, "got 64-byte rows on lut_pipe 3"),
+                                 ("turbo4", 8, "yes", "lut_tma 'yes': takes True, False or None")]:
+        k = packed_kind(Codec(kind, 128))
+        with pytest.raises(ValueError, match=msg):
+            _launch_lut(torch.zeros(1, 2, 4, 128), None, None, None, None, lengths, k, k, max_len=64,
+                        num_splits=8, block_n=64, warps=8, pipe=pipe, tma=tma)
+    buf = torch.zeros(2, 8, 1024, 64, dtype=torch.uint8)
+    assert map_arguments(buf[:, :, :1000], 64) == ([64, 1000, 8, 2], [64, 65536, 524288], [64, 64, 1, 1])
+    assert map_arguments(buf[1:, 2:5], 32) == ([64, 1024, 3, 1], [64, 65536, 524288], [64, 32, 1, 1])
+    for bad, rows, msg in [(buf.view(torch.int8), 64, "uint8 plane"), (buf[..., :40], 64, "16 to 64 bytes"),
+                           (buf.view(-1)[8:8 + 1024 * 64].view(1, 1, 1024, 64), 64, "16-byte aligned"),
+                           (buf, 300, "1 to 256 rows")]:
+        with pytest.raises(ValueError, match=msg):
+            map_arguments(bad, rows)
+
+
+@pytest.mark.parametrize("w,bn", [(8, 64), (4, 64), (8, 32), (16, 32)])
+def test_tma_stage_layout_is_the_swizzled_copy(w, bn):
+    """`tma_stage_layout` is where the tensor copy puts each word: the warp's tile in the copies' row order with
+    `bulk_stage_layout`'s trade (row r holds token r ^ ((r >> 1) & 1)), each byte address's bits 4-5 xor-ed with
+    its bits 7-8 (CU_TENSOR_MAP_SWIZZLE_64B); read through it, V's words cost their bytes' minimum of wavefronts
+    (32 per warp and 64-token tile, half the traded linear stage's), K keeps the linear stage at its minimum."""
+    from compactkv.attention.triton.gluon import lut_stage_layouts
+    from compactkv.attention.triton.kernels_lut import bulk_stage_layout, lut_layouts, shared_wavefronts, \
+        tma_stage_layout
+    _k, _v, kword, vword = lut_layouts(w, bn, 64, words=True)
+    bases = tma_stage_layout(w, bn, 16).offset_bases
+    placed = {}
+    for off in range(w * bn * 16):
+        c = [0, 0, 0]
+        for i, base in enumerate(bases):
+            if off >> i & 1:
+                c = [a ^ x for a, x in zip(c, base)]
+        placed[tuple(c)] = off
+    assert len(placed) == w * bn * 16
+    for (wi, tok, word), off in placed.items():
+        row = tok ^ ((tok >> 1) & 1)
+        byte = (wi * bn + row) * 64 + word * 4
+        assert off * 4 == byte ^ (((byte >> 7) & 3) << 4), (wi, tok, word)
+    least = bn * 16 * 4 // 128
+    assert shared_wavefronts(vword, bases) == least
+    assert shared_wavefronts(vword, bulk_stage_layout(w, bn, 16).offset_bases) == 2 * least
+    assert shared_wavefronts(kword, bulk_stage_layout(w, bn, 16).offset_bases) == least
+    assert lut_stage_layouts(8, kword, vword, True) == (bulk_stage_layout(w, bn, 16), tma_stage_layout(w, bn, 16))
+    with pytest.raises(ValueError, match="rows of 16 words"):
+        tma_stage_layout(w, bn, 8)
+
+
+def test_tma_build_compiles_for_sm90():
+    """turbo4's default finishing build with V through the tensor map (`lut_tma`) against the same build with the
+    linear bulk copies: one tensor copy in the loop (UTMALDG) in place of V's bulk copy, the same shared-memory
+    reads (LDS / LDS.64 / LDS.128: the swizzle keeps each lane's 8-byte vectors), at most a few more loop
+    instructions (the swizzled addresses), no spill, no barrier, the same shared memory."""
+    sass_decode = _sass_decode()
+    from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
+    pipe, bn = lut_fused_build(4)
+    kw = dict(lut=True, d=128, warps=8, block_n=bn, pipe=pipe, maxnreg=lut_fused_maxnreg(4, pipe), qmap=True,
+              fused=True, hadamard=True)
+    linear = sass_decode.summary("turbo4", tma=False, **kw)
+    tma = sass_decode.summary("turbo4", **kw)
+    assert tma["shared"] == linear["shared"]
+    ops, ops_lin = tma["ops"], linear["ops"]
+    assert ops["UTMALDG"] >= 1 and ops_lin["UTMALDG"] == 0 and ops["UBLKCP"] == ops_lin["UBLKCP"] - 1, (ops, ops_lin)
+    assert "cp.async.bulk.tensor.4d" in tma["ptx"]
+    for op in ("LDS", "BAR"):
+        assert ops[op] == ops_lin[op], (op, ops[op], ops_lin[op])
+    for vec in ("LDS.64", "LDS.128"):
+        assert tma["sass"].count(vec) == linear["sass"].count(vec), vec
+    assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 0), ops
+    assert tma["loop"] <= linear["loop"] + 8, (tma["loop"], linear["loop"])
+
+
 @pytest.mark.parametrize("sinks", [False, True])
 def test_sixteen_warp_bulk_build_compiles_for_sm90(sinks):
     """turbo4's finishing build with 16 warps of 32-token tiles on lut_pipe 8 (session 31; an option, slower than
@@ -1101,7 +1213,7 @@ def test_sixteen_warp_bulk_build_compiles_for_sm90(sinks):
                             fused=True, sinks=sinks, hadamard=True)
     assert s["shared"] == lut_smem(16, 128, 8, 32, 4, fused=True) == 3 * 65536 + 4
     ops = s["ops"]
-    assert ops["UBLKCP"] == 2 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops
+    assert ops["UBLKCP"] == 1 and ops["UTMALDG"] == 1 and ops["SYNCS"] == 2 and ops["BAR"] == 0, ops  # (V: `lut_tma`)
     assert sass_decode.within_budget(ops["STL"] + ops["LDL"], 0)
     assert 2 * 32 * 64 // 32 <= ops["LDS"] <= 2 * 32 * 64 // 32 + 16, ops  # table reads, then the stages' words
 

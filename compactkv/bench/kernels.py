@@ -22,7 +22,7 @@ CHUNK_TOKENS = CacheConfig().chunk_tokens  # the dynamic cache's chunks (its def
 # decode_step options attend_planes takes
 TABLE_OPTIONS = {"num_splits", "lut_warps", "lut_pipe", "lut_maxnreg", "clocks"}
 # attend_planes' (the row reader tiles by 32 tokens)
-FUSED_OPTIONS = TABLE_OPTIONS | {"lut_block_n", "lut_hadamard", "lut_early", "lut_compact"}
+FUSED_OPTIONS = TABLE_OPTIONS | {"lut_block_n", "lut_hadamard", "lut_early", "lut_compact", "lut_tma"}
 KINDS = ("turbo4", "turbo3", "turbo2", "q8_0")
 
 

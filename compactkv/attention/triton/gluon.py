@@ -93,6 +93,10 @@ LUT_COMPACT = True  # the table kernel's softmax over query rows 0-3 only where 
 # finishing builds: turbo4 1067 -> 966, turbo2 816 -> 718, turbo3 778 -> 744 instructions per tile; H200 B=8 T=32K
 # turbo4 83.3-83.8 -> 82.3-82.5 us, turbo3 98.4-99.2 -> 96.6-96.7, turbo2 62.1-62.2 -> 62.0; over codec rows turbo4
 # 136.3-136.5 -> 128.4-128.6, turbo2 118.3-118.7 -> 99.5-99.6 (docs/kernels.md, session 33)
+LUT_TMA = True  # the bulk-copy builds (BULK_PIPES) copy V's 64-byte rows (turbo4 at head_dim 128) through a tensor
+# map with the 64-byte swizzle (`lut_tma`, kernels_lut `tma_stage_layout`): the V reads' bank conflicts (1.23 M of
+# turbo4's 11.8 M shared wavefronts at B=8 T=32K, H200 ncu, session 33) gone in the CPU model (32 instead of 64
+# wavefronts per warp and tile)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -403,18 +407,20 @@ def lut_config_error(bits: int, head_dim: int, warps: int, pipe: int, maxnreg: i
     return None
 
 
-def lut_stage_layouts(pipe: int, kword, vword) -> tuple:
+def lut_stage_layouts(pipe: int, kword, vword, tma: bool = False) -> tuple:
     """(KSTAGE, VSTAGE) shared layouts of one of the table kernel's cp.async stages at lut_pipe 4 (the kernel
     keeps as many stages of a tile's K or V words as fill 64 KB: 4 for turbo4 at 8 warps, 8 for turbo2); at
     the bulk copies' lut_pipe 6 - 8 (KSTAGE, None), KSTAGE the layout of each stage with token rows traded
     (`kernels_lut.bulk_stage_layout`: fewer bank conflicts on the V reads; rows of 32 or 64 bytes, the others
-    read in the copies' order); else (None, None). kword / vword:
-    `kernels_lut.lut_layouts`'s."""
+    read in the copies' order; tma: VSTAGE `kernels_lut.tma_stage_layout`, V's stages as the tensor copies swizzle
+    them, 64-byte rows only); else (None, None). kword / vword: `kernels_lut.lut_layouts`'s."""
     if pipe != 4 and pipe not in BULK_PIPES:
         return None, None
-    from .kernels_lut import bulk_stage_layout, lut_stage_layout
+    from .kernels_lut import bulk_stage_layout, lut_stage_layout, tma_stage_layout
     if pipe in BULK_PIPES:
         w, bn, nc = kword.shape
+        if tma:
+            return bulk_stage_layout(w, bn, nc), tma_stage_layout(w, bn, nc)
         return (bulk_stage_layout(w, bn, nc), None) if nc in (8, 16) else (None, None)
     return lut_stage_layout(kword), lut_stage_layout(vword)
 
@@ -509,7 +515,7 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
                 extras=None, clocks=None, hadamard=None, early=None,
-                compact=None) -> SplitPartials | torch.Tensor:
+                compact=None, tma=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -519,7 +525,9 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     scripts/phase_clocks.py). hadamard (fused only): the query and V inverse maps' factors
     (`lut_hadamard_maps`) instead of the dense maps, or None. early: the first tiles' loads before the prologue
     (`lut_early_loads`; None: the kind's default in the finishing build, else not). compact: the softmax over query
-    rows 0-3 only (True needs at most 4 query rows per KV head; None: `lut_compact`)."""
+    rows 0-3 only (True needs at most 4 query rows per KV head; None: `lut_compact`). tma: V's tiles through a tensor
+    map with the 64-byte swizzle (True needs a bulk-copy lut_pipe and 64-byte V rows; None: `lut_tma`; a launch
+    captured in a CUDA graph before its map was made copies without it, `tma.tensor_map`)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -533,6 +541,14 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     if compact and g > 4:
         raise ValueError(f"lut_compact=True: the compact softmax takes at most 4 query rows per KV head, got {g}")
     compact = lut_compact(g, warps, bits, row_source is not None) if compact is None else compact
+    rb = d * bits // 8
+    if tma not in (None, True, False):
+        raise ValueError(f"lut_tma {tma!r}: takes True, False or None (the default rule, `lut_tma`)")
+    if tma and (pipe not in BULK_PIPES or rb != 64 or row_source is not None):
+        raise ValueError(f"lut_tma=True: the tensor copies take planes of 64-byte rows (turbo4 at head_dim 128) on "
+                         f"lut_pipe {' / '.join(map(str, BULK_PIPES))}, got {rb}-byte rows on lut_pipe {pipe}"
+                         f"{' over codec rows' if row_source is not None else ''}")
+    tma = lut_tma(pipe, rb, row_source is not None) if tma is None else tma
     if num_splits is None:
         num_splits = lut_splits(b * h, max_len, warps, q.device, d, pipe, maxnreg, bits)
     num_splits = -(-num_splits // warps) * warps
@@ -560,9 +576,13 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     # the layouts count table keys per row: a byte (turbo4, turbo2) or a 6-bit pair of codes (turbo3)
     nb = d // 4 if bits == 2 else d // 2
     kload, vload, kword, vword = lut_layouts(warps, block_n, nb, words=True)
-    kstage, vstage = lut_stage_layouts(pipe, kword, vword)
     if pipe in BULK_PIPES:
         _check_bulk(q, k_codes, v_codes, row_source)
+    vmap = None
+    if tma:
+        from .tma import tensor_map
+        vmap = tensor_map(v_codes, block_n)  # (None inside a capture before it was made: copied without it)
+    kstage, vstage = lut_stage_layouts(pipe, kword, vword, vmap is not None)
     if row_source is not None:  # the planes' arguments point at the tables (never read), their strides 0
         k_tab, v_tab, shift = row_source
         k_codes = k_norms = k_tab
@@ -579,14 +599,14 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         w_hs if w is not None else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
-        q if kmean is None else kmean, qscale, clocks, D=d, ASM=lut_asm(pipe >= 2, bits),
+        q if kmean is None else kmean, qscale, clocks, q if vmap is None else vmap, D=d, ASM=lut_asm(pipe >= 2, bits),
         KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload,
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
         VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, COMPACT=compact, num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early, compact)
+           hadamard is not None, early, compact, vmap is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -669,6 +689,13 @@ def lut_compact(g: int, warps: int, bits: int = 4, rows: bool = False) -> bool:
     return LUT_COMPACT and g <= 4 and warps <= 8 and not (bits == 3 and rows)
 
 
+def lut_tma(pipe: int, row_bytes: int, rows: bool = False) -> bool:
+    """Whether the table kernel copies V through a tensor map by default: LUT_TMA, a bulk-copy lut_pipe
+    (BULK_PIPES), planes (not codec rows) of 64-byte rows (turbo4 at head_dim 128: the one row width whose V reads
+    meet bank conflicts after the stages' token trade, `kernels_lut.tma_stage_layout`)."""
+    return LUT_TMA and pipe in BULK_PIPES and row_bytes == 64 and not rows
+
+
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
                     bulk: bool = True) -> tuple[int, int]:
     """(lut_pipe, lut_block_n) of the finishing table kernel (`attend_planes`) for `bits`-bit codes: the ones
@@ -699,7 +726,7 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
                   k_mean: torch.Tensor | None = None, qscale: float | None = None,
                   clocks: torch.Tensor | None = None, lut_block_n: int | None = None,
                   lut_hadamard: bool | None = None, lut_early: bool | None = None,
-                  lut_compact: bool | None = None) -> torch.Tensor:
+                  lut_compact: bool | None = None, lut_tma: bool | None = None) -> torch.Tensor:
     """A whole one-token decode step over code planes in one launch of the table kernel: the query map in its
     prologue, the splits merged per program, and the last program of each (b, kv head) group merging the group
     (with the fp16 sinks and the key mean when given), mapping it back through `adj` and writing the output (no
@@ -718,7 +745,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     maps, the query's rows scaled or not) where they are of that form (None), always (True: ValueError where they
     are not) or never (False: the dense maps). lut_early: the first tiles' loads before the kernel's prologue
     (True, False; None: where LUT_EARLY_BITS has the kind; `lut_early_loads`, ValueError where it cannot).
-    lut_compact: the softmax over query rows 0-3 only (`_launch_lut`'s compact; None: `lut_compact`)."""
+    lut_compact: the softmax over query rows 0-3 only (`_launch_lut`'s compact; None: `lut_compact`). lut_tma: V's
+    tiles through a tensor map (`_launch_lut`'s tma; None: `lut_tma`)."""
     b, h, g, d = _check_query(q, k_kind)
     why = fused_unsupported(k_kind, v_kind, g, adj)
     if why:
@@ -758,7 +786,8 @@ def attend_planes(q: torch.Tensor, w: torch.Tensor, adj: torch.Tensor, k_codes: 
     return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                        num_splits=num_splits, block_n=lut_block_n, warps=lut_warps, pipe=lut_pipe,
                        maxnreg=lut_maxnreg, w=w, fused=(adj.contiguous(), counters, out), extras=extras,
-                       clocks=clocks, hadamard=had, early=lut_early, compact=lut_compact)
+                       clocks=clocks, hadamard=had, early=lut_early, compact=lut_compact,
+                       tma=lut_tma)
 
 
 def _fused_extras(sinks, k_mean, qscale, b: int, h: int, d: int, device) -> tuple | None:

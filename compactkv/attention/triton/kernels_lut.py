@@ -196,24 +196,35 @@ def _bulk_barriers_asm(op, stages, step):
 
 
 @triton.constexpr_function
-def _bulk_copy_asm(operands, arrive, fence):
+def _bulk_copy_asm(operands, arrive, fence, box=0):
     """lane 0's copies of `operands` (1 or 2) tiles into their stages, completing one stage mbarrier: $1 lane, $2
     the mbarrier, then per operand its stage (byte offset from global_smem) and source address, then the bytes of
     each operand (0: nothing to copy; the phase then completes at the arrival). `arrive`: lane 0 first arrives at
     the barrier expecting two operands' bytes. The warp's lanes synchronise first: they have read the stage's last
     words; `fence`: each lane first orders those reads before the copy engine's writes (the async proxy), for
-    reads whose values may not be used yet."""
-    n = f"${2 + 2 * operands + 1}"
+    reads whose values may not be used yet. box (bytes, 0: none): V goes through the tensor-memory accelerator
+    (`tma_stage_layout`): V's operands are then the global address of its tensor map ([B, H, T, row bytes]) and
+    the coordinates token, head, batch instead of a source address, a whole box of `box` bytes lands (rows past
+    the split are not read, rows past the plane come as zeros), and the arrival expects K's bytes plus the box.
+    With one operand, V is the one that does not arrive."""
+    tensor = bool(box) and (operands == 2 or not arrive)  # the last operand (V) through its tensor map
+    n = f"${2 + 2 * operands + 3 * tensor + 1}"
     dst = [f"d{k}" for k in range(operands)]
+    copies = [f"@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{d}], [${4 + 2 * k}], {n}, [bar];"
+              for k, d in enumerate(dst)]
+    if tensor:
+        k = operands - 1
+        copies[k] = (f"@q cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{dst[k]}], "
+                     f"[${4 + 2 * k}, {{z, ${5 + 2 * k}, ${6 + 2 * k}, ${7 + 2 * k}}}], [bar];")
+    expect = ([f"selp.b32 tx, {box}, 0, q;", f"add.u32 tx, tx, {n};"] if arrive else []) if box else [f"shl.b32 tx, {n}, 1;"]
     return "\n".join([
-        "{", ".reg .pred p, q;", f".reg .b32 s, bar, {', '.join(dst)}, tx;",
+        "{", ".reg .pred p, q;", f".reg .b32 s, bar, {', '.join(dst)}, tx{', z' if tensor else ''};",
         *(["fence.proxy.async.shared::cta;"] if fence else []), "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
         f"setp.ne.and.u32 q, {n}, 0, p;", "mov.u32 s, global_smem;", "add.u32 bar, s, $2;",
-        *[f"add.u32 {d}, s, ${3 + 2 * k};" for k, d in enumerate(dst)], f"shl.b32 tx, {n}, 1;",
+        *(["mov.u32 z, 0;"] if tensor else []),
+        *[f"add.u32 {d}, s, ${3 + 2 * k};" for k, d in enumerate(dst)], *expect,
         *(["@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], tx;"] if arrive else []),
-        *[f"@q cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{d}], [${4 + 2 * k}], {n}, [bar];"
-          for k, d in enumerate(dst)],
-        "mov.u32 $0, 0;", "}"])
+        *copies, "mov.u32 $0, 0;", "}"])
 
 
 # lut_pipe 6: a tile's K and V rows in one go, after the warp has used both stages' words; lut_pipe 7 (`_bulk_op`):
@@ -235,33 +246,48 @@ def _bulk_barriers(OP: gl.constexpr, lane, bar, STAGES: gl.constexpr, STEP: gl.c
 
 
 @gluon.jit
-def _bulk_tile(lane, bar, kdst, vdst, kbase, vbase, tok, hi, BN: gl.constexpr, RB: gl.constexpr):
+def _bulk_tile(lane, bar, kdst, vdst, kbase, vsrc, tok, hi, BN: gl.constexpr, RB: gl.constexpr, BOX: gl.constexpr = 0):
     """lut_pipe 6: the K and V code rows of the tile starting at token `tok` (per thread: its warp's), at most BN
-    and none at or past `hi`, copied into the stages at kdst / vdst, completing the mbarrier at `bar`."""
+    and none at or past `hi`, copied into the stages at kdst / vdst, completing the mbarrier at `bar`. vsrc: V's
+    plane base, or with BOX (`_bulk_copy_asm`'s box) its (tensor map, head, batch)."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
     src = tok.to(gl.int64) * RB
-    gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r,l,r", [lane, bar, kdst, kbase + src, vdst, vbase + src,
-                                                                   n * RB], dtype=gl.int32, is_pure=False, pack=1)
+    if BOX:
+        z = tok * 0
+        gl.inline_asm_elementwise(_bulk_copy_asm(2, True, False, BOX), "=r,r,r,r,l,r,l,r,r,r,r",
+                                  [lane, bar, kdst, kbase + src, vdst, vsrc[0] + z, tok, vsrc[1] + z, vsrc[2] + z,
+                                   n * RB], dtype=gl.int32, is_pure=False, pack=1)
+    else:
+        gl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,r,l,r,l,r", [lane, bar, kdst, kbase + src, vdst,
+                                                                       vsrc + src, n * RB], dtype=gl.int32,
+                                  is_pure=False, pack=1)
 
 
 @gluon.jit
 def _bulk_op(ARRIVE: gl.constexpr, lane, bar, dst, base, tok, hi, BN: gl.constexpr, RB: gl.constexpr,
-             FENCE: gl.constexpr = True):
+             FENCE: gl.constexpr = True, BOX: gl.constexpr = 0):
     """lut_pipe 7 / 8: one operand's code rows of the tile starting at `tok` (as `_bulk_tile`) copied into its stage
     at dst; ARRIVE (K, the first of the two) arrives at the mbarrier at `bar` expecting both operands' bytes. FENCE:
-    the lanes' reads of the stage are fenced first (their values may not be used yet)."""
+    the lanes' reads of the stage are fenced first (their values may not be used yet). BOX (`_bulk_copy_asm`'s
+    box): K expects V's whole box; V's `base` is its (tensor map, head, batch)."""
     n = gl.minimum(gl.maximum(hi - tok, 0), BN)
-    src = base + tok.to(gl.int64) * RB
-    gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, FENCE), "=r,r,r,r,l,r", [lane, bar, dst, src, n * RB],
-                              dtype=gl.int32, is_pure=False, pack=1)
+    if BOX and not ARRIVE:
+        z = tok * 0
+        gl.inline_asm_elementwise(_bulk_copy_asm(1, False, FENCE, BOX), "=r,r,r,r,l,r,r,r,r",
+                                  [lane, bar, dst, base[0] + z, tok, base[1] + z, base[2] + z, n * RB],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+    else:
+        src = base + tok.to(gl.int64) * RB
+        gl.inline_asm_elementwise(_bulk_copy_asm(1, ARRIVE, FENCE, BOX), "=r,r,r,r,l,r", [lane, bar, dst, src, n * RB],
+                                  dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _bulk_start(pid, split, L, kbase, vbase, W: gl.constexpr, BN: gl.constexpr, RB: gl.constexpr,
-                S6: gl.constexpr, SB6: gl.constexpr, BAR0: gl.constexpr, BSTEP: gl.constexpr):
+def _bulk_start(pid, split, L, kbase, vsrc, W: gl.constexpr, BN: gl.constexpr, RB: gl.constexpr,
+                S6: gl.constexpr, SB6: gl.constexpr, BAR0: gl.constexpr, BSTEP: gl.constexpr, BOX: gl.constexpr = 0):
     """lut_pipe 6 - 8: each warp's S6 mbarriers (at BAR0 + (S6 w + s) BSTEP) initialised and its first S6 tiles'
-    copies issued (K stages from 64 KB, V from 128 KB, SB6 bytes a stage of all warps); (lane, mbarrier, split
-    start and end, K stage offset) per thread for the loop."""
+    copies issued (K stages from 64 KB, V from 128 KB, SB6 bytes a stage of all warps; vsrc and BOX as
+    `_bulk_tile`'s); (lane, mbarrier, split start and end, K stage offset) per thread for the loop."""
     T1: gl.constexpr = gl.BlockedLayout([1], [32], [W], [0])
     e6 = gl.arange(0, W * 32, layout=T1)
     lane6 = e6 % 32
@@ -272,8 +298,8 @@ def _bulk_start(pid, split, L, kbase, vbase, W: gl.constexpr, BN: gl.constexpr, 
     hi6 = gl.minimum(lo6 + split, L)
     dst6 = 65536 + w6 * (BN * RB)
     for j in gl.static_range(S6):
-        _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vbase, lo6 + j * BN,
-                   hi6, BN, RB)
+        _bulk_tile(lane6, bar6 + j * BSTEP, dst6 + j * SB6, dst6 + 65536 + j * SB6, kbase, vsrc, lo6 + j * BN,
+                   hi6, BN, RB, BOX)
     return lane6, bar6, lo6, hi6, dst6
 
 
@@ -1239,7 +1265,7 @@ def _finish_fused(lut, rest, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
                       out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      clk_ptr, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
+                      clk_ptr, vmap_ptr, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
                       BN: gl.constexpr, NH: gl.constexpr, BLOCK_M: gl.constexpr, KLOAD: gl.constexpr,
                       VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
@@ -1375,13 +1401,19 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     if PIPE >= 6:  # the bulk copies: S6 stages of SB6 bytes per operand, one mbarrier per warp and stage
         SB6: gl.constexpr = W * BN * RB  # bytes of one stage of every warp (K or V)
         S6: gl.constexpr = 65536 // SB6 if BITS == 4 else 65536 // SB6 - 1
+        # VSTAGE (`tma_stage_layout`): V's tiles through its tensor map vmap_ptr, whole boxes of BOX bytes
+        BOX: gl.constexpr = BN * RB if VSTAGE is not None else 0
+        if VSTAGE is not None:
+            vsrc = (vmap_ptr, h, b)
+        else:
+            vsrc = vbase
         # mbarrier k = S6 w + s: turbo4 in the unused second half of table row k (EARLY: of row QROWS + k, past the
         # query map's staging), else after the K stages
         BSTEP: gl.constexpr = 256 if BITS == 4 else 8
         BAR0: gl.constexpr = (QROWS * 256 + 128 if EARLY else 128) if BITS == 4 else 65536 + S6 * SB6
         if EARLY:  # each warp's mbarriers and its first S6 tiles' copies before the prologue (the copy engine's
             # traffic does not queue the prologue's loads and shared stores behind it as the register loads did)
-            lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vbase, W, BN, RB, S6, SB6, BAR0, BSTEP)
+            lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vsrc, W, BN, RB, S6, SB6, BAR0, BSTEP, BOX)
 
     voff = 0  # (turbo3's V word offsets below)
     if PIPE >= 2:
@@ -1460,7 +1492,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         # the decoders read the table through inline PTX only: one side-effecting use keeps the allocation
         _keep(lut.slice(0, W, dim=0).load(FILL))
     if PIPE >= 6 and not EARLY:  # each warp's mbarriers, then its first S6 tiles on their way (lane 0 of each warp)
-        lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vbase, W, BN, RB, S6, SB6, BAR0, BSTEP)
+        lane6, bar6, lo6, hi6, dst6 = _bulk_start(pid, split, L, kbase, vsrc, W, BN, RB, S6, SB6, BAR0, BSTEP, BOX)
 
     if clk_ptr is not None:
         _stamp(clk_ptr, 2, W)
@@ -1515,6 +1547,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         else:  # `bulk_stage_layout`: pairs of tokens in each other's rows, so every token index trades too
             st6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], KSTAGE)
             tr = _traded(tr, trade_bit(NC6))
+        sv6 = st6
+        if VSTAGE is not None:  # V's stages as the tensor copies swizzle them (`tma_stage_layout`)
+            sv6 = smem_view(stages, gl.int32, [3 * SLOTS6, W, BN, NC6], VSTAGE)
         kn_n, vn_n = _load_norms(knb, vnb, lo_r + tr, hi_r)
     if (PIPE == 2 or PIPE == 3) and not EARLY:
         kw_n, vw_n, kn_n, vn_n, kw_m, vw_m, kn_m, vn_m = _tiles01(
@@ -1549,7 +1584,8 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
                 _bulk_wait(bar6 + s6 * BSTEP, (i // S6) & 1)
                 kw_n = st6.index(SLOTS6 + s6).load(KWORD)
                 if PIPE >= 7:  # tile i + S6's K rows into the stage the warp has just read
-                    _bulk_op(True, lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB)
+                    _bulk_op(True, lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, kbase, lo6 + t + S6 * BN, hi6, BN, RB,
+                             True, BOX)
                 kc = _pair_keys_k(kw_n, A_OP) if BITS == 2 else _spread(kw_n, KLOAD)
                 kc_hi = kc
             else:
@@ -1578,21 +1614,21 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
             kc_hi, vc_hi, vx, vy = kc, vc, vc, vc
         s = _tile_scores(kc, kc_hi, klofs, ksel, qk_lo, qk_hi, KASM, BITS, W, BN, NH, A_OP, MMA)
         if PIPE >= 6:
-            vw_n = st6.index(2 * SLOTS6 + s6).load(VWORD)
+            vw_n = sv6.index(2 * SLOTS6 + s6).load(VWORD)
             if PIPE == 7:  # and its V rows
-                _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
-                         RB)
+                _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vsrc, lo6 + t + S6 * BN, hi6, BN,
+                         RB, True, BOX)
             _k0, _k1, vc, vc_hi, vx, vy = _unpack_words(kw_n, vw_n, voff, KLOAD, VLOAD, BITS, VB, A_OP)
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         a0, a1, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM, KASM,
                                         BITS, VB, A_OP, B_OP, COMPACT, MMA)
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
-            _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vbase,
-                       lo6 + t + S6 * BN, hi6, BN, RB)
+            _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vsrc,
+                       lo6 + t + S6 * BN, hi6, BN, RB, BOX)
         if PIPE == 8:  # (K's went out at the tile's start) V's, its words used above
-            _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vbase, lo6 + t + S6 * BN, hi6, BN,
-                     RB, False)
+            _bulk_op(False, lane6, bar6 + s6 * BSTEP, dst6 + 65536 + s6 * SB6, vsrc, lo6 + t + S6 * BN, hi6, BN,
+                     RB, False, BOX)
     if PIPE >= 6:  # no copy is in flight (the tiles past each split copied nothing): the barriers' memory is free
         _bulk_barriers("inval", lane6, bar6, S6, BSTEP)
     if clk_ptr is not None:
@@ -1698,6 +1734,23 @@ def bulk_stage_layout(w: int, bn: int, nc: int) -> gl.SharedLinearLayout:
     bases = [[0, 0, 1 << i] for i in range(bits_of(nc))]
     bases += [[0, (1 << i) + (i == k), 0] for i in range(bits_of(bn))]  # row 2^k holds token 2^k + 1
     bases += [[1 << i, 0, 0] for i in range(bits_of(w))]
+    return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
+
+
+@functools.lru_cache(maxsize=16)  # asked at every lut_pipe 6 - 8 launch with the tensor maps
+def tma_stage_layout(w: int, bn: int, nc: int) -> gl.SharedLinearLayout:
+    """Shared layout of a V stage [W, BN, NC] (NC = 16 int32 words: 64-byte rows, turbo4 at head_dim 128) as the
+    tensor-memory accelerator writes it with the 64-byte swizzle (CU_TENSOR_MAP_SWIZZLE_64B: byte address bits 4-5,
+    the 16-byte chunk of a row, xor-ed with bits 7-8, the row's bits 1-2), over `bulk_stage_layout`'s traded rows.
+    Why: with the trade alone a V read phase still asks two rows of one 128-byte bank cycle for the same 32-byte
+    half (2x its bytes' wavefronts); the swizzle moves rows 2 apart to other chunks, so every phase reads at its
+    bytes' minimum (`shared_wavefronts`: 32 instead of 64 wavefronts per warp and 64-token tile), K keeps the
+    linear copies (its reads are at their minimum already)."""
+    if nc != 16:
+        raise ValueError(f"the 64-byte swizzle of the V stages takes rows of 16 words (64 bytes), got {nc}")
+    bases = [list(x) for x in bulk_stage_layout(w, bn, nc).offset_bases]
+    for bit in (1, 2):  # offset bit 4 + row bit: the row's own token (traded), its chunk xor-ed by the swizzle
+        bases[4 + bit][2] ^= 4 << (bit - 1)
     return gl.SharedLinearLayout(offset_bases=bases, alignment=16)
 
 
