@@ -93,10 +93,12 @@ LUT_COMPACT = True  # the table kernel's softmax over query rows 0-3 only where 
 # finishing builds: turbo4 1067 -> 966, turbo2 816 -> 718, turbo3 778 -> 744 instructions per tile; H200 B=8 T=32K
 # turbo4 83.3-83.8 -> 82.3-82.5 us, turbo3 98.4-99.2 -> 96.6-96.7, turbo2 62.1-62.2 -> 62.0; over codec rows turbo4
 # 136.3-136.5 -> 128.4-128.6, turbo2 118.3-118.7 -> 99.5-99.6 (docs/kernels.md, session 33)
-LUT_TMA = True  # the bulk-copy builds (BULK_PIPES) copy V's 64-byte rows (turbo4 at head_dim 128) through a tensor
-# map with the 64-byte swizzle (`lut_tma`, kernels_lut `tma_stage_layout`): the V reads' bank conflicts (1.23 M of
-# turbo4's 11.8 M shared wavefronts at B=8 T=32K, H200 ncu, session 33) gone in the CPU model (32 instead of 64
-# wavefronts per warp and tile)
+LUT_TMA_PIPES = (6, 7)  # the bulk-copy builds that copy V's 64-byte rows (turbo4 at head_dim 128) through a tensor
+# map with the 64-byte swizzle by default (`lut_tma`, kernels_lut `tma_stage_layout`). It removes the V reads' bank
+# conflicts (H200 ncu, B=8 T=32K, lut_pipe 8: 1.23 M -> 0.17 M of 11.8 M -> 10.75 M shared wavefronts, L1 83.7% ->
+# 77.5% busy) but not time where the loop is bound elsewhere: lut_pipe 8 (turbo4's default) 78.1-78.8 vs 78.5-79.8 us
+# at B=8 T=32K, 297.5-299.7 vs 297.1-297.5 at B=8 T=128K, 43.0 vs 42.9-43.1 at B=1 T=128K (same call, two rounds),
+# so not there; lut_pipe 7 87.0-87.1 -> 84.6, 48.5-48.7 -> 45.6-45.7, 333.4-334.1 -> 321.8-324.5 (session 34)
 LUT_MIN_WARP_TOKENS = 256  # a warp's split holds at least this many tokens (8 tiles)
 GLUON_STAGES = 2  # shared-memory stages of the cp.async pipeline (prefetch 2): 3 and 4 were slower (session 9)
 
@@ -690,10 +692,11 @@ def lut_compact(g: int, warps: int, bits: int = 4, rows: bool = False) -> bool:
 
 
 def lut_tma(pipe: int, row_bytes: int, rows: bool = False) -> bool:
-    """Whether the table kernel copies V through a tensor map by default: LUT_TMA, a bulk-copy lut_pipe
-    (BULK_PIPES), planes (not codec rows) of 64-byte rows (turbo4 at head_dim 128: the one row width whose V reads
-    meet bank conflicts after the stages' token trade, `kernels_lut.tma_stage_layout`)."""
-    return LUT_TMA and pipe in BULK_PIPES and row_bytes == 64 and not rows
+    """Whether the table kernel copies V through a tensor map by default: a lut_pipe of LUT_TMA_PIPES (where it was
+    measured faster), planes (not codec rows) of 64-byte rows (turbo4 at head_dim 128: the one row width whose V
+    reads meet bank conflicts after the stages' token trade, `kernels_lut.tma_stage_layout`). Any bulk-copy
+    lut_pipe (BULK_PIPES) takes it when asked (`_launch_lut`'s tma=True)."""
+    return pipe in LUT_TMA_PIPES and row_bytes == 64 and not rows
 
 
 def lut_fused_build(bits: int, pipe: int | None = None, block_n: int | None = None,
