@@ -7,7 +7,8 @@
 Collects the node ids once, deals them round-robin into the shards (so the slow cases of one file spread out),
 runs one pytest process per shard with a time limit, writes the shards' logs one after the other to
 OUT/pytest_shards.txt and prints one line per shard and a total: passed / failed / skipped / errors, and how many node ids the shards cut
-by their time limit did not reach (counted from pytest's progress characters; their ids go to
+by their time limit did not reach (counted from pytest's -v result lines, which also name a cut shard's
+failures; their ids go to
 OUT/pytest_unreached.txt, for the next call's --ids). Exit status 1 if any test failed
 or errored or any shard was cut, else 0 (and 1 when nothing was collected: an empty run does not pass).
 """
@@ -36,14 +37,23 @@ def collect(files: list[str], expr: str | None) -> list[str]:
 
 
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected)")
-PROGRESS = re.compile(r"^([.sFExX]+)\s*(\[\s*\d+%\])?$")
+RESULT = re.compile(r"^(.+::.+?) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+STATES = {"PASSED": "passed", "XFAIL": "passed", "XPASS": "passed", "FAILED": "failed", "SKIPPED": "skipped",
+          "ERROR": "error"}
 
 
-def progress(text: str) -> dict[str, int]:
-    """What a cut shard's -q progress characters say it ran: passed, failed, skipped, errors."""
-    chars = "".join(m.group(1) for m in map(PROGRESS.match, text.splitlines()) if m)
-    return dict(passed=chars.count(".") + chars.count("x") + chars.count("X"), failed=chars.count("F"),
-                skipped=chars.count("s"), error=chars.count("E"))
+def progress(text: str) -> tuple[dict[str, int], int, list[str]]:
+    """What a cut shard's -v result lines say it ran: (passed / failed / skipped / error counts, node ids reached,
+    "FAILED <id>" / "ERROR <id>" lines), so a shard cut by its time limit still names its failures."""
+    got, nodes, bad = dict(passed=0, failed=0, skipped=0, error=0), set(), []
+    for m in map(RESULT.match, text.splitlines()):
+        if m:
+            node, state = m.groups()
+            got[STATES[state]] += 1
+            nodes.add(node)
+            if state in ("FAILED", "ERROR"):
+                bad.append(f"{state} {node}")
+    return got, len(nodes), bad
 
 
 def main(argv=None) -> int:
@@ -79,7 +89,7 @@ def main(argv=None) -> int:
     for i, part in enumerate(s for s in shards if s):
         log = open(os.path.join(logs, f"pytest_shard_{i:02d}.txt"), "w")
         wrap = [w.replace("{shard}", f"{i:02d}") for w in shlex.split(args.wrap)]
-        cmd = [sys.executable, *wrap, "-m", "pytest", "-q", "-p", "no:warnings", "-rfE", *part]
+        cmd = [sys.executable, *wrap, "-m", "pytest", "-v", "-p", "no:warnings", "-rfE", *part]
         procs.append((i, part, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                       start_new_session=True)))
     total = dict(passed=0, failed=0, skipped=0, errors=0, cut=0)
@@ -97,15 +107,15 @@ def main(argv=None) -> int:
         tail = next((ln for ln in reversed(text.splitlines()) if COUNTS.search(ln) and " in " in ln), "")
         got = {k.rstrip("s") if k.startswith("error") else k: int(n) for n, k in COUNTS.findall(tail)}
         finished = bool(got) and proc.returncode is not None and proc.returncode >= 0
+        failures = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
         if not finished:
-            got = progress(text)
+            got, reached, failures = progress(text)
         for k in ("passed", "failed", "skipped"):
             total[k] += got.get(k, 0)
         total["errors"] += got.get("error", 0)
         if not finished:  # pytest runs a shard's ids in the order given: the tail it did not reach
-            unreached += part[sum(got.values()):]
-            total["cut"] += len(part) - sum(got.values())
-        failures = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+            unreached += part[reached:]
+            total["cut"] += len(part) - reached
         state = tail if finished else (f"cut by the time limit after {got['passed']} passed, {got['failed']} failed, "
                                        f"{got['skipped']} skipped of {len(part)}")
         print(f"shard {i:02d}: {state}")
