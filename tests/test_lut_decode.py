@@ -456,8 +456,8 @@ def test_fused_compact_softmax_vs_float64(kind, g):
 @pytest.mark.parametrize("g", [1, 4, 8])
 def test_fused_tma_value_copies_vs_float64(g):
     """turbo4's V tiles through a tensor map with the 64-byte swizzle (`lut_tma`: asked for here on its default
-    lut_pipe 8; the default on 6 / 7) and through the linear bulk copies, both against float64: ragged rows, rows shorter than a tile and not a
-    multiple of it (the last box reaches past the plane: zero-filled, masked), warps with nothing to copy, many
+    lut_pipe 8; the default on 6 / 7) and through the linear bulk copies, both against float64: ragged rows, rows
+    shorter than a tile and not a multiple of it (the last box reaches past the plane: zero-filled, masked), warps with nothing to copy, many
     programs, 8 KV heads; the split-partials build (`launch_gluon`) too. Asked for where it cannot run: a
     ValueError before any launch."""
     from test_gluon_decode import TOL
@@ -1114,7 +1114,7 @@ def test_compact_softmax_build_compiles_for_sm90(kind):
 
 
 
-def test_tma_rule_and_refusals():
+def test_tma_rule_and_refusals(monkeypatch):
     """`lut_tma`: V through a tensor map by default on lut_pipe 6 / 7 over planes with 64-byte rows only (turbo4 at
     head_dim 128); the launcher refuses tma=True elsewhere and a non-boolean, before any launch, naming what it
     takes; `tma.map_arguments` gives the driver's dims / strides / box of a plane view and refuses planes the
@@ -1134,6 +1134,11 @@ def test_tma_rule_and_refusals():
             _launch_lut(torch.zeros(1, 2, 4, 128), None, None, None, None, lengths, k, k, max_len=64,
                         num_splits=8, block_n=64, warps=8, pipe=pipe, tma=tma)
     buf = torch.zeros(2, 8, 1024, 64, dtype=torch.uint8)
+    from compactkv.attention.triton import tma as maps
+    made = dict(maps._MAPS)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    # inside a capture a map not made yet is not made (no host-to-device copy): None, the launch goes linear
+    assert maps.tensor_map(buf, 64) is None and maps._MAPS == made
     assert map_arguments(buf[:, :, :1000], 64) == ([64, 1000, 8, 2], [64, 65536, 524288], [64, 64, 1, 1])
     assert map_arguments(buf[1:, 2:5], 32) == ([64, 1024, 3, 1], [64, 65536, 524288], [64, 32, 1, 1])
     for bad, rows, msg in [(buf.view(torch.int8), 64, "uint8 plane"), (buf[..., :40], 64, "16 to 64 bytes"),
@@ -1177,8 +1182,8 @@ def test_tma_stage_layout_is_the_swizzled_copy(w, bn):
 
 def test_tma_build_compiles_for_sm90():
     """turbo4's default finishing build (lut_pipe 8) with V through the tensor map (`lut_tma=True`) against the
-    same build with the linear bulk copies: one tensor copy in the loop (UTMALDG) in place of V's bulk copy, the same shared-memory
-    reads (LDS / LDS.64 / LDS.128: the swizzle keeps each lane's 8-byte vectors), at most a few more loop
+    same build with the linear bulk copies: one tensor copy in the loop (UTMALDG) in place of V's bulk copy, the
+    same shared-memory reads (LDS / LDS.64 / LDS.128: the swizzle keeps each lane's 8-byte vectors), at most a few more loop
     instructions (the swizzled addresses), no spill, no barrier, the same shared memory."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg

@@ -216,7 +216,9 @@ def _bulk_copy_asm(operands, arrive, fence, box=0):
         k = operands - 1
         copies[k] = (f"@q cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{dst[k]}], "
                      f"[${4 + 2 * k}, {{z, ${5 + 2 * k}, ${6 + 2 * k}, ${7 + 2 * k}}}], [bar];")
-    expect = ([f"selp.b32 tx, {box}, 0, q;", f"add.u32 tx, tx, {n};"] if arrive else []) if box else [f"shl.b32 tx, {n}, 1;"]
+    expect = [f"shl.b32 tx, {n}, 1;"]  # both operands' bytes; with a box, K's plus the box (only where it arrives)
+    if box:
+        expect = [f"selp.b32 tx, {box}, 0, q;", f"add.u32 tx, tx, {n};"] if arrive else []
     return "\n".join([
         "{", ".reg .pred p, q;", f".reg .b32 s, bar, {', '.join(dst)}, tx{', z' if tensor else ''};",
         *(["fence.proxy.async.shared::cta;"] if fence else []), "bar.warp.sync -1;", "setp.eq.u32 p, $1, 0;",
