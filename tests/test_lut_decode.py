@@ -457,9 +457,9 @@ def test_fused_compact_softmax_vs_float64(kind, g):
 def test_fused_tma_value_copies_vs_float64(g):
     """turbo4's V tiles through a tensor map with the 64-byte swizzle (`lut_tma`: asked for here on its default
     lut_pipe 8; the default on 6 / 7) and through the linear bulk copies, both against float64: ragged rows, rows
-    shorter than a tile and not a multiple of it (the last box reaches past the plane: zero-filled, masked), warps with nothing to copy, many
-    programs, 8 KV heads; the split-partials build (`launch_gluon`) too. Asked for where it cannot run: a
-    ValueError before any launch."""
+    shorter than a tile and not a multiple of it (the last box reaches past the plane: zero-filled, masked), warps
+    with nothing to copy, many programs, 8 KV heads; the split-partials build (`launch_gluon`) too. Asked for where
+    it cannot run: a ValueError before any launch."""
     from test_gluon_decode import TOL
     from compactkv.attention.triton import tma as maps
     made = len(maps._MAPS)
@@ -1181,10 +1181,10 @@ def test_tma_stage_layout_is_the_swizzled_copy(w, bn):
 
 
 def test_tma_build_compiles_for_sm90():
-    """turbo4's default finishing build (lut_pipe 8) with V through the tensor map (`lut_tma=True`) against the
-    same build with the linear bulk copies: one tensor copy in the loop (UTMALDG) in place of V's bulk copy, the
-    same shared-memory reads (LDS / LDS.64 / LDS.128: the swizzle keeps each lane's 8-byte vectors), at most a few more loop
-    instructions (the swizzled addresses), no spill, no barrier, the same shared memory."""
+    """turbo4's default finishing build (lut_pipe 8) with V through the tensor map (`lut_tma=True`) against the same
+    build with the linear bulk copies: one tensor copy in the loop (UTMALDG) in place of V's bulk copy, the same
+    shared-memory reads (LDS / LDS.64 / LDS.128: the swizzle keeps each lane's 8-byte vectors), at most a few more
+    loop instructions (the swizzled addresses), no spill, no barrier, the same shared memory."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import lut_fused_build, lut_fused_maxnreg
     pipe, bn = lut_fused_build(4)
