@@ -458,8 +458,9 @@ def test_fused_tma_value_copies_vs_float64(g):
     """turbo4's V tiles through a tensor map with the 64-byte swizzle (`lut_tma`: asked for here on its default
     lut_pipe 8; the default on 6 / 7) and through the linear bulk copies, both against float64: ragged rows, rows
     shorter than a tile and not a multiple of it (the last box reaches past the plane: zero-filled, masked), warps
-    with nothing to copy, many programs, 8 KV heads; the split-partials build (`launch_gluon`) too. Asked for where
-    it cannot run: a ValueError before any launch."""
+    with nothing to copy, many programs, 8 KV heads (the split-partials build takes the map by default on lut_pipe
+    6: `test_table_kernel_vs_float64`'s lut_pipe 6 cases). Asked for where it cannot run: a ValueError before any
+    launch."""
     from test_gluon_decode import TOL
     from compactkv.attention.triton import tma as maps
     made = len(maps._MAPS)
