@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -191,7 +192,10 @@ def _compile(fn, args: dict, const: dict, options: dict, source=None):
     args = {k: v for k, v in args.items() if k in fn.arg_names}  # (callers may pass more than this kernel takes)
     sig, constexprs, attrs = {}, {}, {}
     fixed = set(getattr(fn, "do_not_specialize", ()))  # (indices or names: values the launcher leaves as they are)
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty}
     for i, name in enumerate(fn.arg_names):
+        if name not in const and name not in args and name in defaults:
+            const = {**const, name: defaults[name]}  # (a constexpr the caller leaves at its default)
         if name in const:
             sig[name] = "constexpr"
             constexprs[(i,)] = const[name]
