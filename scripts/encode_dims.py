@@ -30,12 +30,12 @@ def main() -> int:
     ap.add_argument("--kinds", default="turbo4,turbo3,turbo2", help="comma-separated turbo2/3/4 kinds")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA GPU")
     kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in kinds if k not in ("turbo2", "turbo3", "turbo4")]
-    if bad:
-        raise SystemExit(f"--kinds takes turbo2, turbo3, turbo4; got {bad}")
+    if bad or not kinds:
+        raise SystemExit(f"--kinds takes turbo2, turbo3, turbo4 (comma-separated); got {args.kinds!r}")
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
     import triton.testing as tt
     dev = torch.device("cuda")
     copy = copy_bandwidth(dev)
