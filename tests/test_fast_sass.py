@@ -89,3 +89,18 @@ def test_centered_scaled_encode_compiles_for_sm90_without_spills(kind, d):
     assert stack == 0 and sass_decode.within_budget(regs, 128, "registers")
     ops = [op for _, op, _ in sass_decode.instrs(text)[0]]
     assert ops and not [op for op in ops if op.startswith(("LDL", "STL"))]
+
+
+def test_compile_fills_in_constexprs_left_at_their_defaults(monkeypatch):
+    """sass_decode._compile takes a constexpr that the caller leaves out at the kernel's default (it raised KeyError):
+    the lanes encode kernel built without PLANAR / CENTER / SCALE is the build that names them False."""
+    explicit = sass_decode.sass(sass_decode.compile_encode("turbo2", 32, block_rows=16, num_warps=1, kernel="lanes"))
+    orig = sass_decode._compile
+
+    def leaving_defaults(fn, args, const, options, source=None):
+        const = {k: v for k, v in const.items() if k not in ("PLANAR", "CENTER", "SCALE")}
+        return orig(fn, args, const, options, source)
+
+    monkeypatch.setattr(sass_decode, "_compile", leaving_defaults)
+    implicit = sass_decode.sass(sass_decode.compile_encode("turbo2", 32, block_rows=16, num_warps=1, kernel="lanes"))
+    assert implicit[0] == explicit[0] and implicit[1:] == explicit[1:]
