@@ -62,10 +62,11 @@ def compile_fast(kind: str, d: int = 128, block_n: int = 64, num_warps: int = 4,
 def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int = 4, norm_correction: bool = True,
                    kernel: str = "lanes", center: bool = False, scale: bool = False):
     """An encode kernel as encode.encode_rows launches it (fp16 input, rows of 8 heads x 4096 tokens): "lanes"
-    (encode_mse_kernel, block_rows rows per program) or "row" (encode_row_kernel, one row per thread); center:
+    (encode_mse_kernel, block_rows rows per program), "row" (encode_row_kernel, one row per thread) or "half"
+    (encode_half_kernel, a row over two threads); center:
     with the key mean subtracted in the kernel (a centered static cache's keys); scale: times the key scale."""
     from compactkv.attention.triton.encode import _row_constants
-    from compactkv.attention.triton.kernels_encode import encode_mse_kernel, encode_row_kernel
+    from compactkv.attention.triton.kernels_encode import encode_half_kernel, encode_mse_kernel, encode_row_kernel
     codec = Codec(kind, d)
     x = torch.empty(64, dtype=torch.float16)
     out = torch.empty(64, dtype=torch.uint8)
@@ -78,11 +79,14 @@ def compile_encode(kind: str, d: int = 128, block_rows: int = 16, num_warps: int
                 scb=8 * d, sch=d, s_ptr=f32, ssh=d)
     const = dict(D=d, LOG2D=d.bit_length() - 1, BITS=codec.spec.bits, NORM_CORR=norm_correction, UNBIASED=False,
                  HAS_POS=False, BLOCK_R=block_rows, PLANAR=False, CENTER=center, SCALE=scale)
-    if kernel == "row":
+    if kernel in ("row", "half"):  # half: encode_half_kernel, a row over two threads (16 rows per warp)
+        half = kernel == "half"
         signs, mids, _ = _row_constants(d, codec.spec.bits, 0, torch.device("cpu"))
-        const.update(BLOCK_R=32 * num_warps, SIGNS=signs, MIDS=mids,
-                     LOG2H=max(1, (d * codec.spec.bits // 16 - 1).bit_length()))
-        return _compile(encode_row_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
+        halves = d * codec.spec.bits // (32 if half else 16)
+        const.update(BLOCK_R=(16 if half else 32) * num_warps, SIGNS=signs, MIDS=mids,
+                     LOG2H=max(1, (halves - 1).bit_length()))
+        return _compile(encode_half_kernel if half else encode_row_kernel, args, const,
+                        dict(num_warps=num_warps, enable_fp_fusion=False))
     return _compile(encode_mse_kernel, args, const, dict(num_warps=num_warps, enable_fp_fusion=False))
 
 
@@ -378,12 +382,13 @@ def main(argv=None) -> int:
     args.block_n = args.block_n or (32 if args.gluon or args.lut else 64)
     for kind in args.kinds.split(","):
         if args.encode:
-            for kernel in ("lanes", "row"):
-                if kernel == "row" and args.d > 128:
+            for kernel in ("lanes", "row", "half"):
+                if (kernel == "row" and args.d > 128) or (kernel == "half" and args.d not in (64, 128)):
                     continue
                 text, regs, stack = sass(compile_encode(kind, args.d, num_warps=args.warps, kernel=kernel))
-                # values per lane: 16 rows per lanes program, one row per thread in the row kernel
-                per_lane = args.d if kernel == "row" else 16 * args.d / (32 * args.warps)
+                # values per lane: 16 rows per lanes program, one row per thread in the row kernel, half a row in
+                # the half-row kernel
+                per_lane = {"row": args.d, "half": args.d / 2}.get(kernel, 16 * args.d / (32 * args.warps))
                 print(f"encode {kind} d={args.d} w={args.warps} {kernel}: regs {regs}, stack {stack} bytes, "
                       f"{len(instrs(text)[0]) / per_lane:.1f} instructions per value per lane")
             continue

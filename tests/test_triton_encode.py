@@ -22,6 +22,7 @@ from compactkv.cache.static import centered_scaled
 from compactkv.core.rotation import get_rotation
 
 KINDS = ("turbo2", "turbo3", "turbo4")
+ENCODE_TESTED = ("row", "lanes", "half")  # encode_rows' kernels
 
 
 def _near_boundaries(codec: Codec, rows_per_boundary: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,7 +55,7 @@ def _special_rows(d: int) -> torch.Tensor:
 
 
 def _cases(kernel: str) -> list[tuple]:
-    dims = (32, 64, 128) if kernel == "row" else (32, 64, 128, 256)
+    dims = {"row": (32, 64, 128), "half": (64, 128)}.get(kernel, (32, 64, 128, 256))
     cases = []
     for d in dims:
         for kind in KINDS:
@@ -113,6 +114,7 @@ def _mismatches(kernel: str, device: str) -> dict[str, int]:
 
 SPLIT_CASES = [("row", "turbo4", 64, torch.float16, {}, "planar+center+scale"),
                ("row", "turbo3", 32, torch.bfloat16, {"seed": 3}, "codec"),
+               ("half", "turbo3", 128, torch.float16, {}, "codec+center"),
                ("lanes", "turbo2", 256, torch.float16, {}, "codec+center")]
 
 
@@ -188,7 +190,7 @@ def _pair_mismatches(device: str) -> dict[str, int]:
 
 
 def _interpreter_main() -> None:
-    for kernel in ("row", "lanes"):
+    for kernel in ENCODE_TESTED:
         for case, bad in _mismatches(kernel, "cpu").items():
             print(f"{kernel} {case}: mismatched bytes {bad}")
     for case, bad in _split_mismatches("cpu").items():
@@ -197,7 +199,7 @@ def _interpreter_main() -> None:
         print(f"{case}: mismatched bytes {bad}")
 
 
-CUDA_CASES = [(kernel,) + case for kernel in ("row", "lanes") for case in _cases(kernel)]
+CUDA_CASES = [(kernel,) + case for kernel in ENCODE_TESTED for case in _cases(kernel)]
 
 
 @pytest.mark.parametrize("kernel,kind,d,dtype,opts,layout", CUDA_CASES,
@@ -232,13 +234,14 @@ def test_encode_kernels_bit_identical_in_interpreter():
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [ln for ln in run.stdout.splitlines() if "mismatched bytes" in ln]
-    assert len(lines) == len(_cases("row")) + len(_cases("lanes")) + len(SPLIT_CASES) + len(PAIR_CASES), run.stdout
+    assert len(lines) == sum(len(_cases(k)) for k in ENCODE_TESTED) + len(SPLIT_CASES) + len(PAIR_CASES), run.stdout
     bad = [ln for ln in lines if not ln.endswith("mismatched bytes 0")]
     assert not bad, bad
 
 
 def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
-    """A few tokens per batch row and head (decode steps) go to the lanes kernel, prompts to the row kernel."""
+    """A few tokens per batch row and head (decode steps) go to the lanes kernel, prompts to the half-row kernel
+    where HALF_DEFAULT lists the head_dim and bits (every kind at 128), else to the row kernel."""
     pytest.importorskip("triton", reason="triton is not installed")
     from compactkv.attention.triton import encode
     launched = []
@@ -250,16 +253,21 @@ def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kw: launched.append((self.name, grid, kw.get("BLOCK_R")))
     monkeypatch.setattr(encode, "encode_row_kernel", Fake("row"))
+    monkeypatch.setattr(encode, "encode_half_kernel", Fake("half"))
     monkeypatch.setattr(encode, "encode_mse_kernel", Fake("lanes"))
     monkeypatch.setattr(encode, "_row_constants", lambda *a: (0, (), None))
     monkeypatch.setattr(encode, "_constants", lambda *a: (None, None, None))
-    for d in (64, 128, 256):
-        for t in (1, 4, encode.ROW_MIN_TOKENS - 1, encode.ROW_MIN_TOKENS, 300):
-            launched.clear()
-            encode.encode_rows(Codec("turbo4", d), torch.zeros(2, 3, t, d))
-            want = "row" if d in encode.ROW_HEAD_DIMS and t >= encode.ROW_MIN_TOKENS else "lanes"
-            rows = 64 if want == "row" else 16
-            assert launched == [(want, (math.ceil(t / rows), 6), rows)], (d, t, launched)
+    for kind in KINDS:
+        for d in (32, 64, 128, 256):
+            for t in (1, 4, encode.ROW_MIN_TOKENS - 1, encode.ROW_MIN_TOKENS, 300):
+                launched.clear()
+                encode.encode_rows(Codec(kind, d), torch.zeros(2, 3, t, d))
+                prompt = d in encode.ROW_HEAD_DIMS and t >= encode.ROW_MIN_TOKENS
+                half = (d, int(kind[-1])) in encode.HALF_DEFAULT
+                want = ("half" if half else "row") if prompt else "lanes"
+                rows = {"half": encode.HALF_ROWS, "row": 64}.get(want, 16)
+                assert launched == [(want, (math.ceil(t / rows), 6), rows)], (kind, d, t, launched)
+    assert encode.HALF_DEFAULT >= {(128, 2), (128, 3), (128, 4)}  # (every kind's prompts at head_dim 128)
 
 
 def test_encode_pair_takes_decode_steps_on_cuda_only(monkeypatch):
@@ -331,8 +339,14 @@ def test_encode_rows_names_bad_input():
         encode_rows(codec, x, kernel="fast")
     with pytest.raises(ValueError, match="row kernel takes"):
         encode_rows(Codec("turbo4", 256), torch.zeros(1, 1, 4, 256), kernel="row")
+    with pytest.raises(ValueError, match="half-row kernel takes"):
+        encode_rows(Codec("turbo4", 32), torch.zeros(1, 1, 4, 32), kernel="half")
     with pytest.raises(ValueError, match="multiple of 32"):
-        encode_rows(codec, torch.zeros(1, 1, 16, 128), block_rows=48)  # (16 tokens: auto takes the row kernel)
+        encode_rows(codec, torch.zeros(1, 1, 16, 128), block_rows=48, kernel="row")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        encode_rows(codec, torch.zeros(1, 1, 16, 128), block_rows=40)  # (16 tokens: auto takes the half-row kernel)
+    with pytest.raises(ValueError, match="multiple of 16 from 16 to 128"):
+        encode_rows(codec, torch.zeros(1, 1, 16, 128), block_rows=256, kernel="half")
     with pytest.raises(ValueError, match="power of two"):
         encode_rows(codec, x, block_rows=12, kernel="lanes")
     with pytest.MonkeyPatch.context() as mp:

@@ -275,12 +275,13 @@ def prefill_bench(lengths: list[int], kinds, device) -> list[dict]:
     return res
 
 
-ENCODE_CONFIGS = (("row", 64), ("row", 128), ("row", 256), ("lanes", 16), ("lanes", 32))
+ENCODE_CONFIGS = (("half", 32), ("half", 16), ("half", 64), ("row", 64), ("row", 128), ("row", 256), ("lanes", 16),
+                  ("lanes", 32))
 ENCODE_KINDS = ("turbo4", "turbo3", "turbo2")
 
 
 def encode_bench(device) -> list[dict]:
-    """Both encode kernels (encode_rows' "row" and "lanes") at several rows per program, fp16 K rows of 8 x 8
+    """The encode kernels (encode_rows' "half", "row" and "lanes") at several rows per program, fp16 K rows of 8 x 8
     heads x 8192 tokens; every output checked byte for byte against the first configuration's."""
     from ..attention.triton.encode import encode_rows
     from ..core.codec import Codec

@@ -12,11 +12,19 @@ from ...core.codebook import lloyd_max
 from ...core.codec import Codec, norm_scale
 from ...core.switches import env_switch
 from ...core.rotation import get_rotation
-from .kernels_encode import encode_mse_kernel, encode_pair_kernel, encode_row_kernel
+from .kernels_encode import encode_half_kernel, encode_mse_kernel, encode_pair_kernel, encode_row_kernel
 
 ENCODE_HEAD_DIMS = (32, 64, 128, 256)
 ROW_HEAD_DIMS = (32, 64, 128)  # encode_row_kernel (one row per thread); 256 would not fit a thread's registers
-ENCODE_KERNELS = ("auto", "row", "lanes")
+ENCODE_KERNELS = ("auto", "row", "lanes", "half")
+HALF_HEAD_DIMS = (64, 128)  # encode_half_kernel (a row over two threads; its words split in halves)
+# (head_dim, bits) where "auto" takes the half-row kernel over the row kernel for prompts: a row over two threads
+# has ~15-26% more instructions in all but half the code and registers per thread, so more warps issue (H200, 8 x
+# 8 heads x 1 M fp16 values, 32 rows per program: head_dim 128 turbo4 / turbo3 / turbo2 176.9 -> 150.0, 130.5 ->
+# 116.0, 109.3 -> 97.4 us; head_dim 64 turbo4 159.0 -> 142.5, but turbo3 100.0 -> 113.3 and turbo2 79.6 -> 97.8;
+# docs/kernels.md, session 35)
+HALF_DEFAULT = frozenset({(128, 2), (128, 3), (128, 4), (64, 4)})
+HALF_ROWS = 32  # the half-row kernel's default rows per program (2 warps), the fastest of 16 / 32 / 64 but turbo2's
 GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's batch rows x heads)
 # "auto" takes the row kernel from this many tokens per batch row and head: a thread runs a whole row's ~5,600
 # instructions, so a decode step's one token waits for one thread; the lanes kernel spreads it over a program
@@ -137,9 +145,9 @@ def _bh_strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (t.stride(0), t.stride(1)) if t is not None else (0, 0)
 
 
-def _row_kernel(codec: Codec, x: torch.Tensor, kernel: str | None) -> bool:
-    """Whether encode_rows(kernel=...) takes the row kernel for x (else the lanes kernel); ValueError for a bad
-    name, in the argument or in COMPACTKV_ENCODE_KERNEL."""
+def _which_kernel(codec: Codec, x: torch.Tensor, kernel: str | None) -> str:
+    """The kernel encode_rows(kernel=...) takes for x: "row", "half" or "lanes"; ValueError for a bad name, in the
+    argument or in COMPACTKV_ENCODE_KERNEL, or a head_dim the named kernel does not take."""
     if kernel is None:  # the environment picks between auto and lanes only: "row" would fail at head_dim 256
         kernel = os.environ.get("COMPACTKV_ENCODE_KERNEL", "auto")
         if kernel not in ("auto", "lanes"):
@@ -148,8 +156,13 @@ def _row_kernel(codec: Codec, x: torch.Tensor, kernel: str | None) -> bool:
         raise ValueError(f"kernel must be one of {ENCODE_KERNELS}, got {kernel!r}")
     if kernel == "row" and codec.head_dim not in ROW_HEAD_DIMS:
         raise ValueError(f"head_dim {codec.head_dim}: the row kernel takes {ROW_HEAD_DIMS}")
-    return kernel == "row" or (kernel == "auto" and codec.head_dim in ROW_HEAD_DIMS
-                               and x.shape[-2] >= ROW_MIN_TOKENS)
+    if kernel == "half" and codec.head_dim not in HALF_HEAD_DIMS:
+        raise ValueError(f"head_dim {codec.head_dim}: the half-row kernel takes {HALF_HEAD_DIMS}")
+    if kernel == "auto":
+        if codec.head_dim not in ROW_HEAD_DIMS or x.shape[-2] < ROW_MIN_TOKENS:
+            return "lanes"
+        return "half" if (codec.head_dim, codec.spec.bits) in HALF_DEFAULT else "row"
+    return kernel
 
 
 def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
@@ -162,13 +175,15 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     with p_b = positions[b] (int32 [B] on the device) or 0. Allocated as [B, H, T, row_bytes] when None.
     norms: planar storage: out is then the code plane uint8 [B, H, T_out, row_bytes - 2] and the fp16 norms go to
     norms [B, H, T_out] (unit token stride) at the same positions.
-    kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "lanes" (encode_mse_kernel, a row
-    across lanes: every head_dim), "auto" (row where it applies and T >= ROW_MIN_TOKENS: the row kernel is the
-    faster for prompts, the lanes kernel for decode steps); None reads COMPACTKV_ENCODE_KERNEL (auto or lanes;
-    default auto). The row kernel compiles for 9-15 s at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per
-    (kind, rotation seed, layout) on first use (Triton caches it on disk), the lanes kernel in ~3 s.
-    block_rows: rows per program (row: a multiple of 32 up to 256, default 64,
-    the fastest of 64/128/256 on an H200 for every kind; lanes: a power of two, default 16).
+    kernel: "row" (encode_row_kernel, one row per thread: head_dim 32/64/128), "half" (encode_half_kernel, a row
+    over two threads: head_dim 64/128; the same bytes), "lanes" (encode_mse_kernel, a row across lanes: every
+    head_dim), "auto" (from ROW_MIN_TOKENS tokens per row the half-row kernel where HALF_DEFAULT lists the
+    head_dim and bits, else the row kernel where it applies: the faster for prompts; the lanes kernel for decode
+    steps); None reads COMPACTKV_ENCODE_KERNEL (auto or lanes; default auto). The row kernel compiles for 9-15 s
+    at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per (kind, rotation seed, layout) on first use (Triton caches
+    it on disk), the lanes kernel in ~3 s.
+    block_rows: rows per program (row: a multiple of 32 up to 256, default 64, the fastest of 64/128/256 on an
+    H200 for every kind; half: a multiple of 16 up to 128, default HALF_ROWS; lanes: a power of two, default 16).
     center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
     Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy);
     scale: float32 [H, D], multiplied after that (Codec.encode((x.float() - center) * scale[:, None, :]): keys of a
@@ -178,10 +193,13 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     why = encode_unsupported(codec)
     if why:
         raise ValueError(why)
-    row = _row_kernel(codec, x, kernel)
+    name = _which_kernel(codec, x, kernel)
+    row, half = name != "lanes", name == "half"
     if block_rows is None:
-        block_rows = 64 if row else 16
-    if row and (block_rows % 32 or not 32 <= block_rows <= 256):
+        block_rows = HALF_ROWS if half else 64 if row else 16
+    if half and (block_rows % 16 or not 16 <= block_rows <= 128):
+        raise ValueError(f"block_rows {block_rows}: the half-row kernel takes a multiple of 16 from 16 to 128")
+    if row and not half and (block_rows % 32 or not 32 <= block_rows <= 256):
         raise ValueError(f"block_rows {block_rows}: the row kernel takes a multiple of 32 from 32 to 256")
     if not row and (block_rows < 1 or block_rows & (block_rows - 1)):
         raise ValueError(f"block_rows {block_rows}: the lanes kernel takes a power of two")
@@ -202,13 +220,14 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     if row:
         signs, mids, c2 = _row_constants(d, bits, codec.seed, x.device)
         kernel_args = (c2,)
-        options = dict(SIGNS=signs, MIDS=mids, LOG2H=max(1, (d * bits // 16 - 1).bit_length()),
-                       num_warps=block_rows // 32)
+        halves = d * bits // 32 if half else d * bits // 16  # 16-bit halves of a thread's code words
+        options = dict(SIGNS=signs, MIDS=mids, LOG2H=max(1, (halves - 1).bit_length()),
+                       num_warps=block_rows // 16 if half else block_rows // 32)
     else:
         signs, cents, bounds = _constants(d, bits, codec.seed, x.device)
         kernel_args = (signs, cents, bounds)
         options = dict(num_warps=4)
-    fn = encode_row_kernel if row else encode_mse_kernel
+    fn = encode_half_kernel if half else encode_row_kernel if row else encode_mse_kernel
     center_strides = _bh_strides(center)
     for b0 in range(0, b, per):
         xs, os_, ps, ns, cs = x, out, positions, norms, center
@@ -302,7 +321,7 @@ def encode_pair(k_codec: Codec, keys: torch.Tensor, k_target, v_codec: Codec, va
     planar = isinstance(k_target, tuple)
     if (not PAIR or positions is None or not _on_cuda(keys) or keys.shape != values.shape or keys.device != values.device
             or planar != isinstance(v_target, tuple) or encode_unsupported(k_codec) or encode_unsupported(v_codec)
-            or k_codec.head_dim != v_codec.head_dim or _row_kernel(k_codec, keys, None)
+            or k_codec.head_dim != v_codec.head_dim or _which_kernel(k_codec, keys, None) != "lanes"
             or keys.shape[0] * keys.shape[1] > GRID_Y):
         return False
     launch_pair(k_codec, keys, k_target, v_codec, values, v_target, positions, center, scale, block_rows)

@@ -433,3 +433,187 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     col = tl.arange(0, 1 << LOG2H)
     tl.store(codes.to(tl.pointer_type(tl.int16))[:, None] + col[None, :], tiles[0],
              mask=rmask[:, None] & (col[None, :] < 2 * NW))
+
+
+@triton.jit
+def _partner(v, R2: tl.constexpr):
+    """v [R2] (element 2 r + p: row r's half p) -> the other half's value of the same row: one shfl.sync.bfly by 1
+    (elements are lanes in order, one per thread); in the interpreter the same exchange by a reshape."""
+    if _INTERPRETED:
+        a, b = tl.split(tl.reshape(v, (R2 // 2, 2)))
+        return tl.reshape(tl.join(b, a), (R2,))
+    else:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [v], dtype=v.dtype,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _columns4(x, R: tl.constexpr):
+    """x [R, 4] -> its 4 columns ([R] each) in order (even / odd splits of the last axis only)."""
+    e, o = tl.split(tl.reshape(x, (R, 2, 2)))  # columns 0 2 and 1 3
+    c0, c2 = tl.split(e)
+    c1, c3 = tl.split(o)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _tile4(c0, c1, c2, c3, R: tl.constexpr):
+    """4 columns [R] -> [R, 4], in order."""
+    return _cat(tl.join(c0, c1), tl.join(c2, c3), R, 2)
+
+
+@triton.jit
+def _half_rotate(tile, S: tl.constexpr, sig, R2: tl.constexpr):
+    """One [R2, 8] tile of x (each row twice) -> this half's 4 values [R2, 4] after the signs (S: 8 bits, bit i set
+    = -1) and the butterflies at distances 1, 2 and 4: distance 1 as fma(b, sig, a) = a + b (sig 1) or a - b
+    (sig -1) rounded once, of positions 2 i and 2 i + 1 with their signs (exact negations); then lane columns
+    (0, 1), (2, 3) and (0, 2), (1, 3) of the half's positions 2 i + p."""
+    c = _columns8(tile, R2)
+    z = ()
+    for i in tl.static_range(4):
+        a = c[2 * i]
+        if _bit(S, 2 * i) == 1:
+            a = -a
+        b = c[2 * i + 1]
+        if _bit(S, 2 * i + 1) == 1:
+            b = -b
+        z = z + (tl.fma(b, sig, a),)
+    s0 = z[0] + z[1]
+    s1 = z[0] - z[1]
+    s2 = z[2] + z[3]
+    s3 = z[2] - z[3]
+    return _tile4(s0 + s2, s1 + s3, s0 - s2, s1 - s3, R2)
+
+
+@triton.jit(do_not_specialize=["H", "T", "snb", "snh"])
+def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, H, T,
+                       inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh, D: tl.constexpr,
+                       LOG2D: tl.constexpr, BITS: tl.constexpr, SIGNS: tl.constexpr, MIDS: tl.constexpr,
+                       NORM_CORR: tl.constexpr, UNBIASED: tl.constexpr, HAS_POS: tl.constexpr, PLANAR: tl.constexpr,
+                       BLOCK_R: tl.constexpr, LOG2H: tl.constexpr, CENTER: tl.constexpr = False,
+                       SCALE: tl.constexpr = False):
+    """encode_row_kernel's rows (same arguments, same bytes) with each row split over two threads (threads 2 r and
+    2 r + 1 of the program: BLOCK_R rows, num_warps = BLOCK_R / 16): half p holds the
+    rotated values of positions 2 j + p, so half the registers and code per thread (head_dim 64 / 128).
+
+    Both halves load the whole row and compute its norm and thresholds (the same float32 order as the row kernel);
+    the first butterfly stage (distance 1) makes each half's positions from the row's pairs (2 j, 2 j + 1) with one
+    fused multiply-add by +1 / -1 (exact: a + b or a - b rounded once), after which every stage pairs positions of
+    one parity (in-thread); the centroids' tree sum (norm correction) ends with its even + odd partials, one
+    exchange; each half packs its codes at their places in the row's words (the other half's bits left zero), and
+    the halves exchange the words they do not store: half p stores words p NW / 2 .. (p + 1) NW / 2 - 1. LOG2H:
+    log2 of the 16-bit halves of those words, rounded up."""
+    NB: tl.constexpr = (1 << BITS) - 1
+    NW: tl.constexpr = D * BITS // 32
+    HW: tl.constexpr = NW // 2
+    NT: tl.constexpr = D // 8
+    LOG2T: tl.constexpr = LOG2D - 3
+    R2: tl.constexpr = 2 * BLOCK_R
+    e = tl.arange(0, R2)
+    p = e % 2
+    t = tl.program_id(0) * BLOCK_R + e // 2
+    rmask = t < T
+    bh = tl.program_id(1)
+    b = tl.zeros([R2], dtype=tl.int32) + bh // H
+    h = bh % H
+    src = x_ptr + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + t.to(tl.int64) * sxt
+    sig = (1 - 2 * p).to(tl.float32)  # the first stage's sign of b: a + b in half 0, a - b in half 1
+    # tiles in bit-reversed order (`_bitrev` inline: assigned to a name, the interpreter makes it a tensor that
+    # cannot index a tuple): each loaded, its squares pushed into the norm's tree, its first stage made
+    acc = _zero_tiles(LOG2T, R2)
+    zr = ()
+    for j in tl.static_range(NT):
+        xg = tl.load(src[:, None] + (8 * _bitrev(j, LOG2T) + tl.arange(0, 8))[None, :], mask=rmask[:, None],
+                     other=0.0).to(tl.float32)
+        if CENTER:
+            xg = xg - tl.load(c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch + 8 * _bitrev(j, LOG2T)
+                              + tl.arange(0, 8))[None, :]
+        if SCALE:
+            xg = xg * tl.load(s_ptr + h.to(tl.int64) * ssh + 8 * _bitrev(j, LOG2T) + tl.arange(0, 8))[None, :]
+        acc, sq = _tree_push(acc, xg * xg, j, LOG2T)
+        zr = zr + (_half_rotate(xg, (SIGNS >> (8 * _bitrev(j, LOG2T))) & 255, sig, R2),)
+    norm = tl.sqrt_rn(_sum8(sq, R2))
+    # back to tile order, then stages 8, 16, ... between tiles
+    z = ()
+    for g in tl.static_range(NT):
+        z = z + (zr[_bitrev(g, LOG2T)],)
+    for lvl in tl.static_range(LOG2T):
+        nz = ()
+        for g in tl.static_range(NT):
+            if _bit(g, lvl) == 0:
+                nz = nz + (z[g] + z[g + (1 << lvl)],)
+            else:
+                nz = nz + (z[g - (1 << lvl)] - z[g],)
+        z = nz
+    nd = norm.to(tl.float64)
+    thr = ()
+    for i in tl.static_range(NB):
+        m = tl.full([R2], MIDS[i], dtype=tl.float64)
+        prod = m * nd
+        hi = prod.to(tl.float32)
+        hb = hi.to(tl.int32, bitcast=True)
+        below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
+        th = tl.where(prod < hi.to(tl.float64), below, hi)
+        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf")))[:, None],)
+    words = _zeros_tuple(NW, R2, tl.int32)
+    acc = ()
+    for k in tl.static_range(LOG2T):
+        acc = acc + (tl.zeros([R2, 4], dtype=tl.float32),)
+    csum = tl.zeros([R2, 4], dtype=tl.float32)
+    for j in tl.static_range(NT):
+        v = z[_bitrev(j, LOG2T)] * inv_sqrt
+        cand = thr
+        idx = tl.zeros([R2, 4], dtype=tl.int32)
+        for lvl in tl.static_range(BITS):
+            tq = cand[(1 << (BITS - 1 - lvl)) - 1]
+            idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
+            pr = v > tq
+            nxt = ()
+            for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
+                nxt = nxt + (tl.where(pr, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
+            cand = nxt
+        if NORM_CORR:
+            c2, idx = _gather_f32(c2_ptr + idx, idx)
+            acc, csum = _tree_push(acc, c2, j, LOG2T)
+        # this half's codes of the tile at their places among its 8 (positions 2 i + p)
+        i0, i1, i2, i3 = _columns4(idx, R2)
+        u = (i0 + (i1 << (2 * BITS)) + (i2 << (4 * BITS)) + (i3 << (6 * BITS))) << (BITS * p)
+        nw = ()
+        for k in tl.static_range(NW):
+            wk = words[k]
+            if k == _tile_word(_bitrev(j, LOG2T), BITS):
+                wk = wk | (u << _tile_shift(_bitrev(j, LOG2T), BITS))
+            if k == _tile_word(_bitrev(j, LOG2T), BITS) + 1:
+                if _tile_shift(_bitrev(j, LOG2T), BITS) + 8 * BITS > 32:
+                    wk = wk | (u >> (32 - _tile_shift(_bitrev(j, LOG2T), BITS)))
+            nw = nw + (wk,)
+        words = nw
+    # the centroids' tree sum: this half's columns (even or odd positions of each tile), then even + odd
+    q0, q1, q2, q3 = _columns4(csum, R2)
+    half = (q0 + q2) + (q1 + q3)
+    other = _partner(half, R2)
+    c2sum = tl.where(p == 0, half + other, other + half)
+    codes = _store_norm(norm, c2sum, norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh,
+                        b, h, t, rmask, NORM_CORR, UNBIASED, HAS_POS, PLANAR)
+    # half p keeps words p HW .. and sends the others' to its partner
+    mine = ()
+    for k in tl.static_range(HW):
+        send = tl.where(p == 0, words[k + HW], words[k])
+        keep = tl.where(p == 0, words[k], words[k + HW])
+        mine = mine + (keep | _partner(send, R2),)
+    tiles = ()
+    for k in tl.static_range(1 << (LOG2H - 1)):
+        lo = tl.zeros([R2], dtype=tl.int16)
+        hi16 = tl.zeros([R2], dtype=tl.int16)
+        if k < HW:
+            lo = (mine[k] & 65535).to(tl.int16)
+            hi16 = (mine[k] >> 16).to(tl.int16)
+        tiles = tiles + (tl.join(lo, hi16),)
+    for lvl in tl.static_range(1, LOG2H):
+        nt = ()
+        for k in tl.static_range((1 << LOG2H) >> (lvl + 1)):
+            nt = nt + (_cat(tiles[2 * k], tiles[2 * k + 1], R2, 1 << lvl),)
+        tiles = nt
+    col = tl.arange(0, 1 << LOG2H)
+    dst = codes.to(tl.pointer_type(tl.int16)) + p * (2 * HW)
+    tl.store(dst[:, None] + col[None, :], tiles[0], mask=rmask[:, None] & (col[None, :] < 2 * HW))
