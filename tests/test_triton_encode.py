@@ -265,7 +265,7 @@ def test_auto_takes_the_lanes_kernel_for_decode_sized_writes(monkeypatch):
                 prompt = d in encode.ROW_HEAD_DIMS and t >= encode.ROW_MIN_TOKENS
                 half = (d, int(kind[-1])) in encode.HALF_DEFAULT
                 want = ("half" if half else "row") if prompt else "lanes"
-                rows = {"half": encode.HALF_ROWS, "row": 64}.get(want, 16)
+                rows = {"half": encode.HALF_ROWS[int(kind[-1])], "row": 64}.get(want, 16)
                 assert launched == [(want, (math.ceil(t / rows), 6), rows)], (kind, d, t, launched)
     assert encode.HALF_DEFAULT >= {(128, 2), (128, 3), (128, 4)}  # (every kind's prompts at head_dim 128)
 

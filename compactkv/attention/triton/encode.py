@@ -24,7 +24,10 @@ HALF_HEAD_DIMS = (64, 128)  # encode_half_kernel (a row over two threads; its wo
 # 116.0, 109.3 -> 97.4 us; head_dim 64 turbo4 159.0 -> 142.5, but turbo3 100.0 -> 113.3 and turbo2 79.6 -> 97.8;
 # docs/kernels.md, session 35)
 HALF_DEFAULT = frozenset({(128, 2), (128, 3), (128, 4), (64, 4)})
-HALF_ROWS = 32  # the half-row kernel's default rows per program (2 warps), the fastest of 16 / 32 / 64 but turbo2's
+# the half-row kernel's default rows per program by bits, the fastest of 16 / 32 / 64 at head_dim 128 (H200, two
+# calls: turbo2 95.0-95.8 us at 16 vs 97.0-97.4 at 32; turbo3 116.0-116.1 at 32 vs 120.7-121.4 at 16; turbo4
+# 150.0-150.5 at 32 vs 156.9-157.0 at 16)
+HALF_ROWS = {2: 16, 3: 32, 4: 32}
 GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's batch rows x heads)
 # "auto" takes the row kernel from this many tokens per batch row and head: a thread runs a whole row's ~5,600
 # instructions, so a decode step's one token waits for one thread; the lanes kernel spreads it over a program
@@ -183,7 +186,8 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     at head_dim 128 (a 2-vCPU CPU, docs/kernels.md) per (kind, rotation seed, layout) on first use (Triton caches
     it on disk), the lanes kernel in ~3 s.
     block_rows: rows per program (row: a multiple of 32 up to 256, default 64, the fastest of 64/128/256 on an
-    H200 for every kind; half: a multiple of 16 up to 128, default HALF_ROWS; lanes: a power of two, default 16).
+    H200 for every kind; half: a multiple of 16 up to 128, default HALF_ROWS[bits]; lanes: a power of two,
+    default 16).
     center: float32 [B, H, 1, D] subtracted from x in float32 inside the kernel (the rows are those of
     Codec.encode(x.float() - center): a centered cache's keys without a separate subtraction and float32 copy);
     scale: float32 [H, D], multiplied after that (Codec.encode((x.float() - center) * scale[:, None, :]): keys of a
@@ -196,7 +200,7 @@ def encode_rows(codec: Codec, x: torch.Tensor, out: torch.Tensor | None = None,
     name = _which_kernel(codec, x, kernel)
     row, half = name != "lanes", name == "half"
     if block_rows is None:
-        block_rows = HALF_ROWS if half else 64 if row else 16
+        block_rows = HALF_ROWS[codec.spec.bits] if half else 64 if row else 16
     if half and (block_rows % 16 or not 16 <= block_rows <= 128):
         raise ValueError(f"block_rows {block_rows}: the half-row kernel takes a multiple of 16 from 16 to 128")
     if row and not half and (block_rows % 32 or not 32 <= block_rows <= 256):
