@@ -294,6 +294,79 @@ def _tile_shift(k, bits):
     return 8 * bits * k % 32
 
 
+@triton.jit
+def _thresholds(norm, MIDS: tl.constexpr, NB: tl.constexpr, R: tl.constexpr):
+    """Each row's NB float32 thresholds ([R, 1] each) from its norm: y = RN(z / norm) > b  <=>  z > m_b * norm
+    (exact in float64)  <=>  z > thr (float32): the product rounded, or the float32 below it where rounding went
+    up. A zero norm makes y = 0: thresholds of -inf below the boundaries under 0, +inf from 0 up."""
+    nd = norm.to(tl.float64)
+    thr = ()
+    for i in tl.static_range(NB):
+        m = tl.full([R], MIDS[i], dtype=tl.float64)
+        prod = m * nd
+        hi = prod.to(tl.float32)
+        hb = hi.to(tl.int32, bitcast=True)
+        below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
+        th = tl.where(prod < hi.to(tl.float64), below, hi)
+        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf")))[:, None],)
+    return thr
+
+
+@triton.jit
+def _search(v, thr, BITS: tl.constexpr):
+    """int32 codes of v ([R, C] float32): the number of thresholds thr (2**BITS - 1 ascending [R, 1]) below each
+    value, by binary search (the next level's candidates picked by selects), the index bits from the sign of
+    threshold - v (no predicate kept alive)."""
+    cand = thr
+    idx = tl.zeros(v.shape, dtype=tl.int32)
+    for lvl in tl.static_range(BITS):
+        tq = cand[(1 << (BITS - 1 - lvl)) - 1]
+        idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
+        p = v > tq
+        nxt = ()
+        for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
+            nxt = nxt + (tl.where(p, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
+        cand = nxt
+    return idx
+
+
+@triton.jit
+def _place(words, u, G: tl.constexpr, NW: tl.constexpr, BITS: tl.constexpr):
+    """words (NW int32 [R]) with u, tile G's 8 * BITS code bits, ORed in at the tile's place (a tile may straddle
+    two words)."""
+    nw = ()
+    for k in tl.static_range(NW):
+        wk = words[k]
+        if k == _tile_word(G, BITS):
+            wk = wk | (u << _tile_shift(G, BITS))
+        if k == _tile_word(G, BITS) + 1:
+            if _tile_shift(G, BITS) + 8 * BITS > 32:
+                wk = wk | (u >> (32 - _tile_shift(G, BITS)))
+        nw = nw + (wk,)
+    return nw
+
+
+@triton.jit
+def _store_words(dst, words, N: tl.constexpr, rmask, R: tl.constexpr, LOG2H: tl.constexpr):
+    """Store N int32 words [R] per row as 16-bit halves at dst ([R] int16 pointers: codes start at even
+    addresses) in one [R, 2**LOG2H] tile, the padding masked off."""
+    tiles = ()
+    for k in tl.static_range(1 << (LOG2H - 1)):
+        lo = tl.zeros([R], dtype=tl.int16)
+        hi16 = tl.zeros([R], dtype=tl.int16)
+        if k < N:
+            lo = (words[k] & 65535).to(tl.int16)
+            hi16 = (words[k] >> 16).to(tl.int16)
+        tiles = tiles + (tl.join(lo, hi16),)
+    for lvl in tl.static_range(1, LOG2H):
+        nt = ()
+        for k in tl.static_range((1 << LOG2H) >> (lvl + 1)):
+            nt = nt + (_cat(tiles[2 * k], tiles[2 * k + 1], R, 1 << lvl),)
+        tiles = nt
+    col = tl.arange(0, 1 << LOG2H)
+    tl.store(dst[:, None] + col[None, :], tiles[0], mask=rmask[:, None] & (col[None, :] < 2 * N))
+
+
 @triton.jit(do_not_specialize=["H", "T", "snb", "snh"])
 def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_ptr, H, T,
                       inv_sqrt, norm_scale, norm_ptr, snb, snh, c_ptr, scb, sch, s_ptr, ssh, D: tl.constexpr,
@@ -357,39 +430,17 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
             else:
                 nz = nz + (z[g - (1 << lvl)] - z[g],)
         z = nz
-    # Row thresholds: y = RN(z / norm) > b  <=>  z > m_b * norm (exact in float64)  <=>  z > thr (float32): the
-    # product rounded, or the float32 below it where rounding went up. A zero norm makes y = 0: thresholds of
-    # -inf below the boundaries under 0, +inf from 0 up.
-    nd = norm.to(tl.float64)
-    thr = ()
-    for i in tl.static_range(NB):
-        m = tl.full([BLOCK_R], MIDS[i], dtype=tl.float64)
-        prod = m * nd
-        hi = prod.to(tl.float32)
-        hb = hi.to(tl.int32, bitcast=True)
-        below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
-        th = tl.where(prod < hi.to(tl.float64), below, hi)
-        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf")))[:, None],)
+    thr = _thresholds(norm, MIDS, NB, BLOCK_R)
     # Codes, tile by tile in bit-reversed tile order (the centroids' tree sum for the norm correction then keeps
-    # one partial per level): a binary search over the thresholds (the next level's candidates picked by
-    # selects), the index bits from the sign of threshold - y (no predicate kept alive), each tile's 8 codes
-    # summed into one value and that placed in the row's 32-bit words.
+    # one partial per level): `_search`, each tile's 8 codes summed into one value and that placed in the row's
+    # 32-bit words.
     words = _zeros_tuple(NW, BLOCK_R, tl.int32)
     acc = _zero_tiles(LOG2T, BLOCK_R)
     csum = tl.zeros([BLOCK_R, 8], dtype=tl.float32)
     prev = tl.zeros([BLOCK_R, 8], dtype=tl.int32)
     for j in tl.static_range(NT):
         v = z[_bitrev(j, LOG2T)] * inv_sqrt
-        cand = thr
-        idx = tl.zeros([BLOCK_R, 8], dtype=tl.int32)
-        for lvl in tl.static_range(BITS):
-            tq = cand[(1 << (BITS - 1 - lvl)) - 1]
-            idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
-            p = v > tq
-            nxt = ()
-            for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
-                nxt = nxt + (tl.where(p, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
-            cand = nxt
+        idx = _search(v, thr, BITS)
         if NORM_CORR:  # the centroids squared, gathered two tiles at a time: every memory op costs compile time
             if j % 2 == 1:
                 pair = tl.join(prev, idx)
@@ -404,35 +455,11 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
             else:
                 prev = idx
         u = _sum8(idx << (BITS * tl.arange(0, 8))[None, :], BLOCK_R)
-        nw = ()
-        for k in tl.static_range(NW):
-            wk = words[k]
-            if k == _tile_word(_bitrev(j, LOG2T), BITS):
-                wk = wk | (u << _tile_shift(_bitrev(j, LOG2T), BITS))
-            if k == _tile_word(_bitrev(j, LOG2T), BITS) + 1:
-                if _tile_shift(_bitrev(j, LOG2T), BITS) + 8 * BITS > 32:
-                    wk = wk | (u >> (32 - _tile_shift(_bitrev(j, LOG2T), BITS)))
-            nw = nw + (wk,)
-        words = nw
+        words = _place(words, u, _bitrev(j, LOG2T), NW, BITS)
     codes = _store_norm(norm, _sum8(csum, BLOCK_R), norm_scale, out_ptr, sob, soh, sot, pos_ptr, norm_ptr, snb, snh,
                         b, h, t, rmask, NORM_CORR, UNBIASED, HAS_POS, PLANAR)
     # the words as 16-bit halves in one [BLOCK_R, 2**LOG2H] tile (padding masked off)
-    tiles = ()
-    for k in tl.static_range(1 << (LOG2H - 1)):
-        lo = tl.zeros([BLOCK_R], dtype=tl.int16)
-        hi16 = tl.zeros([BLOCK_R], dtype=tl.int16)
-        if k < NW:
-            lo = (words[k] & 65535).to(tl.int16)
-            hi16 = (words[k] >> 16).to(tl.int16)
-        tiles = tiles + (tl.join(lo, hi16),)
-    for lvl in tl.static_range(1, LOG2H):
-        nt = ()
-        for k in tl.static_range((1 << LOG2H) >> (lvl + 1)):
-            nt = nt + (_cat(tiles[2 * k], tiles[2 * k + 1], BLOCK_R, 1 << lvl),)
-        tiles = nt
-    col = tl.arange(0, 1 << LOG2H)
-    tl.store(codes.to(tl.pointer_type(tl.int16))[:, None] + col[None, :], tiles[0],
-             mask=rmask[:, None] & (col[None, :] < 2 * NW))
+    _store_words(codes.to(tl.pointer_type(tl.int16)), words, NW, rmask, BLOCK_R, LOG2H)
 
 
 @triton.jit
@@ -545,16 +572,7 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
             else:
                 nz = nz + (z[g - (1 << lvl)] - z[g],)
         z = nz
-    nd = norm.to(tl.float64)
-    thr = ()
-    for i in tl.static_range(NB):
-        m = tl.full([R2], MIDS[i], dtype=tl.float64)
-        prod = m * nd
-        hi = prod.to(tl.float32)
-        hb = hi.to(tl.int32, bitcast=True)
-        below = tl.where(hi > 0, hb - 1, tl.where(hi < 0, hb + 1, -2147483647)).to(tl.float32, bitcast=True)
-        th = tl.where(prod < hi.to(tl.float64), below, hi)
-        thr = thr + (tl.where(norm > 0, th, tl.where(m < 0, float("-inf"), float("inf")))[:, None],)
+    thr = _thresholds(norm, MIDS, NB, R2)
     words = _zeros_tuple(NW, R2, tl.int32)
     acc = ()
     for k in tl.static_range(LOG2T):
@@ -562,32 +580,14 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
     csum = tl.zeros([R2, 4], dtype=tl.float32)
     for j in tl.static_range(NT):
         v = z[_bitrev(j, LOG2T)] * inv_sqrt
-        cand = thr
-        idx = tl.zeros([R2, 4], dtype=tl.int32)
-        for lvl in tl.static_range(BITS):
-            tq = cand[(1 << (BITS - 1 - lvl)) - 1]
-            idx = idx * 2 + ((tl.cast(tq - v, tl.int32, bitcast=True) >> 31) & 1)
-            pr = v > tq
-            nxt = ()
-            for q in tl.static_range((1 << (BITS - 1 - lvl)) - 1):
-                nxt = nxt + (tl.where(pr, cand[(1 << (BITS - 1 - lvl)) + q], cand[q]),)
-            cand = nxt
+        idx = _search(v, thr, BITS)
         if NORM_CORR:
             c2, idx = _gather_f32(c2_ptr + idx, idx)
             acc, csum = _tree_push(acc, c2, j, LOG2T)
         # this half's codes of the tile at their places among its 8 (positions 2 i + p)
         i0, i1, i2, i3 = _columns4(idx, R2)
         u = (i0 + (i1 << (2 * BITS)) + (i2 << (4 * BITS)) + (i3 << (6 * BITS))) << (BITS * p)
-        nw = ()
-        for k in tl.static_range(NW):
-            wk = words[k]
-            if k == _tile_word(_bitrev(j, LOG2T), BITS):
-                wk = wk | (u << _tile_shift(_bitrev(j, LOG2T), BITS))
-            if k == _tile_word(_bitrev(j, LOG2T), BITS) + 1:
-                if _tile_shift(_bitrev(j, LOG2T), BITS) + 8 * BITS > 32:
-                    wk = wk | (u >> (32 - _tile_shift(_bitrev(j, LOG2T), BITS)))
-            nw = nw + (wk,)
-        words = nw
+        words = _place(words, u, _bitrev(j, LOG2T), NW, BITS)
     # the centroids' tree sum: this half's columns (even or odd positions of each tile), then even + odd
     q0, q1, q2, q3 = _columns4(csum, R2)
     half = (q0 + q2) + (q1 + q3)
@@ -601,19 +601,4 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
         send = tl.where(p == 0, words[k + HW], words[k])
         keep = tl.where(p == 0, words[k], words[k + HW])
         mine = mine + (keep | _partner(send, R2),)
-    tiles = ()
-    for k in tl.static_range(1 << (LOG2H - 1)):
-        lo = tl.zeros([R2], dtype=tl.int16)
-        hi16 = tl.zeros([R2], dtype=tl.int16)
-        if k < HW:
-            lo = (mine[k] & 65535).to(tl.int16)
-            hi16 = (mine[k] >> 16).to(tl.int16)
-        tiles = tiles + (tl.join(lo, hi16),)
-    for lvl in tl.static_range(1, LOG2H):
-        nt = ()
-        for k in tl.static_range((1 << LOG2H) >> (lvl + 1)):
-            nt = nt + (_cat(tiles[2 * k], tiles[2 * k + 1], R2, 1 << lvl),)
-        tiles = nt
-    col = tl.arange(0, 1 << LOG2H)
-    dst = codes.to(tl.pointer_type(tl.int16)) + p * (2 * HW)
-    tl.store(dst[:, None] + col[None, :], tiles[0], mask=rmask[:, None] & (col[None, :] < 2 * HW))
+    _store_words(codes.to(tl.pointer_type(tl.int16)) + p * (2 * HW), mine, HW, rmask, R2, LOG2H)
