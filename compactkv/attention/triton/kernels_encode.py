@@ -295,6 +295,32 @@ def _tile_shift(k, bits):
 
 
 @triton.jit
+def _x_tile(src, G: tl.constexpr, rmask, cbase, sbase, CENTER: tl.constexpr, SCALE: tl.constexpr):
+    """Tile G of each row ([R] pointers src): values 8 G .. 8 G + 7 as float32 [R, 8] (masked rows 0), minus the
+    center's (cbase: its row's float32 pointer) with CENTER, then times the key scale's (sbase) with SCALE."""
+    xg = tl.load(src[:, None] + (8 * G + tl.arange(0, 8))[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+    if CENTER:
+        xg = xg - tl.load(cbase + 8 * G + tl.arange(0, 8))[None, :]
+    if SCALE:
+        xg = xg * tl.load(sbase + 8 * G + tl.arange(0, 8))[None, :]
+    return xg
+
+
+@triton.jit
+def _tile_stages(z, NT: tl.constexpr, LOG2T: tl.constexpr):
+    """The Walsh-Hadamard stages between tiles (distances 8, 16, ...): tile g and g + 2**lvl at each level."""
+    for lvl in tl.static_range(LOG2T):
+        nz = ()
+        for g in tl.static_range(NT):
+            if _bit(g, lvl) == 0:
+                nz = nz + (z[g] + z[g + (1 << lvl)],)
+            else:
+                nz = nz + (z[g - (1 << lvl)] - z[g],)
+        z = nz
+    return z
+
+
+@triton.jit
 def _thresholds(norm, MIDS: tl.constexpr, NB: tl.constexpr, R: tl.constexpr):
     """Each row's NB float32 thresholds ([R, 1] each) from its norm: y = RN(z / norm) > b  <=>  z > m_b * norm
     (exact in float64)  <=>  z > thr (float32): the product rounded, or the float32 below it where rounding went
@@ -405,13 +431,8 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     src = x_ptr + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + t.to(tl.int64) * sxt
     xs = ()
     for g in tl.static_range(NT):
-        xg = tl.load(src[:, None] + (8 * g + tl.arange(0, 8))[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
-        if CENTER:
-            xg = xg - tl.load(c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch + 8 * g
-                              + tl.arange(0, 8))[None, :]
-        if SCALE:
-            xg = xg * tl.load(s_ptr + h.to(tl.int64) * ssh + 8 * g + tl.arange(0, 8))[None, :]
-        xs = xs + (xg,)
+        xs = xs + (_x_tile(src, g, rmask, c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch,
+                           s_ptr + h.to(tl.int64) * ssh, CENTER, SCALE),)
     # the norm: squares summed as quantizer.tree_sum does (tile k + tile k + NT/2 first, a tile's 8 last), the
     # tiles in bit-reversed order so one partial per level stays live
     acc = _zero_tiles(LOG2T, BLOCK_R)
@@ -422,14 +443,7 @@ def encode_row_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2_
     z = ()
     for g in tl.static_range(NT):
         z = z + (_tile_rotate(xs[g], (SIGNS >> (8 * g)) & 255, BLOCK_R),)
-    for lvl in tl.static_range(LOG2T):
-        nz = ()
-        for g in tl.static_range(NT):
-            if _bit(g, lvl) == 0:
-                nz = nz + (z[g] + z[g + (1 << lvl)],)
-            else:
-                nz = nz + (z[g - (1 << lvl)] - z[g],)
-        z = nz
+    z = _tile_stages(z, NT, LOG2T)
     thr = _thresholds(norm, MIDS, NB, BLOCK_R)
     # Codes, tile by tile in bit-reversed tile order (the centroids' tree sum for the norm correction then keeps
     # one partial per level): `_search`, each tile's 8 codes summed into one value and that placed in the row's
@@ -550,13 +564,8 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
     acc = _zero_tiles(LOG2T, R2)
     zr = ()
     for j in tl.static_range(NT):
-        xg = tl.load(src[:, None] + (8 * _bitrev(j, LOG2T) + tl.arange(0, 8))[None, :], mask=rmask[:, None],
-                     other=0.0).to(tl.float32)
-        if CENTER:
-            xg = xg - tl.load(c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch + 8 * _bitrev(j, LOG2T)
-                              + tl.arange(0, 8))[None, :]
-        if SCALE:
-            xg = xg * tl.load(s_ptr + h.to(tl.int64) * ssh + 8 * _bitrev(j, LOG2T) + tl.arange(0, 8))[None, :]
+        xg = _x_tile(src, _bitrev(j, LOG2T), rmask, c_ptr + (bh // H).to(tl.int64) * scb + h.to(tl.int64) * sch,
+                     s_ptr + h.to(tl.int64) * ssh, CENTER, SCALE)
         acc, sq = _tree_push(acc, xg * xg, j, LOG2T)
         zr = zr + (_half_rotate(xg, (SIGNS >> (8 * _bitrev(j, LOG2T))) & 255, sig, R2),)
     norm = tl.sqrt_rn(_sum8(sq, R2))
@@ -564,14 +573,7 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
     z = ()
     for g in tl.static_range(NT):
         z = z + (zr[_bitrev(g, LOG2T)],)
-    for lvl in tl.static_range(LOG2T):
-        nz = ()
-        for g in tl.static_range(NT):
-            if _bit(g, lvl) == 0:
-                nz = nz + (z[g] + z[g + (1 << lvl)],)
-            else:
-                nz = nz + (z[g - (1 << lvl)] - z[g],)
-        z = nz
+    z = _tile_stages(z, NT, LOG2T)
     thr = _thresholds(norm, MIDS, NB, R2)
     words = _zeros_tuple(NW, R2, tl.int32)
     acc = ()
