@@ -57,12 +57,13 @@ def test_kernel_table_reads_a_recorded_run():
 
 
 def test_encode_lines_read_a_recorded_run():
-    """The encode table (bench kernels and scripts/encode_bench.py) from docs/perf/encode-s14-h200.json (H200): one
-    line per kind and configuration, GB/s as a share of that run's copy bandwidth, no byte mismatch flagged."""
+    """The encode table (bench kernels and scripts/encode_bench.py) from docs/perf/encode-half-s35-h200.json (H200,
+    the half-row, row and lanes kernels): one line per kind and configuration, GB/s as a share of that run's copy
+    bandwidth, no byte mismatch flagged."""
     import json
     from pathlib import Path
     from compactkv.bench.kernels import ENCODE_CONFIGS, encode_lines
-    info = json.loads((Path(__file__).resolve().parents[1] / "docs/perf/encode-s14-h200.json").read_text())
+    info = json.loads((Path(__file__).resolve().parents[1] / "docs/perf/encode-half-s35-h200.json").read_text())
     lines = encode_lines(info)
     assert len(lines) == 3 * len(ENCODE_CONFIGS) == len(info["encode"])
     e = info["encode"][0]
