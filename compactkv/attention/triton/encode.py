@@ -29,8 +29,9 @@ HALF_DEFAULT = frozenset({(128, 2), (128, 3), (128, 4), (64, 4)})
 # 150.0-150.5 at 32 vs 156.9-157.0 at 16)
 HALF_ROWS = {2: 16, 3: 32, 4: 32}
 GRID_Y = 65535  # CUDA's limit on a grid's second dimension (the row kernel's batch rows x heads)
-# "auto" takes the row kernel from this many tokens per batch row and head: a thread runs a whole row's ~5,600
-# instructions, so a decode step's one token waits for one thread; the lanes kernel spreads it over a program
+# "auto" takes the row (or half-row) kernel from this many tokens per batch row and head: a thread runs a whole
+# row's ~5,600 instructions, so a decode step's one token waits for one thread; the lanes kernel spreads it over a
+# program
 # (H200, one static layer's graphed one-token K+V update, 8 heads, head_dim 128, turbo4: 19.0 -> 12.4 us;
 # scripts/static_update_bench.py, docs/kernels.md)
 ROW_MIN_TOKENS = 16
