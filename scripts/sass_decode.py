@@ -332,8 +332,9 @@ def main(argv=None) -> int:
                     help="the fast kernel's TABLE_REGS: decoder tables in opaque registers for K (bit 0) and V "
                          "(bit 1), constants otherwise (default: decode.fast_table_regs for the kind)")
     ap.add_argument("--encode", action="store_true",
-                    help="the encode kernels instead (lanes: 16 rows per program; row: one row per thread; --warps, "
-                         "norm correction): registers and instructions per value (the kernels have no loop)")
+                    help="the encode kernels instead (lanes: 16 rows per program; row: one row per thread; half: a "
+                         "row over two threads; --warps, norm correction): registers and instructions per value (the "
+                         "kernels have no loop)")
     ap.add_argument("--gluon", action="store_true",
                     help="the one-warp Gluon kernel over planar codes (--block-n, --maxnreg; default 32 tokens)")
     ap.add_argument("--lut", action="store_true",
