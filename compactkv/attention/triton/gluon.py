@@ -514,6 +514,13 @@ def lut_query_rows(g: int, head_dim: int, warps: int) -> int:
     return qr if head_dim // ((32 // qr) * warps) >= 1 else GLUON_ROWS
 
 
+def _check_switch(name: str, value) -> None:
+    """ValueError unless an option `name` of the table kernel is True, False or None (None: the default rule, the
+    function of the same name)."""
+    if value not in (None, True, False):
+        raise ValueError(f"{name} {value!r}: takes True, False or None (the default rule, `{name}`)")
+
+
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
                 extras=None, clocks=None, hadamard=None, early=None,
@@ -538,14 +545,12 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
-    if compact not in (None, True, False):
-        raise ValueError(f"lut_compact {compact!r}: takes True, False or None (the default rule, `lut_compact`)")
+    _check_switch("lut_compact", compact)
     if compact and g > 4:
         raise ValueError(f"lut_compact=True: the compact softmax takes at most 4 query rows per KV head, got {g}")
     compact = lut_compact(g, warps, bits, row_source is not None) if compact is None else compact
     rb = d * bits // 8
-    if tma not in (None, True, False):
-        raise ValueError(f"lut_tma {tma!r}: takes True, False or None (the default rule, `lut_tma`)")
+    _check_switch("lut_tma", tma)
     if tma and (pipe not in BULK_PIPES or rb != 64 or row_source is not None):
         raise ValueError(f"lut_tma=True: the tensor copies take planes of 64-byte rows (turbo4 at head_dim 128) on "
                          f"lut_pipe {' / '.join(map(str, BULK_PIPES))}, got {rb}-byte rows on lut_pipe {pipe}"

@@ -197,26 +197,31 @@ def _zeros_tuple(N: tl.constexpr, R: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def _zero_tiles(N: tl.constexpr, R: tl.constexpr):
-    """N float32 [R, 8] zero tiles (a tree sum's partials, one per level)."""
+def _zero_tiles(N: tl.constexpr, R: tl.constexpr, C: tl.constexpr = 8):
+    """N float32 [R, C] zero tiles (a tree sum's partials, one per level)."""
     out = ()
     for k in tl.static_range(N):
-        out = out + (tl.zeros([R, 8], dtype=tl.float32),)
+        out = out + (tl.zeros([R, C], dtype=tl.float32),)
     return out
 
 
 @triton.jit
-def _columns8(x, R: tl.constexpr):
-    """x [R, 8] -> its 8 columns ([R] each) in order, by even / odd splits of the last axis only (no permute:
+def _columns4(x, R: tl.constexpr):
+    """x [R, 4] -> its 4 columns ([R] each) in order, by even / odd splits of the last axis only (no permute:
     triton 3.9 lowers the permuted split through shared memory, with a barrier per tile; docs/kernels.md,
     session 27)."""
+    e, o = tl.split(tl.reshape(x, (R, 2, 2)))  # columns 0 2 and 1 3
+    c0, c2 = tl.split(e)
+    c1, c3 = tl.split(o)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _columns8(x, R: tl.constexpr):
+    """x [R, 8] -> its 8 columns ([R] each) in order (`_columns4` of the even and of the odd columns)."""
     e, o = tl.split(tl.reshape(x, (R, 4, 2)))  # columns 0 2 4 6 and 1 3 5 7
-    e0, e1 = tl.split(tl.reshape(e, (R, 2, 2)))  # 0 4, 2 6
-    o0, o1 = tl.split(tl.reshape(o, (R, 2, 2)))  # 1 5, 3 7
-    c0, c4 = tl.split(e0)
-    c2, c6 = tl.split(e1)
-    c1, c5 = tl.split(o0)
-    c3, c7 = tl.split(o1)
+    c0, c2, c4, c6 = _columns4(e, R)
+    c1, c3, c5, c7 = _columns4(o, R)
     return c0, c1, c2, c3, c4, c5, c6, c7
 
 
@@ -246,10 +251,16 @@ def _cat(a, b, R: tl.constexpr, M: tl.constexpr):
 
 
 @triton.jit
+def _tile4(c0, c1, c2, c3, R: tl.constexpr):
+    """4 columns [R] -> [R, 4], in order."""
+    return _cat(tl.join(c0, c1), tl.join(c2, c3), R, 2)
+
+
+@triton.jit
 def _tile8(c, R: tl.constexpr, o: tl.constexpr):
     """c[o:o + 8] ([R] tensors) -> [R, 8], in order."""
-    return _cat(_cat(tl.join(c[o], c[o + 1]), tl.join(c[o + 2], c[o + 3]), R, 2),
-                _cat(tl.join(c[o + 4], c[o + 5]), tl.join(c[o + 6], c[o + 7]), R, 2), R, 4)
+    return _cat(_tile4(c[o], c[o + 1], c[o + 2], c[o + 3], R), _tile4(c[o + 4], c[o + 5], c[o + 6], c[o + 7], R),
+                R, 4)
 
 
 @triton.jit
@@ -489,21 +500,6 @@ def _partner(v, R2: tl.constexpr):
 
 
 @triton.jit
-def _columns4(x, R: tl.constexpr):
-    """x [R, 4] -> its 4 columns ([R] each) in order (even / odd splits of the last axis only)."""
-    e, o = tl.split(tl.reshape(x, (R, 2, 2)))  # columns 0 2 and 1 3
-    c0, c2 = tl.split(e)
-    c1, c3 = tl.split(o)
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def _tile4(c0, c1, c2, c3, R: tl.constexpr):
-    """4 columns [R] -> [R, 4], in order."""
-    return _cat(tl.join(c0, c1), tl.join(c2, c3), R, 2)
-
-
-@triton.jit
 def _half_rotate(tile, S: tl.constexpr, sig, R2: tl.constexpr):
     """One [R2, 8] tile of x (each row twice) -> this half's 4 values [R2, 4] after the signs (S: 8 bits, bit i set
     = -1) and the butterflies at distances 1, 2 and 4: distance 1 as fma(b, sig, a) = a + b (sig 1) or a - b
@@ -576,9 +572,7 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
     z = _tile_stages(z, NT, LOG2T)
     thr = _thresholds(norm, MIDS, NB, R2)
     words = _zeros_tuple(NW, R2, tl.int32)
-    acc = ()
-    for k in tl.static_range(LOG2T):
-        acc = acc + (tl.zeros([R2, 4], dtype=tl.float32),)
+    acc = _zero_tiles(LOG2T, R2, 4)
     csum = tl.zeros([R2, 4], dtype=tl.float32)
     for j in tl.static_range(NT):
         v = z[_bitrev(j, LOG2T)] * inv_sqrt
@@ -590,7 +584,9 @@ def encode_half_kernel(x_ptr, sxb, sxh, sxt, out_ptr, sob, soh, sot, pos_ptr, c2
         i0, i1, i2, i3 = _columns4(idx, R2)
         u = (i0 + (i1 << (2 * BITS)) + (i2 << (4 * BITS)) + (i3 << (6 * BITS))) << (BITS * p)
         words = _place(words, u, _bitrev(j, LOG2T), NW, BITS)
-    # the centroids' tree sum: this half's columns (even or odd positions of each tile), then even + odd
+    # the centroids' tree sum: this half's columns (even or odd positions of each tile), then even + odd (the sum
+    # commutes exactly, so `half + other` would do; written per half, the sm_90 build timed in session 35 kept
+    # turbo2 at 154 registers, 159 the other way)
     q0, q1, q2, q3 = _columns4(csum, R2)
     half = (q0 + q2) + (q1 + q3)
     other = _partner(half, R2)
