@@ -131,13 +131,15 @@ def compile_gluon(kind: str, d: int = 128, block_n: int = 32, maxnreg: int | Non
 def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int = 32, v_kind: str | None = None,
                 pipe: int = 0, maxnreg: int | None = None, qmap: bool = False, fused: bool = False,
                 rows: bool = False, sinks: bool = False, clocks: bool = False, hadamard: bool = False,
-                early: bool | None = None, compact: bool | None = None, tma: bool | None = None):
+                early: bool | None = None, compact: bool | None = None, tma: bool | None = None,
+                bias: bool = False):
     """decode_lut_kernel (the shared-memory table kernel, `warps` splits per program) for turbo4, turbo3 or turbo2
     planes, or (rows) codec rows through chunk tables; clocks: with the phase stamps (kernels_lut `_stamp`);
     hadamard: the maps as Hadamard factors (`gluon.lut_hadamard_maps`); early: the first tiles' loads before the
     prologue (`gluon.lut_early_loads`; None: as the launcher would); compact: the softmax over query rows 0-3
     only (None: as the launcher would, `gluon.lut_compact` of the 4 query rows here); tma: V's tiles through a
-    tensor map (None: as the launcher would, `gluon.lut_tma`)."""
+    tensor map (None: as the launcher would, `gluon.lut_tma`); bias: with an additive bias per token (`launch_rows`'
+    bias=)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS, lut_compact, lut_tma
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
@@ -157,7 +159,8 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                 out_ptr=torch.empty(64, dtype=torch.bfloat16), k_tab=torch.empty(64, dtype=torch.int64),
                 v_tab=torch.empty(64, dtype=torch.int64), CHUNK_SHIFT=10, sk_ptr=torch.empty(64, dtype=torch.bfloat16),
                 sv_ptr=torch.empty(64, dtype=torch.bfloat16), n_sink=4, s_sb=8 * 4 * d, s_sh=4 * d, kmean_ptr=f32,
-                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None, vmap_ptr=u8)
+                qscale=0.127, clk_ptr=torch.empty(64, dtype=torch.int64) if clocks else None, vmap_ptr=u8,
+                bias_ptr=f32 if bias else None, s_bb=t if bias else 0)
     if qmap:
         args["q_ptr"] = torch.empty(64, dtype=torch.bfloat16)
     keys = d // 4 if bits == 2 else d // 2
@@ -169,7 +172,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
                  BITS=bits, QMAP=qmap, QR=lut_query_rows(4, d, warps), FUSED=fused, CODEC_ROWS=rows, SINKS=sinks,
                  KMEAN=sinks, KSTAGE=kstage, VSTAGE=vstage, HAD=hadamard,
                  EARLY=lut_early_loads(bits, pipe, qmap and not hadamard, early, fused),
-                 COMPACT=lut_compact(4, warps, bits, rows) if compact is None else compact)
+                 COMPACT=lut_compact(4, warps, bits, rows) if compact is None else compact, BIAS=bias)
     return _compile(decode_lut_kernel, args, const, dict(num_warps=warps, maxnreg=maxnreg or 128),
                     source=GluonASTSource)
 

@@ -1114,6 +1114,23 @@ def test_compact_softmax_build_compiles_for_sm90(kind):
     assert ops["LDG"] < ops_full["LDG"], (ops["LDG"], ops_full["LDG"])
 
 
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+def test_bias_build_over_rows_compiles_for_sm90(kind):
+    """The row reader's build with an additive bias (`launch_rows`' bias=, session 36): no spill, no barrier in the
+    loop, the table's shared memory only, one more global load a tile than the same build without (the bias
+    itself; its loads are the tile's tokens') and at most 32 more loop instructions."""
+    sass_decode = _sass_decode()
+    from compactkv.attention.triton.gluon import GLUON_BLOCK_N, LUT_ROWS_MAXNREG, LUT_ROWS_PIPE, LUT_WARPS
+    kw = dict(lut=True, d=128, warps=LUT_WARPS, block_n=GLUON_BLOCK_N, pipe=LUT_ROWS_PIPE, maxnreg=LUT_ROWS_MAXNREG,
+              qmap=True, rows=True)
+    plain = sass_decode.summary(kind, **kw)
+    bias = sass_decode.summary(kind, bias=True, **kw)
+    ops = bias["ops"]
+    assert bias["shared"] == plain["shared"] and bias["spills"] == 0, (bias["shared"], bias["spills"])
+    assert ops["BAR"] == 0 and sass_decode.within_budget(ops["STL"] + ops["LDL"], 0), ops
+    assert plain["loop"] < bias["loop"] <= plain["loop"] + 32, (plain["loop"], bias["loop"])
+    assert ops["LDG"] > plain["ops"]["LDG"], (ops["LDG"], plain["ops"]["LDG"])
+
 
 def test_tma_rule_and_refusals(monkeypatch):
     """`lut_tma`: V through a tensor map by default on lut_pipe 6 / 7 over planes with 64-byte rows only (turbo4 at
@@ -1386,10 +1403,13 @@ def test_table_kernel_is_the_default_at_head_dim_128_only():
     assert not lut_default(t64, t64)  # supported (tested) but not timed: the one-warp kernel stays its default
 
 
-def _check_rows(kind, g, lengths, chunk, d=128, hkv=2, num_splits=None, per_head=False, shift2=False, **kw):
+def _check_rows(kind, g, lengths, chunk, d=128, hkv=2, num_splits=None, per_head=False, shift2=False, bias=None,
+                **kw):
     """Max relative error of `launch_rows` (the table kernel over codec rows in chunks of `chunk` tokens, each its
     own tensor as TurboQuantLayer keeps them) vs float64. shift2: every chunk starts 2 bytes past a word boundary
-    (the rows' other alignment); per_head: one query map per KV head (a channel scale before the rotation)."""
+    (the rows' other alignment); per_head: one query map per KV head (a channel scale before the rotation); bias:
+    None, "pad" (an additive mask per batch row: its first third of tokens -inf, as a left-padded batch's, the
+    others random finite values) or "shared" (one such row for every batch row: batch stride 0)."""
     from test_gluon_decode import _rel
     from compactkv.attention.reference import packed_dense_float64
     from compactkv.attention.triton.decode import LOG2E, chunk_table, codec_maps, merge_partials, packed_kind
@@ -1420,6 +1440,15 @@ def _check_rows(kind, g, lengths, chunk, d=128, hkv=2, num_splits=None, per_head
         w = s[:, :, None] * w
         qref = qref * s[None, :, None, :]
     lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+    add = None
+    if bias is not None:
+        add = torch.randn(b, t, device=dev)
+        for i, n in enumerate(lengths):
+            add[i, :n // 3] = float("-inf")
+        if bias == "shared":
+            add = add[:1].expand(b, t)
+            assert add.stride(0) == 0 and min(lengths) > max(lengths) // 3  # (no row masked whole)
+        kw["bias"] = add * LOG2E
     parts = launch_rows(q, chunk_table(ck), chunk_table(cv), lens, packed_kind(kc), packed_kind(vc), chunk=chunk,
                         max_len=t, w=w, num_splits=num_splits, **kw)
     out = torch.full((b, hkv, g, d), float("nan"), device=dev)
@@ -1427,7 +1456,7 @@ def _check_rows(kind, g, lengths, chunk, d=128, hkv=2, num_splits=None, per_head
     merge_partials(parts, q.shape, q.device, out, lse)
     assert torch.isfinite(lse).all()
     got = out @ adj if adj is not None else out
-    return _rel(got, packed_dense_float64(kc, vc, rk, rv, qref, d ** -0.5, lengths, 1))
+    return _rel(got, packed_dense_float64(kc, vc, rk, rv, qref, d ** -0.5, lengths, 1, bias=add))
 
 
 @cuda
@@ -1442,6 +1471,20 @@ def test_table_kernel_over_rows_vs_float64(kind, g, shift2):
     assert _check_rows(kind, g, [2100, 130, 3, 64], 1024, shift2=shift2) < TOL
     assert _check_rows(kind, g, [777, 65, 1], 64, shift2=shift2, per_head=True) < TOL
     assert _check_rows(kind, g, [3001, 100], 1 << 30, num_splits=64, shift2=shift2) < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_table_kernel_over_rows_with_a_bias_vs_float64(kind, g):
+    """An additive mask over the rows (session 36: a padded batch's decode steps), per batch row and shared by
+    every batch row (batch stride 0), with ragged lengths, both alignments, chunks of 64 / 1024 / one; the
+    compact softmax (g <= 4 but turbo3) and the full one."""
+    from test_gluon_decode import TOL
+    assert _check_rows(kind, g, [2100, 130, 3, 64], 1024, bias="pad") < TOL
+    assert _check_rows(kind, g, [777, 650, 700], 64, shift2=True, bias="shared", per_head=True) < TOL
+    assert _check_rows(kind, g, [3001, 100], 1 << 30, num_splits=64, bias="pad") < TOL
 
 
 @cuda
@@ -1495,6 +1538,10 @@ def test_launch_rows_names_bad_input():
         launch_rows(q, tab, tab[:0], lens, t4, t4, chunk=1024, max_len=8, w=w)
     with pytest.raises(ValueError, match="lengths must be int32"):
         launch_rows(q, tab, tab, lens.long(), t4, t4, chunk=1024, max_len=8, w=w)
+    for bad in (torch.zeros(1, 8, dtype=torch.float16), torch.zeros(1, 7), torch.zeros(2, 8), torch.zeros(8),
+                torch.zeros(1, 16)[:, ::2], [0.0] * 8):
+        with pytest.raises(ValueError, match=r"bias must be float32 \[1, >= 8\] \(batch rows, tokens; token stride 1\)"):
+            launch_rows(q, tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w, bias=bad)
     with pytest.raises(ValueError, match="q must be a float"):
         launch_rows(q.int(), tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w)
 

@@ -110,7 +110,7 @@ def _check_decode(kk, vk, d, g, tq, fast, lengths=(777, 130, 3), chunk=192, **ke
     ("turbo4", "turbo4", 128, 4, 1, 4, 0, False, 1024, True),  # query-aware key scale (scale_keys)
     ("turbo3", "turbo3", 128, 4, 1, 4, 64, False, 256, True),  # the table kernel over rows (launch_rows), windows
     ("turbo2", "turbo2", 128, 8, 1, 0, 16, False, 64, False),  # ... chunks of 64 tokens
-    ("turbo4", "turbo4", 128, 4, 1, 4, 64, True, 1024, False),  # a mask: the row-format split kernels instead
+    ("turbo4", "turbo4", 128, 4, 1, 4, 64, True, 1024, False),  # a mask: launch_rows with it as a bias (s36)
     ("turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256, False),
     ("q8_0", "turbo2", 64, 8, 5, 3, 16, True, 100, False),
     ("turbo2", "turbo4", 256, 1, 4, 0, 0, False, 512, True),
@@ -146,24 +146,36 @@ def test_layer_matches_torch_reference(kk, vk, d, g, tq, sink, recent, mask, chu
     assert _rel(triton_attention(layer, q, m, d ** -0.5), ref) < TOL
 
 
-@pytest.mark.parametrize("row_table", [True, False])
-def test_layer_decode_takes_the_table_kernel_over_rows(monkeypatch, row_table):
+@pytest.mark.parametrize("row_table,mask", [(True, None), (False, None), (True, "bool"), (True, "float"),
+                                            (False, "bool")])
+def test_layer_decode_takes_the_table_kernel_over_rows(monkeypatch, row_table, mask):
     """A one-token step over a chunk-list turbo4 layer at head_dim 128 (fp16 windows, centered keys) reads its rows
-    with the table kernel (`launch_rows`) unless backend.ROW_TABLE is off; same answer as the torch reference
-    either way."""
+    with the table kernel (`launch_rows`) unless backend.ROW_TABLE is off, with an attention mask too (session 36:
+    a left-padded batch's, bool, or a float additive one: passed to the kernel as a bias); same answer as the torch
+    reference either way."""
     from compactkv.attention.triton import backend
     calls = []
     real = backend.launch_rows
-    monkeypatch.setattr(backend, "launch_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(backend, "launch_rows", lambda *a, **k: calls.append(k.get("bias")) or real(*a, **k))
     monkeypatch.setattr(backend, "ROW_TABLE", row_table)
     b, hkv, g, d = 2, 2, 4, 128
     layer = TurboQuantLayer("turbo4", "turbo4", d, sink_tokens=4, residual_length=32, chunk_tokens=256)
     layer.update(torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16),
                  torch.randn(b, hkv, 1000, d, device=DEV, dtype=torch.float16))
     q = torch.randn(b, hkv * g, 1, d, device=DEV, dtype=torch.float16)
-    ref = compressed_attention(layer, q, None, d ** -0.5)
-    assert _rel(backend.triton_attention(layer, q, None, d ** -0.5), ref) < TOL
+    tk = layer.stored_length()
+    m = None
+    if mask == "bool":  # batch row 1 left-padded by 300 tokens (its sinks and the first compressed ones)
+        m = torch.ones(b, 1, 1, tk, dtype=torch.bool, device=DEV)
+        m[1, ..., :300] = False
+    elif mask == "float":  # an additive mask of finite values, -inf on row 0's first 50 tokens
+        m = torch.randn(b, 1, 1, tk, device=DEV)
+        m[0, ..., :50] = float("-inf")
+    ref = compressed_attention(layer, q, m, d ** -0.5)
+    assert _rel(backend.triton_attention(layer, q, m, d ** -0.5), ref) < TOL
     assert len(calls) == (1 if row_table else 0)
+    if calls:
+        assert (calls[0] is None) == (mask is None)
 
 
 def test_static_layer_graph_replay():

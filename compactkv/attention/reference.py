@@ -125,15 +125,20 @@ def _attend(query, blocks, tk, kc, vc, k_mean, has_rows, mask, scaling, softcap,
 
 
 def packed_dense_float64(k_codec, v_codec, rows_k: torch.Tensor, rows_v: torch.Tensor, query: torch.Tensor,
-                         scaling: float, lengths: list[int], tq: int) -> torch.Tensor:
+                         scaling: float, lengths: list[int], tq: int,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
     """Float64 reference for kernels over packed rows: decode everything, then plain softmax attention per batch
     row over its own length, causal over the last `tq` positions. rows: [B, H, T, row]; query: [B, H, M, D]
-    with M = G * tq rows per KV head (query rows cycle through the tq positions). Returns [B, H, M, D] on CPU."""
+    with M = G * tq rows per KV head (query rows cycle through the tq positions); bias: None, or [B, T] added to
+    every query row's scores of that batch row (natural-log units, -inf masks a token). Returns [B, H, M, D] on
+    CPU."""
     k, v = k_codec.decode(rows_k.cpu()).double(), v_codec.decode(rows_v.cpu()).double()
     q = query.cpu().double()
     outs = []
     for b, n in enumerate(lengths):
         s = (q[b] * scaling) @ k[b, :, :n].transpose(-1, -2)
+        if bias is not None:
+            s = s + bias[b, :n].cpu().double()
         t = torch.arange(q.shape[-2]) % tq
         s = s.masked_fill(~(torch.arange(n)[None, :] <= (n - tq + t)[:, None]), float("-inf"))
         outs.append(torch.softmax(s, -1) @ v[b, :, :n])

@@ -126,7 +126,9 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
     merges the splits, applies the inverse V map and writes fp16 [B, 1, HQ, D]; with `gluon=True` the table kernel
     does all of it in one launch (`gluon.attend_planes`) unless `fused=False`. `kernel`: keyword options of
     launch_rows / launch_splits / launch_gluon
-    (attend_planes: num_splits and the lut_* options)."""
+    (attend_planes: num_splits and the lut_* options), and pad=N: a left-padded batch's attention mask (batch row i
+    of B padded by N * i // (B - 1) tokens, masked off), added to the scores as the backend passes a mask (rows and
+    split kernels only: the planar kernels take none)."""
     from ..attention.triton.backend import ONE_CHUNK
     from ..attention.triton.gluon import launch_rows
     from ..attention.triton.decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query,
@@ -145,6 +147,17 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
 
     gluon = kernel.pop("gluon", False)
     rows = kernel.pop("rows", None)
+    pad = kernel.pop("pad", 0)
+    bias = bias_rows = None
+    if pad:
+        if gluon:
+            raise ValueError("pad: the planar kernels (gluon=True) take no attention mask")
+        if not 0 < pad < t:
+            raise ValueError(f"pad={pad}: the padding must leave tokens to attend, 0 < pad < {t}")
+        bias = torch.zeros(b, 1, t, device=device)  # natural-log units, as backend._mask_bias makes it
+        for i in range(b):
+            bias[i, :, :pad * i // max(1, b - 1)] = float("-inf")
+        bias_rows = (bias * LOG2E).contiguous()  # [B, 1, t]: the kernels' log2 units
     qmap = kernel.pop("qmap", True)  # the planar kernels take the map as `w` (the table kernel applies it itself)
     fused = kernel.pop("fused", True) and qmap  # the table kernel finishes the step itself where it can
     if gluon:  # planar copies of the same rows: the Gluon kernel reads 16-byte aligned code planes
@@ -174,14 +187,15 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
             return attend_planes(qf, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=t,
                                  counters=counters, **fused_kw)
         if rows and not gluon:
-            parts = launch_rows(qf, kt, vt, lengths, pk, pv, chunk=chunk, max_len=t, w=w, **kernel)
+            parts = launch_rows(qf, kt, vt, lengths, pk, pv, chunk=chunk, max_len=t, w=w,
+                                bias=None if bias_rows is None else bias_rows[:, 0], **kernel)
         elif gluon:
             parts = launch_gluon(qf if qmap else map_query(qf, w), kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
                                  max_len=t, w=w if qmap else None, **kernel)
         else:
             parts = launch_splits(map_query(qf, w), kt, vt, lengths, pk, pv, chunk=chunk, max_len=t, tq=1,
-                                  **kernel)
-        return finish_decode(qf, parts, tq=1, qscale=c, windows=(empty,) * 4, n_comp=t, adj=adj, bias=None,
+                                  bias=bias_rows, **kernel)
+        return finish_decode(qf, parts, tq=1, qscale=c, windows=(empty,) * 4, n_comp=t, adj=adj, bias=bias,
                              causal=False, out_dtype=torch.float16)
 
     step.keep = (*rk, *rv) if not gluon else (kcodes, knorms, vcodes, vnorms)

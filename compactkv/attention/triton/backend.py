@@ -2,9 +2,10 @@
 
 Decode (fewer than PREFILL_MIN_TQ query tokens): the query is mapped into the K codec's space (`map_query`, or
 in the table kernel's prologue), the compressed rows go through the table kernel where it reads them (one token,
-turbo4/turbo3/turbo2 at head_dim 128 or turbo4 at 64, no additive mask: `gluon.launch_rows`) or else the split kernels
-(`launch_splits`), then one finishing launch (`finish_decode`) attends the fp16 sink and recent windows, merges
-them with the compressed splits by log-sum-exp, applies the inverse V map and writes the output. Prefill:
+turbo4/turbo3/turbo2 at head_dim 128 or turbo4 at 64; an additive mask, e.g. a padded batch's, added per token
+since session 36: `gluon.launch_rows`) or else the split kernels (`launch_splits`), then one finishing launch
+(`finish_decode`) attends the fp16 sink and recent windows, merges them with the compressed splits by log-sum-exp,
+applies the inverse V map and writes the output. Prefill:
 prefill.py (rows expanded once to fp16, one SDPA call). Works for TurboQuantLayer (chunk list) and for layers
 exposing `packed_rows()` (the preallocated StaticTurboQuantLayer). One-token steps over a static layer's planar
 storage (`planes()`: turbo2/turbo4, turbo3 at head_dim 128) run the table or Gluon kernel (gluon.py) instead of the
@@ -235,9 +236,11 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
                                  max_len=max_len, w=w, num_splits=num_splits)
         else:
             k_tab, v_tab, lengths, chunk, max_len, alive = _packed_source(layer, b, query.device)
-            if bias_c is None and _rows_table(pk, pv, g, tq, chunk, alive):  # the table kernel reads the rows
-                parts = launch_rows(q, k_tab, v_tab, lengths, pk, pv, chunk=chunk,
-                                    max_len=max_len, w=w, num_splits=num_splits)
+            # the table kernel reads the rows, with an additive mask over them too (a padded batch's; one query
+            # token, so bias_c's rows are its [B, compressed tokens] in log2 units)
+            if _rows_table(pk, pv, g, tq, chunk, alive) and (bias_c is None or bias_c.shape[-1] >= max_len):
+                parts = launch_rows(q, k_tab, v_tab, lengths, pk, pv, chunk=chunk, max_len=max_len, w=w,
+                                    num_splits=num_splits, bias=None if bias_c is None else bias_c[:, 0])
             else:
                 parts = launch_splits(map_query(q, w), k_tab, v_tab, lengths, pk, pv,
                                       chunk=chunk, max_len=max_len, tq=tq, causal=causal, qshift=n_recent,

@@ -524,7 +524,7 @@ def _check_switch(name: str, value) -> None:
 def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, *, max_len, num_splits, block_n,
                 warps, pipe, maxnreg=LUT_MAXNREG, w=None, fused=None, row_source=None,
                 extras=None, clocks=None, hadamard=None, early=None,
-                compact=None, tma=None) -> SplitPartials | torch.Tensor:
+                compact=None, tma=None, bias=None) -> SplitPartials | torch.Tensor:
     """The table kernel's launch; fused = (adj, counters, out): the kernel finishes the step (`attend_planes`)
     and the filled `out` is returned instead of split partials; row_source = (k_table, v_table, log2 of the chunk
     tokens): codec rows through chunk tables instead of the planes (`launch_rows`; the planes are then None);
@@ -536,12 +536,15 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     (`lut_early_loads`; None: the kind's default in the finishing build, else not). compact: the softmax over query
     rows 0-3 only (True needs at most 4 query rows per KV head; None: `lut_compact`). tma: V's tiles through a tensor
     map with the 64-byte swizzle (True needs a bulk-copy lut_pipe and 64-byte V rows; None: `lut_tma`; a launch
-    captured in a CUDA graph before its map was made copies without it, `tma.tensor_map`)."""
+    captured in a CUDA graph before its map was made copies without it, `tma.tensor_map`). bias: None, or float32
+    [B, >= max_len] additive scores per token in log2 units, token stride 1 (`launch_rows` checks it; not fused)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
     if why:
         raise ValueError(why)
+    if bias is not None and fused is not None:
+        raise ValueError("an additive bias runs on the split build (`launch_rows`), not the finishing one")
     bits = k_kind.bits
     early = lut_early_loads(bits, pipe, w is not None and hadamard is None, early, fused is not None)
     b, h, g, d = q.shape
@@ -606,14 +609,16 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
         w_hs if w is not None else 0, counters if fused else lengths, adj if fused else q,
         out if fused else q, k_tab, v_tab, shift, q if sk is None else sk, q if sv is None else sv,
         0 if sk is None else sk.shape[-2], 0 if sk is None else sk.stride(0), 0 if sk is None else sk.stride(1),
-        q if kmean is None else kmean, qscale, clocks, q if vmap is None else vmap, D=d, ASM=lut_asm(pipe >= 2, bits),
+        q if kmean is None else kmean, qscale, clocks, q if vmap is None else vmap, bias,
+        0 if bias is None else bias.stride(0), D=d, ASM=lut_asm(pipe >= 2, bits),
         KASM=lut_asm_k(pipe >= 2, bits), W=warps, BN=block_n, NH=GLUON_ROWS, BLOCK_M=block_m, KLOAD=kload,
         VLOAD=vload, PIPE=pipe, KWORD=kword, VWORD=vword, BITS=bits, QMAP=w is not None,
         QR=lut_query_rows(g, d, warps), FUSED=fused is not None,
         CODEC_ROWS=row_source is not None, SINKS=sk is not None, KMEAN=kmean is not None, KSTAGE=kstage,
-        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, COMPACT=compact, num_warps=warps, maxnreg=maxnreg)
+        VSTAGE=vstage, HAD=hadamard is not None, EARLY=early, COMPACT=compact, BIAS=bias is not None,
+        num_warps=warps, maxnreg=maxnreg)
     key = (d, warps, block_n, pipe, maxnreg, bits, w is not None, fused is not None, row_source is not None,
-           hadamard is not None, early, compact, vmap is not None)
+           hadamard is not None, early, compact, vmap is not None, bias is not None)
     if key not in _LUT_CHECKED:  # the decoders address the table from the start of shared memory
         want = lut_smem(warps, d, pipe, block_n, bits, fused is not None)
         if kernel.metadata.shared != want:
@@ -837,7 +842,7 @@ def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int,
 def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                 k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, w: torch.Tensor,
                 num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_ROWS_PIPE,
-                lut_maxnreg: int = LUT_ROWS_MAXNREG) -> SplitPartials:
+                lut_maxnreg: int = LUT_ROWS_MAXNREG, bias: torch.Tensor | None = None) -> SplitPartials:
     """Split partials of a one-token decode step read from codec rows ([fp16 norm][codes]: the dynamic cache's
     chunks) by the table kernel, which maps the query in its prologue; `decode.finish_decode` merges them (with
     the fp16 windows, key mean and V inverse map).
@@ -846,7 +851,9 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
     scale * log2 e folded in). k_table / v_table: `decode.chunk_table`s of chunks uint8 [B, H, c, row_bytes] at
     even addresses holding `chunk` tokens each (a power of two >= 32; the last may hold fewer; K and V chunked
     alike); lengths: int32 [B] tokens per batch row (<= max_len and <= the tokens stored). lut_pipe: 2 or 3 (rows
-    are read as words)."""
+    are read as words). bias: None, or float32 [B, >= max_len] (token stride 1, any batch stride: 0 broadcasts one
+    row) added to every query row's score of each token, in log2 units (a transformers mask over the compressed
+    tokens times log2 e; -inf masks the token: a padded batch's left padding)."""
     b, h, g, d = _check_query(q, k_kind)
     why = rows_unsupported(k_kind, v_kind, g, 1, chunk)
     if why:
@@ -860,9 +867,16 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
             raise ValueError(f"{name} must be a contiguous int64 [chunks >= 1, 3] chunk table on {q.device} "
                              f"(decode.chunk_table), got {got}")
     _check_lengths(lengths, b, q.device)
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or bias.dim() != 2
+                             or bias.shape[0] != b or bias.shape[1] < max_len or bias.device != q.device
+                             or (bias.shape[1] > 1 and bias.stride(1) != 1)):
+        got = f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) \
+            else type(bias).__name__
+        raise ValueError(f"bias must be float32 [{b}, >= {max_len}] (batch rows, tokens; token stride 1) on "
+                         f"{q.device}, got {got}")
     return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
-                       row_source=(k_table, v_table, chunk.bit_length() - 1))
+                       row_source=(k_table, v_table, chunk.bit_length() - 1), bias=bias)
 
 
 def attend_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,

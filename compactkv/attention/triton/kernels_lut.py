@@ -880,16 +880,20 @@ def _dup(x, LAY: gl.constexpr):
 @gluon.jit
 def _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM: gl.constexpr,
                  KASM: gl.constexpr, BITS: gl.constexpr, VB: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr,
-                 COMPACT: gl.constexpr = False, MMA: gl.constexpr = None):
+                 COMPACT: gl.constexpr = False, MMA: gl.constexpr = None, bz=None):
     """One tile's online-softmax step (base 2; a row that has seen no key keeps max -inf, sum 0) and its values
     accumulated: (a0, a1, m_i, l_i) updated (the two V operands' accumulators: turbo4 / turbo3 parts 0 and 1,
     turbo2 codes 0, 2 and 1, 3 of a byte, `_pair_keys_v`). s: the tile's scores, valid [W, BN] its live tokens, kn /
     vn their K / V norms. COMPACT (at most 4 query rows): the softmax on `_compact`'s [W, BN, 4] (valid, kn, vn and
     m_i in its slices), l_i each lane's own running sums [W, BN, 4] (summed after the loop), P back through
-    `_uncompact`."""
+    `_uncompact`. bz: None, or the tiles' tokens' additive bias (log2 units, valid's layout), added to every query
+    row's score of that token."""
     if COMPACT:  # query rows 0-3 only, each lane's values half as many (valid, kn, vn, m_i, l_i in its layout)
         s = _compact(s)
-    s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
+    if bz is None:
+        s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2), float("-inf"))
+    else:
+        s = gl.where(gl.expand_dims(valid, 2), s * gl.expand_dims(kn, 2) + gl.expand_dims(bz, 2), float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
@@ -1267,14 +1271,14 @@ def _finish_fused(lut, rest, acc, m_i, l_i, o_ptr, ml_ptr, cnt_ptr, adj_ptr, out
 def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_ptr, lut_ptr,
                       H, MQ, num_splits, kcsb, kcsh, vcsb, vcsh, nsb, nsh, w_ptr, w_hs, cnt_ptr, adj_ptr,
                       out_ptr, k_tab, v_tab, CHUNK_SHIFT, sk_ptr, sv_ptr, n_sink, s_sb, s_sh, kmean_ptr, qscale,
-                      clk_ptr, vmap_ptr, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
+                      clk_ptr, vmap_ptr, bias_ptr, s_bb, D: gl.constexpr, ASM: gl.constexpr, KASM: gl.constexpr, W: gl.constexpr,
                       BN: gl.constexpr, NH: gl.constexpr, BLOCK_M: gl.constexpr, KLOAD: gl.constexpr,
                       VLOAD: gl.constexpr, PIPE: gl.constexpr = 0,
                       KWORD: gl.constexpr = None, VWORD: gl.constexpr = None, BITS: gl.constexpr = 4,
                       QMAP: gl.constexpr = False, QR: gl.constexpr = 8, FUSED: gl.constexpr = False,
                       CODEC_ROWS: gl.constexpr = False, SINKS: gl.constexpr = False, KMEAN: gl.constexpr = False,
                       KSTAGE: gl.constexpr = None, VSTAGE: gl.constexpr = None, HAD: gl.constexpr = False,
-                      EARLY: gl.constexpr = False, COMPACT: gl.constexpr = False):
+                      EARLY: gl.constexpr = False, COMPACT: gl.constexpr = False, BIAS: gl.constexpr = False):
     """Splits W * program_id(0) + w (warp w) of (b, h) = divmod(program_id(1), H): partial O, running max and sum
     of the MQ = G query rows, as decode_gluon_kernel (same arguments, turbo4 K and V; lut_ptr: int32 [256] table
     words). PIPE: 1 = the next tile's code bytes are copied (cp.async) into a shared stage behind the table while
@@ -1316,7 +1320,10 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
     dense maps. EARLY (PIPE 2 / 3, 6 - 8; QMAP only with HAD; `gluon.lut_early_loads`):
     the first tile(s)' loads (PIPE 6 - 8: the mbarriers' init and the first stages' copies) issued before the
     prologue (query map, table fill) instead of after it. COMPACT (MQ <= 4; `gluon.lut_compact`): the softmax over
-    query rows 0-3 only, in `compact_layout` (`_tile_values`); the norms and the valid mask loaded in its layout."""
+    query rows 0-3 only, in `compact_layout` (`_tile_values`); the norms and the valid mask loaded in its layout.
+    BIAS (not FUSED): bias_ptr holds float32 [B, >= L] additive scores per batch row and token (log2 units, -inf
+    masks the token; batch stride s_bb, token stride 1: an attention mask over the compressed tokens, e.g. a padded
+    batch's), added to every query row's score of its token; each tile's values loaded at its start."""
     if clk_ptr is not None:
         _stamp(clk_ptr, 0, W, True)
         _stamp(clk_ptr, 1, W)
@@ -1562,6 +1569,9 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         t = i * BN
         tok = lo_r + t + tr
         valid = tok < hi_r
+        bz = None
+        if BIAS:  # in flight while the tile's K is decoded and scored
+            bz = gl.load(bias_ptr + b.to(gl.int64) * s_bb + tok, mask=valid, other=0.0)
         if PIPE == 1:
             kn = gl.load(knb + tok, mask=valid, other=0.0).to(gl.float32)  # in flight during the wait
             vn = gl.load(vnb + tok, mask=valid, other=0.0).to(gl.float32)
@@ -1624,7 +1634,7 @@ def decode_lut_kernel(q_ptr, kc_ptr, kn_ptr, vc_ptr, vn_ptr, len_ptr, o_ptr, ml_
         if PIPE == 1:  # the next tile's copies, issued once this tile's K bytes are dead (fewer live registers)
             _copy_kv(kst, vst, kbase, vbase, klo + t + BN + kt3, vlo + t + BN + vt3, khi, vhi, kc3, vc3, RB)
         a0, a1, m_i, l_i = _tile_values(s, valid, kn, vn, a0, a1, m_i, l_i, vc, vc_hi, vx, vy, vlofs, vsel, ASM, KASM,
-                                        BITS, VB, A_OP, B_OP, COMPACT, MMA)
+                                        BITS, VB, A_OP, B_OP, COMPACT, MMA, bz)
         if PIPE == 6:  # tile i + S6 into the stages tile i leaves (its words are used above)
             _bulk_tile(lane6, bar6 + s6 * BSTEP, dst6 + s6 * SB6, dst6 + 65536 + s6 * SB6, kbase, vsrc,
                        lo6 + t + S6 * BN, hi6, BN, RB, BOX)
