@@ -105,3 +105,15 @@ def test_shape_lists_parse_or_name_what_is_accepted():
                              text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
         assert run.returncode == 2 and "--shapes: expected comma-separated BxT pairs" in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_kernel_decode_step_refuses_a_padding_it_cannot_run():
+    """`bench.kernels.decode_step(pad=N)` (a left-padded batch's mask): refused with the planar kernels, which take no
+    mask, and where the padding would leave a batch row nothing to attend, before anything is launched."""
+    import pytest
+    from compactkv.bench.kernels import decode_step
+    with pytest.raises(ValueError, match="planar kernels .* take no attention mask"):
+        decode_step("turbo4", 2, 64, "cpu", gluon=True, pad=8)
+    for pad in (64, 100, -1):
+        with pytest.raises(ValueError, match=r"the padding must leave tokens to attend, 0 < pad < 64"):
+            decode_step("turbo4", 2, 64, "cpu", pad=pad)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from compactkv.cli import main
 
@@ -93,3 +94,34 @@ def test_a_broken_cell_is_recorded_and_the_run_goes_on(monkeypatch):
     assert bad["status"] == "error" and "fractional" in bad["error"] and bad["stage"] == "fill"
     good = e2e.run_graph_cell(model, shape, "turbo4", 1, 16, "synthetic", Args, torch.device("cpu"))
     assert good["status"] == "ok" and good["tokens_held"] == 16 + 2 + 2
+
+
+def test_padded_batch_cells_pass_a_mask_to_every_step(tmp_path, monkeypatch):
+    """--pad: each decode step of a left-padded batch carries its attention mask (row i of B padded by
+    pad * i // (B - 1)), on the fp16 side and to compactkv's attention (which gets a 4D mask masking those keys)."""
+    import compactkv.attention.interface as interface
+    from compactkv.bench.e2e import pad_mask
+    m = pad_mask(3, 10, 4, "cpu")
+    assert m.tolist() == [[1] * 10, [0, 0] + [1] * 8, [0] * 4 + [1] * 6]
+    seen = []
+    real = interface.attend
+    monkeypatch.setattr(interface, "attend", lambda layer, q, mask, *a, **k: seen.append(mask) or real(layer, q, mask,
+                                                                                                     *a, **k))
+    rc, info = run(tmp_path, "--batches", "3", "--contexts=", "--synthetic-contexts", "48", "--kinds", "f16,turbo4",
+                   "--pad", "20")
+    assert rc == 0 and [c["status"] for c in info["cells"]] == ["ok", "ok"]
+    assert all(c["pad"] == 20 for c in info["cells"])
+    assert len(seen) == 2 * (2 + 3)  # 2 layers x (warm-up + timed steps), each with its mask
+    for x in seen:  # bool keep-mask or float additive: row 2's first 20 keys off, row 0's on
+        keep = x if x.dtype == torch.bool else x == 0
+        assert not bool(keep[2, ..., :20].any()) and bool(keep[2, ..., 20:].all()) and bool(keep[0].all())
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--graphs", "--pad", "4"], "--pad runs eager decode steps"),
+    (["--pad", "40"], "--pad 40: the padding must leave tokens to attend"),
+])
+def test_pad_refusals(tmp_path, capsys, extra, says):
+    rc, _ = run(tmp_path, "--batches", "2", "--contexts", "40", "--kinds", "f16", *extra)
+    out = capsys.readouterr()
+    assert rc == 2 and says in out.err and "model built" not in out.out  # refused before building the model

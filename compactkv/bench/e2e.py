@@ -31,6 +31,10 @@ max_cache_len = context + the steps run.
 (engine/graphs.compiled_model: norms, rotary, projections, MLP and logits through inductor; compactkv's attention
 function and the static caches' updates stay uncompiled on both sides), then captured. Prefill is not compiled.
 
+`--pad N` (eager only): a left-padded batch. Batch row i of B is padded by N * i // (B - 1) tokens: the decode
+steps pass an attention mask that masks those first positions off (transformers turns it into a 4D mask; fp16
+SDPA takes it as attn_mask, compactkv as an additive bias over its compressed rows). The fill is the same.
+
 `--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
 transients not included) for fp16 and turbo4.
 """
@@ -93,6 +97,9 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="with --graphs: the model's own code through torch.compile on both sides before capture "
                         "(attention and cache writes stay uncompiled)")
+    p.add_argument("--pad", type=_at_least(0), default=0,
+                   help="left padding of the last batch row (row i of B: pad * i // (B - 1)); the decode steps "
+                        "pass an attention mask that masks it (eager only; default 0: no mask)")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.set_defaults(func=run)
@@ -213,14 +220,30 @@ def prefill(model, cache, ids: torch.Tensor, chunk: int, kw: str) -> torch.Tenso
     return out.logits[:, -1].argmax(-1, keepdim=True)
 
 
+def pad_mask(b: int, t: int, pad: int, dev: torch.device) -> torch.Tensor:
+    """int64 [B, t] attention mask of a left-padded batch: row i's first pad * i // (B - 1) positions 0."""
+    if pad >= t:
+        raise ValueError(f"--pad {pad}: the padding must leave tokens to attend (< the context, {t})")
+    mask = torch.ones(b, t, dtype=torch.int64, device=dev)
+    for i in range(b):
+        mask[i, :pad * i // max(1, b - 1)] = 0
+    return mask
+
+
 @torch.no_grad()
-def decode(model, cache, tok: torch.Tensor, steps: int, kw: str, dev: torch.device) -> list[float]:
-    """Greedy decode steps one by one; seconds per step (device synchronized around each)."""
+def decode(model, cache, tok: torch.Tensor, steps: int, kw: str, dev: torch.device,
+           mask: torch.Tensor | None = None) -> list[float]:
+    """Greedy decode steps one by one; seconds per step (device synchronized around each). mask: None, or the
+    [B, tokens held] attention mask before the first step (`pad_mask`), grown by one attended position a step."""
     times = []
     for _ in range(steps):
+        extra = {}
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            extra["attention_mask"] = mask
         _sync(dev)
         t0 = time.perf_counter()
-        out = model(input_ids=tok, use_cache=True, **{kw: cache})
+        out = model(input_ids=tok, use_cache=True, **extra, **{kw: cache})
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         _sync(dev)
         times.append(time.perf_counter() - t0)
@@ -303,8 +326,12 @@ def run_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, args, dev
             _sync(dev)
             row["fill_s"] = time.perf_counter() - t0
         row["stage"] = "decode"
+        pad = getattr(args, "pad", 0)
+        mask = pad_mask(b, t, pad, dev) if pad else None
+        if pad:
+            row["pad"] = pad
         with sdpa_backends(kind):
-            times = decode(model, cache, tok, args.warmup + args.steps, kw, dev)[args.warmup:]
+            times = decode(model, cache, tok, args.warmup + args.steps, kw, dev, mask)[args.warmup:]
         record_steps(row, times, b)
         mem = cache_memory(cache)
         row.update(kv_bytes=mem["kv_bytes"], kv_fp16_bytes=mem["fp16_bytes"], kv_window_bytes=mem["window_bytes"],
@@ -493,6 +520,10 @@ def run(args) -> int:
         if k not in accepted:
             raise ValueError(f"unknown cache {k!r}{' with --graphs' if args.graphs else ''}; accepted: "
                              f"{', '.join(accepted)}")
+    if getattr(args, "pad", 0) and args.graphs:
+        raise ValueError("--pad runs eager decode steps (a mask per step); drop --graphs or --pad")
+    if getattr(args, "pad", 0) and any(args.pad >= t for b, t, _ in plan if b > 1):
+        raise ValueError(f"--pad {args.pad}: the padding must leave tokens to attend (< every context)")
     if getattr(args, "compile", False) and not args.graphs:
         raise ValueError("--compile works with --graphs only (static caches); add --graphs or drop --compile")
     if getattr(args, "prefill_warmup_full", False) and not getattr(args, "prefill_warmup", True):
