@@ -232,6 +232,9 @@ def main(argv=None) -> int:
     plan.append(("decode", partial(check_decode, "turbo4", "turbo2", 64, g=1, tq=3)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo4", 128, 4, 1, 0, 0, False, 1024)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 1, 4, 64, True, 256)))
+    for kind, g, sink, resid, chunk in (("turbo4", 4, 4, 64, 1024), ("turbo3", 8, 0, 0, 256), ("turbo2", 1, 4, 16, 64)):
+        # a padded batch's one-token step: the table kernel over the rows with the mask as a bias (session 36)
+        plan.append(("layer", partial(check_layer, kind, kind, 128, g, 1, sink, resid, True, chunk)))
     plan.append(("layer", partial(check_layer, "q8_0", "turbo4", 64, 8, 5, 3, 16, True, 100)))
     plan.append(("layer", partial(check_layer, "turbo2", "turbo2", 64, 1, 4, 0, 0, False, 512)))
     plan.append(("layer", partial(check_layer, "turbo4", "turbo3", 128, 4, 300, 4, 64, True, 256)))  # prefill path
