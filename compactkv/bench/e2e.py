@@ -222,7 +222,7 @@ def prefill(model, cache, ids: torch.Tensor, chunk: int, kw: str) -> torch.Tenso
 
 def pad_mask(b: int, t: int, pad: int, dev: torch.device) -> torch.Tensor:
     """int64 [B, t] attention mask of a left-padded batch: row i's first pad * i // (B - 1) positions 0."""
-    if pad >= t:
+    if b > 1 and pad >= t:
         raise ValueError(f"--pad {pad}: the padding must leave tokens to attend (< the context, {t})")
     mask = torch.ones(b, t, dtype=torch.int64, device=dev)
     for i in range(b):
