@@ -1117,8 +1117,8 @@ def test_compact_softmax_build_compiles_for_sm90(kind):
 @pytest.mark.parametrize("kind", ["turbo4", "turbo3", "turbo2"])
 def test_bias_build_over_rows_compiles_for_sm90(kind):
     """The row reader's build with an additive bias (`launch_rows`' bias=, session 36): no spill, no barrier in the
-    loop, the table's shared memory only, one more global load a tile than the same build without (the bias
-    itself; its loads are the tile's tokens') and at most 32 more loop instructions."""
+    loop, the table's shared memory only, more global loads a tile than the same build without (the bias's, one
+    value per token) and at most 32 more loop instructions."""
     sass_decode = _sass_decode()
     from compactkv.attention.triton.gluon import GLUON_BLOCK_N, LUT_ROWS_MAXNREG, LUT_ROWS_PIPE, LUT_WARPS
     kw = dict(lut=True, d=128, warps=LUT_WARPS, block_n=GLUON_BLOCK_N, pipe=LUT_ROWS_PIPE, maxnreg=LUT_ROWS_MAXNREG,
@@ -1540,7 +1540,8 @@ def test_launch_rows_names_bad_input():
         launch_rows(q, tab, tab, lens.long(), t4, t4, chunk=1024, max_len=8, w=w)
     for bad in (torch.zeros(1, 8, dtype=torch.float16), torch.zeros(1, 7), torch.zeros(2, 8), torch.zeros(8),
                 torch.zeros(1, 16)[:, ::2], [0.0] * 8):
-        with pytest.raises(ValueError, match=r"bias must be float32 \[1, >= 8\] \(batch rows, tokens; token stride 1\)"):
+        with pytest.raises(ValueError,
+                           match=r"bias must be float32 \[1, >= 8\] \(batch rows, tokens; token stride 1\)"):
             launch_rows(q, tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w, bias=bad)
     with pytest.raises(ValueError, match="q must be a float"):
         launch_rows(q.int(), tab, tab, lens, t4, t4, chunk=1024, max_len=8, w=w)
