@@ -52,7 +52,7 @@ import time
 
 import torch
 
-from .kernels import commit, random_rows
+from .kernels import commit, left_pad_keep, random_rows
 
 CONFIGS = {"f16": None, "f16-flash": None, "turbo4": ("turbo4", "turbo4"), "turbo3": ("turbo3", "turbo3"),
            "q8_0/turbo4": ("q8_0", "turbo4"), "turbo2": ("turbo2", "turbo2"), "q8_0": ("q8_0", "q8_0")}
@@ -224,10 +224,7 @@ def pad_mask(b: int, t: int, pad: int, dev: torch.device) -> torch.Tensor:
     """int64 [B, t] attention mask of a left-padded batch: row i's first pad * i // (B - 1) positions 0."""
     if b > 1 and pad >= t:
         raise ValueError(f"--pad {pad}: the padding must leave tokens to attend (< the context, {t})")
-    mask = torch.ones(b, t, dtype=torch.int64, device=dev)
-    for i in range(b):
-        mask[i, :pad * i // max(1, b - 1)] = 0
-    return mask
+    return left_pad_keep(b, t, pad, dev).to(torch.int64)
 
 
 @torch.no_grad()

@@ -114,6 +114,15 @@ def profile_kernels(fn, reps: int = 3):
     return prof
 
 
+def left_pad_keep(b: int, t: int, pad: int, device) -> torch.Tensor:
+    """bool [B, t]: False on the left padding of a padded batch, row i of B padded by pad * i // (B - 1) tokens
+    (row 0 none, the last row pad)."""
+    keep = torch.ones(b, t, dtype=torch.bool, device=device)
+    for i in range(b):
+        keep[i, :pad * i // max(1, b - 1)] = False
+    return keep
+
+
 def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **kernel):
     """A closure running one compressed decode step for `kind` over t random tokens, and its K+V bytes.
 
@@ -154,9 +163,8 @@ def decode_step(kind: str, b: int, t: int, device, head_dim: int = HEAD_DIM, **k
             raise ValueError("pad: the planar kernels (gluon=True) take no attention mask")
         if not 0 < pad < t:
             raise ValueError(f"pad={pad}: the padding must leave tokens to attend, 0 < pad < {t}")
-        bias = torch.zeros(b, 1, t, device=device)  # natural-log units, as backend._mask_bias makes it
-        for i in range(b):
-            bias[i, :, :pad * i // max(1, b - 1)] = float("-inf")
+        keep = left_pad_keep(b, t, pad, device)[:, None]  # [B, 1, t]
+        bias = torch.zeros(b, 1, t, device=device).masked_fill(~keep, float("-inf"))  # natural log, as _mask_bias
         bias_rows = (bias * LOG2E).contiguous()  # [B, 1, t]: the kernels' log2 units
     qmap = kernel.pop("qmap", True)  # the planar kernels take the map as `w` (the table kernel applies it itself)
     fused = kernel.pop("fused", True) and qmap  # the table kernel finishes the step itself where it can
