@@ -591,3 +591,34 @@ def test_resized_static_cache_holds_the_same_tokens_and_continues_identically(ki
             assert torch.equal(a.chunks_k[0], b.chunks_k[0]) and torch.equal(a.sink_k, b.sink_k)
             assert torch.equal(a.k_scale, b.k_scale) and b.k_mean is b.key_center
             assert a.k_rows.data_ptr() != b.k_rows.data_ptr() and b.backend_state == {}
+
+
+@pytest.mark.parametrize("kind", ["f16", "turbo4"])
+def test_static_caches_refuse_a_padded_batch_at_its_prefill(kind):
+    """Decode steps over a static cache attend every token a row stores (they ignore transformers' mask), so a
+    left-padded batch would attend its padding from the first step on: the prompt is refused instead, with a
+    message naming the rows, and an unpadded batch (all-ones mask) still runs."""
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=static_cache(model, kind, 2, 16, "cpu"))
+        mask[1, :5] = 0
+        with pytest.raises(ValueError, match=r"static caches do not take padded batches.*batch row\(s\) \[1\]"):
+            model(input_ids=ids, attention_mask=mask, past_key_values=static_cache(model, kind, 2, 16, "cpu"))
+
+
+def test_refuse_hidden_keys_reads_boolean_and_additive_masks_over_the_stored_keys_only():
+    from compactkv.attention.interface import refuse_hidden_keys
+    keep = torch.ones(3, 1, 4, 10, dtype=torch.bool)
+    keep[..., 8:] = False  # slots past the 8 stored tokens may be hidden
+    refuse_hidden_keys(keep, 8)
+    refuse_hidden_keys(torch.where(keep, 0.0, float("-inf")), 8)
+    keep[2, 0, -1, 3] = False
+    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
+        refuse_hidden_keys(keep, 8)
+    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
+        refuse_hidden_keys(torch.where(keep, 0.0, torch.finfo(torch.float16).min), 8)
+    keep[:, :, :-1, :] = False  # earlier query rows' hidden keys are the causal part: only the last row counts
+    keep[2, 0, -1, 3] = True
+    refuse_hidden_keys(keep, 8)

@@ -77,7 +77,7 @@ class _StaticLayer(CacheLayerMixin):
     is_compileable = False
     is_sliding = False
     is_croppable = True
-    masks_itself = True  # one-token steps ignore transformers' mask (compactkv.attention.interface)
+    masks_itself = True  # one-token steps ignore transformers' mask, prompts may hide no key (attention.interface)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Storage is allocated in __init__."""
@@ -160,7 +160,8 @@ class _StaticLayer(CacheLayerMixin):
 
 class StaticTurboQuantLayer(_StaticLayer):
     """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys), except
-    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores."""
+    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores,
+    so a prompt whose mask hides a stored token (a padded batch) is refused (interface.refuse_hidden_keys)."""
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
