@@ -12,6 +12,9 @@ Decode modes (the finishing table kernel, `attend_planes`' default builds):
             operand instead): what removing K's shared-memory table reads could give at most
   t2_reg    turbo2's K through a register decoder's instruction mix (per key: funnel shift, and, mad, prmt, shr,
             prmt against the codebook in two registers): what decoding K in registers would cost and save
+  t2_free   turbo2's K and V keys made into their operand registers by two `and`s each, no table address, no
+            table read (the keys themselves still built from the loaded words): a decoder nearly for free for
+            both operands, a bound, not a design (t2_nolds frees K's reads only)
   t3_free   turbo3's K and V table addresses made by one prmt of byte 0 of each key window, so keys that share a
             word read the same entry and ptxas merges the reads (28 table reads a 32-token tile instead of 128,
             447 instructions instead of 744): a decoder nearly for free, a bound, not a design
@@ -37,7 +40,7 @@ from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2  # noqa: E402
 
-DECODE_MODES = ("none", "t2_nolds", "t2_reg", "t3_free")
+DECODE_MODES = ("none", "t2_nolds", "t2_reg", "t2_free", "t3_free")
 ENCODE_MODES = ("none", "nosearch", "nostages")
 
 # turbo2 K, pack 4 (inputs as kernels_lut._pair_asm's: $2.. the key words, $6.. the lane offsets, $10.. selectors)
@@ -47,6 +50,7 @@ T2_REG = "\n".join(["{", ".reg .b32 x, y, t, cl, ch;", "mov.b32 cl, 0xB73FBE0B;"
                     "shf.r.wrap.b32 x, $2, $2, $10;", "and.b32 x, x, 0x03030303;",
                     "mad.lo.u32 y, x, 0x22, 0x10101010;", "prmt.b32 $0, cl, ch, y;", "shr.b32 t, y, 16;",
                     "prmt.b32 $1, cl, ch, t;", "}"])
+T2_FREE = "\n".join(["{", "and.b32 $0, $2, 0x03FF03FF;", "and.b32 $1, $2, 0x3C003C00;", "}"])
 # turbo3 K and V, pack 4 (inputs as kernels_lut._lut3_asm_k's: $2.. low windows, $10.. lane offsets)
 T3_FREE = "\n".join(["{", ".reg .b32 b, a;", "mov.u32 b, global_smem;",
                      "prmt.b32 a, $2, $10, 0x7604;", "add.u32 a, a, b;", "ld.shared.b32 $0, [a];",
@@ -60,11 +64,11 @@ def patch_decode(mode: str) -> None:
     if mode == "none":
         return
     import compactkv.attention.triton.kernels_lut as kl
-    if mode == "t3_free":
-        orig = kl.lut_asm_k
+    if mode in ("t3_free", "t2_free"):
+        orig, bits_free, asm = kl.lut_asm_k, int(mode[1]), T3_FREE if mode == "t3_free" else T2_FREE
 
         def lut_asm_k(words: bool = False, bits: int = 4):
-            return T3_FREE if bits == 3 and words else orig(words, bits)
+            return asm if bits == bits_free and words else orig(words, bits)
         kl.lut_asm_k = lut_asm_k
         return
     fake = gl.constexpr(T2_REG if mode == "t2_reg" else T2_NOLDS)

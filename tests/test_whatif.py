@@ -15,7 +15,7 @@ spec.loader.exec_module(whatif)
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["decode", "nosearch"], "decode mode 'nosearch': one of none, t2_nolds, t2_reg, t3_free"),
+    (["decode", "nosearch"], "decode mode 'nosearch': one of none, t2_nolds, t2_reg, t2_free, t3_free"),
     (["encode", "t2_reg"], "encode mode 't2_reg': one of none, nosearch, nostages"),
     (["sass", "fast"], "mode 'fast': one of none, t2_nolds"),
     (["sass", "none", "--kinds", "turbo4"], "sass takes no more arguments"),
@@ -33,7 +33,7 @@ def test_patch_functions_refuse_unknown_modes_and_leave_the_kernels_alone():
     import compactkv.attention.triton.kernels_encode as ke
     import compactkv.attention.triton.kernels_lut as kl
     before = (kl._tile_scores, kl.lut_asm_k, ke._search, ke._tile_stages)
-    with pytest.raises(ValueError, match="one of none, t2_nolds, t2_reg, t3_free"):
+    with pytest.raises(ValueError, match="one of none, t2_nolds, t2_reg, t2_free, t3_free"):
         whatif.patch_decode("t2")
     with pytest.raises(ValueError, match="one of none, nosearch, nostages"):
         whatif.patch_encode("free")
