@@ -117,9 +117,32 @@ def test_padded_batch_cells_pass_a_mask_to_every_step(tmp_path, monkeypatch):
         assert not bool(keep[2, ..., :20].any()) and bool(keep[2, ..., 20:].all()) and bool(keep[0].all())
 
 
+def test_padded_batch_graph_cells_record_the_padding_in_every_static_layer(tmp_path, monkeypatch):
+    """--graphs --pad: after the fill every static layer holds the padding (row i's first pad * i // (B - 1) slots
+    -inf), so each step (captured ones too) hides it; f16-nomask, whose steps take no mask, is an error cell that
+    says why, and the run goes on."""
+    import compactkv.engine.graphs as graphs
+    caches = []
+    real = graphs.GreedyStepGraph.__init__
+
+    def spy(self, model, cache, *a, **k):
+        caches.append(cache)
+        real(self, model, cache, *a, **k)
+    monkeypatch.setattr(graphs.GreedyStepGraph, "__init__", spy)
+    rc, info = run(tmp_path, "--graphs", "--batches", "3", "--contexts=", "--synthetic-contexts", "48", "--kinds",
+                   "f16,turbo4,f16-nomask", "--pad", "20")
+    assert rc == 0 and [c["status"] for c in info["cells"]] == ["ok", "ok", "error"]
+    assert "exact_mask=False" in info["cells"][2]["error"]
+    assert all(c["pad"] == 20 for c in info["cells"][:2]) and len(caches) == 2
+    for cache in caches:
+        for layer in cache.layers:
+            assert bool(layer.pad_bias[2, :20].eq(float("-inf")).all()) and bool(layer.pad_bias[2, 20:].eq(0).all())
+            assert bool(layer.pad_bias[1, :10].eq(float("-inf")).all()) and bool(layer.pad_bias[0].eq(0).all())
+
+
 @pytest.mark.parametrize("extra, says", [
-    (["--graphs", "--pad", "4"], "--pad runs eager decode steps"),
     (["--pad", "40"], "--pad 40: the padding must leave tokens to attend"),
+    (["--graphs", "--pad", "40"], "--pad 40: the padding must leave tokens to attend"),
 ])
 def test_pad_refusals(tmp_path, capsys, extra, says):
     rc, _ = run(tmp_path, "--batches", "2", "--contexts", "40", "--kinds", "f16", *extra)

@@ -877,6 +877,13 @@ def test_planar_launchers_name_bad_input():
             call(q, lens.float())
         with pytest.raises(ValueError, match="K codes and norms must be tensors"):
             call(q, lens, None)
+    with pytest.raises(ValueError, match="an additive bias needs the table kernel"):
+        launch_gluon(q, kc, kn, kc, kn, lens, t4, t4, max_len=8, lut=False, bias=torch.zeros(1, 8))
+    for bad, says in ((torch.zeros(1, 8, dtype=torch.float64), r"float32 \[1, >= 8\].*got torch.float64"),
+                      (torch.zeros(1, 7), r"\[1, >= 8\].*got torch.float32 \[1, 7\]"),
+                      (torch.zeros(1, 16)[:, ::2], "token stride 1"), ([0.0] * 8, "got list")):
+        with pytest.raises(ValueError, match=says):
+            launch_gluon(q, kc, kn, kc, kn, lens, t4, t4, max_len=8, lut=True, bias=bad)
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -1485,6 +1492,40 @@ def test_table_kernel_over_rows_with_a_bias_vs_float64(kind, g):
     assert _check_rows(kind, g, [2100, 130, 3, 64], 1024, bias="pad") < TOL
     assert _check_rows(kind, g, [777, 650, 700], 64, shift2=True, bias="shared", per_head=True) < TOL
     assert _check_rows(kind, g, [3001, 100], 1 << 30, num_splits=64, bias="pad") < TOL
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind,d", [("turbo4", 128), ("turbo3", 128), ("turbo2", 128), ("turbo4", 64)])
+@pytest.mark.parametrize("g", [1, 4, 8])
+def test_table_kernel_over_planes_with_a_bias_vs_float64(kind, d, g):
+    """launch_gluon's table kernel over code planes with an additive bias (a static cache's recorded padding: a
+    view past the buffer's sink columns, batch stride max_len + 4): -inf over each row's first third, random finite
+    values after it, ragged lengths and planes longer than every row, against float64 with the same bias."""
+    from test_gluon_decode import TOL, _planar_case, _rel
+    from compactkv.attention.reference import packed_dense_float64
+    from compactkv.attention.triton.decode import LOG2E, codec_maps, merge_partials, packed_kind
+    from compactkv.attention.triton.gluon import launch_gluon
+    dev, hkv, lengths = "cuda", 2, [2100, 130, 3, 777]
+    kc, vc, rk, rv, (kcodes, knorms), (vcodes, vnorms) = _planar_case(kind, kind, d, lengths, hkv, dev)
+    b, t = len(lengths), max(lengths)
+    base = torch.randn(b, t + 4, device=dev) * LOG2E
+    for i, n in enumerate(lengths):
+        base[i, 4:4 + n // 3] = float("-inf")
+    bias = base[:, 4:]
+    assert bias.stride() == (t + 4, 1)
+    q = torch.randn(b, hkv, g, d, device=dev, dtype=torch.bfloat16)
+    fwd, _ = codec_maps(kc, dev)
+    _, adj = codec_maps(vc, dev)
+    w = (fwd if fwd is not None else torch.eye(d, device=dev)) * (d ** -0.5 * LOG2E)
+    parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, torch.tensor(lengths, dtype=torch.int32, device=dev),
+                         packed_kind(kc), packed_kind(vc), max_len=t, w=w, lut=True, bias=bias)
+    out = torch.full((b, hkv, g, d), float("nan"), device=dev)
+    lse = torch.full((b, hkv, g), float("nan"), device=dev)
+    merge_partials(parts, q.shape, q.device, out, lse)
+    assert torch.isfinite(lse).all()
+    got = out @ adj if adj is not None else out
+    assert _rel(got, packed_dense_float64(kc, vc, rk, rv, q.float(), d ** -0.5, lengths, 1, bias=bias / LOG2E)) < TOL
 
 
 @cuda

@@ -5,6 +5,8 @@ tokens of a TurboQuantCache that compresses every token at once with the same co
 replayed steps must give the eager steps' tokens.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -593,32 +595,205 @@ def test_resized_static_cache_holds_the_same_tokens_and_continues_identically(ki
             assert a.k_rows.data_ptr() != b.k_rows.data_ptr() and b.backend_state == {}
 
 
-@pytest.mark.parametrize("kind", ["f16", "turbo4"])
-def test_static_caches_refuse_a_padded_batch_at_its_prefill(kind):
-    """Decode steps over a static cache attend every token a row stores (they ignore transformers' mask), so a
-    left-padded batch would attend its padding from the first step on: the prompt is refused instead, with a
-    message naming the rows, and an unpadded batch (all-ones mask) still runs."""
+@torch.no_grad()
+def greedy_padded(model, cache, ids, mask, steps, static):
+    """Prefill of a padded batch (mask int64 [B, T], 0 = padding; positions = slots) + `steps` greedy tokens; the
+    dynamic cache gets the grown mask each step, a static one only its prompt's (GreedyStepGraph's eager steps).
+    (tokens [B, steps], the last step's logits)."""
+    out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    tok = out.logits[:, -1:].argmax(-1)
+    toks, logits = [tok], None
+    dec = GreedyStepGraph(model, cache, tok) if static else None
+    for _ in range(steps - 1):
+        if static:
+            logits = dec._logits().float()
+            dec.tokens.copy_(logits.argmax(-1, keepdim=True))
+            tok = dec.tokens.clone()
+        else:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            logits = model(input_ids=tok, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = logits.float()
+            tok = logits.argmax(-1, keepdim=True)
+        toks.append(tok)
+    return torch.cat(toks, 1), logits
+
+
+@pytest.mark.parametrize("kind,planar,sinks", [("f16", False, 0), ("turbo4", False, 0), ("turbo2", True, 4),
+                                               ("turbo3", False, 4)])
+def test_static_caches_keep_a_padded_batch_s_padding_hidden(kind, planar, sinks):
+    """A left-padded batch: the static cache records the padding from its prompt's mask and hides it from every
+    later one-token step (which ignore transformers' mask): the same greedy tokens as a cache that transformers
+    masks at every step (DynamicCache for f16; a TurboQuantCache compressing every token, as
+    test_static_turbo_matches_compress_everything_cache, for the compressed kinds). Without the record, the padded
+    row's logits move: the padding would be attended."""
     model = tiny_model()
-    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(9))
-    mask = torch.ones(2, 12, dtype=torch.long)
+    ids = torch.randint(0, VOCAB, (3, 30), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones(3, 30, dtype=torch.long)
+    mask[1, :7] = 0
+    mask[2, :19] = 0
+    if kind == "f16":
+        model.set_attn_implementation("sdpa")
+        ref = greedy_padded(model, DynamicCache(config=model.config), ids, mask, 8, static=False)
+        compactkv.attach(model)
+        cache = StaticDenseCache(model.config, batch_size=3, max_cache_len=48, device="cpu", dtype=torch.float32)
+    else:
+        ref_cache = compactkv.TurboQuantCache(model.config, k=kind, v=kind, sink_tokens=sinks, residual_length=0,
+                                              block_size=1, center_keys=True, scale_keys=False, unbiased_keys=False)
+        ref = greedy_padded(model, ref_cache, ids, mask, 8, static=False)
+        cache = StaticTurboQuantCache(model.config, kind, kind, batch_size=3, max_cache_len=48, device="cpu",
+                                      planar=planar, center_keys=True, sink_tokens=sinks)
+    got = greedy_padded(model, cache, ids, mask, 8, static=True)
+    assert torch.equal(got[0], ref[0])
+    assert torch.allclose(got[1], ref[1], atol=2e-3, rtol=2e-3)
+    for layer in cache.layers:
+        want = torch.zeros(3, 48 + sinks)
+        want[1, :7] = want[2, :19] = float("-inf")
+        assert torch.equal(layer.pad_bias, want)
+    # the control: the same cache without its record attends the padding (rows 1 and 2 move, row 0 does not)
+    toks = got[0][:, -1:]
+    kept, counts = [layer.pad_bias for layer in cache.layers], cache.counts_snapshot()
+    for layer in cache.layers:
+        layer.pad_bias = None
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, past_key_values=static_cache(model, kind, 2, 16, "cpu"))
-        mask[1, :5] = 0
-        with pytest.raises(ValueError, match=r"static caches do not take padded batches.*batch row\(s\) \[1\]"):
-            model(input_ids=ids, attention_mask=mask, past_key_values=static_cache(model, kind, 2, 16, "cpu"))
+        blind = GreedyStepGraph(model, cache, toks)._logits().float()
+    cache.restore_counts(counts)  # (the step is taken again over the same tokens)
+    for layer, bias in zip(cache.layers, kept):
+        layer.pad_bias = bias
+    with torch.no_grad():
+        seen = GreedyStepGraph(model, cache, toks)._logits().float()
+    assert torch.allclose(blind[0], seen[0], atol=1e-5)
+    assert not torch.allclose(blind[1], seen[1], atol=1e-2) and not torch.allclose(blind[2], seen[2], atol=1e-2)
 
 
-def test_refuse_hidden_keys_reads_boolean_and_additive_masks_over_the_stored_keys_only():
-    from compactkv.attention.interface import refuse_hidden_keys
-    keep = torch.ones(3, 1, 4, 10, dtype=torch.bool)
-    keep[..., 8:] = False  # slots past the 8 stored tokens may be hidden
-    refuse_hidden_keys(keep, 8)
-    refuse_hidden_keys(torch.where(keep, 0.0, float("-inf")), 8)
-    keep[2, 0, -1, 3] = False
-    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
-        refuse_hidden_keys(keep, 8)
-    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
-        refuse_hidden_keys(torch.where(keep, 0.0, torch.finfo(torch.float16).min), 8)
-    keep[:, :, :-1, :] = False  # earlier query rows' hidden keys are the causal part: only the last row counts
-    keep[2, 0, -1, 3] = True
-    refuse_hidden_keys(keep, 8)
+@pytest.mark.parametrize("kind", ["f16", "turbo4"])
+def test_record_padding_takes_boolean_and_additive_masks_and_follows_the_cache(kind):
+    """record_padding reads the last query row over the stored slots (bool keep or additive; extra slots past them
+    ignored), allocates nothing for an unpadded prompt, and its record follows crop / reset / reorder / resize;
+    a mask that does not cover the stored tokens is refused."""
+    model = tiny_model()
+    cache = static_cache(model, kind, batch_size=3, max_cache_len=16)
+    layer = cache.layers[0]
+    g = torch.Generator().manual_seed(5)
+    layer.update(torch.randn(3, 2, 9, 64, generator=g), torch.randn(3, 2, 9, 64, generator=g))
+    keep = torch.ones(3, 1, 9, 12, dtype=torch.bool)
+    keep[..., 9:] = False  # slots past the 9 stored tokens: not padding
+    keep[:, :, :-1, -4:] = False  # earlier query rows' hidden keys are the causal part: only the last row counts
+    layer.record_padding(keep)
+    assert layer.pad_bias is None
+    keep[2, 0, -1, 1:3] = False
+    layer.record_padding(torch.where(keep, 0.0, torch.finfo(torch.float16).min))
+    extra = 4 if kind != "f16" else 0
+    assert layer.pad_bias.shape == (3, 16 + extra)
+    assert layer.pad_bias[2, 1:3].eq(float("-inf")).all() and layer.pad_bias[2, :1].eq(0).all()
+    assert layer.pad_bias[:2].eq(0).all() and layer.pad_bias[2, 3:].eq(0).all()
+    assert layer.padding_mask().shape == (3, 1, 1, 9)
+    layer.reorder_cache(torch.tensor([2, 0, 1]))
+    assert layer.pad_bias[0, 1:3].eq(float("-inf")).all() and layer.pad_bias[1:].eq(0).all()
+    bigger = layer.resized(20)
+    assert bigger.pad_bias.shape == (3, 20 + extra) and torch.equal(bigger.pad_bias[:, :9], layer.pad_bias[:, :9])
+    layer.crop(2)
+    assert layer.pad_bias[0, 1].item() == float("-inf") and layer.pad_bias[0, 2:].eq(0).all()
+    layer.reset()
+    assert layer.pad_bias is not None and layer.pad_bias.eq(0).all()  # kept for a captured step, emptied
+    with pytest.raises(ValueError, match="does not cover this cache's 3 batch rows x 0 stored"):
+        layer.record_padding(torch.ones(2, 1, 1, 4, dtype=torch.bool))
+
+
+def test_static_dense_timing_baseline_refuses_a_padded_batch():
+    cache = StaticDenseCache(tiny_model().config, batch_size=2, max_cache_len=16, device="cpu", exact_mask=False)
+    layer = cache.layers[0]
+    layer.update(torch.randn(2, 2, 5, 64), torch.randn(2, 2, 5, 64))
+    keep = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    layer.record_padding(keep)  # nothing hidden: fine
+    keep[1, 0, -1, 0] = False
+    with pytest.raises(ValueError, match="exact_mask=False .* cannot hide a padded batch's padding"):
+        layer.record_padding(keep)
+
+
+def test_a_captured_step_refuses_padding_that_arrived_after_its_capture():
+    """A step captured over an unpadded cache reads no padding buffer; if the cache (reset) then takes a padded
+    prompt, replaying it would attend the padding: step() refuses and asks for a new capture."""
+    model = tiny_model()
+    cache = static_cache(model, "turbo4", batch_size=2, max_cache_len=32)
+    with torch.no_grad():
+        model(input_ids=torch.zeros(2, 6, dtype=torch.long), past_key_values=cache, use_cache=True)
+    dec = GreedyStepGraph(model, cache, torch.zeros(2, 1, dtype=torch.long))
+    replays = []
+    dec.graph, dec._captured_padding = SimpleNamespace(replay=lambda: replays.append(1)), dec._padding()
+    dec.step()
+    assert replays == [1]
+    cache.reset()
+    mask = torch.tensor([[1] * 6, [0, 0] + [1] * 4])
+    with torch.no_grad():
+        model(input_ids=torch.zeros(2, 6, dtype=torch.long), attention_mask=mask, past_key_values=cache)
+    assert all(layer.pad_bias is not None for layer in cache.layers)
+    with pytest.raises(ValueError, match="capture the step again"):
+        dec.step()
+    assert replays == [1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+@pytest.mark.parametrize("kind,head_dim", [("turbo4", 128), ("turbo3", 128), ("turbo2", 128), ("turbo4", 64),
+                                           ("turbo2", 64), ("q8_0", 128)])
+def test_static_padded_batch_kernels_match_torch_reference(kind, head_dim, monkeypatch):
+    """A left-padded batch over a static cache (4 fp16 sinks, centered keys) on CUDA: the one-token step's logits
+    on the kernels (planar turbo at head_dim 128 and turbo4 at 64: the table kernel over planes with the padding
+    as its bias + finish_decode; turbo2 at 64: the Gluon kernel takes no bias, so the rows path; q8_0: row buffers,
+    the split kernels) against the torch reference, and the padded row's logits away from those of a step that
+    does not hide its padding."""
+    from compactkv.attention.triton import backend
+    biased = []
+    real = backend.launch_gluon
+    monkeypatch.setattr(backend, "launch_gluon", lambda *a, **kw: biased.append(kw.get("bias") is not None)
+                        or real(*a, **kw))
+    model = tiny_model("cuda", torch.float16, head_dim=head_dim)
+    ids = torch.randint(0, VOCAB, (3, 200), device="cuda", generator=torch.Generator("cuda").manual_seed(12))
+    mask = torch.ones(3, 200, dtype=torch.long, device="cuda")
+    mask[1, :37] = 0
+    mask[2, :150] = 0
+    logits = {}
+    for backend_name in ("torch", "triton", "blind"):
+        monkeypatch.setenv("COMPACTKV_BACKEND", "torch" if backend_name == "torch" else "triton")
+        cache = static_cache(model, kind, 3, 240)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            if backend_name == "blind":
+                for layer in cache.layers:
+                    layer.pad_bias = None
+            out = model(input_ids=ids[:, :1], position_ids=cache.lengths.long()[:, None], past_key_values=cache)
+        logits[backend_name] = out.logits.float()[:, -1]
+    ref = logits["torch"].abs().max()
+    assert (logits["triton"] - logits["torch"]).abs().max() / ref < 2e-2
+    assert (logits["blind"][1:] - logits["torch"][1:]).abs().max() / ref > 5e-2
+    planar_lut = kind in ("turbo4", "turbo3", "turbo2") and (head_dim == 128 or kind == "turbo4")
+    assert any(biased) == planar_lut
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("kind", ["turbo4", "turbo2", "f16"])
+def test_graph_replay_of_a_padded_batch_matches_eager(kind):
+    """The captured step reads the padding from the cache's fixed buffer: replayed steps give the eager steps'
+    tokens for a left-padded batch, and those differ from the same batch's tokens with its padding attended."""
+    model = tiny_model("cuda", torch.float16, head_dim=128)
+    ids = torch.randint(0, VOCAB, (3, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(13))
+    mask = torch.ones(3, 300, dtype=torch.long, device="cuda")
+    mask[1, :100] = 0
+    mask[2, :250] = 0
+
+    def run(graph, padded=True):
+        cache = static_cache(model, kind, 3, 400)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask if padded else None, past_key_values=cache)
+        dec = GreedyStepGraph(model, cache, out.logits[:, -1:].argmax(-1))
+        toks = [dec.tokens.clone()]
+        if graph:
+            toks += dec.capture(warmup=2)
+        while len(toks) < 24:
+            toks.append(dec.step().clone())
+        return torch.cat(toks, 1), dec
+    eager, _ = run(False)
+    graphed, dec = run(True)
+    assert dec.graph is not None and all(dec._captured_padding)
+    assert torch.equal(graphed, eager)
+    unpadded, _ = run(False, padded=False)
+    assert torch.equal(unpadded[0], eager[0]) and not torch.equal(unpadded[1:], eager[1:])

@@ -101,4 +101,6 @@ def attend(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float
             return triton_attention(layer, query, mask, scaling, softcap=softcap)
         if choice == "triton":
             raise ValueError(f"{BACKEND_ENV}=triton cannot run this attention call: {why}")
+    if mask is None and query.shape[2] == 1 and getattr(layer, "pad_bias", None) is not None:
+        mask = layer.padding_mask()  # a static layer's recorded padding (the kernels read `pad_bias` themselves)
     return compressed_attention(layer, query, mask, scaling, softcap=softcap)

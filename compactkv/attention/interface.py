@@ -35,12 +35,15 @@ def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if getattr(layer, "masks_itself", False) and query.shape[2] == 1:
-        # static layers: a single-token step sees every token its row stores (lengths on the device). transformers
-        # builds a mask sized by the host's count, and always while a CUDA graph is being captured (its is_tracing
-        # is true then): frozen into the graph, it would cover fewer keys than later replays hold.
+        # static layers: a single-token step sees every token its row stores (lengths on the device) but the
+        # padding recorded at its prompt (`pad_bias`, read by the backends). transformers builds a mask sized by the
+        # host's count, and always while a CUDA graph is being captured (its is_tracing is true then): frozen into
+        # the graph, it would cover fewer keys than later replays hold.
         attention_mask = None
     elif getattr(layer, "masks_itself", False) and attention_mask is not None:
-        refuse_hidden_keys(attention_mask, layer.get_seq_length())
+        # a prompt (or a chunk of one): the slots its mask hides from its last token (a padded batch's padding) stay
+        # hidden from every later one-token step, which reads the layer's own record instead of this mask
+        layer.record_padding(attention_mask)
     if getattr(layer, "dense", False):  # StaticDenseLayer: uncompressed buffers, SDPA under the layer's own mask
         if kwargs.get("softcap") is not None:
             raise ValueError("static dense caches do not support attention logit softcapping")
@@ -48,22 +51,6 @@ def compactkv_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     out = attend(layer, query, attention_mask, scaling, softcap=kwargs.get("softcap"))
     layer.trim_window()
     return out, None
-
-
-def refuse_hidden_keys(attention_mask: torch.Tensor, stored: int) -> None:
-    """A static layer's later one-token steps attend every token a row stores, so a prompt's mask must hide none
-    of them from the prompt's last token: a padded batch (or any other mask that hides a stored key) is refused
-    here, at its prefill, instead of being ignored from the first decode step on. attention_mask: transformers'
-    [B, 1 or H, Tq, >= stored] mask, boolean (True: attend) or additive (0: attend)."""
-    last = attention_mask[..., -1, :stored]
-    hidden = ~last if last.dtype == torch.bool else last != 0
-    if bool(hidden.any()):
-        rows = sorted({int(i) for i in hidden.reshape(hidden.shape[0], -1).any(-1).nonzero().flatten()})
-        raise ValueError(f"static caches do not take padded batches: the attention mask hides stored tokens from "
-                         f"the last prompt token of batch row(s) {rows}, and a static cache's decode steps attend "
-                         f"every token a row stores. Give each row its own sequence (batch 1) or use the dynamic "
-                         f"compactkv.TurboQuantCache, which applies the mask on every step; build a new static "
-                         f"cache after this error (this call has written its tokens).")
 
 
 def static_dense_attention(layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

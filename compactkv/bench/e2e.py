@@ -31,9 +31,12 @@ max_cache_len = context + the steps run.
 (engine/graphs.compiled_model: norms, rotary, projections, MLP and logits through inductor; compactkv's attention
 function and the static caches' updates stay uncompiled on both sides), then captured. Prefill is not compiled.
 
-`--pad N` (eager only): a left-padded batch. Batch row i of B is padded by N * i // (B - 1) tokens: the decode
-steps pass an attention mask that masks those first positions off (transformers turns it into a 4D mask; fp16
-SDPA takes it as attn_mask, compactkv as an additive bias over its compressed rows). The fill is the same.
+`--pad N`: a left-padded batch. Batch row i of B is padded by N * i // (B - 1) tokens. Eager: the decode steps
+pass an attention mask that masks those first positions off (transformers turns it into a 4D mask; fp16 SDPA
+takes it as attn_mask, compactkv as an additive bias over its compressed rows). With --graphs: each static layer
+records that padding after the fill, as it would from a padded prompt's mask (`record_padding`), and every step
+(captured too) hides it (f16: SDPA under the layer's mask; compressed: the padding as the kernels' bias;
+f16-nomask, a timing baseline without masks, cannot). The fill is the same.
 
 `--capacity` searches the largest batch that fits at each given context (synthetic fill + one decode step; prefill
 transients not included) for fp16 and turbo4.
@@ -99,7 +102,8 @@ def register(subparsers) -> None:
                         "(attention and cache writes stay uncompiled)")
     p.add_argument("--pad", type=_at_least(0), default=0,
                    help="left padding of the last batch row (row i of B: pad * i // (B - 1)); the decode steps "
-                        "pass an attention mask that masks it (eager only; default 0: no mask)")
+                        "hide it (eager: an attention mask each step; --graphs: the static layers' recorded "
+                        "padding; default 0: none)")
     p.add_argument("--tiny", action="store_true", help="2-layer small model (checks the path; CPU is fine)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.set_defaults(func=run)
@@ -393,6 +397,12 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         else:
             static_fill(cache, t)
             tok = torch.randint(0, shape["vocab_size"], (b, 1), device=dev)
+        pad = getattr(args, "pad", 0)
+        if pad:  # what a padded prompt's mask would leave in each layer (its last query row over the t tokens)
+            row["pad"] = pad
+            keep = pad_mask(b, t, pad, dev).bool()[:, None, None, :]
+            for layer in cache.layers:
+                layer.record_padding(keep)
         dec = GreedyStepGraph(model, cache, tok, compile=compiled)
         row["stage"] = "eager"
         eager = timed_steps(dec.step, eager_n, dev)[skip:]
@@ -517,8 +527,6 @@ def run(args) -> int:
         if k not in accepted:
             raise ValueError(f"unknown cache {k!r}{' with --graphs' if args.graphs else ''}; accepted: "
                              f"{', '.join(accepted)}")
-    if getattr(args, "pad", 0) and args.graphs:
-        raise ValueError("--pad runs eager decode steps (a mask per step); drop --graphs or --pad")
     if getattr(args, "pad", 0) and any(args.pad >= t for b, t, _ in plan if b > 1):
         raise ValueError(f"--pad {args.pad}: the padding must leave tokens to attend (< every context)")
     if getattr(args, "compile", False) and not args.graphs:

@@ -77,7 +77,40 @@ class _StaticLayer(CacheLayerMixin):
     is_compileable = False
     is_sliding = False
     is_croppable = True
-    masks_itself = True  # one-token steps ignore transformers' mask, prompts may hide no key (attention.interface)
+    masks_itself = True  # one-token steps ignore transformers' mask and apply `pad_bias` (attention.interface)
+    # float32 [B, max_cache_len + sink_tokens]: 0, or -inf for a stored slot no later token may attend (a padded
+    # batch's padding, taken from its prompt's mask by `record_padding`); None until a prompt hides a slot. A fixed
+    # buffer, so a captured step reads the current padding; its extra sink_tokens columns let the compressed
+    # tokens' part, `pad_bias[:, n_sink:]`, span max_cache_len columns as the kernels' row bound asks.
+    pad_bias: torch.Tensor | None = None
+
+    def record_padding(self, mask: torch.Tensor) -> None:
+        """Take a multi-token update's padding from transformers' mask ([B or 1, 1 or H, Tq, >= stored], boolean
+        keep or additive): the stored slots its last query row may not attend are hidden from every later token
+        (one-token steps ignore transformers' mask, which is sized by the host's count and frozen into a captured
+        step). Allocates `pad_bias` at the first prompt that hides a slot; a later prompt that hides none (after a
+        reset) clears its slots."""
+        n = self.cumulative_length
+        if mask.dim() != 4 or mask.shape[-1] < n or mask.shape[0] not in (1, self.lengths.shape[0]):
+            raise ValueError(f"attention mask of shape {list(mask.shape)} does not cover this cache's "
+                             f"{self.lengths.shape[0]} batch rows x {n} stored tokens ([B, 1 or heads, queries, "
+                             f">= {n}] expected)")
+        last = mask[..., -1, :n]
+        hidden = (~last if last.dtype == torch.bool else last != 0).any(1)  # [B or 1, n]
+        if self.pad_bias is None:
+            if not bool(hidden.any()):
+                return
+            b = self.lengths.shape[0]
+            self.pad_bias = torch.zeros(b, self.max_cache_len + getattr(self, "sink_tokens", 0),
+                                        dtype=torch.float32, device=self.lengths.device)
+        self.pad_bias[:, :n] = torch.where(hidden.to(self.pad_bias.device), float("-inf"), 0.0)
+
+    def padding_mask(self) -> torch.Tensor | None:
+        """float32 [B, 1, 1, stored] additive mask of the recorded padding over the stored tokens (host count),
+        for the torch reference's one-token steps; None without padding."""
+        if self.pad_bias is None:
+            return None
+        return self.pad_bias[:, None, None, :self.cumulative_length]
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Storage is allocated in __init__."""
@@ -105,10 +138,14 @@ class _StaticLayer(CacheLayerMixin):
             raise ValueError(f"cannot remove {-max_length} tokens from a cache of {self.cumulative_length}")
         self.cumulative_length = new_len
         self.lengths.clamp_(max=new_len)
+        if self.pad_bias is not None:  # the slots the next tokens take are visible
+            self.pad_bias[:, new_len:] = 0.0
 
     def reset(self) -> None:
         self.cumulative_length = 0
         self.lengths.zero_()
+        if self.pad_bias is not None:  # kept (a captured step reads it), emptied
+            self.pad_bias.zero_()
 
     def _device_counts(self) -> tuple[torch.Tensor, ...]:
         """The device tensors that hold this layer's token counts (what a step advances)."""
@@ -122,7 +159,7 @@ class _StaticLayer(CacheLayerMixin):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder batch rows in place (the buffers keep their addresses)."""
         idx = beam_idx.to(self.device)
-        for t in self._buffers():
+        for t in self._buffers() + ((self.pad_bias,) if self.pad_bias is not None else ()):
             t.copy_(t.index_select(0, idx))
 
     # buffers with a token axis (dim 2) of max_cache_len slots, and how many of their slots hold tokens
@@ -153,6 +190,9 @@ class _StaticLayer(CacheLayerMixin):
                     memo[id(value)] = value.clone()
             setattr(new, name, memo[id(value)])
         new.max_cache_len = capacity
+        if self.pad_bias is not None:  # token axis 1, max_cache_len + sink_tokens columns
+            new.pad_bias = self.pad_bias.new_zeros(self.pad_bias.shape[0], capacity + getattr(self, "sink_tokens", 0))
+            new.pad_bias[:, :self.cumulative_length] = self.pad_bias[:, :self.cumulative_length]
         if hasattr(self, "backend_state"):
             new.backend_state = {}
         return new
@@ -160,8 +200,8 @@ class _StaticLayer(CacheLayerMixin):
 
 class StaticTurboQuantLayer(_StaticLayer):
     """Compressed K/V rows in preallocated buffers. Same attention contract as TurboQuantLayer (tagged keys), except
-    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores,
-    so a prompt whose mask hides a stored token (a padded batch) is refused (interface.refuse_hidden_keys)."""
+    that single-token steps ignore the transformers mask (`masks_itself`): each row attends every token it stores
+    but the slots its prompt's mask hid (a padded batch's padding: `pad_bias`, recorded at the prompt)."""
 
     def __init__(self, k_kind: str, v_kind: str, head_dim: int, batch_size: int, num_kv_heads: int,
                  max_cache_len: int, device="cuda", seed: int = 0, norm_correction: bool = True,
@@ -540,12 +580,22 @@ class StaticDenseLayer(_StaticLayer):
         new._slots = torch.arange(capacity, device=self.device)
         return new
 
+    def record_padding(self, mask: torch.Tensor) -> None:
+        super().record_padding(mask)
+        if self.pad_bias is not None and not self.exact_mask:
+            raise ValueError("this static dense cache has exact_mask=False (a timing baseline whose one-token steps "
+                             "attend every slot): it cannot hide a padded batch's padding; build it with "
+                             "exact_mask=True")
+
     def attn_mask(self, groups: int, tq: int) -> torch.Tensor | None:
         """bool [B, 1, groups * tq, max_cache_len] (query rows ordered (group, token), as the attention function
         folds GQA into the query length), or None where exact_mask is off for a single-token step."""
         if not self.exact_mask and tq == 1:
             return None
-        keep = self._slots[None, None, :] <= self.query_positions[:, -tq:, None]  # [B, Tq, max]
+        own = self.query_positions[:, -tq:, None]
+        keep = self._slots[None, None, :] <= own  # [B, Tq, max]
+        if self.pad_bias is not None:  # a padded batch: its padding hidden (a padding query still sees itself)
+            keep = keep & ((self.pad_bias[:, None, :] == 0) | (self._slots[None, None, :] == own))
         return keep[:, None].expand(-1, groups, -1, -1).reshape(keep.shape[0], 1, groups * tq, -1)
 
     def _buffers(self) -> tuple[torch.Tensor, ...]:

@@ -99,7 +99,9 @@ class GreedyStepGraph:
     tokens: int64 [B, 1], each row's last token (not yet in the cache). Every `step()` feeds `self.tokens`, writes
     their K/V, and overwrites `self.tokens` with the argmax of the next-token logits (the same tensor every time).
     `capture()` records the step after `warmup` eager steps on a side stream (those steps are real decode steps:
-    their tokens are returned). Positions are each row's stored length, read on the device.
+    their tokens are returned). Positions are each row's stored length, read on the device (a padded batch's prompt
+    is then prefilled at the slots' own positions, transformers' default without position_ids; its padding, which
+    the cache records from the prompt's mask, stays hidden).
     compile=True runs the model through `compiled_model` (torch.compile). Its first two steps compile (the second
     because the cache's token count becomes a dynamic size), and a compile must not happen inside a capture
     (inductor benchmarks kernels when it first runs them), so `capture` then runs one more eager step just before
@@ -118,6 +120,12 @@ class GreedyStepGraph:
         self.kwarg = cache_kwarg(model)
         self.tokens = tokens.to(device=cache.lengths.device, dtype=torch.long).clone()
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._captured_padding: tuple[bool, ...] | None = None
+
+    def _padding(self) -> tuple[bool, ...]:
+        """Which layers hold a padded batch's padding (`pad_bias`): a captured step reads the buffers it found, and
+        the attention it recorded is the one for that state (the unpadded one takes no padding buffer at all)."""
+        return tuple(getattr(layer, "pad_bias", None) is not None for layer in self.cache.layers)
 
     def _logits(self) -> torch.Tensor:
         """The model on `self.tokens` at each row's stored length: next-token logits [B, vocab]."""
@@ -159,6 +167,10 @@ class GreedyStepGraph:
         self._check_room()
         if self.graph is None:
             return self._forward()
+        if self._padding() != self._captured_padding:
+            raise ValueError("the cache took a padded batch's prompt after this step was captured, and the captured "
+                             "step does not read its padding: capture the step again (a new GreedyStepGraph) after "
+                             "the prompt")
         self.graph.replay()
         self.cache.set_host_lengths([n + 1 for n in self.cache.host_lengths()])
         return self.tokens
@@ -188,7 +200,7 @@ class GreedyStepGraph:
         with torch.cuda.graph(graph):
             self._forward()
         self.cache.set_host_lengths(counts)
-        self.graph = graph
+        self.graph, self._captured_padding = graph, self._padding()
         return produced
 
 

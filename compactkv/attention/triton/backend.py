@@ -25,8 +25,8 @@ import torch
 from ...core.switches import env_switch
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
                      query_key_map, unsupported)
-from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, planes_unsupported,
-                    rows_unsupported)
+from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, lut_default,
+                    planes_unsupported, rows_unsupported)
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
 SUPPORTS_KEY_SCALE = True  # TurboQuantLayer.k_scale: the compressed part scores q / k_scale (decode and prefill)
@@ -212,6 +212,9 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     k_mean = getattr(layer, "k_mean", None)
     bias = _mask_bias(mask, b, tq, n_sink + n_comp + n_recent)
     causal = mask is None and tq > 1
+    # a static layer's recorded padding (0 / -inf a slot, the same in log2 and natural units): read from its fixed
+    # buffer by the kernels up to each row's device-side length, so a captured step follows the padding it holds
+    pad = getattr(layer, "pad_bias", None) if mask is None and tq == 1 else None
     kc, vc = layer.k_codec, layer.v_codec
     pk, pv = packed_kind(kc), packed_kind(vc)
     parts = adj = None
@@ -221,19 +224,23 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         bias_c = None
         if bias is not None:
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
-        planes = _gluon_planes(layer, pk, pv, g, tq, bias_c)
+        elif pad is not None:  # the compressed tokens' slots: [B, >= max_cache_len] (the buffer's sink columns)
+            bias_c = pad[:, None, n_sink:]
+        planes = _gluon_planes(layer, pk, pv, g, tq, bias if pad is None else None)
+        if planes is not None and pad is not None and not lut_default(pk, pv):
+            planes = None  # the one-warp Gluon kernel takes no bias: the rows below
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
-            if n_recent == 0 and bias is None and (FUSE_SINKS or (n_sink == 0 and k_mean is None)) \
+            if n_recent == 0 and bias is None and pad is None and (FUSE_SINKS or (n_sink == 0 and k_mean is None)) \
                     and fused_unsupported(pk, pv, g * tq, adj) is None:
                 # nothing to merge but the compressed splits and the fp16 sinks: the table kernel finishes the step
                 return attend_planes(q, w, adj, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=max_len,
                                      counters=_counters(layer, b * hkv, q.device), out_dtype=query.dtype,
                                      num_splits=num_splits, sinks=(layer.sink_k, layer.sink_v) if n_sink else None,
                                      k_mean=k_mean, qscale=scaling * LOG2E)
-            # the table kernel maps the query in its prologue (no map_query launch)
-            parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, pk, pv,
-                                 max_len=max_len, w=w, num_splits=num_splits)
+            # the table kernel maps the query in its prologue (no map_query launch); a padded batch's slots masked
+            parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=max_len, w=w,
+                                 num_splits=num_splits, bias=None if pad is None else bias_c[:, 0])
         else:
             k_tab, v_tab, lengths, chunk, max_len, alive = _packed_source(layer, b, query.device)
             # the table kernel reads the rows, with an additive mask over them too (a padded batch's; one query
@@ -248,5 +255,5 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     # one launch merges the splits with the fp16 windows, applies the inverse V map and writes [B, Tq, Hq, D]
     return finish_decode(q, parts, tq=tq, qscale=scaling * LOG2E,
                          windows=(layer.sink_k, layer.sink_v, layer.recent_k, layer.recent_v), n_comp=n_comp,
-                         adj=adj, bias=bias, causal=causal, out_dtype=query.dtype,
+                         adj=adj, bias=bias if pad is None else pad[:, None, :], causal=causal, out_dtype=query.dtype,
                          k_mean=k_mean)

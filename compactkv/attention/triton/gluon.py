@@ -277,8 +277,9 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
                  block_n: int = GLUON_BLOCK_N,
                  splits_per_sm: float = 16.0, min_split: int = GLUON_MIN_SPLIT, maxnreg: int | None = GLUON_MAXNREG,
                  prefetch: int | None = None, stages: int = GLUON_STAGES, lut: bool | None = None,
-                 lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG) -> SplitPartials:
-    """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no mask).
+                 lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_PIPE, lut_maxnreg: int = LUT_MAXNREG,
+                 bias: torch.Tensor | None = None) -> SplitPartials:
+    """Split partials of a one-token decode step (`decode.launch_splits`' contract for tq = 1, no causal mask).
 
     q: fp32 [B, H, G, D] mapped by the K rotation and scaled by softmax scale * log2 e; or, with `w` (fp32 [D, D]
     or [H, D, D], the map `decode.map_query` takes), the query rows as they come (fp16/bf16/fp32), which the table
@@ -291,7 +292,9 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     `lut_warps` splits per program; default: `lut_default`); lut_pipe: its loads, 0 at the tile's start, 1 the
     next tile's code bytes copied into a shared stage during this one, 2 the next tile's code bytes and norms
     loaded into registers during this one, 3 (default) the two next tiles'; lut_maxnreg: its register cap per
-    thread.
+    thread. bias (the table kernel only): None, or float32 [B, >= max_len] additive scores per token in log2 units
+    (token stride 1, any batch stride; -inf masks the token: a static cache's recorded padding), added to every
+    query row's score of the token.
     """
     from .kernels_gluon import decode_gluon_kernel
     b, h, g, d = _check_query(q, k_kind)
@@ -301,7 +304,10 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
         else gluon_unsupported(k_kind, v_kind, g)
     if why:
         raise ValueError(why)
+    if bias is not None and not lut:
+        raise ValueError("an additive bias needs the table kernel (lut=True): the one-warp Gluon kernel takes none")
     _check_planes(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind)
+    _check_bias(bias, b, max_len, q.device)
     if prefetch is None:
         prefetch = gluon_prefetch(d)
     if prefetch not in (0, 1, 2):
@@ -312,7 +318,7 @@ def launch_gluon(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     if lut:
         return _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, max_len=max_len,
                            num_splits=num_splits, block_n=block_n, warps=lut_warps, pipe=lut_pipe,
-                           maxnreg=lut_maxnreg, w=w)
+                           maxnreg=lut_maxnreg, w=w, bias=bias)
     if w is not None:
         q = map_query(q, w)
     if num_splits is None:
@@ -537,7 +543,7 @@ def _launch_lut(q, k_codes, k_norms, v_codes, v_norms, lengths, k_kind, v_kind, 
     rows 0-3 only (True needs at most 4 query rows per KV head; None: `lut_compact`). tma: V's tiles through a tensor
     map with the 64-byte swizzle (True needs a bulk-copy lut_pipe and 64-byte V rows; None: `lut_tma`; a launch
     captured in a CUDA graph before its map was made copies without it, `tma.tensor_map`). bias: None, or float32
-    [B, >= max_len] additive scores per token in log2 units, token stride 1 (`launch_rows` checks it; not fused)."""
+    [B, >= max_len] additive scores per token in log2 units, token stride 1 (`_check_bias`; not fused)."""
     from .kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts
     why = lut_unsupported(k_kind, v_kind) or lut_config_error(k_kind.bits, q.shape[-1], warps, pipe, maxnreg,
                                                               block_n)
@@ -839,6 +845,18 @@ def rows_unsupported(k_kind: PackedKind, v_kind: PackedKind, rows: int, tq: int,
     return _lut_call_unsupported(rows, tq)
 
 
+def _check_bias(bias, b: int, max_len: int, device) -> None:
+    """The table kernel's additive bias: None, or float32 [B, >= max_len] with token stride 1 on the query's
+    device (any batch stride)."""
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or bias.dim() != 2
+                             or bias.shape[0] != b or bias.shape[1] < max_len or bias.device != device
+                             or (bias.shape[1] > 1 and bias.stride(1) != 1)):
+        got = f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) \
+            else type(bias).__name__
+        raise ValueError(f"bias must be float32 [{b}, >= {max_len}] (batch rows, tokens; token stride 1) on "
+                         f"{device}, got {got}")
+
+
 def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, lengths: torch.Tensor,
                 k_kind: PackedKind, v_kind: PackedKind, *, chunk: int, max_len: int, w: torch.Tensor,
                 num_splits: int | None = None, lut_warps: int = LUT_WARPS, lut_pipe: int = LUT_ROWS_PIPE,
@@ -867,13 +885,7 @@ def launch_rows(q: torch.Tensor, k_table: torch.Tensor, v_table: torch.Tensor, l
             raise ValueError(f"{name} must be a contiguous int64 [chunks >= 1, 3] chunk table on {q.device} "
                              f"(decode.chunk_table), got {got}")
     _check_lengths(lengths, b, q.device)
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32 or bias.dim() != 2
-                             or bias.shape[0] != b or bias.shape[1] < max_len or bias.device != q.device
-                             or (bias.shape[1] > 1 and bias.stride(1) != 1)):
-        got = f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) \
-            else type(bias).__name__
-        raise ValueError(f"bias must be float32 [{b}, >= {max_len}] (batch rows, tokens; token stride 1) on "
-                         f"{q.device}, got {got}")
+    _check_bias(bias, b, max_len, q.device)
     return _launch_lut(q, None, None, None, None, lengths, k_kind, v_kind, max_len=max_len, num_splits=num_splits,
                        block_n=GLUON_BLOCK_N, warps=lut_warps, pipe=lut_pipe, maxnreg=lut_maxnreg, w=w,
                        row_source=(k_table, v_table, chunk.bit_length() - 1), bias=bias)
