@@ -770,11 +770,11 @@ def test_static_padded_batch_kernels_match_torch_reference(kind, head_dim, monke
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-@pytest.mark.parametrize("kind", ["turbo4", "turbo2", "f16"])
-def test_graph_replay_of_a_padded_batch_matches_eager(kind):
+@pytest.mark.parametrize("kind,head_dim", [("turbo4", 128), ("turbo2", 128), ("f16", 128), ("turbo4", 64)])
+def test_graph_replay_of_a_padded_batch_matches_eager(kind, head_dim):
     """The captured step reads the padding from the cache's fixed buffer: replayed steps give the eager steps'
     tokens for a left-padded batch, and those differ from the same batch's tokens with its padding attended."""
-    model = tiny_model("cuda", torch.float16, head_dim=128)
+    model = tiny_model("cuda", torch.float16, head_dim=head_dim)
     ids = torch.randint(0, VOCAB, (3, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(13))
     mask = torch.ones(3, 300, dtype=torch.long, device="cuda")
     mask[1, :100] = 0
@@ -797,3 +797,27 @@ def test_graph_replay_of_a_padded_batch_matches_eager(kind):
     assert torch.equal(graphed, eager)
     unpadded, _ = run(False, padded=False)
     assert torch.equal(unpadded[0], eager[0]) and not torch.equal(unpadded[1:], eager[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_padded_batch_without_a_biased_kernel_decodes_eagerly_and_refuses_a_capture():
+    """turbo2 at head_dim 64 (planar; no table kernel, the Gluon kernel takes no bias): a padded batch's steps run
+    eagerly over row copies of the planes (the tokens of the torch reference), and a capture is refused with a
+    message instead of freezing copies sized by the host's count."""
+    model = tiny_model("cuda", torch.float16, head_dim=64)
+    ids = torch.randint(0, VOCAB, (2, 100), device="cuda", generator=torch.Generator("cuda").manual_seed(14))
+    mask = torch.ones(2, 100, dtype=torch.long, device="cuda")
+    mask[1, :40] = 0
+    logits = {}
+    for backend_name in ("torch", "triton"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("COMPACTKV_BACKEND", backend_name)
+            cache = static_cache(model, "turbo2", 2, 140)
+            assert cache.layers[0].planar
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+                dec = GreedyStepGraph(model, cache, ids[:, :1])
+                logits[backend_name] = torch.stack([dec._logits().float() for _ in range(3)])  # 3 steps, same input
+    assert (logits["triton"] - logits["torch"]).abs().max() / logits["torch"].abs().max() < 2e-2
+    with pytest.raises(ValueError, match="runs eager steps only"):
+        dec.capture(warmup=1)

@@ -25,7 +25,7 @@ import torch
 from ...core.switches import env_switch
 from .decode import (LOG2E, chunk_table, codec_maps, finish_decode, launch_splits, map_query, packed_kind,
                      query_key_map, unsupported)
-from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, lut_default,
+from .gluon import (attend_planes, fused_unsupported, gluon_device_error, launch_gluon, launch_rows, lut_unsupported,
                     planes_unsupported, rows_unsupported)
 from .prefill import PREFILL_MIN_TQ, prefill_attention
 
@@ -227,8 +227,14 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
         elif pad is not None:  # the compressed tokens' slots: [B, >= max_cache_len] (the buffer's sink columns)
             bias_c = pad[:, None, n_sink:]
         planes = _gluon_planes(layer, pk, pv, g, tq, bias if pad is None else None)
-        if planes is not None and pad is not None and not lut_default(pk, pv):
-            planes = None  # the one-warp Gluon kernel takes no bias: the rows below
+        if planes is not None and pad is not None and lut_unsupported(pk, pv) is not None:
+            # the one-warp Gluon kernel takes no bias: row-format copies of the planes, made for the host's count
+            if torch.cuda.is_current_stream_capturing():
+                raise ValueError(f"a padded batch over planar {kc.kind}/{vc.kind} at head_dim {d} runs eager steps "
+                                 f"only (no kernel reads its planes with a bias; the row copies a step makes are "
+                                 f"sized by the host's count): decode without capturing, or use turbo4 (head_dim "
+                                 f"64 / 128), turbo3 or turbo2 (head_dim 128), whose table kernel takes the padding")
+            planes = None
         if planes is not None:  # planar static storage: the table or Gluon kernel reads the code planes directly
             kcodes, knorms, vcodes, vnorms, lengths, max_len = planes
             if n_recent == 0 and bias is None and pad is None and (FUSE_SINKS or (n_sink == 0 and k_mean is None)) \
@@ -240,7 +246,8 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
                                      k_mean=k_mean, qscale=scaling * LOG2E)
             # the table kernel maps the query in its prologue (no map_query launch); a padded batch's slots masked
             parts = launch_gluon(q, kcodes, knorms, vcodes, vnorms, lengths, pk, pv, max_len=max_len, w=w,
-                                 num_splits=num_splits, bias=None if pad is None else bias_c[:, 0])
+                                 num_splits=num_splits, lut=None if pad is None else True,
+                                 bias=None if pad is None else bias_c[:, 0])
         else:
             k_tab, v_tab, lengths, chunk, max_len, alive = _packed_source(layer, b, query.device)
             # the table kernel reads the rows, with an additive mask over them too (a padded batch's; one query
