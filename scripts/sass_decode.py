@@ -139,7 +139,7 @@ def compile_lut(kind: str = "turbo4", d: int = 128, warps: int = 4, block_n: int
     prologue (`gluon.lut_early_loads`; None: as the launcher would); compact: the softmax over query rows 0-3
     only (None: as the launcher would, `gluon.lut_compact` of the 4 query rows here); tma: V's tiles through a
     tensor map (None: as the launcher would, `gluon.lut_tma`); bias: with an additive bias per token (`launch_rows`'
-    bias=)."""
+    and `launch_gluon`'s bias=)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from compactkv.attention.triton.gluon import GLUON_ROWS, lut_compact, lut_tma
     from compactkv.attention.triton.kernels_lut import decode_lut_kernel, lut_asm, lut_asm_k, lut_layouts

@@ -400,7 +400,7 @@ def run_graph_cell(model, shape: dict, kind: str, b: int, t: int, fill: str, arg
         pad = getattr(args, "pad", 0)
         if pad:  # what a padded prompt's mask would leave in each layer (its last query row over the t tokens)
             row["pad"] = pad
-            keep = pad_mask(b, t, pad, dev).bool()[:, None, None, :]
+            keep = left_pad_keep(b, t, pad, dev)[:, None, None, :]  # (run() refused a pad >= a context)
             for layer in cache.layers:
                 layer.record_padding(keep)
         dec = GreedyStepGraph(model, cache, tok, compile=compiled)

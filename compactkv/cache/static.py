@@ -100,10 +100,13 @@ class _StaticLayer(CacheLayerMixin):
         if self.pad_bias is None:
             if not bool(hidden.any()):
                 return
-            b = self.lengths.shape[0]
-            self.pad_bias = torch.zeros(b, self.max_cache_len + getattr(self, "sink_tokens", 0),
-                                        dtype=torch.float32, device=self.lengths.device)
+            self.pad_bias = self._pad_buffer(self.max_cache_len)
         self.pad_bias[:, :n] = torch.where(hidden.to(self.pad_bias.device), float("-inf"), 0.0)
+
+    def _pad_buffer(self, capacity: int) -> torch.Tensor:
+        """A zero `pad_bias` for `capacity` slots: [B, capacity + sink_tokens] float32 on the layer's device."""
+        return torch.zeros(self.lengths.shape[0], capacity + getattr(self, "sink_tokens", 0), dtype=torch.float32,
+                           device=self.lengths.device)
 
     def padding_mask(self) -> torch.Tensor | None:
         """float32 [B, 1, 1, stored] additive mask of the recorded padding over the stored tokens (host count),
@@ -191,7 +194,7 @@ class _StaticLayer(CacheLayerMixin):
             setattr(new, name, memo[id(value)])
         new.max_cache_len = capacity
         if self.pad_bias is not None:  # token axis 1, max_cache_len + sink_tokens columns
-            new.pad_bias = self.pad_bias.new_zeros(self.pad_bias.shape[0], capacity + getattr(self, "sink_tokens", 0))
+            new.pad_bias = self._pad_buffer(capacity)
             new.pad_bias[:, :self.cumulative_length] = self.pad_bias[:, :self.cumulative_length]
         if hasattr(self, "backend_state"):
             new.backend_state = {}

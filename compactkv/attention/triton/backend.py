@@ -226,7 +226,7 @@ def triton_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
             bias_c = (bias[..., n_sink:n_sink + n_comp] * LOG2E).contiguous().expand(b, -1, -1)
         elif pad is not None:  # the compressed tokens' slots: [B, >= max_cache_len] (the buffer's sink columns)
             bias_c = pad[:, None, n_sink:]
-        planes = _gluon_planes(layer, pk, pv, g, tq, bias if pad is None else None)
+        planes = _gluon_planes(layer, pk, pv, g, tq, bias)  # (a recorded padding comes without a mask: bias None)
         if planes is not None and pad is not None and lut_unsupported(pk, pv) is not None:
             # the one-warp Gluon kernel takes no bias: row-format copies of the planes, made for the host's count
             if torch.cuda.is_current_stream_capturing():
